@@ -1,0 +1,57 @@
+import { loadConfig } from "../services/shared/config.js";
+import { startShaker } from "./serve.js";
+
+const usage = `usage: shaker <command>
+
+commands:
+  serve     run Shaker: every service and the REST edge on one port (PORT, default 8080)
+`;
+
+async function serve(): Promise<void> {
+  const config = loadConfig();
+  const shaker = await startShaker(config);
+  process.stdout.write(`Shaker is listening on ${shaker.url} (data in ${config.dataDir})\n`);
+  if (shaker.generatedApiKey) {
+    process.stdout.write(
+      `\nCreated the default account's API key. It is shown only this once; keep it:\n\n  ${shaker.generatedApiKey}\n\n` +
+        `  export SHAKER_API_KEY=${shaker.generatedApiKey}\n\n`,
+    );
+  }
+  let stopping = false;
+  const stop = (signal: string) => {
+    if (stopping) process.exit(1);
+    stopping = true;
+    process.stdout.write(`${signal}: shutting down\n`);
+    shaker.close().then(
+      () => process.exit(0),
+      (e: unknown) => {
+        process.stderr.write(`shutdown failed: ${(e as Error).message}\n`);
+        process.exit(1);
+      },
+    );
+  };
+  process.on("SIGINT", () => stop("SIGINT"));
+  process.on("SIGTERM", () => stop("SIGTERM"));
+}
+
+async function main(argv: string[]): Promise<void> {
+  const [command] = argv;
+  switch (command) {
+    case "serve":
+      return serve();
+    case undefined:
+    case "help":
+    case "--help":
+    case "-h":
+      process.stdout.write(usage);
+      return;
+    default:
+      process.stderr.write(`shaker: unknown command '${command}'\n${usage}`);
+      process.exit(2);
+  }
+}
+
+main(process.argv.slice(2)).catch((e: unknown) => {
+  process.stderr.write(`shaker: ${e instanceof Error ? e.message : String(e)}\n`);
+  process.exit(1);
+});

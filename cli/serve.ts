@@ -1,0 +1,140 @@
+import { randomBytes } from "node:crypto";
+import { mkdirSync } from "node:fs";
+import { join } from "node:path";
+import { Code, ConnectError, createRouterTransport, type ConnectRouter } from "@connectrpc/connect";
+import { connectNodeAdapter } from "@connectrpc/connect-node";
+import { DatastoreService } from "../gen/shaker/datastore/v1/datastore_pb.js";
+import { ExecutorService } from "../gen/shaker/executor/v1/executor_pb.js";
+import { ModelProxyService } from "../gen/shaker/modelproxy/v1/modelproxy_pb.js";
+import { RegistryService } from "../gen/shaker/registry/v1/registry_pb.js";
+import { createDatastoreService } from "../services/datastore/service.js";
+import { createEdge } from "../services/edge/edge.js";
+import { sendJson, type Res } from "../services/edge/http.js";
+import { createWorkerPool } from "../services/executor/pool.js";
+import { createExecutorService } from "../services/executor/service.js";
+import { createExecutorStore } from "../services/executor/store.js";
+import { createModelProxyService } from "../services/modelproxy/service.js";
+import { createRegistryService, DEFAULT_ACCOUNT, generateApiKey } from "../services/registry/service.js";
+import { createRegistryStore } from "../services/registry/store.js";
+import { createAuth, headers as authHeaders } from "../services/shared/auth.js";
+import { createClients, lazyTransport } from "../services/shared/clients.js";
+import type { Config } from "../services/shared/config.js";
+import { listen, type Handler } from "../services/shared/listener.js";
+
+/** Shaker is a running embedded server: every service and the edge on one port. */
+export interface Shaker {
+  url: string;
+  port: number;
+  /** generatedApiKey is the default account's key when this start created it (shown once). */
+  generatedApiKey: string | undefined;
+  /** workerPids are the Python workers' process ids. */
+  workerPids(): number[];
+  close(): Promise<void>;
+}
+
+/**
+ * startShaker is the composition root of `shaker serve` in embedded mode: it opens each service's
+ * database under the data directory, wires the services to each other through an in-process
+ * transport, and serves their RPCs and the edge's REST routes on one port.
+ */
+export async function startShaker(config: Config): Promise<Shaker> {
+  mkdirSync(config.dataDir, { recursive: true });
+  const serviceSecret = randomBytes(32).toString("base64url");
+  const routes = (router: ConnectRouter) => {
+    router.service(RegistryService, registry.impl);
+    router.service(ExecutorService, executor.impl);
+    router.service(ModelProxyService, modelproxy.impl);
+    router.service(DatastoreService, datastore.impl);
+  };
+  const clients = createClients(lazyTransport(() => createRouterTransport(routes)));
+  const auth = createAuth({
+    serviceSecret,
+    authenticateKey: async (apiKey) => {
+      try {
+        const resp = await clients.registry.authenticate(
+          { apiKey },
+          { headers: { [authHeaders.serviceToken]: serviceSecret } },
+        );
+        return { accountId: resp.account!.id, admin: resp.account!.admin, keyId: resp.keyId };
+      } catch (e) {
+        if (ConnectError.from(e).code === Code.Unauthenticated) return undefined;
+        throw e;
+      }
+    },
+  });
+  const deps = (service: string) => ({ config, auth, clients, dbFile: join(config.dataDir, `${service}.db`) });
+
+  const registryStore = createRegistryStore(join(config.dataDir, "registry.db"));
+  const registry = createRegistryService({
+    store: registryStore,
+    serviceSecret,
+    python: config.python,
+    defaultTimeoutSeconds: config.defaultTimeoutSeconds,
+    maxTimeoutSeconds: config.maxTimeoutSeconds,
+  });
+  const generatedApiKey = bootstrapKey(registryStore, config.apiKey);
+
+  let listenerUrl = "";
+  const pool = createWorkerPool({ python: config.python, size: config.workers });
+  const executorStore = createExecutorStore(join(config.dataDir, "executor.db"));
+  const executor = createExecutorService({
+    store: executorStore,
+    pool,
+    auth,
+    registry: clients.registry,
+    rpcUrl: () => listenerUrl,
+    maxConcurrentRuns: config.maxConcurrentRuns,
+    maxConcurrentRunsPerAccount: config.maxConcurrentRunsPerAccount,
+    maxNestingDepth: config.maxNestingDepth,
+    limits: { memoryBytes: 1024 * 1024 * 1024, openFiles: 256, fileBytes: 64 * 1024 * 1024, processes: 0 },
+  });
+  const modelproxy = createModelProxyService(deps("modelproxy"));
+  const datastore = createDatastoreService(deps("datastore"));
+
+  const edge = createEdge({ clients, maxBodyBytes: config.maxBodyBytes });
+  const rpc = connectNodeAdapter({
+    routes,
+    readMaxBytes: config.maxBodyBytes,
+    fallback: (req, res) => sendJson(res as unknown as Res, 404, { error: { message: `no route ${req.method} ${req.url}`, type: "invalid_request_error", param: null, code: "not_found" } }),
+  });
+  const handler: Handler = (req, res) => {
+    if (!edge.handle(req, res as unknown as Res)) rpc(req as never, res as never);
+  };
+  const listener = await listen(handler, config.port, config.host);
+  listenerUrl = listener.url;
+
+  let closed: Promise<void> | undefined;
+  return {
+    url: listener.url,
+    port: listener.port,
+    generatedApiKey,
+    workerPids: () => pool.pids(),
+    close() {
+      closed ??= (async () => {
+        await listener.close();
+        await pool.close();
+        await modelproxy.close();
+        await datastore.close();
+        executorStore.close();
+        registryStore.close();
+      })();
+      return closed;
+    },
+  };
+}
+
+/**
+ * bootstrapKey gives the default account a key: SHAKER_API_KEY when set, else a new one on a first
+ * start (returned so it can be printed once; only its hash is stored).
+ */
+function bootstrapKey(store: ReturnType<typeof createRegistryStore>, apiKey: string | undefined): string | undefined {
+  const account = store.ensureAccount(DEFAULT_ACCOUNT, true);
+  if (apiKey) {
+    store.insertKey(account.id, apiKey);
+    return undefined;
+  }
+  if (store.keysOf(account.id).some((k) => k.revokedAt === null)) return undefined;
+  const key = generateApiKey();
+  store.insertKey(account.id, key);
+  return key;
+}

@@ -1,0 +1,78 @@
+import type { Clients } from "../shared/clients.js";
+import { createChatRoute } from "./chat.js";
+import { HttpError, sendError, sendJson, type Req, type Res } from "./http.js";
+import { EdgeRouter } from "./router.js";
+import { addWorkflowRoutes } from "./workflows.js";
+
+/** Options of createEdge. */
+export interface EdgeOptions {
+  clients: Clients;
+  /** maxBodyBytes bounds request bodies (413 beyond). */
+  maxBodyBytes: number;
+  /** maxUploadBytes bounds workflow upload bodies, which carry accessories; default 128 MiB. */
+  maxUploadBytes?: number;
+  /** keepAliveMs is the SSE keep-alive interval. */
+  keepAliveMs?: number;
+}
+
+/** Edge answers the OpenAI-compatible and management REST routes; `handle` returns false for other paths. */
+export interface Edge {
+  router: EdgeRouter;
+  handle(req: Req, res: Res): boolean;
+}
+
+const corsHeaders = {
+  "access-control-allow-origin": "*",
+  "access-control-allow-methods": "GET, POST, PUT, PATCH, DELETE, OPTIONS",
+  "access-control-allow-headers":
+    "authorization, x-api-key, content-type, openai-organization, openai-project, x-stainless-arch, x-stainless-lang, x-stainless-os, x-stainless-package-version, x-stainless-retry-count, x-stainless-runtime, x-stainless-runtime-version, x-stainless-timeout, x-stainless-helper-method, x-stainless-async",
+  "access-control-expose-headers": "x-request-id",
+  "access-control-max-age": "86400",
+};
+
+/** createEdge builds the REST translator onto the services' RPCs. */
+export function createEdge(options: EdgeOptions): Edge {
+  const router = new EdgeRouter();
+  const chat = createChatRoute({ clients: options.clients, maxBodyBytes: options.maxBodyBytes, keepAliveMs: options.keepAliveMs });
+  router.add("POST", "/v1/chat/completions", chat);
+  addWorkflowRoutes(router, {
+    clients: options.clients,
+    maxBodyBytes: options.maxBodyBytes,
+    maxUploadBytes: options.maxUploadBytes ?? 128 * 1024 * 1024,
+  });
+
+  return {
+    router,
+    handle(req, res) {
+      const url = new URL(req.url ?? "/", "http://localhost");
+      if (!url.pathname.startsWith("/v1/") && url.pathname !== "/v1" && url.pathname !== "/healthz") return false;
+      for (const [k, v] of Object.entries(corsHeaders)) res.setHeader(k, v);
+      const method = req.method ?? "GET";
+      if (url.pathname === "/healthz") {
+        sendJson(res, 200, { ok: true });
+        return true;
+      }
+      if (method === "OPTIONS") {
+        res.writeHead(204);
+        res.end();
+        return true;
+      }
+      const found = router.match(method, url.pathname);
+      if (!found) {
+        sendError(res, new HttpError(404, `no route ${method} ${url.pathname}`, null, "not_found"));
+        return true;
+      }
+      if ("allowed" in found) {
+        res.setHeader("allow", found.allowed.join(", "));
+        sendError(res, new HttpError(405, `${method} is not allowed on ${url.pathname}; use ${found.allowed.join(" or ")}`, null, "method_not_allowed"));
+        return true;
+      }
+      found.handler(req, res, found.params, url).catch((err: unknown) => {
+        // A request body left unread (an early error) would stall the connection: drain it.
+        req.resume();
+        sendError(res, err);
+      });
+      return true;
+    },
+  };
+}

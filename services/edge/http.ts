@@ -1,0 +1,196 @@
+import type { IncomingMessage, ServerResponse } from "node:http";
+import type { Http2ServerRequest } from "node:http2";
+import { Code, ConnectError } from "@connectrpc/connect";
+
+export type Req = IncomingMessage | Http2ServerRequest;
+/** Res is a response of either protocol; the HTTP/2 compatibility API answers the same calls. */
+export type Res = ServerResponse;
+
+/** HttpError is an error the edge answers with its own status, in OpenAI's error shape. */
+export class HttpError extends Error {
+  constructor(
+    readonly status: number,
+    message: string,
+    readonly param: string | null = null,
+    readonly code: string | null = null,
+  ) {
+    super(message);
+  }
+}
+
+/** The one table from Connect codes to HTTP statuses and OpenAI error types. */
+const statusByCode: Record<number, [number, string, string]> = {
+  [Code.InvalidArgument]: [400, "invalid_request_error", "invalid_request"],
+  [Code.FailedPrecondition]: [400, "invalid_request_error", "failed_precondition"],
+  [Code.OutOfRange]: [400, "invalid_request_error", "out_of_range"],
+  [Code.Unauthenticated]: [401, "authentication_error", "invalid_api_key"],
+  [Code.PermissionDenied]: [403, "permission_error", "permission_denied"],
+  [Code.NotFound]: [404, "invalid_request_error", "not_found"],
+  [Code.AlreadyExists]: [409, "invalid_request_error", "already_exists"],
+  [Code.Aborted]: [409, "invalid_request_error", "aborted"],
+  [Code.DeadlineExceeded]: [408, "timeout_error", "timeout"],
+  [Code.ResourceExhausted]: [429, "rate_limit_error", "rate_limit_exceeded"],
+  [Code.Canceled]: [499, "api_error", "cancelled"],
+  [Code.Unknown]: [500, "server_error", "workflow_error"],
+  [Code.Internal]: [500, "server_error", "internal_error"],
+  [Code.DataLoss]: [500, "server_error", "internal_error"],
+  [Code.Unimplemented]: [501, "server_error", "not_implemented"],
+  [Code.Unavailable]: [503, "server_error", "unavailable"],
+};
+
+/** typeByStatus names the OpenAI error type of the edge's own statuses. */
+function typeOfStatus(status: number): string {
+  if (status === 401) return "authentication_error";
+  if (status === 403) return "permission_error";
+  if (status === 429) return "rate_limit_error";
+  if (status >= 500) return "server_error";
+  return "invalid_request_error";
+}
+
+/** ErrorBody is OpenAI's error object. */
+export interface ErrorBody {
+  message: string;
+  type: string;
+  param: string | null;
+  code: string | null;
+}
+
+/** toErrorBody maps any error to its HTTP status and OpenAI error body. */
+export function toErrorBody(err: unknown): { status: number; body: { error: ErrorBody } } {
+  if (err instanceof HttpError) {
+    return {
+      status: err.status,
+      body: { error: { message: err.message, type: typeOfStatus(err.status), param: err.param, code: err.code } },
+    };
+  }
+  const ce = ConnectError.from(err);
+  const [status, type, code] = statusByCode[ce.code] ?? [500, "server_error", "internal_error"];
+  const param = ce.metadata.get("shaker-param");
+  return { status, body: { error: { message: ce.rawMessage, type, param, code } } };
+}
+
+/** sendJson writes a JSON response. */
+export function sendJson(res: Res, status: number, body: unknown, headers: Record<string, string> = {}): void {
+  const data = JSON.stringify(body);
+  res.writeHead(status, {
+    "content-type": "application/json",
+    "content-length": String(Buffer.byteLength(data)),
+    ...headers,
+  });
+  res.end(data);
+}
+
+/** sendError writes an error in OpenAI's shape with the status its code maps to. */
+export function sendError(res: Res, err: unknown): void {
+  const { status, body } = toErrorBody(err);
+  if (status >= 500 && !(err instanceof HttpError) && ConnectError.from(err).code === Code.Internal) {
+    process.stderr.write(`internal error: ${ConnectError.from(err).message}\n`);
+  }
+  if (res.headersSent) {
+    res.end();
+    return;
+  }
+  sendJson(res, status, body);
+}
+
+/**
+ * readBody reads a request body, refusing it with 413 as soon as it passes `limit` bytes (while
+ * reading, so a huge body is never held).
+ */
+export async function readBody(req: Req, limit: number): Promise<Buffer> {
+  const declared = Number(req.headers["content-length"]);
+  if (Number.isFinite(declared) && declared > limit) {
+    throw new HttpError(413, `request body is ${declared} bytes; the limit is ${limit} bytes`, null, "request_too_large");
+  }
+  const chunks: Buffer[] = [];
+  let size = 0;
+  for await (const chunk of req as AsyncIterable<Buffer>) {
+    size += chunk.length;
+    if (size > limit) {
+      throw new HttpError(413, `request body is larger than the limit of ${limit} bytes`, null, "request_too_large");
+    }
+    chunks.push(chunk);
+  }
+  return Buffer.concat(chunks);
+}
+
+/** readJson reads and parses a JSON object body; 400 names what is wrong. */
+export async function readJson(req: Req, limit: number): Promise<Record<string, unknown>> {
+  const body = await readBody(req, limit);
+  if (body.length === 0) throw new HttpError(400, "the request body is empty; send a JSON object", null, "invalid_json");
+  let value: unknown;
+  try {
+    value = JSON.parse(body.toString("utf8"));
+  } catch (e) {
+    throw new HttpError(400, `the request body is not valid JSON: ${(e as Error).message}`, null, "invalid_json");
+  }
+  if (value === null || typeof value !== "object" || Array.isArray(value)) {
+    throw new HttpError(400, "the request body must be a JSON object", null, "invalid_json");
+  }
+  return value as Record<string, unknown>;
+}
+
+/** callerHeaders forwards the caller's credential to the services, which authenticate it themselves. */
+export function callerHeaders(req: Req): Record<string, string> {
+  const out: Record<string, string> = {};
+  const authorization = req.headers["authorization"];
+  const apiKey = req.headers["x-api-key"];
+  if (typeof authorization === "string") out["authorization"] = authorization;
+  if (typeof apiKey === "string") out["x-api-key"] = apiKey;
+  if (!out["authorization"] && !out["x-api-key"]) {
+    throw new HttpError(401, "missing API key: send 'Authorization: Bearer <key>' or 'X-Api-Key: <key>'", null, "missing_api_key");
+  }
+  return out;
+}
+
+/** Field checks for request bodies: each throws a 400 naming the field. */
+export const field = {
+  string(body: Record<string, unknown>, name: string, required = false): string | undefined {
+    const v = body[name];
+    if (v === undefined || v === null) {
+      if (required) throw new HttpError(400, `'${name}' is required`, name, "missing_field");
+      return undefined;
+    }
+    if (typeof v !== "string") throw new HttpError(400, `'${name}' must be a string`, name, "invalid_type");
+    return v;
+  },
+  boolean(body: Record<string, unknown>, name: string): boolean | undefined {
+    const v = body[name];
+    if (v === undefined || v === null) return undefined;
+    if (typeof v !== "boolean") throw new HttpError(400, `'${name}' must be true or false`, name, "invalid_type");
+    return v;
+  },
+  integer(body: Record<string, unknown>, name: string): number | undefined {
+    const v = body[name];
+    if (v === undefined || v === null) return undefined;
+    if (typeof v !== "number" || !Number.isInteger(v) || v < 0 || v > 2 ** 31 - 1) {
+      throw new HttpError(400, `'${name}' must be a non-negative integer`, name, "invalid_type");
+    }
+    return v;
+  },
+  object(body: Record<string, unknown>, name: string): Record<string, unknown> | undefined {
+    const v = body[name];
+    if (v === undefined || v === null) return undefined;
+    if (typeof v !== "object" || Array.isArray(v)) throw new HttpError(400, `'${name}' must be a JSON object`, name, "invalid_type");
+    return v as Record<string, unknown>;
+  },
+  stringMap(body: Record<string, unknown>, name: string): Record<string, string> | undefined {
+    const v = field.object(body, name);
+    if (!v) return undefined;
+    for (const [k, val] of Object.entries(v)) {
+      if (typeof val !== "string") throw new HttpError(400, `'${name}.${k}' must be a string`, `${name}.${k}`, "invalid_type");
+    }
+    return v as Record<string, string>;
+  },
+  objectArray(body: Record<string, unknown>, name: string): Record<string, unknown>[] | undefined {
+    const v = body[name];
+    if (v === undefined || v === null) return undefined;
+    if (!Array.isArray(v)) throw new HttpError(400, `'${name}' must be an array`, name, "invalid_type");
+    v.forEach((item, i) => {
+      if (item === null || typeof item !== "object" || Array.isArray(item)) {
+        throw new HttpError(400, `'${name}[${i}]' must be a JSON object`, `${name}[${i}]`, "invalid_type");
+      }
+    });
+    return v as Record<string, unknown>[];
+  },
+};

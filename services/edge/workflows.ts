@@ -1,0 +1,135 @@
+import { toJson, type JsonObject, type MessageInitShape } from "@bufbuild/protobuf";
+import {
+  ExecutionMode,
+  VersionBump,
+  WorkflowSchema,
+  type UploadWorkflowRequestSchema,
+  type Workflow,
+} from "../../gen/shaker/registry/v1/registry_pb.js";
+import type { Clients } from "../shared/clients.js";
+import { toValue } from "../shared/json.js";
+import { callerHeaders, field, HttpError, readJson, sendJson } from "./http.js";
+import type { EdgeRouter } from "./router.js";
+
+const modes: Record<string, ExecutionMode> = {
+  sync: ExecutionMode.SYNC,
+  stream: ExecutionMode.STREAM,
+  async: ExecutionMode.ASYNC,
+};
+const bumps: Record<string, VersionBump> = { major: VersionBump.MAJOR, minor: VersionBump.MINOR, patch: VersionBump.PATCH };
+
+/** Options of the workflow routes. */
+export interface WorkflowRoutesOptions {
+  clients: Clients;
+  /** maxUploadBytes bounds upload bodies, which carry accessories (larger than invoke bodies). */
+  maxUploadBytes: number;
+  maxBodyBytes: number;
+}
+
+function enumField<T>(body: Record<string, unknown>, name: string, values: Record<string, T>): T | undefined {
+  const v = field.string(body, name);
+  if (v === undefined) return undefined;
+  if (!(v in values)) throw new HttpError(400, `'${name}' must be one of ${Object.keys(values).join(", ")}`, name, "invalid_value");
+  return values[v];
+}
+
+/** uploadRequest turns the REST upload body into the Registry's request, naming any bad field. */
+function uploadRequest(body: Record<string, unknown>): MessageInitShape<typeof UploadWorkflowRequestSchema> {
+  const accessories = (field.objectArray(body, "accessories") ?? []).map((a, i) => {
+    const key = a.key;
+    if (typeof key !== "string" || !key.trim()) throw new HttpError(400, `'accessories[${i}].key' must be a non-empty string`, `accessories[${i}].key`);
+    if ("content_base64" in a) {
+      if (typeof a.content_base64 !== "string" || !/^[A-Za-z0-9+/=_\-\s]*$/.test(a.content_base64)) {
+        throw new HttpError(400, `'accessories[${i}].content_base64' is not valid base64`, `accessories[${i}].content_base64`);
+      }
+      const text = Buffer.from(a.content_base64, "base64").toString("utf8");
+      try {
+        return { key, content: toValue(JSON.parse(text)) };
+      } catch {
+        throw new HttpError(400, `'accessories[${i}].content_base64' does not decode to JSON`, `accessories[${i}].content_base64`);
+      }
+    }
+    if (!("content" in a)) throw new HttpError(400, `'accessories[${i}]' needs 'content' (JSON) or 'content_base64'`, `accessories[${i}]`);
+    return { key, content: toValue(a.content) };
+  });
+  const datastores = (field.objectArray(body, "datastores") ?? []).map((d, i) => {
+    if (typeof d.name !== "string") throw new HttpError(400, `'datastores[${i}].name' must be a string`, `datastores[${i}].name`);
+    if (d.write !== undefined && typeof d.write !== "boolean") {
+      throw new HttpError(400, `'datastores[${i}].write' must be true or false`, `datastores[${i}].write`);
+    }
+    return { name: d.name, write: d.write === true };
+  });
+  return {
+    workflowRefName: field.string(body, "workflow_ref_name", true),
+    script: field.string(body, "script", true),
+    workflowName: field.string(body, "workflow_name") ?? "",
+    description: field.string(body, "description") ?? "",
+    timeoutSeconds: field.integer(body, "timeout_seconds") ?? 0,
+    executionMode: enumField(body, "execution_mode", modes) ?? ExecutionMode.UNSPECIFIED,
+    env: field.stringMap(body, "env") ?? {},
+    accessories: accessories as never,
+    datastores: datastores as never,
+    publishVersion: field.boolean(body, "publish_version"),
+    versionBump: enumField(body, "version_bump", bumps) ?? VersionBump.UNSPECIFIED,
+    versionNotes: field.string(body, "version_notes") ?? "",
+  };
+}
+
+function workflowJson(w: Workflow): JsonObject {
+  return toJson(WorkflowSchema, w, { useProtoFieldName: true, alwaysEmitImplicit: true, enumAsInteger: false }) as JsonObject;
+}
+
+function intParam(url: URL, name: string): number {
+  const raw = url.searchParams.get(name);
+  if (raw === null || raw === "") return 0;
+  const n = Number(raw);
+  if (!Number.isInteger(n) || n < 0) throw new HttpError(400, `query parameter '${name}' must be a non-negative integer`, name);
+  return n;
+}
+
+/** addWorkflowRoutes registers the workflow management REST routes of spec section 4. */
+export function addWorkflowRoutes(router: EdgeRouter, options: WorkflowRoutesOptions): void {
+  const { registry } = options.clients;
+  router
+    .add("POST", "/v1/workflows/upload", async (req, res) => {
+      const headers = callerHeaders(req);
+      const body = await readJson(req, options.maxUploadBytes);
+      const resp = await registry.uploadWorkflow(uploadRequest(body), { headers });
+      sendJson(res, 201, {
+        data: { workflow_ref_name: resp.workflowRefName, version: resp.version, created: resp.created, version_id: resp.versionId },
+      });
+    })
+    .add("POST", "/v1/workflows/validate", async (req, res) => {
+      const headers = callerHeaders(req);
+      const body = await readJson(req, options.maxUploadBytes);
+      const code = field.string(body, "code") ?? field.string(body, "script");
+      if (code === undefined) throw new HttpError(400, "'code' is required", "code", "missing_field");
+      const resp = await registry.validateWorkflow({ code }, { headers });
+      sendJson(res, 200, { data: { ok: resp.ok, errors: resp.errors.map((e) => ({ line: e.line, column: e.column, message: e.message })) } });
+    })
+    .add("GET", "/v1/workflows/default-script", async (req, res) => {
+      const resp = await registry.getDefaultScript({}, { headers: callerHeaders(req) });
+      sendJson(res, 200, { data: { script: resp.script } });
+    })
+    .add("GET", "/v1/workflows", async (req, res, _p, url) => {
+      const headers = callerHeaders(req);
+      const offset = intParam(url, "offset");
+      const limit = intParam(url, "limit");
+      if (limit > 100) throw new HttpError(400, "query parameter 'limit' must be at most 100", "limit");
+      const resp = await registry.listWorkflows({ offset, limit }, { headers });
+      sendJson(res, 200, {
+        data: resp.workflows.map(workflowJson),
+        total: resp.total,
+        offset,
+        limit: limit || 20,
+      });
+    })
+    .add("GET", "/v1/workflows/:ref", async (req, res, params) => {
+      const resp = await registry.getWorkflow({ workflowRefName: params.ref }, { headers: callerHeaders(req) });
+      sendJson(res, 200, { data: workflowJson(resp.workflow!) });
+    })
+    .add("DELETE", "/v1/workflows/:ref", async (req, res, params) => {
+      const resp = await registry.deleteWorkflow({ workflowRefName: params.ref }, { headers: callerHeaders(req) });
+      sendJson(res, 200, { data: { workflow_ref_name: resp.workflowRefName, deleted: true } });
+    });
+}

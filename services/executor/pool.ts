@@ -1,0 +1,205 @@
+import { spawn, type ChildProcess } from "node:child_process";
+import type { Readable, Writable } from "node:stream";
+
+const harnessDir = new URL("./harness", import.meta.url).pathname;
+
+/** WorkerEvent is one frame about a run, from its worker or its child process. */
+export type WorkerEvent =
+  | { t: "started"; pid: number }
+  | { t: "emit"; seq: number; value: unknown; time: number }
+  | { t: "log"; level: string; message: string; fields: Record<string, unknown>; time: number }
+  | { t: "http"; method: string; host: string; status: number; duration_ms: number; error: string; time: number }
+  | { t: "output"; stream: "stdout" | "stderr"; data: string }
+  | { t: "result"; output: unknown; usage: { prompt_tokens: number; completion_tokens: number; total_tokens: number } }
+  | { t: "error"; type: string; message: string; traceback: string }
+  | { t: "exit"; code: number; signal: number; output_truncated: boolean };
+
+/** RunJob is one run handed to the pool. */
+export interface RunJob {
+  runId: string;
+  versionId: string;
+  source: string;
+  /** payload is what the child's ctx is built from (input, messages, secrets, token, limits, ...). */
+  payload: Record<string, unknown>;
+  /** onEvent receives every frame of the run, `exit` last. */
+  onEvent: (event: WorkerEvent) => void;
+}
+
+/** RunHandle controls a run in the pool. */
+export interface RunHandle {
+  /** kill sends SIGKILL to the run's process group (now, or as soon as it has one). */
+  kill(): void;
+}
+
+interface Active {
+  job: RunJob;
+  pid: number | undefined;
+  killed: boolean;
+}
+
+interface Worker {
+  proc: ChildProcess;
+  toWorker: Writable;
+  active: Map<string, Active>;
+  versions: Set<string>;
+  alive: boolean;
+}
+
+/** Options of createWorkerPool. */
+export interface WorkerPoolOptions {
+  /** python is the interpreter. */
+  python: string;
+  /** size is the number of long-lived workers. */
+  size: number;
+  /** maxOutputBytes caps a run's captured stdout and stderr. */
+  maxOutputBytes?: number;
+  /** log reports worker-level trouble (a worker's own stderr, deaths). */
+  log?: (message: string) => void;
+}
+
+/** WorkerPool runs jobs in long-lived Python workers, one fork() per run. */
+export interface WorkerPool {
+  run(job: RunJob): RunHandle;
+  /** pids lists the workers' process ids. */
+  pids(): number[];
+  /** activeRuns is the number of runs in the pool. */
+  activeRuns(): number;
+  close(): Promise<void>;
+}
+
+function frameReader(stream: Readable, onFrame: (runId: string, body: Buffer) => void): void {
+  let buf: Buffer = Buffer.alloc(0);
+  stream.on("data", (chunk: Buffer) => {
+    buf = buf.length === 0 ? chunk : Buffer.concat([buf, chunk]);
+    let offset = 0;
+    while (buf.length - offset >= 4) {
+      const n = buf.readUInt32BE(offset);
+      if (buf.length - offset - 4 < n) break;
+      const frame = buf.subarray(offset + 4, offset + 4 + n);
+      offset += 4 + n;
+      const nl = frame.indexOf(10);
+      onFrame(frame.subarray(0, nl).toString("utf8"), frame.subarray(nl + 1));
+    }
+    buf = offset === buf.length ? Buffer.alloc(0) : buf.subarray(offset);
+  });
+}
+
+function encodeFrame(value: unknown): Buffer {
+  const body = Buffer.from(JSON.stringify(value));
+  const head = Buffer.alloc(4);
+  head.writeUInt32BE(body.length);
+  return Buffer.concat([head, body]);
+}
+
+function killGroup(pid: number): void {
+  try {
+    process.kill(-pid, "SIGKILL");
+  } catch {
+    // The group is already gone.
+  }
+}
+
+/** createWorkerPool starts `size` Python workers with the harness preloaded. */
+export function createWorkerPool(options: WorkerPoolOptions): WorkerPool {
+  const workers: Worker[] = [];
+  let closing = false;
+  const log = options.log ?? ((m: string) => process.stderr.write(`${m}\n`));
+
+  function spawnWorker(slot: number): Worker {
+    const proc = spawn(options.python, ["-B", "-s", "-u", "-m", "shaker.worker"], {
+      cwd: harnessDir,
+      env: {
+        ...process.env,
+        PYTHONPATH: harnessDir,
+        PYTHONDONTWRITEBYTECODE: "1",
+        SHAKER_MAX_OUTPUT_BYTES: String(options.maxOutputBytes ?? 1024 * 1024),
+      },
+      stdio: ["ignore", "inherit", "pipe", "pipe", "pipe"],
+    });
+    const worker: Worker = {
+      proc,
+      toWorker: proc.stdio[3] as Writable,
+      active: new Map(),
+      versions: new Set(),
+      alive: true,
+    };
+    worker.toWorker.on("error", () => {});
+    proc.stderr!.on("data", (b: Buffer) => log(`[python worker ${proc.pid}] ${b.toString("utf8").trimEnd()}`));
+    frameReader(proc.stdio[4] as Readable, (runId, body) => {
+      const active = worker.active.get(runId);
+      if (!active) return;
+      let event: WorkerEvent;
+      try {
+        event = JSON.parse(body.toString("utf8")) as WorkerEvent;
+      } catch {
+        return;
+      }
+      if (event.t === "started") {
+        active.pid = event.pid;
+        if (active.killed) killGroup(event.pid);
+      }
+      if (event.t === "exit") worker.active.delete(runId);
+      active.job.onEvent(event);
+    });
+    proc.on("exit", (code, signal) => {
+      worker.alive = false;
+      // Runs the worker held cannot report any more: end them with a clear error, and their processes.
+      for (const [, active] of worker.active) {
+        if (active.pid) killGroup(active.pid);
+        active.job.onEvent({
+          t: "error",
+          type: "WorkerDied",
+          message: `the Python worker running this workflow died (${signal ?? `exit ${code}`})`,
+          traceback: "",
+        });
+        active.job.onEvent({ t: "exit", code: 1, signal: 0, output_truncated: false });
+      }
+      worker.active.clear();
+      if (!closing) {
+        log(`python worker ${proc.pid} died (${signal ?? `exit ${code}`}); starting another`);
+        workers[slot] = spawnWorker(slot);
+      }
+    });
+    return worker;
+  }
+
+  for (let i = 0; i < options.size; i++) workers.push(spawnWorker(i));
+
+  return {
+    run(job) {
+      let worker = workers[0];
+      for (const w of workers) if (w.alive && (!worker.alive || w.active.size < worker.active.size)) worker = w;
+      const active: Active = { job, pid: undefined, killed: false };
+      worker.active.set(job.runId, active);
+      const frame: Record<string, unknown> = { t: "run", id: job.runId, version_id: job.versionId, payload: job.payload };
+      if (!worker.versions.has(job.versionId)) {
+        frame.source = job.source;
+        worker.versions.add(job.versionId);
+      }
+      worker.toWorker.write(encodeFrame(frame));
+      return {
+        kill() {
+          active.killed = true;
+          if (active.pid) killGroup(active.pid);
+        },
+      };
+    },
+    pids: () => workers.map((w) => w.proc.pid ?? 0),
+    activeRuns: () => workers.reduce((n, w) => n + w.active.size, 0),
+    async close() {
+      closing = true;
+      await Promise.all(
+        workers.map(
+          (w) =>
+            new Promise<void>((resolve) => {
+              for (const [, a] of w.active) if (a.pid) killGroup(a.pid);
+              if (!w.alive) return resolve();
+              w.proc.once("exit", () => resolve());
+              w.toWorker.end();
+              setTimeout(() => w.proc.kill("SIGKILL"), 2000).unref();
+            }),
+        ),
+      );
+    },
+  };
+}

@@ -1,0 +1,398 @@
+import { randomBytes } from "node:crypto";
+import type { JsonObject, MessageInitShape } from "@bufbuild/protobuf";
+import { timestampFromMs } from "@bufbuild/protobuf/wkt";
+import { Code, ConnectError, type HandlerContext, type ServiceImpl } from "@connectrpc/connect";
+import {
+  ExecutionMode,
+  RegistryService,
+  VersionBump,
+  type ApiKeySchema,
+  type ValidationError,
+  type WorkflowVersionSchema,
+} from "../../gen/shaker/registry/v1/registry_pb.js";
+import { createAuth, requireAccount, type Auth, type Identity } from "../shared/auth.js";
+import { fromValue, toValue } from "../shared/json.js";
+import { runPythonJson } from "../shared/python.js";
+import type { ApiKeyRow, RegistryStore, VersionRow, WorkflowRow } from "./store.js";
+
+/** The limits of what an upload may carry. */
+export const registryLimits = {
+  accessoryBytes: 50 * 1024 * 1024,
+  accessoriesPerWorkflow: 100,
+  scriptBytes: 1024 * 1024,
+  envEntries: 200,
+};
+
+const refNamePattern = /^[a-z0-9][a-z0-9_-]{0,63}$/;
+const versionPattern = /^(\d{1,9})\.(\d{1,9})\.(\d{1,9})$/;
+const validatorScript = new URL("./validate.py", import.meta.url).pathname;
+
+/** DEFAULT_ACCOUNT is the account `SHAKER_API_KEY` and the first start's key belong to. */
+export const DEFAULT_ACCOUNT = "default";
+
+/** Options of createRegistryService. */
+export interface RegistryServiceOptions {
+  store: RegistryStore;
+  /** serviceSecret authenticates internal calls and signs run tokens. */
+  serviceSecret: string;
+  /** python runs the validator. */
+  python: string;
+  /** defaultTimeoutSeconds applies when an upload sets none. */
+  defaultTimeoutSeconds: number;
+  /** maxTimeoutSeconds is the largest timeout an upload may ask for. */
+  maxTimeoutSeconds: number;
+}
+
+/** ValidationResult is what the Python validator finds in a script. */
+export interface ValidationResult {
+  errors: ValidationError[];
+  input_schema: JsonObject | null;
+  output_schema: JsonObject | null;
+}
+
+/** generateApiKey makes a new key: a recognisable prefix and 192 random bits. */
+export function generateApiKey(): string {
+  return `sk-shaker-${randomBytes(24).toString("base64url")}`;
+}
+
+/** versionString formats a version row's number. */
+export function versionString(v: Pick<VersionRow, "major" | "minor" | "patch">): string {
+  return `${v.major}.${v.minor}.${v.patch}`;
+}
+
+function keyMessage(row: ApiKeyRow, accountName: string): MessageInitShape<typeof ApiKeySchema> {
+  return {
+    id: row.id,
+    prefix: row.prefix,
+    accountName,
+    createdAt: timestampFromMs(row.createdAt),
+    revokedAt: row.revokedAt ? timestampFromMs(row.revokedAt) : undefined,
+  };
+}
+
+/**
+ * versionMessage turns a stored version into its message. Scripts are left out unless asked for,
+ * so listings stay small.
+ */
+function versionMessage(
+  workflow: WorkflowRow,
+  v: VersionRow,
+  accessoryKeys: string[],
+  withScript: boolean,
+): MessageInitShape<typeof WorkflowVersionSchema> {
+  return {
+    workflowRefName: workflow.refName,
+    version: versionString(v),
+    versionId: v.id,
+    workflowName: v.workflowName,
+    description: v.description,
+    script: withScript ? v.script : "",
+    inputSchema: (v.inputSchema as JsonObject | null) ?? undefined,
+    outputSchema: (v.outputSchema as JsonObject | null) ?? undefined,
+    env: v.env,
+    timeoutSeconds: v.timeoutSeconds,
+    executionMode: v.executionMode as ExecutionMode,
+    datastores: v.datastores,
+    accessoryKeys,
+    notes: v.notes,
+    published: v.published,
+    createdAt: timestampFromMs(v.createdAt),
+    accountId: workflow.accountId,
+  };
+}
+
+function bump(latest: VersionRow | undefined, how: VersionBump): [number, number, number] {
+  if (!latest) return [1, 0, 0];
+  switch (how) {
+    case VersionBump.MAJOR:
+      return [latest.major + 1, 0, 0];
+    case VersionBump.PATCH:
+      return [latest.major, latest.minor, latest.patch + 1];
+    default:
+      return [latest.major, latest.minor + 1, 0];
+  }
+}
+
+function invalid(message: string): ConnectError {
+  return new ConnectError(message, Code.InvalidArgument);
+}
+
+/** createRegistryService builds the Registry's handlers over its store. */
+export function createRegistryService(options: RegistryServiceOptions): {
+  impl: ServiceImpl<typeof RegistryService>;
+  auth: Auth;
+  validate: (code: string) => Promise<ValidationResult>;
+} {
+  const { store } = options;
+  const auth = createAuth({
+    serviceSecret: options.serviceSecret,
+    // The Registry owns the keys, so it reads them directly and needs no cache.
+    keyCacheMs: 0,
+    authenticateKey: async (apiKey) => {
+      const owner = store.ownerOfKey(apiKey);
+      return owner && { accountId: owner.account.id, admin: owner.account.admin, keyId: owner.key.id };
+    },
+  });
+
+  async function caller(ctx: HandlerContext): Promise<Identity> {
+    return auth.identify(ctx.requestHeader);
+  }
+
+  function requireAdmin(identity: Identity): void {
+    if (identity.kind === "service") return;
+    if (identity.kind === "key" && identity.admin) return;
+    throw new ConnectError("only an admin account's key may manage other accounts' keys", Code.PermissionDenied);
+  }
+
+  async function validate(code: string): Promise<ValidationResult> {
+    if (Buffer.byteLength(code) > registryLimits.scriptBytes) {
+      return {
+        errors: [{ line: 0, column: 0, message: `script is larger than ${registryLimits.scriptBytes} bytes` } as ValidationError],
+        input_schema: null,
+        output_schema: null,
+      };
+    }
+    try {
+      return await runPythonJson<ValidationResult>({
+        python: options.python,
+        script: validatorScript,
+        input: { code },
+        timeoutMs: 20_000,
+      });
+    } catch (e) {
+      throw new ConnectError(`the validator failed: ${(e as Error).message}`, Code.Internal);
+    }
+  }
+
+  function liveWorkflow(accountId: string, refName: string): WorkflowRow {
+    const workflow = refNamePattern.test(refName) ? store.workflow(accountId, refName) : undefined;
+    if (!workflow) throw new ConnectError(`workflow '${refName}' not found`, Code.NotFound);
+    return workflow;
+  }
+
+  const impl: ServiceImpl<typeof RegistryService> = {
+    async authenticate(req, ctx) {
+      const identity = await caller(ctx);
+      if (identity.kind !== "service") {
+        throw new ConnectError("Authenticate is for services only", Code.PermissionDenied);
+      }
+      const owner = store.ownerOfKey(req.apiKey);
+      if (!owner) throw new ConnectError("invalid API key", Code.Unauthenticated);
+      return { account: { id: owner.account.id, name: owner.account.name, admin: owner.account.admin }, keyId: owner.key.id };
+    },
+
+    async createApiKey(req, ctx) {
+      const identity = await caller(ctx);
+      requireAdmin(identity);
+      const name = req.accountName.trim();
+      if (!refNamePattern.test(name)) {
+        throw invalid("account_name must match ^[a-z0-9][a-z0-9_-]{0,63}$");
+      }
+      const account = store.ensureAccount(name, req.admin);
+      const apiKey = generateApiKey();
+      const row = store.insertKey(account.id, apiKey);
+      return { apiKey, key: keyMessage(row, account.name) };
+    },
+
+    async listApiKeys(req, ctx) {
+      const identity = await caller(ctx);
+      let accountId = requireAccount(identity);
+      if (req.accountName) {
+        const account = store.accountByName(req.accountName);
+        if (!account) throw new ConnectError(`account '${req.accountName}' not found`, Code.NotFound);
+        if (account.id !== accountId) requireAdmin(identity);
+        accountId = account.id;
+      }
+      const account = store.accountById(accountId);
+      if (!account) throw new ConnectError("account not found", Code.NotFound);
+      return { keys: store.keysOf(accountId).map((k) => keyMessage(k, account.name)) };
+    },
+
+    async revokeApiKey(req, ctx) {
+      const identity = await caller(ctx);
+      const key = store.keyById(req.keyId.trim());
+      if (!key) throw new ConnectError(`API key '${req.keyId}' not found`, Code.NotFound);
+      if (key.accountId !== identity.accountId) requireAdmin(identity);
+      store.revokeKey(key.id);
+      const account = store.accountById(key.accountId)!;
+      return { key: keyMessage(store.keyById(key.id)!, account.name) };
+    },
+
+    async uploadWorkflow(req, ctx) {
+      const accountId = requireAccount(await caller(ctx));
+      if (!refNamePattern.test(req.workflowRefName)) {
+        throw invalid("workflow_ref_name must match ^[a-z0-9][a-z0-9_-]{0,63}$");
+      }
+      if (!req.script.trim()) throw invalid("script is required");
+      if (req.timeoutSeconds < 0 || req.timeoutSeconds > options.maxTimeoutSeconds) {
+        throw invalid(`timeout_seconds must be between 1 and ${options.maxTimeoutSeconds}`);
+      }
+      if (Object.keys(req.env).length > registryLimits.envEntries) {
+        throw invalid(`env has more than ${registryLimits.envEntries} entries`);
+      }
+      if (req.accessories.length > registryLimits.accessoriesPerWorkflow) {
+        throw invalid(`at most ${registryLimits.accessoriesPerWorkflow} accessories per workflow, got ${req.accessories.length}`);
+      }
+      const accessoryList: { key: string; content: string }[] = [];
+      const seenKeys = new Set<string>();
+      for (const [i, a] of req.accessories.entries()) {
+        if (!a.key.trim()) throw invalid(`accessories[${i}].key is required`);
+        const normal = a.key.trim().toLowerCase().replaceAll("-", "_");
+        if (seenKeys.has(normal)) throw invalid(`accessories[${i}].key '${a.key}' repeats another key (keys are case-insensitive, '-' and '_' alike)`);
+        seenKeys.add(normal);
+        const content = JSON.stringify(fromValue(a.content));
+        if (Buffer.byteLength(content) > registryLimits.accessoryBytes) {
+          throw new ConnectError(
+            `accessories[${i}] ('${a.key}') is larger than the limit of ${registryLimits.accessoryBytes / 1024 / 1024} MB`,
+            Code.ResourceExhausted,
+          );
+        }
+        accessoryList.push({ key: a.key.trim(), content });
+      }
+      for (const [i, d] of req.datastores.entries()) {
+        if (!refNamePattern.test(d.name)) throw invalid(`datastores[${i}].name must match ^[a-z0-9][a-z0-9_-]{0,63}$`);
+      }
+      const result = await validate(req.script);
+      if (result.errors.length > 0) {
+        const lines = result.errors.map((e) => `line ${e.line}, column ${e.column}: ${e.message}`);
+        throw invalid(`the script is not a valid workflow:\n${lines.join("\n")}`);
+      }
+      const stored = store.insertVersion(
+        accountId,
+        req.workflowRefName,
+        (latest) => bump(latest, req.versionBump),
+        {
+          workflowName: req.workflowName.trim() || req.workflowRefName,
+          description: req.description,
+          script: req.script,
+          inputSchema: result.input_schema,
+          outputSchema: result.output_schema,
+          env: req.env,
+          timeoutSeconds: req.timeoutSeconds || options.defaultTimeoutSeconds,
+          executionMode: req.executionMode || ExecutionMode.SYNC,
+          datastores: req.datastores.map((d) => ({ name: d.name, write: d.write })),
+          notes: req.versionNotes,
+          published: req.publishVersion ?? true,
+        },
+        accessoryList,
+      );
+      return {
+        workflowRefName: stored.workflow.refName,
+        version: versionString(stored.version),
+        created: stored.created,
+        versionId: stored.version.id,
+      };
+    },
+
+    async validateWorkflow(req, ctx) {
+      await caller(ctx);
+      const result = await validate(req.code);
+      return { ok: result.errors.length === 0, errors: result.errors };
+    },
+
+    async getWorkflow(req, ctx) {
+      const accountId = requireAccount(await caller(ctx));
+      const workflow = liveWorkflow(accountId, req.workflowRefName);
+      const versions = store.versions(workflow.id);
+      const latest = versions.find((v) => v.published) ?? versions[0];
+      return {
+        workflow: {
+          workflowRefName: workflow.refName,
+          workflowName: latest?.workflowName ?? workflow.refName,
+          description: latest?.description ?? "",
+          latestVersion: versions.find((v) => v.published) ? versionString(latest!) : "",
+          createdAt: timestampFromMs(workflow.createdAt),
+          updatedAt: timestampFromMs(workflow.updatedAt),
+          versions: versions.map((v) => versionMessage(workflow, v, store.accessoryKeys(v.id), false)),
+        },
+      };
+    },
+
+    async listWorkflows(req, ctx) {
+      const accountId = requireAccount(await caller(ctx));
+      if (req.offset < 0) throw invalid("offset must be 0 or more");
+      if (req.limit < 0 || req.limit > 100) throw invalid("limit must be between 1 and 100");
+      const { rows, total } = store.listWorkflows(accountId, req.offset, req.limit || 20);
+      return {
+        total,
+        workflows: rows.map((w) => {
+          const latest = store.latestVersion(w.id, true) ?? store.latestVersion(w.id, false);
+          return {
+            workflowRefName: w.refName,
+            workflowName: latest?.workflowName ?? w.refName,
+            description: latest?.description ?? "",
+            latestVersion: latest?.published ? versionString(latest) : "",
+            createdAt: timestampFromMs(w.createdAt),
+            updatedAt: timestampFromMs(w.updatedAt),
+          };
+        }),
+      };
+    },
+
+    async deleteWorkflow(req, ctx) {
+      const accountId = requireAccount(await caller(ctx));
+      const workflow = liveWorkflow(accountId, req.workflowRefName);
+      store.deleteWorkflow(workflow.id);
+      return { workflowRefName: workflow.refName };
+    },
+
+    async resolveWorkflow(req, ctx) {
+      const identity = await caller(ctx);
+      const accountId = requireAccount(identity);
+      if (req.versionId) {
+        const found = store.versionById(req.versionId);
+        if (!found || found.workflow.accountId !== accountId) {
+          throw new ConnectError(`workflow version '${req.versionId}' not found`, Code.NotFound);
+        }
+        return { version: versionMessage(found.workflow, found.version, store.accessoryKeys(found.version.id), true) };
+      }
+      const workflow = liveWorkflow(accountId, req.workflowRefName);
+      let version: VersionRow | undefined;
+      if (req.version) {
+        const m = versionPattern.exec(req.version);
+        version = m ? store.version(workflow.id, Number(m[1]), Number(m[2]), Number(m[3])) : undefined;
+        if (!version) {
+          throw new ConnectError(`workflow '${req.workflowRefName}' has no version '${req.version}'`, Code.NotFound);
+        }
+      } else {
+        version = store.latestVersion(workflow.id, true);
+        if (!version) {
+          throw new ConnectError(`workflow '${req.workflowRefName}' has no published version`, Code.NotFound);
+        }
+      }
+      return { version: versionMessage(workflow, version, store.accessoryKeys(version.id), true) };
+    },
+
+    async getAccessory(req, ctx) {
+      const accountId = requireAccount(await caller(ctx));
+      const found = store.versionById(req.versionId);
+      if (!found || found.workflow.accountId !== accountId) {
+        throw new ConnectError(`workflow version '${req.versionId}' not found`, Code.NotFound);
+      }
+      const accessory = store.accessory(req.versionId, req.key);
+      if (!accessory) throw new ConnectError(`accessory '${req.key}' not found`, Code.NotFound);
+      return { accessory: { key: accessory.key, content: toValue(JSON.parse(accessory.content)) } };
+    },
+
+    async getDefaultScript(_req, ctx) {
+      await caller(ctx);
+      return { script: defaultScript };
+    },
+  };
+  return { impl, auth, validate };
+}
+
+/** defaultScript is the template GET /v1/workflows/default-script returns. */
+export const defaultScript = `from shaker import WorkflowContext
+
+# INPUT_SCHEMA is checked at invoke time: a missing required field is a 400 naming it.
+INPUT_SCHEMA = {"query": {"type": "string", "description": "what to answer", "required": False}}
+OUTPUT_SCHEMA = {"answer": {"type": "string", "description": "the answer"}}
+
+
+def execute(ctx: WorkflowContext):
+    query = (ctx.input or {}).get("query") or (ctx.messages[-1]["content"] if ctx.messages else "")
+    ctx.log("answering", query=query)
+    resp = ctx.chat.completions.create(messages=[{"role": "user", "content": query}], intent="answer")
+    return {"answer": resp["choices"][0]["message"]["content"]}
+`;

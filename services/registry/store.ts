@@ -1,0 +1,222 @@
+import { createHash } from "node:crypto";
+import { and, asc, count, desc, eq, isNull } from "drizzle-orm";
+import { openDatabase, type Db } from "../shared/db.js";
+import { newId } from "../shared/ids.js";
+import * as schema from "./schema.js";
+
+const migrationsFolder = new URL("./migrations", import.meta.url).pathname;
+
+export type AccountRow = typeof schema.accounts.$inferSelect;
+export type ApiKeyRow = typeof schema.apiKeys.$inferSelect;
+export type WorkflowRow = typeof schema.workflows.$inferSelect;
+export type VersionRow = typeof schema.workflowVersions.$inferSelect;
+export type NewVersion = Omit<typeof schema.workflowVersions.$inferInsert, "id" | "workflowId" | "createdAt" | "major" | "minor" | "patch">;
+
+/** hashKey is how API keys are stored and looked up. */
+export function hashKey(apiKey: string): string {
+  return createHash("sha256").update(apiKey).digest("hex");
+}
+
+/** normaliseAccessoryKey makes keys case-insensitive with '-' and '_' alike, as the hosted product does. */
+export function normaliseAccessoryKey(key: string): string {
+  return key.trim().toLowerCase().replaceAll("-", "_");
+}
+
+/** RegistryStore holds every query of the Registry. */
+export type RegistryStore = ReturnType<typeof createRegistryStore>;
+
+/** createRegistryStore opens the Registry's database (":memory:" for tests). */
+export function createRegistryStore(file: string) {
+  const db: Db<typeof schema> = openDatabase({ file, migrationsFolder, schema });
+  const { orm } = db;
+  const { accounts, apiKeys, workflows, workflowVersions, accessories } = schema;
+
+  function accountByName(name: string): AccountRow | undefined {
+    return orm.select().from(accounts).where(eq(accounts.name, name)).get();
+  }
+
+  return {
+    close: () => db.close(),
+    sqlite: db.sqlite,
+
+    accountByName,
+    accountById(id: string): AccountRow | undefined {
+      return orm.select().from(accounts).where(eq(accounts.id, id)).get();
+    },
+    /** ensureAccount returns the named account, creating it when absent. */
+    ensureAccount(name: string, admin: boolean): AccountRow {
+      const existing = accountByName(name);
+      if (existing) return existing;
+      const row = { id: newId("acct"), name, admin, createdAt: Date.now() };
+      orm.insert(accounts).values(row).run();
+      return row;
+    },
+
+    insertKey(accountId: string, apiKey: string): ApiKeyRow {
+      const row = {
+        id: newId("key"),
+        accountId,
+        prefix: apiKey.slice(0, 14),
+        hash: hashKey(apiKey),
+        createdAt: Date.now(),
+        revokedAt: null,
+      };
+      orm.insert(apiKeys).values(row).onConflictDoNothing().run();
+      return orm.select().from(apiKeys).where(eq(apiKeys.hash, row.hash)).get()!;
+    },
+    /** ownerOfKey returns the live key and its account, or undefined. */
+    ownerOfKey(apiKey: string): { key: ApiKeyRow; account: AccountRow } | undefined {
+      const row = orm
+        .select({ key: apiKeys, account: accounts })
+        .from(apiKeys)
+        .innerJoin(accounts, eq(accounts.id, apiKeys.accountId))
+        .where(and(eq(apiKeys.hash, hashKey(apiKey)), isNull(apiKeys.revokedAt)))
+        .get();
+      return row;
+    },
+    keysOf(accountId: string): ApiKeyRow[] {
+      return orm.select().from(apiKeys).where(eq(apiKeys.accountId, accountId)).orderBy(asc(apiKeys.createdAt)).all();
+    },
+    keyById(idOrPrefix: string): ApiKeyRow | undefined {
+      return (
+        orm.select().from(apiKeys).where(eq(apiKeys.id, idOrPrefix)).get() ??
+        orm.select().from(apiKeys).where(eq(apiKeys.prefix, idOrPrefix)).get()
+      );
+    },
+    revokeKey(id: string): void {
+      orm.update(apiKeys).set({ revokedAt: Date.now() }).where(and(eq(apiKeys.id, id), isNull(apiKeys.revokedAt))).run();
+    },
+    liveKeyCount(): number {
+      return orm.select({ n: count() }).from(apiKeys).where(isNull(apiKeys.revokedAt)).get()!.n;
+    },
+
+    workflow(accountId: string, refName: string): WorkflowRow | undefined {
+      return orm
+        .select()
+        .from(workflows)
+        .where(and(eq(workflows.accountId, accountId), eq(workflows.refName, refName), isNull(workflows.deletedAt)))
+        .get();
+    },
+    listWorkflows(accountId: string, offset: number, limit: number): { rows: WorkflowRow[]; total: number } {
+      const live = and(eq(workflows.accountId, accountId), isNull(workflows.deletedAt));
+      const rows = orm.select().from(workflows).where(live).orderBy(desc(workflows.updatedAt)).limit(limit).offset(offset).all();
+      const total = orm.select({ n: count() }).from(workflows).where(live).get()!.n;
+      return { rows, total };
+    },
+    deleteWorkflow(id: string): void {
+      orm.update(workflows).set({ deletedAt: Date.now() }).where(eq(workflows.id, id)).run();
+    },
+
+    versions(workflowId: string): VersionRow[] {
+      return orm
+        .select()
+        .from(workflowVersions)
+        .where(eq(workflowVersions.workflowId, workflowId))
+        .orderBy(desc(workflowVersions.major), desc(workflowVersions.minor), desc(workflowVersions.patch))
+        .all();
+    },
+    /** latestVersion is the highest version, published only when asked. */
+    latestVersion(workflowId: string, publishedOnly: boolean): VersionRow | undefined {
+      return orm
+        .select()
+        .from(workflowVersions)
+        .where(
+          publishedOnly
+            ? and(eq(workflowVersions.workflowId, workflowId), eq(workflowVersions.published, true))
+            : eq(workflowVersions.workflowId, workflowId),
+        )
+        .orderBy(desc(workflowVersions.major), desc(workflowVersions.minor), desc(workflowVersions.patch))
+        .limit(1)
+        .get();
+    },
+    version(workflowId: string, major: number, minor: number, patch: number): VersionRow | undefined {
+      return orm
+        .select()
+        .from(workflowVersions)
+        .where(
+          and(
+            eq(workflowVersions.workflowId, workflowId),
+            eq(workflowVersions.major, major),
+            eq(workflowVersions.minor, minor),
+            eq(workflowVersions.patch, patch),
+          ),
+        )
+        .get();
+    },
+    /** versionById returns a version with its workflow, deleted workflows included (runs in flight need them). */
+    versionById(id: string): { version: VersionRow; workflow: WorkflowRow } | undefined {
+      return orm
+        .select({ version: workflowVersions, workflow: workflows })
+        .from(workflowVersions)
+        .innerJoin(workflows, eq(workflows.id, workflowVersions.workflowId))
+        .where(eq(workflowVersions.id, id))
+        .get();
+    },
+    accessoryKeys(versionId: string): string[] {
+      return orm
+        .select({ key: accessories.originalKey })
+        .from(accessories)
+        .where(eq(accessories.versionId, versionId))
+        .all()
+        .map((r) => r.key);
+    },
+    accessory(versionId: string, key: string): { key: string; content: string } | undefined {
+      return orm
+        .select({ key: accessories.originalKey, content: accessories.content })
+        .from(accessories)
+        .where(and(eq(accessories.versionId, versionId), eq(accessories.key, normaliseAccessoryKey(key))))
+        .get();
+    },
+
+    /**
+     * insertVersion stores a version (and creates the workflow on first upload) in one transaction,
+     * so a failed upload stores nothing. nextVersion picks the number from the current latest.
+     */
+    insertVersion(
+      accountId: string,
+      refName: string,
+      nextVersion: (latest: VersionRow | undefined) => [number, number, number],
+      fields: NewVersion,
+      accessoryList: { key: string; content: string }[],
+    ): { workflow: WorkflowRow; version: VersionRow; created: boolean } {
+      return db.sqlite.transaction(() => {
+        const now = Date.now();
+        let workflow = this.workflow(accountId, refName);
+        const created = !workflow;
+        if (!workflow) {
+          workflow = { id: newId("wf"), accountId, refName, createdAt: now, updatedAt: now, deletedAt: null };
+          orm.insert(workflows).values(workflow).run();
+        } else {
+          orm.update(workflows).set({ updatedAt: now }).where(eq(workflows.id, workflow.id)).run();
+        }
+        const [major, minor, patch] = nextVersion(this.latestVersion(workflow.id, false));
+        const version: VersionRow = {
+          description: "",
+          notes: "",
+          inputSchema: null,
+          outputSchema: null,
+          ...fields,
+          id: newId("ver"),
+          workflowId: workflow.id,
+          major,
+          minor,
+          patch,
+          createdAt: now,
+        } as VersionRow;
+        orm.insert(workflowVersions).values(version).run();
+        for (const a of accessoryList) {
+          orm
+            .insert(accessories)
+            .values({ versionId: version.id, key: normaliseAccessoryKey(a.key), originalKey: a.key, content: a.content })
+            .run();
+        }
+        return { workflow, version, created };
+      })();
+    },
+
+    /** checkIntegrity runs SQLite's integrity check. */
+    integrityCheck(): string {
+      return String(db.sqlite.pragma("integrity_check", { simple: true }));
+    },
+  };
+}

@@ -1,0 +1,161 @@
+import { createHmac, timingSafeEqual } from "node:crypto";
+import { Code, ConnectError } from "@connectrpc/connect";
+
+/** Header names every service reads to tell who is calling. */
+export const headers = {
+  authorization: "authorization",
+  apiKey: "x-api-key",
+  serviceToken: "x-shaker-service-token",
+  account: "x-shaker-account",
+} as const;
+
+/** RunClaims are what a run token lets a workflow's child process do. */
+export interface RunClaims {
+  /** account is the run's account id. */
+  account: string;
+  /** workflow is the workflow's reference. */
+  workflow: string;
+  /** version is the resolved version number. */
+  version: string;
+  /** versionId is the version's id, for accessories. */
+  versionId: string;
+  /** run is the run id. */
+  run: string;
+  /** session is the run's session id. */
+  session: string;
+  /** datastores are the stores the workflow is bound to. */
+  datastores: { name: string; write: boolean }[];
+  /** depth is the run's nesting depth. */
+  depth: number;
+  /** exp is the expiry, in milliseconds since the epoch. */
+  exp: number;
+}
+
+/** KeyOwner is what an API key resolves to. */
+export interface KeyOwner {
+  accountId: string;
+  admin: boolean;
+  keyId: string;
+}
+
+/** Identity is the authenticated caller of an RPC. */
+export type Identity =
+  | { kind: "service"; accountId: string }
+  | ({ kind: "key" } & KeyOwner)
+  | { kind: "run"; accountId: string; claims: RunClaims };
+
+const runTokenPrefix = "srt.";
+
+/** Options of createAuth. */
+export interface AuthOptions {
+  /** serviceSecret signs run tokens and authenticates service-to-service calls. */
+  serviceSecret: string;
+  /** authenticateKey resolves an API key, or undefined when it is unknown or revoked. */
+  authenticateKey: (apiKey: string) => Promise<KeyOwner | undefined>;
+  /** keyCacheMs caches key look-ups; a revoked key stops working within this time. Default 2000. */
+  keyCacheMs?: number;
+}
+
+/** Auth identifies callers from request headers and mints run tokens. */
+export interface Auth {
+  /** identify returns the caller or throws Unauthenticated. */
+  identify(header: Headers): Promise<Identity>;
+  /** mintRunToken signs claims into a token for a child process. */
+  mintRunToken(claims: RunClaims): string;
+  /** verifyRunToken returns the claims of a valid, unexpired token, or undefined. */
+  verifyRunToken(token: string): RunClaims | undefined;
+  /** serviceHeaders are the headers of an internal call made on behalf of an account. */
+  serviceHeaders(accountId: string): Record<string, string>;
+}
+
+function safeEqual(a: string, b: string): boolean {
+  const x = Buffer.from(a);
+  const y = Buffer.from(b);
+  return x.length === y.length && timingSafeEqual(x, y);
+}
+
+/** bearerToken extracts the caller's credential from Authorization: Bearer or X-Api-Key. */
+export function bearerToken(header: Headers): string | undefined {
+  const authorization = header.get(headers.authorization);
+  if (authorization) {
+    const match = /^Bearer\s+(.+)$/i.exec(authorization.trim());
+    if (match) return match[1].trim();
+  }
+  const apiKey = header.get(headers.apiKey);
+  return apiKey ? apiKey.trim() : undefined;
+}
+
+/** createAuth builds the authenticator every service uses. */
+export function createAuth(options: AuthOptions): Auth {
+  const cacheMs = options.keyCacheMs ?? 2000;
+  const keyCache = new Map<string, { owner: KeyOwner; until: number }>();
+
+  function sign(payload: string): string {
+    return createHmac("sha256", options.serviceSecret).update(payload).digest("base64url");
+  }
+
+  function verifyRunToken(token: string): RunClaims | undefined {
+    if (!token.startsWith(runTokenPrefix)) return undefined;
+    const [payload, signature] = token.slice(runTokenPrefix.length).split(".");
+    if (!payload || !signature || !safeEqual(sign(payload), signature)) return undefined;
+    try {
+      const claims = JSON.parse(Buffer.from(payload, "base64url").toString("utf8")) as RunClaims;
+      return typeof claims.exp === "number" && claims.exp > Date.now() ? claims : undefined;
+    } catch {
+      return undefined;
+    }
+  }
+
+  async function ownerOf(apiKey: string): Promise<KeyOwner | undefined> {
+    const now = Date.now();
+    const cached = keyCache.get(apiKey);
+    if (cached && cached.until > now) return cached.owner;
+    const owner = await options.authenticateKey(apiKey);
+    if (owner && cacheMs > 0) {
+      if (keyCache.size > 10_000) keyCache.clear();
+      keyCache.set(apiKey, { owner, until: now + cacheMs });
+    }
+    return owner;
+  }
+
+  return {
+    async identify(header) {
+      const serviceToken = header.get(headers.serviceToken);
+      if (serviceToken !== null) {
+        if (!safeEqual(serviceToken, options.serviceSecret)) {
+          throw new ConnectError("invalid service credential", Code.Unauthenticated);
+        }
+        return { kind: "service", accountId: header.get(headers.account) ?? "" };
+      }
+      const token = bearerToken(header);
+      if (!token) {
+        throw new ConnectError(
+          "missing API key: send 'Authorization: Bearer <key>' or 'X-Api-Key: <key>'",
+          Code.Unauthenticated,
+        );
+      }
+      if (token.startsWith(runTokenPrefix)) {
+        const claims = verifyRunToken(token);
+        if (!claims) throw new ConnectError("invalid or expired run token", Code.Unauthenticated);
+        return { kind: "run", accountId: claims.account, claims };
+      }
+      const owner = await ownerOf(token);
+      if (!owner) throw new ConnectError("invalid API key", Code.Unauthenticated);
+      return { kind: "key", ...owner };
+    },
+    mintRunToken(claims) {
+      const payload = Buffer.from(JSON.stringify(claims)).toString("base64url");
+      return `${runTokenPrefix}${payload}.${sign(payload)}`;
+    },
+    verifyRunToken,
+    serviceHeaders(accountId) {
+      return { [headers.serviceToken]: options.serviceSecret, [headers.account]: accountId };
+    },
+  };
+}
+
+/** requireAccount returns the account an identity acts for, or throws when it acts for none. */
+export function requireAccount(identity: Identity): string {
+  if (!identity.accountId) throw new ConnectError("the call names no account", Code.Unauthenticated);
+  return identity.accountId;
+}

@@ -1,0 +1,36 @@
+import { createClient, type Client, type Transport } from "@connectrpc/connect";
+import { DatastoreService } from "../../gen/shaker/datastore/v1/datastore_pb.js";
+import { ExecutorService } from "../../gen/shaker/executor/v1/executor_pb.js";
+import { ModelProxyService } from "../../gen/shaker/modelproxy/v1/modelproxy_pb.js";
+import { RegistryService } from "../../gen/shaker/registry/v1/registry_pb.js";
+
+/** Clients are the generated clients of the four services: the only way one service reaches another. */
+export interface Clients {
+  registry: Client<typeof RegistryService>;
+  executor: Client<typeof ExecutorService>;
+  modelproxy: Client<typeof ModelProxyService>;
+  datastore: Client<typeof DatastoreService>;
+}
+
+/** createClients builds every service's client on one transport. */
+export function createClients(transport: Transport): Clients {
+  return {
+    registry: createClient(RegistryService, transport),
+    executor: createClient(ExecutorService, transport),
+    modelproxy: createClient(ModelProxyService, transport),
+    datastore: createClient(DatastoreService, transport),
+  };
+}
+
+/**
+ * lazyTransport defers building a transport to its first call, so services that call each other
+ * can be wired before all of them exist.
+ */
+export function lazyTransport(build: () => Transport): Transport {
+  let transport: Transport | undefined;
+  const get = () => (transport ??= build());
+  return {
+    unary: (...args) => get().unary(...args),
+    stream: (...args) => get().stream(...args),
+  };
+}

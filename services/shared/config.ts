@@ -1,0 +1,67 @@
+import { resolve } from "node:path";
+
+/** Config is everything `shaker serve` reads from its environment. */
+export interface Config {
+  /** host to listen on; `SHAKER_HOST`, default 127.0.0.1. */
+  host: string;
+  /** port to listen on; `PORT`, default 8080 (0 picks a free one). */
+  port: number;
+  /** dataDir holds one SQLite file per service; `SHAKER_DATA_DIR`, default ./data. */
+  dataDir: string;
+  /** apiKey, when set, becomes a key of the default account at start; `SHAKER_API_KEY`. */
+  apiKey: string | undefined;
+  /** python is the interpreter for workers; `SHAKER_PYTHON`, default python3. */
+  python: string;
+  /** maxBodyBytes bounds request bodies; `SHAKER_MAX_BODY_BYTES`, default 10 MiB. */
+  maxBodyBytes: number;
+  /** defaultTimeoutSeconds bounds runs whose version sets none; default 60. */
+  defaultTimeoutSeconds: number;
+  /** maxTimeoutSeconds is the largest timeout an upload may ask for; `SHAKER_MAX_TIMEOUT_SECONDS`, default 3600. */
+  maxTimeoutSeconds: number;
+  /** maxConcurrentRuns bounds runs in flight; `SHAKER_MAX_CONCURRENT_RUNS`, default 1000. */
+  maxConcurrentRuns: number;
+  /** maxConcurrentRunsPerAccount bounds one account's runs in flight; default 500. */
+  maxConcurrentRunsPerAccount: number;
+  /** workers is the number of long-lived Python workers; `SHAKER_WORKERS`, default 2. */
+  workers: number;
+  /** maxNestingDepth bounds ctx.workflows.run nesting; `SHAKER_MAX_NESTING_DEPTH`, default 5. */
+  maxNestingDepth: number;
+  /** quiet silences the start-up banner (tests). */
+  quiet: boolean;
+}
+
+function envString(env: NodeJS.ProcessEnv, name: string): string | undefined {
+  const value = env[name];
+  // An empty variable counts as unset, as shells and .env files produce them by accident.
+  return value === undefined || value.trim() === "" ? undefined : value.trim();
+}
+
+function envInt(env: NodeJS.ProcessEnv, name: string, fallback: number): number {
+  const raw = envString(env, name);
+  if (raw === undefined) return fallback;
+  const value = Number(raw);
+  if (!Number.isInteger(value) || value < 0) {
+    throw new Error(`${name} must be a non-negative integer, got ${JSON.stringify(raw)}`);
+  }
+  return value;
+}
+
+/** loadConfig reads the configuration from the environment; overrides win. Throws on malformed numbers. */
+export function loadConfig(env: NodeJS.ProcessEnv = process.env, overrides: Partial<Config> = {}): Config {
+  return {
+    host: envString(env, "SHAKER_HOST") ?? "127.0.0.1",
+    port: envInt(env, "PORT", 8080),
+    dataDir: resolve(envString(env, "SHAKER_DATA_DIR") ?? "./data"),
+    apiKey: envString(env, "SHAKER_API_KEY"),
+    python: envString(env, "SHAKER_PYTHON") ?? "python3",
+    maxBodyBytes: envInt(env, "SHAKER_MAX_BODY_BYTES", 10 * 1024 * 1024),
+    defaultTimeoutSeconds: envInt(env, "SHAKER_DEFAULT_TIMEOUT_SECONDS", 60),
+    maxTimeoutSeconds: envInt(env, "SHAKER_MAX_TIMEOUT_SECONDS", 3600),
+    maxConcurrentRuns: envInt(env, "SHAKER_MAX_CONCURRENT_RUNS", 1000),
+    maxConcurrentRunsPerAccount: envInt(env, "SHAKER_MAX_CONCURRENT_RUNS_PER_ACCOUNT", 500),
+    workers: Math.max(1, envInt(env, "SHAKER_WORKERS", 2)),
+    maxNestingDepth: envInt(env, "SHAKER_MAX_NESTING_DEPTH", 5),
+    quiet: false,
+    ...overrides,
+  };
+}

@@ -1,0 +1,81 @@
+import http, { type IncomingMessage, type ServerResponse } from "node:http";
+import http2, { type Http2ServerRequest, type Http2ServerResponse } from "node:http2";
+import net from "node:net";
+
+/** Handler serves one request, HTTP/1.1 or HTTP/2 alike. */
+export type Handler = (
+  req: IncomingMessage | Http2ServerRequest,
+  res: ServerResponse | Http2ServerResponse,
+) => void;
+
+/** Listener is one port that speaks HTTP/1.1 and cleartext HTTP/2. */
+export interface Listener {
+  /** port is the port actually bound (useful with port 0). */
+  port: number;
+  /** url is http://host:port. */
+  url: string;
+  close(): Promise<void>;
+}
+
+const h2Preface = Buffer.from("PRI * HTTP/2.0\r\n");
+
+/**
+ * listen serves `handler` on one port for HTTP/1.1 and cleartext HTTP/2 (h2c with prior knowledge,
+ * as gRPC clients speak it). Each connection's first bytes decide: the HTTP/2 preface goes to the
+ * HTTP/2 server, anything else to the HTTP/1.1 server.
+ */
+export async function listen(handler: Handler, port: number, host: string): Promise<Listener> {
+  const h1 = http.createServer({ keepAliveTimeout: 65_000, requestTimeout: 0 }, handler);
+  h1.headersTimeout = 60_000;
+  const h2 = http2.createServer({}, handler);
+  const sockets = new Set<net.Socket>();
+  const sessions = new Set<http2.Http2Session>();
+  h2.on("session", (s) => {
+    sessions.add(s);
+    s.once("close", () => sessions.delete(s));
+  });
+  const server = net.createServer((socket) => {
+    sockets.add(socket);
+    socket.once("close", () => sockets.delete(socket));
+    socket.once("error", () => socket.destroy());
+    let seen = Buffer.alloc(0);
+    const onData = (chunk: Buffer) => {
+      seen = Buffer.concat([seen, chunk]);
+      const n = Math.min(seen.length, h2Preface.length);
+      const isH2 = seen.subarray(0, n).equals(h2Preface.subarray(0, n));
+      // Wait for more bytes only while the preface is still possible and not yet complete.
+      if (isH2 && n < h2Preface.length) return;
+      socket.removeListener("data", onData);
+      socket.pause();
+      socket.unshift(seen);
+      (isH2 ? h2 : h1).emit("connection", socket);
+      socket.resume();
+    };
+    socket.on("data", onData);
+  });
+  server.on("error", () => {});
+  await new Promise<void>((resolve, reject) => {
+    server.once("error", reject);
+    server.listen(port, host, () => {
+      server.removeListener("error", reject);
+      resolve();
+    });
+  });
+  const address = server.address() as net.AddressInfo;
+  const shownHost = host === "0.0.0.0" || host === "::" ? "127.0.0.1" : host;
+  return {
+    port: address.port,
+    url: `http://${shownHost.includes(":") ? `[${shownHost}]` : shownHost}:${address.port}`,
+    async close() {
+      await new Promise<void>((resolve) => {
+        server.close(() => resolve());
+        h1.closeIdleConnections();
+        for (const s of sessions) s.close();
+        // Give requests in flight a moment, then end whatever is left.
+        setTimeout(() => {
+          for (const s of sockets) s.destroy();
+        }, 1000).unref();
+      });
+    },
+  };
+}
