@@ -49,7 +49,7 @@ export async function listen(handler: Handler, port: number, host: string): Prom
       socket.pause();
       socket.unshift(seen);
       (isH2 ? h2 : h1).emit("connection", socket);
-      socket.resume();
+      if (!isH2) socket.resume();
     };
     socket.on("data", onData);
   });

@@ -1,0 +1,65 @@
+// The invoke path: a trivial workflow through the REST edge, against a baseline that spawns
+// python3 for every run (what a runtime without a warm worker pool pays), measured in one run.
+import { spawn } from "node:child_process";
+import { startTestServer } from "../test/helpers.js";
+import { fmt, report, summary } from "./stats.js";
+
+const script = "def execute(ctx):\n    return {'ok': True, 'n': (ctx.input or {}).get('n')}\n";
+
+function spawnPerRun(): Promise<void> {
+  return new Promise((resolve, reject) => {
+    const child = spawn("python3", ["-c", `${script}\nimport json, types\nprint(json.dumps(execute(types.SimpleNamespace(input={"n": 1}))))`], { stdio: ["ignore", "pipe", "inherit"] });
+    child.stdout.resume();
+    child.on("error", reject);
+    child.on("close", (code) => (code === 0 ? resolve() : reject(new Error(`python3 exit ${code}`))));
+  });
+}
+
+export async function benchInvoke(iterations = Number(process.env.BENCH_ITERATIONS ?? 300)): Promise<void> {
+  const server = await startTestServer({ workers: 2 });
+  try {
+    await server.upload("trivial", script);
+    const body = JSON.stringify({ model: "workflow:trivial", input: { n: 1 } });
+    const headers = { authorization: `Bearer ${server.apiKey}`, "content-type": "application/json" };
+    const invoke = async () => {
+      const res = await fetch(`${server.url}/v1/chat/completions`, { method: "POST", headers, body });
+      if (res.status !== 200) throw new Error(`invoke failed: ${res.status} ${await res.text()}`);
+      await res.arrayBuffer();
+    };
+    for (let i = 0; i < 30; i++) await invoke();
+    for (let i = 0; i < 5; i++) await spawnPerRun();
+    // Interleave the two so machine noise falls on both alike.
+    const shaker: number[] = [];
+    const baseline: number[] = [];
+    const baselineEvery = 4;
+    for (let i = 0; i < iterations; i++) {
+      let t = performance.now();
+      await invoke();
+      shaker.push(performance.now() - t);
+      if (i % baselineEvery === 0) {
+        t = performance.now();
+        await spawnPerRun();
+        baseline.push(performance.now() - t);
+      }
+    }
+    const s = summary(shaker);
+    const b = summary(baseline);
+    report("invoke: trivial workflow via REST, warm", `p50 ${fmt(s.p50)} ms p99 ${fmt(s.p99)} ms`, `p50 ${fmt(b.p50)} ms (spawn)`, b.p50 / s.p50, "(baseline/shaker: higher is better)");
+
+    // Throughput: concurrent trivial runs for a fixed count.
+    const total = Number(process.env.BENCH_THROUGHPUT_RUNS ?? 600);
+    const concurrency = 16;
+    let next = 0;
+    const t0 = performance.now();
+    await Promise.all(
+      Array.from({ length: concurrency }, async () => {
+        while (next++ < total) await invoke();
+      }),
+    );
+    const rate = total / ((performance.now() - t0) / 1000);
+    const spawnRate = 1000 / b.mean;
+    report("throughput: trivial runs/s, 16 in flight", `${rate.toFixed(0)} runs/s`, `${spawnRate.toFixed(0)} runs/s (spawn, serial)`, rate / spawnRate);
+  } finally {
+    await server.close();
+  }
+}

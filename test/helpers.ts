@@ -1,0 +1,63 @@
+import { mkdtempSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { startShaker, type Shaker } from "../cli/serve.js";
+import { loadConfig, type Config } from "../services/shared/config.js";
+
+/** TestServer is a real Shaker on a free port with a fresh data directory. */
+export interface TestServer {
+  shaker: Shaker;
+  url: string;
+  apiKey: string;
+  dataDir: string;
+  config: Config;
+  /** request calls a REST route with the default key; returns status and parsed JSON. */
+  request(method: string, path: string, body?: unknown, headers?: Record<string, string>): Promise<{ status: number; body: any; headers: Headers }>;
+  /** upload stores a workflow and fails the test when the upload is refused. */
+  upload(ref: string, script: string, extra?: Record<string, unknown>): Promise<any>;
+  /** invoke calls POST /v1/chat/completions. */
+  invoke(body: Record<string, unknown>, headers?: Record<string, string>): Promise<{ status: number; body: any; headers: Headers }>;
+  close(): Promise<void>;
+}
+
+/** startTestServer starts Shaker on port 0 with its own data directory (removed on close). */
+export async function startTestServer(overrides: Partial<Config> = {}, env: NodeJS.ProcessEnv = {}): Promise<TestServer> {
+  const dataDir = overrides.dataDir ?? mkdtempSync(join(tmpdir(), "shaker-test-"));
+  const apiKey = overrides.apiKey ?? "sk-shaker-test-default-key";
+  const config = loadConfig(env, { port: 0, dataDir, apiKey, quiet: true, workers: 1, ...overrides });
+  const shaker = await startShaker(config);
+  const url = shaker.url;
+  async function request(method: string, path: string, body?: unknown, headers: Record<string, string> = {}) {
+    const res = await fetch(url + path, {
+      method,
+      headers: { authorization: `Bearer ${apiKey}`, "content-type": "application/json", ...headers },
+      body: body === undefined ? undefined : typeof body === "string" ? body : JSON.stringify(body),
+    });
+    const text = await res.text();
+    let parsed: unknown = text;
+    try {
+      parsed = JSON.parse(text);
+    } catch {
+      // not JSON: keep the text
+    }
+    return { status: res.status, body: parsed as any, headers: res.headers };
+  }
+  return {
+    shaker,
+    url,
+    apiKey,
+    dataDir,
+    config,
+    request,
+    async upload(ref, script, extra = {}) {
+      const res = await request("POST", "/v1/workflows/upload", { workflow_ref_name: ref, script, ...extra });
+      if (res.status !== 201) throw new Error(`upload of ${ref} failed: ${res.status} ${JSON.stringify(res.body)}`);
+      return res.body.data;
+    },
+    invoke: (body, headers) => request("POST", "/v1/chat/completions", body, headers),
+    async close() {
+      await shaker.close();
+      if (!overrides.dataDir) rmSync(dataDir, { recursive: true, force: true });
+    },
+  };
+}
