@@ -2,6 +2,7 @@ import type { JsonObject, JsonValue } from "@bufbuild/protobuf";
 import type { RunResult, RunStreamResponse } from "../../gen/shaker/executor/v1/executor_pb.js";
 import type { Clients } from "../shared/clients.js";
 import { fromValue, toValue } from "../shared/json.js";
+import { proxyModelCall } from "./models.js";
 import { callerHeaders, field, HttpError, readJson, sendJson, toErrorBody, type Req, type Res } from "./http.js";
 
 const workflowModel = /^workflow:([a-z0-9][a-z0-9_-]{0,63})(?:@(\d+\.\d+\.\d+))?$/;
@@ -53,7 +54,7 @@ export function createChatRoute(options: ChatRouteOptions) {
           "invalid_model",
         );
       }
-      await proxyModel(req, res, body, headers, stream);
+      await proxyModelCall(clients, res, body, headers, stream);
       return;
     }
     const messages = field.objectArray(body, "messages");
@@ -88,6 +89,16 @@ export function createChatRoute(options: ChatRouteOptions) {
     const started = first.value.event.value;
     const created = Math.floor(Date.now() / 1000);
     const id = completionId(started.runId);
+    if (started.detached) {
+      // An async workflow: the run goes on; its result is read at GET /v1/runs/{id}.
+      sendJson(
+        res,
+        202,
+        { id, object: "workflow.run", model, run_id: started.runId, session_id: started.sessionId, status: "running", result_url: `/v1/runs/${started.runId}` },
+        { "x-request-id": started.runId, location: `/v1/runs/${started.runId}` },
+      );
+      return;
+    }
 
     if (!stream) {
       let result: RunResult | undefined;
@@ -180,47 +191,4 @@ export function createChatRoute(options: ChatRouteOptions) {
       res.end();
     }
   };
-
-  async function proxyModel(
-    req: Req,
-    res: Res,
-    body: Record<string, unknown>,
-    headers: Record<string, string>,
-    stream: boolean,
-  ): Promise<void> {
-    if (body.messages === undefined) throw new HttpError(400, "'messages' is required", "messages", "missing_field");
-    field.objectArray(body, "messages");
-    const sessionId = field.string(body, "session_id") ?? "";
-    const { session_id: _s, secrets: _x, metadata: _m, ...openaiBody } = body;
-    const context = { sessionId };
-    const abort = new AbortController();
-    res.once("close", () => abort.abort());
-    if (!stream) {
-      const resp = await clients.modelproxy.chatCompletion({ body: openaiBody as JsonObject, context }, { headers, signal: abort.signal });
-      sendJson(res, 200, resp.completion ?? {}, { "x-request-id": resp.callId });
-      return;
-    }
-    const events = clients.modelproxy.chatCompletionStream({ body: openaiBody as JsonObject, context }, { headers, signal: abort.signal })[
-      Symbol.asyncIterator
-    ]();
-    const first = await events.next();
-    res.writeHead(200, {
-      "content-type": "text/event-stream; charset=utf-8",
-      "cache-control": "no-cache",
-      "x-accel-buffering": "no",
-      ...(first.done ? {} : { "x-request-id": first.value.callId }),
-    });
-    try {
-      for (let next = first; !next.done; next = await events.next()) {
-        if (!res.write(`data: ${JSON.stringify(next.value.chunk ?? {})}\n\n`)) {
-          await new Promise<void>((resolve) => res.once("drain", resolve));
-        }
-      }
-      res.write("data: [DONE]\n\n");
-    } catch (err) {
-      if (!abort.signal.aborted) res.write(`data: ${JSON.stringify(toErrorBody(err).body)}\n\n`);
-    } finally {
-      res.end();
-    }
-  }
 }

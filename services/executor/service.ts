@@ -10,7 +10,7 @@ import {
   type RunStarted,
   type RunStreamResponseSchema,
 } from "../../gen/shaker/executor/v1/executor_pb.js";
-import type { RegistryService, WorkflowVersion } from "../../gen/shaker/registry/v1/registry_pb.js";
+import { ExecutionMode, type RegistryService, type WorkflowVersion } from "../../gen/shaker/registry/v1/registry_pb.js";
 import { requireAccount, type Auth, type Identity } from "../shared/auth.js";
 import { newId } from "../shared/ids.js";
 import { fromValue, timestampOf, toValue } from "../shared/json.js";
@@ -57,6 +57,11 @@ interface LiveRun {
   events: AsyncQueue<StreamEvent> | undefined;
   cancel(reason: "cancelled" | "disconnected"): void;
   finished: Promise<RunResult>;
+}
+
+/** listenOverride is true when the caller asked to stream, which keeps even an async workflow attached. */
+function listenOverride(inv: Invocation): boolean {
+  return inv.params?.stream === true;
 }
 
 function invalid(message: string, param?: string): ConnectError {
@@ -146,6 +151,7 @@ export function createExecutorService(options: ExecutorServiceOptions): {
       sessionId,
       workflowRefName: version.workflowRefName,
       version: version.version,
+      detached: version.executionMode === ExecutionMode.ASYNC && !listenOverride(inv),
     };
     const metadata = (inv.metadata ?? {}) as JsonObject;
     store.insertRun({
@@ -164,7 +170,7 @@ export function createExecutorService(options: ExecutorServiceOptions): {
       depth,
     });
 
-    const events = listen ? new AsyncQueue<StreamEvent>() : undefined;
+    const events = listen && !started.detached ? new AsyncQueue<StreamEvent>() : undefined;
     const emitted: { seq: number; value: unknown; time: number }[] = [];
     const logs: { level: number; message: string; fields: Record<string, unknown>; time: number; source: string }[] = [];
     let logsDropped = 0;
@@ -450,14 +456,15 @@ export function createExecutorService(options: ExecutorServiceOptions): {
     async *runStream(req, ctx) {
       const identity = await auth.identify(ctx.requestHeader);
       const run = await start(identity, req.invocation ?? ({} as Invocation), true);
-      const detach = onAbort(ctx, run);
+      const detach = run.started.detached ? () => {} : onAbort(ctx, run);
       try {
         yield { event: { case: "started", value: run.started } };
+        if (run.started.detached) return;
         for await (const event of run.events!) yield event;
       } finally {
         detach();
         // A consumer that stops early (a disconnected client) must not leave the process running.
-        if (live.has(run.started.runId)) run.cancel("disconnected");
+        if (!run.started.detached && live.has(run.started.runId)) run.cancel("disconnected");
       }
     },
 
