@@ -91,7 +91,7 @@ export async function startShaker(config: Config): Promise<Shaker> {
   const modelproxy = createModelProxyService(deps("modelproxy"));
   const datastore = createDatastoreService(deps("datastore"));
 
-  const edge = createEdge({ clients, maxBodyBytes: config.maxBodyBytes });
+  const edge = createEdge({ clients, maxBodyBytes: config.maxBodyBytes, keepAliveMs: config.sseKeepAliveMs });
   const rpc = connectNodeAdapter({
     routes,
     readMaxBytes: config.maxBodyBytes,

@@ -2,6 +2,7 @@ import type { Clients } from "../shared/clients.js";
 import { createChatRoute } from "./chat.js";
 import { HttpError, sendError, sendJson, type Req, type Res } from "./http.js";
 import { EdgeRouter } from "./router.js";
+import { addRunRoutes } from "./runs.js";
 import { addWorkflowRoutes } from "./workflows.js";
 
 /** Options of createEdge. */
@@ -40,6 +41,7 @@ export function createEdge(options: EdgeOptions): Edge {
     maxBodyBytes: options.maxBodyBytes,
     maxUploadBytes: options.maxUploadBytes ?? 128 * 1024 * 1024,
   });
+  addRunRoutes(router, options.clients);
 
   return {
     router,

@@ -26,6 +26,8 @@ export interface Config {
   workers: number;
   /** maxNestingDepth bounds ctx.workflows.run nesting; `SHAKER_MAX_NESTING_DEPTH`, default 5. */
   maxNestingDepth: number;
+  /** sseKeepAliveMs is the interval of `: keep-alive` comments on quiet streams; `SHAKER_SSE_KEEPALIVE_MS`, default 15000. */
+  sseKeepAliveMs: number;
   /** quiet silences the start-up banner (tests). */
   quiet: boolean;
 }
@@ -61,6 +63,7 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env, overrides: Part
     maxConcurrentRunsPerAccount: envInt(env, "SHAKER_MAX_CONCURRENT_RUNS_PER_ACCOUNT", 500),
     workers: Math.max(1, envInt(env, "SHAKER_WORKERS", 2)),
     maxNestingDepth: envInt(env, "SHAKER_MAX_NESTING_DEPTH", 5),
+    sseKeepAliveMs: Math.max(1, envInt(env, "SHAKER_SSE_KEEPALIVE_MS", 15_000)),
     quiet: false,
     ...overrides,
   };
