@@ -12,8 +12,10 @@ import {
 } from "../../gen/shaker/registry/v1/registry_pb.js";
 import { createAuth, requireAccount, type Auth, type Identity } from "../shared/auth.js";
 import { fromValue, toValue } from "../shared/json.js";
-import { runPythonJson } from "../shared/python.js";
-import type { ApiKeyRow, RegistryStore, VersionRow, WorkflowRow } from "./store.js";
+import { normaliseAccessoryKey, type ApiKeyRow, type RegistryStore, type VersionRow, type WorkflowRow } from "./store.js";
+import { createValidator, type ValidationResult } from "./validator.js";
+
+export type { ValidationResult } from "./validator.js";
 
 /** The limits of what an upload may carry. */
 export const registryLimits = {
@@ -23,9 +25,14 @@ export const registryLimits = {
   envEntries: 200,
 };
 
+/**
+ * limitHeader marks a ResourceExhausted error as a size limit (HTTP 413) rather than a rate or
+ * concurrency limit (429); the edge's one code table reads it.
+ */
+export const limitHeader = "shaker-limit";
+
 const refNamePattern = /^[a-z0-9][a-z0-9_-]{0,63}$/;
 const versionPattern = /^(\d{1,9})\.(\d{1,9})\.(\d{1,9})$/;
-const validatorScript = new URL("./validate.py", import.meta.url).pathname;
 
 /** DEFAULT_ACCOUNT is the account `SHAKER_API_KEY` and the first start's key belong to. */
 export const DEFAULT_ACCOUNT = "default";
@@ -41,13 +48,6 @@ export interface RegistryServiceOptions {
   defaultTimeoutSeconds: number;
   /** maxTimeoutSeconds is the largest timeout an upload may ask for. */
   maxTimeoutSeconds: number;
-}
-
-/** ValidationResult is what the Python validator finds in a script. */
-export interface ValidationResult {
-  errors: ValidationError[];
-  input_schema: JsonObject | null;
-  output_schema: JsonObject | null;
 }
 
 /** generateApiKey makes a new key: a recognisable prefix and 192 random bits. */
@@ -122,8 +122,10 @@ export function createRegistryService(options: RegistryServiceOptions): {
   impl: ServiceImpl<typeof RegistryService>;
   auth: Auth;
   validate: (code: string) => Promise<ValidationResult>;
+  close: () => void;
 } {
   const { store } = options;
+  const validator = createValidator(options.python);
   const auth = createAuth({
     serviceSecret: options.serviceSecret,
     // The Registry owns the keys, so it reads them directly and needs no cache.
@@ -153,12 +155,7 @@ export function createRegistryService(options: RegistryServiceOptions): {
       };
     }
     try {
-      return await runPythonJson<ValidationResult>({
-        python: options.python,
-        script: validatorScript,
-        input: { code },
-        timeoutMs: 20_000,
-      });
+      return await validator.validate(code);
     } catch (e) {
       throw new ConnectError(`the validator failed: ${(e as Error).message}`, Code.Internal);
     }
@@ -198,9 +195,11 @@ export function createRegistryService(options: RegistryServiceOptions): {
       const identity = await caller(ctx);
       let accountId = requireAccount(identity);
       if (req.accountName) {
+        const own = store.accountById(accountId);
+        // A non-admin learns nothing about other accounts, not even whether they exist.
+        if (own?.name !== req.accountName) requireAdmin(identity);
         const account = store.accountByName(req.accountName);
         if (!account) throw new ConnectError(`account '${req.accountName}' not found`, Code.NotFound);
-        if (account.id !== accountId) requireAdmin(identity);
         accountId = account.id;
       }
       const account = store.accountById(accountId);
@@ -211,8 +210,12 @@ export function createRegistryService(options: RegistryServiceOptions): {
     async revokeApiKey(req, ctx) {
       const identity = await caller(ctx);
       const key = store.keyById(req.keyId.trim());
-      if (!key) throw new ConnectError(`API key '${req.keyId}' not found`, Code.NotFound);
-      if (key.accountId !== identity.accountId) requireAdmin(identity);
+      const admin = identity.kind === "service" || (identity.kind === "key" && identity.admin);
+      // Another account's key is "not found" to a non-admin, exactly like a key that does not exist.
+      if (!key || (key.accountId !== identity.accountId && !admin)) {
+        throw new ConnectError(`API key '${req.keyId}' not found`, Code.NotFound);
+      }
+      if (identity.kind === "run") throw new ConnectError("a run may not revoke API keys", Code.PermissionDenied);
       store.revokeKey(key.id);
       const account = store.accountById(key.accountId)!;
       return { key: keyMessage(store.keyById(key.id)!, account.name) };
@@ -231,23 +234,31 @@ export function createRegistryService(options: RegistryServiceOptions): {
         throw invalid(`env has more than ${registryLimits.envEntries} entries`);
       }
       if (req.accessories.length > registryLimits.accessoriesPerWorkflow) {
-        throw invalid(`at most ${registryLimits.accessoriesPerWorkflow} accessories per workflow, got ${req.accessories.length}`);
+        throw invalid(`a workflow may have at most ${registryLimits.accessoriesPerWorkflow} accessories, got ${req.accessories.length}`);
       }
       const accessoryList: { key: string; content: string }[] = [];
-      const seenKeys = new Set<string>();
+      const seenKeys = new Map<string, string>();
       for (const [i, a] of req.accessories.entries()) {
-        if (!a.key.trim()) throw invalid(`accessories[${i}].key is required`);
-        const normal = a.key.trim().toLowerCase().replaceAll("-", "_");
-        if (seenKeys.has(normal)) throw invalid(`accessories[${i}].key '${a.key}' repeats another key (keys are case-insensitive, '-' and '_' alike)`);
-        seenKeys.add(normal);
+        const key = a.key.trim();
+        if (!key) throw invalid(`accessories[${i}].key is required`);
+        if (key.length > 256) throw invalid(`accessories[${i}].key is longer than 256 characters`);
+        const normal = normaliseAccessoryKey(key);
+        const earlier = seenKeys.get(normal);
+        if (earlier !== undefined) {
+          throw invalid(`accessories[${i}].key '${key}' is the same key as '${earlier}' (keys are case-insensitive, '-' and '_' alike)`);
+        }
+        seenKeys.set(normal, key);
+        if (a.content === undefined) throw invalid(`accessories[${i}].content is required`);
         const content = JSON.stringify(fromValue(a.content));
-        if (Buffer.byteLength(content) > registryLimits.accessoryBytes) {
+        const size = Buffer.byteLength(content);
+        if (size > registryLimits.accessoryBytes) {
           throw new ConnectError(
-            `accessories[${i}] ('${a.key}') is larger than the limit of ${registryLimits.accessoryBytes / 1024 / 1024} MB`,
+            `accessories[${i}] ('${key}') is ${size} bytes of JSON; the limit is ${registryLimits.accessoryBytes} bytes (${registryLimits.accessoryBytes / 1024 / 1024} MiB) per accessory`,
             Code.ResourceExhausted,
+            { [limitHeader]: "size" },
           );
         }
-        accessoryList.push({ key: a.key.trim(), content });
+        accessoryList.push({ key, content });
       }
       for (const [i, d] of req.datastores.entries()) {
         if (!refNamePattern.test(d.name)) throw invalid(`datastores[${i}].name must match ^[a-z0-9][a-z0-9_-]{0,63}$`);
@@ -379,7 +390,7 @@ export function createRegistryService(options: RegistryServiceOptions): {
       return { script: defaultScript };
     },
   };
-  return { impl, auth, validate };
+  return { impl, auth, validate, close: () => validator.close() };
 }
 
 /** defaultScript is the template GET /v1/workflows/default-script returns. */
