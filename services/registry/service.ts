@@ -183,7 +183,7 @@ export function createRegistryService(options: RegistryServiceOptions): {
       requireAdmin(identity);
       const name = req.accountName.trim();
       if (!refNamePattern.test(name)) {
-        throw invalid("account_name must match ^[a-z0-9][a-z0-9_-]{0,63}$");
+        throw invalid(`account name '${name}' must match ^[a-z0-9][a-z0-9_-]{0,63}$ (lower-case letters, digits, '-' and '_')`);
       }
       const account = store.ensureAccount(name, req.admin);
       const apiKey = generateApiKey();
@@ -193,14 +193,21 @@ export function createRegistryService(options: RegistryServiceOptions): {
 
     async listApiKeys(req, ctx) {
       const identity = await caller(ctx);
-      let accountId = requireAccount(identity);
+      if (req.allAccounts) {
+        if (req.accountName) throw invalid("account_name and all_accounts exclude each other");
+        requireAdmin(identity);
+        return { keys: store.allKeys().map((k) => keyMessage(k.key, k.accountName)) };
+      }
+      let accountId: string;
       if (req.accountName) {
-        const own = store.accountById(accountId);
         // A non-admin learns nothing about other accounts, not even whether they exist.
+        const own = identity.accountId ? store.accountById(identity.accountId) : undefined;
         if (own?.name !== req.accountName) requireAdmin(identity);
         const account = store.accountByName(req.accountName);
         if (!account) throw new ConnectError(`account '${req.accountName}' not found`, Code.NotFound);
         accountId = account.id;
+      } else {
+        accountId = requireAccount(identity);
       }
       const account = store.accountById(accountId);
       if (!account) throw new ConnectError("account not found", Code.NotFound);

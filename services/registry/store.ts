@@ -74,6 +74,15 @@ export function createRegistryStore(file: string) {
         .get();
       return row;
     },
+    /** allKeys lists every account's keys with the account's name, by account then age. */
+    allKeys(): { key: ApiKeyRow; accountName: string }[] {
+      return orm
+        .select({ key: apiKeys, accountName: accounts.name })
+        .from(apiKeys)
+        .innerJoin(accounts, eq(accounts.id, apiKeys.accountId))
+        .orderBy(asc(accounts.name), asc(apiKeys.createdAt))
+        .all();
+    },
     keysOf(accountId: string): ApiKeyRow[] {
       return orm.select().from(apiKeys).where(eq(apiKeys.accountId, accountId)).orderBy(asc(apiKeys.createdAt)).all();
     },
