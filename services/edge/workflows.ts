@@ -75,8 +75,19 @@ function uploadRequest(body: Record<string, unknown>): MessageInitShape<typeof U
   };
 }
 
+const modeNames = Object.fromEntries(Object.entries(modes).map(([name, mode]) => [ExecutionMode[mode], name]));
+
+/** workflowJson is a workflow as REST shows it: snake_case, modes as in the upload body, no internal ids. */
 function workflowJson(w: Workflow): JsonObject {
-  return toJson(WorkflowSchema, w, { useProtoFieldName: true, alwaysEmitImplicit: true, enumAsInteger: false }) as JsonObject;
+  const json = toJson(WorkflowSchema, w, { useProtoFieldName: true, alwaysEmitImplicit: true, enumAsInteger: false }) as JsonObject;
+  if (w.versions.length === 0) delete json.versions;
+  else {
+    json.versions = w.versions.map((v, i) => {
+      const { account_id: _account, script: _script, ...rest } = (json.versions as JsonObject[])[i];
+      return { ...rest, execution_mode: modeNames[ExecutionMode[v.executionMode]] ?? "sync" };
+    });
+  }
+  return json;
 }
 
 function intParam(url: URL, name: string): number {

@@ -1,5 +1,5 @@
 import { createHash } from "node:crypto";
-import { and, asc, count, desc, eq, isNull } from "drizzle-orm";
+import { and, asc, count, desc, eq, isNull, sql } from "drizzle-orm";
 import { openDatabase, type Db } from "../shared/db.js";
 import { newId } from "../shared/ids.js";
 import * as schema from "./schema.js";
@@ -108,7 +108,7 @@ export function createRegistryStore(file: string) {
     },
     listWorkflows(accountId: string, offset: number, limit: number): { rows: WorkflowRow[]; total: number } {
       const live = and(eq(workflows.accountId, accountId), isNull(workflows.deletedAt));
-      const rows = orm.select().from(workflows).where(live).orderBy(desc(workflows.updatedAt)).limit(limit).offset(offset).all();
+      const rows = orm.select().from(workflows).where(live).orderBy(desc(workflows.updatedAt), desc(sql`rowid`)).limit(limit).offset(offset).all();
       const total = orm.select({ n: count() }).from(workflows).where(live).get()!.n;
       return { rows, total };
     },
