@@ -95,6 +95,42 @@ describe("accounts: isolation, several keys, revocation", () => {
     expect(new Set(all.keys.map((k) => k.accountName))).toEqual(new Set(["default", "tenant-b"]));
   });
 
+  it("refuses management RPCs made with a run's token from inside a workflow", async () => {
+    const script = `
+from shaker.context import REGISTRY
+
+def execute(ctx):
+    out = {}
+    calls = [
+        ("DeleteWorkflow", {"workflowRefName": "secret-wf"}),
+        ("UploadWorkflow", {"workflowRefName": "planted", "script": "def execute(ctx):\\n    return 1"}),
+        ("CreateApiKey", {"accountName": "default"}),
+        ("ListApiKeys", {}),
+        ("RevokeApiKey", {"keyId": "key_x"}),
+        ("GetAccessory", {"versionId": ctx.input["other"], "key": "plan"}),
+    ]
+    for method, body in calls:
+        try:
+            ctx._rpc.call(REGISTRY, method, body)
+            out[method] = "ok"
+        except Exception as e:
+            out[method] = getattr(e, "code", repr(e))
+    return out
+`;
+    const up = await server.request("POST", "/v1/workflows/upload", { workflow_ref_name: "prober", script }, { authorization: `Bearer ${keyB}` });
+    expect(up.status).toBe(201);
+    const res = await server.invoke({ model: "workflow:prober", input: { other: versionIdA } }, { authorization: `Bearer ${keyB}` });
+    expect(res.status, JSON.stringify(res.body)).toBe(200);
+    expect(res.body.output).toEqual({
+      DeleteWorkflow: "permission_denied",
+      UploadWorkflow: "permission_denied",
+      CreateApiKey: "permission_denied",
+      ListApiKeys: "permission_denied",
+      RevokeApiKey: "permission_denied",
+      GetAccessory: "not_found",
+    });
+  });
+
   it("answers 401 for a revoked key (at once at the Registry, within the 2 s cache elsewhere)", async () => {
     const created = await registry.createApiKey({ accountName: "tenant-b" }, as(server.apiKey));
     const doomed = { authorization: `Bearer ${created.apiKey}` };

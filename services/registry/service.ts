@@ -140,6 +140,12 @@ export function createRegistryService(options: RegistryServiceOptions): {
     return auth.identify(ctx.requestHeader);
   }
 
+  /** requireManager returns the caller's account for calls that change it; a run's token may not make them. */
+  function requireManager(identity: Identity, what: string): string {
+    if (identity.kind === "run") throw new ConnectError(`a workflow run may not ${what}`, Code.PermissionDenied);
+    return requireAccount(identity);
+  }
+
   function requireAdmin(identity: Identity): void {
     if (identity.kind === "service") return;
     if (identity.kind === "key" && identity.admin) return;
@@ -193,6 +199,7 @@ export function createRegistryService(options: RegistryServiceOptions): {
 
     async listApiKeys(req, ctx) {
       const identity = await caller(ctx);
+      if (identity.kind === "run") throw new ConnectError("a workflow run may not list API keys", Code.PermissionDenied);
       if (req.allAccounts) {
         if (req.accountName) throw invalid("account_name and all_accounts exclude each other");
         requireAdmin(identity);
@@ -216,20 +223,20 @@ export function createRegistryService(options: RegistryServiceOptions): {
 
     async revokeApiKey(req, ctx) {
       const identity = await caller(ctx);
+      if (identity.kind === "run") throw new ConnectError("a workflow run may not revoke API keys", Code.PermissionDenied);
       const key = store.keyById(req.keyId.trim());
       const admin = identity.kind === "service" || (identity.kind === "key" && identity.admin);
       // Another account's key is "not found" to a non-admin, exactly like a key that does not exist.
       if (!key || (key.accountId !== identity.accountId && !admin)) {
         throw new ConnectError(`API key '${req.keyId}' not found`, Code.NotFound);
       }
-      if (identity.kind === "run") throw new ConnectError("a run may not revoke API keys", Code.PermissionDenied);
       store.revokeKey(key.id);
       const account = store.accountById(key.accountId)!;
       return { key: keyMessage(store.keyById(key.id)!, account.name) };
     },
 
     async uploadWorkflow(req, ctx) {
-      const accountId = requireAccount(await caller(ctx));
+      const accountId = requireManager(await caller(ctx), "upload workflows");
       if (!refNamePattern.test(req.workflowRefName)) {
         throw invalid("workflow_ref_name must match ^[a-z0-9][a-z0-9_-]{0,63}$");
       }
@@ -348,7 +355,7 @@ export function createRegistryService(options: RegistryServiceOptions): {
     },
 
     async deleteWorkflow(req, ctx) {
-      const accountId = requireAccount(await caller(ctx));
+      const accountId = requireManager(await caller(ctx), "delete workflows");
       const workflow = liveWorkflow(accountId, req.workflowRefName);
       store.deleteWorkflow(workflow.id);
       return { workflowRefName: workflow.refName };
