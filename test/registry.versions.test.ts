@@ -137,6 +137,23 @@ describe("immutable versions through the REST edge", () => {
     }
   });
 
+  it("enforces the stored INPUT_SCHEMA at invoke: 400 naming the field and the type", async () => {
+    await server.upload(
+      "typed",
+      `INPUT_SCHEMA = {"query": {"type": "string", "required": True}, "n": {"type": "number"}}\n\ndef execute(ctx):\n    return ctx.input\n`,
+    );
+    const got = await server.request("GET", "/v1/workflows/typed");
+    expect(got.body.data.versions[0].input_schema).toEqual({ query: { type: "string", required: true }, n: { type: "number" } });
+    const missing = await server.invoke({ model: "workflow:typed", input: { n: 1 } });
+    expect(missing.status).toBe(400);
+    expect(missing.body.error.message).toContain("query");
+    const wrong = await server.invoke({ model: "workflow:typed", input: { query: "q", n: "one" } });
+    expect(wrong.status).toBe(400);
+    expect(wrong.body.error.message).toMatch(/n.*number/);
+    const ok = await server.invoke({ model: "workflow:typed", input: { query: "q", n: 2 } });
+    expect(ok.body.output).toEqual({ query: "q", n: 2 });
+  });
+
   it("answers a missing workflow in OpenAI's error shape", async () => {
     const res = await server.request("GET", "/v1/workflows/nothing-here");
     expect(res.status).toBe(404);
