@@ -83,6 +83,11 @@ describe("shaker keys on the data directory", () => {
     expectCleanError(await shaker(["keys", "revoke"], env), 2, /keys revoke needs exactly one key ID/);
     expectCleanError(await shaker(["keys", "rotate"], env), 2, /unknown keys command 'rotate'/);
     expectCleanError(await shaker(["keys", "create", "--account", "Not Valid"], env), 1, /^shaker: account name 'Not Valid' must match/);
+    expectCleanError(
+      await shaker(["keys", "create", "--account", "acme", "--admin"], env),
+      1,
+      /^shaker: account 'acme' already exists and is not an admin account/,
+    );
     expectCleanError(await shaker(["keys", "revoke", "key_nope"], env), 1, /^shaker: API key 'key_nope' not found\n$/);
     expectCleanError(await shaker(["keys", "list", "--account", "ghost"], env), 1, /^shaker: account 'ghost' not found\n$/);
     const missing = join(dataDir, "does-not-exist");
@@ -130,6 +135,11 @@ describe("shaker keys with a running server", () => {
       1,
       /only an admin account's key may manage other accounts' keys \(SHAKER_API_KEY must belong to an admin account\)/,
     );
+    // An account created with --admin manages keys like the default one.
+    const ops = keyPattern.exec((await shaker(["keys", "create", "--account", "ops", "--admin"], remote)).stdout)![0];
+    const plainKeys = await shaker(["keys", "list", "--account", "plain", "--json"], { ...remote, SHAKER_API_KEY: ops });
+    expect(plainKeys.code, plainKeys.stderr).toBe(0);
+    expect(JSON.parse(plainKeys.stdout).map((k: any) => k.account)).toEqual(["plain"]);
     expectCleanError(await shaker(["keys", "list"], { ...remote, SHAKER_API_KEY: "sk-wrong" }), 1, /refused SHAKER_API_KEY: invalid API key/);
     expectCleanError(await shaker(["keys", "list"], { ...remote, SHAKER_API_KEY: "" }), 1, /SHAKER_URL is set but SHAKER_API_KEY is not/);
     expectCleanError(await shaker(["keys", "list"], { ...remote, SHAKER_URL: "not a url" }), 1, /SHAKER_URL is not a URL/);

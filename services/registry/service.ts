@@ -191,7 +191,12 @@ export function createRegistryService(options: RegistryServiceOptions): {
       if (!refNamePattern.test(name)) {
         throw invalid(`account name '${name}' must match ^[a-z0-9][a-z0-9_-]{0,63}$ (lower-case letters, digits, '-' and '_')`);
       }
-      const account = store.ensureAccount(name, req.admin);
+      const existing = store.accountByName(name);
+      if (existing && req.admin && !existing.admin) {
+        // Never turn an account into an admin one as a side effect of making a key.
+        throw new ConnectError(`account '${name}' already exists and is not an admin account; admin applies only to a new account`, Code.FailedPrecondition);
+      }
+      const account = existing ?? store.ensureAccount(name, req.admin);
       const apiKey = generateApiKey();
       const row = store.insertKey(account.id, apiKey);
       return { apiKey, key: keyMessage(row, account.name) };

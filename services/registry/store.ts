@@ -86,11 +86,12 @@ export function createRegistryStore(file: string) {
     keysOf(accountId: string): ApiKeyRow[] {
       return orm.select().from(apiKeys).where(eq(apiKeys.accountId, accountId)).orderBy(asc(apiKeys.createdAt)).all();
     },
+    /** keyById finds a key by id, or by prefix when exactly one key has that prefix. */
     keyById(idOrPrefix: string): ApiKeyRow | undefined {
-      return (
-        orm.select().from(apiKeys).where(eq(apiKeys.id, idOrPrefix)).get() ??
-        orm.select().from(apiKeys).where(eq(apiKeys.prefix, idOrPrefix)).get()
-      );
+      const byId = orm.select().from(apiKeys).where(eq(apiKeys.id, idOrPrefix)).get();
+      if (byId) return byId;
+      const byPrefix = orm.select().from(apiKeys).where(eq(apiKeys.prefix, idOrPrefix)).limit(2).all();
+      return byPrefix.length === 1 ? byPrefix[0] : undefined;
     },
     revokeKey(id: string): void {
       orm.update(apiKeys).set({ revokedAt: Date.now() }).where(and(eq(apiKeys.id, id), isNull(apiKeys.revokedAt))).run();
