@@ -87,9 +87,10 @@ describe("accessories", () => {
       ],
       400,
       /accessories\[1\]\.key 'same_key' is the same key as 'Same-Key'/,
+      "accessories[1].key",
     );
     const tooMany = Array.from({ length: registryLimits.accessoriesPerWorkflow + 1 }, (_, i) => ({ key: `k${i}`, content: i }));
-    await refused(tooMany, 400, /at most 100 accessories, got 101/);
+    await refused(tooMany, 400, /at most 100 accessories, got 101/, "accessories");
     // The keep accessory of 1.0.0 is still there.
     const res = await server.invoke({ model: "workflow:guarded", input: {} });
     expect(res.body.output).toBe("v1");
@@ -110,6 +111,6 @@ describe("accessories", () => {
       script: "def execute(ctx):\n    return 'v1'\n",
       accessories: [{ key: "huge", content: big }],
     });
-    expect(res.body.error).toMatchObject({ type: "invalid_request_error", code: "request_too_large" });
+    expect(res.body.error).toMatchObject({ type: "invalid_request_error", code: "request_too_large", param: "accessories[0]" });
   }, 60_000);
 });

@@ -269,7 +269,7 @@ describe("validation through the REST edge", () => {
       script: "INPUT_SCHEMA = {'q': {'type': 'text'}}\ndef execute(ctx):\n    pass\n",
     });
     expect(res.status).toBe(400);
-    expect(res.body.error.type).toBe("invalid_request_error");
+    expect(res.body.error).toMatchObject({ type: "invalid_request_error", param: "script" });
     expect(res.body.error.message).toContain("line 1, column 31: INPUT_SCHEMA['q']['type'] must be one of");
     expect(res.body.error.message).toContain("line 2, column 1: `execute` never returns a value");
     expect((await server.request("GET", "/v1/workflows/broken")).status).toBe(404);

@@ -92,12 +92,12 @@ describe("immutable versions through the REST edge", () => {
 
   it("refuses malformed upload fields with 400 naming the field, storing nothing", async () => {
     const bad: [Record<string, unknown>, string | null, RegExp][] = [
-      [{ workflow_ref_name: "Bad Name", script: says("x") }, null, /workflow_ref_name must match/],
-      [{ workflow_ref_name: "ok-name", script: "   " }, null, /script is required/],
+      [{ workflow_ref_name: "Bad Name", script: says("x") }, "workflow_ref_name", /workflow_ref_name must match/],
+      [{ workflow_ref_name: "ok-name", script: "   " }, "script", /script is required/],
       [{ workflow_ref_name: "ok-name" }, "script", /'script' is required/],
       [{ workflow_ref_name: "ok-name", script: says("x"), version_bump: "huge" }, "version_bump", /major, minor, patch/],
       [{ workflow_ref_name: "ok-name", script: says("x"), execution_mode: "later" }, "execution_mode", /sync, stream, async/],
-      [{ workflow_ref_name: "ok-name", script: says("x"), timeout_seconds: 99999 }, null, /timeout_seconds must be between 1 and 3600/],
+      [{ workflow_ref_name: "ok-name", script: says("x"), timeout_seconds: 99999 }, "timeout_seconds", /timeout_seconds must be between 1 and 3600/],
       [{ workflow_ref_name: "ok-name", script: says("x"), env: { A: 1 } }, "env.A", /must be a string/],
       [{ workflow_ref_name: "ok-name", script: says("x"), datastores: [{ name: "x", write: "yes" }] }, "datastores[0].write", /true or false/],
       [{ workflow_ref_name: "ok-name", script: says("x"), publish_version: "no" }, "publish_version", /true or false/],

@@ -31,6 +31,8 @@ export const registryLimits = {
  */
 export const limitHeader = "shaker-limit";
 
+const paramHeader = "shaker-param";
+
 const refNamePattern = /^[a-z0-9][a-z0-9_-]{0,63}$/;
 const versionPattern = /^(\d{1,9})\.(\d{1,9})\.(\d{1,9})$/;
 
@@ -113,8 +115,9 @@ function bump(latest: VersionRow | undefined, how: VersionBump): [number, number
   }
 }
 
-function invalid(message: string): ConnectError {
-  return new ConnectError(message, Code.InvalidArgument);
+/** invalid is an InvalidArgument naming the field at fault (the edge answers it as the error's `param`). */
+function invalid(message: string, param?: string): ConnectError {
+  return new ConnectError(message, Code.InvalidArgument, param ? { [paramHeader]: param } : undefined);
 }
 
 /** createRegistryService builds the Registry's handlers over its store. */
@@ -189,7 +192,7 @@ export function createRegistryService(options: RegistryServiceOptions): {
       requireAdmin(identity);
       const name = req.accountName.trim();
       if (!refNamePattern.test(name)) {
-        throw invalid(`account name '${name}' must match ^[a-z0-9][a-z0-9_-]{0,63}$ (lower-case letters, digits, '-' and '_')`);
+        throw invalid(`account name '${name}' must match ^[a-z0-9][a-z0-9_-]{0,63}$ (lower-case letters, digits, '-' and '_')`, "account_name");
       }
       const existing = store.accountByName(name);
       if (existing && req.admin && !existing.admin) {
@@ -243,49 +246,49 @@ export function createRegistryService(options: RegistryServiceOptions): {
     async uploadWorkflow(req, ctx) {
       const accountId = requireManager(await caller(ctx), "upload workflows");
       if (!refNamePattern.test(req.workflowRefName)) {
-        throw invalid("workflow_ref_name must match ^[a-z0-9][a-z0-9_-]{0,63}$");
+        throw invalid("workflow_ref_name must match ^[a-z0-9][a-z0-9_-]{0,63}$", "workflow_ref_name");
       }
-      if (!req.script.trim()) throw invalid("script is required");
+      if (!req.script.trim()) throw invalid("script is required", "script");
       if (req.timeoutSeconds < 0 || req.timeoutSeconds > options.maxTimeoutSeconds) {
-        throw invalid(`timeout_seconds must be between 1 and ${options.maxTimeoutSeconds}`);
+        throw invalid(`timeout_seconds must be between 1 and ${options.maxTimeoutSeconds}`, "timeout_seconds");
       }
       if (Object.keys(req.env).length > registryLimits.envEntries) {
-        throw invalid(`env has more than ${registryLimits.envEntries} entries`);
+        throw invalid(`env has more than ${registryLimits.envEntries} entries`, "env");
       }
       if (req.accessories.length > registryLimits.accessoriesPerWorkflow) {
-        throw invalid(`a workflow may have at most ${registryLimits.accessoriesPerWorkflow} accessories, got ${req.accessories.length}`);
+        throw invalid(`a workflow may have at most ${registryLimits.accessoriesPerWorkflow} accessories, got ${req.accessories.length}`, "accessories");
       }
       const accessoryList: { key: string; content: string }[] = [];
       const seenKeys = new Map<string, string>();
       for (const [i, a] of req.accessories.entries()) {
         const key = a.key.trim();
-        if (!key) throw invalid(`accessories[${i}].key is required`);
-        if (key.length > 256) throw invalid(`accessories[${i}].key is longer than 256 characters`);
+        if (!key) throw invalid(`accessories[${i}].key is required`, `accessories[${i}].key`);
+        if (key.length > 256) throw invalid(`accessories[${i}].key is longer than 256 characters`, `accessories[${i}].key`);
         const normal = normaliseAccessoryKey(key);
         const earlier = seenKeys.get(normal);
         if (earlier !== undefined) {
-          throw invalid(`accessories[${i}].key '${key}' is the same key as '${earlier}' (keys are case-insensitive, '-' and '_' alike)`);
+          throw invalid(`accessories[${i}].key '${key}' is the same key as '${earlier}' (keys are case-insensitive, '-' and '_' alike)`, `accessories[${i}].key`);
         }
         seenKeys.set(normal, key);
-        if (a.content === undefined) throw invalid(`accessories[${i}].content is required`);
+        if (a.content === undefined) throw invalid(`accessories[${i}].content is required`, `accessories[${i}].content`);
         const content = JSON.stringify(fromValue(a.content));
         const size = Buffer.byteLength(content);
         if (size > registryLimits.accessoryBytes) {
           throw new ConnectError(
             `accessories[${i}] ('${key}') is ${size} bytes of JSON; the limit is ${registryLimits.accessoryBytes} bytes (${registryLimits.accessoryBytes / 1024 / 1024} MiB) per accessory`,
             Code.ResourceExhausted,
-            { [limitHeader]: "size" },
+            { [limitHeader]: "size", [paramHeader]: `accessories[${i}]` },
           );
         }
         accessoryList.push({ key, content });
       }
       for (const [i, d] of req.datastores.entries()) {
-        if (!refNamePattern.test(d.name)) throw invalid(`datastores[${i}].name must match ^[a-z0-9][a-z0-9_-]{0,63}$`);
+        if (!refNamePattern.test(d.name)) throw invalid(`datastores[${i}].name must match ^[a-z0-9][a-z0-9_-]{0,63}$`, `datastores[${i}].name`);
       }
       const result = await validate(req.script);
       if (result.errors.length > 0) {
         const lines = result.errors.map((e) => `line ${e.line}, column ${e.column}: ${e.message}`);
-        throw invalid(`the script is not a valid workflow:\n${lines.join("\n")}`);
+        throw invalid(`the script is not a valid workflow:\n${lines.join("\n")}`, "script");
       }
       const stored = store.insertVersion(
         accountId,
@@ -340,8 +343,8 @@ export function createRegistryService(options: RegistryServiceOptions): {
 
     async listWorkflows(req, ctx) {
       const accountId = requireAccount(await caller(ctx));
-      if (req.offset < 0) throw invalid("offset must be 0 or more");
-      if (req.limit < 0 || req.limit > 100) throw invalid("limit must be between 1 and 100");
+      if (req.offset < 0) throw invalid("offset must be 0 or more", "offset");
+      if (req.limit < 0 || req.limit > 100) throw invalid("limit must be between 1 and 100", "limit");
       const { rows, total } = store.listWorkflows(accountId, req.offset, req.limit || 20);
       return {
         total,
