@@ -240,6 +240,18 @@ describe("upload validation (validate.py through the long-lived validator)", () 
     expect(results[2].errors[0].line).toBe(2);
     expect(results[3].errors).toEqual([]);
   });
+
+  it("refuses a script too deeply nested to parse, and keeps answering", async () => {
+    const deep = await validator.validate(`x = ${"-".repeat(200_000)}1\n`);
+    expect(deep.errors).toEqual([{ line: 0, column: 0, message: "the script is nested too deeply for Python to parse" }]);
+    expect((await validator.validate("def execute(ctx):\n    return 1\n")).errors).toEqual([]);
+  });
+
+  it("fails clearly when the interpreter cannot start, without hanging", async () => {
+    const broken = createValidator("/nonexistent/python3");
+    await expect(broken.validate("def execute(ctx):\n    return 1\n")).rejects.toThrow(/nonexistent\/python3/);
+    broken.close();
+  });
 });
 
 describe("validation through the REST edge", () => {

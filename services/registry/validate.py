@@ -201,6 +201,9 @@ def validate(code: str) -> dict[str, Any]:
         return {"errors": errors, "input_schema": None, "output_schema": None}
     except ValueError as e:  # source with NUL bytes
         return {"errors": [{"line": 0, "column": 0, "message": f"invalid source: {e}"}], "input_schema": None, "output_schema": None}
+    except (MemoryError, RecursionError):
+        message = "the script is nested too deeply for Python to parse"
+        return {"errors": [{"line": 0, "column": 0, "message": message}], "input_schema": None, "output_schema": None}
     _check_execute(errors, tree)
     _check_workflow_context(errors, tree)
     input_schema = _schema(errors, tree, "INPUT_SCHEMA")
