@@ -99,6 +99,7 @@ describe("immutable versions through the REST edge", () => {
       [{ workflow_ref_name: "ok-name", script: says("x"), execution_mode: "later" }, "execution_mode", /sync, stream, async/],
       [{ workflow_ref_name: "ok-name", script: says("x"), timeout_seconds: 99999 }, "timeout_seconds", /timeout_seconds must be between 1 and 3600/],
       [{ workflow_ref_name: "ok-name", script: says("x"), env: { A: 1 } }, "env.A", /must be a string/],
+      [{ workflow_ref_name: "ok-name", script: says("x"), env: { "A=B": "1" } }, "env.A=B", /env name 'A=B' must match/],
       [{ workflow_ref_name: "ok-name", script: says("x"), datastores: [{ name: "x", write: "yes" }] }, "datastores[0].write", /true or false/],
       [{ workflow_ref_name: "ok-name", script: says("x"), publish_version: "no" }, "publish_version", /true or false/],
     ];

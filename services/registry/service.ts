@@ -34,6 +34,7 @@ export const limitHeader = "shaker-limit";
 const paramHeader = "shaker-param";
 
 const refNamePattern = /^[a-z0-9][a-z0-9_-]{0,63}$/;
+const envNamePattern = /^[A-Za-z_][A-Za-z0-9_]{0,255}$/;
 const versionPattern = /^(\d{1,9})\.(\d{1,9})\.(\d{1,9})$/;
 
 /** DEFAULT_ACCOUNT is the account `SHAKER_API_KEY` and the first start's key belong to. */
@@ -254,6 +255,11 @@ export function createRegistryService(options: RegistryServiceOptions): {
       }
       if (Object.keys(req.env).length > registryLimits.envEntries) {
         throw invalid(`env has more than ${registryLimits.envEntries} entries`, "env");
+      }
+      for (const [name, value] of Object.entries(req.env)) {
+        // They become os.environ of the run: names must be environment variable names.
+        if (!envNamePattern.test(name)) throw invalid(`env name '${name}' must match ^[A-Za-z_][A-Za-z0-9_]*$`, `env.${name}`);
+        if (value.includes("\0")) throw invalid(`env.${name} must not contain NUL characters`, `env.${name}`);
       }
       if (req.accessories.length > registryLimits.accessoriesPerWorkflow) {
         throw invalid(`a workflow may have at most ${registryLimits.accessoriesPerWorkflow} accessories, got ${req.accessories.length}`, "accessories");
