@@ -32,7 +32,7 @@ describe("accessories", () => {
     await server.upload("reader", reader, {
       accessories: [
         { key: "prices-table", content: { apple: 1.5, pear: [2, 3] } },
-        { key: "Raw", content_base64: b64(JSON.stringify({ "ünï": "côdé", n: null })) },
+        { key: "Raw", content_base64: b64(JSON.stringify({ "ünï": "côdé", n: null })).replace(/(.{8})/g, "$1\n") },
       ],
     });
     const fallbackFile = join(server.dataDir, "fallback.json");
@@ -78,6 +78,8 @@ describe("accessories", () => {
     await refused([{ key: "a", content_base64: "!!!not base64!!!" }], 400, /'accessories\[0\]\.content_base64' is not valid base64/, "accessories[0].content_base64");
     await refused([{ key: "a", content_base64: b64("this is not JSON") }], 400, /does not decode to JSON/, "accessories[0].content_base64");
     await refused([{ key: "a", content_base64: 42 }], 400, /not valid base64/);
+    await refused([{ key: "a", content_base64: "eyJhIjoxfQ==eyJhIjoxfQ==" }], 400, /not valid base64/);
+    await refused([{ key: "a", content_base64: "eyJhIjoxfQ=" + "x" }], 400, /not valid base64/);
     await refused([{ key: "a" }], 400, /needs 'content' \(JSON\) or 'content_base64'/, "accessories[0]");
     await refused([{ content: 1 }], 400, /'accessories\[0\]\.key' must be a non-empty string/);
     await refused(
