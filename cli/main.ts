@@ -1,10 +1,12 @@
 import { loadConfig } from "../services/shared/config.js";
+import { runKeys, UsageError } from "./keys.js";
 import { startShaker } from "./serve.js";
 
 const usage = `usage: shaker <command>
 
 commands:
   serve     run Shaker: every service and the REST edge on one port (PORT, default 8080)
+  keys      create, list and revoke API keys of accounts (shaker keys --help)
 `;
 
 async function serve(): Promise<void> {
@@ -39,6 +41,14 @@ async function main(argv: string[]): Promise<void> {
   switch (command) {
     case "serve":
       return serve();
+    case "keys":
+      try {
+        return await runKeys(argv.slice(1), process.env, (s) => process.stdout.write(s));
+      } catch (e) {
+        if (!(e instanceof UsageError)) throw e;
+        process.stderr.write(`shaker keys: ${e.message}\n(see shaker keys --help)\n`);
+        process.exit(2);
+      }
     case undefined:
     case "help":
     case "--help":
