@@ -190,7 +190,7 @@ describe("datastore over REST and RPC", () => {
     const res = await fetch(`${server.url}/v1/datastores/bulk/records`, {
       method: "POST",
       headers: { authorization: `Bearer ${server.apiKey}`, "content-type": "application/x-ndjson" },
-      body: ReadableStream.from(ndjson()),
+      body: ndjson() as unknown as BodyInit, // undici streams an async iterable body
       duplex: "half",
     } as RequestInit);
     expect(res.status).toBe(200);
@@ -206,7 +206,7 @@ describe("datastore over REST and RPC", () => {
     const json = await fetch(`${server.url}/v1/datastores/bulk/records`, {
       method: "POST",
       headers: { authorization: `Bearer ${server.apiKey}`, "content-type": "application/json" },
-      body: ReadableStream.from(cut()),
+      body: cut() as unknown as BodyInit,
       duplex: "half",
     } as RequestInit);
     expect(json.status).toBe(200);
