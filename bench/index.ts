@@ -1,8 +1,10 @@
 // `npm run bench`: every benchmark, each reported as a ratio against a baseline measured in the same run.
+import { benchDatastore } from "./datastore.js";
 import { benchInvoke } from "./invoke.js";
 
 const benches: Record<string, () => Promise<void>> = {
   invoke: benchInvoke,
+  datastore: benchDatastore,
 };
 
 const only = process.argv.slice(2);

@@ -3,7 +3,8 @@ import { blob, index, integer, sqliteTable, text, uniqueIndex } from "drizzle-or
 /**
  * stores are the record stores of every account. Each store also owns two virtual tables created
  * by the store layer (drizzle-kit cannot generate them): `ds_fts_<id>` (FTS5 over the text) and
- * `ds_vec_<id>` (a sqlite-vec vec0 table whose dimension is fixed by the store's first vector).
+ * `ds_vec_<id>` (a sqlite-vec vec0 table whose dimension is fixed by the store's first vector:
+ * binary-quantised vectors for KNN candidates when the dimension allows, float32 otherwise).
  */
 export const stores = sqliteTable(
   "stores",
@@ -29,6 +30,8 @@ export const records = sqliteTable(
     recordId: text("record_id").notNull(),
     text: text("text").notNull(),
     metadata: text("metadata").notNull(),
+    /** vector is the float32 embedding, read for exact rescoring and by GetRecords. */
+    vector: blob("vector", { mode: "buffer" }).notNull(),
   },
   (t) => [uniqueIndex("records_store_id_record_id_idx").on(t.storeId, t.recordId)],
 );

@@ -23,7 +23,7 @@ export interface RecordRow {
   id: string;
   text: string;
   metadata: string;
-  vector: Float32Array | undefined;
+  vector: Float32Array;
 }
 
 /** Hit is a search result; score is higher for better hits. */
@@ -42,6 +42,14 @@ class Refused extends Error {
     super("refused");
   }
 }
+
+/** quantized says whether a dimension's KNN runs on binary-quantised vectors (bit[] needs a multiple of 8). */
+function quantized(dimension: number): boolean {
+  return dimension >= 64 && dimension % 8 === 0;
+}
+
+/** oversample is how many binary-KNN candidates are rescored per hit asked for. */
+const oversample = 10;
 
 /** sqlite-vec refuses k above this in its KNN form. */
 const maxKnnK = 4096;
@@ -138,16 +146,21 @@ export function createDatastoreStore(file: string) {
   function writeOne(storeId: number, r: RecordInput): void {
     const existing = stmt("SELECT rowid FROM records WHERE store_id = ? AND record_id = ?").get(storeId, r.id) as { rowid: number } | undefined;
     let rowid: bigint;
+    const blob = blobOf(r.vector);
     if (existing) {
       rowid = BigInt(existing.rowid);
-      stmt("UPDATE records SET text = ?, metadata = ? WHERE rowid = ?").run(r.text, r.metadata, rowid);
+      stmt("UPDATE records SET text = ?, metadata = ?, vector = ? WHERE rowid = ?").run(r.text, r.metadata, blob, rowid);
       stmt(`DELETE FROM ${fts(storeId)} WHERE rowid = ?`).run(rowid);
       stmt(`DELETE FROM ${vec(storeId)} WHERE rowid = ?`).run(rowid);
     } else {
-      rowid = BigInt(stmt("INSERT INTO records (store_id, record_id, text, metadata) VALUES (?, ?, ?, ?)").run(storeId, r.id, r.text, r.metadata).lastInsertRowid);
+      rowid = BigInt(stmt("INSERT INTO records (store_id, record_id, text, metadata, vector) VALUES (?, ?, ?, ?, ?)").run(storeId, r.id, r.text, r.metadata, blob).lastInsertRowid);
     }
     stmt(`INSERT INTO ${fts(storeId)} (rowid, text) VALUES (?, ?)`).run(rowid, r.text);
-    stmt(`INSERT INTO ${vec(storeId)} (rowid, embedding) VALUES (?, ?)`).run(rowid, blobOf(r.vector));
+    stmt(
+      quantized(r.vector.length)
+        ? `INSERT INTO ${vec(storeId)} (rowid, bits) VALUES (?, vec_quantize_binary(?))`
+        : `INSERT INTO ${vec(storeId)} (rowid, embedding) VALUES (?, ?)`,
+    ).run(rowid, blob);
   }
 
   /** fixDimension returns the store's dimension, fixing it (and creating the vector index) at the first vector. */
@@ -155,7 +168,11 @@ export function createDatastoreStore(file: string) {
     const store = storeById(storeId);
     if (!store) return 0;
     if (store.dimension > 0) return store.dimension;
-    sqlite.exec(`CREATE VIRTUAL TABLE ${vec(storeId)} USING vec0(embedding float[${dimension}] distance_metric=cosine)`);
+    sqlite.exec(
+      quantized(dimension)
+        ? `CREATE VIRTUAL TABLE ${vec(storeId)} USING vec0(bits bit[${dimension}])`
+        : `CREATE VIRTUAL TABLE ${vec(storeId)} USING vec0(embedding float[${dimension}] distance_metric=cosine)`,
+    );
     orm.update(stores).set({ dimension }).where(eq(stores.id, storeId)).run();
     return dimension;
   }
@@ -170,7 +187,7 @@ export function createDatastoreStore(file: string) {
     }
   }
 
-  function rowsOf(storeId: number, sql: string, params: unknown[]): Hit[] {
+  function rowsOf(sql: string, params: unknown[]): Hit[] {
     return (stmt(sql).all(...params) as { id: string; text: string; metadata: string; score: number }[]).map((h) => ({ ...h }));
   }
 
@@ -262,14 +279,9 @@ export function createDatastoreStore(file: string) {
       for (let i = 0; i < ids.length; i += chunk) {
         const part = ids.slice(i, i + chunk);
         const rows = sqlite
-          .prepare(`SELECT rowid, record_id AS id, text, metadata FROM records WHERE store_id = ? AND record_id IN (${part.map(() => "?").join(", ")})`)
-          .all(store.id, ...part) as { rowid: number; id: string; text: string; metadata: string }[];
-        for (const row of rows) {
-          const v = store.dimension
-            ? (stmt(`SELECT embedding FROM ${vec(store.id)} WHERE rowid = ?`).get(BigInt(row.rowid)) as { embedding: Buffer } | undefined)
-            : undefined;
-          found.set(row.id, { id: row.id, text: row.text, metadata: row.metadata, vector: v ? floatsOf(v.embedding) : undefined });
-        }
+          .prepare(`SELECT record_id AS id, text, metadata, vector FROM records WHERE store_id = ? AND record_id IN (${part.map(() => "?").join(", ")})`)
+          .all(store.id, ...part) as { id: string; text: string; metadata: string; vector: Buffer }[];
+        for (const row of rows) found.set(row.id, { id: row.id, text: row.text, metadata: row.metadata, vector: floatsOf(row.vector) });
       }
       return ids.flatMap((id) => {
         const r = found.get(id);
@@ -298,7 +310,6 @@ export function createDatastoreStore(file: string) {
       if (!match) return [];
       const f = filterSql(conditions);
       return rowsOf(
-        storeId,
         `SELECT r.record_id AS id, r.text, r.metadata, -bm25(${fts(storeId)}) AS score
          FROM ${fts(storeId)} JOIN records r ON r.rowid = ${fts(storeId)}.rowid
          WHERE ${fts(storeId)} MATCH ? AND ${f.sql} ORDER BY bm25(${fts(storeId)}) LIMIT ?`,
@@ -307,40 +318,48 @@ export function createDatastoreStore(file: string) {
     },
     /**
      * vectorSearch ranks by cosine similarity (score = 1 - cosine distance) with sqlite-vec's KNN
-     * form. A filter is applied to the KNN candidates inside the query; when it leaves fewer than
-     * `limit`, k grows until the whole store was considered, and past sqlite-vec's largest k an
-     * exact scan of the filtered records answers instead, so a filtered search still returns
-     * `limit` hits when they exist.
+     * form. For dimensions of 64 and more the KNN runs over binary-quantised vectors (a 32x smaller
+     * scan) for `oversample` times more candidates, which are rescored exactly from the float32
+     * vectors; smaller stores are thus exact. A filter is applied to the candidates inside the
+     * query; when it leaves fewer than `limit`, k grows until the whole store was considered, and
+     * past sqlite-vec's largest k an exact scan of the filtered records answers instead, so a
+     * filtered search still returns `limit` hits when they exist.
      */
     vectorSearch(store: StoreRow, query: Float32Array, conditions: Condition[], limit: number): Hit[] {
       if (!store.dimension) return [];
       const f = filterSql(conditions);
       const total = this.count(store.id);
       const q = blobOf(query);
-      let k = Math.min(conditions.length ? limit * 4 : limit, total);
+      const bits = quantized(store.dimension);
+      let k = Math.min(Math.max(bits ? limit * oversample : limit, conditions.length ? limit * 4 : 0, bits ? 100 : 0), total);
       for (;;) {
         if (k > maxKnnK) break;
-        const hits = rowsOf(
-          store.id,
-          `WITH knn AS (SELECT rowid, distance FROM ${vec(store.id)} WHERE embedding MATCH ? AND k = ?)
-           SELECT r.record_id AS id, r.text, r.metadata, 1 - knn.distance AS score
-           FROM knn JOIN records r ON r.rowid = knn.rowid WHERE ${f.sql} ORDER BY knn.distance LIMIT ?`,
-          [q, k, ...f.params, limit],
-        );
+        const hits = bits
+          ? rowsOf(
+              `WITH knn AS (SELECT rowid FROM ${vec(store.id)} WHERE bits MATCH vec_quantize_binary(?) AND k = ?)
+               SELECT r.record_id AS id, r.text, r.metadata, 1 - vec_distance_cosine(r.vector, ?) AS score
+               FROM knn JOIN records r ON r.rowid = knn.rowid WHERE ${f.sql} ORDER BY score DESC LIMIT ?`,
+              [q, k, q, ...f.params, limit],
+            )
+          : rowsOf(
+              `WITH knn AS (SELECT rowid, distance FROM ${vec(store.id)} WHERE embedding MATCH ? AND k = ?)
+               SELECT r.record_id AS id, r.text, r.metadata, 1 - knn.distance AS score
+               FROM knn JOIN records r ON r.rowid = knn.rowid WHERE ${f.sql} ORDER BY knn.distance LIMIT ?`,
+              [q, k, ...f.params, limit],
+            );
         if (hits.length >= limit || k >= total) return hits;
         k = Math.min(k * 4, total);
       }
       return rowsOf(
-        store.id,
-        `SELECT r.record_id AS id, r.text, r.metadata, 1 - vec_distance_cosine(v.embedding, ?) AS score
-         FROM records r JOIN ${vec(store.id)} v ON v.rowid = r.rowid
-         WHERE r.store_id = ? AND ${f.sql} ORDER BY score DESC LIMIT ?`,
+        `SELECT r.record_id AS id, r.text, r.metadata, 1 - vec_distance_cosine(r.vector, ?) AS score
+         FROM records r WHERE r.store_id = ? AND ${f.sql} ORDER BY score DESC LIMIT ?`,
         [q, store.id, ...f.params, limit],
       );
     },
     /** likeScan is the benchmark's baseline: a substring scan of every record's text. */
     likeScan(storeId: number, word: string, limit: number): Hit[] {
-      return rowsOf(storeId, "SELECT record_id AS id, text, metadata, 0 AS score FROM records WHERE store_id = ? AND text LIKE ? LIMIT ?", [storeId, `%${word}%`, limit]);
+      return rowsOf(
+        "SELECT record_id AS id, text, metadata, 0 AS score FROM records WHERE store_id = ? AND text LIKE ? LIMIT ?", [storeId, `%${word}%`, limit]);
     },
     integrityCheck(): string {
       return String(sqlite.pragma("integrity_check", { simple: true }));

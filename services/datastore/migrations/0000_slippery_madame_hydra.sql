@@ -4,6 +4,7 @@ CREATE TABLE `records` (
 	`record_id` text NOT NULL,
 	`text` text NOT NULL,
 	`metadata` text NOT NULL,
+	`vector` blob NOT NULL,
 	FOREIGN KEY (`store_id`) REFERENCES `stores`(`id`) ON UPDATE no action ON DELETE cascade
 );
 --> statement-breakpoint
