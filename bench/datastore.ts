@@ -111,15 +111,21 @@ export async function benchDatastore(): Promise<void> {
 
     // --- vector KNN.
     const vs = store.createStore("bench", "vector", "")!;
-    const all = new Float32Array(vectorN * dim);
-    for (let i = 0; i < all.length; i++) all[i] = random() * 2 - 1;
-    for (let i = 0; i < vectorN; i++) {
-      const v = all.subarray(i * dim, (i + 1) * dim);
+    // Embeddings cluster by topic: points scattered around 1,000 random centres, queries too.
+    const centres = Array.from({ length: 1000 }, () => Float32Array.from({ length: dim }, () => random() * 2 - 1));
+    const around = (out: Float32Array) => {
+      const c = centres[Math.floor(random() * centres.length)];
       let s = 0;
-      for (const x of v) s += x * x;
+      for (let d = 0; d < dim; d++) {
+        out[d] = c[d] + (random() * 2 - 1) * 0.8;
+        s += out[d] * out[d];
+      }
       const norm = Math.sqrt(s);
-      for (let d = 0; d < dim; d++) v[d] /= norm;
-    }
+      for (let d = 0; d < dim; d++) out[d] /= norm;
+      return out;
+    };
+    const all = new Float32Array(vectorN * dim);
+    for (let i = 0; i < vectorN; i++) around(all.subarray(i * dim, (i + 1) * dim));
     t = performance.now();
     for (let i = 0; i < vectorN; i += batch) {
       const part: RecordInput[] = [];
@@ -148,7 +154,7 @@ export async function benchDatastore(): Promise<void> {
     let agree = 0;
     const vq = Math.max(10, Math.floor(queries / 4));
     for (let q = 0; q < vq; q++) {
-      const query = all.slice(((q * 7919) % vectorN) * dim, (((q * 7919) % vectorN) + 1) * dim).map((x) => x + (random() - 0.5) * 0.02);
+      const query = around(new Float32Array(dim));
       t = performance.now();
       const got = store.vectorSearch(row, query, [], 10);
       vecTimes.push(performance.now() - t);
