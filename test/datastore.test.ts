@@ -113,6 +113,24 @@ describe("datastore over REST and RPC", () => {
     expect(ids(ranged.body).sort()).toEqual(["r100", "r101", "r102"]);
   });
 
+  it("ranks exactly over binary-quantised candidates in a larger 64-dimension store", async () => {
+    await server.request("POST", "/v1/datastores", { name: "wide" });
+    let seed = 7;
+    const rand = () => ((seed = (seed * 1103515245 + 12345) % 2 ** 31) / 2 ** 31) * 2 - 1;
+    const records = Array.from({ length: 600 }, (_, i) => ({ id: `w${i}`, text: `wide ${i}`, metadata: { even: i % 2 === 0 }, vector: Array.from({ length: 64 }, rand) }));
+    expect((await server.request("POST", "/v1/datastores/wide/records", { records })).status).toBe(200);
+    const cosine = (a: number[], b: number[]) => a.reduce((s, x, i) => s + x * b[i], 0) / Math.hypot(...a) / Math.hypot(...b);
+    const query = records[123].vector.map((x) => x + rand() * 0.05);
+    const res = await search("wide", { mode: "vector", vector: query, limit: 5 });
+    expect(ids(res.body)[0]).toBe("w123");
+    expect(res.body.data[0].score).toBeCloseTo(cosine(query, records[123].vector), 4);
+    const odd = await search("wide", { mode: "vector", vector: query, limit: 20, filter: { even: false } });
+    expect(odd.body.data).toHaveLength(20);
+    expect(odd.body.data.every((h: any) => h.metadata.even === false)).toBe(true);
+    const scores = odd.body.data.map((h: any) => h.score);
+    expect([...scores].sort((a, b) => b - a)).toEqual(scores);
+  });
+
   it("replaces records on update and removes them from every index on delete", async () => {
     await server.request("POST", "/v1/datastores", { name: "edit" });
     await server.request("POST", "/v1/datastores/edit/records", { records: withVectors });

@@ -118,6 +118,12 @@ export function createDatastoreService(deps: ServiceDeps): { impl: ServiceImpl<t
     return { input, embedded: missing.length };
   }
 
+  /** stillThere refuses a write to a store dropped while its records were being embedded or streamed. */
+  function stillThere(row: StoreRow): number {
+    if (store.store(row.accountId, row.name)?.id !== row.id) throw new ConnectError(`datastore '${row.name}' was dropped during the upsert`, Code.NotFound);
+    return row.id;
+  }
+
   function refused(result: UpsertResult, offset = 0): number {
     if (result.ok) return result.upserted;
     const i = offset + result.index;
@@ -161,7 +167,7 @@ export function createDatastoreService(deps: ServiceDeps): { impl: ServiceImpl<t
         const identity = await deps.auth.identify(ctx.requestHeader);
         const row = storeFor(identity, req.store, true);
         const { input, embedded } = await prepare(row, identity.accountId, req.records, 0, { dimension: row.dimension }, ctx);
-        return { upserted: refused(store.upsert(row.id, input)), embedded };
+        return { upserted: refused(store.upsert(stillThere(row), input)), embedded };
       },
       async upsertRecordsStream(requests, ctx) {
         const identity = await deps.auth.identify(ctx.requestHeader);
@@ -182,7 +188,7 @@ export function createDatastoreService(deps: ServiceDeps): { impl: ServiceImpl<t
             embedded += prepared.embedded;
           }
           if (!row) throw invalid("the stream sent no part; the first part must name the 'store'", "store");
-          return { upserted: refused(store.commitStaged(uploadId, row.id)), embedded };
+          return { upserted: refused(store.commitStaged(uploadId, stillThere(row))), embedded };
         } finally {
           store.discardStaged(uploadId);
         }
