@@ -220,7 +220,7 @@ export function createDatastoreService(deps: ServiceDeps): { impl: ServiceImpl<t
             hits = store.vectorSearch(row, await queryVector(row, identity.accountId, req.query, req.vector, ctx), conditions, limit);
             break;
           case SearchMode.HYBRID: {
-            if (!req.query) throw invalid("hybrid search needs a 'query'", "query");
+            if (!req.query && req.vector.length === 0) throw invalid("hybrid search needs a 'query', a 'vector' or both", "query");
             const depth = Math.min(Math.max(limit * 3, 50), maxLimit);
             const vector = await queryVector(row, identity.accountId, req.query, req.vector, ctx);
             const fused = new Map<string, Hit>();

@@ -117,6 +117,8 @@ export type DatastoreStore = ReturnType<typeof createDatastoreStore>;
 export function createDatastoreStore(file: string) {
   const db = openDatabase({ file, migrationsFolder, schema, setup: (sqlite) => sqliteVec.load(sqlite) });
   const { orm, sqlite } = db;
+  // 64 MiB of page cache: the (store, id) index of a large store otherwise misses on every insert.
+  sqlite.pragma("cache_size = -65536");
   const { stores, stagedRecords } = schema;
   const fts = (id: number) => `ds_fts_${id}`;
   const vec = (id: number) => `ds_vec_${id}`;
@@ -135,7 +137,10 @@ export function createDatastoreStore(file: string) {
   }
 
   function createIndexes(storeId: number): void {
-    sqlite.exec(`CREATE VIRTUAL TABLE IF NOT EXISTS ${fts(storeId)} USING fts5(text, tokenize = 'porter unicode61 remove_diacritics 2')`);
+    // External content: the text is kept once, in records; the index holds only the terms.
+    sqlite.exec(
+      `CREATE VIRTUAL TABLE IF NOT EXISTS ${fts(storeId)} USING fts5(text, content = 'records', content_rowid = 'rowid', tokenize = 'porter unicode61 remove_diacritics 2')`,
+    );
   }
 
   function storeById(storeId: number): StoreRow | undefined {
@@ -144,13 +149,13 @@ export function createDatastoreStore(file: string) {
 
   /** writeOne upserts one record; the caller holds the transaction and has checked the dimension. */
   function writeOne(storeId: number, r: RecordInput): void {
-    const existing = stmt("SELECT rowid FROM records WHERE store_id = ? AND record_id = ?").get(storeId, r.id) as { rowid: number } | undefined;
+    const existing = stmt("SELECT rowid, text FROM records WHERE store_id = ? AND record_id = ?").get(storeId, r.id) as { rowid: number; text: string } | undefined;
     let rowid: bigint;
     const blob = blobOf(r.vector);
     if (existing) {
       rowid = BigInt(existing.rowid);
+      stmt(`INSERT INTO ${fts(storeId)} (${fts(storeId)}, rowid, text) VALUES ('delete', ?, ?)`).run(rowid, existing.text);
       stmt("UPDATE records SET text = ?, metadata = ?, vector = ? WHERE rowid = ?").run(r.text, r.metadata, blob, rowid);
-      stmt(`DELETE FROM ${fts(storeId)} WHERE rowid = ?`).run(rowid);
       stmt(`DELETE FROM ${vec(storeId)} WHERE rowid = ?`).run(rowid);
     } else {
       rowid = BigInt(stmt("INSERT INTO records (store_id, record_id, text, metadata, vector) VALUES (?, ?, ?, ?, ?)").run(storeId, r.id, r.text, r.metadata, blob).lastInsertRowid);
@@ -293,11 +298,11 @@ export function createDatastoreStore(file: string) {
       return sqlite.transaction(() => {
         let deleted = 0;
         for (const id of new Set(ids)) {
-          const row = stmt("SELECT rowid FROM records WHERE store_id = ? AND record_id = ?").get(store.id, id) as { rowid: number } | undefined;
+          const row = stmt("SELECT rowid, text FROM records WHERE store_id = ? AND record_id = ?").get(store.id, id) as { rowid: number; text: string } | undefined;
           if (!row) continue;
           const rowid = BigInt(row.rowid);
+          stmt(`INSERT INTO ${fts(store.id)} (${fts(store.id)}, rowid, text) VALUES ('delete', ?, ?)`).run(rowid, row.text);
           stmt("DELETE FROM records WHERE rowid = ?").run(rowid);
-          stmt(`DELETE FROM ${fts(store.id)} WHERE rowid = ?`).run(rowid);
           if (store.dimension) stmt(`DELETE FROM ${vec(store.id)} WHERE rowid = ?`).run(rowid);
           deleted++;
         }
