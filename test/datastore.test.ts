@@ -113,12 +113,13 @@ describe("datastore over REST and RPC", () => {
     expect(ids(ranged.body).sort()).toEqual(["r100", "r101", "r102"]);
   });
 
-  it("ranks exactly over binary-quantised candidates in a larger 64-dimension store", async () => {
+  it("ranks by exact cosine over binary-quantised KNN candidates in a store past the exact-scan size", async () => {
     await server.request("POST", "/v1/datastores", { name: "wide" });
     let seed = 7;
     const rand = () => ((seed = (seed * 1103515245 + 12345) % 2 ** 31) / 2 ** 31) * 2 - 1;
-    const records = Array.from({ length: 600 }, (_, i) => ({ id: `w${i}`, text: `wide ${i}`, metadata: { even: i % 2 === 0 }, vector: Array.from({ length: 64 }, rand) }));
-    expect((await server.request("POST", "/v1/datastores/wide/records", { records })).status).toBe(200);
+    const records = Array.from({ length: 10_200 }, (_, i) => ({ id: `w${i}`, text: `wide ${i}`, metadata: { even: i % 2 === 0 }, vector: Array.from({ length: 64 }, rand) }));
+    const ndjson = records.map((r) => JSON.stringify(r)).join("\n");
+    expect((await server.request("POST", "/v1/datastores/wide/records", ndjson, { "content-type": "application/x-ndjson" })).status).toBe(200);
     const cosine = (a: number[], b: number[]) => a.reduce((s, x, i) => s + x * b[i], 0) / Math.hypot(...a) / Math.hypot(...b);
     const query = records[123].vector.map((x) => x + rand() * 0.05);
     const res = await search("wide", { mode: "vector", vector: query, limit: 5 });

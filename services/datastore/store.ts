@@ -51,6 +51,9 @@ function quantized(dimension: number): boolean {
 /** oversample is how many binary-KNN candidates are rescored per hit asked for. */
 const oversample = 10;
 
+/** exactBelow is the store size under which quantised stores are scanned exactly (a few ms). */
+const exactBelow = 10_000;
+
 /** sqlite-vec refuses k above this in its KNN form. */
 const maxKnnK = 4096;
 const chunk = 500;
@@ -325,7 +328,7 @@ export function createDatastoreStore(file: string) {
      * vectorSearch ranks by cosine similarity (score = 1 - cosine distance) with sqlite-vec's KNN
      * form. For dimensions of 64 and more the KNN runs over binary-quantised vectors (a 32x smaller
      * scan) for `oversample` times more candidates, which are rescored exactly from the float32
-     * vectors; smaller stores are thus exact. A filter is applied to the candidates inside the
+     * vectors; stores of at most `exactBelow` records are scanned exactly instead. A filter is applied to the candidates inside the
      * query; when it leaves fewer than `limit`, k grows until the whole store was considered, and
      * past sqlite-vec's largest k an exact scan of the filtered records answers instead, so a
      * filtered search still returns `limit` hits when they exist.
@@ -338,7 +341,7 @@ export function createDatastoreStore(file: string) {
       const bits = quantized(store.dimension);
       let k = Math.min(Math.max(bits ? limit * oversample : limit, conditions.length ? limit * 4 : 0, bits ? 100 : 0), total);
       for (;;) {
-        if (k > maxKnnK) break;
+        if (k > maxKnnK || (bits && total <= exactBelow)) break;
         const hits = bits
           ? rowsOf(
               `WITH knn AS (SELECT rowid FROM ${vec(store.id)} WHERE bits MATCH vec_quantize_binary(?) AND k = ?)
