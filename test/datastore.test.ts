@@ -190,6 +190,13 @@ describe("datastore over REST and RPC", () => {
     const res = await server.request("POST", "/v1/datastores/kb/records", ndjson, { "content-type": "application/x-ndjson" });
     expect(res.status).toBe(400);
     expect(res.body.error.message).toMatch(/^records\[3\]: line is not valid JSON/);
+    // A bad record in the third streamed part: the two parts already staged are discarded too.
+    const lines = Array.from({ length: 2500 }, (_, i) => JSON.stringify(good(`s${i}`)));
+    lines.push(JSON.stringify({ id: "wrong", text: "x", vector: [1, 2] }));
+    const late = await server.request("POST", "/v1/datastores/kb/records", lines.join("\n"), { "content-type": "application/x-ndjson" });
+    expect(late.status).toBe(400);
+    expect(late.body.error.message).toBe("records[2500]: vector has 2 dimensions; the store's vectors have 384");
+    expect((await server.request("GET", "/v1/datastores/kb/records/s0")).status).toBe(404);
     expect((await server.request("POST", "/v1/datastores/kb/records", "{\"records\": [")).status).toBe(400);
     expect((await server.request("POST", "/v1/datastores/kb/records", { items: [] })).body.error.param).toBe("records");
     expect(await count("kb")).toBe(before);
