@@ -93,6 +93,9 @@ describe("datastore over REST and RPC", () => {
     const bad = await search("kb", { query: "bake", filter: { price: { $between: [1, 2] } } });
     expect(bad.status).toBe(400);
     expect(bad.body.error.message).toContain("$between");
+    const quoted = await search("kb", { query: "bake", filter: { 'a"b': 1 } });
+    expect(quoted.status).toBe(400);
+    expect(quoted.body.error.param).toBe("filter");
   });
 
   it("returns limit hits for a selective filter even when they are far from the query", async () => {

@@ -27,8 +27,8 @@ function scalar(value: JsonValue, where: string): Scalar {
 export function parseFilter(filter: JsonObject | undefined): Condition[] {
   const out: Condition[] = [];
   for (const [field, spec] of Object.entries(filter ?? {})) {
-    if (!field) throw new FilterError("filter field names must not be empty");
     const path = field.split(".");
+    if (path.some((p) => !p || /["\\]/.test(p))) throw new FilterError(`filter field '${field}' must be dotted names without quotes or backslashes`);
     if (spec !== null && typeof spec === "object" && !Array.isArray(spec)) {
       const ops = Object.entries(spec);
       if (ops.length === 0) throw new FilterError(`filter '${field}' has no operator`);

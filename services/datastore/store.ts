@@ -76,7 +76,7 @@ function filterSql(conditions: Condition[]): { sql: string; params: (string | nu
   const params: (string | number | null)[] = [];
   for (const c of conditions) {
     const field = `json_extract(r.metadata, ?)`;
-    params.push("$" + c.path.map((p) => `."${p.replace(/"/g, '\\"')}"`).join(""));
+    params.push("$" + c.path.map((p) => `."${p}"`).join(""));
     switch (c.op) {
       case "eq":
         parts.push(`${field} IS ?`);
