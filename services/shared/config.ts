@@ -26,6 +26,14 @@ export interface Config {
   workers: number;
   /** maxNestingDepth bounds ctx.workflows.run nesting; `SHAKER_MAX_NESTING_DEPTH`, default 5. */
   maxNestingDepth: number;
+  /** openaiApiKey is the key of the default OpenAI-compatible upstream; `OPENAI_API_KEY`. */
+  openaiApiKey: string | undefined;
+  /** openaiBaseUrl is the default upstream's base URL; `OPENAI_BASE_URL` (the OpenAI API when only a key is set). */
+  openaiBaseUrl: string | undefined;
+  /** modelsConfigFile is a JSON file of providers, models and routes for the ModelProxy; `SHAKER_MODELS_CONFIG`. */
+  modelsConfigFile: string | undefined;
+  /** defaultModel serves calls that name no model when an upstream is configured; `SHAKER_DEFAULT_MODEL`. */
+  defaultModel: string | undefined;
   /** quiet silences the start-up banner (tests). */
   quiet: boolean;
 }
@@ -61,6 +69,10 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env, overrides: Part
     maxConcurrentRunsPerAccount: envInt(env, "SHAKER_MAX_CONCURRENT_RUNS_PER_ACCOUNT", 500),
     workers: Math.max(1, envInt(env, "SHAKER_WORKERS", 2)),
     maxNestingDepth: envInt(env, "SHAKER_MAX_NESTING_DEPTH", 5),
+    openaiApiKey: envString(env, "OPENAI_API_KEY"),
+    openaiBaseUrl: envString(env, "OPENAI_BASE_URL"),
+    modelsConfigFile: envString(env, "SHAKER_MODELS_CONFIG"),
+    defaultModel: envString(env, "SHAKER_DEFAULT_MODEL"),
     quiet: false,
     ...overrides,
   };
