@@ -103,7 +103,11 @@ export async function startFakeUpstream(): Promise<FakeUpstream> {
       return json(res, 200, {
         object: "list",
         model,
-        data: inputs.map((t, index) => ({ object: "embedding", index, embedding: [t.length, 1, 0, 0.5] })),
+        data: inputs.map((t, index) => {
+          const vector = [t.length, 1, 0, 0.5];
+          const embedding = body.encoding_format === "base64" ? Buffer.from(new Float32Array(vector).buffer).toString("base64") : vector;
+          return { object: "embedding", index, embedding };
+        }),
         usage: { prompt_tokens: inputs.length, total_tokens: inputs.length },
       });
     }

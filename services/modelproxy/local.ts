@@ -209,8 +209,13 @@ export function localEmbedding(text: string, dimensions = LOCAL_EMBEDDING_DIMENS
 }
 
 /** localEmbeddings answers an embeddings request as the local model. */
-export function localEmbeddings(inputs: string[], dimensions?: number): Json {
-  const data = inputs.map((text, index) => ({ object: "embedding", index, embedding: localEmbedding(text, dimensions) }));
+export function localEmbeddings(inputs: string[], dimensions?: number, encoding?: unknown): Json {
+  const data = inputs.map((text, index) => {
+    const vector = localEmbedding(text, dimensions);
+    // The openai clients ask for base64 (little-endian float32) by default and decode it themselves.
+    const embedding = encoding === "base64" ? Buffer.from(new Float32Array(vector).buffer).toString("base64") : vector;
+    return { object: "embedding", index, embedding };
+  });
   const tokens = inputs.reduce((n, t) => n + tokensOf(t).length, 0);
   return { object: "list", data, model: LOCAL_MODEL, usage: { prompt_tokens: tokens, total_tokens: tokens } };
 }

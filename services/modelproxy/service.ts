@@ -334,7 +334,7 @@ export function createModelProxyService(
               if (typeof x !== "string") throw invalid(`'input[${i}]' must be a string for the local model`, `input[${i}]`);
             });
             const dims = call.request.dimensions;
-            return localEmbeddings(inputs as string[], typeof dims === "number" && Number.isInteger(dims) && dims > 0 && dims <= 4096 ? dims : undefined);
+            return localEmbeddings(inputs as string[], typeof dims === "number" && Number.isInteger(dims) && dims > 0 && dims <= 4096 ? dims : undefined, call.request.encoding_format);
           }
           const resp = await t.provider.client.embeddings.create({ ...(call.request as unknown as OpenAI.EmbeddingCreateParams), model: t.model }, { signal: w.signal });
           if (!resp || !Array.isArray((resp as unknown as Json).data)) throw new SyntaxError("the answer is not an embeddings list");
@@ -342,7 +342,7 @@ export function createModelProxyService(
         });
         w.dispose();
         // Vectors are large and derived: the stored response keeps everything else.
-        const stored = { ...value, data: ((value.data as Json[]) ?? []).map((d) => ({ index: d.index, object: d.object, dimensions: Array.isArray(d.embedding) ? d.embedding.length : 0 })) };
+        const stored = { ...value, data: ((value.data as Json[]) ?? []).map((d) => ({ index: d.index, object: d.object, dimensions: Array.isArray(d.embedding) ? d.embedding.length : typeof d.embedding === "string" ? Buffer.byteLength(d.embedding, "base64") / 4 : 0 })) };
         finish(call, { response: stored, usage: value.usage });
         return { response: value as JsonObject, callId: call.id };
       } catch (e) {
