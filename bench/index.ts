@@ -1,8 +1,10 @@
 // `npm run bench`: every benchmark, each reported as a ratio against a baseline measured in the same run.
 import { benchInvoke } from "./invoke.js";
+import { benchModelProxy } from "./modelproxy.js";
 
 const benches: Record<string, () => Promise<void>> = {
   invoke: benchInvoke,
+  modelproxy: benchModelProxy,
 };
 
 const only = process.argv.slice(2);

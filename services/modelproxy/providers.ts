@@ -87,7 +87,7 @@ function makeProvider(p: Omit<Provider, "client">): Provider {
   const client =
     p.type === "openai"
       ? // Retries and timeouts are the proxy's own, so that each attempt is recorded.
-        new OpenAI({ apiKey: p.apiKey || "unset", baseURL: p.baseUrl, maxRetries: 0, timeout: 24 * 3600 * 1000 })
+        new OpenAI({ apiKey: p.apiKey || "unset", baseURL: p.baseUrl, maxRetries: 0, timeout: 24 * 3600 * 1000, logLevel: "off" })
       : undefined;
   return { ...p, client };
 }

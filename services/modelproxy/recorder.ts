@@ -2,7 +2,7 @@ import type { ModelProxyStore, NewCall } from "./store.js";
 
 /** Options of createRecorder. */
 export interface RecorderOptions {
-  /** flushMs is how long a record waits for others to share its write; default 50. */
+  /** flushMs is how long a record waits for others to share its write; default 200 (each commit costs milliseconds of this thread on a busy disk, so fewer, larger batches). */
   flushMs?: number;
   /** maxPending bounds the records held in memory; beyond it records are dropped and counted. Default 10000. */
   maxPending?: number;
@@ -18,7 +18,7 @@ export interface Recorder {
 
 /** createRecorder batches call records into one transaction per flush. */
 export function createRecorder(store: ModelProxyStore, options: RecorderOptions = {}): Recorder {
-  const flushMs = options.flushMs ?? 50;
+  const flushMs = options.flushMs ?? 200;
   const maxPending = options.maxPending ?? 10_000;
   let pending: NewCall[] = [];
   let recorded = 0;
