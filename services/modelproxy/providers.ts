@@ -3,6 +3,7 @@
 import { readFileSync } from "node:fs";
 import OpenAI from "openai";
 import type { Config } from "../shared/config.js";
+import { httpFetch } from "./http-fetch.js";
 import { LOCAL_MODEL } from "./local.js";
 import type { AttemptRecord } from "./schema.js";
 
@@ -87,7 +88,7 @@ function makeProvider(p: Omit<Provider, "client">): Provider {
   const client =
     p.type === "openai"
       ? // Retries and timeouts are the proxy's own, so that each attempt is recorded.
-        new OpenAI({ apiKey: p.apiKey || "unset", baseURL: p.baseUrl, maxRetries: 0, timeout: 24 * 3600 * 1000, logLevel: "off" })
+        new OpenAI({ apiKey: p.apiKey || "unset", baseURL: p.baseUrl, maxRetries: 0, timeout: 24 * 3600 * 1000, logLevel: "off", fetch: httpFetch })
       : undefined;
   return { ...p, client };
 }
