@@ -11,6 +11,8 @@ export type Step =
   | { malformed: true }
   /** streamBreak sends a few chunks, then malformed data. */
   | { streamBreak: true }
+  /** streamStall sends a few chunks, then nothing more (the connection stays open). */
+  | { streamStall: true }
   | { delayMs: number };
 
 /** Received is one request the fake got. */
@@ -152,6 +154,7 @@ export async function startFakeUpstream(): Promise<FakeUpstream> {
           await send("{not json");
           break;
         }
+        if (step && "streamStall" in step && i === 1) return;
       }
     }
     await send(chunk({}, toolCall ? "tool_calls" : "stop"));

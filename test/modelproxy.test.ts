@@ -162,6 +162,23 @@ describe("ModelProxy behind a fake OpenAI-compatible upstream", () => {
     expect(text).not.toContain("[DONE]");
   });
 
+  it("ends a stream that stalls after its first chunks with a timeout error event, and records it", async () => {
+    upstream.plan("m-stall", [{ streamStall: true }]);
+    const res = await fetch(`${server.url}/v1/chat/completions`, {
+      method: "POST",
+      headers: { authorization: `Bearer ${server.apiKey}`, "content-type": "application/json" },
+      body: JSON.stringify({ model: "m-stall", stream: true, session_id: "s-stall", messages: [{ role: "user", content: "a b c d" }] }),
+    });
+    expect(res.status).toBe(200);
+    const text = await res.text();
+    expect(text).toContain('"content":"Echo:"');
+    expect(text).toContain('"code":"upstream_timeout"');
+    const call = await lastCall("s-stall");
+    expect(call.status).toBe("error");
+    expect(call.error).toContain("stalled");
+    expect(call.ttftMs).toBeGreaterThan(0);
+  });
+
   it("answers a stream's failure before the first chunk with its status", async () => {
     upstream.plan("m-down", [{ status: 500 }, { status: 500 }, { status: 500 }]);
     const res = await fetch(`${server.url}/v1/chat/completions`, {
