@@ -209,6 +209,23 @@ describe("ModelProxy behind a fake OpenAI-compatible upstream", () => {
     expect(call).toMatchObject({ kind: "embeddings", model: "e-default", status: "ok" });
   });
 
+  it("blanks the secret values sent with a plain model call out of its record, never upstream", async () => {
+    const secret = "sk-plain-call-secret-42";
+    const res = await server.invoke({
+      model: "m-secret",
+      messages: [{ role: "user", content: `use ${secret} please` }],
+      secrets: { token: secret },
+      session_id: "s-secret",
+    });
+    expect(res.status).toBe(200);
+    expect(upstream.requests.at(-1)!.body.secrets).toBeUndefined();
+    expect(upstream.requests.at(-1)!.body.messages[0].content).toContain(secret);
+    const call = await lastCall("s-secret");
+    const stored = JSON.stringify([call.request, call.response]);
+    expect(stored).not.toContain(secret);
+    expect(stored).toContain("use [REDACTED] please");
+  });
+
   it("refuses bad input with 400 naming the field", async () => {
     const noMessages = await server.invoke({ model: "m-x" });
     expect(noMessages.status).toBe(400);
