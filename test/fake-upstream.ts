@@ -32,6 +32,8 @@ export interface FakeUpstream {
   plan(model: string, steps: Step[]): void;
   /** chunkDelayMs spaces streamed chunks (default 0). */
   chunkDelayMs: number;
+  /** abandoned counts streams whose client went away before the stream ended. */
+  abandoned: number;
   close(): Promise<void>;
 }
 
@@ -52,6 +54,7 @@ export async function startFakeUpstream(): Promise<FakeUpstream> {
     url: "",
     requests,
     chunkDelayMs: 0,
+    abandoned: 0,
     plan(model, steps) {
       plans.set(model, [...(plans.get(model) ?? []), ...steps]);
     },
@@ -138,7 +141,11 @@ export async function startFakeUpstream(): Promise<FakeUpstream> {
     }
     open.add(res);
     res.writeHead(200, { "content-type": "text/event-stream", "cache-control": "no-cache" });
+    res.once("close", () => {
+      if (!res.writableFinished) fake.abandoned++;
+    });
     const send = async (data: unknown) => {
+      if (res.destroyed) return;
       res.write(`data: ${typeof data === "string" ? data : JSON.stringify(data)}\n\n`);
       if (fake.chunkDelayMs > 0) await sleep(fake.chunkDelayMs);
     };

@@ -179,6 +179,34 @@ describe("ModelProxy behind a fake OpenAI-compatible upstream", () => {
     expect(call.ttftMs).toBeGreaterThan(0);
   });
 
+  it("closes the upstream stream and records a cancelled call when the client goes away", async () => {
+    upstream.chunkDelayMs = 100;
+    try {
+      const abandonedBefore = upstream.abandoned;
+      const abort = new AbortController();
+      const res = await fetch(`${server.url}/v1/chat/completions`, {
+        method: "POST",
+        signal: abort.signal,
+        headers: { authorization: `Bearer ${server.apiKey}`, "content-type": "application/json" },
+        body: JSON.stringify({ model: "m-leave", stream: true, session_id: "s-leave", messages: [{ role: "user", content: "a b c d e f g h" }] }),
+      });
+      const reader = res.body!.getReader();
+      await reader.read();
+      abort.abort();
+      for (let i = 0; i < 100 && upstream.abandoned === abandonedBefore; i++) await new Promise((r) => setTimeout(r, 20));
+      expect(upstream.abandoned).toBe(abandonedBefore + 1);
+      let call;
+      for (let i = 0; i < 100 && !call; i++) {
+        call = await lastCall("s-leave");
+        if (!call) await new Promise((r) => setTimeout(r, 20));
+      }
+      expect(call).toMatchObject({ status: "error" });
+      expect(call!.error).toContain("cancelled");
+    } finally {
+      upstream.chunkDelayMs = 0;
+    }
+  });
+
   it("answers a stream's failure before the first chunk with its status", async () => {
     upstream.plan("m-down", [{ status: 500 }, { status: 500 }, { status: 500 }]);
     const res = await fetch(`${server.url}/v1/chat/completions`, {

@@ -262,6 +262,8 @@ export function createModelProxyService(
       const forwardUsage = asked?.include_usage !== false;
       const collected = { id: "", model: "", content: "", toolCalls: [] as Json[], finish: null as unknown, usage: undefined as unknown, role: "assistant" };
       let w: Watch | undefined;
+      let upstreamIterator: AsyncIterator<unknown> | undefined;
+      let ended = false;
       let error: unknown;
       try {
         checkMessages(call.request);
@@ -281,7 +283,12 @@ export function createModelProxyService(
         });
         w = opened.watch;
         const { iterator } = opened.value;
-        for (let next = opened.value.first; !next.done; next = await iterator.next()) {
+        upstreamIterator = iterator;
+        for (let next = opened.value.first; ; next = await iterator.next()) {
+          if (next.done) {
+            ended = true;
+            break;
+          }
           if (call.ttftMs === 0) call.ttftMs = performance.now() - call.t0;
           const chunk = next.value as Json;
           collect(collected, chunk);
@@ -301,6 +308,8 @@ export function createModelProxyService(
         }
         throw error;
       } finally {
+        // A consumer that stopped early must not leave the upstream request open.
+        if (upstreamIterator && !ended) Promise.resolve(upstreamIterator.return?.()).catch(() => {});
         w?.dispose();
         const response = {
           id: collected.id,
