@@ -379,6 +379,19 @@ class _Workflows:
         return result.get("output")
 
 
+def _strings(value: Any) -> Iterator[str]:
+    """Every string inside a JSON-like value, object keys included."""
+    if isinstance(value, str):
+        yield value
+    elif isinstance(value, dict):
+        for k, v in value.items():
+            yield str(k)
+            yield from _strings(v)
+    elif isinstance(value, (list, tuple)):
+        for v in value:
+            yield from _strings(v)
+
+
 def _snake_usage(usage: Any) -> dict[str, int]:
     usage = usage or {}
     return {"prompt_tokens": int(usage.get("promptTokens") or 0),
@@ -446,8 +459,8 @@ class WorkflowContext:
         if self.secrets and body is not None:
             # Only the secret values this call's body carries, so the ModelProxy can blank them out of
             # its record: a secret travels no further than the body already takes it.
-            text = json.dumps(body, ensure_ascii=False, default=str)
-            present = [v for v in self.secrets.values() if isinstance(v, str) and v and v in text]
+            texts = list(_strings(body))
+            present = [v for v in self.secrets.values() if isinstance(v, str) and v and any(v in t for t in texts)]
             if present:
                 context["redactValues"] = present
         return context
