@@ -299,7 +299,7 @@ export function createExecutorService(options: ExecutorServiceOptions): {
         completionTokens: result?.usage?.completion_tokens ?? 0,
       };
       try {
-        store.updateRun(runId, {
+        store.finishRun(runId, {
           status,
           output: status === RunStatus.SUCCEEDED ? redactJson(result!.output ?? null, redact) : null,
           error: error ?? null,
