@@ -1,8 +1,10 @@
 // `npm run bench`: every benchmark, each reported as a ratio against a baseline measured in the same run.
+import { benchExecutor } from "./executor.js";
 import { benchInvoke } from "./invoke.js";
 
 const benches: Record<string, () => Promise<void>> = {
   invoke: benchInvoke,
+  executor: benchExecutor,
 };
 
 const only = process.argv.slice(2);
