@@ -87,7 +87,7 @@ export async function startShaker(config: Config): Promise<Shaker> {
     maxConcurrentRuns: config.maxConcurrentRuns,
     maxConcurrentRunsPerAccount: config.maxConcurrentRunsPerAccount,
     maxNestingDepth: config.maxNestingDepth,
-    limits: { memoryBytes: 1024 * 1024 * 1024, openFiles: 256, fileBytes: 64 * 1024 * 1024, processes: 0 },
+    limits: { memoryBytes: config.runMemoryBytes, openFiles: 256, fileBytes: 64 * 1024 * 1024, processes: 0 },
   });
   const modelproxy = createModelProxyService(deps("modelproxy"));
   const datastore = createDatastoreService(deps("datastore"));

@@ -26,6 +26,8 @@ export interface Config {
   workers: number;
   /** maxNestingDepth bounds ctx.workflows.run nesting; `SHAKER_MAX_NESTING_DEPTH`, default 5. */
   maxNestingDepth: number;
+  /** runMemoryBytes caps each run's address space (RLIMIT_AS); `SHAKER_RUN_MEMORY_BYTES`, default 1 GiB (0: no cap). */
+  runMemoryBytes: number;
   /** quiet silences the start-up banner (tests). */
   quiet: boolean;
 }
@@ -61,6 +63,7 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env, overrides: Part
     maxConcurrentRunsPerAccount: envInt(env, "SHAKER_MAX_CONCURRENT_RUNS_PER_ACCOUNT", 500),
     workers: Math.max(1, envInt(env, "SHAKER_WORKERS", 2)),
     maxNestingDepth: envInt(env, "SHAKER_MAX_NESTING_DEPTH", 5),
+    runMemoryBytes: envInt(env, "SHAKER_RUN_MEMORY_BYTES", 1024 * 1024 * 1024),
     quiet: false,
     ...overrides,
   };
