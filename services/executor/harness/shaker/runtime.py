@@ -8,6 +8,7 @@ import resource
 import signal
 import struct
 import sys
+import tempfile
 import traceback
 import types
 from typing import Any
@@ -109,10 +110,22 @@ def spare_main(ctl_fd: int, frames_fd: int, out_fd: int, err_fd: int, code_cache
     run(code, payload, cached)
 
 
+def run_tmpdir(run_id: str) -> str:
+    """The run's private temporary directory (TMPDIR and tempfile's default); the worker removes it."""
+    return os.path.join(tempfile.gettempdir(), "shaker-" + run_id.replace("/", "_"))
+
+
 def run(code: Any, payload: dict[str, Any], accessories: dict[str, Any]) -> None:
     """Runs one workflow in this process and exits; never returns."""
     _apply_limits(payload)
     os.environ.update(payload.get("env") or {})
+    try:
+        tmp = run_tmpdir(str(payload.get("run_id") or os.getpid()))
+        os.mkdir(tmp, 0o700)
+        os.environ["TMPDIR"] = tmp
+        tempfile.tempdir = tmp
+    except OSError:
+        pass
     channel = Channel(FRAMES_FD)
     status = 0
     try:

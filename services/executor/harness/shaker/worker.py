@@ -27,11 +27,14 @@ import json
 import marshal
 import os
 import selectors
+import shutil
 import signal
 import struct
 import sys
 import time
 from typing import Any
+
+from shaker import runtime
 
 IN_FD = 3
 OUT_FD = 4
@@ -185,7 +188,6 @@ class Worker:
         if pid == 0:
             try:
                 self.forget()
-                from shaker import runtime
                 runtime.spare_main(ctl_r, frames_w, out_w, err_w, self.code_cache, self.accessories)
             finally:
                 os._exit(70)
@@ -340,6 +342,8 @@ class Worker:
         if child.status is None or child.open_fds:
             return
         del self.children[child.pid]
+        if child.run_id:
+            shutil.rmtree(runtime.run_tmpdir(child.run_id), ignore_errors=True)
         if child.ctl_fd >= 0:
             os.close(child.ctl_fd)
             child.ctl_fd = -1
@@ -398,8 +402,7 @@ class Worker:
 
 
 def main() -> None:
-    # Preload what every run needs, so each fork starts with it in memory.
-    import shaker.runtime  # noqa: F401
+    runtime.run_tmpdir("")  # settles tempfile's directory once, for every child
     os.set_blocking(IN_FD, True)
     try:
         Worker().serve()
