@@ -91,10 +91,12 @@ def _rehearse() -> None:
 
 
 def spare_main(ctl_fd: int, frames_fd: int, out_fd: int, err_fd: int, code_cache: dict[str, Any],
-               accessories: dict[str, dict[str, Any]]) -> None:
-    """Runs in a freshly forked spare child: gets ready, waits for one run, runs it, exits. Never returns."""
+               accessories: dict[str, dict[str, Any]], rehearse: bool = True) -> None:
+    """Runs in a freshly forked spare child: gets ready, waits for one run, runs it, exits. Never returns.
+    A child forked for a run that is already waiting skips the rehearsal, which would only delay it."""
     _setup_process(ctl_fd, frames_fd, out_fd, err_fd)
-    _rehearse()
+    if rehearse:
+        _rehearse()
     try:
         head = _read_exactly(CTL_FD, 16)
     except (EOFError, OSError):

@@ -155,7 +155,7 @@ class Worker:
             send_json(run_id, {"t": "error", "type": type(e).__name__, "message": str(e), "traceback": ""})
             send_json(run_id, {"t": "exit", "code": 1, "signal": 0, "output_truncated": False})
             return
-        child = self.spares.pop() if self.spares else self.fork_spare()
+        child = self.spares.pop() if self.spares else self.fork_spare(rehearse=False)
         child.run_id = run_id
         child.version_id = version_id
         code = b""
@@ -176,7 +176,7 @@ class Worker:
         os.close(child.ctl_fd)
         child.ctl_fd = -1
 
-    def fork_spare(self) -> Child:
+    def fork_spare(self, rehearse: bool = True) -> Child:
         ctl_r, ctl_w = os.pipe()
         frames_r, frames_w = os.pipe()
         out_r, out_w = os.pipe()
@@ -188,7 +188,7 @@ class Worker:
         if pid == 0:
             try:
                 self.forget()
-                runtime.spare_main(ctl_r, frames_w, out_w, err_w, self.code_cache, self.accessories)
+                runtime.spare_main(ctl_r, frames_w, out_w, err_w, self.code_cache, self.accessories, rehearse)
             finally:
                 os._exit(70)
         for fd in (ctl_r, frames_w, out_w, err_w):
