@@ -70,6 +70,18 @@ describe("Executor limits and faults", () => {
   let n = 0;
   const pidFile = () => join(dir, `pid-${n++}`);
 
+  /** settledStatus is the run's status once it is no longer running (the kill is seen before the record). */
+  async function settledStatus(runId: string): Promise<RunStatus | undefined> {
+    let status: RunStatus | undefined;
+    const end = Date.now() + 5000;
+    do {
+      status = (await executor.getRun({ runId }, auth())).run?.status;
+      if (status !== RunStatus.RUNNING) return status;
+      await new Promise((r) => setTimeout(r, 20));
+    } while (Date.now() < end);
+    return status;
+  }
+
   /** healthy proves the server still serves a plain run after a fault. */
   async function healthy(): Promise<void> {
     const res = await server.invoke({ model: "workflow:ok", input: { n: 7 } });
@@ -180,8 +192,7 @@ describe("Executor limits and faults", () => {
     const { cancelled } = await executor.cancelRun({ runId: started!.runId }, auth());
     expect(cancelled).toBe(true);
     await until("the cancelled process to die", () => !alive(pid));
-    const { run } = await executor.getRun({ runId: started!.runId }, auth());
-    expect(run?.status).toBe(RunStatus.CANCELLED);
+    expect(await settledStatus(started!.runId)).toBe(RunStatus.CANCELLED);
     const again = await executor.cancelRun({ runId: started!.runId }, auth());
     expect(again.cancelled).toBe(false);
     await expect(executor.cancelRun({ runId: "run_nope" }, auth())).rejects.toThrow(/not found/);
@@ -207,13 +218,7 @@ describe("Executor limits and faults", () => {
     expect(pid).toBe(readPid(pidfile)());
     abort.abort();
     await until("the abandoned process to die", () => !alive(pid));
-    let status: RunStatus | undefined;
-    const end = Date.now() + 5000;
-    while (status !== RunStatus.CANCELLED && Date.now() < end) {
-      status = (await executor.getRun({ runId }, auth())).run?.status;
-      await new Promise((r) => setTimeout(r, 20));
-    }
-    expect(status).toBe(RunStatus.CANCELLED);
+    expect(await settledStatus(runId)).toBe(RunStatus.CANCELLED);
     await healthy();
   });
 
