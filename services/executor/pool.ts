@@ -2,6 +2,7 @@ import { spawn, type ChildProcess } from "node:child_process";
 import type { Readable, Writable } from "node:stream";
 
 const harnessDir = new URL("./harness", import.meta.url).pathname;
+const maxCachedVersions = 256;
 
 /** WorkerEvent is one frame about a run, from its worker or its child process. */
 export type WorkerEvent =
@@ -175,6 +176,8 @@ export function createWorkerPool(options: WorkerPoolOptions): WorkerPool {
       const head: Record<string, unknown> = { t: "run", id: job.runId, version_id: job.versionId };
       if (!worker.versions.has(job.versionId)) {
         head.source = job.source;
+        // The worker forgets every compiled version at this size too (worker.py MAX_CACHED_VERSIONS).
+        if (worker.versions.size >= maxCachedVersions) worker.versions.clear();
         worker.versions.add(job.versionId);
       }
       // The payload follows the header as it is: the worker reads only the header and hands the

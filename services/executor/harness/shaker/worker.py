@@ -120,9 +120,15 @@ class Worker:
     # -- control frames ---------------------------------------------------------------------------
 
     def compile_source(self, version_id: str, source: str) -> Any:
+        """Compiles a version once; a script that does not compile is remembered as its error, since
+        the Executor sends each version's source to a worker only once."""
         code = self.code_cache.get(version_id)
         if code is None:
-            code = compile(source, "workflow.py", "exec")
+            try:
+                code = compile(source, "workflow.py", "exec")
+            except (SyntaxError, ValueError) as e:
+                code = e
+            # The Executor clears its list of versions sent at the same size, so both forget together.
             if len(self.code_cache) >= MAX_CACHED_VERSIONS:
                 self.code_cache.clear()
                 self.marshalled.clear()
@@ -136,22 +142,18 @@ class Worker:
         head = json.loads(body if nl < 0 else body[:nl])
         kind = head.get("t")
         if kind == "source":
-            try:
-                self.compile_source(head["version_id"], head["source"])
-            except SyntaxError:
-                pass
+            self.compile_source(head["version_id"], head["source"])
         elif kind == "run":
             self.start_run(head, body[nl + 1:] if nl >= 0 else b"{}")
 
     def start_run(self, head: dict[str, Any], payload: bytes) -> None:
         run_id = head["id"]
         version_id = head["version_id"]
-        try:
-            if version_id not in self.code_cache:
-                if "source" not in head:
-                    raise RuntimeError("worker has no source for version " + version_id)
-                self.compile_source(version_id, head["source"])
-        except (SyntaxError, ValueError, RuntimeError) as e:
+        code_or_error = self.code_cache.get(version_id)
+        if code_or_error is None and "source" in head:
+            code_or_error = self.compile_source(version_id, head["source"])
+        if code_or_error is None or isinstance(code_or_error, BaseException):
+            e = code_or_error or RuntimeError("the worker has no source for version " + version_id)
             send_json(run_id, {"t": "error", "type": type(e).__name__, "message": str(e), "traceback": ""})
             send_json(run_id, {"t": "exit", "code": 1, "signal": 0, "output_truncated": False})
             return
