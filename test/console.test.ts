@@ -130,6 +130,7 @@ describe.skipIf(!existsSync(executablePath))("web console", () => {
     await page.goto(`${server.url}/#/sessions/${session}`);
     await page.waitForSelector("#timeline li");
     expect(await page.textContent("#timeline")).toContain(runs.body.data[0].run_id);
+    expect(await page.locator("#timeline [data-status]").first().textContent()).toBe("succeeded");
     await page.screenshot({ path: shots + "07-session.png", fullPage: true });
   });
 });

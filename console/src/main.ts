@@ -78,7 +78,11 @@ function useApi(key: string, path: string | null, refreshMs = 0, keepRefreshing:
 const ms = (n: number | undefined) => (n === undefined || n === null ? "-" : n < 1000 ? `${Math.round(n)} ms` : `${(n / 1000).toFixed(2)} s`);
 const when = (t: string | undefined) => (t ? new Date(t).toLocaleString() : "-");
 const text = (v: unknown) => (typeof v === "string" ? v : JSON.stringify(v));
-const status = (s: string) => h("span", { class: `status status-${s}`, "data-status": s }, s);
+/** status shows a run status; "RUN_STATUS_SUCCEEDED" (raw enum names) reads as "succeeded" too. */
+const status = (raw: string) => {
+  const s = String(raw ?? "").replace(/^RUN_STATUS_/, "").toLowerCase();
+  return h("span", { class: `status status-${s}`, "data-status": s }, s);
+};
 
 function Loading(props: { state: { error?: string; loading: boolean }; children: () => ComponentChildren }) {
   if (props.state.error) return h("p", { class: "error" }, props.state.error);
