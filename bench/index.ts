@@ -1,8 +1,14 @@
 // `npm run bench`: every benchmark, each reported as a ratio against a baseline measured in the same run.
+import { benchEdge } from "./edge.js";
+import { benchDatastore } from "./datastore.js";
 import { benchInvoke } from "./invoke.js";
+import { benchValidate } from "./validate.js";
 
 const benches: Record<string, () => Promise<void>> = {
   invoke: benchInvoke,
+  edge: benchEdge,
+  validate: benchValidate,
+  datastore: benchDatastore,
 };
 
 const only = process.argv.slice(2);

@@ -2,6 +2,7 @@ import { loadConfig } from "../services/shared/config.js";
 import { runDatastores } from "./datastores.js";
 import { CliError } from "./http.js";
 import { runInvoke } from "./invoke.js";
+import { runKeys, UsageError } from "./keys.js";
 import { runRuns } from "./runs.js";
 import { startShaker } from "./serve.js";
 import { runUpload, runValidate } from "./upload.js";
@@ -15,6 +16,7 @@ commands:
   invoke      run a workflow and print its output (--stream prints emitted values live)
   runs        list run records, or show one with its logs, emitted values and model calls
   datastores  create, list, load (NDJSON or JSON) and search record stores
+  keys        create, list and revoke API keys of accounts (shaker keys --help)
 
 Commands that talk to a server take --server URL and --api-key KEY, or read SHAKER_URL
 (default http://127.0.0.1:8080) and SHAKER_API_KEY.
@@ -62,6 +64,14 @@ async function main(argv: string[]): Promise<void> {
       return runRuns(argv.slice(1));
     case "datastores":
       return runDatastores(argv.slice(1));
+    case "keys":
+      try {
+        return await runKeys(argv.slice(1), process.env, (s) => process.stdout.write(s));
+      } catch (e) {
+        if (!(e instanceof UsageError)) throw e;
+        process.stderr.write(`shaker keys: ${e.message}\n(see shaker keys --help)\n`);
+        process.exit(2);
+      }
     case undefined:
     case "help":
     case "--help":

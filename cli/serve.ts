@@ -117,6 +117,7 @@ export async function startShaker(config: Config): Promise<Shaker> {
         await modelproxy.close();
         await datastore.close();
         executorStore.close();
+        registry.close();
         registryStore.close();
       })();
       return closed;

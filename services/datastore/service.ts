@@ -1,24 +1,247 @@
-import { Code, ConnectError, type ServiceImpl } from "@connectrpc/connect";
-import { DatastoreService } from "../../gen/shaker/datastore/v1/datastore_pb.js";
+import { randomUUID } from "node:crypto";
+import type { JsonObject, MessageInitShape } from "@bufbuild/protobuf";
+import { Code, ConnectError, type HandlerContext, type ServiceImpl } from "@connectrpc/connect";
+import { DatastoreService, SearchMode, type Record as RecordMsg, type StoreSchema } from "../../gen/shaker/datastore/v1/datastore_pb.js";
+import { requireAccount, type Identity } from "../shared/auth.js";
 import type { ServiceDeps } from "../shared/deps.js";
+import { timestampOf } from "../shared/json.js";
+import { FilterError, parseFilter } from "./filter.js";
+import { createDatastoreStore, type Hit, type RecordInput, type StoreRow, type UpsertResult } from "./store.js";
 
-const notYet = () => {
-  throw new ConnectError("the Datastore is not available in this build yet", Code.Unimplemented);
-};
+const namePattern = /^[a-z0-9][a-z0-9_-]{0,63}$/;
+/** embedBatch is how many texts go to the ModelProxy in one Embeddings call. */
+const embedBatch = 64;
+/** rrfK is the constant of reciprocal rank fusion (Cormack et al. use 60). */
+const rrfK = 60;
+const maxLimit = 1000;
 
-/** createDatastoreService builds the Datastore's handlers. */
-export function createDatastoreService(_deps: ServiceDeps): { impl: ServiceImpl<typeof DatastoreService>; close(): Promise<void> } {
+function invalid(message: string, param?: string): ConnectError {
+  const err = new ConnectError(message, Code.InvalidArgument);
+  if (param) err.metadata.set("shaker-param", param);
+  return err;
+}
+
+function storeMsg(row: StoreRow, count: number): MessageInitShape<typeof StoreSchema> {
+  return { name: row.name, embeddingModel: row.embeddingModel, dimension: row.dimension, recordCount: count, createdAt: timestampOf(row.createdAt) };
+}
+
+function parseMetadata(text: string): JsonObject {
+  return JSON.parse(text) as JsonObject;
+}
+
+/** createDatastoreService builds the Datastore's handlers on its own SQLite file. */
+export function createDatastoreService(deps: ServiceDeps): { impl: ServiceImpl<typeof DatastoreService>; close(): Promise<void> } {
+  const store = createDatastoreStore(deps.dbFile);
+
+  /** storeFor finds a store the caller may use: a run token reaches only the stores bound to its workflow. */
+  function storeFor(identity: Identity, name: string, write: boolean): StoreRow {
+    if (identity.kind === "run") {
+      const binding = identity.claims.datastores.find((d) => d.name === name);
+      if (!binding) throw new ConnectError(`workflow '${identity.claims.workflow}' is not bound to datastore '${name}'`, Code.PermissionDenied);
+      if (write && !binding.write) {
+        throw new ConnectError(`workflow '${identity.claims.workflow}' may only read datastore '${name}'; bind it with write: true to upsert`, Code.PermissionDenied);
+      }
+    }
+    if (!name) throw invalid("'store' is required", "store");
+    const row = store.store(requireAccount(identity), name);
+    if (!row) throw new ConnectError(`datastore '${name}' does not exist`, Code.NotFound);
+    return row;
+  }
+
+  function manageOnly(identity: Identity): string {
+    if (identity.kind === "run") throw new ConnectError("a workflow cannot create or drop datastores", Code.PermissionDenied);
+    return requireAccount(identity);
+  }
+
+  /** embed turns texts into vectors through the ModelProxy, in batches. */
+  async function embed(accountId: string, model: string, texts: string[], ctx: HandlerContext): Promise<number[][]> {
+    const out: number[][] = [];
+    for (let i = 0; i < texts.length; i += embedBatch) {
+      const input = texts.slice(i, i + embedBatch);
+      const body: JsonObject = { input };
+      if (model) body.model = model;
+      const resp = await deps.clients.modelproxy.embeddings({ body }, { headers: deps.auth.serviceHeaders(accountId), signal: ctx.signal });
+      const data = (resp.response?.data ?? []) as { embedding?: unknown; index?: unknown }[];
+      if (!Array.isArray(data) || data.length !== input.length) {
+        throw new ConnectError(`the embedding model answered ${Array.isArray(data) ? data.length : 0} vectors for ${input.length} texts`, Code.Internal);
+      }
+      const sorted = [...data].sort((a, b) => Number(a.index ?? 0) - Number(b.index ?? 0));
+      for (const d of sorted) {
+        if (!Array.isArray(d.embedding)) throw new ConnectError("the embedding model answered an entry without an embedding", Code.Internal);
+        out.push(d.embedding as number[]);
+      }
+    }
+    return out;
+  }
+
+  /**
+   * prepare validates records (naming `records[i]`, counted from the start of the request) and
+   * embeds those without a vector. `dimension` is the store's, or that of the request's first vector.
+   */
+  async function prepare(
+    row: StoreRow,
+    accountId: string,
+    records: RecordMsg[],
+    offset: number,
+    dims: { dimension: number },
+    ctx: HandlerContext,
+  ): Promise<{ input: RecordInput[]; embedded: number }> {
+    const missing: number[] = [];
+    const check = (v: ArrayLike<number>, i: number) => {
+      dims.dimension ||= v.length;
+      if (v.length !== dims.dimension) {
+        throw invalid(`records[${offset + i}]: vector has ${v.length} dimensions; the store's vectors have ${dims.dimension}`, `records[${offset + i}].vector`);
+      }
+    };
+    records.forEach((r, i) => {
+      if (!r.id) throw invalid(`records[${offset + i}]: missing id`, `records[${offset + i}].id`);
+      if (r.vector.length === 0) missing.push(i);
+      else {
+        if (r.vector.some((x) => !Number.isFinite(x))) throw invalid(`records[${offset + i}]: vector holds a value that is not a finite number`, `records[${offset + i}].vector`);
+        check(r.vector, i);
+      }
+    });
+    const vectors = new Map<number, number[]>();
+    if (missing.length) {
+      const got = await embed(accountId, row.embeddingModel, missing.map((i) => records[i].text), ctx);
+      missing.forEach((i, j) => {
+        check(got[j], i);
+        vectors.set(i, got[j]);
+      });
+    }
+    const input = records.map((r, i) => ({
+      id: r.id,
+      text: r.text,
+      metadata: JSON.stringify(r.metadata ?? {}),
+      vector: new Float32Array(vectors.get(i) ?? r.vector),
+    }));
+    return { input, embedded: missing.length };
+  }
+
+  /** stillThere refuses a write to a store dropped while its records were being embedded or streamed. */
+  function stillThere(row: StoreRow): number {
+    if (store.store(row.accountId, row.name)?.id !== row.id) throw new ConnectError(`datastore '${row.name}' was dropped during the upsert`, Code.NotFound);
+    return row.id;
+  }
+
+  function refused(result: UpsertResult, offset = 0): number {
+    if (result.ok) return result.upserted;
+    const i = offset + result.index;
+    throw invalid(`records[${i}]: vector has ${result.got} dimensions; the store's vectors have ${result.want}`, `records[${i}].vector`);
+  }
+
+  async function queryVector(row: StoreRow, accountId: string, query: string, vector: number[], ctx: HandlerContext): Promise<Float32Array> {
+    let v = vector;
+    if (v.length === 0) {
+      if (!query) throw invalid("vector search needs 'vector' or a 'query' to embed", "vector");
+      [v] = await embed(accountId, row.embeddingModel, [query], ctx);
+    }
+    if (row.dimension && v.length !== row.dimension) {
+      throw invalid(`'vector' has ${v.length} dimensions; the store's vectors have ${row.dimension}`, "vector");
+    }
+    return new Float32Array(v);
+  }
+
   return {
     impl: {
-      createStore: notYet,
-      listStores: notYet,
-      deleteStore: notYet,
-      upsertRecords: notYet,
-      upsertRecordsStream: notYet,
-      getRecords: notYet,
-      deleteRecords: notYet,
-      search: notYet,
+      async createStore(req, ctx) {
+        const accountId = manageOnly(await deps.auth.identify(ctx.requestHeader));
+        if (!namePattern.test(req.name)) throw invalid("'name' must match ^[a-z0-9][a-z0-9_-]{0,63}$", "name");
+        const row = store.createStore(accountId, req.name, req.embeddingModel);
+        if (!row) throw new ConnectError(`datastore '${req.name}' already exists`, Code.AlreadyExists);
+        return { store: storeMsg(row, 0) };
+      },
+      async listStores(_req, ctx) {
+        const identity = await deps.auth.identify(ctx.requestHeader);
+        let rows = store.listStores(requireAccount(identity));
+        if (identity.kind === "run") rows = rows.filter((r) => identity.claims.datastores.some((d) => d.name === r.name));
+        return { stores: rows.map((r) => storeMsg(r, store.count(r.id))) };
+      },
+      async deleteStore(req, ctx) {
+        const accountId = manageOnly(await deps.auth.identify(ctx.requestHeader));
+        const row = store.store(accountId, req.name);
+        if (!row || !store.dropStore(row.id)) throw new ConnectError(`datastore '${req.name}' does not exist`, Code.NotFound);
+        return { name: req.name };
+      },
+      async upsertRecords(req, ctx) {
+        const identity = await deps.auth.identify(ctx.requestHeader);
+        const row = storeFor(identity, req.store, true);
+        const { input, embedded } = await prepare(row, identity.accountId, req.records, 0, { dimension: row.dimension }, ctx);
+        return { upserted: refused(store.upsert(stillThere(row), input)), embedded };
+      },
+      async upsertRecordsStream(requests, ctx) {
+        const identity = await deps.auth.identify(ctx.requestHeader);
+        const uploadId = randomUUID();
+        let row: StoreRow | undefined;
+        let offset = 0;
+        let embedded = 0;
+        const dims = { dimension: 0 };
+        try {
+          for await (const part of requests) {
+            if (!row) {
+              row = storeFor(identity, part.store, true);
+              dims.dimension = row.dimension;
+            }
+            const prepared = await prepare(row, identity.accountId, part.records, offset, dims, ctx);
+            store.stage(uploadId, prepared.input);
+            offset += part.records.length;
+            embedded += prepared.embedded;
+          }
+          if (!row) throw invalid("the stream sent no part; the first part must name the 'store'", "store");
+          return { upserted: refused(store.commitStaged(uploadId, stillThere(row))), embedded };
+        } finally {
+          store.discardStaged(uploadId);
+        }
+      },
+      async getRecords(req, ctx) {
+        const row = storeFor(await deps.auth.identify(ctx.requestHeader), req.store, false);
+        const rows = store.getRecords(row, req.ids);
+        return { records: rows.map((r) => ({ id: r.id, text: r.text, metadata: parseMetadata(r.metadata), vector: r.vector ? Array.from(r.vector) : [] })) };
+      },
+      async deleteRecords(req, ctx) {
+        const row = storeFor(await deps.auth.identify(ctx.requestHeader), req.store, true);
+        return { deleted: store.deleteRecords(row, req.ids) };
+      },
+      async search(req, ctx) {
+        const identity = await deps.auth.identify(ctx.requestHeader);
+        const row = storeFor(identity, req.store, false);
+        if (req.limit < 0 || req.limit > maxLimit) throw invalid(`'limit' must be between 1 and ${maxLimit}`, "limit");
+        const limit = req.limit || 10;
+        let conditions;
+        try {
+          conditions = parseFilter(req.filter);
+        } catch (e) {
+          if (e instanceof FilterError) throw invalid(e.message, "filter");
+          throw e;
+        }
+        let hits: Hit[];
+        switch (req.mode) {
+          case SearchMode.VECTOR:
+            hits = store.vectorSearch(row, await queryVector(row, identity.accountId, req.query, req.vector, ctx), conditions, limit);
+            break;
+          case SearchMode.HYBRID: {
+            if (!req.query && req.vector.length === 0) throw invalid("hybrid search needs a 'query', a 'vector' or both", "query");
+            const depth = Math.min(Math.max(limit * 3, 50), maxLimit);
+            const vector = await queryVector(row, identity.accountId, req.query, req.vector, ctx);
+            const fused = new Map<string, Hit>();
+            for (const list of [store.keywordSearch(row.id, req.query, conditions, depth), store.vectorSearch(row, vector, conditions, depth)]) {
+              list.forEach((h, rank) => {
+                const prev = fused.get(h.id);
+                fused.set(h.id, { ...h, score: (prev?.score ?? 0) + 1 / (rrfK + rank + 1) });
+              });
+            }
+            hits = [...fused.values()].sort((a, b) => b.score - a.score).slice(0, limit);
+            break;
+          }
+          default:
+            if (!req.query) throw invalid("keyword search needs a 'query'", "query");
+            hits = store.keywordSearch(row.id, req.query, conditions, limit);
+        }
+        return { records: hits.map((h) => ({ id: h.id, text: h.text, metadata: parseMetadata(h.metadata), score: h.score })) };
+      },
     },
-    async close() {},
+    async close() {
+      store.close();
+    },
   };
 }

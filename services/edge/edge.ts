@@ -1,5 +1,6 @@
 import type { Clients } from "../shared/clients.js";
 import { createChatRoute } from "./chat.js";
+import { addDatastoreRoutes } from "./datastores.js";
 import { HttpError, sendError, sendJson, type Req, type Res } from "./http.js";
 import { EdgeRouter } from "./router.js";
 import { addRunRoutes } from "./runs.js";
@@ -42,6 +43,7 @@ export function createEdge(options: EdgeOptions): Edge {
     maxUploadBytes: options.maxUploadBytes ?? 128 * 1024 * 1024,
   });
   addRunRoutes(router, options.clients);
+  addDatastoreRoutes(router, { clients: options.clients, maxBodyBytes: options.maxBodyBytes });
 
   return {
     router,

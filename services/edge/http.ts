@@ -64,7 +64,11 @@ export function toErrorBody(err: unknown): { status: number; body: { error: Erro
     };
   }
   const ce = ConnectError.from(err);
-  const [status, type, code] = statusByCode[ce.code] ?? [500, "server_error", "internal_error"];
+  // A size limit is ResourceExhausted too; the service marks it so it answers 413, not 429.
+  const sizeLimit = ce.code === Code.ResourceExhausted && ce.metadata.get("shaker-limit") === "size";
+  const [status, type, code] = sizeLimit
+    ? [413, "invalid_request_error", "request_too_large"]
+    : (statusByCode[ce.code] ?? [500, "server_error", "internal_error"]);
   const param = ce.metadata.get("shaker-param");
   return { status, body: { error: { message: ce.rawMessage, type, param, code } } };
 }

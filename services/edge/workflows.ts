@@ -39,10 +39,12 @@ function uploadRequest(body: Record<string, unknown>): MessageInitShape<typeof U
     const key = a.key;
     if (typeof key !== "string" || !key.trim()) throw new HttpError(400, `'accessories[${i}].key' must be a non-empty string`, `accessories[${i}].key`);
     if ("content_base64" in a) {
-      if (typeof a.content_base64 !== "string" || !/^[A-Za-z0-9+/=_\-\s]*$/.test(a.content_base64)) {
+      const encoded = typeof a.content_base64 === "string" ? a.content_base64.replace(/\s+/g, "") : undefined;
+      // Standard or URL-safe alphabet, padding only at the end; Node's decoder would skip anything else silently.
+      if (encoded === undefined || !/^[A-Za-z0-9+/_-]*={0,2}$/.test(encoded) || encoded.length % 4 === 1) {
         throw new HttpError(400, `'accessories[${i}].content_base64' is not valid base64`, `accessories[${i}].content_base64`);
       }
-      const text = Buffer.from(a.content_base64, "base64").toString("utf8");
+      const text = Buffer.from(encoded, "base64").toString("utf8");
       try {
         return { key, content: toValue(JSON.parse(text)) };
       } catch {
@@ -75,8 +77,19 @@ function uploadRequest(body: Record<string, unknown>): MessageInitShape<typeof U
   };
 }
 
+const modeNames = Object.fromEntries(Object.entries(modes).map(([name, mode]) => [ExecutionMode[mode], name]));
+
+/** workflowJson is a workflow as REST shows it: snake_case, modes as in the upload body, no internal ids. */
 function workflowJson(w: Workflow): JsonObject {
-  return toJson(WorkflowSchema, w, { useProtoFieldName: true, alwaysEmitImplicit: true, enumAsInteger: false }) as JsonObject;
+  const json = toJson(WorkflowSchema, w, { useProtoFieldName: true, alwaysEmitImplicit: true, enumAsInteger: false }) as JsonObject;
+  if (w.versions.length === 0) delete json.versions;
+  else {
+    json.versions = w.versions.map((v, i) => {
+      const { account_id: _account, script: _script, ...rest } = (json.versions as JsonObject[])[i];
+      return { ...rest, execution_mode: modeNames[ExecutionMode[v.executionMode]] ?? "sync" };
+    });
+  }
+  return json;
 }
 
 function intParam(url: URL, name: string): number {

@@ -12,8 +12,10 @@ import {
 } from "../../gen/shaker/registry/v1/registry_pb.js";
 import { createAuth, requireAccount, type Auth, type Identity } from "../shared/auth.js";
 import { fromValue, toValue } from "../shared/json.js";
-import { runPythonJson } from "../shared/python.js";
-import type { ApiKeyRow, RegistryStore, VersionRow, WorkflowRow } from "./store.js";
+import { normaliseAccessoryKey, type ApiKeyRow, type RegistryStore, type VersionRow, type WorkflowRow } from "./store.js";
+import { createValidator, type ValidationResult } from "./validator.js";
+
+export type { ValidationResult } from "./validator.js";
 
 /** The limits of what an upload may carry. */
 export const registryLimits = {
@@ -23,9 +25,17 @@ export const registryLimits = {
   envEntries: 200,
 };
 
+/**
+ * limitHeader marks a ResourceExhausted error as a size limit (HTTP 413) rather than a rate or
+ * concurrency limit (429); the edge's one code table reads it.
+ */
+export const limitHeader = "shaker-limit";
+
+const paramHeader = "shaker-param";
+
 const refNamePattern = /^[a-z0-9][a-z0-9_-]{0,63}$/;
+const envNamePattern = /^[A-Za-z_][A-Za-z0-9_]{0,255}$/;
 const versionPattern = /^(\d{1,9})\.(\d{1,9})\.(\d{1,9})$/;
-const validatorScript = new URL("./validate.py", import.meta.url).pathname;
 
 /** DEFAULT_ACCOUNT is the account `SHAKER_API_KEY` and the first start's key belong to. */
 export const DEFAULT_ACCOUNT = "default";
@@ -41,13 +51,6 @@ export interface RegistryServiceOptions {
   defaultTimeoutSeconds: number;
   /** maxTimeoutSeconds is the largest timeout an upload may ask for. */
   maxTimeoutSeconds: number;
-}
-
-/** ValidationResult is what the Python validator finds in a script. */
-export interface ValidationResult {
-  errors: ValidationError[];
-  input_schema: JsonObject | null;
-  output_schema: JsonObject | null;
 }
 
 /** generateApiKey makes a new key: a recognisable prefix and 192 random bits. */
@@ -113,8 +116,9 @@ function bump(latest: VersionRow | undefined, how: VersionBump): [number, number
   }
 }
 
-function invalid(message: string): ConnectError {
-  return new ConnectError(message, Code.InvalidArgument);
+/** invalid is an InvalidArgument naming the field at fault (the edge answers it as the error's `param`). */
+function invalid(message: string, param?: string): ConnectError {
+  return new ConnectError(message, Code.InvalidArgument, param ? { [paramHeader]: param } : undefined);
 }
 
 /** createRegistryService builds the Registry's handlers over its store. */
@@ -122,8 +126,10 @@ export function createRegistryService(options: RegistryServiceOptions): {
   impl: ServiceImpl<typeof RegistryService>;
   auth: Auth;
   validate: (code: string) => Promise<ValidationResult>;
+  close: () => void;
 } {
   const { store } = options;
+  const validator = createValidator(options.python);
   const auth = createAuth({
     serviceSecret: options.serviceSecret,
     // The Registry owns the keys, so it reads them directly and needs no cache.
@@ -136,6 +142,12 @@ export function createRegistryService(options: RegistryServiceOptions): {
 
   async function caller(ctx: HandlerContext): Promise<Identity> {
     return auth.identify(ctx.requestHeader);
+  }
+
+  /** requireManager returns the caller's account for calls that change it; a run's token may not make them. */
+  function requireManager(identity: Identity, what: string): string {
+    if (identity.kind === "run") throw new ConnectError(`a workflow run may not ${what}`, Code.PermissionDenied);
+    return requireAccount(identity);
   }
 
   function requireAdmin(identity: Identity): void {
@@ -153,12 +165,7 @@ export function createRegistryService(options: RegistryServiceOptions): {
       };
     }
     try {
-      return await runPythonJson<ValidationResult>({
-        python: options.python,
-        script: validatorScript,
-        input: { code },
-        timeoutMs: 20_000,
-      });
+      return await validator.validate(code);
     } catch (e) {
       throw new ConnectError(`the validator failed: ${(e as Error).message}`, Code.Internal);
     }
@@ -186,9 +193,14 @@ export function createRegistryService(options: RegistryServiceOptions): {
       requireAdmin(identity);
       const name = req.accountName.trim();
       if (!refNamePattern.test(name)) {
-        throw invalid("account_name must match ^[a-z0-9][a-z0-9_-]{0,63}$");
+        throw invalid(`account name '${name}' must match ^[a-z0-9][a-z0-9_-]{0,63}$ (lower-case letters, digits, '-' and '_')`, "account_name");
       }
-      const account = store.ensureAccount(name, req.admin);
+      const existing = store.accountByName(name);
+      if (existing && req.admin && !existing.admin) {
+        // Never turn an account into an admin one as a side effect of making a key.
+        throw new ConnectError(`account '${name}' already exists and is not an admin account; admin applies only to a new account`, Code.FailedPrecondition);
+      }
+      const account = existing ?? store.ensureAccount(name, req.admin);
       const apiKey = generateApiKey();
       const row = store.insertKey(account.id, apiKey);
       return { apiKey, key: keyMessage(row, account.name) };
@@ -196,12 +208,22 @@ export function createRegistryService(options: RegistryServiceOptions): {
 
     async listApiKeys(req, ctx) {
       const identity = await caller(ctx);
-      let accountId = requireAccount(identity);
+      if (identity.kind === "run") throw new ConnectError("a workflow run may not list API keys", Code.PermissionDenied);
+      if (req.allAccounts) {
+        if (req.accountName) throw invalid("account_name and all_accounts exclude each other");
+        requireAdmin(identity);
+        return { keys: store.allKeys().map((k) => keyMessage(k.key, k.accountName)) };
+      }
+      let accountId: string;
       if (req.accountName) {
+        // A non-admin learns nothing about other accounts, not even whether they exist.
+        const own = identity.accountId ? store.accountById(identity.accountId) : undefined;
+        if (own?.name !== req.accountName) requireAdmin(identity);
         const account = store.accountByName(req.accountName);
         if (!account) throw new ConnectError(`account '${req.accountName}' not found`, Code.NotFound);
-        if (account.id !== accountId) requireAdmin(identity);
         accountId = account.id;
+      } else {
+        accountId = requireAccount(identity);
       }
       const account = store.accountById(accountId);
       if (!account) throw new ConnectError("account not found", Code.NotFound);
@@ -210,52 +232,69 @@ export function createRegistryService(options: RegistryServiceOptions): {
 
     async revokeApiKey(req, ctx) {
       const identity = await caller(ctx);
+      if (identity.kind === "run") throw new ConnectError("a workflow run may not revoke API keys", Code.PermissionDenied);
       const key = store.keyById(req.keyId.trim());
-      if (!key) throw new ConnectError(`API key '${req.keyId}' not found`, Code.NotFound);
-      if (key.accountId !== identity.accountId) requireAdmin(identity);
+      const admin = identity.kind === "service" || (identity.kind === "key" && identity.admin);
+      // Another account's key is "not found" to a non-admin, exactly like a key that does not exist.
+      if (!key || (key.accountId !== identity.accountId && !admin)) {
+        throw new ConnectError(`API key '${req.keyId}' not found`, Code.NotFound);
+      }
       store.revokeKey(key.id);
       const account = store.accountById(key.accountId)!;
       return { key: keyMessage(store.keyById(key.id)!, account.name) };
     },
 
     async uploadWorkflow(req, ctx) {
-      const accountId = requireAccount(await caller(ctx));
+      const accountId = requireManager(await caller(ctx), "upload workflows");
       if (!refNamePattern.test(req.workflowRefName)) {
-        throw invalid("workflow_ref_name must match ^[a-z0-9][a-z0-9_-]{0,63}$");
+        throw invalid("workflow_ref_name must match ^[a-z0-9][a-z0-9_-]{0,63}$", "workflow_ref_name");
       }
-      if (!req.script.trim()) throw invalid("script is required");
+      if (!req.script.trim()) throw invalid("script is required", "script");
       if (req.timeoutSeconds < 0 || req.timeoutSeconds > options.maxTimeoutSeconds) {
-        throw invalid(`timeout_seconds must be between 1 and ${options.maxTimeoutSeconds}`);
+        throw invalid(`timeout_seconds must be between 1 and ${options.maxTimeoutSeconds}`, "timeout_seconds");
       }
       if (Object.keys(req.env).length > registryLimits.envEntries) {
-        throw invalid(`env has more than ${registryLimits.envEntries} entries`);
+        throw invalid(`env has more than ${registryLimits.envEntries} entries`, "env");
+      }
+      for (const [name, value] of Object.entries(req.env)) {
+        // They become os.environ of the run: names must be environment variable names.
+        if (!envNamePattern.test(name)) throw invalid(`env name '${name}' must match ^[A-Za-z_][A-Za-z0-9_]*$`, `env.${name}`);
+        if (value.includes("\0")) throw invalid(`env.${name} must not contain NUL characters`, `env.${name}`);
       }
       if (req.accessories.length > registryLimits.accessoriesPerWorkflow) {
-        throw invalid(`at most ${registryLimits.accessoriesPerWorkflow} accessories per workflow, got ${req.accessories.length}`);
+        throw invalid(`a workflow may have at most ${registryLimits.accessoriesPerWorkflow} accessories, got ${req.accessories.length}`, "accessories");
       }
       const accessoryList: { key: string; content: string }[] = [];
-      const seenKeys = new Set<string>();
+      const seenKeys = new Map<string, string>();
       for (const [i, a] of req.accessories.entries()) {
-        if (!a.key.trim()) throw invalid(`accessories[${i}].key is required`);
-        const normal = a.key.trim().toLowerCase().replaceAll("-", "_");
-        if (seenKeys.has(normal)) throw invalid(`accessories[${i}].key '${a.key}' repeats another key (keys are case-insensitive, '-' and '_' alike)`);
-        seenKeys.add(normal);
+        const key = a.key.trim();
+        if (!key) throw invalid(`accessories[${i}].key is required`, `accessories[${i}].key`);
+        if (key.length > 256) throw invalid(`accessories[${i}].key is longer than 256 characters`, `accessories[${i}].key`);
+        const normal = normaliseAccessoryKey(key);
+        const earlier = seenKeys.get(normal);
+        if (earlier !== undefined) {
+          throw invalid(`accessories[${i}].key '${key}' is the same key as '${earlier}' (keys are case-insensitive, '-' and '_' alike)`, `accessories[${i}].key`);
+        }
+        seenKeys.set(normal, key);
+        if (a.content === undefined) throw invalid(`accessories[${i}].content is required`, `accessories[${i}].content`);
         const content = JSON.stringify(fromValue(a.content));
-        if (Buffer.byteLength(content) > registryLimits.accessoryBytes) {
+        const size = Buffer.byteLength(content);
+        if (size > registryLimits.accessoryBytes) {
           throw new ConnectError(
-            `accessories[${i}] ('${a.key}') is larger than the limit of ${registryLimits.accessoryBytes / 1024 / 1024} MB`,
+            `accessories[${i}] ('${key}') is ${size} bytes of JSON; the limit is ${registryLimits.accessoryBytes} bytes (${registryLimits.accessoryBytes / 1024 / 1024} MiB) per accessory`,
             Code.ResourceExhausted,
+            { [limitHeader]: "size", [paramHeader]: `accessories[${i}]` },
           );
         }
-        accessoryList.push({ key: a.key.trim(), content });
+        accessoryList.push({ key, content });
       }
       for (const [i, d] of req.datastores.entries()) {
-        if (!refNamePattern.test(d.name)) throw invalid(`datastores[${i}].name must match ^[a-z0-9][a-z0-9_-]{0,63}$`);
+        if (!refNamePattern.test(d.name)) throw invalid(`datastores[${i}].name must match ^[a-z0-9][a-z0-9_-]{0,63}$`, `datastores[${i}].name`);
       }
       const result = await validate(req.script);
       if (result.errors.length > 0) {
         const lines = result.errors.map((e) => `line ${e.line}, column ${e.column}: ${e.message}`);
-        throw invalid(`the script is not a valid workflow:\n${lines.join("\n")}`);
+        throw invalid(`the script is not a valid workflow:\n${lines.join("\n")}`, "script");
       }
       const stored = store.insertVersion(
         accountId,
@@ -310,8 +349,8 @@ export function createRegistryService(options: RegistryServiceOptions): {
 
     async listWorkflows(req, ctx) {
       const accountId = requireAccount(await caller(ctx));
-      if (req.offset < 0) throw invalid("offset must be 0 or more");
-      if (req.limit < 0 || req.limit > 100) throw invalid("limit must be between 1 and 100");
+      if (req.offset < 0) throw invalid("offset must be 0 or more", "offset");
+      if (req.limit < 0 || req.limit > 100) throw invalid("limit must be between 1 and 100", "limit");
       const { rows, total } = store.listWorkflows(accountId, req.offset, req.limit || 20);
       return {
         total,
@@ -330,7 +369,7 @@ export function createRegistryService(options: RegistryServiceOptions): {
     },
 
     async deleteWorkflow(req, ctx) {
-      const accountId = requireAccount(await caller(ctx));
+      const accountId = requireManager(await caller(ctx), "delete workflows");
       const workflow = liveWorkflow(accountId, req.workflowRefName);
       store.deleteWorkflow(workflow.id);
       return { workflowRefName: workflow.refName };
@@ -379,7 +418,7 @@ export function createRegistryService(options: RegistryServiceOptions): {
       return { script: defaultScript };
     },
   };
-  return { impl, auth, validate };
+  return { impl, auth, validate, close: () => validator.close() };
 }
 
 /** defaultScript is the template GET /v1/workflows/default-script returns. */

@@ -1,5 +1,5 @@
 import { createHash } from "node:crypto";
-import { and, asc, count, desc, eq, isNull } from "drizzle-orm";
+import { and, asc, count, desc, eq, isNull, sql } from "drizzle-orm";
 import { openDatabase, type Db } from "../shared/db.js";
 import { newId } from "../shared/ids.js";
 import * as schema from "./schema.js";
@@ -74,14 +74,24 @@ export function createRegistryStore(file: string) {
         .get();
       return row;
     },
+    /** allKeys lists every account's keys with the account's name, by account then age. */
+    allKeys(): { key: ApiKeyRow; accountName: string }[] {
+      return orm
+        .select({ key: apiKeys, accountName: accounts.name })
+        .from(apiKeys)
+        .innerJoin(accounts, eq(accounts.id, apiKeys.accountId))
+        .orderBy(asc(accounts.name), asc(apiKeys.createdAt))
+        .all();
+    },
     keysOf(accountId: string): ApiKeyRow[] {
       return orm.select().from(apiKeys).where(eq(apiKeys.accountId, accountId)).orderBy(asc(apiKeys.createdAt)).all();
     },
+    /** keyById finds a key by id, or by prefix when exactly one key has that prefix. */
     keyById(idOrPrefix: string): ApiKeyRow | undefined {
-      return (
-        orm.select().from(apiKeys).where(eq(apiKeys.id, idOrPrefix)).get() ??
-        orm.select().from(apiKeys).where(eq(apiKeys.prefix, idOrPrefix)).get()
-      );
+      const byId = orm.select().from(apiKeys).where(eq(apiKeys.id, idOrPrefix)).get();
+      if (byId) return byId;
+      const byPrefix = orm.select().from(apiKeys).where(eq(apiKeys.prefix, idOrPrefix)).limit(2).all();
+      return byPrefix.length === 1 ? byPrefix[0] : undefined;
     },
     revokeKey(id: string): void {
       orm.update(apiKeys).set({ revokedAt: Date.now() }).where(and(eq(apiKeys.id, id), isNull(apiKeys.revokedAt))).run();
@@ -99,7 +109,7 @@ export function createRegistryStore(file: string) {
     },
     listWorkflows(accountId: string, offset: number, limit: number): { rows: WorkflowRow[]; total: number } {
       const live = and(eq(workflows.accountId, accountId), isNull(workflows.deletedAt));
-      const rows = orm.select().from(workflows).where(live).orderBy(desc(workflows.updatedAt)).limit(limit).offset(offset).all();
+      const rows = orm.select().from(workflows).where(live).orderBy(desc(workflows.updatedAt), desc(sql`rowid`)).limit(limit).offset(offset).all();
       const total = orm.select({ n: count() }).from(workflows).where(live).get()!.n;
       return { rows, total };
     },

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import ast
 import json
+import re
 import sys
 from typing import Any
 
@@ -77,34 +78,53 @@ def _check_execute(errors: list[dict[str, Any]], tree: ast.Module) -> None:
         _err(errors, fn, "`execute` never returns a value: every path ends without `return`")
 
 
+def _annotation_nodes(tree: ast.Module) -> list[ast.AST]:
+    """Every annotation of the script: string annotations name types too."""
+    out: list[ast.AST] = []
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            a = node.args
+            for arg in [*a.posonlyargs, *a.args, *a.kwonlyargs, a.vararg, a.kwarg]:
+                if arg is not None and arg.annotation is not None:
+                    out.append(arg.annotation)
+            if node.returns is not None:
+                out.append(node.returns)
+        elif isinstance(node, ast.AnnAssign):
+            out.append(node.annotation)
+    return out
+
+
 def _check_workflow_context(errors: list[dict[str, Any]], tree: ast.Module) -> None:
-    imported = False
-    bound = False
     for node in ast.walk(tree):
         if isinstance(node, ast.ImportFrom):
-            for alias in node.names:
-                if (alias.asname or alias.name) == "WorkflowContext" or alias.name == "*":
-                    imported = True
+            if any((a.asname or a.name) == "WorkflowContext" or a.name == "*" for a in node.names):
+                return
         elif isinstance(node, ast.Import):
-            for alias in node.names:
-                if alias.asname == "WorkflowContext":
-                    imported = True
+            if any(a.asname == "WorkflowContext" for a in node.names):
+                return
         elif isinstance(node, (ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)) and node.name == "WorkflowContext":
-            bound = True
+            return
         elif isinstance(node, ast.Name) and node.id == "WorkflowContext" and isinstance(node.ctx, ast.Store):
-            bound = True
-    if imported or bound:
-        return
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Name) and node.id == "WorkflowContext" and isinstance(node.ctx, ast.Load):
-            _err(errors, node, "`WorkflowContext` is used but not imported: add `from shaker import WorkflowContext`")
             return
-        if isinstance(node, ast.Constant) and node.value == "WorkflowContext":
-            _err(errors, node, "`WorkflowContext` is used but not imported: add `from shaker import WorkflowContext`")
-            return
+    uses: list[ast.AST] = [n for n in ast.walk(tree) if isinstance(n, ast.Name) and n.id == "WorkflowContext"]
+    for annotation in _annotation_nodes(tree):
+        for n in ast.walk(annotation):
+            if isinstance(n, ast.Constant) and isinstance(n.value, str) and re.search(r"\bWorkflowContext\b", n.value):
+                uses.append(n)
+    if uses:
+        first = min(uses, key=lambda n: (n.lineno, n.col_offset))
+        _err(errors, first, "`WorkflowContext` is used but not imported: add `from shaker import WorkflowContext`")
+
+
+def _literal(node: ast.expr) -> tuple[bool, Any]:
+    try:
+        return True, ast.literal_eval(node)
+    except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
+        return False, None
 
 
 def _schema(errors: list[dict[str, Any]], tree: ast.Module, name: str) -> Any:
+    """Checks a module-level NAME = {field: {type, description?, required?}} literal, pointing at each bad part."""
     found = None
     for node in tree.body:
         targets: list[ast.expr] = []
@@ -113,43 +133,63 @@ def _schema(errors: list[dict[str, Any]], tree: ast.Module, name: str) -> Any:
             targets, value = node.targets, node.value
         elif isinstance(node, ast.AnnAssign) and node.value is not None:
             targets, value = [node.target], node.value
-        if any(isinstance(t, ast.Name) and t.id == name for t in targets):
-            found = (node, value)
+        if value is not None and any(isinstance(t, ast.Name) and t.id == name for t in targets):
+            found = value
     if found is None:
         return None
-    node, value = found
-    try:
-        schema = ast.literal_eval(value)
-    except (ValueError, SyntaxError, TypeError):
-        _err(errors, node, f"{name} must be a literal dict (no names, calls or expressions)")
+    shape = "{field: {'type': ..., 'description': ..., 'required': ...}}"
+    if not isinstance(found, ast.Dict):
+        ok, value = _literal(found)
+        what = type(value).__name__ if ok else "an expression"
+        _err(errors, found, f"{name} must be a literal dict {shape}, not {what}")
         return None
-    if not isinstance(schema, dict):
-        _err(errors, node, f"{name} must be a dict of {{field: {{type, description?, required?}}}}, not {type(schema).__name__}")
-        return None
-    ok = True
-    for field, spec in schema.items():
-        if not isinstance(field, str):
-            _err(errors, node, f"{name}: field names must be strings, got {field!r}")
-            ok = False
+    schema: dict[str, Any] = {}
+    ok_all = True
+    for key_node, spec_node in zip(found.keys, found.values):
+        if key_node is None:  # {**other}
+            _err(errors, spec_node, f"{name} must be a literal dict: `**` unpacking is not allowed")
+            ok_all = False
             continue
-        if not isinstance(spec, dict):
-            _err(errors, node, f"{name}[{field!r}] must be a dict with a `type`")
-            ok = False
+        ok, field = _literal(key_node)
+        if not ok or not isinstance(field, str):
+            _err(errors, key_node, f"{name}: field names must be literal strings")
+            ok_all = False
             continue
-        unknown = [k for k in spec if k not in SCHEMA_KEYS]
-        if unknown:
-            _err(errors, node, f"{name}[{field!r}] has unknown keys {unknown}; allowed: type, description, required")
-            ok = False
-        if spec.get("type") not in SCHEMA_TYPES:
-            _err(errors, node, f"{name}[{field!r}]['type'] must be one of {', '.join(SCHEMA_TYPES)}, got {spec.get('type')!r}")
-            ok = False
-        if "description" in spec and not isinstance(spec["description"], str):
-            _err(errors, node, f"{name}[{field!r}]['description'] must be a string")
-            ok = False
-        if "required" in spec and not isinstance(spec["required"], bool):
-            _err(errors, node, f"{name}[{field!r}]['required'] must be True or False")
-            ok = False
-    return schema if ok else None
+        label = f"{name}[{field!r}]"
+        if not isinstance(spec_node, ast.Dict):
+            _err(errors, spec_node, f"{label} must be a literal dict with a 'type', e.g. {{'type': 'string'}}")
+            ok_all = False
+            continue
+        spec: dict[str, Any] = {}
+        ok_field = True
+        has_type = False
+        for k_node, v_node in zip(spec_node.keys, spec_node.values):
+            ok_k, k = _literal(k_node) if k_node is not None else (False, None)
+            has_type = has_type or (ok_k and k == "type")
+            if not ok_k or k not in SCHEMA_KEYS:
+                shown = repr(k) if ok_k else "`**`"
+                _err(errors, k_node or v_node, f"{label} has an unknown key {shown}; allowed: type, description, required")
+                ok_field = False
+                continue
+            ok_v, v = _literal(v_node)
+            if k == "type" and (not ok_v or v not in SCHEMA_TYPES):
+                got = repr(v) if ok_v else "an expression"
+                _err(errors, v_node, f"{label}['type'] must be one of {', '.join(SCHEMA_TYPES)}, got {got}")
+                ok_field = False
+            elif k == "description" and (not ok_v or not isinstance(v, str)):
+                _err(errors, v_node, f"{label}['description'] must be a literal string")
+                ok_field = False
+            elif k == "required" and (not ok_v or not isinstance(v, bool)):
+                _err(errors, v_node, f"{label}['required'] must be True or False")
+                ok_field = False
+            else:
+                spec[k] = v
+        if not has_type:
+            _err(errors, spec_node, f"{label} needs a 'type': one of {', '.join(SCHEMA_TYPES)}")
+            ok_field = False
+        ok_all = ok_all and ok_field
+        schema[field] = spec
+    return schema if ok_all else None
 
 
 def validate(code: str) -> dict[str, Any]:
@@ -161,6 +201,9 @@ def validate(code: str) -> dict[str, Any]:
         return {"errors": errors, "input_schema": None, "output_schema": None}
     except ValueError as e:  # source with NUL bytes
         return {"errors": [{"line": 0, "column": 0, "message": f"invalid source: {e}"}], "input_schema": None, "output_schema": None}
+    except (MemoryError, RecursionError):
+        message = "the script is nested too deeply for Python to parse"
+        return {"errors": [{"line": 0, "column": 0, "message": message}], "input_schema": None, "output_schema": None}
     _check_execute(errors, tree)
     _check_workflow_context(errors, tree)
     input_schema = _schema(errors, tree, "INPUT_SCHEMA")
@@ -171,15 +214,15 @@ def validate(code: str) -> dict[str, Any]:
 
 def main() -> None:
     if "--serve" in sys.argv:
-        for line in sys.stdin:
+        for line in sys.stdin.buffer:
             try:
-                result = validate(json.loads(line)["code"])
+                result = validate(json.loads(line.decode("utf-8"))["code"])
             except Exception as e:  # a bad request must not end the validator
                 result = {"errors": [{"line": 0, "column": 0, "message": f"validator failed: {e}"}]}
             sys.stdout.write(json.dumps(result) + "\n")
             sys.stdout.flush()
         return
-    print(json.dumps(validate(json.load(sys.stdin)["code"])))
+    print(json.dumps(validate(json.loads(sys.stdin.buffer.read().decode("utf-8"))["code"])))
 
 
 if __name__ == "__main__":

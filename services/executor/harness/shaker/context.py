@@ -352,7 +352,15 @@ class _Datastore:
     def upsert(self, store: str, records: Sequence[dict[str, Any]]) -> int:
         """Writes records ({id, text, metadata?, vector?}); only where the binding allows writes.
         Returns the number written."""
-        return int(self._call("UpsertRecords", {"store": store, "records": list(records)}).get("upserted") or 0)
+        records = list(records)
+        for i, r in enumerate(records):
+            if not isinstance(r, dict):
+                raise DatastoreError(f"records[{i}]: must be a dict")
+            if not r.get("id"):
+                raise DatastoreError(f"records[{i}]: missing id")
+            if r.get("metadata") is not None and not isinstance(r["metadata"], dict):
+                raise DatastoreError(f"records[{i}]: metadata must be a JSON object")
+        return int(self._call("UpsertRecords", {"store": store, "records": records}).get("upserted") or 0)
 
 
 class _Workflows:

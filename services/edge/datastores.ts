@@ -1,0 +1,264 @@
+import type { JsonObject } from "@bufbuild/protobuf";
+import { Code, ConnectError } from "@connectrpc/connect";
+import { SearchMode, type Store } from "../../gen/shaker/datastore/v1/datastore_pb.js";
+import type { Clients } from "../shared/clients.js";
+import { msOf } from "../shared/json.js";
+import { callerHeaders, field, HttpError, readJson, sendJson, type Req } from "./http.js";
+import type { EdgeRouter } from "./router.js";
+
+/** Options of the datastore routes. */
+export interface DatastoreRoutesOptions {
+  clients: Clients;
+  /** maxBodyBytes bounds JSON bodies, and each record of a streamed upsert. */
+  maxBodyBytes: number;
+}
+
+/** partSize is how many records one UpsertRecordsStream message carries. */
+const partSize = 1000;
+const modes: Record<string, SearchMode> = { keyword: SearchMode.KEYWORD, vector: SearchMode.VECTOR, hybrid: SearchMode.HYBRID };
+
+function storeJson(s: Store): JsonObject {
+  return {
+    name: s.name,
+    embedding_model: s.embeddingModel,
+    dimension: s.dimension,
+    record_count: s.recordCount,
+    created_at: new Date(msOf(s.createdAt)).toISOString(),
+  };
+}
+
+function bad(i: number, problem: string, param: string): HttpError {
+  return new HttpError(400, `records[${i}]: ${problem}`, `records[${i}]${param}`, "invalid_record");
+}
+
+/** recordOf checks one JSON record, naming its index and the problem. */
+export function recordOf(value: unknown, i: number): { id: string; text: string; metadata: JsonObject; vector: number[] } {
+  if (value === null || typeof value !== "object" || Array.isArray(value)) throw bad(i, "must be a JSON object", "");
+  const r = value as Record<string, unknown>;
+  if (r.id === undefined || r.id === null || r.id === "") throw bad(i, "missing id", ".id");
+  const id = typeof r.id === "number" && Number.isFinite(r.id) ? String(r.id) : r.id;
+  if (typeof id !== "string") throw bad(i, "id must be a string", ".id");
+  if (r.text !== undefined && r.text !== null && typeof r.text !== "string") throw bad(i, "text must be a string", ".text");
+  const metadata = r.metadata ?? {};
+  if (typeof metadata !== "object" || Array.isArray(metadata)) throw bad(i, "metadata must be a JSON object", ".metadata");
+  const vector = r.vector ?? [];
+  if (!Array.isArray(vector) || vector.some((x) => typeof x !== "number" || !Number.isFinite(x))) {
+    throw bad(i, "vector must be an array of finite numbers", ".vector");
+  }
+  return { id, text: (r.text as string | undefined) ?? "", metadata: metadata as JsonObject, vector: vector as number[] };
+}
+
+/** ndjsonRecords yields one parsed value per non-empty line, never holding more than a line. */
+async function* ndjsonRecords(req: Req, maxLine: number): AsyncGenerator<unknown> {
+  const decoder = new TextDecoder();
+  let pending = "";
+  let index = 0;
+  const parse = (line: string) => {
+    try {
+      return JSON.parse(line) as unknown;
+    } catch (e) {
+      throw bad(index, `line is not valid JSON: ${(e as Error).message}`, "");
+    }
+  };
+  for await (const chunk of req as AsyncIterable<Buffer>) {
+    pending += decoder.decode(chunk, { stream: true });
+    let nl: number;
+    while ((nl = pending.indexOf("\n")) >= 0) {
+      const line = pending.slice(0, nl).trim();
+      pending = pending.slice(nl + 1);
+      if (line) {
+        yield parse(line);
+        index++;
+      }
+    }
+    if (pending.length > maxLine) throw bad(index, `line is longer than the limit of ${maxLine} bytes`, "");
+  }
+  pending += decoder.decode();
+  if (pending.trim()) yield parse(pending.trim());
+}
+
+/**
+ * jsonRecords yields the elements of the top-level "records" array of a JSON body as they arrive,
+ * so a body of 100,000 records is never held whole. Other top-level fields are skipped.
+ */
+async function* jsonRecords(req: Req, maxRecord: number): AsyncGenerator<unknown> {
+  const decoder = new TextDecoder();
+  let depth = 0;
+  let inString = false;
+  let escaped = false;
+  let key = "";
+  let keyHead = "";
+  let stringStart = -1;
+  let inRecords = false;
+  let sawRecords = false;
+  let element: string[] | undefined;
+  let elementSize = 0;
+  let index = 0;
+  let started = false;
+  const invalid = (why: string) => new HttpError(400, `the request body is not valid JSON: ${why}`, null, "invalid_json");
+  const finish = (text: string, from: number, to: number): unknown => {
+    element!.push(text.slice(from, to));
+    const raw = element!.join("");
+    element = undefined;
+    try {
+      return JSON.parse(raw);
+    } catch (e) {
+      throw bad(index, `not valid JSON: ${(e as Error).message}`, "");
+    }
+  };
+  for await (const chunk of req as AsyncIterable<Buffer>) {
+    const text = decoder.decode(chunk, { stream: true });
+    let from = 0;
+    for (let i = 0; i < text.length; i++) {
+      const c = text[i];
+      if (inString) {
+        if (escaped) escaped = false;
+        else if (c === "\\") escaped = true;
+        else if (c === '"') {
+          inString = false;
+          if (depth === 1 && stringStart >= 0) key = keyHead + text.slice(stringStart, i);
+          stringStart = -1;
+          keyHead = "";
+        }
+        continue;
+      }
+      if (c === " " || c === "\n" || c === "\r" || c === "\t") continue;
+      if (!started) {
+        if (c !== "{") throw invalid("the body must be a JSON object");
+        started = true;
+      } else if (depth === 0) throw invalid("unexpected text after the object");
+      if (inRecords && depth === 2 && element === undefined && c !== "," && c !== "]") {
+        element = [];
+        elementSize = 0;
+        from = i;
+      }
+      if (c === '"') {
+        inString = true;
+        if (depth === 1) stringStart = i + 1;
+      } else if (c === "{" || c === "[") {
+        if (depth === 1 && c === "[" && key === "records") {
+          inRecords = true;
+          sawRecords = true;
+        }
+        depth++;
+      } else if (c === "}" || c === "]") {
+        if (inRecords && depth === 2 && c === "]") {
+          if (element !== undefined) {
+            yield finish(text, from, i);
+            index++;
+          }
+          inRecords = false;
+        }
+        depth--;
+        if (depth < 0) throw invalid(`unexpected '${c}'`);
+      } else if (c === ",") {
+        if (depth === 1) key = "";
+        if (inRecords && depth === 2) {
+          if (element === undefined) throw bad(index, "is missing (two commas in a row)", "");
+          yield finish(text, from, i);
+          index++;
+        }
+      }
+    }
+    if (inString && stringStart >= 0) {
+      // A top-level string crossing chunks: keep its start, enough to recognise the key "records".
+      keyHead = (keyHead + text.slice(stringStart)).slice(0, 64);
+      stringStart = 0;
+    }
+    if (element !== undefined) {
+      element.push(text.slice(from));
+      elementSize += text.length - from;
+      if (elementSize > maxRecord) throw bad(index, `record is longer than the limit of ${maxRecord} bytes`, "");
+    }
+  }
+  if (!started || depth !== 0 || inString) throw invalid("the body ends early");
+  if (!sawRecords) throw new HttpError(400, "'records' is required: an array of {id, text, metadata?, vector?}", "records", "missing_field");
+}
+
+/** addDatastoreRoutes registers the datastore REST routes of spec section 4. */
+export function addDatastoreRoutes(router: EdgeRouter, options: DatastoreRoutesOptions): void {
+  const { datastore } = options.clients;
+  router
+    .add("POST", "/v1/datastores", async (req, res) => {
+      const headers = callerHeaders(req);
+      const body = await readJson(req, options.maxBodyBytes);
+      const resp = await datastore.createStore(
+        { name: field.string(body, "name", true), embeddingModel: field.string(body, "embedding_model") ?? "" },
+        { headers },
+      );
+      sendJson(res, 201, { data: storeJson(resp.store!) });
+    })
+    .add("GET", "/v1/datastores", async (req, res) => {
+      const resp = await datastore.listStores({}, { headers: callerHeaders(req) });
+      sendJson(res, 200, { data: resp.stores.map(storeJson) });
+    })
+    .add("DELETE", "/v1/datastores/:name", async (req, res, params) => {
+      const resp = await datastore.deleteStore({ name: params.name }, { headers: callerHeaders(req) });
+      sendJson(res, 200, { data: { name: resp.name, deleted: true } });
+    })
+    .add("POST", "/v1/datastores/:name/records", async (req, res, params) => {
+      const headers = callerHeaders(req);
+      const ndjson = /^application\/(x-)?ndjson\b/i.test(String(req.headers["content-type"] ?? ""));
+      const values = ndjson ? ndjsonRecords(req, options.maxBodyBytes) : jsonRecords(req, options.maxBodyBytes);
+      // The client stream would report a failure of this generator as its own cancellation:
+      // keep the edge's error to answer with it.
+      let failure: unknown;
+      async function* parts() {
+        try {
+          let batch: ReturnType<typeof recordOf>[] = [];
+          let index = 0;
+          for await (const value of values) {
+            batch.push(recordOf(value, index++));
+            if (batch.length === partSize) {
+              yield { store: params.name, records: batch };
+              batch = [];
+            }
+          }
+          if (batch.length > 0 || index === 0) yield { store: params.name, records: batch };
+        } catch (e) {
+          failure = e;
+          throw e;
+        }
+      }
+      let resp;
+      try {
+        resp = await datastore.upsertRecordsStream(parts(), { headers });
+      } catch (e) {
+        throw failure ?? e;
+      }
+      sendJson(res, 200, { data: { upserted: resp.upserted, embedded: resp.embedded } });
+    })
+    .add("GET", "/v1/datastores/:name/records/:id", async (req, res, params) => {
+      const resp = await datastore.getRecords({ store: params.name, ids: [params.id] }, { headers: callerHeaders(req) });
+      const r = resp.records[0];
+      if (!r) throw new ConnectError(`record '${params.id}' does not exist in datastore '${params.name}'`, Code.NotFound);
+      sendJson(res, 200, { data: { id: r.id, text: r.text, metadata: r.metadata ?? {}, vector: r.vector } });
+    })
+    .add("DELETE", "/v1/datastores/:name/records/:id", async (req, res, params) => {
+      const resp = await datastore.deleteRecords({ store: params.name, ids: [params.id] }, { headers: callerHeaders(req) });
+      if (resp.deleted === 0) throw new ConnectError(`record '${params.id}' does not exist in datastore '${params.name}'`, Code.NotFound);
+      sendJson(res, 200, { data: { id: params.id, deleted: true } });
+    })
+    .add("POST", "/v1/datastores/:name/search", async (req, res, params) => {
+      const headers = callerHeaders(req);
+      const body = await readJson(req, options.maxBodyBytes);
+      const mode = field.string(body, "mode") ?? "keyword";
+      if (!(mode in modes)) throw new HttpError(400, "'mode' must be one of keyword, vector, hybrid", "mode", "invalid_value");
+      const vector = body.vector ?? [];
+      if (!Array.isArray(vector) || vector.some((x) => typeof x !== "number" || !Number.isFinite(x))) {
+        throw new HttpError(400, "'vector' must be an array of finite numbers", "vector", "invalid_type");
+      }
+      const resp = await datastore.search(
+        {
+          store: params.name,
+          query: field.string(body, "query") ?? "",
+          vector: vector as number[],
+          mode: modes[mode],
+          filter: field.object(body, "filter") as JsonObject | undefined,
+          limit: field.integer(body, "limit") ?? 0,
+        },
+        { headers },
+      );
+      sendJson(res, 200, { data: resp.records.map((r) => ({ id: r.id, text: r.text, metadata: r.metadata ?? {}, score: r.score })) });
+    });
+}
