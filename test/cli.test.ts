@@ -221,16 +221,17 @@ describe("shaker with no server", () => {
 });
 
 describe("shaker datastores", () => {
+  // Records carry their vectors, so no embedding model is needed.
   it("creates, lists, loads NDJSON and JSON with a records/s figure, and searches", async (ctx) => {
     if (!(await server.hasRoute("GET", "/v1/datastores"))) ctx.skip();
     const created = await server.shaker(["datastores", "create", "docs"]);
     expect(created.code, created.stderr).toBe(0);
-    const ndjson = file("docs.ndjson", Array.from({ length: 1200 }, (_, i) => JSON.stringify({ id: `d${i}`, text: `document number ${i} about ${i % 2 ? "apples" : "pears"}` })).join("\n") + "\n");
+    const ndjson = file("docs.ndjson", Array.from({ length: 1200 }, (_, i) => JSON.stringify({ id: `d${i}`, text: `document number ${i} about ${i % 2 ? "apples" : "pears"}`, vector: [1, i % 2, 0, 0] })).join("\n") + "\n");
     const load = await server.shaker(["datastores", "load", "docs", ndjson, "--progress", "--batch", "500"]);
     expect(load.code, load.stderr).toBe(0);
     expect(load.stderr).toMatch(/\[#{30}\] 100% 1200 records/);
     expect(load.stderr).toMatch(/loaded 1200 records into docs in [\d.]+s \(\d+ records\/s/);
-    const array = file("more.json", JSON.stringify([{ id: "k1", text: "kiwi fruit", metadata: { c: 1 } }]));
+    const array = file("more.json", JSON.stringify([{ id: "k1", text: "kiwi fruit", metadata: { c: 1 }, vector: [0, 0, 1, 0] }]));
     const loadJson = await server.shaker(["datastores", "load", "docs", array]);
     expect(loadJson.stderr).toMatch(/loaded 1 records into docs/);
     const list = await server.shaker(["datastores", "list", "--json"]);
@@ -241,11 +242,17 @@ describe("shaker datastores", () => {
     expect(JSON.parse(search.stdout)[0].id).toBe("k1");
     const text = await server.shaker(["datastores", "search", "docs", "kiwi"]);
     expect(text.stdout).toMatch(/^\d\.\d{3}  k1  kiwi fruit/);
+    // --datastore binds the store to an uploaded workflow (read-only unless :rw).
+    const reader = file("reader.py", "def execute(ctx):\n    return ctx.datastore.get('docs', 'k1')['text']\n");
+    expect((await server.shaker(["upload", reader, "--datastore", "docs"])).code).toBe(0);
+    const read = await server.shaker(["invoke", "reader"]);
+    expect(read.code, read.stderr).toBe(0);
+    expect(JSON.parse(read.stdout)).toBe("kiwi fruit");
   });
 
   it("fails in one line for a bad record line, an unknown store, and a missing file", async (ctx) => {
     if (!(await server.hasRoute("GET", "/v1/datastores"))) ctx.skip();
-    const bad = file("bad.ndjson", '{"id": "a", "text": "fine"}\n{not json\n');
+    const bad = file("bad.ndjson", '{"id": "a", "text": "fine", "vector": [1, 0, 0, 0]}\n{not json\n');
     expect(oneLineError(await server.shaker(["datastores", "load", "docs", bad]))).toContain(`${bad}:2: not a JSON record`);
     expect(oneLineError(await server.shaker(["datastores", "search", "no-such-store", "x"]))).toMatch(/HTTP 404/);
     expect(oneLineError(await server.shaker(["datastores", "load", "docs", join(dir, "none.ndjson")]))).toContain("no such file");
