@@ -159,6 +159,33 @@ describe("shaker invoke and runs", () => {
     expect(oneLineError(await server.shaker(["invoke"]), 2)).toContain("missing REF");
   });
 
+  it("--mode async: invoke answers at once with the run id, and runs show finds the run", async () => {
+    const path = file("later.py", "def execute(ctx):\n    ctx.emit('working')\n    return {'done': True}\n");
+    expect((await server.shaker(["upload", path, "--mode", "async"])).code).toBe(0);
+    const r = await server.shaker(["invoke", "later"]);
+    expect(r.code, r.stderr).toBe(0);
+    expect(r.stderr).toContain("the run continues in the background");
+    const accepted = JSON.parse(r.stdout);
+    expect(accepted.run_id).toMatch(/\S+/);
+    let shown = "";
+    for (let i = 0; i < 50 && !shown.includes("status    succeeded"); i++) {
+      shown = (await server.shaker(["runs", "show", accepted.run_id])).stdout;
+    }
+    expect(shown).toContain("status    succeeded");
+    expect(shown).toContain('output    {"done":true}');
+  });
+
+  it("a failure in the middle of a stream is one line after the values emitted before it", async () => {
+    const path = file("halfway.py", "def execute(ctx):\n    ctx.emit('first')\n    raise RuntimeError('halfway')\n    return 1\n");
+    expect((await server.shaker(["upload", path])).code).toBe(0);
+    const r = await server.shaker(["invoke", "halfway", "--stream"]);
+    expect(r.code).toBe(1);
+    const lines = r.stderr.trim().split("\n");
+    expect(lines[0]).toBe("» first");
+    expect(lines.at(-1)).toMatch(/^shaker: .*RuntimeError.*halfway/);
+    expect(r.stderr).not.toMatch(/\n\s+at /);
+  });
+
   it("a workflow that raises is one line with the exception", async () => {
     await server.shaker(["upload", file("boom.py", "def execute(ctx):\n    raise ValueError('kaput')\n    return 1\n")]);
     expect(oneLineError(await server.shaker(["invoke", "boom"]))).toMatch(/ValueError.*kaput/);
