@@ -32,6 +32,7 @@ const script = `from shaker import WorkflowContext
 
 def execute(ctx: WorkflowContext):
     ctx.log("counting", upto=3)
+    ctx.chat.completions.create(messages=[{"role": "user", "content": "count to three"}], intent="count")
     for i in range(3):
         ctx.emit({"tick": i})
     return {"hello": (ctx.input or {}).get("name", "world")}
@@ -109,6 +110,7 @@ describe.skipIf(!existsSync(executablePath))("web console", () => {
     expect(await page.locator("#run [data-status]").first().textContent()).toBe("succeeded");
     expect(await page.locator("#run-emitted li").allTextContents()).toEqual(['{"tick":0}', '{"tick":1}', '{"tick":2}']);
     expect(await page.textContent("#run-logs")).toContain("counting");
+    expect(await page.locator("#run-calls tbody tr").count()).toBe(1);
     await page.screenshot({ path: shots + "05-run.png", fullPage: true });
   });
 
@@ -131,6 +133,7 @@ describe.skipIf(!existsSync(executablePath))("web console", () => {
     await page.waitForSelector("#timeline li");
     expect(await page.textContent("#timeline")).toContain(runs.body.data[0].run_id);
     expect(await page.locator("#timeline [data-status]").first().textContent()).toBe("succeeded");
+    expect(await page.textContent("#timeline")).toMatch(/model call \S+ \(count\) \d+ ms, \d+ tokens/);
     await page.screenshot({ path: shots + "07-session.png", fullPage: true });
   });
 });

@@ -381,7 +381,7 @@ function Run(props: { apiKey: string; id: string }) {
           h("h2", null, `Model calls (${(r.model_calls ?? []).length})`),
           h(
             "table",
-            null,
+            { id: "run-calls" },
             h("thead", null, h("tr", null, h("th", null, "Model"), h("th", null, "Intent"), h("th", null, "Status"), h("th", null, "Latency"), h("th", null, "Tokens"))),
             h(
               "tbody",
