@@ -10,6 +10,7 @@ import { RegistryService } from "../gen/shaker/registry/v1/registry_pb.js";
 import { createDatastoreService } from "../services/datastore/service.js";
 import { createEdge } from "../services/edge/edge.js";
 import { sendJson, type Res } from "../services/edge/http.js";
+import { serveConsole } from "./static.js";
 import { createWorkerPool } from "../services/executor/pool.js";
 import { createExecutorService } from "../services/executor/service.js";
 import { createExecutorStore } from "../services/executor/store.js";
@@ -99,7 +100,7 @@ export async function startShaker(config: Config): Promise<Shaker> {
     fallback: (req, res) => sendJson(res as unknown as Res, 404, { error: { message: `no route ${req.method} ${req.url}`, type: "invalid_request_error", param: null, code: "not_found" } }),
   });
   const handler: Handler = (req, res) => {
-    if (!edge.handle(req, res as unknown as Res)) rpc(req as never, res as never);
+    if (!edge.handle(req, res as unknown as Res) && !serveConsole(req as never, res as never)) rpc(req as never, res as never);
   };
   const listener = await listen(handler, config.port, config.host);
   listenerUrl = listener.url;
