@@ -1,3 +1,4 @@
+import { invalidArgument } from "../shared/errors.js";
 import { randomUUID } from "node:crypto";
 import type { JsonObject, MessageInitShape } from "@bufbuild/protobuf";
 import { Code, ConnectError, type HandlerContext, type ServiceImpl } from "@connectrpc/connect";
@@ -15,11 +16,7 @@ const embedBatch = 64;
 const rrfK = 60;
 const maxLimit = 1000;
 
-function invalid(message: string, param?: string): ConnectError {
-  const err = new ConnectError(message, Code.InvalidArgument);
-  if (param) err.metadata.set("shaker-param", param);
-  return err;
-}
+const invalid = invalidArgument;
 
 function storeMsg(row: StoreRow, count: number): MessageInitShape<typeof StoreSchema> {
   return { name: row.name, embeddingModel: row.embeddingModel, dimension: row.dimension, recordCount: count, createdAt: timestampOf(row.createdAt) };

@@ -1,3 +1,4 @@
+import { errorMetadata } from "../shared/errors.js";
 import type { IncomingMessage, ServerResponse } from "node:http";
 import type { Http2ServerRequest } from "node:http2";
 import { Code, ConnectError } from "@connectrpc/connect";
@@ -65,11 +66,11 @@ export function toErrorBody(err: unknown): { status: number; body: { error: Erro
   }
   const ce = ConnectError.from(err);
   // A size limit is ResourceExhausted too; the service marks it so it answers 413, not 429.
-  const sizeLimit = ce.code === Code.ResourceExhausted && ce.metadata.get("shaker-limit") === "size";
+  const sizeLimit = ce.code === Code.ResourceExhausted && ce.metadata.get(errorMetadata.limit) === "size";
   const [status, type, code] = sizeLimit
     ? [413, "invalid_request_error", "request_too_large"]
     : (statusByCode[ce.code] ?? [500, "server_error", "internal_error"]);
-  const param = ce.metadata.get("shaker-param");
+  const param = ce.metadata.get(errorMetadata.param);
   return { status, body: { error: { message: ce.rawMessage, type, param, code } } };
 }
 

@@ -1,3 +1,4 @@
+import { invalidArgument } from "../shared/errors.js";
 import type { JsonObject, JsonValue, MessageInitShape } from "@bufbuild/protobuf";
 import { Code, ConnectError, type Client, type HandlerContext, type ServiceImpl } from "@connectrpc/connect";
 import {
@@ -22,8 +23,6 @@ import type { ExecutorStore, RunRow } from "./store.js";
 
 type StreamEvent = MessageInitShape<typeof RunStreamResponseSchema>;
 
-/** The header that carries the name of the field an InvalidArgument error is about. */
-export const paramHeader = "shaker-param";
 
 /** Options of createExecutorService. */
 export interface ExecutorServiceOptions {
@@ -64,11 +63,7 @@ function listenOverride(inv: Invocation): boolean {
   return inv.params?.stream === true;
 }
 
-function invalid(message: string, param?: string): ConnectError {
-  const metadata = new Headers();
-  if (param) metadata.set(paramHeader, param);
-  return new ConnectError(message, Code.InvalidArgument, metadata);
-}
+const invalid = invalidArgument;
 
 /** createExecutorService builds the Executor's handlers over its store and worker pool. */
 export function createExecutorService(options: ExecutorServiceOptions): {

@@ -1,3 +1,4 @@
+import { invalidArgument } from "../shared/errors.js";
 import type { JsonObject, MessageInitShape } from "@bufbuild/protobuf";
 import { Code, ConnectError, type HandlerContext, type ServiceImpl } from "@connectrpc/connect";
 import type OpenAI from "openai";
@@ -27,7 +28,6 @@ type Json = Record<string, unknown>;
 
 /** The header that tells the edge an error came from an upstream model (its value: 502 or 504). */
 export const upstreamStatusHeader = "shaker-upstream-status";
-const paramHeader = "shaker-param";
 
 /** Call is one model call in flight: who made it and how it goes. */
 interface Call {
@@ -80,9 +80,7 @@ function watch(outer: AbortSignal, timeoutMs: number): Watch {
   };
 }
 
-function invalid(message: string, param: string): ConnectError {
-  return new ConnectError(message, Code.InvalidArgument, new Headers({ [paramHeader]: param }));
-}
+const invalid = invalidArgument;
 
 /** Options of createModelProxyService beyond the shared deps (tests tune them). */
 export interface ModelProxyOptions {

@@ -1,3 +1,4 @@
+import { invalidArgument, tooLarge } from "../shared/errors.js";
 import { randomBytes } from "node:crypto";
 import type { JsonObject, MessageInitShape } from "@bufbuild/protobuf";
 import { timestampFromMs } from "@bufbuild/protobuf/wkt";
@@ -25,13 +26,6 @@ export const registryLimits = {
   envEntries: 200,
 };
 
-/**
- * limitHeader marks a ResourceExhausted error as a size limit (HTTP 413) rather than a rate or
- * concurrency limit (429); the edge's one code table reads it.
- */
-export const limitHeader = "shaker-limit";
-
-const paramHeader = "shaker-param";
 
 const refNamePattern = /^[a-z0-9][a-z0-9_-]{0,63}$/;
 const envNamePattern = /^[A-Za-z_][A-Za-z0-9_]{0,255}$/;
@@ -116,10 +110,7 @@ function bump(latest: VersionRow | undefined, how: VersionBump): [number, number
   }
 }
 
-/** invalid is an InvalidArgument naming the field at fault (the edge answers it as the error's `param`). */
-function invalid(message: string, param?: string): ConnectError {
-  return new ConnectError(message, Code.InvalidArgument, param ? { [paramHeader]: param } : undefined);
-}
+const invalid = invalidArgument;
 
 /** createRegistryService builds the Registry's handlers over its store. */
 export function createRegistryService(options: RegistryServiceOptions): {
@@ -280,10 +271,9 @@ export function createRegistryService(options: RegistryServiceOptions): {
         const content = JSON.stringify(fromValue(a.content));
         const size = Buffer.byteLength(content);
         if (size > registryLimits.accessoryBytes) {
-          throw new ConnectError(
+          throw tooLarge(
             `accessories[${i}] ('${key}') is ${size} bytes of JSON; the limit is ${registryLimits.accessoryBytes} bytes (${registryLimits.accessoryBytes / 1024 / 1024} MiB) per accessory`,
-            Code.ResourceExhausted,
-            { [limitHeader]: "size", [paramHeader]: `accessories[${i}]` },
+            `accessories[${i}]`,
           );
         }
         accessoryList.push({ key, content });

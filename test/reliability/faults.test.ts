@@ -61,7 +61,7 @@ async function settle(check: () => boolean, ms: number): Promise<boolean> {
 describe("workflow faults mixed with good runs", () => {
   let server: TestServer;
   beforeAll(async () => {
-    server = await startTestServer({ workers: 2, runMemoryBytes: 512 * 1024 * 1024 });
+    server = await startTestServer({ workers: 2, runMemoryBytes: 512 * 1024 * 1024, sandbox: "auto" });
     await server.upload("good", "import time\ndef execute(ctx):\n    time.sleep(0.2)\n    return {'n': ctx.input['n']}\n");
     for (const [name, b] of Object.entries(bad)) await server.upload(name, b.script, b.timeout ? { timeout_seconds: b.timeout } : {});
   });

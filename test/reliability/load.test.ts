@@ -16,7 +16,7 @@ def execute(ctx):
 describe("load", () => {
   let server: TestServer;
   beforeAll(async () => {
-    server = await startTestServer({ workers: 2, maxConcurrentRuns: CONCURRENT, maxConcurrentRunsPerAccount: CONCURRENT });
+    server = await startTestServer({ workers: 2, maxConcurrentRuns: CONCURRENT, maxConcurrentRunsPerAccount: CONCURRENT, sandbox: "auto" });
     await server.upload("steady", workflow, { timeout_seconds: 600 });
   });
   afterAll(() => server.close());
