@@ -22,20 +22,27 @@ export interface RunJob {
   source: string;
   /** payload is what the child's ctx is built from (input, messages, secrets, token, limits, ...). */
   payload: Record<string, unknown>;
-  /** onEvent receives every frame of the run, `exit` last. */
-  onEvent: (event: WorkerEvent) => void;
+  /** onEvent receives every frame of the run, `exit` last, with the frame's size in bytes. */
+  onEvent: (event: WorkerEvent, bytes: number) => void;
 }
 
 /** RunHandle controls a run in the pool. */
 export interface RunHandle {
   /** kill sends SIGKILL to the run's process group (now, or as soon as it has one). */
   kill(): void;
+  /**
+   * pause stops reading the run's frames until resume: once the pipe between the child and its
+   * worker is full, the child blocks in ctx.emit. Other runs of the same worker keep flowing.
+   */
+  pause(): void;
+  resume(): void;
 }
 
 interface Active {
   job: RunJob;
   pid: number | undefined;
   killed: boolean;
+  paused: boolean;
 }
 
 interface Worker {
@@ -149,20 +156,23 @@ export function createWorkerPool(options: WorkerPoolOptions): WorkerPool {
         worker.active.delete(runId);
         options.onRunExit?.(runId);
       }
-      active.job.onEvent(event);
+      active.job.onEvent(event, body.length);
     });
     proc.on("exit", (code, signal) => {
       worker.alive = false;
       // Runs the worker held cannot report any more: end them with a clear error, and their processes.
       for (const [, active] of worker.active) {
         if (active.pid) killGroup(active.pid);
-        active.job.onEvent({
-          t: "error",
-          type: "WorkerDied",
-          message: `the Python worker running this workflow died (${signal ?? `exit ${code}`})`,
-          traceback: "",
-        });
-        active.job.onEvent({ t: "exit", code: 1, signal: 0, output_truncated: false });
+        active.job.onEvent(
+          {
+            t: "error",
+            type: "WorkerDied",
+            message: `the Python worker running this workflow died (${signal ?? `exit ${code}`})`,
+            traceback: "",
+          },
+          0,
+        );
+        active.job.onEvent({ t: "exit", code: 1, signal: 0, output_truncated: false }, 0);
       }
       worker.active.clear();
       if (!closing) {
@@ -179,7 +189,7 @@ export function createWorkerPool(options: WorkerPoolOptions): WorkerPool {
     run(job) {
       let worker = workers[0];
       for (const w of workers) if (w.alive && (!worker.alive || w.active.size < worker.active.size)) worker = w;
-      const active: Active = { job, pid: undefined, killed: false };
+      const active: Active = { job, pid: undefined, killed: false, paused: false };
       worker.active.set(job.runId, active);
       const head: Record<string, unknown> = { t: "run", id: job.runId, version_id: job.versionId };
       if (!worker.versions.has(job.versionId)) {
@@ -191,11 +201,28 @@ export function createWorkerPool(options: WorkerPoolOptions): WorkerPool {
       // The payload follows the header as it is: the worker reads only the header and hands the
       // payload's bytes to the child, which is the only process that parses it.
       worker.toWorker.write(encodeFrame(`${JSON.stringify(head)}\n${JSON.stringify(job.payload)}`));
+      // Flow control: a frame to the worker, only while the run is in it (a finished run has nothing to hold).
+      const control = (t: "pause" | "resume") => {
+        if (worker.alive && worker.active.get(job.runId) === active) worker.toWorker.write(encodeFrame(JSON.stringify({ t, id: job.runId })));
+      };
+      const resume = () => {
+        if (!active.paused) return;
+        active.paused = false;
+        control("resume");
+      };
       return {
         kill() {
           active.killed = true;
           if (active.pid) killGroup(active.pid);
+          // A paused run's worker must read the dead child's frames to the end to report its exit.
+          resume();
         },
+        pause() {
+          if (active.paused || active.killed) return;
+          active.paused = true;
+          control("pause");
+        },
+        resume,
       };
     },
     pids: () => workers.map((w) => w.proc.pid ?? 0),

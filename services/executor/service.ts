@@ -41,6 +41,10 @@ export interface ExecutorServiceOptions {
   maxLogLines?: number;
 }
 
+/** A streaming run whose listener has this many bytes of messages unread is paused, until it reads down to the low mark. */
+const streamHighWaterBytes = 1024 * 1024;
+const streamLowWaterBytes = 256 * 1024;
+
 const levelByName: Record<string, LogLevel> = {
   LOG_LEVEL_DEBUG: LogLevel.DEBUG,
   LOG_LEVEL_INFO: LogLevel.INFO,
@@ -150,7 +154,19 @@ export function createExecutorService(options: ExecutorServiceOptions): {
     };
     const metadata = (inv.metadata ?? {}) as JsonObject;
 
-    const events = listen && !started.detached ? new AsyncQueue<StreamEvent>() : undefined;
+    // A slow listener holds the run back: past the high mark its child is paused (it blocks in
+    // ctx.emit once its pipe is full), and resumed when the listener has read down to the low mark.
+    const eventBytes = new WeakMap<StreamEvent, number>();
+    const events =
+      listen && !started.detached
+        ? new AsyncQueue<StreamEvent>({
+            highWaterMark: streamHighWaterBytes,
+            lowWaterMark: streamLowWaterBytes,
+            weigh: (e) => eventBytes.get(e) ?? 256,
+            onHigh: () => handle.pause(),
+            onLow: () => handle.resume(),
+          })
+        : undefined;
     const emitted: { seq: number; value: unknown; time: number }[] = [];
     const logs: { level: number; message: string; fields: Record<string, unknown>; time: number; source: string }[] = [];
     let logsDropped = 0;
@@ -187,17 +203,21 @@ export function createExecutorService(options: ExecutorServiceOptions): {
     finished.catch(() => {});
     const partial: Record<string, string> = { stdout: "", stderr: "" };
 
-    function onEvent(event: WorkerEvent): void {
+    function onEvent(event: WorkerEvent, bytes: number): void {
       switch (event.t) {
-        case "emit":
+        case "emit": {
           emitted.push({ seq: event.seq, value: redactJson(event.value, redact), time: event.time * 1000 });
-          events?.push({
+          const message: StreamEvent = {
             event: {
               case: "emitted",
               value: { seq: event.seq, value: toValue(event.value), time: timestampOf(event.time * 1000) } as never,
             },
-          });
+          };
+          // Its frame's size, plus what a message costs anyway, is its weight in the queue.
+          eventBytes.set(message, bytes + 256);
+          events?.push(message);
           break;
+        }
         case "log":
           addLog(levelByName[event.level] ?? LogLevel.INFO, event.message, event.fields ?? {}, event.time * 1000, "ctx");
           break;

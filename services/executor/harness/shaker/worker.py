@@ -6,6 +6,7 @@ newline, so the Executor can route them without the worker re-encoding child fra
 
   Executor -> worker: {"t": "run", "id", "version_id", "source"?}\\n<payload JSON>
                       {"t": "source", "version_id", "source"}   (cache only)
+                      {"t": "pause"|"resume", "id"}   (flow control of one run)
   worker -> Executor: id\\n{"t": "started", "pid"}
                       id\\n<a child frame: emit, log, http, accessory, result, error>
                       id\\n{"t": "output", "stream": "stdout"|"stderr", "data"}
@@ -18,6 +19,11 @@ spare as one message, so the run's critical path holds no fork. A spare has neve
 every run still gets a process nobody else used. The run is over as soon as the child's result (or
 error) frame arrives: the worker drains the child's stdout and stderr (flushed before the result was
 sent), reports the exit at once, and kills the child's process group, which it reaps later.
+
+Backpressure: when a run's consumer falls behind, the Executor sends "pause" and the worker stops
+reading that child's frames pipe (it leaves the selector); the child blocks in ctx.emit once the pipe
+is full, and the worker's other children keep flowing. "resume" reads on. A paused child that exits
+keeps its frames in the pipe: the run is reported over only once they were all read after "resume".
 """
 from __future__ import annotations
 
@@ -94,6 +100,7 @@ class Child:
         self.output_truncated = False
         self.status: tuple[int, int] | None = None
         self.reported = False  # the exit frame was sent
+        self.paused = False  # its frames pipe is out of the selector (flow control)
 
 
 class Worker:
@@ -106,6 +113,7 @@ class Worker:
         self.refill_after = 0.0
         self.spares: list[Child] = []
         self.children: dict[int, Child] = {}  # by pid, spares included
+        self.running: dict[str, Child] = {}  # by run id, until the child is finished
         self.fd_owner: dict[int, tuple[Child, str]] = {}
         self.in_buf = b""
         wake_r, wake_w = os.pipe()
@@ -145,6 +153,21 @@ class Worker:
             self.compile_source(head["version_id"], head["source"])
         elif kind == "run":
             self.start_run(head, body[nl + 1:] if nl >= 0 else b"{}")
+        elif kind == "pause" or kind == "resume":
+            child = self.running.get(head.get("id", ""))
+            if child is not None:
+                self.set_paused(child, kind == "pause")
+
+    def set_paused(self, child: Child, paused: bool) -> None:
+        if child.paused == paused:
+            return
+        child.paused = paused
+        if child.frames_fd not in child.open_fds:
+            return  # the frames were all read: nothing left to hold back
+        if paused:
+            self.sel.unregister(child.frames_fd)
+        else:
+            self.sel.register(child.frames_fd, selectors.EVENT_READ, "child")
 
     def start_run(self, head: dict[str, Any], payload: bytes) -> None:
         run_id = head["id"]
@@ -160,6 +183,7 @@ class Worker:
         child = self.spares.pop() if self.spares else self.fork_spare(rehearse=False)
         child.run_id = run_id
         child.version_id = version_id
+        self.running[run_id] = child
         code = b""
         if version_id not in child.versions:
             code = self.marshalled.get(version_id) or b""
@@ -226,7 +250,8 @@ class Worker:
     # -- child pipes -----------------------------------------------------------------------------
 
     def close_fd(self, child: Child, fd: int) -> None:
-        self.sel.unregister(fd)
+        if not (child.paused and fd == child.frames_fd):
+            self.sel.unregister(fd)
         os.close(fd)
         del self.fd_owner[fd]
         child.open_fds.discard(fd)
@@ -344,6 +369,8 @@ class Worker:
         if child.status is None or child.open_fds:
             return
         del self.children[child.pid]
+        if self.running.get(child.run_id) is child:
+            del self.running[child.run_id]
         if child.run_id:
             shutil.rmtree(runtime.run_tmpdir(child.run_id), ignore_errors=True)
         if child.ctl_fd >= 0:
