@@ -2,6 +2,7 @@
 import { benchEdge } from "./edge.js";
 import { benchDatastore } from "./datastore.js";
 import { benchInvoke } from "./invoke.js";
+import { benchModelProxy } from "./modelproxy.js";
 import { benchValidate } from "./validate.js";
 
 const benches: Record<string, () => Promise<void>> = {
@@ -9,6 +10,7 @@ const benches: Record<string, () => Promise<void>> = {
   edge: benchEdge,
   validate: benchValidate,
   datastore: benchDatastore,
+  modelproxy: benchModelProxy,
 };
 
 const only = process.argv.slice(2);

@@ -2,8 +2,10 @@ import type { Clients } from "../shared/clients.js";
 import { createChatRoute } from "./chat.js";
 import { addDatastoreRoutes } from "./datastores.js";
 import { HttpError, sendError, sendJson, type Req, type Res } from "./http.js";
+import { addModelRoutes } from "./models.js";
 import { EdgeRouter } from "./router.js";
 import { addRunRoutes } from "./runs.js";
+import { addSessionRoutes } from "./sessions.js";
 import { addWorkflowRoutes } from "./workflows.js";
 
 /** Options of createEdge. */
@@ -37,6 +39,8 @@ export function createEdge(options: EdgeOptions): Edge {
   const router = new EdgeRouter();
   const chat = createChatRoute({ clients: options.clients, maxBodyBytes: options.maxBodyBytes, keepAliveMs: options.keepAliveMs });
   router.add("POST", "/v1/chat/completions", chat);
+  addModelRoutes(router, { clients: options.clients, maxBodyBytes: options.maxBodyBytes });
+  addSessionRoutes(router, options.clients);
   addWorkflowRoutes(router, {
     clients: options.clients,
     maxBodyBytes: options.maxBodyBytes,

@@ -1,6 +1,33 @@
-import type { JsonObject } from "@bufbuild/protobuf";
+import { toJson, type JsonObject, type MessageInitShape } from "@bufbuild/protobuf";
+import { ConnectError } from "@connectrpc/connect";
+import { ModelCallSchema, type CallContextSchema, type ModelCall } from "../../gen/shaker/modelproxy/v1/modelproxy_pb.js";
 import type { Clients } from "../shared/clients.js";
-import { field, HttpError, sendJson, toErrorBody, type Res } from "./http.js";
+import { callerHeaders, field, HttpError, readJson, sendJson, toErrorBody, type Req, type Res } from "./http.js";
+import type { EdgeRouter } from "./router.js";
+
+/** The ModelProxy's marker of an upstream failure: its value is the HTTP status to answer (502 or 504). */
+const upstreamStatusHeader = "shaker-upstream-status";
+
+/** upstreamError turns an upstream model's failure into 502/504; other errors pass unchanged. */
+function upstreamError(err: unknown): unknown {
+  if (err instanceof HttpError) return err;
+  const ce = ConnectError.from(err);
+  const status = Number(ce.metadata.get(upstreamStatusHeader));
+  if (status === 502 || status === 504) return new HttpError(status, ce.rawMessage, null, status === 504 ? "upstream_timeout" : "upstream_error");
+  return err;
+}
+
+/** Fields of a proxied request that are Shaker's own, never sent upstream. */
+function contextOf(body: Record<string, unknown>): { context: MessageInitShape<typeof CallContextSchema>; openaiBody: JsonObject } {
+  const sessionId = field.string(body, "session_id") ?? "";
+  const intent = field.string(body, "intent") ?? field.string(body, "action_type") ?? "";
+  const application = field.string(body, "application") ?? field.string(body, "application_ref_name") ?? "";
+  const secrets = field.stringMap(body, "secrets") ?? {};
+  const { session_id: _s, secrets: _x, metadata: _m, intent: _i, action_type: _a, application: _p, application_ref_name: _r, ...openaiBody } = body;
+  // Secret values sent with a plain model call are only blanked out of the call's record.
+  const context: MessageInitShape<typeof CallContextSchema> = { sessionId, intent, application, redactValues: Object.values(secrets).filter(Boolean) };
+  return { context, openaiBody: openaiBody as JsonObject };
+}
 
 /** proxyModelCall answers POST /v1/chat/completions for a model that is not a workflow, through the ModelProxy. */
 export async function proxyModelCall(
@@ -12,36 +39,116 @@ export async function proxyModelCall(
 ): Promise<void> {
   if (body.messages === undefined) throw new HttpError(400, "'messages' is required", "messages", "missing_field");
   field.objectArray(body, "messages");
-  const sessionId = field.string(body, "session_id") ?? "";
-  const { session_id: _s, secrets: _x, metadata: _m, ...openaiBody } = body;
-  const context = { sessionId };
+  const { context, openaiBody } = contextOf(body);
   const abort = new AbortController();
   res.once("close", () => abort.abort());
-  if (!stream) {
-    const resp = await clients.modelproxy.chatCompletion({ body: openaiBody as JsonObject, context }, { headers, signal: abort.signal });
-    sendJson(res, 200, resp.completion ?? {}, { "x-request-id": resp.callId });
-    return;
-  }
-  const events = clients.modelproxy.chatCompletionStream({ body: openaiBody as JsonObject, context }, { headers, signal: abort.signal })[
-    Symbol.asyncIterator
-  ]();
-  const first = await events.next();
-  res.writeHead(200, {
-    "content-type": "text/event-stream; charset=utf-8",
-    "cache-control": "no-cache",
-    "x-accel-buffering": "no",
-    ...(first.done ? {} : { "x-request-id": first.value.callId }),
-  });
   try {
-    for (let next = first; !next.done; next = await events.next()) {
-      if (!res.write(`data: ${JSON.stringify(next.value.chunk ?? {})}\n\n`)) {
-        await new Promise<void>((resolve) => res.once("drain", resolve));
-      }
+    if (!stream) {
+      const resp = await clients.modelproxy.chatCompletion({ body: openaiBody, context }, { headers, signal: abort.signal });
+      sendJson(res, 200, resp.completion ?? {}, { "x-request-id": resp.callId });
+      return;
     }
-    res.write("data: [DONE]\n\n");
+    const events = clients.modelproxy.chatCompletionStream({ body: openaiBody, context }, { headers, signal: abort.signal })[Symbol.asyncIterator]();
+    // Every error known before the first chunk (auth, bad input, upstream down) is answered with its status.
+    const first = await events.next();
+    res.writeHead(200, {
+      "content-type": "text/event-stream; charset=utf-8",
+      "cache-control": "no-cache",
+      "x-accel-buffering": "no",
+      ...(first.done ? {} : { "x-request-id": first.value.callId }),
+    });
+    try {
+      for (let next = first; !next.done; next = await events.next()) {
+        // Each chunk leaves as it arrives; only a slow reader makes us wait (never an unbounded buffer).
+        if (!res.write(`data: ${JSON.stringify(next.value.chunk ?? {})}\n\n`)) {
+          await new Promise<void>((resolve) => {
+            const done = () => {
+              res.off("drain", done);
+              res.off("close", done);
+              resolve();
+            };
+            res.on("drain", done);
+            res.on("close", done);
+          });
+        }
+      }
+      res.write("data: [DONE]\n\n");
+    } catch (err) {
+      if (!abort.signal.aborted) res.write(`data: ${JSON.stringify(toErrorBody(upstreamError(err)).body)}\n\n`);
+    } finally {
+      res.end();
+    }
   } catch (err) {
-    if (!abort.signal.aborted) res.write(`data: ${JSON.stringify(toErrorBody(err).body)}\n\n`);
-  } finally {
-    res.end();
+    throw upstreamError(err);
   }
+}
+
+/** Options of the model routes. */
+export interface ModelRoutesOptions {
+  clients: Clients;
+  maxBodyBytes: number;
+}
+
+/** addModelRoutes registers /v1/embeddings, /v1/models and /v1/metrics. */
+export function addModelRoutes(router: EdgeRouter, options: ModelRoutesOptions): void {
+  const { clients } = options;
+
+  router.add("POST", "/v1/embeddings", async (req: Req, res: Res) => {
+    const headers = callerHeaders(req);
+    const body = await readJson(req, options.maxBodyBytes);
+    const input = body.input;
+    const ok = typeof input === "string" || (Array.isArray(input) && input.length > 0);
+    if (!ok) throw new HttpError(400, "'input' is required: a string or a non-empty array", "input", input === undefined ? "missing_field" : "invalid_type");
+    field.string(body, "model");
+    const { context, openaiBody } = contextOf(body);
+    try {
+      const resp = await clients.modelproxy.embeddings({ body: openaiBody, context }, { headers });
+      sendJson(res, 200, resp.response ?? {}, { "x-request-id": resp.callId });
+    } catch (err) {
+      throw upstreamError(err);
+    }
+  });
+
+  router.add("GET", "/v1/models", async (req: Req, res: Res) => {
+    const headers = callerHeaders(req);
+    const models = await clients.modelproxy.listModels({}, { headers });
+    const workflows: { id: string; created: number }[] = [];
+    for (let offset = 0; ; offset += 100) {
+      const page = await clients.registry.listWorkflows({ offset, limit: 100 }, { headers });
+      for (const w of page.workflows) {
+        const created = w.createdAt ? Number(w.createdAt.seconds) : 0;
+        workflows.push({ id: `workflow:${w.workflowRefName}`, created });
+      }
+      if (page.workflows.length < 100 || workflows.length >= page.total) break;
+    }
+    const now = Math.floor(Date.now() / 1000);
+    sendJson(res, 200, {
+      object: "list",
+      data: [
+        ...workflows.map((w) => ({ id: w.id, object: "model", created: w.created, owned_by: "workflow" })),
+        ...models.models.map((m) => ({ id: m.id, object: "model", created: now, owned_by: m.provider, kind: m.kind })),
+      ],
+    });
+  });
+
+  router.add("GET", "/v1/metrics", async (req: Req, res: Res) => {
+    const headers = callerHeaders(req);
+    const m = await clients.modelproxy.getMetrics({}, { headers });
+    sendJson(res, 200, {
+      data: {
+        modelproxy: {
+          calls: m.calls,
+          upstream_attempts: m.upstreamAttempts,
+          calls_recorded: m.callsRecorded,
+          calls_pending: m.callsPending,
+          calls_dropped: m.callsDropped,
+        },
+      },
+    });
+  });
+}
+
+/** modelCallJson is a recorded model call in the REST shape (snake_case fields). */
+export function modelCallJson(call: ModelCall): JsonObject {
+  return toJson(ModelCallSchema, call, { useProtoFieldName: true, alwaysEmitImplicit: true }) as JsonObject;
 }

@@ -1,24 +1,451 @@
-import { Code, ConnectError, type ServiceImpl } from "@connectrpc/connect";
-import { ModelProxyService } from "../../gen/shaker/modelproxy/v1/modelproxy_pb.js";
+import type { JsonObject, MessageInitShape } from "@bufbuild/protobuf";
+import { Code, ConnectError, type HandlerContext, type ServiceImpl } from "@connectrpc/connect";
+import type OpenAI from "openai";
+import { ModelProxyService, type CallContext, type ModelCallSchema } from "../../gen/shaker/modelproxy/v1/modelproxy_pb.js";
+import { requireAccount, type Identity } from "../shared/auth.js";
 import type { ServiceDeps } from "../shared/deps.js";
+import { newId } from "../shared/ids.js";
+import { timestampOf } from "../shared/json.js";
+import { createRedactor, redactJson } from "../shared/redact.js";
+import { localChat, localChatStream, localEmbeddings } from "./local.js";
+import {
+  classify,
+  listModels,
+  loadProxyConfig,
+  resolveTargets,
+  retryAfterMs,
+  sleep,
+  type ProxyConfig,
+  type Target,
+  type UpstreamFailure,
+} from "./providers.js";
+import { createRecorder, type RecorderOptions } from "./recorder.js";
+import type { AttemptRecord } from "./schema.js";
+import { createModelProxyStore, type CallRow } from "./store.js";
 
-const notYet = () => {
-  throw new ConnectError("the ModelProxy is not available in this build yet", Code.Unimplemented);
-};
+type Json = Record<string, unknown>;
 
-/** createModelProxyService builds the ModelProxy's handlers. */
-export function createModelProxyService(_deps: ServiceDeps): { impl: ServiceImpl<typeof ModelProxyService>; close(): Promise<void> } {
+/** The header that tells the edge an error came from an upstream model (its value: 502 or 504). */
+export const upstreamStatusHeader = "shaker-upstream-status";
+const paramHeader = "shaker-param";
+
+/** Call is one model call in flight: who made it and how it goes. */
+interface Call {
+  id: string;
+  accountId: string;
+  sessionId: string;
+  runId: string;
+  workflowRefName: string;
+  intent: string;
+  application: string;
+  kind: "chat" | "chat_stream" | "embeddings";
+  model: string;
+  provider: string;
+  attempts: AttemptRecord[];
+  createdAt: number;
+  t0: number;
+  ttftMs: number;
+  redact: (text: string) => string;
+  request: Json;
+}
+
+/** Watch bounds one attempt: it aborts when the caller goes away or nothing arrives for timeoutMs. */
+interface Watch {
+  signal: AbortSignal;
+  readonly timedOut: boolean;
+  /** touch restarts the timer (a chunk arrived). */
+  touch(): void;
+  dispose(): void;
+}
+
+function watch(outer: AbortSignal, timeoutMs: number): Watch {
+  const ac = new AbortController();
+  let timedOut = false;
+  const onOuter = () => ac.abort(outer.reason);
+  outer.addEventListener("abort", onOuter, { once: true });
+  const timer = setTimeout(() => {
+    timedOut = true;
+    ac.abort(new Error(`no answer within ${timeoutMs} ms`));
+  }, timeoutMs);
   return {
-    impl: {
-      chatCompletion: notYet,
-      // eslint-disable-next-line require-yield
-      async *chatCompletionStream() {
-        notYet();
-      },
-      embeddings: notYet,
-      listModels: notYet,
-      listCalls: notYet,
+    signal: ac.signal,
+    get timedOut() {
+      return timedOut;
     },
-    async close() {},
+    touch: () => void timer.refresh(),
+    dispose() {
+      clearTimeout(timer);
+      outer.removeEventListener("abort", onOuter);
+    },
+  };
+}
+
+function invalid(message: string, param: string): ConnectError {
+  return new ConnectError(message, Code.InvalidArgument, new Headers({ [paramHeader]: param }));
+}
+
+/** Options of createModelProxyService beyond the shared deps (tests tune them). */
+export interface ModelProxyOptions {
+  recorder?: RecorderOptions;
+  /** proxyConfig replaces the routing table read from the environment and config file. */
+  proxyConfig?: ProxyConfig;
+}
+
+/**
+ * createModelProxyService builds the ModelProxy's handlers: routing to providers with retries,
+ * timeouts and fallbacks, streaming pass-through, and a record of every call written in batches
+ * off the hot path. close() writes the records still pending. Throws at start when the models
+ * config is malformed.
+ */
+export function createModelProxyService(
+  deps: ServiceDeps,
+  options: ModelProxyOptions = {},
+): { impl: ServiceImpl<typeof ModelProxyService>; close(): Promise<void> } {
+  const cfg = options.proxyConfig ?? loadProxyConfig(deps.config);
+  const store = createModelProxyStore(deps.dbFile);
+  const recorder = createRecorder(store, options.recorder);
+  const metrics = { calls: 0, attempts: 0 };
+
+  async function begin(ctx: HandlerContext, context: CallContext | undefined, kind: Call["kind"], body: Json | undefined): Promise<Call> {
+    const identity: Identity = await deps.auth.identify(ctx.requestHeader);
+    const accountId = requireAccount(identity);
+    const c = context;
+    const run = identity.kind === "run" ? identity.claims : undefined;
+    const secrets = Object.fromEntries((c?.redactValues ?? []).map((v, i) => [String(i), v]));
+    if (!body) throw invalid("'body' is required", "body");
+    return {
+      id: newId("call"),
+      accountId,
+      // A run token's own run and session win: a run can only make calls attributed to itself.
+      sessionId: run ? run.session : (c?.sessionId ?? ""),
+      runId: run ? run.run : (c?.runId ?? ""),
+      workflowRefName: run ? run.workflow : (c?.workflowRefName ?? ""),
+      intent: c?.intent ?? "",
+      application: c?.application ?? "",
+      kind,
+      model: typeof body.model === "string" ? body.model : "",
+      provider: "",
+      attempts: [],
+      createdAt: Date.now(),
+      t0: performance.now(),
+      ttftMs: 0,
+      redact: createRedactor(secrets),
+      request: body,
+    };
+  }
+
+  function finish(call: Call, outcome: { response?: unknown; usage?: unknown; error?: unknown }): void {
+    metrics.calls++;
+    const usage = (outcome.usage ?? {}) as { prompt_tokens?: number; completion_tokens?: number };
+    const error = outcome.error === undefined ? "" : call.redact(ConnectError.from(outcome.error).rawMessage);
+    recorder.push({
+      id: call.id,
+      accountId: call.accountId,
+      sessionId: call.sessionId,
+      runId: call.runId,
+      workflowRefName: call.workflowRefName,
+      intent: call.intent,
+      application: call.application,
+      kind: call.kind,
+      model: call.model,
+      provider: call.provider,
+      attempts: call.attempts.length,
+      attemptLog: call.attempts,
+      status: outcome.error === undefined ? "ok" : "error",
+      error,
+      latencyMs: performance.now() - call.t0,
+      ttftMs: call.ttftMs,
+      promptTokens: Number(usage.prompt_tokens ?? 0) || 0,
+      completionTokens: Number(usage.completion_tokens ?? 0) || 0,
+      request: redactJson(call.request, call.redact),
+      response: outcome.response === undefined ? null : redactJson(outcome.response, call.redact),
+      createdAt: call.createdAt,
+    });
+  }
+
+  function targetsFor(call: Call, kind: "chat" | "embedding"): Target[] {
+    const { targets } = resolveTargets(cfg, kind, { model: call.model, intent: call.intent, application: call.application });
+    return targets;
+  }
+
+  function giveUp(call: Call, last: UpstreamFailure | undefined): ConnectError {
+    const where = `${call.model || "?"} at ${call.provider || "?"}`;
+    const text = call.redact(
+      `the model call failed after ${call.attempts.length} attempt(s); last: ${where}: ${last?.message ?? "no provider"}`,
+    );
+    if (last?.timeout) return new ConnectError(text, Code.DeadlineExceeded, new Headers({ [upstreamStatusHeader]: "504" }));
+    return new ConnectError(text, Code.Unavailable, new Headers({ [upstreamStatusHeader]: "502" }));
+  }
+
+  /**
+   * attempt tries each target in order, retrying each on 429, 5xx, timeouts and lost connections
+   * with exponential backoff (or the upstream's Retry-After), and records every attempt. On success
+   * the attempt's watch is handed back still armed, for streams to keep using.
+   */
+  async function attempt<T>(call: Call, targets: Target[], outer: AbortSignal, fn: (t: Target, w: Watch) => Promise<T>): Promise<{ value: T; watch: Watch }> {
+    let last: UpstreamFailure | undefined;
+    for (const target of targets) {
+      call.model = target.model;
+      call.provider = target.provider.name;
+      let backoff = 0;
+      for (let i = 0; i <= target.provider.maxRetries; i++) {
+        if (backoff > 0) {
+          try {
+            await sleep(backoff, outer);
+          } catch {
+            throw new ConnectError("the caller cancelled the model call", Code.Canceled);
+          }
+        }
+        const w = watch(outer, target.provider.timeoutMs);
+        const started = performance.now();
+        metrics.attempts++;
+        try {
+          const value = await fn(target, w);
+          call.attempts.push({ model: target.model, provider: target.provider.name, status: 200, error: "", durationMs: performance.now() - started });
+          return { value, watch: w };
+        } catch (e) {
+          w.dispose();
+          if (outer.aborted) throw new ConnectError("the caller cancelled the model call", Code.Canceled);
+          // The proxy's own refusals (a bad input to the local model) are the caller's errors, not the upstream's.
+          if (e instanceof ConnectError) throw e;
+          const f = classify(e, w.timedOut, target.provider.timeoutMs);
+          last = f;
+          call.attempts.push({ model: target.model, provider: target.provider.name, status: f.status, error: call.redact(f.message), durationMs: performance.now() - started });
+          if (f.then === "stop") {
+            throw new ConnectError(call.redact(`the upstream model refused the request: ${f.message}`), Code.InvalidArgument);
+          }
+          if (f.then === "next") break;
+          backoff = retryAfterMs(e) ?? cfg.backoffMs * 2 ** i;
+        }
+      }
+    }
+    throw giveUp(call, last);
+  }
+
+  function checkMessages(body: Json): void {
+    if (!Array.isArray(body.messages)) throw invalid("'messages' is required and must be an array of chat messages", "messages");
+    body.messages.forEach((m, i) => {
+      if (m === null || typeof m !== "object" || Array.isArray(m)) throw invalid(`'messages[${i}]' must be a JSON object`, `messages[${i}]`);
+    });
+    if (body.model !== undefined && typeof body.model !== "string") throw invalid("'model' must be a string", "model");
+  }
+
+  const impl: ServiceImpl<typeof ModelProxyService> = {
+    async chatCompletion(req, ctx) {
+      const call = await begin(ctx, req.context, "chat", req.body);
+      try {
+        checkMessages(call.request);
+        const { stream: _s, stream_options: _o, ...body } = call.request;
+        const { value, watch: w } = await attempt(call, targetsFor(call, "chat"), ctx.signal, async (t, w) => {
+          if (!t.provider.client) return localChat(body);
+          const completion = await t.provider.client.chat.completions.create(
+            { ...(body as unknown as OpenAI.Chat.ChatCompletionCreateParamsNonStreaming), model: t.model, stream: false },
+            { signal: w.signal },
+          );
+          if (!completion || typeof completion !== "object" || !Array.isArray((completion as unknown as Json).choices)) {
+            throw new SyntaxError("the answer is not a chat.completion object");
+          }
+          return completion as unknown as Json;
+        });
+        w.dispose();
+        finish(call, { response: value, usage: value.usage });
+        return { completion: value as JsonObject, callId: call.id };
+      } catch (e) {
+        finish(call, { error: e });
+        throw e;
+      }
+    },
+
+    async *chatCompletionStream(req, ctx) {
+      const call = await begin(ctx, req.context, "chat_stream", req.body);
+      const asked = call.request.stream_options as Json | undefined;
+      const forwardUsage = asked?.include_usage !== false;
+      const collected = { id: "", model: "", content: "", toolCalls: [] as Json[], finish: null as unknown, usage: undefined as unknown, role: "assistant" };
+      let w: Watch | undefined;
+      let upstreamIterator: AsyncIterator<unknown> | undefined;
+      let ended = false;
+      let error: unknown;
+      try {
+        checkMessages(call.request);
+        const body: Json = { ...call.request, stream: true, stream_options: { ...(asked ?? {}), include_usage: true } };
+        const opened = await attempt(call, targetsFor(call, "chat"), ctx.signal, async (t, w) => {
+          const iterator: AsyncIterator<unknown> = t.provider.client
+            ? (
+                await t.provider.client.chat.completions.create(
+                  { ...(body as unknown as OpenAI.Chat.ChatCompletionCreateParamsStreaming), model: t.model },
+                  { signal: w.signal },
+                )
+              )[Symbol.asyncIterator]()
+            : localChatStream(body, w.signal);
+          // Failures before the first chunk are retried; after it, the stream is the caller's.
+          const first = await iterator.next();
+          return { iterator, first };
+        });
+        w = opened.watch;
+        const { iterator } = opened.value;
+        upstreamIterator = iterator;
+        for (let next = opened.value.first; ; next = await iterator.next()) {
+          if (next.done) {
+            ended = true;
+            break;
+          }
+          if (call.ttftMs === 0) call.ttftMs = performance.now() - call.t0;
+          const chunk = next.value as Json;
+          collect(collected, chunk);
+          const usageOnly = Array.isArray(chunk.choices) && chunk.choices.length === 0 && chunk.usage;
+          if (!usageOnly || forwardUsage) yield { chunk: chunk as JsonObject, callId: call.id };
+          w.touch();
+        }
+      } catch (e) {
+        if (w?.timedOut) {
+          error = new ConnectError(`the upstream stream stalled: no chunk within ${cfg.providers.get(call.provider)?.timeoutMs} ms`, Code.DeadlineExceeded, new Headers({ [upstreamStatusHeader]: "504" }));
+        } else if (ctx.signal.aborted) {
+          error = new ConnectError("the caller cancelled the model call", Code.Canceled);
+        } else if (e instanceof ConnectError) {
+          error = e;
+        } else {
+          error = new ConnectError(call.redact(`the upstream stream failed: ${classify(e, false, 0).message}`), Code.Unavailable, new Headers({ [upstreamStatusHeader]: "502" }));
+        }
+        throw error;
+      } finally {
+        // A consumer that stopped early must not leave the upstream request open.
+        if (upstreamIterator && !ended) Promise.resolve(upstreamIterator.return?.()).catch(() => {});
+        w?.dispose();
+        const response = {
+          id: collected.id,
+          object: "chat.completion",
+          model: collected.model,
+          choices: [
+            {
+              index: 0,
+              message: { role: collected.role, content: collected.content || null, ...(collected.toolCalls.length ? { tool_calls: collected.toolCalls } : {}) },
+              finish_reason: collected.finish,
+            },
+          ],
+          usage: collected.usage ?? null,
+        };
+        // A consumer that stops early ends the generator without an error: recorded as cancelled.
+        const cancelled = error === undefined && collected.finish === null && ctx.signal.aborted;
+        finish(call, { response, usage: collected.usage, error: error ?? (cancelled ? new ConnectError("the caller cancelled the model call", Code.Canceled) : undefined) });
+      }
+    },
+
+    async embeddings(req, ctx) {
+      const call = await begin(ctx, req.context, "embeddings", req.body);
+      try {
+        const input = call.request.input;
+        const inputs = typeof input === "string" ? [input] : input;
+        if (!Array.isArray(inputs) || inputs.length === 0) throw invalid("'input' is required: a string or a non-empty list of strings", "input");
+        if (call.request.model !== undefined && typeof call.request.model !== "string") throw invalid("'model' must be a string", "model");
+        const { value, watch: w } = await attempt(call, targetsFor(call, "embedding"), ctx.signal, async (t, w) => {
+          if (!t.provider.client) {
+            inputs.forEach((x, i) => {
+              if (typeof x !== "string") throw invalid(`'input[${i}]' must be a string for the local model`, `input[${i}]`);
+            });
+            const dims = call.request.dimensions;
+            return localEmbeddings(inputs as string[], typeof dims === "number" && Number.isInteger(dims) && dims > 0 && dims <= 4096 ? dims : undefined, call.request.encoding_format);
+          }
+          const resp = await t.provider.client.embeddings.create({ ...(call.request as unknown as OpenAI.EmbeddingCreateParams), model: t.model }, { signal: w.signal });
+          if (!resp || !Array.isArray((resp as unknown as Json).data)) throw new SyntaxError("the answer is not an embeddings list");
+          return resp as unknown as Json;
+        });
+        w.dispose();
+        // Vectors are large and derived: the stored response keeps everything else.
+        const stored = { ...value, data: ((value.data as Json[]) ?? []).map((d) => ({ index: d.index, object: d.object, dimensions: Array.isArray(d.embedding) ? d.embedding.length : typeof d.embedding === "string" ? Buffer.byteLength(d.embedding, "base64") / 4 : 0 })) };
+        finish(call, { response: stored, usage: value.usage });
+        return { response: value as JsonObject, callId: call.id };
+      } catch (e) {
+        finish(call, { error: e });
+        throw e;
+      }
+    },
+
+    async listModels(_req, ctx) {
+      requireAccount(await deps.auth.identify(ctx.requestHeader));
+      return { models: listModels(cfg) };
+    },
+
+    async listCalls(req, ctx) {
+      const identity = await deps.auth.identify(ctx.requestHeader);
+      const accountId = requireAccount(identity);
+      if (req.offset < 0) throw invalid("offset must be 0 or more", "offset");
+      if (req.limit < 0 || req.limit > 1000) throw invalid("limit must be between 1 and 1000", "limit");
+      // Read your writes: whatever is pending is written before the query.
+      recorder.flush();
+      const rows = store.listCalls({
+        accountId,
+        // A run token sees its own session's calls only.
+        sessionId: identity.kind === "run" ? identity.claims.session : req.sessionId || undefined,
+        runId: req.runId || undefined,
+        workflowRefName: req.workflowRefName || undefined,
+        offset: req.offset,
+        limit: req.limit || 100,
+      });
+      return { calls: rows.map((r) => callMessage(r, req.includeBodies)) };
+    },
+
+    async getMetrics(_req, ctx) {
+      requireAccount(await deps.auth.identify(ctx.requestHeader));
+      const c = recorder.counters();
+      return { calls: metrics.calls, upstreamAttempts: metrics.attempts, callsRecorded: c.recorded, callsPending: c.pending, callsDropped: c.dropped };
+    },
+  };
+
+  return {
+    impl,
+    async close() {
+      recorder.flush();
+      store.close();
+    },
+  };
+}
+
+function collect(acc: { id: string; model: string; content: string; toolCalls: Json[]; finish: unknown; usage: unknown }, chunk: Json): void {
+  if (typeof chunk.id === "string" && !acc.id) acc.id = chunk.id;
+  if (typeof chunk.model === "string" && !acc.model) acc.model = chunk.model;
+  if (chunk.usage) acc.usage = chunk.usage;
+  const choice = Array.isArray(chunk.choices) ? (chunk.choices[0] as Json | undefined) : undefined;
+  if (!choice) return;
+  if (choice.finish_reason) acc.finish = choice.finish_reason;
+  const delta = (choice.delta ?? {}) as Json;
+  if (typeof delta.content === "string") acc.content += delta.content;
+  if (Array.isArray(delta.tool_calls)) {
+    for (const tc of delta.tool_calls as Json[]) {
+      const index = typeof tc.index === "number" ? tc.index : 0;
+      const fn = (tc.function ?? {}) as Json;
+      const have = acc.toolCalls[index] as { id?: unknown; type?: unknown; function: { name: string; arguments: string } } | undefined;
+      if (!have) {
+        acc.toolCalls[index] = { id: tc.id, type: tc.type ?? "function", function: { name: fn.name ?? "", arguments: fn.arguments ?? "" } };
+      } else {
+        if (typeof fn.name === "string") have.function.name += fn.name;
+        if (typeof fn.arguments === "string") have.function.arguments += fn.arguments;
+      }
+    }
+  }
+}
+
+function callMessage(r: CallRow, bodies: boolean): MessageInitShape<typeof ModelCallSchema> {
+  return {
+    callId: r.id,
+    accountId: r.accountId,
+    sessionId: r.sessionId,
+    runId: r.runId,
+    workflowRefName: r.workflowRefName,
+    intent: r.intent,
+    application: r.application,
+    kind: r.kind,
+    model: r.model,
+    provider: r.provider,
+    attempts: r.attempts,
+    status: r.status,
+    error: r.error,
+    latencyMs: r.latencyMs,
+    ttftMs: r.ttftMs,
+    promptTokens: r.promptTokens,
+    completionTokens: r.completionTokens,
+    totalTokens: r.promptTokens + r.completionTokens,
+    request: bodies && r.request ? (r.request as JsonObject) : undefined,
+    response: bodies && r.response ? (r.response as JsonObject) : undefined,
+    createdAt: timestampOf(r.createdAt),
   };
 }

@@ -28,6 +28,14 @@ export interface Config {
   maxNestingDepth: number;
   /** sseKeepAliveMs is the interval of `: keep-alive` comments on quiet streams; `SHAKER_SSE_KEEPALIVE_MS`, default 15000. */
   sseKeepAliveMs: number;
+  /** openaiApiKey is the key of the default OpenAI-compatible upstream; `OPENAI_API_KEY`. */
+  openaiApiKey: string | undefined;
+  /** openaiBaseUrl is the default upstream's base URL; `OPENAI_BASE_URL` (the OpenAI API when only a key is set). */
+  openaiBaseUrl: string | undefined;
+  /** modelsConfigFile is a JSON file of providers, models and routes for the ModelProxy; `SHAKER_MODELS_CONFIG`. */
+  modelsConfigFile: string | undefined;
+  /** defaultModel serves calls that name no model when an upstream is configured; `SHAKER_DEFAULT_MODEL`. */
+  defaultModel: string | undefined;
   /** quiet silences the start-up banner (tests). */
   quiet: boolean;
 }
@@ -64,6 +72,10 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env, overrides: Part
     workers: Math.max(1, envInt(env, "SHAKER_WORKERS", 2)),
     maxNestingDepth: envInt(env, "SHAKER_MAX_NESTING_DEPTH", 5),
     sseKeepAliveMs: Math.max(1, envInt(env, "SHAKER_SSE_KEEPALIVE_MS", 15_000)),
+    openaiApiKey: envString(env, "OPENAI_API_KEY"),
+    openaiBaseUrl: envString(env, "OPENAI_BASE_URL"),
+    modelsConfigFile: envString(env, "SHAKER_MODELS_CONFIG"),
+    defaultModel: envString(env, "SHAKER_DEFAULT_MODEL"),
     quiet: false,
     ...overrides,
   };

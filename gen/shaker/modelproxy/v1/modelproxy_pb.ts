@@ -12,11 +12,13 @@ import type { JsonObject, Message } from "@bufbuild/protobuf";
  * Describes the file shaker/modelproxy/v1/modelproxy.proto.
  */
 export const file_shaker_modelproxy_v1_modelproxy: GenFile = /*@__PURE__*/
-  fileDesc("CiVzaGFrZXIvbW9kZWxwcm94eS92MS9tb2RlbHByb3h5LnByb3RvEhRzaGFrZXIubW9kZWxwcm94eS52MSJxCgtDYWxsQ29udGV4dBISCgpzZXNzaW9uX2lkGAEgASgJEg4KBmludGVudBgCIAEoCRITCgthcHBsaWNhdGlvbhgDIAEoCRIOCgZydW5faWQYBCABKAkSGQoRd29ya2Zsb3dfcmVmX25hbWUYBSABKAkicgoVQ2hhdENvbXBsZXRpb25SZXF1ZXN0EiUKBGJvZHkYASABKAsyFy5nb29nbGUucHJvdG9idWYuU3RydWN0EjIKB2NvbnRleHQYAiABKAsyIS5zaGFrZXIubW9kZWxwcm94eS52MS5DYWxsQ29udGV4dCJWChZDaGF0Q29tcGxldGlvblJlc3BvbnNlEisKCmNvbXBsZXRpb24YASABKAsyFy5nb29nbGUucHJvdG9idWYuU3RydWN0Eg8KB2NhbGxfaWQYAiABKAkieAobQ2hhdENvbXBsZXRpb25TdHJlYW1SZXF1ZXN0EiUKBGJvZHkYASABKAsyFy5nb29nbGUucHJvdG9idWYuU3RydWN0EjIKB2NvbnRleHQYAiABKAsyIS5zaGFrZXIubW9kZWxwcm94eS52MS5DYWxsQ29udGV4dCJXChxDaGF0Q29tcGxldGlvblN0cmVhbVJlc3BvbnNlEiYKBWNodW5rGAEgASgLMhcuZ29vZ2xlLnByb3RvYnVmLlN0cnVjdBIPCgdjYWxsX2lkGAIgASgJIm4KEUVtYmVkZGluZ3NSZXF1ZXN0EiUKBGJvZHkYASABKAsyFy5nb29nbGUucHJvdG9idWYuU3RydWN0EjIKB2NvbnRleHQYAiABKAsyIS5zaGFrZXIubW9kZWxwcm94eS52MS5DYWxsQ29udGV4dCJQChJFbWJlZGRpbmdzUmVzcG9uc2USKQoIcmVzcG9uc2UYASABKAsyFy5nb29nbGUucHJvdG9idWYuU3RydWN0Eg8KB2NhbGxfaWQYAiABKAkiMwoFTW9kZWwSCgoCaWQYASABKAkSEAoIcHJvdmlkZXIYAiABKAkSDAoEa2luZBgDIAEoCSITChFMaXN0TW9kZWxzUmVxdWVzdCJBChJMaXN0TW9kZWxzUmVzcG9uc2USKwoGbW9kZWxzGAEgAygLMhsuc2hha2VyLm1vZGVscHJveHkudjEuTW9kZWwi5gMKCU1vZGVsQ2FsbBIPCgdjYWxsX2lkGAEgASgJEhIKCmFjY291bnRfaWQYAiABKAkSEgoKc2Vzc2lvbl9pZBgDIAEoCRIOCgZydW5faWQYBCABKAkSGQoRd29ya2Zsb3dfcmVmX25hbWUYBSABKAkSDgoGaW50ZW50GAYgASgJEhMKC2FwcGxpY2F0aW9uGAcgASgJEgwKBGtpbmQYCCABKAkSDQoFbW9kZWwYCSABKAkSEAoIcHJvdmlkZXIYCiABKAkSEAoIYXR0ZW1wdHMYCyABKAUSDgoGc3RhdHVzGAwgASgJEg0KBWVycm9yGA0gASgJEhIKCmxhdGVuY3lfbXMYDiABKAESDwoHdHRmdF9tcxgPIAEoARIVCg1wcm9tcHRfdG9rZW5zGBAgASgFEhkKEWNvbXBsZXRpb25fdG9rZW5zGBEgASgFEhQKDHRvdGFsX3Rva2VucxgSIAEoBRIoCgdyZXF1ZXN0GBMgASgLMhcuZ29vZ2xlLnByb3RvYnVmLlN0cnVjdBIpCghyZXNwb25zZRgUIAEoCzIXLmdvb2dsZS5wcm90b2J1Zi5TdHJ1Y3QSLgoKY3JlYXRlZF9hdBgVIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAiiAEKEExpc3RDYWxsc1JlcXVlc3QSEgoKc2Vzc2lvbl9pZBgBIAEoCRIOCgZydW5faWQYAiABKAkSGQoRd29ya2Zsb3dfcmVmX25hbWUYAyABKAkSDgoGb2Zmc2V0GAQgASgFEg0KBWxpbWl0GAUgASgFEhYKDmluY2x1ZGVfYm9kaWVzGAYgASgIIkMKEUxpc3RDYWxsc1Jlc3BvbnNlEi4KBWNhbGxzGAEgAygLMh8uc2hha2VyLm1vZGVscHJveHkudjEuTW9kZWxDYWxsMqEEChFNb2RlbFByb3h5U2VydmljZRJrCg5DaGF0Q29tcGxldGlvbhIrLnNoYWtlci5tb2RlbHByb3h5LnYxLkNoYXRDb21wbGV0aW9uUmVxdWVzdBosLnNoYWtlci5tb2RlbHByb3h5LnYxLkNoYXRDb21wbGV0aW9uUmVzcG9uc2USfwoUQ2hhdENvbXBsZXRpb25TdHJlYW0SMS5zaGFrZXIubW9kZWxwcm94eS52MS5DaGF0Q29tcGxldGlvblN0cmVhbVJlcXVlc3QaMi5zaGFrZXIubW9kZWxwcm94eS52MS5DaGF0Q29tcGxldGlvblN0cmVhbVJlc3BvbnNlMAESXwoKRW1iZWRkaW5ncxInLnNoYWtlci5tb2RlbHByb3h5LnYxLkVtYmVkZGluZ3NSZXF1ZXN0Giguc2hha2VyLm1vZGVscHJveHkudjEuRW1iZWRkaW5nc1Jlc3BvbnNlEl8KCkxpc3RNb2RlbHMSJy5zaGFrZXIubW9kZWxwcm94eS52MS5MaXN0TW9kZWxzUmVxdWVzdBooLnNoYWtlci5tb2RlbHByb3h5LnYxLkxpc3RNb2RlbHNSZXNwb25zZRJcCglMaXN0Q2FsbHMSJi5zaGFrZXIubW9kZWxwcm94eS52MS5MaXN0Q2FsbHNSZXF1ZXN0Gicuc2hha2VyLm1vZGVscHJveHkudjEuTGlzdENhbGxzUmVzcG9uc2ViBnByb3RvMw", [file_google_protobuf_struct, file_google_protobuf_timestamp]);
+  fileDesc("CiVzaGFrZXIvbW9kZWxwcm94eS92MS9tb2RlbHByb3h5LnByb3RvEhRzaGFrZXIubW9kZWxwcm94eS52MSKIAQoLQ2FsbENvbnRleHQSEgoKc2Vzc2lvbl9pZBgBIAEoCRIOCgZpbnRlbnQYAiABKAkSEwoLYXBwbGljYXRpb24YAyABKAkSDgoGcnVuX2lkGAQgASgJEhkKEXdvcmtmbG93X3JlZl9uYW1lGAUgASgJEhUKDXJlZGFjdF92YWx1ZXMYBiADKAkicgoVQ2hhdENvbXBsZXRpb25SZXF1ZXN0EiUKBGJvZHkYASABKAsyFy5nb29nbGUucHJvdG9idWYuU3RydWN0EjIKB2NvbnRleHQYAiABKAsyIS5zaGFrZXIubW9kZWxwcm94eS52MS5DYWxsQ29udGV4dCJWChZDaGF0Q29tcGxldGlvblJlc3BvbnNlEisKCmNvbXBsZXRpb24YASABKAsyFy5nb29nbGUucHJvdG9idWYuU3RydWN0Eg8KB2NhbGxfaWQYAiABKAkieAobQ2hhdENvbXBsZXRpb25TdHJlYW1SZXF1ZXN0EiUKBGJvZHkYASABKAsyFy5nb29nbGUucHJvdG9idWYuU3RydWN0EjIKB2NvbnRleHQYAiABKAsyIS5zaGFrZXIubW9kZWxwcm94eS52MS5DYWxsQ29udGV4dCJXChxDaGF0Q29tcGxldGlvblN0cmVhbVJlc3BvbnNlEiYKBWNodW5rGAEgASgLMhcuZ29vZ2xlLnByb3RvYnVmLlN0cnVjdBIPCgdjYWxsX2lkGAIgASgJIm4KEUVtYmVkZGluZ3NSZXF1ZXN0EiUKBGJvZHkYASABKAsyFy5nb29nbGUucHJvdG9idWYuU3RydWN0EjIKB2NvbnRleHQYAiABKAsyIS5zaGFrZXIubW9kZWxwcm94eS52MS5DYWxsQ29udGV4dCJQChJFbWJlZGRpbmdzUmVzcG9uc2USKQoIcmVzcG9uc2UYASABKAsyFy5nb29nbGUucHJvdG9idWYuU3RydWN0Eg8KB2NhbGxfaWQYAiABKAkiMwoFTW9kZWwSCgoCaWQYASABKAkSEAoIcHJvdmlkZXIYAiABKAkSDAoEa2luZBgDIAEoCSITChFMaXN0TW9kZWxzUmVxdWVzdCJBChJMaXN0TW9kZWxzUmVzcG9uc2USKwoGbW9kZWxzGAEgAygLMhsuc2hha2VyLm1vZGVscHJveHkudjEuTW9kZWwi5gMKCU1vZGVsQ2FsbBIPCgdjYWxsX2lkGAEgASgJEhIKCmFjY291bnRfaWQYAiABKAkSEgoKc2Vzc2lvbl9pZBgDIAEoCRIOCgZydW5faWQYBCABKAkSGQoRd29ya2Zsb3dfcmVmX25hbWUYBSABKAkSDgoGaW50ZW50GAYgASgJEhMKC2FwcGxpY2F0aW9uGAcgASgJEgwKBGtpbmQYCCABKAkSDQoFbW9kZWwYCSABKAkSEAoIcHJvdmlkZXIYCiABKAkSEAoIYXR0ZW1wdHMYCyABKAUSDgoGc3RhdHVzGAwgASgJEg0KBWVycm9yGA0gASgJEhIKCmxhdGVuY3lfbXMYDiABKAESDwoHdHRmdF9tcxgPIAEoARIVCg1wcm9tcHRfdG9rZW5zGBAgASgFEhkKEWNvbXBsZXRpb25fdG9rZW5zGBEgASgFEhQKDHRvdGFsX3Rva2VucxgSIAEoBRIoCgdyZXF1ZXN0GBMgASgLMhcuZ29vZ2xlLnByb3RvYnVmLlN0cnVjdBIpCghyZXNwb25zZRgUIAEoCzIXLmdvb2dsZS5wcm90b2J1Zi5TdHJ1Y3QSLgoKY3JlYXRlZF9hdBgVIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAiiAEKEExpc3RDYWxsc1JlcXVlc3QSEgoKc2Vzc2lvbl9pZBgBIAEoCRIOCgZydW5faWQYAiABKAkSGQoRd29ya2Zsb3dfcmVmX25hbWUYAyABKAkSDgoGb2Zmc2V0GAQgASgFEg0KBWxpbWl0GAUgASgFEhYKDmluY2x1ZGVfYm9kaWVzGAYgASgIIkMKEUxpc3RDYWxsc1Jlc3BvbnNlEi4KBWNhbGxzGAEgAygLMh8uc2hha2VyLm1vZGVscHJveHkudjEuTW9kZWxDYWxsIhMKEUdldE1ldHJpY3NSZXF1ZXN0IoQBChJHZXRNZXRyaWNzUmVzcG9uc2USDQoFY2FsbHMYASABKAUSGQoRdXBzdHJlYW1fYXR0ZW1wdHMYAiABKAUSFgoOY2FsbHNfcmVjb3JkZWQYAyABKAUSFQoNY2FsbHNfcGVuZGluZxgEIAEoBRIVCg1jYWxsc19kcm9wcGVkGAUgASgFMoIFChFNb2RlbFByb3h5U2VydmljZRJrCg5DaGF0Q29tcGxldGlvbhIrLnNoYWtlci5tb2RlbHByb3h5LnYxLkNoYXRDb21wbGV0aW9uUmVxdWVzdBosLnNoYWtlci5tb2RlbHByb3h5LnYxLkNoYXRDb21wbGV0aW9uUmVzcG9uc2USfwoUQ2hhdENvbXBsZXRpb25TdHJlYW0SMS5zaGFrZXIubW9kZWxwcm94eS52MS5DaGF0Q29tcGxldGlvblN0cmVhbVJlcXVlc3QaMi5zaGFrZXIubW9kZWxwcm94eS52MS5DaGF0Q29tcGxldGlvblN0cmVhbVJlc3BvbnNlMAESXwoKRW1iZWRkaW5ncxInLnNoYWtlci5tb2RlbHByb3h5LnYxLkVtYmVkZGluZ3NSZXF1ZXN0Giguc2hha2VyLm1vZGVscHJveHkudjEuRW1iZWRkaW5nc1Jlc3BvbnNlEl8KCkxpc3RNb2RlbHMSJy5zaGFrZXIubW9kZWxwcm94eS52MS5MaXN0TW9kZWxzUmVxdWVzdBooLnNoYWtlci5tb2RlbHByb3h5LnYxLkxpc3RNb2RlbHNSZXNwb25zZRJcCglMaXN0Q2FsbHMSJi5zaGFrZXIubW9kZWxwcm94eS52MS5MaXN0Q2FsbHNSZXF1ZXN0Gicuc2hha2VyLm1vZGVscHJveHkudjEuTGlzdENhbGxzUmVzcG9uc2USXwoKR2V0TWV0cmljcxInLnNoYWtlci5tb2RlbHByb3h5LnYxLkdldE1ldHJpY3NSZXF1ZXN0Giguc2hha2VyLm1vZGVscHJveHkudjEuR2V0TWV0cmljc1Jlc3BvbnNlYgZwcm90bzM", [file_google_protobuf_struct, file_google_protobuf_timestamp]);
 
 /**
  * CallContext ties a model call to the run and session that made it. For
- * calls made with a run token, the token's values win over these fields.
+ * calls made with a run token, the token's account, session, run and workflow
+ * are used and these fields' values for them are ignored: a run can only make
+ * calls attributed to itself.
  *
  * @generated from message shaker.modelproxy.v1.CallContext
  */
@@ -55,6 +57,18 @@ export type CallContext = Message<"shaker.modelproxy.v1.CallContext"> & {
    * @generated from field: string workflow_ref_name = 5;
    */
   workflowRefName: string;
+
+  /**
+   * redact_values are secret values to blank out of the stored request and
+   * response (replaced by "[REDACTED]"). The run's secrets live only in the
+   * Executor and the run's process; the harness sends here just those secret
+   * values that occur in this call's body, so a secret travels no further than
+   * the body already carries it. They are used in memory for this call only:
+   * never stored, logged or sent upstream.
+   *
+   * @generated from field: repeated string redact_values = 6;
+   */
+  redactValues: string[];
 };
 
 /**
@@ -542,6 +556,71 @@ export const ListCallsResponseSchema: GenMessage<ListCallsResponse> = /*@__PURE_
   messageDesc(file_shaker_modelproxy_v1_modelproxy, 12);
 
 /**
+ * GetMetricsRequest has no fields.
+ *
+ * @generated from message shaker.modelproxy.v1.GetMetricsRequest
+ */
+export type GetMetricsRequest = Message<"shaker.modelproxy.v1.GetMetricsRequest"> & {
+};
+
+/**
+ * Describes the message shaker.modelproxy.v1.GetMetricsRequest.
+ * Use `create(GetMetricsRequestSchema)` to create a new message.
+ */
+export const GetMetricsRequestSchema: GenMessage<GetMetricsRequest> = /*@__PURE__*/
+  messageDesc(file_shaker_modelproxy_v1_modelproxy, 13);
+
+/**
+ * GetMetricsResponse holds the proxy's counters since it started.
+ *
+ * @generated from message shaker.modelproxy.v1.GetMetricsResponse
+ */
+export type GetMetricsResponse = Message<"shaker.modelproxy.v1.GetMetricsResponse"> & {
+  /**
+   * calls is the number of model calls answered or failed.
+   *
+   * @generated from field: int32 calls = 1;
+   */
+  calls: number;
+
+  /**
+   * upstream_attempts is the number of upstream requests, retries included.
+   *
+   * @generated from field: int32 upstream_attempts = 2;
+   */
+  upstreamAttempts: number;
+
+  /**
+   * calls_recorded is the number of call records written to the store.
+   *
+   * @generated from field: int32 calls_recorded = 3;
+   */
+  callsRecorded: number;
+
+  /**
+   * calls_pending is the number of call records waiting for the next batch.
+   *
+   * @generated from field: int32 calls_pending = 4;
+   */
+  callsPending: number;
+
+  /**
+   * calls_dropped is the number of call records lost: the queue was full or
+   * the store refused the batch.
+   *
+   * @generated from field: int32 calls_dropped = 5;
+   */
+  callsDropped: number;
+};
+
+/**
+ * Describes the message shaker.modelproxy.v1.GetMetricsResponse.
+ * Use `create(GetMetricsResponseSchema)` to create a new message.
+ */
+export const GetMetricsResponseSchema: GenMessage<GetMetricsResponse> = /*@__PURE__*/
+  messageDesc(file_shaker_modelproxy_v1_modelproxy, 14);
+
+/**
  * ModelProxyService routes model calls to providers, streams them back without
  * delay, and records every call under its account, session and run.
  *
@@ -599,6 +678,17 @@ export const ModelProxyService: GenService<{
     methodKind: "unary";
     input: typeof ListCallsRequestSchema;
     output: typeof ListCallsResponseSchema;
+  },
+  /**
+   * GetMetrics reports the proxy's counters: calls made, recorded, pending and
+   * dropped (a record that could not be written is counted, never silent).
+   *
+   * @generated from rpc shaker.modelproxy.v1.ModelProxyService.GetMetrics
+   */
+  getMetrics: {
+    methodKind: "unary";
+    input: typeof GetMetricsRequestSchema;
+    output: typeof GetMetricsResponseSchema;
   },
 }> = /*@__PURE__*/
   serviceDesc(file_shaker_modelproxy_v1_modelproxy, 0);

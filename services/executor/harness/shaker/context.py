@@ -76,7 +76,7 @@ class _Completions:
         body["messages"] = list(messages if messages is not None else self._ctx.messages)
         if model:
             body["model"] = model
-        request = {"body": body, "context": self._ctx._call_context(intent, application)}
+        request = {"body": body, "context": self._ctx._call_context(intent, application, body)}
         if stream:
             return self._stream(request)
         try:
@@ -114,7 +114,7 @@ class _Embeddings:
         if model:
             body["model"] = model
         try:
-            resp = self._ctx._rpc.call(MODELPROXY, "Embeddings", {"body": body, "context": self._ctx._call_context(None, None)})
+            resp = self._ctx._rpc.call(MODELPROXY, "Embeddings", {"body": body, "context": self._ctx._call_context(None, None, body)})
         except RpcError as e:
             raise ModelError(e.message or e.code) from None
         response = resp.get("response") or {}
@@ -387,6 +387,19 @@ class _Workflows:
         return result.get("output")
 
 
+def _strings(value: Any) -> Iterator[str]:
+    """Every string inside a JSON-like value, object keys included."""
+    if isinstance(value, str):
+        yield value
+    elif isinstance(value, dict):
+        for k, v in value.items():
+            yield str(k)
+            yield from _strings(v)
+    elif isinstance(value, (list, tuple)):
+        for v in value:
+            yield from _strings(v)
+
+
 def _snake_usage(usage: Any) -> dict[str, int]:
     usage = usage or {}
     return {"prompt_tokens": int(usage.get("promptTokens") or 0),
@@ -448,9 +461,17 @@ class WorkflowContext:
         self.logger.propagate = False
         self.logger.handlers = [_FrameHandler(self)]
 
-    def _call_context(self, intent: str | None, application: str | None) -> dict[str, Any]:
-        return {"sessionId": self.session_id, "intent": intent or "", "application": application or "",
-                "runId": self.run_id, "workflowRefName": self.workflow}
+    def _call_context(self, intent: str | None, application: str | None, body: Any = None) -> dict[str, Any]:
+        context: dict[str, Any] = {"sessionId": self.session_id, "intent": intent or "", "application": application or "",
+                                   "runId": self.run_id, "workflowRefName": self.workflow}
+        if self.secrets and body is not None:
+            # Only the secret values this call's body carries, so the ModelProxy can blank them out of
+            # its record: a secret travels no further than the body already takes it.
+            texts = list(_strings(body))
+            present = [v for v in self.secrets.values() if isinstance(v, str) and v and any(v in t for t in texts)]
+            if present:
+                context["redactValues"] = present
+        return context
 
     def emit(self, value: Any) -> None:
         """Sends value (a str or anything JSON-serialisable) to a streaming caller at once; it is
