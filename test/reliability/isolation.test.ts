@@ -13,7 +13,7 @@
 //    datastore bindings (read-only, unbound stores) are covered by test/datastore-scope.test.ts.
 import { randomBytes } from "node:crypto";
 import type { DescMethod, DescService } from "@bufbuild/protobuf";
-import { Code, ConnectError, createClient, type Client } from "@connectrpc/connect";
+import { Code, ConnectError, createClient } from "@connectrpc/connect";
 import { createConnectTransport } from "@connectrpc/connect-node";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { DatastoreService } from "../../gen/shaker/datastore/v1/datastore_pb.js";
@@ -28,9 +28,9 @@ const services: DescService[] = [RegistryService, ExecutorService, ModelProxySer
 const mark = randomBytes(4).toString("hex");
 
 /** The workflow every token-handing test uses: it returns its own run token and ids. */
-const leakScript = `
+const leakScript = (note: string) => `
 def execute(ctx):
-    return {"token": ctx._rpc._token, "run": ctx.run_id, "session": ctx.session_id, "note": "ALICE-OUT-${mark}"}
+    return {"token": ctx._rpc._token, "run": ctx.run_id, "session": ctx.session_id, "note": "${note}"}
 `;
 
 /** Alice is account A: the resources every attack aims at, and every string that must not leak. */
@@ -50,6 +50,7 @@ interface Alice {
   accessoryText: string;
   envText: string;
   inputText: string;
+  describeText: string;
   runId: string;
   sessionId: string;
   token: string;
@@ -68,20 +69,28 @@ interface Outcome {
 interface RestAttack {
   path: string;
   body?: unknown;
-  expect: "refused" | "scoped";
+  expect: Phase;
 }
+
+/**
+ * Phase orders the attacks: refusals first, then reads that answer with the caller's own data, then
+ * calls that create the caller's own things under Alice's names (a workflow, a store, model calls
+ * naming her session), after which the caller's own things rightly answer to those names.
+ */
+type Phase = "refused" | "scoped" | "creates";
+const phases: Phase[] = ["refused", "scoped", "creates"];
 
 /** An RPC attack: the requests to send, and the same choice. `adminMay` exempts admins (key management). */
 interface RpcAttack {
   requests: unknown[];
-  expect: "refused" | "scoped";
+  expect: Phase;
   adminMay?: boolean;
 }
 
 const restAttacks: Record<string, (a: Alice) => RestAttack> = {
   "POST /v1/chat/completions": (a) => ({ path: "/v1/chat/completions", body: { model: `workflow:${a.ref}`, input: {} }, expect: "refused" }),
-  "POST /v1/workflows/upload": (a) => ({ path: "/v1/workflows/upload", body: { workflow_ref_name: a.ref, script: "def execute(ctx):\n    return 'mallory'\n" }, expect: "scoped" }),
-  "POST /v1/workflows/validate": () => ({ path: "/v1/workflows/validate", body: { code: leakScript }, expect: "scoped" }),
+  "POST /v1/workflows/upload": (a) => ({ path: "/v1/workflows/upload", body: { workflow_ref_name: a.ref, script: "def execute(ctx):\n    return 'mallory'\n" }, expect: "creates" }),
+  "POST /v1/workflows/validate": () => ({ path: "/v1/workflows/validate", body: { code: leakScript("x") }, expect: "scoped" }),
   "GET /v1/workflows/default-script": () => ({ path: "/v1/workflows/default-script", expect: "scoped" }),
   "GET /v1/workflows": () => ({ path: "/v1/workflows", expect: "scoped" }),
   "GET /v1/workflows/:ref": (a) => ({ path: `/v1/workflows/${a.ref}`, expect: "refused" }),
@@ -89,7 +98,7 @@ const restAttacks: Record<string, (a: Alice) => RestAttack> = {
   "GET /v1/runs": (a) => ({ path: `/v1/runs?workflow=${a.ref}&session_id=${a.sessionId}`, expect: "scoped" }),
   "GET /v1/runs/:id": (a) => ({ path: `/v1/runs/${a.runId}`, expect: "refused" }),
   "POST /v1/runs/:id/cancel": (a) => ({ path: `/v1/runs/${a.runId}/cancel`, expect: "refused" }),
-  "POST /v1/datastores": (a) => ({ path: "/v1/datastores", body: { name: a.store }, expect: "scoped" }),
+  "POST /v1/datastores": (a) => ({ path: "/v1/datastores", body: { name: a.store }, expect: "creates" }),
   "GET /v1/datastores": () => ({ path: "/v1/datastores", expect: "scoped" }),
   "DELETE /v1/datastores/:name": (a) => ({ path: `/v1/datastores/${a.store}`, expect: "refused" }),
   "POST /v1/datastores/:name/records": (a) => ({ path: `/v1/datastores/${a.store}/records`, body: { records: [{ id: a.recordId, text: "mallory was here", vector: [0, 1] }] }, expect: "refused" }),
@@ -98,7 +107,9 @@ const restAttacks: Record<string, (a: Alice) => RestAttack> = {
   "POST /v1/datastores/:name/search": (a) => ({ path: `/v1/datastores/${a.store}/search`, body: { query: "alice" }, expect: "refused" }),
   "GET /v1/sessions/:id": (a) => ({ path: `/v1/sessions/${a.sessionId}`, expect: "refused" }),
   "GET /v1/models": () => ({ path: "/v1/models", expect: "scoped" }),
-  "POST /v1/embeddings": () => ({ path: "/v1/embeddings", body: { input: ["hello"] }, expect: "scoped" }),
+  // Server-wide call counters: numbers only, no account's data.
+  "GET /v1/metrics": () => ({ path: "/v1/metrics", expect: "scoped" }),
+  "POST /v1/embeddings": () => ({ path: "/v1/embeddings", body: { input: ["hello"] }, expect: "creates" }),
 };
 
 const invocation = (a: Alice) => ({ workflowRefName: a.ref, input: { kind: { case: "stringValue", value: "x" } } });
@@ -109,8 +120,8 @@ const rpcAttacks: Record<string, (a: Alice) => RpcAttack> = {
   "RegistryService/CreateApiKey": (a) => ({ requests: [{ accountName: a.accountName }], expect: "refused", adminMay: true }),
   "RegistryService/ListApiKeys": (a) => ({ requests: [{ accountName: a.accountName }, { allAccounts: true }], expect: "refused", adminMay: true }),
   "RegistryService/RevokeApiKey": (a) => ({ requests: [{ keyId: a.keyId }, { keyId: a.keyPrefix }], expect: "refused", adminMay: true }),
-  "RegistryService/UploadWorkflow": (a) => ({ requests: [{ workflowRefName: a.ref, script: "def execute(ctx):\n    return 'mallory'\n" }], expect: "scoped" }),
-  "RegistryService/ValidateWorkflow": () => ({ requests: [{ code: leakScript }], expect: "scoped" }),
+  "RegistryService/UploadWorkflow": (a) => ({ requests: [{ workflowRefName: a.ref, script: "def execute(ctx):\n    return 'mallory'\n" }], expect: "creates" }),
+  "RegistryService/ValidateWorkflow": () => ({ requests: [{ code: leakScript("x") }], expect: "scoped" }),
   "RegistryService/GetWorkflow": (a) => ({ requests: [{ workflowRefName: a.ref }], expect: "refused" }),
   "RegistryService/ListWorkflows": () => ({ requests: [{}], expect: "scoped" }),
   "RegistryService/DeleteWorkflow": (a) => ({ requests: [{ workflowRefName: a.ref }], expect: "refused" }),
@@ -123,12 +134,13 @@ const rpcAttacks: Record<string, (a: Alice) => RpcAttack> = {
   "ExecutorService/GetRun": (a) => ({ requests: [{ runId: a.runId }], expect: "refused" }),
   "ExecutorService/ListRuns": (a) => ({ requests: [{ sessionId: a.sessionId }, { workflowRefName: a.ref }, {}], expect: "scoped" }),
   "ExecutorService/CancelRun": (a) => ({ requests: [{ runId: a.runId }], expect: "refused" }),
-  "ModelProxyService/ChatCompletion": (a) => ({ requests: [{ body: { messages: [{ role: "user", content: "hi" }] }, context: callContext(a) }], expect: "scoped" }),
-  "ModelProxyService/ChatCompletionStream": (a) => ({ requests: [{ body: { messages: [{ role: "user", content: "hi" }] }, context: callContext(a) }], expect: "scoped" }),
-  "ModelProxyService/Embeddings": (a) => ({ requests: [{ body: { input: ["hi"] }, context: callContext(a) }], expect: "scoped" }),
+  "ModelProxyService/ChatCompletion": (a) => ({ requests: [{ body: { messages: [{ role: "user", content: "hi" }] }, context: callContext(a) }], expect: "creates" }),
+  "ModelProxyService/ChatCompletionStream": (a) => ({ requests: [{ body: { messages: [{ role: "user", content: "hi" }] }, context: callContext(a) }], expect: "creates" }),
+  "ModelProxyService/Embeddings": (a) => ({ requests: [{ body: { input: ["hi"] }, context: callContext(a) }], expect: "creates" }),
+  "ModelProxyService/GetMetrics": () => ({ requests: [{}], expect: "scoped" }),
   "ModelProxyService/ListModels": () => ({ requests: [{}], expect: "scoped" }),
   "ModelProxyService/ListCalls": (a) => ({ requests: [{ sessionId: a.sessionId, includeBodies: true }, { runId: a.runId }, { workflowRefName: a.ref }, {}], expect: "scoped" }),
-  "DatastoreService/CreateStore": (a) => ({ requests: [{ name: a.store }], expect: "scoped" }),
+  "DatastoreService/CreateStore": (a) => ({ requests: [{ name: a.store }], expect: "creates" }),
   "DatastoreService/ListStores": () => ({ requests: [{}], expect: "scoped" }),
   "DatastoreService/DeleteStore": (a) => ({ requests: [{ name: a.store }], expect: "refused" }),
   "DatastoreService/UpsertRecords": (a) => ({ requests: [{ store: a.store, records: [{ id: a.recordId, text: "mallory was here", vector: [0, 1] }] }], expect: "refused" }),
@@ -164,13 +176,25 @@ function findMethod(name: string): [DescService, DescMethod] {
 
 /** markers are Alice's data: none may appear in an answer to anyone else, unless the request carried it. */
 function markers(a: Alice): string[] {
-  return [a.key, a.keyId, a.keyPrefix, a.accountId, a.accountName, a.ref, a.otherRef, a.versionId, a.otherVersionId, a.store, a.recordId, a.recordText, a.accessoryText, a.envText, a.inputText, a.runId, a.sessionId, a.token, a.otherToken, a.callId, `ALICE-OUT-${mark}`].filter(
+  return [a.key, a.keyId, a.keyPrefix, a.accountId, a.accountName, a.ref, a.otherRef, a.versionId, a.otherVersionId, a.store, a.recordId, a.recordText, a.accessoryText, a.envText, a.inputText, a.describeText, a.runId, a.sessionId, a.token, a.otherToken, a.callId, `ALICE-OUT-${mark}`].filter(
     (m) => m.length >= 6,
   );
 }
 
-function leaks(a: Alice, request: string, answer: string): string[] {
-  return markers(a).filter((m) => !request.includes(m) && answer.includes(m));
+/**
+ * planted holds, per credential, the requests it made that were accepted: an attacker may name Alice's
+ * session in its own model calls or reuse her workflow's name for its own workflow, and then rightly
+ * sees those names again. A refused request plants nothing.
+ */
+const planted = new Map<string, string[]>();
+
+/** leaks lists Alice's data in an answer that neither this request nor an earlier accepted one carried. */
+function leaks(a: Alice, credential: string, request: string, out: Outcome): string[] {
+  const mine = planted.get(credential) ?? [];
+  const found = markers(a).filter((m) => !request.includes(m) && !mine.some((r) => r.includes(m)) && out.text.includes(m));
+  const accepted = out.status === undefined ? out.code === undefined : out.status < 300;
+  if (accepted) planted.set(credential, [...mine, request]);
+  return found;
 }
 
 const stringify = (x: unknown) => JSON.stringify(x, (_k, v: unknown) => (typeof v === "bigint" ? v.toString() : v));
@@ -256,6 +280,7 @@ describe("isolation between accounts and runs", () => {
       accessoryText: `ALICE-ACC-${mark}`,
       envText: `ALICE-ENV-${mark}`,
       inputText: `ALICE-IN-${mark}`,
+      describeText: `ALICE-DESC-${mark}`,
       sessionId: `alice-sess-${mark}`,
     } as Alice;
     alice = partial;
@@ -263,14 +288,15 @@ describe("isolation between accounts and runs", () => {
     await asAlice("POST", `/v1/datastores/${alice.store}/records`, { records: [{ id: alice.recordId, text: alice.recordText, vector: [1, 0] }] });
     const up = await asAlice("POST", "/v1/workflows/upload", {
       workflow_ref_name: alice.ref,
-      script: leakScript,
+      script: leakScript(`ALICE-OUT-${mark}`),
       timeout_seconds: 900,
+      description: alice.describeText,
       env: { ALICE_ENV: alice.envText },
       accessories: [{ key: "alice-acc", content: { text: alice.accessoryText } }],
       datastores: [{ name: alice.store, write: true }],
     });
     alice.versionId = up.data.version_id;
-    const up2 = await asAlice("POST", "/v1/workflows/upload", { workflow_ref_name: alice.otherRef, script: leakScript, timeout_seconds: 900 });
+    const up2 = await asAlice("POST", "/v1/workflows/upload", { workflow_ref_name: alice.otherRef, script: leakScript(`ALICE-OUT-${mark}`), timeout_seconds: 900 });
     alice.otherVersionId = up2.data.version_id;
     const run = await asAlice("POST", "/v1/chat/completions", { model: `workflow:${alice.ref}`, input: { q: alice.inputText }, session_id: alice.sessionId });
     alice.token = run.output.token;
@@ -288,14 +314,14 @@ describe("isolation between accounts and runs", () => {
 
     // Mallory's workflow is bound to a store named like Alice's, which Mallory does not have.
     const asMallory = bearer(malloryKey);
-    const mup = await server.request("POST", "/v1/workflows/upload", { workflow_ref_name: `mallory-wf-${mark}`, script: leakScript, timeout_seconds: 900, datastores: [{ name: alice.store, write: true }] }, asMallory);
+    const mup = await server.request("POST", "/v1/workflows/upload", { workflow_ref_name: `mallory-wf-${mark}`, script: leakScript("mallory"), timeout_seconds: 900, datastores: [{ name: alice.store, write: true }] }, asMallory);
     expect(mup.status, JSON.stringify(mup.body)).toBe(201);
     const mrun = await server.invoke({ model: `workflow:mallory-wf-${mark}`, input: {} }, asMallory);
     expect(mrun.status, JSON.stringify(mrun.body)).toBe(200);
     malloryToken = mrun.body.output.token;
 
     // Another server (another secret) hands out a token for a workflow of the same name.
-    await other.upload(alice.ref, leakScript, { timeout_seconds: 900, datastores: [{ name: alice.store, write: true }] });
+    await other.upload(alice.ref, leakScript("other server"), { timeout_seconds: 900, datastores: [{ name: alice.store, write: true }] });
     const orun = await other.invoke({ model: `workflow:${alice.ref}`, input: {} });
     expect(orun.status, JSON.stringify(orun.body)).toBe(200);
     otherServerToken = orun.body.output.token;
@@ -349,7 +375,7 @@ describe("isolation between accounts and runs", () => {
           const request = build(alice);
           const out = await rpc(name, request, bearer(token));
           if (out.code !== Code.Unauthenticated) wrong.push(`${name} with ${how}: ${out.code === undefined ? "answered" : Code[out.code]} ${out.text.slice(0, 200)}`);
-          const leaked = leaks(alice, stringify(request) + token, out.text);
+          const leaked = leaks(alice, token, stringify(request), out);
           if (leaked.length) wrong.push(`${name} with ${how} leaked ${leaked.join(", ")}`);
         }
       }
@@ -366,13 +392,13 @@ describe("isolation between accounts and runs", () => {
         // A model call is Mallory's own (recorded in her account, checked below); the rest are refused.
         if (!isModelCall && (out.code === undefined || !refusedCodes.includes(out.code))) wrong.push(`${name}: ${out.code === undefined ? "answered" : Code[out.code]} ${out.text.slice(0, 200)}`);
         if (isModelCall && out.code !== undefined) wrong.push(`${name}: Mallory's own model call failed: ${Code[out.code]} ${out.text.slice(0, 200)}`);
-        const leaked = leaks(alice, stringify(request), out.text);
+        const leaked = leaks(alice, malloryKey, stringify(request), out);
         if (leaked.length) wrong.push(`${name} leaked ${leaked.join(", ")}`);
       }
       expect(wrong).toEqual([]);
       // Mallory's calls named Alice's session and run; they are Mallory's, and not in Alice's session.
       const calls = await rpc("ModelProxyService/ListCalls", { sessionId: alice.sessionId }, bearer(malloryKey));
-      expect(leaks(alice, alice.sessionId + alice.runId + alice.ref, calls.text)).toEqual([]);
+      expect(leaks(alice, malloryKey, "", calls)).toEqual([]);
       await aliceIsIntact();
     });
 
@@ -424,13 +450,15 @@ describe("isolation between accounts and runs", () => {
           const attack = restAttacks[`${r.method} ${r.path}`](alice);
           const out = await rest(r.method, attack.path, credential, attack.body);
           if (out.status !== 401) wrong.push(`${r.method} ${attack.path} (${how}): ${out.status} ${out.text.slice(0, 200)}`);
-          const leaked = leaks(alice, attack.path + stringify(attack.body), out.text);
+          const leaked = leaks(alice, how, attack.path + stringify(attack.body), out);
           if (leaked.length) wrong.push(`${r.method} ${attack.path} (${how}) leaked ${leaked.join(", ")}`);
         }
         for (const [name, build] of Object.entries(rpcAttacks)) {
           for (const request of build(alice).requests) {
             const out = await rpc(name, request, credential);
             if (out.code !== Code.Unauthenticated) wrong.push(`${name} (${how}): ${out.code === undefined ? "answered" : Code[out.code]} ${out.text.slice(0, 200)}`);
+            const leaked = leaks(alice, how, stringify(request), out);
+            if (leaked.length) wrong.push(`${name} (${how}) leaked ${leaked.join(", ")}`);
           }
         }
       }
@@ -441,16 +469,14 @@ describe("isolation between accounts and runs", () => {
       it(`refuses ${attacker} on every route and RPC aimed at Alice's resources, leaking nothing`, async () => {
         const key = attacker === "another account" ? malloryKey : server.apiKey;
         const wrong: string[] = [];
-        // Refusals first: the "scoped" calls create the attacker's own workflow and store under
-        // Alice's names, after which the attacker's own resources would answer.
-        for (const phase of ["refused", "scoped"] as const) {
+        for (const phase of phases) {
           for (const r of routes) {
             const attack = restAttacks[`${r.method} ${r.path}`](alice);
             if (attack.expect !== phase) continue;
             const out = await rest(r.method, attack.path, bearer(key), attack.body);
-            const ok = phase === "refused" ? refusedStatuses.includes(out.status!) : out.status! < 500;
+            const ok = phase === "refused" ? refusedStatuses.includes(out.status!) : out.status! < 300;
             if (!ok) wrong.push(`${r.method} ${attack.path}: ${out.status} ${out.text.slice(0, 200)}`);
-            const leaked = leaks(alice, attack.path + stringify(attack.body), out.text);
+            const leaked = leaks(alice, key, attack.path + stringify(attack.body), out);
             if (leaked.length) wrong.push(`${r.method} ${attack.path} leaked ${leaked.join(", ")}: ${out.text.slice(0, 300)}`);
           }
           for (const [name, build] of Object.entries(rpcAttacks)) {
@@ -458,9 +484,13 @@ describe("isolation between accounts and runs", () => {
             if (attack.expect !== phase || (attack.adminMay && key === server.apiKey)) continue;
             for (const request of attack.requests) {
               const out = await rpc(name, request, bearer(key));
-              const ok = phase === "refused" ? out.code !== undefined && refusedCodes.includes(out.code) : out.code !== Code.Internal && out.code !== Code.Unknown;
+              // A create may meet what the same caller's REST call just created under that name (its own).
+              const ok =
+                phase === "refused"
+                  ? out.code !== undefined && refusedCodes.includes(out.code)
+                  : out.code === undefined || (phase === "creates" && out.code === Code.AlreadyExists);
               if (!ok) wrong.push(`${name} ${stringify(request).slice(0, 100)}: ${out.code === undefined ? "answered" : Code[out.code]} ${out.text.slice(0, 200)}`);
-              const leaked = leaks(alice, stringify(request), out.text);
+              const leaked = leaks(alice, key, stringify(request), out);
               if (leaked.length) wrong.push(`${name} ${stringify(request).slice(0, 100)} leaked ${leaked.join(", ")}: ${out.text.slice(0, 300)}`);
             }
           }
