@@ -52,6 +52,8 @@ interface Alice {
   inputText: string;
   describeText: string;
   runId: string;
+  /** liveRunId is a run of Alice's still in flight, so a cancel would take effect. */
+  liveRunId: string;
   sessionId: string;
   token: string;
   otherToken: string;
@@ -96,8 +98,8 @@ const restAttacks: Record<string, (a: Alice) => RestAttack> = {
   "GET /v1/workflows/:ref": (a) => ({ path: `/v1/workflows/${a.ref}`, expect: "refused" }),
   "DELETE /v1/workflows/:ref": (a) => ({ path: `/v1/workflows/${a.ref}`, expect: "refused" }),
   "GET /v1/runs": (a) => ({ path: `/v1/runs?workflow=${a.ref}&session_id=${a.sessionId}`, expect: "scoped" }),
-  "GET /v1/runs/:id": (a) => ({ path: `/v1/runs/${a.runId}`, expect: "refused" }),
-  "POST /v1/runs/:id/cancel": (a) => ({ path: `/v1/runs/${a.runId}/cancel`, expect: "refused" }),
+  "GET /v1/runs/:id": (a) => ({ path: `/v1/runs/${a.liveRunId}`, expect: "refused" }),
+  "POST /v1/runs/:id/cancel": (a) => ({ path: `/v1/runs/${a.liveRunId}/cancel`, expect: "refused" }),
   "POST /v1/datastores": (a) => ({ path: "/v1/datastores", body: { name: a.store }, expect: "creates" }),
   "GET /v1/datastores": () => ({ path: "/v1/datastores", expect: "scoped" }),
   "DELETE /v1/datastores/:name": (a) => ({ path: `/v1/datastores/${a.store}`, expect: "refused" }),
@@ -131,9 +133,9 @@ const rpcAttacks: Record<string, (a: Alice) => RpcAttack> = {
   "ExecutorService/Run": (a) => ({ requests: [{ invocation: invocation(a) }], expect: "refused" }),
   "ExecutorService/RunStream": (a) => ({ requests: [{ invocation: invocation(a) }], expect: "refused" }),
   "ExecutorService/StartRun": (a) => ({ requests: [{ invocation: invocation(a) }], expect: "refused" }),
-  "ExecutorService/GetRun": (a) => ({ requests: [{ runId: a.runId }], expect: "refused" }),
+  "ExecutorService/GetRun": (a) => ({ requests: [{ runId: a.runId }, { runId: a.liveRunId }], expect: "refused" }),
   "ExecutorService/ListRuns": (a) => ({ requests: [{ sessionId: a.sessionId }, { workflowRefName: a.ref }, {}], expect: "scoped" }),
-  "ExecutorService/CancelRun": (a) => ({ requests: [{ runId: a.runId }], expect: "refused" }),
+  "ExecutorService/CancelRun": (a) => ({ requests: [{ runId: a.runId }, { runId: a.liveRunId }], expect: "refused" }),
   "ModelProxyService/ChatCompletion": (a) => ({ requests: [{ body: { messages: [{ role: "user", content: "hi" }] }, context: callContext(a) }], expect: "creates" }),
   "ModelProxyService/ChatCompletionStream": (a) => ({ requests: [{ body: { messages: [{ role: "user", content: "hi" }] }, context: callContext(a) }], expect: "creates" }),
   "ModelProxyService/Embeddings": (a) => ({ requests: [{ body: { input: ["hi"] }, context: callContext(a) }], expect: "creates" }),
@@ -176,7 +178,7 @@ function findMethod(name: string): [DescService, DescMethod] {
 
 /** markers are Alice's data: none may appear in an answer to anyone else, unless the request carried it. */
 function markers(a: Alice): string[] {
-  return [a.key, a.keyId, a.keyPrefix, a.accountId, a.accountName, a.ref, a.otherRef, a.versionId, a.otherVersionId, a.store, a.recordId, a.recordText, a.accessoryText, a.envText, a.inputText, a.describeText, a.runId, a.sessionId, a.token, a.otherToken, a.callId, `ALICE-OUT-${mark}`].filter(
+  return [a.key, a.keyId, a.keyPrefix, a.accountId, a.accountName, a.ref, a.otherRef, a.versionId, a.otherVersionId, a.store, a.recordId, a.recordText, a.accessoryText, a.envText, a.inputText, a.describeText, a.runId, a.liveRunId, a.sessionId, a.token, a.otherToken, a.callId, `ALICE-OUT-${mark}`].filter(
     (m) => m.length >= 6,
   );
 }
@@ -305,6 +307,12 @@ describe("isolation between accounts and runs", () => {
     const otherRun = await asAlice("POST", "/v1/chat/completions", { model: `workflow:${alice.otherRef}`, input: {}, session_id: alice.sessionId });
     alice.otherToken = otherRun.output.token;
     alice.accountId = (await asAlice("GET", `/v1/runs/${alice.runId}`)).data.account_id;
+    await asAlice("POST", "/v1/workflows/upload", { workflow_ref_name: `alice-slow-${mark}`, script: "import time\n\ndef execute(ctx):\n    time.sleep(600)\n    return 1\n", timeout_seconds: 900 });
+    const started = await createClient(ExecutorService, transport()).startRun(
+      { invocation: { workflowRefName: `alice-slow-${mark}`, input: { kind: { case: "stringValue", value: alice.inputText } }, sessionId: alice.sessionId } },
+      { headers: bearer(alice.key) },
+    );
+    alice.liveRunId = started.started!.runId;
     expect(alice.accountId).toBeTruthy();
     // A model call in Alice's session, as her workflow's child would make it.
     const call = await rpc("ModelProxyService/ChatCompletion", { body: { messages: [{ role: "user", content: "hello" }] }, context: { sessionId: alice.sessionId, runId: alice.runId } }, bearer(alice.token));
@@ -328,6 +336,7 @@ describe("isolation between accounts and runs", () => {
   }, 120_000);
 
   afterAll(async () => {
+    if (alice?.liveRunId) await server.request("POST", `/v1/runs/${alice.liveRunId}/cancel`, undefined, bearer(alice.key));
     await Promise.all([server?.close(), other?.close()]);
   });
 
@@ -339,8 +348,9 @@ describe("isolation between accounts and runs", () => {
     expect(rec.data.text).toBe(alice.recordText);
     const run = await asAlice("GET", `/v1/runs/${alice.runId}`);
     expect(run.data.output.note).toBe(`ALICE-OUT-${mark}`);
+    expect((await asAlice("GET", `/v1/runs/${alice.liveRunId}`)).data.status).toBe("running");
     const session = await asAlice("GET", `/v1/sessions/${alice.sessionId}`);
-    expect(session.data.runs).toBe(2);
+    expect(session.data.runs).toBe(3);
     expect(session.data.model_calls).toBe(1);
     const keys = await createClient(RegistryService, transport()).listApiKeys({}, { headers: bearer(alice.key) });
     expect(keys.keys.map((k) => [k.id, k.revokedAt])).toEqual([[alice.keyId, undefined]]);
