@@ -198,3 +198,14 @@ export const field = {
     return v as Record<string, unknown>[];
   },
 };
+
+/** queryInt reads an integer query parameter from 0 to max (0 when absent); 400 names it otherwise. */
+export function queryInt(url: URL, name: string, max: number): number {
+  const raw = url.searchParams.get(name);
+  if (raw === null || raw === "") return 0;
+  const n = Number(raw);
+  if (!Number.isInteger(n) || n < 0 || n > max) {
+    throw new HttpError(400, `query parameter '${name}' must be an integer from 0 to ${max}`, name, "invalid_value");
+  }
+  return n;
+}

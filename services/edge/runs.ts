@@ -1,9 +1,8 @@
 import { toJson, type JsonObject } from "@bufbuild/protobuf";
-import { Code, ConnectError } from "@connectrpc/connect";
 import { RunSchema, RunStatus, type Run } from "../../gen/shaker/executor/v1/executor_pb.js";
-import { ModelCallSchema, type ModelCall } from "../../gen/shaker/modelproxy/v1/modelproxy_pb.js";
 import type { Clients } from "../shared/clients.js";
-import { callerHeaders, HttpError, sendJson } from "./http.js";
+import { callerHeaders, HttpError, queryInt, sendJson } from "./http.js";
+import { modelCallJson } from "./models.js";
 import type { EdgeRouter } from "./router.js";
 
 const statusByName: Record<string, RunStatus> = {
@@ -28,35 +27,6 @@ export function runJson(run: Run): JsonObject {
   return json;
 }
 
-/** callJson is a model call record as REST shows it. */
-export function callJson(call: ModelCall): JsonObject {
-  return toJson(ModelCallSchema, call, { useProtoFieldName: true, alwaysEmitImplicit: true }) as JsonObject;
-}
-
-function intParam(url: URL, name: string, max: number): number {
-  const raw = url.searchParams.get(name);
-  if (raw === null || raw === "") return 0;
-  const n = Number(raw);
-  if (!Number.isInteger(n) || n < 0 || n > max) {
-    throw new HttpError(400, `query parameter '${name}' must be an integer from 0 to ${max}`, name, "invalid_value");
-  }
-  return n;
-}
-
-/**
- * modelCallsOf lists the model calls of a run or session. A ModelProxy that does not record calls
- * (Unimplemented) yields none rather than failing the whole answer.
- */
-export async function modelCallsOf(clients: Clients, filter: { runId?: string; sessionId?: string }, headers: Record<string, string>): Promise<ModelCall[]> {
-  try {
-    const resp = await clients.modelproxy.listCalls({ ...filter, limit: 1000 }, { headers });
-    return resp.calls;
-  } catch (e) {
-    if (ConnectError.from(e).code === Code.Unimplemented) return [];
-    throw e;
-  }
-}
-
 /** addRunRoutes registers GET /v1/runs, GET /v1/runs/{id} and POST /v1/runs/{id}/cancel. */
 export function addRunRoutes(router: EdgeRouter, clients: Clients): void {
   router
@@ -66,8 +36,8 @@ export function addRunRoutes(router: EdgeRouter, clients: Clients): void {
       if (statusName && !(statusName in statusByName)) {
         throw new HttpError(400, `query parameter 'status' must be one of ${Object.keys(statusByName).join(", ")}`, "status", "invalid_value");
       }
-      const offset = intParam(url, "offset", 2 ** 31 - 1);
-      const limit = intParam(url, "limit", 100);
+      const offset = queryInt(url, "offset", 2 ** 31 - 1);
+      const limit = queryInt(url, "limit", 100);
       const resp = await clients.executor.listRuns(
         {
           workflowRefName: url.searchParams.get("workflow") ?? "",
@@ -83,8 +53,8 @@ export function addRunRoutes(router: EdgeRouter, clients: Clients): void {
     .add("GET", "/v1/runs/:id", async (req, res, params) => {
       const headers = callerHeaders(req);
       const resp = await clients.executor.getRun({ runId: params.id }, { headers });
-      const calls = await modelCallsOf(clients, { runId: params.id }, headers);
-      sendJson(res, 200, { data: { ...runJson(resp.run!), model_calls: calls.map(callJson) } });
+      const { calls } = await clients.modelproxy.listCalls({ runId: params.id, limit: 1000 }, { headers });
+      sendJson(res, 200, { data: { ...runJson(resp.run!), model_calls: calls.map(modelCallJson) } });
     })
     .add("POST", "/v1/runs/:id/cancel", async (req, res, params) => {
       const resp = await clients.executor.cancelRun({ runId: params.id }, { headers: callerHeaders(req) });

@@ -1,10 +1,10 @@
-import { toJson, type JsonObject } from "@bufbuild/protobuf";
-import { RunSchema } from "../../gen/shaker/executor/v1/executor_pb.js";
+import type { JsonObject } from "@bufbuild/protobuf";
 import type { Clients } from "../shared/clients.js";
 import { msOf } from "../shared/json.js";
 import { callerHeaders, HttpError, sendJson, type Req, type Res } from "./http.js";
 import { modelCallJson } from "./models.js";
 import type { EdgeRouter } from "./router.js";
+import { runJson } from "./runs.js";
 
 /** The most runs and model calls one session view gathers. */
 const maxItems = 5000;
@@ -22,7 +22,7 @@ export function addSessionRoutes(router: EdgeRouter, clients: Clients): void {
     for (let offset = 0; runs < maxItems; offset += 100) {
       const page = await clients.executor.listRuns({ sessionId, offset, limit: 100 }, { headers });
       for (const run of page.runs) {
-        items.push({ type: "run", time: msOf(run.createdAt), data: toJson(RunSchema, run, { useProtoFieldName: true, alwaysEmitImplicit: true }) as JsonObject });
+        items.push({ type: "run", time: msOf(run.createdAt), data: runJson(run) });
       }
       runs += page.runs.length;
       if (page.runs.length < 100) break;

@@ -8,7 +8,7 @@ import {
 } from "../../gen/shaker/registry/v1/registry_pb.js";
 import type { Clients } from "../shared/clients.js";
 import { toValue } from "../shared/json.js";
-import { callerHeaders, field, HttpError, readJson, sendJson } from "./http.js";
+import { callerHeaders, field, HttpError, queryInt, readJson, sendJson } from "./http.js";
 import type { EdgeRouter } from "./router.js";
 
 const modes: Record<string, ExecutionMode> = {
@@ -92,14 +92,6 @@ function workflowJson(w: Workflow): JsonObject {
   return json;
 }
 
-function intParam(url: URL, name: string): number {
-  const raw = url.searchParams.get(name);
-  if (raw === null || raw === "") return 0;
-  const n = Number(raw);
-  if (!Number.isInteger(n) || n < 0) throw new HttpError(400, `query parameter '${name}' must be a non-negative integer`, name);
-  return n;
-}
-
 /** addWorkflowRoutes registers the workflow management REST routes of spec section 4. */
 export function addWorkflowRoutes(router: EdgeRouter, options: WorkflowRoutesOptions): void {
   const { registry } = options.clients;
@@ -126,9 +118,8 @@ export function addWorkflowRoutes(router: EdgeRouter, options: WorkflowRoutesOpt
     })
     .add("GET", "/v1/workflows", async (req, res, _p, url) => {
       const headers = callerHeaders(req);
-      const offset = intParam(url, "offset");
-      const limit = intParam(url, "limit");
-      if (limit > 100) throw new HttpError(400, "query parameter 'limit' must be at most 100", "limit");
+      const offset = queryInt(url, "offset", 2 ** 31 - 1);
+      const limit = queryInt(url, "limit", 100);
       const resp = await registry.listWorkflows({ offset, limit }, { headers });
       sendJson(res, 200, {
         data: resp.workflows.map(workflowJson),
