@@ -199,6 +199,14 @@ function leaks(a: Alice, credential: string, request: string, out: Outcome): str
   return found;
 }
 
+/** forge edits a run token's claims and keeps its signature, which then no longer matches. */
+function forge(token: string, change: (claims: Record<string, unknown>) => void): string {
+  const [payload, signature] = token.slice("srt.".length).split(".");
+  const claims = JSON.parse(Buffer.from(payload, "base64url").toString("utf8")) as Record<string, unknown>;
+  change(claims);
+  return `srt.${Buffer.from(JSON.stringify(claims)).toString("base64url")}.${signature}`;
+}
+
 const stringify = (x: unknown) => JSON.stringify(x, (_k, v: unknown) => (typeof v === "bigint" ? v.toString() : v));
 
 describe("isolation between accounts and runs", () => {
@@ -357,13 +365,6 @@ describe("isolation between accounts and runs", () => {
   }
 
   describe("run tokens on every RPC a workflow's child reaches", () => {
-    function edited(token: string, change: (claims: Record<string, unknown>) => void): string {
-      const [payload, signature] = token.slice("srt.".length).split(".");
-      const claims = JSON.parse(Buffer.from(payload, "base64url").toString("utf8")) as Record<string, unknown>;
-      change(claims);
-      return `srt.${Buffer.from(JSON.stringify(claims)).toString("base64url")}.${signature}`;
-    }
-
     it("covers exactly the RPCs the harness calls", () => {
       for (const name of Object.keys(ctxAttacks)) expect(() => findMethod(name)).not.toThrow();
     });
@@ -371,10 +372,10 @@ describe("isolation between accounts and runs", () => {
     it("refuses forged tokens with Unauthenticated on each of them", async () => {
       const [payload] = alice.token.slice(4).split(".");
       const forged: Record<string, string> = {
-        "expiry moved earlier": edited(alice.token, (c) => (c.exp = Date.now() - 1000)),
-        "expiry moved later": edited(alice.token, (c) => (c.exp = Date.now() + 86_400_000)),
-        "account changed": edited(malloryToken, (c) => (c.account = alice.accountId)),
-        "datastore made writable": edited(alice.otherToken, (c) => (c.datastores = [{ name: alice.store, write: true }])),
+        "expiry moved earlier": forge(alice.token, (c) => (c.exp = Date.now() - 1000)),
+        "expiry moved later": forge(alice.token, (c) => (c.exp = Date.now() + 86_400_000)),
+        "account changed": forge(malloryToken, (c) => (c.account = alice.accountId)),
+        "datastore made writable": forge(alice.otherToken, (c) => (c.datastores = [{ name: alice.store, write: true }])),
         "random signature": `srt.${payload}.${randomBytes(32).toString("base64url")}`,
         "another server's token": otherServerToken,
         "not a token": "srt.garbage",
@@ -448,12 +449,14 @@ describe("isolation between accounts and runs", () => {
       expect(Object.keys(rpcAttacks).filter((k) => !rpcKeys.includes(k)), "attacks on RPCs that no longer exist").toEqual([]);
     });
 
-    it("answers every route and RPC without a valid credential with 401 / Unauthenticated", async () => {
+    it("answers every route and RPC without a valid credential (none, unknown, guessed, forged) with 401 / Unauthenticated", async () => {
       const wrong: string[] = [];
       const credentials: Record<string, Record<string, string>> = {
         none: {},
         "unknown key": bearer("sk-shaker-not-a-real-key"),
         "guessed service token": { "x-shaker-service-token": "guess", "x-shaker-account": alice.accountId },
+        "Alice's run token with a later expiry": bearer(forge(alice.token, (c) => (c.exp = Date.now() + 86_400_000))),
+        "another server's run token": bearer(otherServerToken),
       };
       for (const [how, credential] of Object.entries(credentials)) {
         for (const r of routes) {
