@@ -312,7 +312,7 @@ describe("isolation between accounts and runs", () => {
     alice.token = run.output.token;
     alice.runId = run.output.run;
     expect(run.output.session).toBe(alice.sessionId);
-    const otherRun = await asAlice("POST", "/v1/chat/completions", { model: `workflow:${alice.otherRef}`, input: {}, session_id: alice.sessionId });
+    const otherRun = await asAlice("POST", "/v1/chat/completions", { model: `workflow:${alice.otherRef}`, input: {} });
     alice.otherToken = otherRun.output.token;
     alice.accountId = (await asAlice("GET", `/v1/runs/${alice.runId}`)).data.account_id;
     await asAlice("POST", "/v1/workflows/upload", { workflow_ref_name: `alice-slow-${mark}`, script: "import time\n\ndef execute(ctx):\n    time.sleep(600)\n    return 1\n", timeout_seconds: 900 });
@@ -358,7 +358,7 @@ describe("isolation between accounts and runs", () => {
     expect(run.data.output.note).toBe(`ALICE-OUT-${mark}`);
     expect((await asAlice("GET", `/v1/runs/${alice.liveRunId}`)).data.status).toBe("running");
     const session = await asAlice("GET", `/v1/sessions/${alice.sessionId}`);
-    expect(session.data.runs).toBe(3);
+    expect(session.data.runs).toBe(2);
     expect(session.data.model_calls).toBe(1);
     const keys = await createClient(RegistryService, transport()).listApiKeys({}, { headers: bearer(alice.key) });
     expect(keys.keys.map((k) => [k.id, k.revokedAt])).toEqual([[alice.keyId, undefined]]);
@@ -413,7 +413,14 @@ describe("isolation between accounts and runs", () => {
       await aliceIsIntact();
     });
 
-    it("limits a token of Alice's other workflow to its own version's accessories and its own runs", async () => {
+    it("records a model call under the calling token's own run and session, whatever the call names", async () => {
+      const out = await rpc("ModelProxyService/ChatCompletion", { body: { messages: [{ role: "user", content: "hi" }] }, context: callContext(alice) }, bearer(alice.otherToken));
+      expect(out.code, out.text).toBeUndefined();
+      const calls = await createClient(ModelProxyService, transport()).listCalls({ runId: alice.runId }, { headers: bearer(alice.key) });
+      expect(calls.calls.map((c) => c.callId)).toEqual([alice.callId]);
+    });
+
+    it("limits a token of Alice's other workflow to its own version's accessories and no records", async () => {
       const accessory = await rpc("RegistryService/GetAccessory", { versionId: alice.versionId, key: "alice-acc" }, bearer(alice.otherToken));
       expect(refusedCodes, accessory.text).toContain(accessory.code);
       expect(accessory.text).not.toContain(alice.accessoryText);
