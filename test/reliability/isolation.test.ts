@@ -27,10 +27,14 @@ import { startTestServer, type TestServer } from "../helpers.js";
 const services: DescService[] = [RegistryService, ExecutorService, ModelProxyService, DatastoreService];
 const mark = randomBytes(4).toString("hex");
 
-/** The workflow every token-handing test uses: it returns its own run token and ids. */
+/**
+ * The workflow every token-handing test uses: it returns its own run token (held by its RPC client,
+ * services/executor/harness/shaker/rpc.py) and ids.
+ */
 const leakScript = (note: string) => `
 def execute(ctx):
-    return {"token": ctx._rpc._token, "run": ctx.run_id, "session": ctx.session_id, "note": "${note}"}
+    token = next(t for t in (getattr(o, "_token", None) for o in [ctx, *vars(ctx).values()]) if isinstance(t, str) and t.startswith("srt."))
+    return {"token": token, "run": ctx.run_id, "session": ctx.session_id, "note": "${note}"}
 `;
 
 /** Alice is account A: the resources every attack aims at, and every string that must not leak. */
