@@ -281,7 +281,7 @@ describe("isolation between accounts and runs", () => {
     const a = await registry.createApiKey({ accountName: `alice-${mark}` }, admin);
     const m = await registry.createApiKey({ accountName: `mallory-${mark}` }, admin);
     malloryKey = m.apiKey;
-    const partial = {
+    alice = {
       key: a.apiKey,
       keyId: a.key!.id,
       keyPrefix: a.key!.prefix,
@@ -297,7 +297,6 @@ describe("isolation between accounts and runs", () => {
       describeText: `ALICE-DESC-${mark}`,
       sessionId: `alice-sess-${mark}`,
     } as Alice;
-    alice = partial;
     await asAlice("POST", "/v1/datastores", { name: alice.store });
     await asAlice("POST", `/v1/datastores/${alice.store}/records`, { records: [{ id: alice.recordId, text: alice.recordText, vector: [1, 0] }] });
     const up = await asAlice("POST", "/v1/workflows/upload", {
