@@ -1,6 +1,7 @@
 // `npm run bench`: every benchmark, each reported as a ratio against a baseline measured in the same run.
 import { benchEdge } from "./edge.js";
 import { benchDatastore } from "./datastore.js";
+import { benchExecutor } from "./executor.js";
 import { benchInvoke } from "./invoke.js";
 import { benchModelProxy } from "./modelproxy.js";
 import { benchValidate } from "./validate.js";
@@ -11,6 +12,7 @@ const benches: Record<string, () => Promise<void>> = {
   validate: benchValidate,
   datastore: benchDatastore,
   modelproxy: benchModelProxy,
+  executor: benchExecutor,
 };
 
 const only = process.argv.slice(2);

@@ -1,12 +1,25 @@
 import { loadConfig } from "../services/shared/config.js";
+import { runDatastores } from "./datastores.js";
+import { CliError } from "./http.js";
+import { runInvoke } from "./invoke.js";
 import { runKeys, UsageError } from "./keys.js";
+import { runRuns } from "./runs.js";
 import { startShaker } from "./serve.js";
+import { runUpload, runValidate } from "./upload.js";
 
 const usage = `usage: shaker <command>
 
 commands:
-  serve     run Shaker: every service and the REST edge on one port (PORT, default 8080)
-  keys      create, list and revoke API keys of accounts (shaker keys --help)
+  serve       run Shaker: every service and the REST edge on one port (PORT, default 8080)
+  upload      upload a workflow script as a new version (shaker upload FILE --help)
+  validate    check a workflow script locally, without a server
+  invoke      run a workflow and print its output (--stream prints emitted values live)
+  runs        list run records, or show one with its logs, emitted values and model calls
+  datastores  create, list, load (NDJSON or JSON) and search record stores
+  keys        create, list and revoke API keys of accounts (shaker keys --help)
+
+Commands that talk to a server take --server URL and --api-key KEY, or read SHAKER_URL
+(default http://127.0.0.1:8080) and SHAKER_API_KEY.
 `;
 
 async function serve(): Promise<void> {
@@ -41,6 +54,16 @@ async function main(argv: string[]): Promise<void> {
   switch (command) {
     case "serve":
       return serve();
+    case "upload":
+      return runUpload(argv.slice(1));
+    case "validate":
+      return runValidate(argv.slice(1));
+    case "invoke":
+      return runInvoke(argv.slice(1));
+    case "runs":
+      return runRuns(argv.slice(1));
+    case "datastores":
+      return runDatastores(argv.slice(1));
     case "keys":
       try {
         return await runKeys(argv.slice(1), process.env, (s) => process.stdout.write(s));
@@ -63,5 +86,5 @@ async function main(argv: string[]): Promise<void> {
 
 main(process.argv.slice(2)).catch((e: unknown) => {
   process.stderr.write(`shaker: ${e instanceof Error ? e.message : String(e)}\n`);
-  process.exit(1);
+  process.exit(e instanceof CliError ? e.exitCode : 1);
 });

@@ -1,7 +1,7 @@
 import { randomBytes } from "node:crypto";
 import { mkdirSync } from "node:fs";
 import { join } from "node:path";
-import { Code, ConnectError, createRouterTransport, type ConnectRouter } from "@connectrpc/connect";
+import { Code, ConnectError, type ConnectRouter } from "@connectrpc/connect";
 import { connectNodeAdapter } from "@connectrpc/connect-node";
 import { DatastoreService } from "../gen/shaker/datastore/v1/datastore_pb.js";
 import { ExecutorService } from "../gen/shaker/executor/v1/executor_pb.js";
@@ -10,6 +10,7 @@ import { RegistryService } from "../gen/shaker/registry/v1/registry_pb.js";
 import { createDatastoreService } from "../services/datastore/service.js";
 import { createEdge } from "../services/edge/edge.js";
 import { sendJson, type Res } from "../services/edge/http.js";
+import { serveConsole } from "./static.js";
 import { createWorkerPool } from "../services/executor/pool.js";
 import { createExecutorService } from "../services/executor/service.js";
 import { createExecutorStore } from "../services/executor/store.js";
@@ -18,6 +19,7 @@ import { createRegistryService, DEFAULT_ACCOUNT, generateApiKey } from "../servi
 import { createRegistryStore } from "../services/registry/store.js";
 import { createAuth, headers as authHeaders } from "../services/shared/auth.js";
 import { createClients, lazyTransport } from "../services/shared/clients.js";
+import { createDirectTransport } from "../services/shared/direct-transport.js";
 import type { Config } from "../services/shared/config.js";
 import { listen, type Handler } from "../services/shared/listener.js";
 
@@ -46,7 +48,7 @@ export async function startShaker(config: Config): Promise<Shaker> {
     router.service(ModelProxyService, modelproxy.impl);
     router.service(DatastoreService, datastore.impl);
   };
-  const clients = createClients(lazyTransport(() => createRouterTransport(routes)));
+  const clients = createClients(lazyTransport(() => createDirectTransport(routes)));
   const auth = createAuth({
     serviceSecret,
     authenticateKey: async (apiKey) => {
@@ -86,7 +88,7 @@ export async function startShaker(config: Config): Promise<Shaker> {
     maxConcurrentRuns: config.maxConcurrentRuns,
     maxConcurrentRunsPerAccount: config.maxConcurrentRunsPerAccount,
     maxNestingDepth: config.maxNestingDepth,
-    limits: { memoryBytes: 1024 * 1024 * 1024, openFiles: 256, fileBytes: 64 * 1024 * 1024, processes: 0 },
+    limits: { memoryBytes: config.runMemoryBytes, openFiles: 256, fileBytes: 64 * 1024 * 1024, processes: 0 },
   });
   const modelproxy = createModelProxyService(deps("modelproxy"));
   const datastore = createDatastoreService(deps("datastore"));
@@ -98,7 +100,7 @@ export async function startShaker(config: Config): Promise<Shaker> {
     fallback: (req, res) => sendJson(res as unknown as Res, 404, { error: { message: `no route ${req.method} ${req.url}`, type: "invalid_request_error", param: null, code: "not_found" } }),
   });
   const handler: Handler = (req, res) => {
-    if (!edge.handle(req, res as unknown as Res)) rpc(req as never, res as never);
+    if (!edge.handle(req, res as unknown as Res) && !serveConsole(req as never, res as never)) rpc(req as never, res as never);
   };
   const listener = await listen(handler, config.port, config.host);
   listenerUrl = listener.url;

@@ -134,6 +134,8 @@ export function createChatRoute(options: ChatRouteOptions) {
       "x-request-id": started.runId,
       ...("httpVersionMajor" in req && req.httpVersionMajor === 1 ? { connection: "keep-alive" } : {}),
     });
+    // The client learns the run started (and its id) now, not with the first emitted value.
+    res.flushHeaders();
     let lastWrite = Date.now();
     const write = async (text: string) => {
       lastWrite = Date.now();

@@ -76,7 +76,6 @@ export function createEdge(options: EdgeOptions): Edge {
         return true;
       }
       found.handler(req, res, found.params, url).catch((err: unknown) => {
-        // A request body left unread (an early error) would stall the connection: drain it.
         req.resume();
         sendError(res, err);
       });

@@ -2,6 +2,7 @@ import { spawn, type ChildProcess } from "node:child_process";
 import type { Readable, Writable } from "node:stream";
 
 const harnessDir = new URL("./harness", import.meta.url).pathname;
+const maxCachedVersions = 256;
 
 /** WorkerEvent is one frame about a run, from its worker or its child process. */
 export type WorkerEvent =
@@ -84,11 +85,12 @@ function frameReader(stream: Readable, onFrame: (runId: string, body: Buffer) =>
   });
 }
 
-function encodeFrame(value: unknown): Buffer {
-  const body = Buffer.from(JSON.stringify(value));
-  const head = Buffer.alloc(4);
-  head.writeUInt32BE(body.length);
-  return Buffer.concat([head, body]);
+function encodeFrame(text: string): Buffer {
+  const n = Buffer.byteLength(text);
+  const frame = Buffer.allocUnsafe(4 + n);
+  frame.writeUInt32BE(n, 0);
+  frame.write(text, 4);
+  return frame;
 }
 
 function killGroup(pid: number): void {
@@ -171,12 +173,16 @@ export function createWorkerPool(options: WorkerPoolOptions): WorkerPool {
       for (const w of workers) if (w.alive && (!worker.alive || w.active.size < worker.active.size)) worker = w;
       const active: Active = { job, pid: undefined, killed: false };
       worker.active.set(job.runId, active);
-      const frame: Record<string, unknown> = { t: "run", id: job.runId, version_id: job.versionId, payload: job.payload };
+      const head: Record<string, unknown> = { t: "run", id: job.runId, version_id: job.versionId };
       if (!worker.versions.has(job.versionId)) {
-        frame.source = job.source;
+        head.source = job.source;
+        // The worker forgets every compiled version at this size too (worker.py MAX_CACHED_VERSIONS).
+        if (worker.versions.size >= maxCachedVersions) worker.versions.clear();
         worker.versions.add(job.versionId);
       }
-      worker.toWorker.write(encodeFrame(frame));
+      // The payload follows the header as it is: the worker reads only the header and hands the
+      // payload's bytes to the child, which is the only process that parses it.
+      worker.toWorker.write(encodeFrame(`${JSON.stringify(head)}\n${JSON.stringify(job.payload)}`));
       return {
         kill() {
           active.killed = true;

@@ -160,21 +160,6 @@ export function createExecutorService(options: ExecutorServiceOptions): {
       detached: version.executionMode === ExecutionMode.ASYNC && !listenOverride(inv),
     };
     const metadata = (inv.metadata ?? {}) as JsonObject;
-    store.insertRun({
-      id: runId,
-      accountId,
-      workflowRefName: version.workflowRefName,
-      version: version.version,
-      versionId: version.versionId,
-      sessionId,
-      status: RunStatus.RUNNING,
-      input: redactJson(input ?? null, redact),
-      metadata: redactJson(metadata, redact),
-      createdAt,
-      startedAt: createdAt,
-      parentRunId: parent?.run ?? "",
-      depth,
-    });
 
     const events = listen && !started.detached ? new AsyncQueue<StreamEvent>() : undefined;
     const emitted: { seq: number; value: unknown; time: number }[] = [];
@@ -305,7 +290,7 @@ export function createExecutorService(options: ExecutorServiceOptions): {
         completionTokens: result?.usage?.completion_tokens ?? 0,
       };
       try {
-        store.updateRun(runId, {
+        store.finishRun(runId, {
           status,
           output: status === RunStatus.SUCCEEDED ? redactJson(result!.output ?? null, redact) : null,
           error: error ?? null,
@@ -387,6 +372,30 @@ export function createExecutorService(options: ExecutorServiceOptions): {
       endedBy ??= "timeout";
       handle.kill();
     }, timeoutMs);
+    // Recorded while the child starts: the row exists before any frame of the run can be handled,
+    // since frames are handled on this thread only after this function returns.
+    try {
+      store.insertRun({
+        id: runId,
+        accountId,
+        workflowRefName: version.workflowRefName,
+        version: version.version,
+        versionId: version.versionId,
+        sessionId,
+        status: RunStatus.RUNNING,
+        input: redactJson(input ?? null, redact),
+        metadata: redactJson(metadata, redact),
+        createdAt,
+        startedAt: createdAt,
+        parentRunId: parent?.run ?? "",
+        depth,
+      });
+    } catch (e) {
+      clearTimeout(timer);
+      handle.kill();
+      release();
+      throw new ConnectError(`could not record the run: ${(e as Error).message}`, Code.Internal);
+    }
     const liveRun: LiveRun = {
       started,
       accountId,

@@ -1,4 +1,4 @@
-import { and, desc, eq, inArray, type SQL } from "drizzle-orm";
+import { and, desc, eq, inArray, sql, type SQL } from "drizzle-orm";
 import { openDatabase } from "../shared/db.js";
 import * as schema from "./schema.js";
 
@@ -25,16 +25,36 @@ export function createExecutorStore(file: string) {
   const db = openDatabase({ file, migrationsFolder, schema });
   const { orm } = db;
   const { runs } = schema;
+  // Every run writes its row twice and many read it back: those statements are built once.
+  const p = (...names: readonly string[]) => Object.fromEntries(names.map((n) => [n, sql.placeholder(n)]));
+  const insertColumns = [
+    "id", "accountId", "workflowRefName", "version", "versionId", "sessionId", "status", "input", "metadata",
+    "createdAt", "startedAt", "parentRunId", "depth",
+  ] as const;
+  const finishColumns = [
+    "status", "output", "error", "finishedAt", "durationMs", "emitted", "logs", "httpCalls", "warnings",
+    "promptTokens", "completionTokens",
+  ] as const;
+  // drizzle's types take placeholders in values() but not in set(); at run time both encode the
+  // value with the column's mapping (JSON columns included) when the statement runs.
+  const insertStatement = orm.insert(runs).values(p(...insertColumns) as never).prepare();
+  const finishStatement = orm.update(runs).set(p(...finishColumns) as never).where(eq(runs.id, sql.placeholder("id"))).prepare();
+  const runStatement = orm
+    .select()
+    .from(runs)
+    .where(and(eq(runs.id, sql.placeholder("id")), eq(runs.accountId, sql.placeholder("accountId"))))
+    .prepare();
   return {
     close: () => db.close(),
-    insertRun(row: NewRun): void {
-      orm.insert(runs).values(row).run();
+    insertRun(row: Pick<NewRun, (typeof insertColumns)[number]>): void {
+      insertStatement.run(row);
     },
-    updateRun(id: string, fields: Partial<NewRun>): void {
-      orm.update(runs).set(fields).where(eq(runs.id, id)).run();
+    /** finishRun writes what a run ended with. */
+    finishRun(id: string, fields: Required<Pick<NewRun, (typeof finishColumns)[number]>>): void {
+      finishStatement.run({ ...fields, id });
     },
     run(accountId: string, id: string): RunRow | undefined {
-      return orm.select().from(runs).where(and(eq(runs.id, id), eq(runs.accountId, accountId))).get();
+      return runStatement.get({ id, accountId });
     },
     listRuns(filter: RunFilter): RunRow[] {
       const where: SQL[] = [eq(runs.accountId, filter.accountId)];

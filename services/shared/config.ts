@@ -36,6 +36,8 @@ export interface Config {
   modelsConfigFile: string | undefined;
   /** defaultModel serves calls that name no model when an upstream is configured; `SHAKER_DEFAULT_MODEL`. */
   defaultModel: string | undefined;
+  /** runMemoryBytes caps each run's address space (RLIMIT_AS); `SHAKER_RUN_MEMORY_BYTES`, default 1 GiB (0: no cap). */
+  runMemoryBytes: number;
   /** quiet silences the start-up banner (tests). */
   quiet: boolean;
 }
@@ -76,6 +78,7 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env, overrides: Part
     openaiBaseUrl: envString(env, "OPENAI_BASE_URL"),
     modelsConfigFile: envString(env, "SHAKER_MODELS_CONFIG"),
     defaultModel: envString(env, "SHAKER_DEFAULT_MODEL"),
+    runMemoryBytes: envInt(env, "SHAKER_RUN_MEMORY_BYTES", 1024 * 1024 * 1024),
     quiet: false,
     ...overrides,
   };

@@ -20,12 +20,29 @@ export interface Listener {
 const h2Preface = Buffer.from("PRI * HTTP/2.0\r\n");
 
 /**
+ * closeIfBodyUnread makes an HTTP/1.1 response that starts before its request body was read to the
+ * end say `Connection: close`. Such a request (refused early: too large, wrong type, bad record) is
+ * abandoned and its socket destroyed, and a keep-alive client that reused the connection would see
+ * its next request reset.
+ */
+function closeIfBodyUnread(req: http.IncomingMessage, res: http.ServerResponse): void {
+  const writeHead = res.writeHead;
+  res.writeHead = function (this: http.ServerResponse, ...args: unknown[]) {
+    if (!req.complete && !this.headersSent) this.setHeader("connection", "close");
+    return (writeHead as (...a: unknown[]) => http.ServerResponse).apply(this, args);
+  } as typeof res.writeHead;
+}
+
+/**
  * listen serves `handler` on one port for HTTP/1.1 and cleartext HTTP/2 (h2c with prior knowledge,
  * as gRPC clients speak it). Each connection's first bytes decide: the HTTP/2 preface goes to the
  * HTTP/2 server, anything else to the HTTP/1.1 server.
  */
 export async function listen(handler: Handler, port: number, host: string): Promise<Listener> {
-  const h1 = http.createServer({ keepAliveTimeout: 65_000, requestTimeout: 0 }, handler);
+  const h1 = http.createServer({ keepAliveTimeout: 65_000, requestTimeout: 0 }, (req, res) => {
+    closeIfBodyUnread(req, res);
+    handler(req, res);
+  });
   h1.headersTimeout = 60_000;
   const h2 = http2.createServer({}, handler);
   const sockets = new Set<net.Socket>();

@@ -13,7 +13,7 @@ import urllib.parse
 import urllib.request
 from typing import Any, Callable, Iterator, Sequence
 
-from .errors import DatastoreError, HttpError, ModelError, WorkflowError
+from .errors import DatastoreError, HttpError, ModelError, ShakerError, WorkflowError
 from .rpc import RpcClient, RpcError
 
 MODELPROXY = "shaker.modelproxy.v1.ModelProxyService"
@@ -32,7 +32,8 @@ class Channel:
         self.fd = fd
 
     def send(self, frame: dict[str, Any]) -> None:
-        self.send_raw(json.dumps(frame, default=str).encode())
+        # Compact, with "t" first: the worker recognises a run's last frame by its first bytes.
+        self.send_raw(json.dumps(frame, default=str, separators=(",", ":")).encode())
 
     def send_raw(self, body: bytes) -> None:
         data = memoryview(struct.pack(">I", len(body)) + body)
@@ -433,7 +434,8 @@ class WorkflowContext:
     session_id: str
     run_id: str
 
-    def __init__(self, payload: dict[str, Any], channel: Channel, rpc: RpcClient) -> None:
+    def __init__(self, payload: dict[str, Any], channel: Channel, rpc: RpcClient,
+                 accessories: dict[str, Any] | None = None) -> None:
         self.input = payload.get("input")
         self.messages = list(payload.get("messages") or [])
         self.secrets = dict(payload.get("secrets") or {})
@@ -449,17 +451,25 @@ class WorkflowContext:
         self._rpc = rpc
         self._usage = _Usage()
         self._emit_seq = 0
-        self._accessories: dict[str, Any] = {}
+        self._accessories: dict[str, Any] = dict(accessories or {})  # the worker's cache for this version
         self.chat = _Chat(self)
         self.embeddings = _Embeddings(self)
         self.agents = _Agents(self)
         self.http = _Http(self)
         self.datastore = _Datastore(self)
         self.workflows = _Workflows(self)
-        self.logger = logging.getLogger("workflow")
-        self.logger.setLevel(logging.DEBUG)
-        self.logger.propagate = False
-        self.logger.handlers = [_FrameHandler(self)]
+        self._logger: logging.Logger | None = None
+
+    @property
+    def logger(self) -> logging.Logger:
+        """A logging.Logger whose records become run logs (made on first use)."""
+        if self._logger is None:
+            logger = logging.getLogger("workflow")
+            logger.setLevel(logging.DEBUG)
+            logger.propagate = False
+            logger.handlers = [_FrameHandler(self)]
+            self._logger = logger
+        return self._logger
 
     def _call_context(self, intent: str | None, application: str | None, body: Any = None) -> dict[str, Any]:
         context: dict[str, Any] = {"sessionId": self.session_id, "intent": intent or "", "application": application or "",
@@ -489,6 +499,9 @@ class WorkflowContext:
 
     def load_accessory(self, key: str, fallback_path: str | None = None) -> Any:
         """The parsed JSON accessory uploaded under key (case-insensitive, '-' and '_' alike).
+
+        Cached per worker: the first run of a version that loads an accessory fetches it from the
+        Registry, and every later run of that version forked by the same worker finds it in memory.
         fallback_path is read only when no such accessory exists; without one, KeyError."""
         normal = key.strip().lower().replace("-", "_")
         if normal in self._accessories:
@@ -498,10 +511,11 @@ class WorkflowContext:
             value = (resp.get("accessory") or {}).get("content")
         except RpcError as e:
             if e.code != "not_found":
-                raise
+                raise ShakerError(f"could not load accessory {key!r}: {e.message or e.code}") from None
             if fallback_path is None:
                 raise KeyError(f"no accessory {key!r} was uploaded with this workflow") from None
             with open(fallback_path, "r", encoding="utf-8") as f:
-                value = json.load(f)
+                return json.load(f)
         self._accessories[normal] = value
+        self._channel.send({"t": "accessory", "key": normal, "value": value})
         return value

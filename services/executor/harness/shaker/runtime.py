@@ -1,17 +1,24 @@
-"""What a forked child does: set up its process, build ctx, run execute(ctx), report, exit."""
+"""What a forked child does: set up its process, wait for its run, build ctx, run execute(ctx), exit."""
 from __future__ import annotations
 
 import json
+import marshal
 import os
 import resource
 import signal
+import struct
 import sys
+import tempfile
 import traceback
 import types
 from typing import Any
 
 from .context import Channel, WorkflowContext
 from .rpc import RpcClient
+
+# The child's descriptors: 0 /dev/null, 1 and 2 the output pipes, then these two, nothing else.
+CTL_FD = 3
+FRAMES_FD = 4
 
 
 def _limit(kind: int, value: int | None) -> None:
@@ -25,44 +32,106 @@ def _limit(kind: int, value: int | None) -> None:
         pass
 
 
-def _setup_process(payload: dict[str, Any], frames_fd: int, out_fd: int, err_fd: int, close_fds: list[int]) -> None:
+def _setup_process(ctl_fd: int, frames_fd: int, out_fd: int, err_fd: int) -> None:
+    """Makes this fresh fork a process of its own: its group, default signals, and only its own pipes."""
     os.setpgid(0, 0)
     signal.set_wakeup_fd(-1)
-    for sig in (signal.SIGCHLD, signal.SIGTERM, signal.SIGINT, signal.SIGPIPE):
+    for sig in (signal.SIGCHLD, signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, signal.SIG_DFL)
-    for fd in close_fds:
-        try:
-            os.close(fd)
-        except OSError:
-            pass
-    os.dup2(out_fd, 1)
-    os.dup2(err_fd, 2)
-    os.close(out_fd)
-    os.close(err_fd)
     devnull = os.open(os.devnull, os.O_RDONLY)
     os.dup2(devnull, 0)
-    os.close(devnull)
+    os.dup2(out_fd, 1)
+    os.dup2(err_fd, 2)
+    os.dup2(ctl_fd, CTL_FD)
+    os.dup2(frames_fd, FRAMES_FD)
+    # Everything else the worker had open (its own pipes, other runs' pipes, other spares' pipes)
+    # is closed, so a run can neither read nor write anybody else's.
+    os.closerange(FRAMES_FD + 1, max(resource.getrlimit(resource.RLIMIT_NOFILE)[0], devnull + 1))
     try:
         sys.stdout.reconfigure(line_buffering=True)  # type: ignore[union-attr]
         sys.stderr.reconfigure(line_buffering=True)  # type: ignore[union-attr]
     except AttributeError:
         pass
+
+
+def _read_exactly(fd: int, n: int) -> bytes:
+    chunks = []
+    while n > 0:
+        chunk = os.read(fd, min(n, 1 << 20))
+        if not chunk:
+            raise EOFError("the worker closed the run pipe")
+        chunks.append(chunk)
+        n -= len(chunk)
+    return b"".join(chunks)
+
+
+def _apply_limits(payload: dict[str, Any]) -> None:
     limits = payload.get("limits") or {}
     _limit(resource.RLIMIT_AS, limits.get("memory_bytes"))
     _limit(resource.RLIMIT_CPU, limits.get("cpu_seconds"))
     _limit(resource.RLIMIT_NOFILE, limits.get("open_files"))
     _limit(resource.RLIMIT_FSIZE, limits.get("file_bytes"))
     _limit(resource.RLIMIT_NPROC, limits.get("processes"))
+
+
+_REHEARSAL = compile("def execute(ctx):\n    return {'ok': True, 'input': ctx.input}\n", "rehearsal.py", "exec")
+
+
+def _rehearse() -> None:
+    """Does what every run does, without a run, while nobody waits: after a fork, the first write to
+    each inherited page copies it, and a rehearsal makes most of those copies happen here."""
+    payload = json.loads('{"input": {"n": 1}, "messages": [], "secrets": {}, "metadata": {}, "env": {}, "params": {},'
+                         ' "session_id": "s", "run_id": "r", "rpc_url": "http://127.0.0.1:1", "token": "t", "limits": {}}')
+    os.environ.update(payload["env"])
+    ctx = WorkflowContext(payload, Channel(-1), RpcClient(payload["rpc_url"], payload["token"]), {})
+    module = types.ModuleType("rehearsal")
+    exec(_REHEARSAL, module.__dict__)
+    json.dumps(module.__dict__["execute"](ctx))
+    json.dumps(ctx._usage.as_dict())
+
+
+def spare_main(ctl_fd: int, frames_fd: int, out_fd: int, err_fd: int, code_cache: dict[str, Any],
+               accessories: dict[str, dict[str, Any]], rehearse: bool = True) -> None:
+    """Runs in a freshly forked spare child: gets ready, waits for one run, runs it, exits. Never returns.
+    A child forked for a run that is already waiting skips the rehearsal, which would only delay it."""
+    _setup_process(ctl_fd, frames_fd, out_fd, err_fd)
+    if rehearse:
+        _rehearse()
+    try:
+        head = _read_exactly(CTL_FD, 16)
+    except (EOFError, OSError):
+        os._exit(0)  # the worker went away before giving this spare a run
+    vid_len, payload_len, code_len, acc_len = struct.unpack(">IIII", head)
+    version_id = _read_exactly(CTL_FD, vid_len).decode()
+    payload = json.loads(_read_exactly(CTL_FD, payload_len))
+    code = marshal.loads(_read_exactly(CTL_FD, code_len)) if code_len else code_cache[version_id]
+    cached = json.loads(_read_exactly(CTL_FD, acc_len)) if acc_len else accessories.get(version_id) or {}
+    os.close(CTL_FD)
+    code_cache.clear()  # other versions' code is none of this run's business
+    accessories.clear()
+    run(code, payload, cached)
+
+
+def run_tmpdir(run_id: str) -> str:
+    """The run's private temporary directory (TMPDIR and tempfile's default); the worker removes it."""
+    return os.path.join(tempfile.gettempdir(), "shaker-" + run_id.replace("/", "_"))
+
+
+def run(code: Any, payload: dict[str, Any], accessories: dict[str, Any]) -> None:
+    """Runs one workflow in this process and exits; never returns."""
+    _apply_limits(payload)
     os.environ.update(payload.get("env") or {})
-
-
-def child_main(code: Any, payload: dict[str, Any], frames_fd: int, out_fd: int, err_fd: int, close_fds: list[int]) -> None:
-    """Runs one workflow in this (freshly forked) process and exits; never returns."""
-    _setup_process(payload, frames_fd, out_fd, err_fd, close_fds)
-    channel = Channel(frames_fd)
+    try:
+        tmp = run_tmpdir(str(payload.get("run_id") or os.getpid()))
+        os.mkdir(tmp, 0o700)
+        os.environ["TMPDIR"] = tmp
+        tempfile.tempdir = tmp
+    except OSError:
+        pass
+    channel = Channel(FRAMES_FD)
     status = 0
     try:
-        ctx = WorkflowContext(payload, channel, RpcClient(payload["rpc_url"], payload["token"]))
+        ctx = WorkflowContext(payload, channel, RpcClient(payload["rpc_url"], payload["token"]), accessories)
         module = types.ModuleType("workflow")
         module.__file__ = "workflow.py"
         sys.modules["workflow"] = module

@@ -1,30 +1,51 @@
-"""The long-lived Python worker: preloads the harness, then forks one fresh child per run.
+"""The long-lived Python worker: preloads the harness, then runs every run in a fresh forked child.
 
 Protocol (never on stdout): the Executor writes frames to fd 3 and reads frames from fd 4. A frame
-is a 4-byte big-endian length and a UTF-8 JSON body. Frames the worker sends are prefixed with the
-run id and a newline, so the Executor can route them without the worker re-encoding child frames.
+is a 4-byte big-endian length and a body. Frames the worker sends are prefixed with the run id and a
+newline, so the Executor can route them without the worker re-encoding child frames.
 
-  Executor -> worker: {"t": "run", "id", "version_id", "source"?, "payload": {...}}
+  Executor -> worker: {"t": "run", "id", "version_id", "source"?}\\n<payload JSON>
                       {"t": "source", "version_id", "source"}   (cache only)
   worker -> Executor: id\\n{"t": "started", "pid"}
-                      id\\n<a child frame: emit, log, http, result, error, warning>
+                      id\\n<a child frame: emit, log, http, accessory, result, error>
                       id\\n{"t": "output", "stream": "stdout"|"stderr", "data"}
                       id\\n{"t": "exit", "code", "signal", "output_truncated"}
+
+Speed: a fork of this interpreter, and the child's generic set-up (process group, signals, closing
+every inherited descriptor, stdout and stderr on pipes), happen before a run exists: the worker keeps
+a few idle "spare" children forked ahead, each blocked reading its own pipe. A run is handed to a
+spare as one message, so the run's critical path holds no fork. A spare has never run anything, so
+every run still gets a process nobody else used. The run is over as soon as the child's result (or
+error) frame arrives: the worker drains the child's stdout and stderr (flushed before the result was
+sent), reports the exit at once, and kills the child's process group, which it reaps later.
 """
 from __future__ import annotations
 
 import errno
+import gc
 import json
+import marshal
 import os
 import selectors
+import shutil
 import signal
 import struct
 import sys
+import time
 from typing import Any
+
+from shaker import runtime
 
 IN_FD = 3
 OUT_FD = 4
 MAX_OUTPUT_BYTES = int(os.environ.get("SHAKER_MAX_OUTPUT_BYTES", str(1024 * 1024)))
+SPARES = int(os.environ.get("SHAKER_SPARES", "2"))
+MAX_CACHED_VERSIONS = 256
+MAX_CACHED_ACCESSORY_BYTES = 8 * 1024 * 1024
+
+_RESULT = b'{"t":"result"'
+_ERROR = b'{"t":"error"'
+_ACCESSORY = b'{"t":"accessory"'
 
 
 def write_all(fd: int, data: bytes) -> None:
@@ -42,25 +63,49 @@ def send(run_id: str, body: bytes) -> None:
     write_all(OUT_FD, struct.pack(">I", len(payload)) + payload)
 
 
-class Child:
-    """A forked run as the worker sees it: its pipes, its buffers, and whether it has ended."""
+def send_json(run_id: str, value: dict[str, Any]) -> None:
+    send(run_id, json.dumps(value, separators=(",", ":")).encode())
 
-    def __init__(self, run_id: str, pid: int, frames_fd: int, out_fd: int, err_fd: int) -> None:
-        self.run_id = run_id
+
+def kill_group(pid: int) -> None:
+    try:
+        os.killpg(pid, signal.SIGKILL)
+    except OSError:
+        pass
+
+
+class Child:
+    """A forked child as the worker sees it: a spare until it is given a run, then that run's process."""
+
+    def __init__(self, pid: int, ctl_fd: int, frames_fd: int, out_fd: int, err_fd: int, versions: frozenset[str],
+                 accessory_gen: dict[str, int]) -> None:
         self.pid = pid
+        self.run_id = ""
+        self.version_id = ""
+        self.accessory_gen = accessory_gen  # the cached accessories it inherited, by version
+        self.ctl_fd = ctl_fd
         self.frames_fd = frames_fd
+        self.out_fd = out_fd
+        self.err_fd = err_fd
+        self.versions = versions  # the compiled versions it inherited
         self.frame_buf = b""
         self.open_fds = {frames_fd, out_fd, err_fd}
         self.output_bytes = 0
         self.output_truncated = False
         self.status: tuple[int, int] | None = None
+        self.reported = False  # the exit frame was sent
 
 
 class Worker:
     def __init__(self) -> None:
         self.sel = selectors.DefaultSelector()
         self.code_cache: dict[str, Any] = {}
-        self.children: dict[int, Child] = {}  # by pid
+        self.marshalled: dict[str, bytes] = {}
+        self.accessories: dict[str, dict[str, Any]] = {}  # version id -> key -> parsed JSON
+        self.accessory_gen: dict[str, int] = {}  # version id -> how many times its accessories grew
+        self.refill_after = 0.0
+        self.spares: list[Child] = []
+        self.children: dict[int, Child] = {}  # by pid, spares included
         self.fd_owner: dict[int, tuple[Child, str]] = {}
         self.in_buf = b""
         wake_r, wake_w = os.pipe()
@@ -75,65 +120,116 @@ class Worker:
     # -- control frames ---------------------------------------------------------------------------
 
     def compile_source(self, version_id: str, source: str) -> Any:
+        """Compiles a version once; a script that does not compile is remembered as its error, since
+        the Executor sends each version's source to a worker only once."""
         code = self.code_cache.get(version_id)
         if code is None:
-            code = compile(source, "workflow.py", "exec")
-            if len(self.code_cache) > 256:
+            try:
+                code = compile(source, "workflow.py", "exec")
+            except (SyntaxError, ValueError) as e:
+                code = e
+            # The Executor clears its list of versions sent at the same size, so both forget together.
+            if len(self.code_cache) >= MAX_CACHED_VERSIONS:
                 self.code_cache.clear()
+                self.marshalled.clear()
+                self.accessories.clear()
+                self.accessory_gen.clear()
             self.code_cache[version_id] = code
         return code
 
-    def handle_control(self, frame: dict[str, Any]) -> None:
-        kind = frame.get("t")
+    def handle_control(self, body: bytes) -> None:
+        nl = body.find(b"\n")
+        head = json.loads(body if nl < 0 else body[:nl])
+        kind = head.get("t")
         if kind == "source":
-            self.compile_source(frame["version_id"], frame["source"])
+            self.compile_source(head["version_id"], head["source"])
         elif kind == "run":
-            self.start_run(frame)
+            self.start_run(head, body[nl + 1:] if nl >= 0 else b"{}")
 
-    def start_run(self, frame: dict[str, Any]) -> None:
-        run_id = frame["id"]
-        try:
-            code = self.code_cache.get(frame["version_id"])
-            if code is None:
-                if "source" not in frame:
-                    raise RuntimeError("worker has no source for version " + frame["version_id"])
-                code = self.compile_source(frame["version_id"], frame["source"])
-        except SyntaxError as e:
-            send(run_id, json.dumps({"t": "error", "type": "SyntaxError", "message": str(e), "traceback": ""}).encode())
-            send(run_id, json.dumps({"t": "exit", "code": 1, "signal": 0, "output_truncated": False}).encode())
+    def start_run(self, head: dict[str, Any], payload: bytes) -> None:
+        run_id = head["id"]
+        version_id = head["version_id"]
+        code_or_error = self.code_cache.get(version_id)
+        if code_or_error is None and "source" in head:
+            code_or_error = self.compile_source(version_id, head["source"])
+        if code_or_error is None or isinstance(code_or_error, BaseException):
+            e = code_or_error or RuntimeError("the worker has no source for version " + version_id)
+            send_json(run_id, {"t": "error", "type": type(e).__name__, "message": str(e), "traceback": ""})
+            send_json(run_id, {"t": "exit", "code": 1, "signal": 0, "output_truncated": False})
             return
+        child = self.spares.pop() if self.spares else self.fork_spare(rehearse=False)
+        child.run_id = run_id
+        child.version_id = version_id
+        code = b""
+        if version_id not in child.versions:
+            code = self.marshalled.get(version_id) or b""
+            if not code:
+                code = self.marshalled[version_id] = marshal.dumps(self.code_cache[version_id])
+        accessories = b""
+        if self.accessory_gen.get(version_id, 0) != child.accessory_gen.get(version_id, 0):
+            accessories = json.dumps(self.accessories[version_id]).encode()
+        vid = version_id.encode()
+        message = struct.pack(">IIII", len(vid), len(payload), len(code), len(accessories)) + vid + payload + code + accessories
+        send_json(run_id, {"t": "started", "pid": child.pid})
+        try:
+            write_all(child.ctl_fd, message)
+        except OSError:
+            pass  # the spare died; its exit is reported when it is reaped
+        os.close(child.ctl_fd)
+        child.ctl_fd = -1
+
+    def fork_spare(self, rehearse: bool = True) -> Child:
+        ctl_r, ctl_w = os.pipe()
         frames_r, frames_w = os.pipe()
         out_r, out_w = os.pipe()
         err_r, err_w = os.pipe()
+        # Objects that exist now are never collected in the child: keeping them out of the collector
+        # spares the child copying every page a collection would touch.
+        gc.freeze()
         pid = os.fork()
         if pid == 0:
-            # The child: never returns to the worker's loop.
             try:
-                os.close(frames_r)
-                os.close(out_r)
-                os.close(err_r)
-                from shaker import runtime
-                runtime.child_main(code, frame["payload"], frames_w, out_w, err_w, self.child_fds_to_close())
+                self.forget()
+                runtime.spare_main(ctl_r, frames_w, out_w, err_w, self.code_cache, self.accessories, rehearse)
             finally:
                 os._exit(70)
-        os.close(frames_w)
-        os.close(out_w)
-        os.close(err_w)
-        child = Child(run_id, pid, frames_r, out_r, err_r)
+        for fd in (ctl_r, frames_w, out_w, err_w):
+            os.close(fd)
+        try:
+            os.setpgid(pid, pid)  # also done by the child; whichever runs first makes the group exist
+        except OSError:
+            pass
+        child = Child(pid, ctl_w, frames_r, out_r, err_r, frozenset(self.code_cache), dict(self.accessory_gen))
         self.children[pid] = child
         for fd, role in ((frames_r, "frames"), (out_r, "stdout"), (err_r, "stderr")):
             os.set_blocking(fd, False)
             self.fd_owner[fd] = (child, role)
             self.sel.register(fd, selectors.EVENT_READ, "child")
-        send(run_id, json.dumps({"t": "started", "pid": pid}).encode())
+        return child
 
-    def child_fds_to_close(self) -> list[int]:
-        fds = [IN_FD, OUT_FD, self.wake_r]
-        for fd in self.fd_owner:
-            fds.append(fd)
-        return fds
+    def forget(self) -> None:
+        """In a new child: drops the worker's own state, which is no business of a run."""
+        self.marshalled.clear()
+        self.children.clear()
+        self.spares.clear()
+        self.fd_owner.clear()
+        self.in_buf = b""
+        self.sel = None  # type: ignore[assignment]
+
+    def refill(self) -> None:
+        try:
+            self.spares.insert(0, self.fork_spare())
+        except OSError as e:  # out of processes or memory: try again later, runs fork on demand
+            print(f"cannot fork a spare child: {e}", file=sys.stderr, flush=True)
+            self.refill_after = time.monotonic() + 1.0
 
     # -- child pipes -----------------------------------------------------------------------------
+
+    def close_fd(self, child: Child, fd: int) -> None:
+        self.sel.unregister(fd)
+        os.close(fd)
+        del self.fd_owner[fd]
+        child.open_fds.discard(fd)
 
     def read_child(self, fd: int) -> None:
         child, role = self.fd_owner[fd]
@@ -144,23 +240,66 @@ class Worker:
         except OSError:
             data = b""
         if not data:
-            self.sel.unregister(fd)
-            os.close(fd)
-            del self.fd_owner[fd]
-            child.open_fds.discard(fd)
+            self.close_fd(child, fd)
             self.maybe_finish(child)
             return
+        if not child.run_id or child.reported:
+            return  # a spare has nothing to say; a finished run's leftovers are dropped
         if role == "frames":
-            child.frame_buf += data
-            buf = child.frame_buf
-            while len(buf) >= 4:
-                (n,) = struct.unpack(">I", buf[:4])
-                if len(buf) < 4 + n:
-                    break
-                send(child.run_id, buf[4:4 + n])
-                buf = buf[4 + n:]
-            child.frame_buf = buf
+            self.read_frames(child, data)
+        else:
+            self.relay_output(child, role, data)
+
+    def read_frames(self, child: Child, data: bytes) -> None:
+        buf = child.frame_buf + data if child.frame_buf else data
+        offset = 0
+        while len(buf) - offset >= 4:
+            (n,) = struct.unpack_from(">I", buf, offset)
+            if len(buf) - offset - 4 < n:
+                break
+            body = buf[offset + 4:offset + 4 + n]
+            offset += 4 + n
+            if body.startswith(_ACCESSORY):
+                self.keep_accessory(child, body)
+                continue
+            if body.startswith(_RESULT) or body.startswith(_ERROR):
+                # The child flushed stdout and stderr before this frame: relay all of it first.
+                for out_fd, role in ((child.out_fd, "stdout"), (child.err_fd, "stderr")):
+                    self.drain_output(child, out_fd, role)
+                send(child.run_id, body)
+                self.report_exit(child, 0 if body.startswith(_RESULT) else 1, 0)
+                kill_group(child.pid)
+                child.frame_buf = b""
+                return
+            send(child.run_id, body)
+        child.frame_buf = buf[offset:]
+
+    def keep_accessory(self, child: Child, body: bytes) -> None:
+        # A child fetched an accessory from the Registry: keep it for the child's version (never for a
+        # version the frame names: a child speaks only for itself), so later children inherit it.
+        if len(body) > MAX_CACHED_ACCESSORY_BYTES:
             return
+        try:
+            frame = json.loads(body)
+            self.accessories.setdefault(child.version_id, {})[str(frame["key"])] = frame["value"]
+        except (ValueError, KeyError, TypeError):
+            return
+        self.accessory_gen[child.version_id] = self.accessory_gen.get(child.version_id, 0) + 1
+
+    def drain_output(self, child: Child, fd: int, role: str) -> None:
+        while fd in child.open_fds:
+            try:
+                data = os.read(fd, 65536)
+            except BlockingIOError:
+                return
+            except OSError:
+                data = b""
+            if not data:
+                self.close_fd(child, fd)
+                return
+            self.relay_output(child, role, data)
+
+    def relay_output(self, child: Child, role: str, data: bytes) -> None:
         # Captured stdout/stderr, capped per run so a runaway print loop cannot flood the service.
         if child.output_truncated:
             return
@@ -170,13 +309,9 @@ class Worker:
             child.output_truncated = True
         child.output_bytes += len(data)
         if data:
-            text = data.decode("utf-8", "replace")
-            send(child.run_id, json.dumps({"t": "output", "stream": role, "data": text}).encode())
+            send_json(child.run_id, {"t": "output", "stream": role, "data": data.decode("utf-8", "replace")})
         if child.output_truncated:
-            try:
-                os.killpg(child.pid, signal.SIGKILL)
-            except OSError:
-                pass
+            kill_group(child.pid)
 
     def reap(self) -> None:
         while True:
@@ -192,18 +327,29 @@ class Worker:
             code = os.waitstatus_to_exitcode(status)
             child.status = (code, 0) if code >= 0 else (0, -code)
             # The run is over: whatever it forked goes with it, so its pipes close and nothing lingers.
-            try:
-                os.killpg(pid, signal.SIGKILL)
-            except OSError:
-                pass
+            kill_group(pid)
+            if child in self.spares:
+                # A spare that dies unused is a sign of trouble (memory?): do not fork in a loop.
+                self.spares.remove(child)
+                self.refill_after = time.monotonic() + 1.0
             self.maybe_finish(child)
+
+    def report_exit(self, child: Child, code: int, sig: int) -> None:
+        if child.reported or not child.run_id:
+            return
+        child.reported = True
+        send_json(child.run_id, {"t": "exit", "code": code, "signal": sig, "output_truncated": child.output_truncated})
 
     def maybe_finish(self, child: Child) -> None:
         if child.status is None or child.open_fds:
             return
-        code, sig = child.status
         del self.children[child.pid]
-        send(child.run_id, json.dumps({"t": "exit", "code": code, "signal": sig, "output_truncated": child.output_truncated}).encode())
+        if child.run_id:
+            shutil.rmtree(runtime.run_tmpdir(child.run_id), ignore_errors=True)
+        if child.ctl_fd >= 0:
+            os.close(child.ctl_fd)
+            child.ctl_fd = -1
+        self.report_exit(child, *child.status)
 
     # -- main loop -------------------------------------------------------------------------------
 
@@ -214,22 +360,27 @@ class Worker:
             return True
         if not data:
             return False
-        self.in_buf += data
-        buf = self.in_buf
-        while len(buf) >= 4:
-            (n,) = struct.unpack(">I", buf[:4])
-            if len(buf) < 4 + n:
+        buf = self.in_buf + data if self.in_buf else data
+        offset = 0
+        while len(buf) - offset >= 4:
+            (n,) = struct.unpack_from(">I", buf, offset)
+            if len(buf) - offset - 4 < n:
                 break
-            self.handle_control(json.loads(buf[4:4 + n]))
-            buf = buf[4 + n:]
-        self.in_buf = buf
+            self.handle_control(buf[offset + 4:offset + 4 + n])
+            offset += 4 + n
+        self.in_buf = buf[offset:]
         return True
 
     def serve(self) -> None:
         while True:
+            # Spares are forked only when nothing else waits, so a fork never delays a run's frames.
+            idle_work = len(self.spares) < SPARES and time.monotonic() >= self.refill_after
             try:
-                events = self.sel.select()
+                events = self.sel.select(0 if idle_work else None)
             except InterruptedError:
+                continue
+            if not events and idle_work:
+                self.refill()
                 continue
             for key, _ in events:
                 if key.data == "control":
@@ -249,15 +400,11 @@ class Worker:
 
     def shutdown(self) -> None:
         for pid in list(self.children):
-            try:
-                os.killpg(pid, signal.SIGKILL)
-            except OSError:
-                pass
+            kill_group(pid)
 
 
 def main() -> None:
-    # Preload what every run needs, so each fork starts with it in memory.
-    import shaker.runtime  # noqa: F401
+    runtime.run_tmpdir("")  # settles tempfile's directory once, for every child
     os.set_blocking(IN_FD, True)
     try:
         Worker().serve()

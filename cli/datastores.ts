@@ -1,0 +1,193 @@
+import { closeSync, createReadStream, openSync, readFileSync, readSync, statSync } from "node:fs";
+import { createInterface } from "node:readline";
+import { call, CliError, need, parse, printJson, serverOf, table, type Server } from "./http.js";
+
+const usage = `usage: shaker datastores list
+       shaker datastores create NAME [--embedding-model MODEL]
+       shaker datastores load NAME FILE [--batch N] [--progress]  (FILE: NDJSON, one record a line, or a JSON array)
+       shaker datastores search NAME QUERY [--mode keyword|vector|hybrid] [--limit N] [--json]
+  records are {id, text, metadata?, vector?}.`;
+
+/** Progress draws a progress bar with a records/s figure on stderr (only when stderr is a terminal, unless forced). */
+class Progress {
+  private readonly started = performance.now();
+  private lastDraw = 0;
+  constructor(
+    private readonly label: string,
+    private readonly draw = process.stderr.isTTY === true,
+  ) {}
+
+  update(fraction: number, records: number, force = false): void {
+    const now = performance.now();
+    if (!force && now - this.lastDraw < 100) return;
+    this.lastDraw = now;
+    const width = 30;
+    const done = Math.round(Math.min(1, Math.max(0, fraction)) * width);
+    const line = `${this.label} [${"#".repeat(done)}${"-".repeat(width - done)}] ${Math.round(fraction * 100)}% ${records} records ${this.rate(records)} records/s`;
+    if (this.draw) process.stderr.write(`\r${line}`);
+  }
+
+  rate(records: number): number {
+    const seconds = (performance.now() - this.started) / 1000;
+    return seconds > 0 ? Math.round(records / seconds) : records;
+  }
+
+  seconds(): number {
+    return (performance.now() - this.started) / 1000;
+  }
+
+  end(): void {
+    if (this.draw) process.stderr.write("\n");
+  }
+}
+
+/** batchesOf reads FILE as NDJSON (streamed line by line) or as a JSON array; yields batches of records with how far through the file it is. */
+async function* batchesOf(file: string, size: number): AsyncGenerator<{ records: unknown[]; fraction: number }> {
+  let bytes: number;
+  try {
+    bytes = statSync(file).size;
+  } catch (e) {
+    throw new CliError(`cannot read ${file}: ${(e as NodeJS.ErrnoException).code === "ENOENT" ? "no such file" : (e as Error).message}`);
+  }
+  const fd = openSync(file, "r");
+  const start = Buffer.alloc(64);
+  const got = readSync(fd, start, 0, 64, 0);
+  closeSync(fd);
+  const head = start.subarray(0, got).toString("utf8").replace(/^\uFEFF/, "").trimStart();
+  if (head.startsWith("[")) {
+    let all: unknown;
+    try {
+      all = JSON.parse(readFileSync(file, "utf8"));
+    } catch (e) {
+      throw new CliError(`${file} is not a valid JSON array: ${(e as Error).message}`);
+    }
+    const records = all as unknown[];
+    for (let i = 0; i < records.length; i += size) {
+      yield { records: records.slice(i, i + size), fraction: Math.min(records.length, i + size) / records.length };
+    }
+    return;
+  }
+  const stream = createReadStream(file, "utf8");
+  const lines = createInterface({ input: stream, crlfDelay: Infinity });
+  let batch: unknown[] = [];
+  let lineNo = 0;
+  let read = 0;
+  for await (const line of lines) {
+    lineNo++;
+    read += Buffer.byteLength(line) + 1;
+    if (!line.trim()) continue;
+    try {
+      batch.push(JSON.parse(line));
+    } catch (e) {
+      throw new CliError(`${file}:${lineNo}: not a JSON record (${(e as Error).message})`);
+    }
+    if (batch.length >= size) {
+      yield { records: batch, fraction: bytes ? read / bytes : 1 };
+      batch = [];
+    }
+  }
+  if (batch.length) yield { records: batch, fraction: 1 };
+}
+
+async function load(server: Server, name: string, file: string, batchSize: number, forceBar: boolean): Promise<void> {
+  const progress = new Progress(`loading ${name}`, forceBar || process.stderr.isTTY === true);
+  let total = 0;
+  let embedded = 0;
+  for await (const { records, fraction } of batchesOf(file, batchSize)) {
+    const ndjson = records.map((r) => JSON.stringify(r)).join("\n") + "\n";
+    let resp;
+    try {
+      resp = await call(server, "POST", `/v1/datastores/${encodeURIComponent(name)}/records`, { raw: ndjson, contentType: "application/x-ndjson" });
+    } catch (e) {
+      progress.end();
+      throw new CliError(`after ${total} records: ${(e as Error).message.replace(/records\[(\d+)\]/, (_m, i) => `record ${total + Number(i) + 1}`)}`);
+    }
+    total += Number(resp.data?.upserted ?? records.length);
+    embedded += Number(resp.data?.embedded ?? 0);
+    progress.update(fraction, total);
+  }
+  progress.update(1, total, true);
+  progress.end();
+  const seconds = progress.seconds();
+  process.stderr.write(
+    `loaded ${total} records into ${name} in ${seconds.toFixed(2)}s (${progress.rate(total)} records/s${embedded ? `, ${embedded} embedded` : ""})\n`,
+  );
+}
+
+/** runDatastores manages the account's record stores. */
+export async function runDatastores(argv: string[]): Promise<void> {
+  const { values, positionals } = parse(
+    argv,
+    {
+      "embedding-model": { type: "string" },
+      mode: { type: "string" },
+      limit: { type: "string" },
+      batch: { type: "string" },
+      progress: { type: "boolean" },
+      json: { type: "boolean" },
+    },
+    usage,
+  );
+  const server = serverOf(values);
+  const [sub] = positionals;
+  switch (sub) {
+    case "list": {
+      const resp = await call(server, "GET", "/v1/datastores");
+      if (values.json) return printJson(resp.data);
+      const stores: any[] = resp.data;
+      if (!stores.length) {
+        process.stdout.write("no datastores; create one with: shaker datastores create NAME\n");
+        return;
+      }
+      process.stdout.write(
+        table(
+          ["NAME", "RECORDS", "EMBEDDING MODEL", "CREATED"],
+          stores.map((s) => [s.name, String(s.record_count ?? ""), s.embedding_model || "-", String(s.created_at ?? "")]),
+        ),
+      );
+      return;
+    }
+    case "create": {
+      const name = need(positionals, 1, "NAME", usage);
+      const body: Record<string, unknown> = { name };
+      if (values["embedding-model"]) body.embedding_model = values["embedding-model"];
+      const resp = await call(server, "POST", "/v1/datastores", { body });
+      process.stdout.write(`created datastore ${resp.data?.name ?? name}\n`);
+      return;
+    }
+    case "load": {
+      const name = need(positionals, 1, "NAME", usage);
+      const file = need(positionals, 2, "FILE", usage);
+      const batch = values.batch === undefined ? 500 : Number(values.batch);
+      if (!Number.isInteger(batch) || batch <= 0) throw new CliError("--batch must be a positive whole number", 2);
+      return load(server, name, file, batch, values.progress === true);
+    }
+    case "search": {
+      const name = need(positionals, 1, "NAME", usage);
+      const query = need(positionals, 2, "QUERY", usage);
+      const body: Record<string, unknown> = { query };
+      if (values.mode) body.mode = values.mode;
+      if (values.limit) {
+        const n = Number(values.limit);
+        if (!Number.isInteger(n) || n <= 0) throw new CliError("--limit must be a positive whole number", 2);
+        body.limit = n;
+      }
+      const resp = await call(server, "POST", `/v1/datastores/${encodeURIComponent(name)}/search`, { body });
+      const hits: any[] = resp.data;
+      if (values.json) return printJson(hits);
+      if (!hits.length) {
+        process.stdout.write("no matches\n");
+        return;
+      }
+      for (const h of hits) {
+        const text = String(h.text ?? "").replace(/\s+/g, " ");
+        process.stdout.write(`${Number(h.score).toFixed(3)}  ${h.id}  ${text.length > 100 ? text.slice(0, 97) + "..." : text}\n`);
+      }
+      return;
+    }
+    case undefined:
+      throw new CliError(`missing subcommand\n${usage}`, 2);
+    default:
+      throw new CliError(`unknown datastores subcommand '${sub}'\n${usage}`, 2);
+  }
+}

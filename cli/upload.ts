@@ -1,0 +1,169 @@
+import { readFileSync } from "node:fs";
+import { basename, extname } from "node:path";
+import { runPythonJson } from "../services/shared/python.js";
+import { ApiError, call, CliError, need, parse, serverOf } from "./http.js";
+
+/** ScriptError is one validation finding: 1-based line and column (0 when unknown). */
+export interface ScriptError {
+  line: number;
+  column: number;
+  message: string;
+}
+
+const uploadUsage = `usage: shaker upload FILE [--name REF] [--accessory KEY=FILE]... [--datastore NAME[:rw]]...
+                     [--bump major|minor|patch] [--timeout S] [--mode sync|stream|async]
+                     [--description TEXT] [--env KEY=VALUE]... [--server URL] [--api-key KEY]`;
+const validateUsage = "usage: shaker validate FILE   (checks a workflow script locally; needs no server)";
+
+const validatorScript = new URL("../services/registry/validate.py", import.meta.url).pathname;
+
+function readScript(file: string): string {
+  try {
+    return readFileSync(file, "utf8");
+  } catch (e) {
+    throw new CliError(`cannot read ${file}: ${(e as NodeJS.ErrnoException).code === "ENOENT" ? "no such file" : (e as Error).message}`);
+  }
+}
+
+/** formatErrors shows each finding as `file:line:column: message`, the source line, and a caret under the column. */
+export function formatErrors(file: string, source: string, errors: ScriptError[]): string {
+  const lines = source.split(/\r?\n/);
+  const out: string[] = [];
+  for (const e of errors) {
+    out.push(`${file}:${e.line}:${e.column}: ${e.message}`);
+    const text = e.line > 0 ? lines[e.line - 1] : undefined;
+    if (text === undefined) continue;
+    const gutter = String(e.line);
+    out.push(`  ${gutter} | ${text}`);
+    // Keep tabs so the caret lines up under tab-indented code.
+    const pad = text.slice(0, Math.max(0, e.column - 1)).replace(/[^\t]/g, " ");
+    out.push(`  ${" ".repeat(gutter.length)} | ${pad}^`);
+  }
+  return out.join("\n") + "\n";
+}
+
+/** errorsInMessage finds the `line L, column C: message` findings the Registry lists in an upload refusal. */
+export function errorsInMessage(message: string): ScriptError[] {
+  const found: ScriptError[] = [];
+  for (const m of message.matchAll(/^line (\d+), column (\d+): (.*)$/gm)) {
+    found.push({ line: Number(m[1]), column: Number(m[2]), message: m[3]! });
+  }
+  return found;
+}
+
+/** refNameOf derives a workflow reference name from a file name: `My Flow.py` → `my-flow`. */
+export function refNameOf(file: string): string {
+  const stem = basename(file, extname(file))
+    .toLowerCase()
+    .replace(/[^a-z0-9_-]+/g, "-")
+    .replace(/^[^a-z0-9]+/, "")
+    .slice(0, 64);
+  return stem || "workflow";
+}
+
+/** runValidate checks a script with the Registry's own validator, locally. */
+export async function runValidate(argv: string[]): Promise<void> {
+  const { positionals } = parse(argv, {}, validateUsage);
+  const file = need(positionals, 0, "FILE", validateUsage);
+  const source = readScript(file);
+  let result: { errors: ScriptError[] };
+  try {
+    result = await runPythonJson<{ errors: ScriptError[] }>({
+      python: process.env.SHAKER_PYTHON ?? "python3",
+      script: validatorScript,
+      input: { code: source },
+      timeoutMs: 20_000,
+    });
+  } catch (e) {
+    const err = e as NodeJS.ErrnoException;
+    if (err.code === "ENOENT") throw new CliError(`validate needs python3 (or SHAKER_PYTHON) on the PATH`);
+    throw new CliError(`the validator failed: ${err.message.split("\n")[0]}`);
+  }
+  if (result.errors.length > 0) {
+    process.stderr.write(formatErrors(file, source, result.errors));
+    throw new CliError(`${file}: ${result.errors.length} problem${result.errors.length === 1 ? "" : "s"}; not a valid workflow`);
+  }
+  process.stdout.write(`${file}: ok\n`);
+}
+
+function pairs(values: string[] | undefined, flag: string): [string, string][] {
+  return (values ?? []).map((v) => {
+    const at = v.indexOf("=");
+    if (at <= 0) throw new CliError(`${flag} '${v}' must be KEY=VALUE`, 2);
+    return [v.slice(0, at), v.slice(at + 1)];
+  });
+}
+
+/** runUpload stores a new version of a workflow; refused scripts are shown with a caret under each problem. */
+export async function runUpload(argv: string[]): Promise<void> {
+  const { values, positionals } = parse(
+    argv,
+    {
+      name: { type: "string" },
+      accessory: { type: "string", multiple: true },
+      datastore: { type: "string", multiple: true },
+      bump: { type: "string" },
+      timeout: { type: "string" },
+      mode: { type: "string" },
+      description: { type: "string" },
+      env: { type: "string", multiple: true },
+    },
+    uploadUsage,
+  );
+  const server = serverOf(values);
+  const file = need(positionals, 0, "FILE", uploadUsage);
+  const source = readScript(file);
+  const ref = values.name ?? refNameOf(file);
+  const body: Record<string, unknown> = { workflow_ref_name: ref, script: source };
+  if (values.bump !== undefined) {
+    if (!["major", "minor", "patch"].includes(values.bump)) throw new CliError(`--bump must be major, minor or patch`, 2);
+    body.version_bump = values.bump;
+  }
+  if (values.mode !== undefined) {
+    if (!["sync", "stream", "async"].includes(values.mode)) throw new CliError(`--mode must be sync, stream or async`, 2);
+    body.execution_mode = values.mode;
+  }
+  if (values.timeout !== undefined) {
+    const t = Number(values.timeout);
+    if (!Number.isInteger(t) || t <= 0) throw new CliError(`--timeout must be a whole number of seconds`, 2);
+    body.timeout_seconds = t;
+  }
+  if (values.description !== undefined) body.description = values.description;
+  if (values.env) body.env = Object.fromEntries(pairs(values.env, "--env"));
+  if (values.accessory) {
+    body.accessories = pairs(values.accessory, "--accessory").map(([key, path]) => {
+      let text: string;
+      try {
+        text = readFileSync(path, "utf8");
+      } catch (e) {
+        throw new CliError(`cannot read accessory ${key} from ${path}: ${(e as Error).message}`);
+      }
+      try {
+        return { key, content: JSON.parse(text) };
+      } catch (e) {
+        throw new CliError(`accessory ${key}: ${path} is not JSON (${(e as Error).message})`);
+      }
+    });
+  }
+  if (values.datastore) {
+    body.datastores = values.datastore.map((d) => {
+      const [name, access] = d.split(":");
+      if (!name || (access !== undefined && access !== "rw" && access !== "ro")) {
+        throw new CliError(`--datastore '${d}' must be NAME or NAME:rw`, 2);
+      }
+      return { name, write: access === "rw" };
+    });
+  }
+  let resp: { data: { workflow_ref_name: string; version: string; created: boolean } };
+  try {
+    resp = await call(server, "POST", "/v1/workflows/upload", { body });
+  } catch (e) {
+    const found = e instanceof ApiError && e.status === 400 ? errorsInMessage(e.serverMessage) : [];
+    if (found.length === 0) throw e;
+    process.stderr.write(formatErrors(file, source, found));
+    throw new CliError(`${file}: ${found.length} problem${found.length === 1 ? "" : "s"}; the upload was refused`);
+  }
+  const d = resp.data;
+  process.stdout.write(`${d.created ? "created" : "updated"} workflow ${d.workflow_ref_name} version ${d.version}\n`);
+  process.stdout.write(`invoke it: shaker invoke ${d.workflow_ref_name} --input '{}'   (or model "workflow:${d.workflow_ref_name}")\n`);
+}

@@ -1,0 +1,124 @@
+import { create, type DescMessage, type DescMethod, type DescService, type MessageInitShape } from "@bufbuild/protobuf";
+import {
+  Code,
+  ConnectError,
+  createHandlerContext,
+  type ConnectRouter,
+  type HandlerContext,
+  type ServiceImpl,
+  type Transport,
+} from "@connectrpc/connect";
+
+type AnyImpl = (input: unknown, ctx: HandlerContext) => unknown;
+
+function asConnectError(e: unknown): ConnectError {
+  return e instanceof ConnectError ? e : new ConnectError("internal error", Code.Internal, undefined, undefined, e);
+}
+
+/**
+ * createDirectTransport connects co-located services without serialising anything: a call is the
+ * handler's function call, with a real HandlerContext (headers, signal, deadline) as the Connect
+ * server builds it. `createRouterTransport` encodes every request and response to bytes and back
+ * (twice per call); on the invoke path (edge → Executor → Registry) that was a large share of the
+ * CPU a run costs. Requests and responses are protobuf-es messages shared by reference: no service
+ * mutates what it was given or what it returned.
+ *
+ * `routes` is the same function handed to the Connect server; only `router.service` is supported.
+ */
+export function createDirectTransport(routes: (router: ConnectRouter) => void): Transport {
+  const impls = new Map<string, { service: DescService; impl: Record<string, AnyImpl> }>();
+  const collector = {
+    service(service: DescService, impl: Partial<ServiceImpl<DescService>>) {
+      impls.set(service.typeName, { service, impl: impl as unknown as Record<string, AnyImpl> });
+      return collector;
+    },
+    rpc() {
+      throw new Error("createDirectTransport supports router.service only");
+    },
+    handlers: [],
+  };
+  routes(collector as unknown as ConnectRouter);
+
+  function context(method: DescMethod, signal: AbortSignal | undefined, timeoutMs: number | undefined, header: HeadersInit | undefined) {
+    const found = impls.get(method.parent.typeName);
+    const fn = found?.impl[method.localName];
+    if (!found || typeof fn !== "function") {
+      throw new ConnectError(`${method.parent.typeName}.${method.name} is not implemented`, Code.Unimplemented);
+    }
+    const ctx = createHandlerContext({
+      service: found.service,
+      method,
+      protocolName: "direct",
+      requestMethod: "POST",
+      url: `direct:///${method.parent.typeName}/${method.name}`,
+      timeoutMs,
+      requestSignal: signal,
+      requestHeader: header,
+    });
+    return { ctx, fn: fn.bind(found.impl) };
+  }
+
+  return {
+    async unary(method, signal, timeoutMs, header, input) {
+      const { ctx, fn } = context(method, signal, timeoutMs, header);
+      try {
+        const output = await fn(create(method.input, input), ctx);
+        return {
+          stream: false,
+          service: method.parent,
+          method,
+          header: ctx.responseHeader,
+          trailer: ctx.responseTrailer,
+          message: create(method.output, output as MessageInitShape<typeof method.output>),
+        };
+      } catch (e) {
+        ctx.abort(e);
+        throw asConnectError(e);
+      } finally {
+        ctx.abort();
+      }
+    },
+
+    async stream(method, signal, timeoutMs, header, input) {
+      const { ctx, fn } = context(method, signal, timeoutMs, header);
+      let request: unknown;
+      if (method.methodKind === "server_streaming") {
+        for await (const message of input) {
+          request = create(method.input, message);
+          break;
+        }
+      } else {
+        request = (async function* () {
+          for await (const message of input) yield create(method.input, message);
+        })();
+      }
+      const produced = fn(request, ctx);
+      const outputSchema: DescMessage = method.output;
+      async function* messages() {
+        try {
+          const iterable = (await produced) as AsyncIterable<unknown> | unknown;
+          if (iterable && typeof (iterable as AsyncIterable<unknown>)[Symbol.asyncIterator] === "function") {
+            for await (const message of iterable as AsyncIterable<unknown>) {
+              yield create(outputSchema, message as never);
+            }
+          } else {
+            yield create(outputSchema, iterable as never);
+          }
+        } catch (e) {
+          ctx.abort(e);
+          throw asConnectError(e);
+        } finally {
+          ctx.abort();
+        }
+      }
+      return {
+        stream: true,
+        service: method.parent,
+        method,
+        header: ctx.responseHeader,
+        trailer: ctx.responseTrailer,
+        message: messages() as never,
+      };
+    },
+  };
+}

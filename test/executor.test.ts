@@ -1,0 +1,241 @@
+import { existsSync, mkdtempSync, readFileSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { createClient } from "@connectrpc/connect";
+import { createConnectTransport } from "@connectrpc/connect-node";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { ExecutorService, RunStatus } from "../gen/shaker/executor/v1/executor_pb.js";
+import { toValue } from "../services/shared/json.js";
+import { startTestServer, type TestServer } from "./helpers.js";
+
+// Every workflow here that must be killed writes its pid (and its grandchild's) to a file first,
+// so the test can check that the process is really gone afterwards.
+const sleeper = `
+import os, time
+
+def execute(ctx):
+    with open(ctx.input["pidfile"], "w") as f:
+        f.write(str(os.getpid()))
+    ctx.emit({"pid": os.getpid()})
+    time.sleep(ctx.input.get("seconds", 30))
+    return "woke up"
+`;
+
+const forker = `
+import os, time
+
+def execute(ctx):
+    pid = os.fork()
+    if pid == 0:
+        time.sleep(60)
+        os._exit(0)
+    with open(ctx.input["pidfile"], "w") as f:
+        f.write(str(pid))
+    if ctx.input.get("wait"):
+        time.sleep(30)
+    return {"grandchild": pid}
+`;
+
+function alive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+  } catch {
+    return false;
+  }
+  // A zombie still answers kill(0): it is dead for our purposes.
+  try {
+    return !/^State:\s+Z/m.test(readFileSync(`/proc/${pid}/status`, "utf8"));
+  } catch {
+    return false;
+  }
+}
+
+async function until<T>(what: string, probe: () => T | undefined | false, ms = 10_000): Promise<T> {
+  const end = Date.now() + ms;
+  for (;;) {
+    const value = probe();
+    if (value) return value;
+    if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 20));
+  }
+}
+
+const readPid = (file: string) => () => (existsSync(file) && readFileSync(file, "utf8") ? Number(readFileSync(file, "utf8")) : undefined);
+
+describe("Executor limits and faults", () => {
+  let server: TestServer;
+  let dir: string;
+  let executor: ReturnType<typeof createClient<typeof ExecutorService>>;
+  const auth = () => ({ headers: { authorization: `Bearer ${server.apiKey}` } });
+  let n = 0;
+  const pidFile = () => join(dir, `pid-${n++}`);
+
+  /** settledStatus is the run's status once it is no longer running (the kill is seen before the record). */
+  async function settledStatus(runId: string): Promise<RunStatus | undefined> {
+    let status: RunStatus | undefined;
+    const end = Date.now() + 5000;
+    do {
+      status = (await executor.getRun({ runId }, auth())).run?.status;
+      if (status !== RunStatus.RUNNING) return status;
+      await new Promise((r) => setTimeout(r, 20));
+    } while (Date.now() < end);
+    return status;
+  }
+
+  /** healthy proves the server still serves a plain run after a fault. */
+  async function healthy(): Promise<void> {
+    const res = await server.invoke({ model: "workflow:ok", input: { n: 7 } });
+    expect(res.status).toBe(200);
+    expect(res.body.output).toEqual({ n: 7 });
+  }
+
+  beforeAll(async () => {
+    dir = mkdtempSync(join(tmpdir(), "shaker-exec-"));
+    server = await startTestServer({ workers: 2, runMemoryBytes: 512 * 1024 * 1024 });
+    executor = createClient(ExecutorService, createConnectTransport({ baseUrl: server.url, httpVersion: "1.1" }));
+    await server.upload("ok", "def execute(ctx):\n    return {'n': ctx.input['n']}\n");
+    await server.upload("sleeper", sleeper);
+    await server.upload("sleeper-1s", sleeper, { timeout_seconds: 1 });
+    await server.upload("forker", forker);
+  });
+  afterAll(async () => {
+    await server.close();
+    rmSync(dir, { recursive: true, force: true });
+  });
+
+  it("answers 408 at timeout_seconds, kills the process, and records the run as timed out", async () => {
+    const pidfile = pidFile();
+    const res = await server.invoke({ model: "workflow:sleeper-1s", input: { pidfile } });
+    expect(res.status).toBe(408);
+    expect(res.body.error.message).toContain("timeout of 1s");
+    const pid = readPid(pidfile)()!;
+    await until("the timed-out process to die", () => !alive(pid));
+    const { runs } = await executor.listRuns({ workflowRefName: "sleeper-1s" }, auth());
+    expect(runs[0].status).toBe(RunStatus.TIMED_OUT);
+    expect(runs[0].error?.type).toBe("TimeoutError");
+    await healthy();
+  });
+
+  it("fails a run that allocates beyond the memory limit with MemoryError", async () => {
+    await server.upload("hog", "def execute(ctx):\n    block = bytearray(1024 * 1024 * 1024)\n    return len(block)\n");
+    const res = await server.invoke({ model: "workflow:hog", input: {} });
+    expect(res.status).toBe(500);
+    expect(res.body.error.message).toContain("MemoryError");
+    await healthy();
+  });
+
+  it("kills a run that prints without end and says why", async () => {
+    await server.upload("chatty", "def execute(ctx):\n    while True:\n        print('x' * 1000)\n    return 1\n");
+    const res = await server.invoke({ model: "workflow:chatty", input: {} });
+    expect(res.status).toBe(500);
+    expect(res.body.error.message).toContain("more output than the limit");
+    await healthy();
+  });
+
+  it("reports a segfault as a crash with the signal", async () => {
+    await server.upload("segv", "import ctypes\n\ndef execute(ctx):\n    ctypes.string_at(0)\n    return 1\n");
+    const res = await server.invoke({ model: "workflow:segv", input: {} });
+    expect(res.status).toBe(500);
+    expect(res.body.error.message).toContain("SIGSEGV");
+    await healthy();
+  });
+
+  it("reports os._exit before returning with its exit code", async () => {
+    await server.upload("quitter", "import os\n\ndef execute(ctx):\n    os._exit(3)\n    return 1\n");
+    const res = await server.invoke({ model: "workflow:quitter", input: {} });
+    expect(res.status).toBe(500);
+    expect(res.body.error.message).toContain("exited with code 3");
+    await healthy();
+  });
+
+  it("kills what a run forked when the run returns", async () => {
+    const pidfile = pidFile();
+    const res = await server.invoke({ model: "workflow:forker", input: { pidfile } });
+    expect(res.status).toBe(200);
+    const grandchild = res.body.output.grandchild as number;
+    expect(grandchild).toBeGreaterThan(0);
+    await until("the grandchild to die", () => !alive(grandchild));
+    await healthy();
+  });
+
+  it("kills what a run forked when the run times out", async () => {
+    await server.upload("forker-1s", forker, { timeout_seconds: 1 });
+    const pidfile = pidFile();
+    const res = await server.invoke({ model: "workflow:forker-1s", input: { pidfile, wait: true } });
+    expect(res.status).toBe(408);
+    const grandchild = readPid(pidfile)()!;
+    await until("the grandchild to die", () => !alive(grandchild));
+    await healthy();
+  });
+
+  it("fails the runs of a worker that dies, replaces the worker, and kills its runs' processes", async () => {
+    const before = server.shaker.workerPids();
+    const pidfile = pidFile();
+    const pending = server.invoke({ model: "workflow:sleeper", input: { pidfile } });
+    const pid = await until("the run to start", readPid(pidfile));
+    for (const worker of before) process.kill(worker, "SIGKILL");
+    const res = await pending;
+    expect(res.status).toBe(500);
+    expect(res.body.error.message).toContain("worker");
+    await until("the orphaned run to die", () => !alive(pid));
+    await until("new workers", () => server.shaker.workerPids().every((p) => p > 0 && !before.includes(p)));
+    await healthy();
+  });
+
+  it("cancels a run with CancelRun and kills its process", async () => {
+    const pidfile = pidFile();
+    const { started } = await executor.startRun(
+      { invocation: { workflowRefName: "sleeper", input: toValue({ pidfile }), hasInput: true } },
+      auth(),
+    );
+    const pid = await until("the run to start", readPid(pidfile));
+    const { cancelled } = await executor.cancelRun({ runId: started!.runId }, auth());
+    expect(cancelled).toBe(true);
+    await until("the cancelled process to die", () => !alive(pid));
+    expect(await settledStatus(started!.runId)).toBe(RunStatus.CANCELLED);
+    const again = await executor.cancelRun({ runId: started!.runId }, auth());
+    expect(again.cancelled).toBe(false);
+    await expect(executor.cancelRun({ runId: "run_nope" }, auth())).rejects.toThrow(/not found/);
+    await healthy();
+  });
+
+  it("kills the run of a streaming caller that disconnects", async () => {
+    const pidfile = pidFile();
+    const abort = new AbortController();
+    const res = await fetch(`${server.url}/v1/chat/completions`, {
+      method: "POST",
+      headers: { authorization: `Bearer ${server.apiKey}`, "content-type": "application/json" },
+      body: JSON.stringify({ model: "workflow:sleeper", input: { pidfile }, stream: true }),
+      signal: abort.signal,
+    });
+    expect(res.status).toBe(200);
+    const runId = res.headers.get("x-request-id")!;
+    // The first event is the emitted pid, as the workflow saw it.
+    const reader = res.body!.getReader();
+    let text = "";
+    while (!text.includes("\n\n")) text += new TextDecoder().decode((await reader.read()).value);
+    const pid = JSON.parse(text.slice(text.indexOf("data: ") + 6, text.indexOf("\n\n"))).emitted.pid as number;
+    expect(pid).toBe(readPid(pidfile)());
+    abort.abort();
+    await until("the abandoned process to die", () => !alive(pid));
+    expect(await settledStatus(runId)).toBe(RunStatus.CANCELLED);
+    await healthy();
+  });
+
+  it("refuses runs beyond the account's concurrency limit with 429, then serves again", async () => {
+    const small = await startTestServer({ workers: 1, maxConcurrentRunsPerAccount: 1 });
+    try {
+      await small.upload("sleeper", sleeper);
+      await small.upload("ok", "def execute(ctx):\n    return 1\n");
+      const pidfile = pidFile();
+      const first = small.invoke({ model: "workflow:sleeper", input: { pidfile, seconds: 2 } });
+      await until("the first run to start", readPid(pidfile));
+      const second = await small.invoke({ model: "workflow:ok", input: {} });
+      expect(second.status).toBe(429);
+      expect((await first).status).toBe(200);
+      expect((await small.invoke({ model: "workflow:ok", input: {} })).status).toBe(200);
+    } finally {
+      await small.close();
+    }
+  });
+});
