@@ -488,6 +488,16 @@ describe("isolation between accounts and runs", () => {
       expect(wrong).toEqual([]);
     });
 
+    it("answers paths outside the routes without a credential and without falling over", async () => {
+      // The console's static files: a malformed escape once threw out of the handler and killed the process.
+      for (const path of ["/%E0%A4%A", "/..%2f..%2f..%2f..%2fetc%2fpasswd", "/%2e%2e/%2e%2e/%2e%2e/etc/passwd", "/v1/%E0%A4%A"]) {
+        const out = await rest("GET", path, {});
+        expect(out.status, path).toBeLessThan(500);
+        expect(out.text, path).not.toMatch(/root:.*:0:0:/);
+      }
+      expect((await rest("GET", "/healthz", {})).status).toBe(200);
+    });
+
     for (const attacker of ["another account", "an admin account"] as const) {
       it(`refuses ${attacker} on every route and RPC aimed at Alice's resources, leaking nothing`, async () => {
         const key = attacker === "another account" ? malloryKey : server.apiKey;
