@@ -26,6 +26,7 @@ async function serve(): Promise<void> {
   const config = loadConfig();
   const shaker = await startShaker(config);
   process.stdout.write(`Shaker is listening on ${shaker.url} (data in ${config.dataDir})\n`);
+  process.stdout.write(`Runs: ${shaker.isolation}\n`);
   if (shaker.generatedApiKey) {
     process.stdout.write(
       `\nCreated the default account's API key. It is shown only this once; keep it:\n\n  ${shaker.generatedApiKey}\n\n` +

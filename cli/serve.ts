@@ -11,6 +11,7 @@ import { createDatastoreService } from "../services/datastore/service.js";
 import { createEdge } from "../services/edge/edge.js";
 import { sendJson, type Res } from "../services/edge/http.js";
 import { serveConsole } from "./static.js";
+import { prepareIsolation } from "../services/executor/isolation.js";
 import { createWorkerPool } from "../services/executor/pool.js";
 import { createExecutorService } from "../services/executor/service.js";
 import { createExecutorStore } from "../services/executor/store.js";
@@ -31,6 +32,8 @@ export interface Shaker {
   generatedApiKey: string | undefined;
   /** workerPids are the Python workers' process ids. */
   workerPids(): number[];
+  /** isolation says what confines runs on this host. */
+  isolation: string;
   close(): Promise<void>;
 }
 
@@ -77,7 +80,13 @@ export async function startShaker(config: Config): Promise<Shaker> {
   const generatedApiKey = bootstrapKey(registryStore, config.apiKey);
 
   let listenerUrl = "";
-  const pool = createWorkerPool({ python: config.python, size: config.workers });
+  const isolation = prepareIsolation({ mode: config.sandbox, dataDir: config.dataDir, processesPerRun: config.runMaxProcesses });
+  const pool = createWorkerPool({
+    python: config.python,
+    size: config.workers,
+    commandPrefix: isolation.prefix,
+    onRunExit: (runId) => isolation.removeRunGroup(runId),
+  });
   const executorStore = createExecutorStore(join(config.dataDir, "executor.db"));
   const executor = createExecutorService({
     store: executorStore,
@@ -88,7 +97,7 @@ export async function startShaker(config: Config): Promise<Shaker> {
     maxConcurrentRuns: config.maxConcurrentRuns,
     maxConcurrentRunsPerAccount: config.maxConcurrentRunsPerAccount,
     maxNestingDepth: config.maxNestingDepth,
-    limits: { memoryBytes: config.runMemoryBytes, openFiles: 256, fileBytes: 64 * 1024 * 1024, processes: 0 },
+    limits: { memoryBytes: config.runMemoryBytes, openFiles: 256, fileBytes: 64 * 1024 * 1024, processes: config.runMaxProcesses, pidsCgroup: isolation.pidsCgroup },
   });
   const modelproxy = createModelProxyService(deps("modelproxy"));
   const datastore = createDatastoreService(deps("datastore"));
@@ -111,10 +120,12 @@ export async function startShaker(config: Config): Promise<Shaker> {
     port: listener.port,
     generatedApiKey,
     workerPids: () => pool.pids(),
+    isolation: isolation.summary,
     close() {
       closed ??= (async () => {
         await listener.close();
         await pool.close();
+        isolation.close();
         await modelproxy.close();
         await datastore.close();
         executorStore.close();

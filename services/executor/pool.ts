@@ -56,6 +56,10 @@ export interface WorkerPoolOptions {
   maxOutputBytes?: number;
   /** log reports worker-level trouble (a worker's own stderr, deaths). */
   log?: (message: string) => void;
+  /** commandPrefix runs each worker inside a sandbox (the bwrap invocation), when not empty. */
+  commandPrefix?: string[];
+  /** onRunExit is told when a run's processes are gone (to remove its cgroup). */
+  onRunExit?: (runId: string) => void;
 }
 
 /** WorkerPool runs jobs in long-lived Python workers, one fork() per run. */
@@ -108,7 +112,8 @@ export function createWorkerPool(options: WorkerPoolOptions): WorkerPool {
   const log = options.log ?? ((m: string) => process.stderr.write(`${m}\n`));
 
   function spawnWorker(slot: number): Worker {
-    const proc = spawn(options.python, ["-B", "-s", "-u", "-m", "shaker.worker"], {
+    const [command, ...prefixArgs] = [...(options.commandPrefix ?? []), options.python];
+    const proc = spawn(command, [...prefixArgs, "-B", "-s", "-u", "-m", "shaker.worker"], {
       cwd: harnessDir,
       env: {
         ...process.env,
@@ -140,7 +145,10 @@ export function createWorkerPool(options: WorkerPoolOptions): WorkerPool {
         active.pid = event.pid;
         if (active.killed) killGroup(event.pid);
       }
-      if (event.t === "exit") worker.active.delete(runId);
+      if (event.t === "exit") {
+        worker.active.delete(runId);
+        options.onRunExit?.(runId);
+      }
       active.job.onEvent(event);
     });
     proc.on("exit", (code, signal) => {

@@ -37,7 +37,7 @@ export interface ExecutorServiceOptions {
   maxConcurrentRunsPerAccount: number;
   maxNestingDepth: number;
   /** limits are the resource limits of each child process. */
-  limits: { memoryBytes: number; openFiles: number; fileBytes: number; processes: number };
+  limits: { memoryBytes: number; openFiles: number; fileBytes: number; processes: number; pidsCgroup?: string };
   /** maxLogLines caps the log lines kept on a run record. */
   maxLogLines?: number;
 }
@@ -365,6 +365,7 @@ export function createExecutorService(options: ExecutorServiceOptions): {
           open_files: options.limits.openFiles,
           file_bytes: options.limits.fileBytes,
           processes: options.limits.processes,
+          pids_cgroup: options.limits.pidsCgroup ?? null,
         },
       },
     });

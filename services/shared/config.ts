@@ -38,6 +38,10 @@ export interface Config {
   defaultModel: string | undefined;
   /** runMemoryBytes caps each run's address space (RLIMIT_AS); `SHAKER_RUN_MEMORY_BYTES`, default 1 GiB (0: no cap). */
   runMemoryBytes: number;
+  /** sandbox confines workers: `auto` (bwrap where it works), `bwrap` (required), `none`; `SHAKER_SANDBOX`. */
+  sandbox: "auto" | "bwrap" | "none";
+  /** runMaxProcesses caps one run's processes through a pids cgroup where one is writable; `SHAKER_RUN_MAX_PROCESSES`, default 64 (0: no cap). */
+  runMaxProcesses: number;
   /** quiet silences the start-up banner (tests). */
   quiet: boolean;
 }
@@ -56,6 +60,12 @@ function envInt(env: NodeJS.ProcessEnv, name: string, fallback: number): number 
     throw new Error(`${name} must be a non-negative integer, got ${JSON.stringify(raw)}`);
   }
   return value;
+}
+
+function sandboxMode(raw: string | undefined): Config["sandbox"] {
+  if (raw === undefined) return "auto";
+  if (raw === "auto" || raw === "bwrap" || raw === "none") return raw;
+  throw new Error(`SHAKER_SANDBOX must be auto, bwrap or none, got ${JSON.stringify(raw)}`);
 }
 
 /** loadConfig reads the configuration from the environment; overrides win. Throws on malformed numbers. */
@@ -79,6 +89,8 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env, overrides: Part
     modelsConfigFile: envString(env, "SHAKER_MODELS_CONFIG"),
     defaultModel: envString(env, "SHAKER_DEFAULT_MODEL"),
     runMemoryBytes: envInt(env, "SHAKER_RUN_MEMORY_BYTES", 1024 * 1024 * 1024),
+    sandbox: sandboxMode(envString(env, "SHAKER_SANDBOX")),
+    runMaxProcesses: envInt(env, "SHAKER_RUN_MAX_PROCESSES", 64),
     quiet: false,
     ...overrides,
   };

@@ -71,7 +71,16 @@ def _apply_limits(payload: dict[str, Any]) -> None:
     _limit(resource.RLIMIT_CPU, limits.get("cpu_seconds"))
     _limit(resource.RLIMIT_NOFILE, limits.get("open_files"))
     _limit(resource.RLIMIT_FSIZE, limits.get("file_bytes"))
-    _limit(resource.RLIMIT_NPROC, limits.get("processes"))
+    # RLIMIT_NPROC counts every process of the user (and binds no one running as root), so the
+    # process cap is a pids cgroup of the run's own, joined before any of the workflow runs.
+    group = limits.get("pids_cgroup")
+    if group and limits.get("processes"):
+        run_group = os.path.join(group, str(payload.get("run_id") or os.getpid()))
+        os.makedirs(run_group, exist_ok=True)
+        with open(os.path.join(run_group, "pids.max"), "w") as f:
+            f.write(str(int(limits["processes"])))
+        with open(os.path.join(run_group, "cgroup.procs"), "w") as f:
+            f.write(str(os.getpid()))
 
 
 _REHEARSAL = compile("def execute(ctx):\n    return {'ok': True, 'input': ctx.input}\n", "rehearsal.py", "exec")
