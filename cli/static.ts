@@ -27,7 +27,15 @@ function isRpcPath(pathname: string): boolean {
  */
 export function serveConsole(req: IncomingMessage, res: ServerResponse, dir = consoleDir): boolean {
   if (req.method !== "GET" && req.method !== "HEAD") return false;
-  const pathname = decodeURIComponent(new URL(req.url ?? "/", "http://localhost").pathname);
+  let pathname: string;
+  try {
+    pathname = decodeURIComponent(new URL(req.url ?? "/", "http://localhost").pathname);
+  } catch {
+    // A malformed escape (GET /%E0%A4%A) threw out of the request handler and took the process down.
+    res.writeHead(400, { "content-type": "text/plain; charset=utf-8" });
+    res.end("malformed percent-encoding in the path\n");
+    return true;
+  }
   if (isRpcPath(pathname)) return false;
   const index = join(dir, "index.html");
   if (!existsSync(index)) {

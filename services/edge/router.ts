@@ -5,6 +5,7 @@ export type RouteHandler = (req: Req, res: Res, params: Record<string, string>, 
 
 interface Route {
   method: string;
+  path: string;
   pattern: RegExp;
   names: string[];
   handler: RouteHandler;
@@ -13,6 +14,11 @@ interface Route {
 /** EdgeRouter matches REST routes such as `GET /v1/workflows/:ref`. */
 export class EdgeRouter {
   private routes: Route[] = [];
+
+  /** list returns every registered route as method and path pattern, in registration order. */
+  list(): { method: string; path: string }[] {
+    return this.routes.map((r) => ({ method: r.method, path: r.path }));
+  }
 
   add(method: string, path: string, handler: RouteHandler): this {
     const names: string[] = [];
@@ -24,7 +30,7 @@ export class EdgeRouter {
         }) +
         "/?$",
     );
-    this.routes.push({ method, pattern, names, handler });
+    this.routes.push({ method, path, pattern, names, handler });
     return this;
   }
 

@@ -67,6 +67,12 @@ function listenOverride(inv: Invocation): boolean {
   return inv.params?.stream === true;
 }
 
+/** recordsReader returns the account of a caller that may read and cancel run records: not a run's token. */
+function recordsReader(identity: Identity): string {
+  if (identity.kind === "run") throw new ConnectError("a workflow run may not read or cancel run records", Code.PermissionDenied);
+  return requireAccount(identity);
+}
+
 const invalid = invalidArgument;
 
 /** createExecutorService builds the Executor's handlers over its store and worker pool. */
@@ -500,14 +506,14 @@ export function createExecutorService(options: ExecutorServiceOptions): {
     },
 
     async getRun(req, ctx) {
-      const accountId = requireAccount(await auth.identify(ctx.requestHeader));
+      const accountId = recordsReader(await auth.identify(ctx.requestHeader));
       const row = store.run(accountId, req.runId);
       if (!row) throw new ConnectError(`run '${req.runId}' not found`, Code.NotFound);
       return { run: runMessage(row, true) };
     },
 
     async listRuns(req, ctx) {
-      const accountId = requireAccount(await auth.identify(ctx.requestHeader));
+      const accountId = recordsReader(await auth.identify(ctx.requestHeader));
       if (req.offset < 0) throw invalid("offset must be 0 or more", "offset");
       if (req.limit < 0 || req.limit > 100) throw invalid("limit must be between 1 and 100", "limit");
       const rows = store.listRuns({
@@ -522,7 +528,7 @@ export function createExecutorService(options: ExecutorServiceOptions): {
     },
 
     async cancelRun(req, ctx) {
-      const accountId = requireAccount(await auth.identify(ctx.requestHeader));
+      const accountId = recordsReader(await auth.identify(ctx.requestHeader));
       const run = live.get(req.runId);
       if (run && run.accountId === accountId) {
         run.cancel("cancelled");

@@ -135,7 +135,10 @@ export function createRegistryService(options: RegistryServiceOptions): {
     return auth.identify(ctx.requestHeader);
   }
 
-  /** requireManager returns the caller's account for calls that change it; a run's token may not make them. */
+  /**
+   * requireManager returns the caller's account for calls that manage or read the account's workflows;
+   * a run's token may not make them (it reaches only its own version's accessories).
+   */
   function requireManager(identity: Identity, what: string): string {
     if (identity.kind === "run") throw new ConnectError(`a workflow run may not ${what}`, Code.PermissionDenied);
     return requireAccount(identity);
@@ -320,7 +323,7 @@ export function createRegistryService(options: RegistryServiceOptions): {
     },
 
     async getWorkflow(req, ctx) {
-      const accountId = requireAccount(await caller(ctx));
+      const accountId = requireManager(await caller(ctx), "read workflows");
       const workflow = liveWorkflow(accountId, req.workflowRefName);
       const versions = store.versions(workflow.id);
       const latest = versions.find((v) => v.published) ?? versions[0];
@@ -338,7 +341,7 @@ export function createRegistryService(options: RegistryServiceOptions): {
     },
 
     async listWorkflows(req, ctx) {
-      const accountId = requireAccount(await caller(ctx));
+      const accountId = requireManager(await caller(ctx), "list workflows");
       if (req.offset < 0) throw invalid("offset must be 0 or more", "offset");
       if (req.limit < 0 || req.limit > 100) throw invalid("limit must be between 1 and 100", "limit");
       const { rows, total } = store.listWorkflows(accountId, req.offset, req.limit || 20);
@@ -366,8 +369,8 @@ export function createRegistryService(options: RegistryServiceOptions): {
     },
 
     async resolveWorkflow(req, ctx) {
-      const identity = await caller(ctx);
-      const accountId = requireAccount(identity);
+      // Another workflow's script and env are not a run's to read; ctx.workflows.run goes through the Executor.
+      const accountId = requireManager(await caller(ctx), "resolve workflows");
       if (req.versionId) {
         const found = store.versionById(req.versionId);
         if (!found || found.workflow.accountId !== accountId) {
@@ -393,9 +396,12 @@ export function createRegistryService(options: RegistryServiceOptions): {
     },
 
     async getAccessory(req, ctx) {
-      const accountId = requireAccount(await caller(ctx));
+      const identity = await caller(ctx);
+      const accountId = requireAccount(identity);
       const found = store.versionById(req.versionId);
-      if (!found || found.workflow.accountId !== accountId) {
+      // A run reads its own version's accessories only; any other version is "not found" to it.
+      const foreign = identity.kind === "run" && identity.claims.versionId !== req.versionId;
+      if (!found || found.workflow.accountId !== accountId || foreign) {
         throw new ConnectError(`workflow version '${req.versionId}' not found`, Code.NotFound);
       }
       const accessory = store.accessory(req.versionId, req.key);

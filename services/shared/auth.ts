@@ -96,7 +96,10 @@ export function createAuth(options: AuthOptions): Auth {
 
   function verifyRunToken(token: string): RunClaims | undefined {
     if (!token.startsWith(runTokenPrefix)) return undefined;
-    const [payload, signature] = token.slice(runTokenPrefix.length).split(".");
+    // Exactly payload.signature: trailing parts would ride along on a valid signature.
+    const parts = token.slice(runTokenPrefix.length).split(".");
+    if (parts.length !== 2) return undefined;
+    const [payload, signature] = parts;
     if (!payload || !signature || !safeEqual(sign(payload), signature)) return undefined;
     try {
       const claims = JSON.parse(Buffer.from(payload, "base64url").toString("utf8")) as RunClaims;

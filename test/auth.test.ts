@@ -1,0 +1,76 @@
+// Run tokens at the unit level: expired, edited, re-signed elsewhere or malformed tokens never verify,
+// and identify() answers every one of them with Unauthenticated. The end-to-end half (tokens sent to
+// the real services by a workflow's child) is test/reliability/isolation.test.ts.
+import { Code, ConnectError } from "@connectrpc/connect";
+import { describe, expect, it } from "vitest";
+import { createAuth, type RunClaims } from "../services/shared/auth.js";
+
+const claims = (exp: number): RunClaims => ({
+  account: "acc_a",
+  workflow: "wf",
+  version: "1.0.0",
+  versionId: "ver_1",
+  run: "run_1",
+  session: "sess_1",
+  datastores: [{ name: "kb", write: false }],
+  depth: 0,
+  exp,
+});
+
+const auth = createAuth({ serviceSecret: "secret-one", authenticateKey: async () => undefined });
+const other = createAuth({ serviceSecret: "secret-two", authenticateKey: async () => undefined });
+
+async function refused(token: string): Promise<void> {
+  expect(auth.verifyRunToken(token)).toBeUndefined();
+  const err = await auth.identify(new Headers({ authorization: `Bearer ${token}` })).then(
+    () => undefined,
+    (e: unknown) => ConnectError.from(e),
+  );
+  expect(err?.code, token).toBe(Code.Unauthenticated);
+}
+
+function edit(token: string, change: (c: RunClaims) => void): string {
+  const [payload, signature] = token.slice("srt.".length).split(".");
+  const c = JSON.parse(Buffer.from(payload, "base64url").toString("utf8")) as RunClaims;
+  change(c);
+  return `srt.${Buffer.from(JSON.stringify(c)).toString("base64url")}.${signature}`;
+}
+
+describe("run tokens", () => {
+  it("verifies a fresh token of its own secret, through identify too", async () => {
+    const token = auth.mintRunToken(claims(Date.now() + 60_000));
+    expect(auth.verifyRunToken(token)?.run).toBe("run_1");
+    const identity = await auth.identify(new Headers({ authorization: `Bearer ${token}` }));
+    expect(identity).toMatchObject({ kind: "run", accountId: "acc_a" });
+  });
+
+  it("refuses an expired token, even by a millisecond", async () => {
+    await refused(auth.mintRunToken(claims(Date.now() - 1)));
+    await refused(auth.mintRunToken(claims(0)));
+  });
+
+  it("refuses a token whose payload was edited and its signature reused", async () => {
+    const token = auth.mintRunToken(claims(Date.now() + 60_000));
+    await refused(edit(token, (c) => (c.exp = Date.now() + 3_600_000)));
+    await refused(edit(token, (c) => (c.exp = Date.now() - 1)));
+    await refused(edit(token, (c) => (c.account = "acc_b")));
+    await refused(edit(token, (c) => (c.datastores = [{ name: "kb", write: true }])));
+    await refused(edit(token, (c) => (c.depth = -100)));
+  });
+
+  it("refuses another secret's token, random signatures and malformed tokens", async () => {
+    const token = auth.mintRunToken(claims(Date.now() + 60_000));
+    const [payload, signature] = token.slice(4).split(".");
+    await refused(other.mintRunToken(claims(Date.now() + 60_000)));
+    await refused(`srt.${payload}.${Buffer.alloc(32, 7).toString("base64url")}`);
+    await refused(`srt.${payload}.${signature.slice(0, -2)}`);
+    await refused(`srt.${payload}.`);
+    await refused(`srt.${payload}`);
+    await refused(`srt..${signature}`);
+    await refused(`srt.${payload}.${signature}.extra`);
+    await refused("srt.");
+    // Signed correctly but with a non-numeric expiry: still refused.
+    const noExp = auth.mintRunToken({ ...claims(0), exp: "9999999999999" as unknown as number });
+    await refused(noExp);
+  });
+});
