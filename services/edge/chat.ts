@@ -3,7 +3,7 @@ import type { RunResult, RunStreamResponse } from "../../gen/shaker/executor/v1/
 import type { Clients } from "../shared/clients.js";
 import { fromValue, toValue } from "../shared/json.js";
 import { proxyModelCall } from "./models.js";
-import { callerHeaders, field, HttpError, readJson, sendJson, toErrorBody, type Req, type Res } from "./http.js";
+import { callerHeaders, field, HttpError, readJson, sendJson, sseHeaders, toErrorBody, writeDrained, type Req, type Res } from "./http.js";
 
 const workflowModel = /^workflow:([a-z0-9][a-z0-9_-]{0,63})(?:@(\d+\.\d+\.\d+))?$/;
 
@@ -128,29 +128,16 @@ export function createChatRoute(options: ChatRouteOptions) {
     }
 
     res.writeHead(200, {
-      "content-type": "text/event-stream; charset=utf-8",
-      "cache-control": "no-cache",
-      "x-accel-buffering": "no",
+      ...sseHeaders,
       "x-request-id": started.runId,
       ...("httpVersionMajor" in req && req.httpVersionMajor === 1 ? { connection: "keep-alive" } : {}),
     });
     // The client learns the run started (and its id) now, not with the first emitted value.
     res.flushHeaders();
     let lastWrite = Date.now();
-    const write = async (text: string) => {
+    const write = (text: string) => {
       lastWrite = Date.now();
-      if (!res.write(text)) {
-        // Respect a slow reader: wait for the socket to drain instead of buffering without bound.
-        await new Promise<void>((resolve) => {
-          const done = () => {
-            res.off("drain", done);
-            res.off("close", done);
-            resolve();
-          };
-          res.on("drain", done);
-          res.on("close", done);
-        });
-      }
+      return writeDrained(res, text);
     };
     const keepAlive = setInterval(() => {
       if (Date.now() - lastWrite >= keepAliveMs - 5) void write(": keep-alive\n\n");

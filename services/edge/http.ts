@@ -210,3 +210,27 @@ export function queryInt(url: URL, name: string, max: number): number {
   }
   return n;
 }
+
+/** sseHeaders are the headers of every Server-Sent Events answer. */
+export const sseHeaders = {
+  "content-type": "text/event-stream; charset=utf-8",
+  "cache-control": "no-cache",
+  "x-accel-buffering": "no",
+} as const;
+
+/**
+ * writeDrained writes to a streaming response and, when the socket's buffer is full, waits for it to
+ * drain (or close): a slow reader slows the writer instead of growing a buffer without bound.
+ */
+export async function writeDrained(res: Res, text: string): Promise<void> {
+  if (res.write(text)) return;
+  await new Promise<void>((resolve) => {
+    const done = () => {
+      res.off("drain", done);
+      res.off("close", done);
+      resolve();
+    };
+    res.on("drain", done);
+    res.on("close", done);
+  });
+}

@@ -2,7 +2,7 @@ import { toJson, type JsonObject, type MessageInitShape } from "@bufbuild/protob
 import { ConnectError } from "@connectrpc/connect";
 import { ModelCallSchema, type CallContextSchema, type ModelCall } from "../../gen/shaker/modelproxy/v1/modelproxy_pb.js";
 import type { Clients } from "../shared/clients.js";
-import { callerHeaders, field, HttpError, readJson, sendJson, toErrorBody, type Req, type Res } from "./http.js";
+import { callerHeaders, field, HttpError, readJson, sendJson, sseHeaders, toErrorBody, writeDrained, type Req, type Res } from "./http.js";
 import type { EdgeRouter } from "./router.js";
 
 /** The ModelProxy's marker of an upstream failure: its value is the HTTP status to answer (502 or 504). */
@@ -52,25 +52,13 @@ export async function proxyModelCall(
     // Every error known before the first chunk (auth, bad input, upstream down) is answered with its status.
     const first = await events.next();
     res.writeHead(200, {
-      "content-type": "text/event-stream; charset=utf-8",
-      "cache-control": "no-cache",
-      "x-accel-buffering": "no",
+      ...sseHeaders,
       ...(first.done ? {} : { "x-request-id": first.value.callId }),
     });
     try {
       for (let next = first; !next.done; next = await events.next()) {
         // Each chunk leaves as it arrives; only a slow reader makes us wait (never an unbounded buffer).
-        if (!res.write(`data: ${JSON.stringify(next.value.chunk ?? {})}\n\n`)) {
-          await new Promise<void>((resolve) => {
-            const done = () => {
-              res.off("drain", done);
-              res.off("close", done);
-              resolve();
-            };
-            res.on("drain", done);
-            res.on("close", done);
-          });
-        }
+        await writeDrained(res, `data: ${JSON.stringify(next.value.chunk ?? {})}\n\n`);
       }
       res.write("data: [DONE]\n\n");
     } catch (err) {
