@@ -12,7 +12,7 @@ import { createEdge } from "../services/edge/edge.js";
 import { sendJson, type Res } from "../services/edge/http.js";
 import { serveConsole } from "./static.js";
 import { prepareIsolation } from "../services/executor/isolation.js";
-import { createWorkerPool } from "../services/executor/pool.js";
+import { createWorkerPool, harnessDir } from "../services/executor/pool.js";
 import { createExecutorService } from "../services/executor/service.js";
 import { createExecutorStore } from "../services/executor/store.js";
 import { createModelProxyService } from "../services/modelproxy/service.js";
@@ -80,7 +80,13 @@ export async function startShaker(config: Config): Promise<Shaker> {
   const generatedApiKey = bootstrapKey(registryStore, config.apiKey);
 
   let listenerUrl = "";
-  const isolation = prepareIsolation({ mode: config.sandbox, dataDir: config.dataDir, processesPerRun: config.runMaxProcesses });
+  const isolation = prepareIsolation({
+    mode: config.sandbox,
+    dataDir: config.dataDir,
+    processesPerRun: config.runMaxProcesses,
+    readable: [harnessDir],
+    probe: [config.python, "-B", "-c", `import sys; sys.path.insert(0, ${JSON.stringify(harnessDir)}); import shaker.worker`],
+  });
   const pool = createWorkerPool({
     python: config.python,
     size: config.workers,

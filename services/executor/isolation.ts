@@ -25,6 +25,10 @@ export interface IsolationOptions {
   dataDir: string;
   /** processesPerRun caps the processes (and threads) of one run; 0 for no cap. */
   processesPerRun: number;
+  /** readable are paths runs must still read (the harness), bound back when /tmp or /var/tmp hide them. */
+  readable: string[];
+  /** probe is a command that must succeed inside the sandbox (the worker's imports) for it to be used. */
+  probe: string[];
 }
 
 /** The pids controller's mount: cgroup v1's own hierarchy, or v2's unified one when it offers pids. */
@@ -84,26 +88,20 @@ function preparePidsCgroup(processesPerRun: number): string | undefined {
   }
 }
 
-function bwrapArgs(dataDir: string, pidsCgroup: string | undefined): string[] {
-  const args = [
-    "bwrap",
-    "--ro-bind", "/", "/",
-    "--dev", "/dev",
-    "--proc", "/proc",
-    "--tmpfs", "/tmp",
-    "--tmpfs", "/var/tmp",
-    "--tmpfs", dataDir,
-    "--unshare-ipc",
-    "--unshare-uts",
-    "--die-with-parent",
-  ];
+function bwrapArgs(dataDir: string, pidsCgroup: string | undefined, readable: string[]): string[] {
+  const args = ["bwrap", "--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc", "--tmpfs", "/tmp", "--tmpfs", "/var/tmp"];
+  // A checkout under /tmp (CI clones often are) would vanish under the private /tmp: bind it back.
+  for (const path of readable) args.push("--ro-bind", path, path);
+  // Last, so no bind above can bring the data directory back into view.
+  args.push("--tmpfs", dataDir);
   if (pidsCgroup) args.push("--bind", pidsCgroup, pidsCgroup);
+  args.push("--unshare-ipc", "--unshare-uts", "--die-with-parent");
   return args;
 }
 
-function bwrapWorks(args: string[]): boolean {
-  const probe = spawnSync(args[0], [...args.slice(1), "true"], { stdio: "ignore", timeout: 10_000 });
-  return probe.status === 0;
+function bwrapWorks(args: string[], probe: string[]): boolean {
+  const result = spawnSync(args[0], [...args.slice(1), ...probe], { stdio: "ignore", timeout: 20_000 });
+  return result.status === 0;
 }
 
 /**
@@ -117,8 +115,8 @@ export function prepareIsolation(options: IsolationOptions): Isolation {
   const pidsCgroup = preparePidsCgroup(options.processesPerRun);
   let prefix: string[] = [];
   if (options.mode !== "none") {
-    const args = bwrapArgs(options.dataDir, pidsCgroup);
-    if (bwrapWorks(args)) prefix = args;
+    const args = bwrapArgs(options.dataDir, pidsCgroup, options.readable);
+    if (bwrapWorks(args, options.probe)) prefix = args;
     else if (options.mode === "bwrap") {
       throw new Error("SHAKER_SANDBOX=bwrap, but bubblewrap is not installed or cannot create its namespaces here");
     }

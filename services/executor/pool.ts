@@ -1,7 +1,8 @@
 import { spawn, type ChildProcess } from "node:child_process";
 import type { Readable, Writable } from "node:stream";
 
-const harnessDir = new URL("./harness", import.meta.url).pathname;
+/** harnessDir holds the Python package `shaker` the workers import. */
+export const harnessDir = new URL("./harness", import.meta.url).pathname;
 const maxCachedVersions = 256;
 
 /** WorkerEvent is one frame about a run, from its worker or its child process. */
