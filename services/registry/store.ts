@@ -35,6 +35,32 @@ export function createRegistryStore(file: string) {
     return orm.select().from(accounts).where(eq(accounts.name, name)).get();
   }
 
+  // The queries on every invoke's path (resolving `workflow:<ref>`), prepared once.
+  const liveWorkflowQuery = orm
+    .select()
+    .from(workflows)
+    .where(and(eq(workflows.accountId, sql.placeholder("accountId")), eq(workflows.refName, sql.placeholder("refName")), isNull(workflows.deletedAt)))
+    .prepare();
+  const latestVersionQuery = (publishedOnly: boolean) =>
+    orm
+      .select()
+      .from(workflowVersions)
+      .where(
+        publishedOnly
+          ? and(eq(workflowVersions.workflowId, sql.placeholder("workflowId")), eq(workflowVersions.published, true))
+          : eq(workflowVersions.workflowId, sql.placeholder("workflowId")),
+      )
+      .orderBy(desc(workflowVersions.major), desc(workflowVersions.minor), desc(workflowVersions.patch))
+      .limit(1)
+      .prepare();
+  const latestPublishedQuery = latestVersionQuery(true);
+  const latestAnyQuery = latestVersionQuery(false);
+  const accessoryKeysQuery = orm
+    .select({ key: accessories.originalKey })
+    .from(accessories)
+    .where(eq(accessories.versionId, sql.placeholder("versionId")))
+    .prepare();
+
   return {
     close: () => db.close(),
     sqlite: db.sqlite,
@@ -101,11 +127,7 @@ export function createRegistryStore(file: string) {
     },
 
     workflow(accountId: string, refName: string): WorkflowRow | undefined {
-      return orm
-        .select()
-        .from(workflows)
-        .where(and(eq(workflows.accountId, accountId), eq(workflows.refName, refName), isNull(workflows.deletedAt)))
-        .get();
+      return liveWorkflowQuery.get({ accountId, refName });
     },
     listWorkflows(accountId: string, offset: number, limit: number): { rows: WorkflowRow[]; total: number } {
       const live = and(eq(workflows.accountId, accountId), isNull(workflows.deletedAt));
@@ -127,17 +149,7 @@ export function createRegistryStore(file: string) {
     },
     /** latestVersion is the highest version, published only when asked. */
     latestVersion(workflowId: string, publishedOnly: boolean): VersionRow | undefined {
-      return orm
-        .select()
-        .from(workflowVersions)
-        .where(
-          publishedOnly
-            ? and(eq(workflowVersions.workflowId, workflowId), eq(workflowVersions.published, true))
-            : eq(workflowVersions.workflowId, workflowId),
-        )
-        .orderBy(desc(workflowVersions.major), desc(workflowVersions.minor), desc(workflowVersions.patch))
-        .limit(1)
-        .get();
+      return (publishedOnly ? latestPublishedQuery : latestAnyQuery).get({ workflowId });
     },
     version(workflowId: string, major: number, minor: number, patch: number): VersionRow | undefined {
       return orm
@@ -163,12 +175,7 @@ export function createRegistryStore(file: string) {
         .get();
     },
     accessoryKeys(versionId: string): string[] {
-      return orm
-        .select({ key: accessories.originalKey })
-        .from(accessories)
-        .where(eq(accessories.versionId, versionId))
-        .all()
-        .map((r) => r.key);
+      return accessoryKeysQuery.all({ versionId }).map((r) => r.key);
     },
     accessory(versionId: string, key: string): { key: string; content: string } | undefined {
       return orm
