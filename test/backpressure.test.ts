@@ -1,7 +1,7 @@
 import { request as httpRequest, type ClientRequest, type IncomingMessage } from "node:http";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { AsyncQueue } from "../services/shared/queue.js";
-import { startTestServer, type TestServer } from "./helpers.js";
+import { alive, waitFor, startTestServer, type TestServer } from "./helpers.js";
 
 // Emits as fast as it can; each value says when it was emitted and by which process.
 const flood = `
@@ -18,23 +18,7 @@ const plain = "def execute(ctx):\n    return {'echo': ctx.input}\n";
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
-async function waitFor(check: () => boolean | Promise<boolean>, what: string, ms = 15_000): Promise<void> {
-  const until = Date.now() + ms;
-  while (Date.now() < until) {
-    if (await check()) return;
-    await sleep(50);
-  }
-  throw new Error(`timed out waiting for ${what}`);
-}
 
-function alive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch {
-    return false;
-  }
-}
 
 /** SseReader is a raw node:http streaming call whose reading the test controls (pause/resume). */
 interface SseReader {

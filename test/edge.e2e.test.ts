@@ -1,6 +1,6 @@
 import OpenAI from "openai";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { startTestServer, type TestServer } from "./helpers.js";
+import { alive, waitFor, startTestServer, type TestServer } from "./helpers.js";
 
 const emitter = `
 import time
@@ -33,23 +33,7 @@ def execute(ctx):
 
 const plain = "def execute(ctx):\n    return {'input': ctx.input, 'params': ctx.params}\n";
 
-async function waitFor(check: () => boolean | Promise<boolean>, what: string, ms = 10_000): Promise<void> {
-  const until = Date.now() + ms;
-  while (Date.now() < until) {
-    if (await check()) return;
-    await new Promise((r) => setTimeout(r, 50));
-  }
-  throw new Error(`timed out waiting for ${what}`);
-}
 
-function alive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch {
-    return false;
-  }
-}
 
 describe("the edge: OpenAI-compatible surface over a real port", () => {
   let server: TestServer;
@@ -203,6 +187,9 @@ describe("the edge: OpenAI-compatible surface over a real port", () => {
     const responses = await Promise.all(busy);
     expect(await statusOf(call({ model: "workflow:plain" }))).toBe(429);
     for (const r of responses) await r.body?.cancel();
+    // The cancelled runs give their slots back as their processes are killed: wait for that, so the
+    // next test does not meet the limit.
+    await waitFor(async () => (await server.invoke({ model: "workflow:plain", input: {} })).status === 200, "the concurrency slots to free");
   });
 
   it("refuses a body over the limit while reading it, without waiting for all of it", async () => {

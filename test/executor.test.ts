@@ -6,7 +6,7 @@ import { createConnectTransport } from "@connectrpc/connect-node";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { ExecutorService, RunStatus } from "../gen/shaker/executor/v1/executor_pb.js";
 import { toValue } from "../services/shared/json.js";
-import { startTestServer, type TestServer } from "./helpers.js";
+import { alive, startTestServer, type TestServer } from "./helpers.js";
 
 // Every workflow here that must be killed writes its pid (and its grandchild's) to a file first,
 // so the test can check that the process is really gone afterwards.
@@ -36,19 +36,6 @@ def execute(ctx):
     return {"grandchild": pid}
 `;
 
-function alive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-  } catch {
-    return false;
-  }
-  // A zombie still answers kill(0): it is dead for our purposes.
-  try {
-    return !/^State:\s+Z/m.test(readFileSync(`/proc/${pid}/status`, "utf8"));
-  } catch {
-    return false;
-  }
-}
 
 async function until<T>(what: string, probe: () => T | undefined | false, ms = 10_000): Promise<T> {
   const end = Date.now() + ms;
