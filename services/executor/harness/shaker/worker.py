@@ -291,9 +291,12 @@ class Worker:
                 # The child flushed stdout and stderr before this frame: relay all of it first.
                 for out_fd, role in ((child.out_fd, "stdout"), (child.err_fd, "stderr")):
                     self.drain_output(child, out_fd, role)
+                # The run is over before its caller hears so: its processes are killed and its
+                # TMPDIR removed first, so a run that starts next never finds this one's files.
+                kill_group(child.pid)
+                shutil.rmtree(runtime.run_tmpdir(child.run_id), ignore_errors=True)
                 send(child.run_id, body)
                 self.report_exit(child, 0 if body.startswith(_RESULT) else 1, 0)
-                kill_group(child.pid)
                 child.frame_buf = b""
                 return
             send(child.run_id, body)
