@@ -256,16 +256,25 @@ class Worker:
         del self.fd_owner[fd]
         child.open_fds.discard(fd)
 
-    def read_child(self, fd: int) -> None:
-        child, role = self.fd_owner[fd]
+    def read_chunk(self, child: Child, fd: int) -> bytes | None:
+        """Reads what a child's pipe holds: None when nothing is there yet, b"" (the pipe now closed)
+        at its end or on an error."""
         try:
             data = os.read(fd, 65536)
         except BlockingIOError:
-            return
+            return None
         except OSError:
             data = b""
         if not data:
             self.close_fd(child, fd)
+        return data
+
+    def read_child(self, fd: int) -> None:
+        child, role = self.fd_owner[fd]
+        data = self.read_chunk(child, fd)
+        if data is None:
+            return
+        if not data:
             self.maybe_finish(child)
             return
         if not child.run_id or child.reported:
@@ -316,14 +325,8 @@ class Worker:
 
     def drain_output(self, child: Child, fd: int, role: str) -> None:
         while fd in child.open_fds:
-            try:
-                data = os.read(fd, 65536)
-            except BlockingIOError:
-                return
-            except OSError:
-                data = b""
+            data = self.read_chunk(child, fd)
             if not data:
-                self.close_fd(child, fd)
                 return
             self.relay_output(child, role, data)
 
