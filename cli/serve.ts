@@ -91,7 +91,8 @@ export async function startShaker(config: Config): Promise<Shaker> {
     python: config.python,
     size: config.workers,
     commandPrefix: isolation.prefix,
-    onRunExit: (runId) => isolation.removeRunGroup(runId),
+    pidsCgroup: isolation.pidsCgroup,
+    processesPerRun: config.runMaxProcesses,
   });
   const executorStore = createExecutorStore(join(config.dataDir, "executor.db"));
   const executor = createExecutorService({
@@ -103,7 +104,7 @@ export async function startShaker(config: Config): Promise<Shaker> {
     maxConcurrentRuns: config.maxConcurrentRuns,
     maxConcurrentRunsPerAccount: config.maxConcurrentRunsPerAccount,
     maxNestingDepth: config.maxNestingDepth,
-    limits: { memoryBytes: config.runMemoryBytes, openFiles: 256, fileBytes: 64 * 1024 * 1024, processes: config.runMaxProcesses, pidsCgroup: isolation.pidsCgroup },
+    limits: { memoryBytes: config.runMemoryBytes, openFiles: 256, fileBytes: 64 * 1024 * 1024 },
   });
   const modelproxy = createModelProxyService(deps("modelproxy"));
   const datastore = createDatastoreService(deps("datastore"));

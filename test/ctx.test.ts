@@ -13,6 +13,8 @@ import { DatastoreService } from "../gen/shaker/datastore/v1/datastore_pb.js";
 import { fromValue } from "../services/shared/json.js";
 import { startTestServer, type TestServer } from "./helpers.js";
 
+// The server's own environment holds its secrets (upstream keys): no run may read them.
+process.env.SHAKER_TEST_SERVER_SECRET = "server-side-secret-runs-must-not-see";
 // One server for the whole file, started before the tests are collected: the model and datastore
 // tests run only once the ModelProxy answers (it is built in parallel; until then it is Unimplemented).
 const server: TestServer = await startTestServer({ workers: 1, maxNestingDepth: 3 });
@@ -45,7 +47,9 @@ def execute(ctx: WorkflowContext):
     return {
         "input": ctx.input, "messages": ctx.messages, "secret_names": sorted(ctx.secrets),
         "secret_ok": ctx.secrets["token"] == "${SECRET}", "metadata": ctx.metadata, "env": ctx.env,
-        "os_environ": os.environ.get("GREETING"), "params": ctx.params, "session_id": ctx.session_id,
+        "os_environ": os.environ.get("GREETING"),
+        "server_env": [k for k in os.environ if k in ("SHAKER_TEST_SERVER_SECRET", "SHAKER_API_KEY", "OPENAI_API_KEY")],
+        "params": ctx.params, "session_id": ctx.session_id,
         "run_id": ctx.run_id, "type": type(ctx).__name__,
     }
 `;
@@ -78,7 +82,7 @@ describe("ctx, from a real workflow through the real server", () => {
     rmSync(dir, { recursive: true, force: true });
   });
 
-  it("gives input, messages, secrets, metadata, env, params, session and run ids", async () => {
+  it("gives input, messages, secrets, metadata, env, params, session and run ids, and none of the server's environment", async () => {
     const res = await server.invoke({
       model: "workflow:everything",
       input: { q: 1 },
@@ -98,6 +102,7 @@ describe("ctx, from a real workflow through the real server", () => {
       metadata: { team: "core" },
       env: { GREETING: "hi" },
       os_environ: "hi",
+      server_env: [],
       params: { temperature: 0.2, max_tokens: 5, stream: false },
       session_id: "sess-ctx",
       run_id: res.body.run_id,

@@ -9,12 +9,10 @@ export type SandboxMode = "auto" | "bwrap" | "none";
 export interface Isolation {
   /** prefix is prepended to the worker's command line (the bwrap invocation), or empty. */
   prefix: string[];
-  /** pidsCgroup is a pids-controller cgroup each run creates its own child group in, or undefined. */
+  /** pidsCgroup is a pids-controller cgroup each run's process makes its own group in (and the worker removes), or undefined. */
   pidsCgroup: string | undefined;
   /** summary says in one line what isolation runs get, for the start-up banner and the docs. */
   summary: string;
-  /** removeRunGroup deletes a finished run's cgroup (its processes are gone by then). */
-  removeRunGroup(runId: string): void;
   close(): void;
 }
 
@@ -132,21 +130,6 @@ export function prepareIsolation(options: IsolationOptions): Isolation {
     prefix,
     pidsCgroup,
     summary: parts.join("; "),
-    removeRunGroup(runId) {
-      if (!pidsCgroup) return;
-      const dir = join(pidsCgroup, runId);
-      // The group empties a moment after its processes are killed: retry briefly.
-      let tries = 0;
-      const attempt = () => {
-        try {
-          rmdirSync(dir);
-        } catch (e) {
-          const code = (e as NodeJS.ErrnoException).code;
-          if (code === "EBUSY" && ++tries < 50) setTimeout(attempt, 100).unref();
-        }
-      };
-      attempt();
-    },
     close() {
       if (!pidsCgroup) return;
       try {

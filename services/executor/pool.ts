@@ -66,8 +66,10 @@ export interface WorkerPoolOptions {
   log?: (message: string) => void;
   /** commandPrefix runs each worker inside a sandbox (the bwrap invocation), when not empty. */
   commandPrefix?: string[];
-  /** onRunExit is told when a run's processes are gone (to remove its cgroup). */
-  onRunExit?: (runId: string) => void;
+  /** pidsCgroup is a pids-controller cgroup each child makes its own group in, capped at processesPerRun. */
+  pidsCgroup?: string;
+  /** processesPerRun caps the processes (and threads) of one run, where pidsCgroup is set; 0 for no cap. */
+  processesPerRun?: number;
 }
 
 /** WorkerPool runs jobs in long-lived Python workers, one fork() per run. */
@@ -105,6 +107,20 @@ function encodeFrame(text: string): Buffer {
   return frame;
 }
 
+/**
+ * The server's environment variables a run may see: what a Python process needs to behave (locale,
+ * time zone, paths, proxies and CA bundles for outbound HTTP), never the rest. The server's own
+ * environment holds its secrets (upstream API keys, SHAKER_API_KEY); a workflow's own variables
+ * come from its version's `env`.
+ */
+const passedToRuns = /^(PATH|HOME|LANG|LANGUAGE|LC_[A-Z]+|TZ|TMPDIR|SSL_CERT_FILE|SSL_CERT_DIR|(?:http|https|no)_proxy|(?:HTTP|HTTPS|NO)_PROXY)$/;
+
+function workerEnv(env: NodeJS.ProcessEnv): Record<string, string> {
+  const out: Record<string, string> = {};
+  for (const [k, v] of Object.entries(env)) if (v !== undefined && passedToRuns.test(k)) out[k] = v;
+  return out;
+}
+
 function killGroup(pid: number): void {
   try {
     process.kill(-pid, "SIGKILL");
@@ -124,10 +140,12 @@ export function createWorkerPool(options: WorkerPoolOptions): WorkerPool {
     const proc = spawn(command, [...prefixArgs, "-B", "-s", "-u", "-m", "shaker.worker"], {
       cwd: harnessDir,
       env: {
-        ...process.env,
+        ...workerEnv(process.env),
         PYTHONPATH: harnessDir,
         PYTHONDONTWRITEBYTECODE: "1",
         SHAKER_MAX_OUTPUT_BYTES: String(options.maxOutputBytes ?? 1024 * 1024),
+        SHAKER_PIDS_CGROUP: options.pidsCgroup ?? "",
+        SHAKER_RUN_MAX_PROCESSES: String(options.processesPerRun ?? 0),
       },
       stdio: ["ignore", "inherit", "pipe", "pipe", "pipe"],
     });
@@ -155,7 +173,6 @@ export function createWorkerPool(options: WorkerPoolOptions): WorkerPool {
       }
       if (event.t === "exit") {
         worker.active.delete(runId);
-        options.onRunExit?.(runId);
       }
       active.job.onEvent(event, body.length);
     });

@@ -36,7 +36,7 @@ export interface ExecutorServiceOptions {
   maxConcurrentRunsPerAccount: number;
   maxNestingDepth: number;
   /** limits are the resource limits of each child process. */
-  limits: { memoryBytes: number; openFiles: number; fileBytes: number; processes: number; pidsCgroup?: string };
+  limits: { memoryBytes: number; openFiles: number; fileBytes: number };
   /** maxLogLines caps the log lines kept on a run record. */
   maxLogLines?: number;
 }
@@ -379,8 +379,6 @@ export function createExecutorService(options: ExecutorServiceOptions): {
           cpu_seconds: Math.ceil(timeoutMs / 1000) + 5,
           open_files: options.limits.openFiles,
           file_bytes: options.limits.fileBytes,
-          processes: options.limits.processes,
-          pids_cgroup: options.limits.pidsCgroup ?? null,
         },
       },
     });

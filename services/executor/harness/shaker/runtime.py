@@ -5,10 +5,12 @@ import json
 import marshal
 import os
 import resource
+import shutil
 import signal
 import struct
 import sys
 import tempfile
+import time
 import traceback
 import types
 from typing import Any
@@ -19,6 +21,11 @@ from .rpc import RpcClient
 # The child's descriptors: 0 /dev/null, 1 and 2 the output pipes, then these two, nothing else.
 CTL_FD = 3
 FRAMES_FD = 4
+# How long a finished child waits for the worker to kill it before it exits by itself.
+END_GRACE_SECONDS = 10.0
+# A pids-controller cgroup each child makes its own group in, capped at this many processes.
+PIDS_CGROUP = os.environ.get("SHAKER_PIDS_CGROUP", "")
+MAX_PROCESSES = int(os.environ.get("SHAKER_RUN_MAX_PROCESSES") or 0)
 
 
 def _limit(kind: int, value: int | None) -> None:
@@ -71,15 +78,27 @@ def _apply_limits(payload: dict[str, Any]) -> None:
     _limit(resource.RLIMIT_CPU, limits.get("cpu_seconds"))
     _limit(resource.RLIMIT_NOFILE, limits.get("open_files"))
     _limit(resource.RLIMIT_FSIZE, limits.get("file_bytes"))
-    # RLIMIT_NPROC counts every process of the user (and binds no one running as root), so the
-    # process cap is a pids cgroup of the run's own, joined before any of the workflow runs.
-    group = limits.get("pids_cgroup")
-    if group and limits.get("processes"):
-        run_group = os.path.join(group, str(payload.get("run_id") or os.getpid()))
-        os.makedirs(run_group, exist_ok=True)
-        with open(os.path.join(run_group, "pids.max"), "w") as f:
-            f.write(str(int(limits["processes"])))
-        with open(os.path.join(run_group, "cgroup.procs"), "w") as f:
+
+
+def child_group(name: str) -> str:
+    """The pids cgroup of the child called name, or "" where runs have no process cap."""
+    return os.path.join(PIDS_CGROUP, name) if PIDS_CGROUP and MAX_PROCESSES > 0 else ""
+
+
+def _prepare_space(name: str) -> None:
+    """Gives this child what is its own before it has a run, so a run waits for none of it: a private
+    TMPDIR, and a pids cgroup capping its processes (RLIMIT_NPROC counts every process of the user,
+    and binds no one running as root)."""
+    tmp = run_tmpdir(name)
+    os.mkdir(tmp, 0o700)
+    os.environ["TMPDIR"] = tmp
+    tempfile.tempdir = tmp
+    group = child_group(name)
+    if group:
+        os.mkdir(group)
+        with open(os.path.join(group, "pids.max"), "w") as f:
+            f.write(str(MAX_PROCESSES))
+        with open(os.path.join(group, "cgroup.procs"), "w") as f:
             f.write(str(os.getpid()))
 
 
@@ -99,12 +118,17 @@ def _rehearse() -> None:
     json.dumps(ctx._usage.as_dict())
 
 
-def spare_main(ctl_fd: int, frames_fd: int, out_fd: int, err_fd: int, code_cache: dict[str, Any],
+def spare_main(name: str, ctl_fd: int, frames_fd: int, out_fd: int, err_fd: int, code_cache: dict[str, Any],
                accessories: dict[str, dict[str, Any]], rehearse: bool = True) -> None:
     """Runs in a freshly forked spare child: gets ready, waits for one run, runs it, exits. Never returns.
     A child forked for a run that is already waiting skips the rehearsal, which would only delay it."""
     _setup_process(ctl_fd, frames_fd, out_fd, err_fd)
-    if rehearse:
+    unconfined: OSError | None = None
+    try:
+        _prepare_space(name)
+    except OSError as e:
+        unconfined = e  # reported as the run's error: no run goes without its limits
+    if rehearse and unconfined is None:
         _rehearse()
     try:
         head = _read_exactly(CTL_FD, 16)
@@ -118,28 +142,52 @@ def spare_main(ctl_fd: int, frames_fd: int, out_fd: int, err_fd: int, code_cache
     os.close(CTL_FD)
     code_cache.clear()  # other versions' code is none of this run's business
     accessories.clear()
-    run(code, payload, cached)
+    run(code, payload, cached, unconfined)
 
 
-def run_tmpdir(run_id: str) -> str:
-    """The run's private temporary directory (TMPDIR and tempfile's default); the worker removes it."""
-    return os.path.join(tempfile.gettempdir(), "shaker-" + run_id.replace("/", "_"))
+def run_tmpdir(name: str) -> str:
+    """The private temporary directory (TMPDIR and tempfile's default) of the child called name; the
+    worker removes it."""
+    return os.path.join(tempfile.gettempdir(), "shaker-" + name)
 
 
-def run(code: Any, payload: dict[str, Any], accessories: dict[str, Any]) -> None:
-    """Runs one workflow in this process and exits; never returns."""
-    _apply_limits(payload)
-    os.environ.update(payload.get("env") or {})
+def clear_run_tmpdir(name: str) -> None:
+    """Removes what a run left in its temporary directory, if anything (most runs leave nothing: an
+    empty directory, which shows a later run nothing, waits for remove_run_tmpdir off the hot path)."""
+    path = run_tmpdir(name)
     try:
-        tmp = run_tmpdir(str(payload.get("run_id") or os.getpid()))
-        os.mkdir(tmp, 0o700)
-        os.environ["TMPDIR"] = tmp
-        tempfile.tempdir = tmp
+        left = os.listdir(path)
     except OSError:
+        return
+    if left:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def remove_run_tmpdir(name: str) -> None:
+    """Removes a child's temporary directory and what its run left in it (most runs leave nothing)."""
+    path = run_tmpdir(name)
+    try:
+        os.rmdir(path)
+    except FileNotFoundError:
         pass
+    except OSError:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def run(code: Any, payload: dict[str, Any], accessories: dict[str, Any], unconfined: OSError | None = None) -> None:
+    """Runs one workflow in this process and exits; never returns. A child that could not be given its
+    TMPDIR and process cap (unconfined) fails the run instead of running it."""
+    _apply_limits(payload)
+    env = payload.get("env")
+    if env:
+        os.environ.update(env)
+        if tempfile.tempdir:
+            os.environ["TMPDIR"] = tempfile.tempdir  # the run's own, whatever its env says
     channel = Channel(FRAMES_FD)
     status = 0
     try:
+        if unconfined is not None:
+            raise RuntimeError(f"the run's process could not be confined ({unconfined}); it was not started")
         ctx = WorkflowContext(payload, channel, RpcClient(payload["rpc_url"], payload["token"]), accessories)
         module = types.ModuleType("workflow")
         module.__file__ = "workflow.py"
@@ -169,4 +217,8 @@ def run(code: Any, payload: dict[str, Any], accessories: dict[str, Any]) -> None
             channel.send({"t": "error", "type": type(e).__name__, "message": str(e), "traceback": tb})
         except Exception:
             pass
+    # The worker kills this process as soon as it has read the last frame. Exiting here instead
+    # would spend a CPU on this process's teardown just when the worker needs one to relay the
+    # result (measured: the relay came 0.6-1 ms later on 2 cores); killed, it tears down after.
+    time.sleep(END_GRACE_SECONDS)
     os._exit(status)

@@ -33,7 +33,6 @@ import json
 import marshal
 import os
 import selectors
-import shutil
 import signal
 import struct
 import sys
@@ -46,6 +45,9 @@ IN_FD = 3
 OUT_FD = 4
 MAX_OUTPUT_BYTES = int(os.environ.get("SHAKER_MAX_OUTPUT_BYTES", str(1024 * 1024)))
 SPARES = int(os.environ.get("SHAKER_SPARES", "2"))
+RECENT = 0.005
+GROUP_REMOVAL_SECONDS = 5.0
+GROUP_RETRY_SECONDS = 0.1
 MAX_CACHED_VERSIONS = 256
 MAX_CACHED_ACCESSORY_BYTES = 8 * 1024 * 1024
 
@@ -83,8 +85,9 @@ def kill_group(pid: int) -> None:
 class Child:
     """A forked child as the worker sees it: a spare until it is given a run, then that run's process."""
 
-    def __init__(self, pid: int, ctl_fd: int, frames_fd: int, out_fd: int, err_fd: int, versions: frozenset[str],
-                 accessory_gen: dict[str, int]) -> None:
+    def __init__(self, name: str, pid: int, ctl_fd: int, frames_fd: int, out_fd: int, err_fd: int,
+                 versions: frozenset[str], accessory_gen: dict[str, int]) -> None:
+        self.name = name  # names its TMPDIR and pids cgroup
         self.pid = pid
         self.run_id = ""
         self.version_id = ""
@@ -111,6 +114,10 @@ class Worker:
         self.accessories: dict[str, dict[str, Any]] = {}  # version id -> key -> parsed JSON
         self.accessory_gen: dict[str, int] = {}  # version id -> how many times its accessories grew
         self.refill_after = 0.0
+        self.forks = 0
+        self.busy_groups: list[tuple[str, float]] = []  # cgroups still emptying: (path, give up at)
+        self.last_handoff = 0.0  # when the latest run was handed to a child
+        self.unreported = 0  # runs handed to a child whose exit is not reported yet
         self.spares: list[Child] = []
         self.children: dict[int, Child] = {}  # by pid, spares included
         self.running: dict[str, Child] = {}  # by run id, until the child is finished
@@ -195,6 +202,8 @@ class Worker:
         vid = version_id.encode()
         message = struct.pack(">IIII", len(vid), len(payload), len(code), len(accessories)) + vid + payload + code + accessories
         send_json(run_id, {"t": "started", "pid": child.pid})
+        self.last_handoff = time.monotonic()
+        self.unreported += 1
         try:
             write_all(child.ctl_fd, message)
         except OSError:
@@ -203,6 +212,8 @@ class Worker:
         child.ctl_fd = -1
 
     def fork_spare(self, rehearse: bool = True) -> Child:
+        self.forks += 1
+        name = f"{os.getpid()}-{self.forks}"
         ctl_r, ctl_w = os.pipe()
         frames_r, frames_w = os.pipe()
         out_r, out_w = os.pipe()
@@ -214,7 +225,7 @@ class Worker:
         if pid == 0:
             try:
                 self.forget()
-                runtime.spare_main(ctl_r, frames_w, out_w, err_w, self.code_cache, self.accessories, rehearse)
+                runtime.spare_main(name, ctl_r, frames_w, out_w, err_w, self.code_cache, self.accessories, rehearse)
             finally:
                 os._exit(70)
         for fd in (ctl_r, frames_w, out_w, err_w):
@@ -223,7 +234,7 @@ class Worker:
             os.setpgid(pid, pid)  # also done by the child; whichever runs first makes the group exist
         except OSError:
             pass
-        child = Child(pid, ctl_w, frames_r, out_r, err_r, frozenset(self.code_cache), dict(self.accessory_gen))
+        child = Child(name, pid, ctl_w, frames_r, out_r, err_r, frozenset(self.code_cache), dict(self.accessory_gen))
         self.children[pid] = child
         for fd, role in ((frames_r, "frames"), (out_r, "stdout"), (err_r, "stderr")):
             os.set_blocking(fd, False)
@@ -303,7 +314,7 @@ class Worker:
                 # The run is over before its caller hears so: its processes are killed and its
                 # TMPDIR removed first, so a run that starts next never finds this one's files.
                 kill_group(child.pid)
-                shutil.rmtree(runtime.run_tmpdir(child.run_id), ignore_errors=True)
+                runtime.clear_run_tmpdir(child.name)
                 send(child.run_id, body)
                 self.report_exit(child, 0 if body.startswith(_RESULT) else 1, 0)
                 child.frame_buf = b""
@@ -365,10 +376,26 @@ class Worker:
                 self.refill_after = time.monotonic() + 1.0
             self.maybe_finish(child)
 
+    def remove_groups(self) -> None:
+        """Removes the cgroups of children that are gone; a group empties a moment after its last
+        process is killed, so one still busy is tried again on later turns of the loop."""
+        now = time.monotonic()
+        still = []
+        for group, give_up in self.busy_groups:
+            try:
+                os.rmdir(group)
+            except FileNotFoundError:
+                pass
+            except OSError:
+                if now < give_up:
+                    still.append((group, give_up))
+        self.busy_groups = still
+
     def report_exit(self, child: Child, code: int, sig: int) -> None:
         if child.reported or not child.run_id:
             return
         child.reported = True
+        self.unreported -= 1
         send_json(child.run_id, {"t": "exit", "code": code, "signal": sig, "output_truncated": child.output_truncated})
 
     def maybe_finish(self, child: Child) -> None:
@@ -377,8 +404,11 @@ class Worker:
         del self.children[child.pid]
         if self.running.get(child.run_id) is child:
             del self.running[child.run_id]
-        if child.run_id:
-            shutil.rmtree(runtime.run_tmpdir(child.run_id), ignore_errors=True)
+        runtime.remove_run_tmpdir(child.name)
+        group = runtime.child_group(child.name)
+        if group:
+            self.busy_groups.append((group, time.monotonic() + GROUP_REMOVAL_SECONDS))
+            self.remove_groups()
         if child.ctl_fd >= 0:
             os.close(child.ctl_fd)
             child.ctl_fd = -1
@@ -404,15 +434,32 @@ class Worker:
         self.in_buf = buf[offset:]
         return True
 
+    def refill_timeout(self) -> float | None:
+        """How long the loop may wait for frames before it forks a spare (0: fork now if nothing
+        waits; None: no spare is due). Spares are forked only when nothing else waits, so a fork
+        never delays a frame; and while a run just handed over may answer any moment, the fork waits
+        for its answer, or for RECENT seconds, unless no spare is left for the next run."""
+        if len(self.spares) >= SPARES:
+            return None
+        now = time.monotonic()
+        if now < self.refill_after:
+            return self.refill_after - now
+        if self.spares and self.unreported:
+            quiet = self.last_handoff + RECENT - now
+            if quiet > 0:
+                return quiet
+        return 0
+
     def serve(self) -> None:
         while True:
-            # Spares are forked only when nothing else waits, so a fork never delays a run's frames.
-            idle_work = len(self.spares) < SPARES and time.monotonic() >= self.refill_after
+            timeout = self.refill_timeout()
+            if self.busy_groups:
+                timeout = GROUP_RETRY_SECONDS if timeout is None else min(timeout, GROUP_RETRY_SECONDS)
             try:
-                events = self.sel.select(0 if idle_work else None)
+                events = self.sel.select(timeout)
             except InterruptedError:
                 continue
-            if not events and idle_work:
+            if not events and timeout == 0:
                 self.refill()
                 continue
             for key, _ in events:
@@ -430,10 +477,26 @@ class Worker:
                 elif key.fd in self.fd_owner:
                     self.read_child(key.fd)
             self.reap()
+            if self.busy_groups:
+                self.remove_groups()
 
     def shutdown(self) -> None:
+        """Ends every child and removes what they had (TMPDIRs, cgroups) before the worker exits."""
         for pid in list(self.children):
             kill_group(pid)
+        for child in list(self.children.values()):
+            try:
+                os.waitpid(child.pid, 0)
+            except ChildProcessError:
+                pass
+            runtime.remove_run_tmpdir(child.name)
+            group = runtime.child_group(child.name)
+            if group:
+                self.busy_groups.append((group, time.monotonic() + 1.0))
+        while self.busy_groups:
+            self.remove_groups()
+            if self.busy_groups:
+                time.sleep(GROUP_RETRY_SECONDS / 10)
 
 
 def main() -> None:
