@@ -3,6 +3,7 @@
 // python3 per run at the same concurrency, measured in the same run.
 import { spawn } from "node:child_process";
 import { startTestServer, type TestServer } from "../test/helpers.js";
+import { createCaller } from "./client.js";
 import { report } from "./stats.js";
 
 function spawnPython(code: string): Promise<void> {
@@ -15,12 +16,11 @@ function spawnPython(code: string): Promise<void> {
 }
 
 function invoker(server: TestServer, model: string): () => Promise<void> {
-  const headers = { authorization: `Bearer ${server.apiKey}`, "content-type": "application/json" };
+  const caller = createCaller(server.url, { authorization: `Bearer ${server.apiKey}`, "content-type": "application/json" }, 256);
   const body = JSON.stringify({ model, input: { n: 1 } });
   return async () => {
-    const res = await fetch(`${server.url}/v1/chat/completions`, { method: "POST", headers, body });
-    if (res.status !== 200) throw new Error(`invoke failed: ${res.status} ${await res.text()}`);
-    await res.arrayBuffer();
+    const res = await caller.post("/v1/chat/completions", body);
+    if (res.status !== 200) throw new Error(`invoke failed: ${res.status} ${res.body}`);
   };
 }
 

@@ -2,6 +2,7 @@
 // python3 for every run (what a runtime without a warm worker pool pays), measured in one run.
 import { spawn } from "node:child_process";
 import { startTestServer } from "../test/helpers.js";
+import { createCaller } from "./client.js";
 import { fmt, report, summary } from "./stats.js";
 
 const script = "def execute(ctx):\n    return {'ok': True, 'n': (ctx.input or {}).get('n')}\n";
@@ -20,27 +21,26 @@ export async function benchInvoke(iterations = Number(process.env.BENCH_ITERATIO
   try {
     await server.upload("trivial", script);
     const body = JSON.stringify({ model: "workflow:trivial", input: { n: 1 } });
-    const headers = { authorization: `Bearer ${server.apiKey}`, "content-type": "application/json" };
+    const caller = createCaller(server.url, { authorization: `Bearer ${server.apiKey}`, "content-type": "application/json" });
     const invoke = async () => {
-      const res = await fetch(`${server.url}/v1/chat/completions`, { method: "POST", headers, body });
-      if (res.status !== 200) throw new Error(`invoke failed: ${res.status} ${await res.text()}`);
-      await res.arrayBuffer();
+      const res = await caller.post("/v1/chat/completions", body);
+      if (res.status !== 200) throw new Error(`invoke failed: ${res.status} ${res.body}`);
     };
-    for (let i = 0; i < 30; i++) await invoke();
-    for (let i = 0; i < 5; i++) await spawnPerRun();
-    // Interleave the two so machine noise falls on both alike.
+    for (let i = 0; i < 50; i++) await invoke();
+    // One after the other, not interleaved: a python3 start-up (100 ms of CPU, its memory then
+    // freed) between two invokes would be measured as the second one's latency.
     const shaker: number[] = [];
-    const baseline: number[] = [];
-    const baselineEvery = 4;
     for (let i = 0; i < iterations; i++) {
-      let t = performance.now();
+      const t = performance.now();
       await invoke();
       shaker.push(performance.now() - t);
-      if (i % baselineEvery === 0) {
-        t = performance.now();
-        await spawnPerRun();
-        baseline.push(performance.now() - t);
-      }
+    }
+    for (let i = 0; i < 5; i++) await spawnPerRun();
+    const baseline: number[] = [];
+    for (let i = 0; i < Math.ceil(iterations / 4); i++) {
+      const t = performance.now();
+      await spawnPerRun();
+      baseline.push(performance.now() - t);
     }
     const s = summary(shaker);
     const b = summary(baseline);
@@ -59,6 +59,7 @@ export async function benchInvoke(iterations = Number(process.env.BENCH_ITERATIO
     const rate = total / ((performance.now() - t0) / 1000);
     const spawnRate = 1000 / b.mean;
     report("throughput: trivial runs/s, 16 in flight", `${rate.toFixed(0)} runs/s`, `${spawnRate.toFixed(0)} runs/s (spawn, serial)`, rate / spawnRate);
+    caller.close();
   } finally {
     await server.close();
   }
