@@ -3,7 +3,7 @@ import type { RunResult, RunStreamResponse } from "../../gen/shaker/executor/v1/
 import type { Clients } from "../shared/clients.js";
 import { fromValue, toValue } from "../shared/json.js";
 import { proxyModelCall } from "./models.js";
-import { callerHeaders, field, HttpError, readJson, sendJson, sseHeaders, toErrorBody, writeDrained, type Req, type Res } from "./http.js";
+import { callerHeaders, disconnectSignal, field, HttpError, readJson, sendJson, sseHeaders, toErrorBody, writeDrained, type Req, type Res } from "./http.js";
 
 const workflowModel = /^workflow:([a-z0-9][a-z0-9_-]{0,63})(?:@(\d+\.\d+\.\d+))?$/;
 
@@ -80,9 +80,8 @@ export function createChatRoute(options: ChatRouteOptions) {
       sessionId: sessionId ?? "",
     };
 
-    const abort = new AbortController();
-    res.once("close", () => abort.abort());
-    const events = clients.executor.runStream({ invocation }, { headers, signal: abort.signal })[Symbol.asyncIterator]();
+    const signal = disconnectSignal(res);
+    const events = clients.executor.runStream({ invocation }, { headers, signal })[Symbol.asyncIterator]();
     // Every error that can be known before the run starts arrives before the first message: answer it with its status.
     const first = await events.next();
     if (first.done || first.value.event.case !== "started") throw new HttpError(502, "the Executor ended the run before starting it");
@@ -174,7 +173,7 @@ export function createChatRoute(options: ChatRouteOptions) {
         }
       }
     } catch (err) {
-      if (!abort.signal.aborted) await write(`data: ${JSON.stringify(toErrorBody(err).body)}\n\n`);
+      if (!signal.aborted) await write(`data: ${JSON.stringify(toErrorBody(err).body)}\n\n`);
     } finally {
       clearInterval(keepAlive);
       res.end();

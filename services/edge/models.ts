@@ -2,7 +2,7 @@ import { toJson, type JsonObject, type MessageInitShape } from "@bufbuild/protob
 import { ConnectError } from "@connectrpc/connect";
 import { ModelCallSchema, type CallContextSchema, type ModelCall } from "../../gen/shaker/modelproxy/v1/modelproxy_pb.js";
 import type { Clients } from "../shared/clients.js";
-import { callerHeaders, field, HttpError, readJson, sendJson, sseHeaders, toErrorBody, writeDrained, type Req, type Res } from "./http.js";
+import { callerHeaders, disconnectSignal, field, HttpError, readJson, sendJson, sseHeaders, toErrorBody, writeDrained, type Req, type Res } from "./http.js";
 import type { EdgeRouter } from "./router.js";
 
 /** The ModelProxy's marker of an upstream failure: its value is the HTTP status to answer (502 or 504). */
@@ -40,15 +40,14 @@ export async function proxyModelCall(
   if (body.messages === undefined) throw new HttpError(400, "'messages' is required", "messages", "missing_field");
   field.objectArray(body, "messages");
   const { context, openaiBody } = contextOf(body);
-  const abort = new AbortController();
-  res.once("close", () => abort.abort());
+  const signal = disconnectSignal(res);
   try {
     if (!stream) {
-      const resp = await clients.modelproxy.chatCompletion({ body: openaiBody, context }, { headers, signal: abort.signal });
+      const resp = await clients.modelproxy.chatCompletion({ body: openaiBody, context }, { headers, signal });
       sendJson(res, 200, resp.completion ?? {}, { "x-request-id": resp.callId });
       return;
     }
-    const events = clients.modelproxy.chatCompletionStream({ body: openaiBody, context }, { headers, signal: abort.signal })[Symbol.asyncIterator]();
+    const events = clients.modelproxy.chatCompletionStream({ body: openaiBody, context }, { headers, signal })[Symbol.asyncIterator]();
     // Every error known before the first chunk (auth, bad input, upstream down) is answered with its status.
     const first = await events.next();
     res.writeHead(200, {
@@ -62,7 +61,7 @@ export async function proxyModelCall(
       }
       res.write("data: [DONE]\n\n");
     } catch (err) {
-      if (!abort.signal.aborted) res.write(`data: ${JSON.stringify(toErrorBody(upstreamError(err)).body)}\n\n`);
+      if (!signal.aborted) res.write(`data: ${JSON.stringify(toErrorBody(upstreamError(err)).body)}\n\n`);
     } finally {
       res.end();
     }

@@ -304,22 +304,18 @@ export function createExecutorService(options: ExecutorServiceOptions): {
         promptTokens: result?.usage?.prompt_tokens ?? 0,
         completionTokens: result?.usage?.completion_tokens ?? 0,
       };
-      try {
-        store.finishRun(runId, {
-          status,
-          output: status === RunStatus.SUCCEEDED ? redactJson(result!.output ?? null, redact) : null,
-          error: error ?? null,
-          finishedAt,
-          durationMs,
-          emitted,
-          logs,
-          httpCalls,
-          warnings,
-          ...usage,
-        });
-      } catch (e) {
-        process.stderr.write(`could not record run ${runId}: ${(e as Error).message}\n`);
-      }
+      store.finishRun(runId, {
+        status,
+        output: status === RunStatus.SUCCEEDED ? redactJson(result!.output ?? null, redact) : null,
+        error: error ?? null,
+        finishedAt,
+        durationMs,
+        emitted,
+        logs,
+        httpCalls,
+        warnings,
+        ...usage,
+      });
       if (failure) {
         failure.metadata.set("shaker-run-id", runId);
         events?.fail(failure);

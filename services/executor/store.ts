@@ -44,19 +44,44 @@ export function createExecutorStore(file: string) {
     .from(runs)
     .where(and(eq(runs.id, sql.placeholder("id")), eq(runs.accountId, sql.placeholder("accountId"))))
     .prepare();
+  // A run's end is written after its caller has the result (its response leaves first) and with the
+  // ends of other runs that finished in the same turn of the event loop, in one transaction: one
+  // WAL commit for many runs under load. Every read writes what is pending first, so nothing reads
+  // a record older than what a caller was told.
+  type Finish = Record<string, unknown>;
+  let pending: Finish[] = [];
+  const writeFinishes = db.sqlite.transaction((rows: Finish[]) => {
+    for (const row of rows) finishStatement.run(row);
+  });
+  function flush(): void {
+    if (pending.length === 0) return;
+    const rows = pending;
+    pending = [];
+    try {
+      writeFinishes(rows);
+    } catch (e) {
+      process.stderr.write(`could not record the end of ${rows.length} run(s): ${(e as Error).message}\n`);
+    }
+  }
   return {
-    close: () => db.close(),
+    close(): void {
+      flush();
+      db.close();
+    },
     insertRun(row: Pick<NewRun, (typeof insertColumns)[number]>): void {
       insertStatement.run(row);
     },
-    /** finishRun writes what a run ended with. */
+    /** finishRun writes what a run ended with, before this turn of the event loop is over. */
     finishRun(id: string, fields: Required<Pick<NewRun, (typeof finishColumns)[number]>>): void {
-      finishStatement.run({ ...fields, id });
+      if (pending.length === 0) setImmediate(flush);
+      pending.push({ ...fields, id });
     },
     run(accountId: string, id: string): RunRow | undefined {
+      flush();
       return runStatement.get({ id, accountId });
     },
     listRuns(filter: RunFilter): RunRow[] {
+      flush();
       const where: SQL[] = [eq(runs.accountId, filter.accountId)];
       if (filter.workflowRefName) where.push(eq(runs.workflowRefName, filter.workflowRefName));
       if (filter.sessionId) where.push(eq(runs.sessionId, filter.sessionId));

@@ -11,6 +11,12 @@ import {
 
 type AnyImpl = (input: unknown, ctx: HandlerContext) => unknown;
 
+/**
+ * A call's context is aborted when the call ends, to release what listens to its signal. With this
+ * reason rather than none: abort() without one builds a DOMException (with its stack) every call.
+ */
+const callEnded = new ConnectError("the call ended", Code.Canceled);
+
 function asConnectError(e: unknown): ConnectError {
   return e instanceof ConnectError ? e : new ConnectError("internal error", Code.Internal, undefined, undefined, e);
 }
@@ -75,7 +81,7 @@ export function createDirectTransport(routes: (router: ConnectRouter) => void): 
         ctx.abort(e);
         throw asConnectError(e);
       } finally {
-        ctx.abort();
+        ctx.abort(callEnded);
       }
     },
 
@@ -108,7 +114,7 @@ export function createDirectTransport(routes: (router: ConnectRouter) => void): 
           ctx.abort(e);
           throw asConnectError(e);
         } finally {
-          ctx.abort();
+          ctx.abort(callEnded);
         }
       }
       return {
