@@ -6,7 +6,7 @@ import { createConnectTransport } from "@connectrpc/connect-node";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { ExecutorService, RunStatus } from "../gen/shaker/executor/v1/executor_pb.js";
 import { toValue } from "../services/shared/json.js";
-import { alive, startTestServer, type TestServer } from "./helpers.js";
+import { alive, parentPids, startTestServer, type TestServer } from "./helpers.js";
 
 // Every workflow here that must be killed writes its pid (and its grandchild's) to a file first,
 // so the test can check that the process is really gone afterwards.
@@ -166,6 +166,24 @@ describe("Executor limits and faults", () => {
     expect(res.body.error.message).toContain("worker");
     await until("the orphaned run to die", () => !alive(pid));
     await until("new workers", () => server.shaker.workerPids().every((p) => p > 0 && !before.includes(p)));
+    await healthy();
+  });
+
+  it("fails the runs of a worker whose fork server dies, replaces the worker, and kills its runs' processes", async () => {
+    const pidfile = pidFile();
+    const pending = server.invoke({ model: "workflow:sleeper", input: { pidfile } });
+    const pid = await until("the run to start", readPid(pidfile));
+    // The run's process is a child of its worker's fork server, itself the worker's only child.
+    const parents = parentPids();
+    const forkServer = parents.get(pid)!;
+    const worker = parents.get(forkServer)!;
+    expect(server.shaker.workerPids()).toContain(worker);
+    process.kill(forkServer, "SIGKILL");
+    const res = await pending;
+    expect(res.status).toBe(500);
+    expect(res.body.error.message).toContain("worker");
+    await until("the orphaned run to die", () => !alive(pid));
+    await until("a new worker", () => !server.shaker.workerPids().includes(worker));
     await healthy();
   });
 

@@ -1,9 +1,8 @@
 // Workflow faults, many at once, mixed with good runs: infinite loops, memory bombs, fork bombs,
 // segfaults, huge outputs and logs, a script that ignores SIGTERM. Every good run succeeds, every
 // bad one fails with a clear error, and process counts and memory return to their baseline.
-import { readdirSync, readFileSync } from "node:fs";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { startTestServer, type TestServer } from "../helpers.js";
+import { parentPids, startTestServer, type TestServer } from "../helpers.js";
 
 const bad: Record<string, { script: string; timeout?: number; error: RegExp }> = {
   "infinite-loop": { script: "def execute(ctx):\n    while True:\n        pass\n    return 1\n", timeout: 2, error: /timeout/i },
@@ -25,17 +24,7 @@ const bad: Record<string, { script: string; timeout?: number; error: RegExp }> =
 
 /** descendants counts the processes below the given pids (the workers' spares and runs). */
 function descendants(roots: number[]): number {
-  const parent = new Map<number, number>();
-  for (const name of readdirSync("/proc")) {
-    if (!/^\d+$/.test(name)) continue;
-    try {
-      const stat = readFileSync(`/proc/${name}/stat`, "utf8");
-      const ppid = Number(stat.slice(stat.lastIndexOf(")") + 2).split(" ")[1]);
-      parent.set(Number(name), ppid);
-    } catch {
-      // gone meanwhile
-    }
-  }
+  const parent = parentPids();
   const set = new Set(roots);
   let count = 0;
   for (const pid of parent.keys()) {

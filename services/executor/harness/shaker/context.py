@@ -4,8 +4,6 @@ from __future__ import annotations
 import inspect
 import json
 import logging
-import os
-import struct
 import time
 import typing
 import urllib.error
@@ -14,6 +12,7 @@ import urllib.request
 from typing import Any, Callable, Iterator, Sequence
 
 from .errors import DatastoreError, HttpError, ModelError, ShakerError, WorkflowError
+from .frames import write_frame
 from .rpc import RpcClient, RpcError
 
 MODELPROXY = "shaker.modelproxy.v1.ModelProxyService"
@@ -36,10 +35,7 @@ class Channel:
         self.send_raw(json.dumps(frame, default=str, separators=(",", ":")).encode())
 
     def send_raw(self, body: bytes) -> None:
-        data = memoryview(struct.pack(">I", len(body)) + body)
-        while data:
-            n = os.write(self.fd, data)
-            data = data[n:]
+        write_frame(self.fd, body)
 
 
 class _Usage:

@@ -13,12 +13,15 @@ newline, so the Executor can route them without the worker re-encoding child fra
                       id\\n{"t": "exit", "code", "signal", "output_truncated"}
 
 Speed: a fork of this interpreter, and the child's generic set-up (process group, signals, closing
-every inherited descriptor, stdout and stderr on pipes), happen before a run exists: the worker keeps
-a few idle "spare" children forked ahead, each blocked reading its own pipe. A run is handed to a
-spare as one message, so the run's critical path holds no fork. A spare has never run anything, so
-every run still gets a process nobody else used. The run is over as soon as the child's result (or
-error) frame arrives: the worker drains the child's stdout and stderr (flushed before the result was
-sent), reports the exit at once, and kills the child's process group, which it reaps later.
+every inherited descriptor, stdout and stderr on pipes, its TMPDIR and cgroup), happen before a run
+exists: the worker keeps a few idle "spare" children, each blocked reading its own pipe. A run is
+handed to a spare as one message, so the run's critical path holds no fork. A spare has never run
+anything, so every run still gets a process nobody else used. The children are forked by the fork
+server (forkserver.py), a copy of this process made at start, so this one never forks: it neither
+stops relaying frames during a fork nor pays a page copy for each page it writes after one. The run
+is over as soon as the child's result (or error) frame arrives: the worker drains the child's stdout
+and stderr (flushed before the result was sent), kills the child's process group, and reports the
+exit at once; the fork server reaps the child later and says so.
 
 Backpressure: when a run's consumer falls behind, the Executor sends "pause" and the worker stops
 reading that child's frames pipe (it leaves the selector); the child blocks in ctx.emit once the pipe
@@ -27,19 +30,20 @@ keeps its frames in the pipe: the run is reported over only once they were all r
 """
 from __future__ import annotations
 
+import collections
 import errno
-import gc
 import json
 import marshal
 import os
 import selectors
-import signal
+import socket
 import struct
 import sys
 import time
 from typing import Any
 
-from shaker import runtime
+from shaker import forkserver, runtime
+from shaker.frames import FrameReader, kill_group, split_frames, write_all, write_frame
 
 IN_FD = 3
 OUT_FD = 4
@@ -56,30 +60,12 @@ _ERROR = b'{"t":"error"'
 _ACCESSORY = b'{"t":"accessory"'
 
 
-def write_all(fd: int, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        try:
-            n = os.write(fd, view)
-        except InterruptedError:
-            continue
-        view = view[n:]
-
-
 def send(run_id: str, body: bytes) -> None:
-    payload = run_id.encode() + b"\n" + body
-    write_all(OUT_FD, struct.pack(">I", len(payload)) + payload)
+    write_frame(OUT_FD, run_id.encode() + b"\n" + body)
 
 
 def send_json(run_id: str, value: dict[str, Any]) -> None:
     send(run_id, json.dumps(value, separators=(",", ":")).encode())
-
-
-def kill_group(pid: int) -> None:
-    try:
-        os.killpg(pid, signal.SIGKILL)
-    except OSError:
-        pass
 
 
 class Child:
@@ -108,6 +94,10 @@ class Child:
 
 class Worker:
     def __init__(self) -> None:
+        # First, while this process holds nothing but the harness: everything the fork server
+        # inherits, every child inherits.
+        self.forker_pid, self.forker_fd, self.forker = forkserver.start(keep=(IN_FD, OUT_FD))
+        self.forker.setblocking(False)
         self.sel = selectors.DefaultSelector()
         self.code_cache: dict[str, Any] = {}
         self.marshalled: dict[str, bytes] = {}
@@ -115,6 +105,8 @@ class Worker:
         self.accessory_gen: dict[str, int] = {}  # version id -> how many times its accessories grew
         self.refill_after = 0.0
         self.forks = 0
+        self.forking: dict[str, tuple[frozenset[str], dict[str, int], bool]] = {}  # asked of the fork server, by name
+        self.waiting: collections.deque[tuple[str, str, bytes]] = collections.deque()  # runs with no child yet
         self.busy_groups: list[tuple[str, float]] = []  # cgroups still emptying: (path, give up at)
         self.last_handoff = 0.0  # when the latest run was handed to a child
         self.unreported = 0  # runs handed to a child whose exit is not reported yet
@@ -122,15 +114,9 @@ class Worker:
         self.children: dict[int, Child] = {}  # by pid, spares included
         self.running: dict[str, Child] = {}  # by run id, until the child is finished
         self.fd_owner: dict[int, tuple[Child, str]] = {}
-        self.in_buf = b""
-        wake_r, wake_w = os.pipe()
-        os.set_blocking(wake_r, False)
-        os.set_blocking(wake_w, False)
-        self.wake_r = wake_r
-        signal.set_wakeup_fd(wake_w)
-        signal.signal(signal.SIGCHLD, lambda *_: None)
+        self.control = FrameReader(IN_FD)
         self.sel.register(IN_FD, selectors.EVENT_READ, "control")
-        self.sel.register(wake_r, selectors.EVENT_READ, "wake")
+        self.sel.register(self.forker, selectors.EVENT_READ, "forker")
 
     # -- control frames ---------------------------------------------------------------------------
 
@@ -149,8 +135,16 @@ class Worker:
                 self.marshalled.clear()
                 self.accessories.clear()
                 self.accessory_gen.clear()
+                self.ask_forker({"t": "forget"})
             self.code_cache[version_id] = code
+            if not isinstance(code, BaseException):
+                # Children forked from now on inherit it; older spares get these bytes with their run.
+                self.marshalled[version_id] = marshal.dumps(code)
+                self.ask_forker({"t": "code", "version_id": version_id}, self.marshalled[version_id])
         return code
+
+    def ask_forker(self, head: dict[str, Any], data: bytes = b"") -> None:
+        write_frame(self.forker_fd, json.dumps(head).encode() + b"\n" + data)
 
     def handle_control(self, body: bytes) -> None:
         nl = body.find(b"\n")
@@ -187,15 +181,23 @@ class Worker:
             send_json(run_id, {"t": "error", "type": type(e).__name__, "message": str(e), "traceback": ""})
             send_json(run_id, {"t": "exit", "code": 1, "signal": 0, "output_truncated": False})
             return
-        child = self.spares.pop() if self.spares else self.fork_spare(rehearse=False)
+        self.waiting.append((run_id, version_id, payload))
+        self.dispatch()
+
+    def dispatch(self) -> None:
+        """Hands waiting runs to spares; for runs left waiting, asks for children at once (without a
+        rehearsal, which would only delay them)."""
+        while self.waiting and self.spares:
+            self.hand_over(self.spares.pop(), *self.waiting.popleft())
+        missing = len(self.waiting) - sum(1 for *_, rehearse in self.forking.values() if not rehearse)
+        for _ in range(missing):
+            self.fork(rehearse=False)
+
+    def hand_over(self, child: Child, run_id: str, version_id: str, payload: bytes) -> None:
         child.run_id = run_id
         child.version_id = version_id
         self.running[run_id] = child
-        code = b""
-        if version_id not in child.versions:
-            code = self.marshalled.get(version_id) or b""
-            if not code:
-                code = self.marshalled[version_id] = marshal.dumps(self.code_cache[version_id])
+        code = b"" if version_id in child.versions else self.marshalled[version_id]
         accessories = b""
         if self.accessory_gen.get(version_id, 0) != child.accessory_gen.get(version_id, 0):
             accessories = json.dumps(self.accessories[version_id]).encode()
@@ -211,52 +213,73 @@ class Worker:
         os.close(child.ctl_fd)
         child.ctl_fd = -1
 
-    def fork_spare(self, rehearse: bool = True) -> Child:
+    def fork(self, rehearse: bool) -> None:
+        """Asks the fork server for a child; it arrives as a "forked" answer."""
         self.forks += 1
         name = f"{os.getpid()}-{self.forks}"
-        ctl_r, ctl_w = os.pipe()
-        frames_r, frames_w = os.pipe()
-        out_r, out_w = os.pipe()
-        err_r, err_w = os.pipe()
-        # Objects that exist now are never collected in the child: keeping them out of the collector
-        # spares the child copying every page a collection would touch.
-        gc.freeze()
-        pid = os.fork()
-        if pid == 0:
+        self.forking[name] = (frozenset(self.code_cache), dict(self.accessory_gen), rehearse)
+        self.ask_forker({"t": "fork", "name": name, "rehearse": rehearse})
+
+    def read_forker(self) -> bool:
+        """Handles what the fork server answered; False when it is gone."""
+        while True:
             try:
-                self.forget()
-                runtime.spare_main(name, ctl_r, frames_w, out_w, err_w, self.code_cache, self.accessories, rehearse)
-            finally:
-                os._exit(70)
-        for fd in (ctl_r, frames_w, out_w, err_w):
-            os.close(fd)
-        try:
-            os.setpgid(pid, pid)  # also done by the child; whichever runs first makes the group exist
-        except OSError:
-            pass
-        child = Child(name, pid, ctl_w, frames_r, out_r, err_r, frozenset(self.code_cache), dict(self.accessory_gen))
+                data, fds, _, _ = socket.recv_fds(self.forker, 4096, 4)
+            except (BlockingIOError, InterruptedError):
+                return True
+            except OSError:
+                return False
+            if not data:
+                for fd in fds:
+                    os.close(fd)
+                return False
+            answer = json.loads(data)
+            kind = answer["t"]
+            if kind == "forked":
+                self.forked(answer["name"], answer["pid"], fds)
+            elif kind == "fork_failed":
+                self.fork_failed(answer["name"], answer["error"])
+            elif kind == "exited":
+                self.exited(answer["pid"], answer["code"], answer["signal"])
+
+    def forked(self, name: str, pid: int, fds: list[int]) -> None:
+        versions, accessory_gen, _ = self.forking.pop(name)
+        ctl_w, frames_r, out_r, err_r = fds
+        child = Child(name, pid, ctl_w, frames_r, out_r, err_r, versions, accessory_gen)
         self.children[pid] = child
         for fd, role in ((frames_r, "frames"), (out_r, "stdout"), (err_r, "stderr")):
             os.set_blocking(fd, False)
             self.fd_owner[fd] = (child, role)
             self.sel.register(fd, selectors.EVENT_READ, "child")
-        return child
+        if self.waiting:
+            self.hand_over(child, *self.waiting.popleft())
+        else:
+            self.spares.insert(0, child)
 
-    def forget(self) -> None:
-        """In a new child: drops the worker's own state, which is no business of a run."""
-        self.marshalled.clear()
-        self.children.clear()
-        self.spares.clear()
-        self.fd_owner.clear()
-        self.in_buf = b""
-        self.sel = None  # type: ignore[assignment]
+    def fork_failed(self, name: str, error: str) -> None:
+        # Out of processes or memory: spares are tried again later; a run that waits for a child
+        # and has none coming fails now, with the reason, rather than waiting for its timeout.
+        self.forking.pop(name, None)
+        print(f"cannot fork a child: {error}", file=sys.stderr, flush=True)
+        self.refill_after = time.monotonic() + 1.0
+        if self.waiting and not self.forking:
+            run_id, _, _ = self.waiting.popleft()
+            send_json(run_id, {"t": "error", "type": "ResourceExhausted", "traceback": "",
+                               "message": f"no process could be started for the run: {error}"})
+            send_json(run_id, {"t": "exit", "code": 1, "signal": 0, "output_truncated": False})
 
-    def refill(self) -> None:
-        try:
-            self.spares.insert(0, self.fork_spare())
-        except OSError as e:  # out of processes or memory: try again later, runs fork on demand
-            print(f"cannot fork a spare child: {e}", file=sys.stderr, flush=True)
+    def exited(self, pid: int, code: int, sig: int) -> None:
+        child = self.children.get(pid)
+        if child is None:
+            return
+        child.status = (code, sig)
+        # The run is over: whatever it forked goes with it, so its pipes close and nothing lingers.
+        kill_group(pid)
+        if child in self.spares:
+            # A spare that dies unused is a sign of trouble (memory?): do not fork in a loop.
+            self.spares.remove(child)
             self.refill_after = time.monotonic() + 1.0
+        self.maybe_finish(child)
 
     # -- child pipes -----------------------------------------------------------------------------
 
@@ -296,14 +319,8 @@ class Worker:
             self.relay_output(child, role, data)
 
     def read_frames(self, child: Child, data: bytes) -> None:
-        buf = child.frame_buf + data if child.frame_buf else data
-        offset = 0
-        while len(buf) - offset >= 4:
-            (n,) = struct.unpack_from(">I", buf, offset)
-            if len(buf) - offset - 4 < n:
-                break
-            body = buf[offset + 4:offset + 4 + n]
-            offset += 4 + n
+        bodies, child.frame_buf = split_frames(child.frame_buf + data if child.frame_buf else data)
+        for body in bodies:
             if body.startswith(_ACCESSORY):
                 self.keep_accessory(child, body)
                 continue
@@ -320,7 +337,6 @@ class Worker:
                 child.frame_buf = b""
                 return
             send(child.run_id, body)
-        child.frame_buf = buf[offset:]
 
     def keep_accessory(self, child: Child, body: bytes) -> None:
         # A child fetched an accessory from the Registry: keep it for the child's version (never for a
@@ -329,10 +345,12 @@ class Worker:
             return
         try:
             frame = json.loads(body)
-            self.accessories.setdefault(child.version_id, {})[str(frame["key"])] = frame["value"]
+            key = str(frame["key"])
+            self.accessories.setdefault(child.version_id, {})[key] = frame["value"]
         except (ValueError, KeyError, TypeError):
             return
         self.accessory_gen[child.version_id] = self.accessory_gen.get(child.version_id, 0) + 1
+        self.ask_forker({"t": "accessory", "version_id": child.version_id, "key": key}, json.dumps(frame["value"]).encode())
 
     def drain_output(self, child: Child, fd: int, role: str) -> None:
         while fd in child.open_fds:
@@ -354,27 +372,6 @@ class Worker:
             send_json(child.run_id, {"t": "output", "stream": role, "data": data.decode("utf-8", "replace")})
         if child.output_truncated:
             kill_group(child.pid)
-
-    def reap(self) -> None:
-        while True:
-            try:
-                pid, status = os.waitpid(-1, os.WNOHANG)
-            except ChildProcessError:
-                return
-            if pid == 0:
-                return
-            child = self.children.get(pid)
-            if child is None:
-                continue
-            code = os.waitstatus_to_exitcode(status)
-            child.status = (code, 0) if code >= 0 else (0, -code)
-            # The run is over: whatever it forked goes with it, so its pipes close and nothing lingers.
-            kill_group(pid)
-            if child in self.spares:
-                # A spare that dies unused is a sign of trouble (memory?): do not fork in a loop.
-                self.spares.remove(child)
-                self.refill_after = time.monotonic() + 1.0
-            self.maybe_finish(child)
 
     def remove_groups(self) -> None:
         """Removes the cgroups of children that are gone; a group empties a moment after its last
@@ -417,29 +414,17 @@ class Worker:
     # -- main loop -------------------------------------------------------------------------------
 
     def read_control(self) -> bool:
-        try:
-            data = os.read(IN_FD, 1 << 20)
-        except InterruptedError:
-            return True
-        if not data:
-            return False
-        buf = self.in_buf + data if self.in_buf else data
-        offset = 0
-        while len(buf) - offset >= 4:
-            (n,) = struct.unpack_from(">I", buf, offset)
-            if len(buf) - offset - 4 < n:
-                break
-            self.handle_control(buf[offset + 4:offset + 4 + n])
-            offset += 4 + n
-        self.in_buf = buf[offset:]
-        return True
+        bodies = self.control.read()
+        for body in bodies or ():
+            self.handle_control(body)
+        return bodies is not None
 
     def refill_timeout(self) -> float | None:
         """How long the loop may wait for frames before it forks a spare (0: fork now if nothing
         waits; None: no spare is due). Spares are forked only when nothing else waits, so a fork
         never delays a frame; and while a run just handed over may answer any moment, the fork waits
         for its answer, or for RECENT seconds, unless no spare is left for the next run."""
-        if len(self.spares) >= SPARES:
+        if len(self.spares) + sum(1 for *_, rehearse in self.forking.values() if rehearse) >= SPARES:
             return None
         now = time.monotonic()
         if now < self.refill_after:
@@ -460,23 +445,20 @@ class Worker:
             except InterruptedError:
                 continue
             if not events and timeout == 0:
-                self.refill()
+                self.fork(rehearse=True)
                 continue
             for key, _ in events:
                 if key.data == "control":
                     if not self.read_control():
                         self.shutdown()
                         return
-                elif key.data == "wake":
-                    try:
-                        while os.read(self.wake_r, 512):
-                            pass
-                    except (BlockingIOError, InterruptedError):
-                        pass
-                    self.reap()
+                elif key.data == "forker":
+                    if not self.read_forker():
+                        print("the fork server died", file=sys.stderr, flush=True)
+                        self.shutdown()
+                        sys.exit(1)
                 elif key.fd in self.fd_owner:
                     self.read_child(key.fd)
-            self.reap()
             if self.busy_groups:
                 self.remove_groups()
 
@@ -484,11 +466,13 @@ class Worker:
         """Ends every child and removes what they had (TMPDIRs, cgroups) before the worker exits."""
         for pid in list(self.children):
             kill_group(pid)
+        # The end of its request pipe tells the fork server to kill and reap its children and exit.
+        os.close(self.forker_fd)
+        try:
+            os.waitpid(self.forker_pid, 0)
+        except ChildProcessError:
+            pass
         for child in list(self.children.values()):
-            try:
-                os.waitpid(child.pid, 0)
-            except ChildProcessError:
-                pass
             runtime.remove_run_tmpdir(child.name)
             group = runtime.child_group(child.name)
             if group:
