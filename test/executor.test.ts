@@ -1,4 +1,4 @@
-import { existsSync, mkdtempSync, readFileSync, rmSync } from "node:fs";
+import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { createClient } from "@connectrpc/connect";
@@ -160,11 +160,15 @@ describe("Executor limits and faults", () => {
     const pidfile = pidFile();
     const pending = server.invoke({ model: "workflow:sleeper", input: { pidfile } });
     const pid = await until("the run to start", readPid(pidfile));
+    // Each child has a TMPDIR named after its worker: the run's and the spares'.
+    const tmpdirsOf = (workers: number[]) => readdirSync(tmpdir()).filter((n) => workers.some((w) => n.startsWith(`shaker-${w}-`)));
+    expect(tmpdirsOf(before).length).toBeGreaterThan(0);
     for (const worker of before) process.kill(worker, "SIGKILL");
     const res = await pending;
     expect(res.status).toBe(500);
     expect(res.body.error.message).toContain("worker");
     await until("the orphaned run to die", () => !alive(pid));
+    await until("the dead workers' children's TMPDIRs to be removed", () => tmpdirsOf(before).length === 0);
     await until("new workers", () => server.shaker.workerPids().every((p) => p > 0 && !before.includes(p)));
     await healthy();
   });

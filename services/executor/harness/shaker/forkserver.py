@@ -41,7 +41,7 @@ class ForkServer:
         self.sock = sock
         self.code_cache: dict[str, Any] = {}
         self.accessories: dict[str, dict[str, Any]] = {}
-        self.children: set[int] = set()
+        self.children: dict[int, str] = {}  # pid -> name
         wake_r, wake_w = os.pipe()
         os.set_blocking(wake_r, False)
         os.set_blocking(wake_w, False)
@@ -91,7 +91,7 @@ class ForkServer:
             os.setpgid(pid, pid)  # also done by the child; whichever runs first makes the group exist
         except OSError:
             pass
-        self.children.add(pid)
+        self.children[pid] = name
         ends = [ctl_w, frames_r, out_r, err_r]
         try:
             self.answer({"t": "forked", "name": name, "pid": pid}, ends)
@@ -128,7 +128,7 @@ class ForkServer:
                 return
             if pid == 0:
                 return
-            self.children.discard(pid)
+            self.children.pop(pid, None)
             code = os.waitstatus_to_exitcode(status)
             self.answer({"t": "exited", "pid": pid, "code": max(code, 0), "signal": max(-code, 0)})
 
@@ -155,14 +155,18 @@ class ForkServer:
             self.reap()
 
     def shutdown(self) -> None:
-        """The worker is gone: so are its children (their exits are reported while it can read)."""
-        for pid in list(self.children):
+        """The worker is gone: so are its children and what they had (the worker, gone, may not have
+        removed their TMPDIRs and cgroups; if it did, there is nothing left to remove)."""
+        for pid in self.children:
             kill_group(pid)
-        for pid in list(self.children):
+        leftovers = runtime.Leftovers()
+        for pid, name in self.children.items():
             try:
                 os.waitpid(pid, 0)
             except ChildProcessError:
                 pass
+            leftovers.remove(name, within=1.0)
+        leftovers.drain()
 
 
 def start(keep: tuple[int, ...]) -> tuple[int, int, socket.socket]:

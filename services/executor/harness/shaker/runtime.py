@@ -174,6 +174,64 @@ def remove_run_tmpdir(name: str) -> None:
         shutil.rmtree(path, ignore_errors=True)
 
 
+class Leftovers:
+    """Removes what gone children had: the TMPDIR at once, the cgroup once it is empty (a group
+    empties a moment after its last process is killed, so a busy one is tried again by retry())."""
+
+    RETRY_SECONDS = 0.1
+
+    def __init__(self) -> None:
+        self.busy: list[tuple[str, float]] = []  # (cgroup, give up at)
+
+    def remove(self, name: str, within: float = 5.0) -> None:
+        remove_run_tmpdir(name)
+        group = child_group(name)
+        if group:
+            self.busy.append((group, time.monotonic() + within))
+            self.retry()
+
+    def retry(self) -> None:
+        now = time.monotonic()
+        still = []
+        for group, give_up in self.busy:
+            try:
+                os.rmdir(group)
+            except FileNotFoundError:
+                pass
+            except OSError:
+                if now < give_up:
+                    still.append((group, give_up))
+        self.busy = still
+
+    def drain(self) -> None:
+        """Retries until every group is removed or given up on (at exit)."""
+        while self.busy:
+            time.sleep(self.RETRY_SECONDS / 10)
+            self.retry()
+
+
+def remove_stale_tmpdirs() -> None:
+    """Removes the TMPDIRs of children of workers that are gone without removing them (killed with
+    their fork server): they are named <worker pid>-<n>."""
+    base = tempfile.gettempdir()
+    try:
+        names = os.listdir(base)
+    except OSError:
+        return
+    for entry in names:
+        parts = entry.split("-")
+        if len(parts) != 3 or parts[0] != "shaker" or not parts[1].isdigit() or not parts[2].isdigit():
+            continue
+        try:
+            os.kill(int(parts[1]), 0)
+            continue  # that worker is alive (or the pid is somebody else's now): leave it
+        except PermissionError:
+            continue
+        except OSError:
+            pass
+        shutil.rmtree(os.path.join(base, entry), ignore_errors=True)
+
+
 def run(code: Any, payload: dict[str, Any], accessories: dict[str, Any], unconfined: OSError | None = None) -> None:
     """Runs one workflow in this process and exits; never returns. A child that could not be given its
     TMPDIR and process cap (unconfined) fails the run instead of running it."""

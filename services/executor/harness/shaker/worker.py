@@ -50,8 +50,6 @@ OUT_FD = 4
 MAX_OUTPUT_BYTES = int(os.environ.get("SHAKER_MAX_OUTPUT_BYTES", str(1024 * 1024)))
 SPARES = int(os.environ.get("SHAKER_SPARES", "2"))
 RECENT = 0.005
-GROUP_REMOVAL_SECONDS = 5.0
-GROUP_RETRY_SECONDS = 0.1
 MAX_CACHED_VERSIONS = 256
 MAX_CACHED_ACCESSORY_BYTES = 8 * 1024 * 1024
 
@@ -107,7 +105,7 @@ class Worker:
         self.forks = 0
         self.forking: dict[str, tuple[frozenset[str], dict[str, int], bool]] = {}  # asked of the fork server, by name
         self.waiting: collections.deque[tuple[str, str, bytes]] = collections.deque()  # runs with no child yet
-        self.busy_groups: list[tuple[str, float]] = []  # cgroups still emptying: (path, give up at)
+        self.leftovers = runtime.Leftovers()
         self.last_handoff = 0.0  # when the latest run was handed to a child
         self.unreported = 0  # runs handed to a child whose exit is not reported yet
         self.spares: list[Child] = []
@@ -373,21 +371,6 @@ class Worker:
         if child.output_truncated:
             kill_group(child.pid)
 
-    def remove_groups(self) -> None:
-        """Removes the cgroups of children that are gone; a group empties a moment after its last
-        process is killed, so one still busy is tried again on later turns of the loop."""
-        now = time.monotonic()
-        still = []
-        for group, give_up in self.busy_groups:
-            try:
-                os.rmdir(group)
-            except FileNotFoundError:
-                pass
-            except OSError:
-                if now < give_up:
-                    still.append((group, give_up))
-        self.busy_groups = still
-
     def report_exit(self, child: Child, code: int, sig: int) -> None:
         if child.reported or not child.run_id:
             return
@@ -401,11 +384,7 @@ class Worker:
         del self.children[child.pid]
         if self.running.get(child.run_id) is child:
             del self.running[child.run_id]
-        runtime.remove_run_tmpdir(child.name)
-        group = runtime.child_group(child.name)
-        if group:
-            self.busy_groups.append((group, time.monotonic() + GROUP_REMOVAL_SECONDS))
-            self.remove_groups()
+        self.leftovers.remove(child.name)
         if child.ctl_fd >= 0:
             os.close(child.ctl_fd)
             child.ctl_fd = -1
@@ -438,8 +417,9 @@ class Worker:
     def serve(self) -> None:
         while True:
             timeout = self.refill_timeout()
-            if self.busy_groups:
-                timeout = GROUP_RETRY_SECONDS if timeout is None else min(timeout, GROUP_RETRY_SECONDS)
+            if self.leftovers.busy:
+                retry = runtime.Leftovers.RETRY_SECONDS
+                timeout = retry if timeout is None else min(timeout, retry)
             try:
                 events = self.sel.select(timeout)
             except InterruptedError:
@@ -459,8 +439,8 @@ class Worker:
                         sys.exit(1)
                 elif key.fd in self.fd_owner:
                     self.read_child(key.fd)
-            if self.busy_groups:
-                self.remove_groups()
+            if self.leftovers.busy:
+                self.leftovers.retry()
 
     def shutdown(self) -> None:
         """Ends every child and removes what they had (TMPDIRs, cgroups) before the worker exits."""
@@ -473,18 +453,13 @@ class Worker:
         except ChildProcessError:
             pass
         for child in list(self.children.values()):
-            runtime.remove_run_tmpdir(child.name)
-            group = runtime.child_group(child.name)
-            if group:
-                self.busy_groups.append((group, time.monotonic() + 1.0))
-        while self.busy_groups:
-            self.remove_groups()
-            if self.busy_groups:
-                time.sleep(GROUP_RETRY_SECONDS / 10)
+            self.leftovers.remove(child.name, within=1.0)
+        self.leftovers.drain()
 
 
 def main() -> None:
     runtime.run_tmpdir("")  # settles tempfile's directory once, for every child
+    runtime.remove_stale_tmpdirs()
     os.set_blocking(IN_FD, True)
     try:
         Worker().serve()
