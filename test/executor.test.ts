@@ -119,6 +119,27 @@ describe("Executor limits and faults", () => {
     await healthy();
   });
 
+  it("keeps the first 1000 log lines and the first MiB of emitted values on the record, and says what it dropped", async () => {
+    await server.upload(
+      "verbose",
+      "def execute(ctx):\n    for i in range(1100):\n        ctx.log(f'line {i}')\n    for i in range(300):\n        ctx.emit('v' * 4096)\n    return 'done'\n",
+    );
+    const res = await server.invoke({ model: "workflow:verbose", input: {} });
+    expect(res.status).toBe(200);
+    expect(res.body.output).toBe("done");
+    const { run } = await executor.getRun({ runId: res.body.run_id }, auth());
+    expect(run!.logs.length).toBe(1000);
+    expect(run!.logs[999].message).toBe("line 999");
+    expect(run!.emitted.length).toBeGreaterThan(200);
+    expect(run!.emitted.length).toBeLessThan(300);
+    expect(run!.emitted.map((e) => e.seq)).toEqual(run!.emitted.map((_, i) => run!.emitted[0].seq + i));
+    expect(run!.warnings).toEqual([
+      "100 log lines beyond the first 1000 were dropped",
+      `${300 - run!.emitted.length} emitted values beyond the first 1048576 bytes were not kept on the run record (the stream carried them all)`,
+    ]);
+    await healthy();
+  });
+
   it("reports a segfault as a crash with the signal", async () => {
     await server.upload("segv", "import ctypes\n\ndef execute(ctx):\n    ctypes.string_at(0)\n    return 1\n");
     const res = await server.invoke({ model: "workflow:segv", input: {} });

@@ -39,6 +39,8 @@ export interface ExecutorServiceOptions {
   limits: { memoryBytes: number; openFiles: number; fileBytes: number };
   /** maxLogLines caps the log lines kept on a run record. */
   maxLogLines?: number;
+  /** maxEmittedBytes caps the emitted values kept on a run record (the stream still carries them all). */
+  maxEmittedBytes?: number;
 }
 
 /** A streaming run whose listener has this many bytes of messages unread is paused, until it reads down to the low mark. */
@@ -82,6 +84,7 @@ export function createExecutorService(options: ExecutorServiceOptions): {
 } {
   const { store, pool, auth, registry } = options;
   const maxLogLines = options.maxLogLines ?? 1000;
+  const maxEmittedBytes = options.maxEmittedBytes ?? 1024 * 1024;
   const live = new Map<string, LiveRun>();
   const perAccount = new Map<string, number>();
 
@@ -174,6 +177,8 @@ export function createExecutorService(options: ExecutorServiceOptions): {
           })
         : undefined;
     const emitted: { seq: number; value: unknown; time: number }[] = [];
+    let emittedBytes = 0;
+    let emittedDropped = 0;
     const logs: { level: number; message: string; fields: Record<string, unknown>; time: number; source: string }[] = [];
     let logsDropped = 0;
     const httpCalls: { method: string; host: string; status: number; durationMs: number; error: string; time: number }[] = [];
@@ -212,7 +217,10 @@ export function createExecutorService(options: ExecutorServiceOptions): {
     function onEvent(event: WorkerEvent, bytes: number): void {
       switch (event.t) {
         case "emit": {
-          emitted.push({ seq: event.seq, value: redactJson(event.value, redact), time: event.time * 1000 });
+          // A run may emit without end (a long stream of tokens): the record keeps the first ones.
+          emittedBytes += bytes;
+          if (emittedBytes <= maxEmittedBytes) emitted.push({ seq: event.seq, value: redactJson(event.value, redact), time: event.time * 1000 });
+          else emittedDropped++;
           const message: StreamEvent = {
             event: {
               case: "emitted",
@@ -300,6 +308,9 @@ export function createExecutorService(options: ExecutorServiceOptions): {
         if (problem) warnings.push(`OUTPUT_SCHEMA: ${problem.message}`);
       }
       if (logsDropped > 0) warnings.push(`${logsDropped} log lines beyond the first ${maxLogLines} were dropped`);
+      if (emittedDropped > 0) {
+        warnings.push(`${emittedDropped} emitted values beyond the first ${maxEmittedBytes} bytes were not kept on the run record (the stream carried them all)`);
+      }
       const usage = {
         promptTokens: result?.usage?.prompt_tokens ?? 0,
         completionTokens: result?.usage?.completion_tokens ?? 0,
