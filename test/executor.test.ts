@@ -1,4 +1,4 @@
-import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync } from "node:fs";
+import { existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmdirSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { createClient } from "@connectrpc/connect";
@@ -209,6 +209,39 @@ describe("Executor limits and faults", () => {
     expect(res.body.error.message).toContain("worker");
     await until("the orphaned run to die", () => !alive(pid));
     await until("a new worker", () => !server.shaker.workerPids().includes(worker));
+    await healthy();
+  });
+
+  it("fails a run no process can be forked for with the reason, then serves again (where a pids cgroup is writable)", async (ctx) => {
+    if (!server.shaker.isolation.includes("processes per run")) ctx.skip();
+    const root = existsSync("/sys/fs/cgroup/pids/cgroup.procs") ? "/sys/fs/cgroup/pids" : "/sys/fs/cgroup";
+    const childrenOf = (pid: number) => [...parentPids()].filter(([child, ppid]) => ppid === pid && alive(child)).map(([child]) => child);
+    // Each worker's only child is its fork server; the fork server's children are its spares (2).
+    const forkServers = server.shaker.workerPids().map((w) => childrenOf(w)[0]);
+    await until("every fork server to hold its 2 spares", () => forkServers.every((f) => childrenOf(f).length === 2));
+    const pidsGroupOf = (pid: number) => {
+      const text = readFileSync(`/proc/${pid}/cgroup`, "utf8");
+      return (/^\d+:pids:(.*)$/m.exec(text) ?? /^0::(.*)$/m.exec(text))?.[1] ?? "";
+    };
+    const home = forkServers.map(pidsGroupOf);
+    // A pids cgroup with room for the fork servers themselves and nothing more: each fork fails.
+    const full = join(root, `shaker-test-full-${process.pid}`);
+    mkdirSync(full);
+    try {
+      writeFileSync(join(full, "pids.max"), String(forkServers.length));
+      for (const f of forkServers) writeFileSync(join(full, "cgroup.procs"), String(f));
+      // 4 spares serve 4 runs; the fifth has none and none can be made.
+      const results = await Promise.all(
+        Array.from({ length: 5 }, () => server.invoke({ model: "workflow:sleeper", input: { pidfile: pidFile(), seconds: 0.5 } })),
+      );
+      const failed = results.filter((r) => r.status !== 200);
+      expect(results.filter((r) => r.status === 200).length).toBe(4);
+      expect(failed.length).toBe(1);
+      expect(failed[0].body.error.message).toMatch(/no process could be started for the run: .*Resource temporarily unavailable/);
+    } finally {
+      forkServers.forEach((f, i) => writeFileSync(join(root, home[i], "cgroup.procs"), String(f)));
+      rmdirSync(full);
+    }
     await healthy();
   });
 
