@@ -285,6 +285,19 @@ describe("Executor limits and faults", () => {
     await healthy();
   });
 
+  it("keeps SHAKER_SPARES spare children per worker, the only server variable besides locale and paths a worker gets", async () => {
+    process.env.SHAKER_SPARES = "3";
+    const tuned = await startTestServer({ workers: 1 });
+    delete process.env.SHAKER_SPARES;
+    try {
+      const childrenOf = (pid: number) => [...parentPids()].filter(([child, ppid]) => ppid === pid && alive(child)).map(([child]) => child);
+      const [worker] = tuned.shaker.workerPids();
+      await until("3 spares", () => childrenOf(childrenOf(worker)[0] ?? -1).length === 3);
+    } finally {
+      await tuned.close();
+    }
+  });
+
   it("refuses runs beyond the account's concurrency limit with 429, then serves again", async () => {
     const small = await startTestServer({ workers: 1, maxConcurrentRunsPerAccount: 1 });
     try {

@@ -108,12 +108,13 @@ function encodeFrame(text: string): Buffer {
 }
 
 /**
- * The server's environment variables a run may see: what a Python process needs to behave (locale,
- * time zone, paths, proxies and CA bundles for outbound HTTP), never the rest. The server's own
- * environment holds its secrets (upstream API keys, SHAKER_API_KEY); a workflow's own variables
- * come from its version's `env`.
+ * The server's environment variables a run may see: what a Python process needs to start and behave
+ * (its home and libraries, locale, time zone, paths, proxies and CA bundles for outbound HTTP), and
+ * the worker's own tuning (SHAKER_SPARES), never the rest. The server's own environment holds its
+ * secrets (upstream API keys, SHAKER_API_KEY); a workflow's own variables come from its version's `env`.
  */
-const passedToRuns = /^(PATH|HOME|LANG|LANGUAGE|LC_[A-Z]+|TZ|TMPDIR|SSL_CERT_FILE|SSL_CERT_DIR|(?:http|https|no)_proxy|(?:HTTP|HTTPS|NO)_PROXY)$/;
+const passedToRuns =
+  /^(PATH|HOME|LANG|LANGUAGE|LC_[A-Z]+|TZ|TMPDIR|PYTHONHOME|PYTHONUTF8|PYTHONIOENCODING|LD_LIBRARY_PATH|SSL_CERT_FILE|SSL_CERT_DIR|(?:http|https|no)_proxy|(?:HTTP|HTTPS|NO)_PROXY|SHAKER_SPARES)$/;
 
 function workerEnv(env: NodeJS.ProcessEnv): Record<string, string> {
   const out: Record<string, string> = {};
