@@ -260,7 +260,8 @@ class Worker:
         self.forking.pop(name, None)
         print(f"cannot fork a child: {error}", file=sys.stderr, flush=True)
         self.refill_after = time.monotonic() + 1.0
-        if self.waiting and not self.forking:
+        # Every child asked for goes to a waiting run first: runs beyond those still coming fail.
+        while len(self.waiting) > len(self.forking):
             run_id, _, _ = self.waiting.popleft()
             send_json(run_id, {"t": "error", "type": "ResourceExhausted", "traceback": "",
                                "message": f"no process could be started for the run: {error}"})
