@@ -428,6 +428,9 @@ class Worker:
             if not events and timeout == 0:
                 self.fork(rehearse=True)
                 continue
+            # A new run first: the other events are the ends of earlier runs (pipes closing, exits).
+            if len(events) > 1:
+                events.sort(key=lambda event: event[0].data != "control")
             for key, _ in events:
                 if key.data == "control":
                     if not self.read_control():
