@@ -6,7 +6,7 @@ import { createConnectTransport } from "@connectrpc/connect-node";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { ExecutorService, RunStatus } from "../gen/shaker/executor/v1/executor_pb.js";
 import { toValue } from "../services/shared/json.js";
-import { alive, parentPids, startTestServer, type TestServer } from "./helpers.js";
+import { alive, childrenOf, parentPids, startTestServer, type TestServer } from "./helpers.js";
 
 // Every workflow here that must be killed writes its pid (and its grandchild's) to a file first,
 // so the test can check that the process is really gone afterwards.
@@ -215,7 +215,6 @@ describe("Executor limits and faults", () => {
   it("fails a run no process can be forked for with the reason, then serves again (where a pids cgroup is writable)", async (ctx) => {
     if (!server.shaker.isolation.includes("processes per run")) ctx.skip();
     const root = existsSync("/sys/fs/cgroup/pids/cgroup.procs") ? "/sys/fs/cgroup/pids" : "/sys/fs/cgroup";
-    const childrenOf = (pid: number) => [...parentPids()].filter(([child, ppid]) => ppid === pid && alive(child)).map(([child]) => child);
     // Each worker's only child is its fork server; the fork server's children are its spares (2).
     const forkServers = server.shaker.workerPids().map((w) => childrenOf(w)[0]);
     await until("every fork server to hold its 2 spares", () => forkServers.every((f) => childrenOf(f).length === 2));
@@ -290,8 +289,7 @@ describe("Executor limits and faults", () => {
     const tuned = await startTestServer({ workers: 1 });
     delete process.env.SHAKER_SPARES;
     try {
-      const childrenOf = (pid: number) => [...parentPids()].filter(([child, ppid]) => ppid === pid && alive(child)).map(([child]) => child);
-      const [worker] = tuned.shaker.workerPids();
+        const [worker] = tuned.shaker.workerPids();
       await until("3 spares", () => childrenOf(childrenOf(worker)[0] ?? -1).length === 3);
     } finally {
       await tuned.close();

@@ -89,6 +89,11 @@ export function parentPids(): Map<number, number> {
   return parent;
 }
 
+/** childrenOf lists the living (not zombie) children of a process. */
+export function childrenOf(pid: number): number[] {
+  return [...parentPids()].filter(([child, ppid]) => ppid === pid && alive(child)).map(([child]) => child);
+}
+
 /** alive tells whether a process exists and is not a zombie (a zombie is dead for our purposes). */
 export function alive(pid: number): boolean {
   try {

@@ -51,15 +51,10 @@ class ForkServer:
 
     def answer(self, message: dict[str, Any], fds: list[int] | None = None) -> None:
         data = json.dumps(message, separators=(",", ":")).encode()
-        while True:
-            try:
-                if fds:
-                    socket.send_fds(self.sock, [data], fds)
-                else:
-                    self.sock.send(data)
-                return
-            except InterruptedError:
-                continue
+        if fds:
+            socket.send_fds(self.sock, [data], fds)
+        else:
+            self.sock.send(data)
 
     def fork(self, name: str, rehearse: bool) -> None:
         try:
@@ -137,11 +132,7 @@ class ForkServer:
         sel.register(self.requests_fd, selectors.EVENT_READ, "requests")
         sel.register(self.wake_r, selectors.EVENT_READ, "wake")
         while True:
-            try:
-                events = sel.select()
-            except InterruptedError:
-                continue
-            for key, _ in events:
+            for key, _ in sel.select():
                 if key.data == "requests":
                     if not self.read_requests():
                         self.shutdown()
@@ -150,7 +141,7 @@ class ForkServer:
                     try:
                         while os.read(self.wake_r, 512):
                             pass
-                    except (BlockingIOError, InterruptedError):
+                    except BlockingIOError:
                         pass
             self.reap()
 

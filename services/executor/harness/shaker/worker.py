@@ -66,6 +66,12 @@ def send_json(run_id: str, value: dict[str, Any]) -> None:
     send(run_id, json.dumps(value, separators=(",", ":")).encode())
 
 
+def fail_unstarted(run_id: str, kind: str, message: str) -> None:
+    """Ends a run that never got a process: its error, then its exit."""
+    send_json(run_id, {"t": "error", "type": kind, "message": message, "traceback": ""})
+    send_json(run_id, {"t": "exit", "code": 1, "signal": 0, "output_truncated": False})
+
+
 class Child:
     """A forked child as the worker sees it: a spare until it is given a run, then that run's process."""
 
@@ -176,8 +182,7 @@ class Worker:
             code_or_error = self.compile_source(version_id, head["source"])
         if code_or_error is None or isinstance(code_or_error, BaseException):
             e = code_or_error or RuntimeError("the worker has no source for version " + version_id)
-            send_json(run_id, {"t": "error", "type": type(e).__name__, "message": str(e), "traceback": ""})
-            send_json(run_id, {"t": "exit", "code": 1, "signal": 0, "output_truncated": False})
+            fail_unstarted(run_id, type(e).__name__, str(e))
             return
         self.waiting.append((run_id, version_id, payload))
         self.dispatch()
@@ -223,7 +228,7 @@ class Worker:
         while True:
             try:
                 data, fds, _, _ = socket.recv_fds(self.forker, 4096, 4)
-            except (BlockingIOError, InterruptedError):
+            except BlockingIOError:
                 return True
             except OSError:
                 return False
@@ -263,9 +268,7 @@ class Worker:
         # Every child asked for goes to a waiting run first: runs beyond those still coming fail.
         while len(self.waiting) > len(self.forking):
             run_id, _, _ = self.waiting.popleft()
-            send_json(run_id, {"t": "error", "type": "ResourceExhausted", "traceback": "",
-                               "message": f"no process could be started for the run: {error}"})
-            send_json(run_id, {"t": "exit", "code": 1, "signal": 0, "output_truncated": False})
+            fail_unstarted(run_id, "ResourceExhausted", f"no process could be started for the run: {error}")
 
     def exited(self, pid: int, code: int, sig: int) -> None:
         child = self.children.get(pid)
