@@ -351,6 +351,23 @@ export function createExecutorService(options: ExecutorServiceOptions): {
       settle(runResult);
     }
 
+    // Queued before the run exists, so its row is written before its end (in the same transaction
+    // or an earlier one), and while its child starts rather than before.
+    store.insertRun({
+      id: runId,
+      accountId,
+      workflowRefName: version.workflowRefName,
+      version: version.version,
+      versionId: version.versionId,
+      sessionId,
+      status: RunStatus.RUNNING,
+      input: redactJson(input ?? null, redact),
+      metadata: redactJson(metadata, redact),
+      createdAt,
+      startedAt: createdAt,
+      parentRunId: parent?.run ?? "",
+      depth,
+    });
     const claims = {
       account: accountId,
       workflow: version.workflowRefName,
@@ -393,30 +410,6 @@ export function createExecutorService(options: ExecutorServiceOptions): {
       endedBy ??= "timeout";
       handle.kill();
     }, timeoutMs);
-    // Recorded while the child starts: the row exists before any frame of the run can be handled,
-    // since frames are handled on this thread only after this function returns.
-    try {
-      store.insertRun({
-        id: runId,
-        accountId,
-        workflowRefName: version.workflowRefName,
-        version: version.version,
-        versionId: version.versionId,
-        sessionId,
-        status: RunStatus.RUNNING,
-        input: redactJson(input ?? null, redact),
-        metadata: redactJson(metadata, redact),
-        createdAt,
-        startedAt: createdAt,
-        parentRunId: parent?.run ?? "",
-        depth,
-      });
-    } catch (e) {
-      clearTimeout(timer);
-      handle.kill();
-      release();
-      throw new ConnectError(`could not record the run: ${(e as Error).message}`, Code.Internal);
-    }
     const liveRun: LiveRun = {
       started,
       accountId,

@@ -44,37 +44,48 @@ export function createExecutorStore(file: string) {
     .from(runs)
     .where(and(eq(runs.id, sql.placeholder("id")), eq(runs.accountId, sql.placeholder("accountId"))))
     .prepare();
-  // A run's end is written after its caller has the result (its response leaves first) and with the
-  // ends of other runs that finished in the same turn of the event loop, in one transaction: one
-  // WAL commit for many runs under load. Every read writes what is pending first, so nothing reads
-  // a record older than what a caller was told.
-  type Finish = Record<string, unknown>;
-  let pending: Finish[] = [];
-  const writeFinishes = db.sqlite.transaction((rows: Finish[]) => {
-    for (const row of rows) finishStatement.run(row);
-  });
+  // A run's row is written while its child starts, and its end after its caller has the result (its
+  // response leaves first): each with what other runs wrote in the same turn of the event loop, in
+  // order, in one transaction, so under load one WAL commit serves many runs and no write sits on a
+  // run's critical path. Every read writes what is pending first, so nothing reads a record older
+  // than what a caller was told.
+  type Write = { row: Record<string, unknown>; insert: boolean };
+  let pending: Write[] = [];
+  const write = (w: Write) => (w.insert ? insertStatement : finishStatement).run(w.row);
+  const writeAll = db.sqlite.transaction((writes: Write[]) => writes.forEach(write));
   function flush(): void {
     if (pending.length === 0) return;
-    const rows = pending;
+    const writes = pending;
     pending = [];
     try {
-      writeFinishes(rows);
-    } catch (e) {
-      process.stderr.write(`could not record the end of ${rows.length} run(s): ${(e as Error).message}\n`);
+      writeAll(writes);
+    } catch {
+      // One write that fails takes none of the others with it: each is tried on its own.
+      for (const w of writes) {
+        try {
+          write(w);
+        } catch (e) {
+          process.stderr.write(`could not record the ${w.insert ? "start" : "end"} of run ${String(w.row.id)}: ${(e as Error).message}\n`);
+        }
+      }
     }
+  }
+  function later(write: Write): void {
+    if (pending.length === 0) setImmediate(flush);
+    pending.push(write);
   }
   return {
     close(): void {
       flush();
       db.close();
     },
+    /** insertRun records a run that starts, before this turn of the event loop is over. */
     insertRun(row: Pick<NewRun, (typeof insertColumns)[number]>): void {
-      insertStatement.run(row);
+      later({ row, insert: true });
     },
     /** finishRun writes what a run ended with, before this turn of the event loop is over. */
     finishRun(id: string, fields: Required<Pick<NewRun, (typeof finishColumns)[number]>>): void {
-      if (pending.length === 0) setImmediate(flush);
-      pending.push({ ...fields, id });
+      later({ row: { ...fields, id }, insert: false });
     },
     run(accountId: string, id: string): RunRow | undefined {
       flush();

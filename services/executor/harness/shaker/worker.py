@@ -206,13 +206,15 @@ class Worker:
             accessories = json.dumps(self.accessories[version_id]).encode()
         vid = version_id.encode()
         message = struct.pack(">IIII", len(vid), len(payload), len(code), len(accessories)) + vid + payload + code + accessories
-        send_json(run_id, {"t": "started", "pid": child.pid})
         self.last_handoff = time.monotonic()
         self.unreported += 1
         try:
             write_all(child.ctl_fd, message)
         except OSError:
             pass  # the spare died; its exit is reported when it is reaped
+        # The child first, the Executor second: the Executor needs the pid only to kill the run, and
+        # every frame of the child still follows it (they are read once this turn of the loop is over).
+        send_json(run_id, {"t": "started", "pid": child.pid})
         os.close(child.ctl_fd)
         child.ctl_fd = -1
 
