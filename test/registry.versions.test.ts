@@ -2,6 +2,7 @@ import { createClient } from "@connectrpc/connect";
 import { createConnectTransport } from "@connectrpc/connect-node";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { ExecutorService } from "../gen/shaker/executor/v1/executor_pb.js";
+import { RegistryService } from "../gen/shaker/registry/v1/registry_pb.js";
 import { startTestServer, type TestServer } from "./helpers.js";
 
 const says = (text: string) => `def execute(ctx):\n    return ${JSON.stringify(text)}\n`;
@@ -88,6 +89,31 @@ describe("immutable versions through the REST edge", () => {
     expect(await output("workflow:seq@2.0.0")).toMatch(/^404: /);
     const again = await server.request("GET", "/v1/workflows/seq");
     expect(again.body.data.versions.map((v: any) => v.version)).toEqual(["1.0.0"]);
+  });
+
+  it("runs what was uploaded last, from the next invoke on (a workflow resolved before is not kept past a write)", async () => {
+    await server.upload("live", says("one"));
+    expect(await output("workflow:live")).toBe("one");
+    expect(await output("workflow:live")).toBe("one");
+    await server.upload("live", says("two"));
+    expect(await output("workflow:live")).toBe("two");
+    // An unpublished upload leaves the latest as it was; pinned versions stay what they were.
+    await server.upload("live", says("draft"), { publish_version: false });
+    expect(await output("workflow:live")).toBe("two");
+    expect(await output("workflow:live@1.0.0")).toBe("one");
+    expect(await output("workflow:live@1.2.0")).toBe("draft");
+    // Another account's workflow of the same name is its own.
+    const registry = createClient(RegistryService, createConnectTransport({ baseUrl: server.url, httpVersion: "1.1" }));
+    const { apiKey } = await registry.createApiKey({ accountName: "other-live" }, { headers: { authorization: `Bearer ${server.apiKey}` } });
+    const other = { authorization: `Bearer ${apiKey}` };
+    expect((await server.invoke({ model: "workflow:live", input: {} }, other)).status).toBe(404);
+    const upload = await server.request("POST", "/v1/workflows/upload", { workflow_ref_name: "live", script: says("theirs") }, other);
+    expect(upload.status).toBe(201);
+    expect((await server.invoke({ model: "workflow:live", input: {} }, other)).body.output).toBe("theirs");
+    expect(await output("workflow:live")).toBe("two");
+    await server.request("DELETE", "/v1/workflows/live");
+    expect(await output("workflow:live")).toMatch(/^404: /);
+    expect((await server.invoke({ model: "workflow:live", input: {} }, other)).body.output).toBe("theirs");
   });
 
   it("refuses malformed upload fields with 400 naming the field, storing nothing", async () => {

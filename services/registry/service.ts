@@ -1,6 +1,6 @@
 import { invalidArgument, tooLarge } from "../shared/errors.js";
 import { randomBytes } from "node:crypto";
-import type { JsonObject, MessageInitShape } from "@bufbuild/protobuf";
+import { create, type JsonObject, type MessageInitShape } from "@bufbuild/protobuf";
 import { timestampFromMs } from "@bufbuild/protobuf/wkt";
 import { Code, ConnectError, type HandlerContext, type ServiceImpl } from "@connectrpc/connect";
 import {
@@ -8,8 +8,9 @@ import {
   RegistryService,
   VersionBump,
   type ApiKeySchema,
+  WorkflowVersionSchema,
   type ValidationError,
-  type WorkflowVersionSchema,
+  type WorkflowVersion,
 } from "../../gen/shaker/registry/v1/registry_pb.js";
 import { createAuth, requireAccount, type Auth, type Identity } from "../shared/auth.js";
 import { fromValue, toValue } from "../shared/json.js";
@@ -170,6 +171,31 @@ export function createRegistryService(options: RegistryServiceOptions): {
     if (!workflow) throw new ConnectError(`workflow '${refName}' not found`, Code.NotFound);
     return workflow;
   }
+
+  /** resolve finds the version an invoke names: by id, by number, or the latest published one. */
+  function resolve(accountId: string, refName: string, wanted: string, versionId: string): MessageInitShape<typeof WorkflowVersionSchema> {
+    if (versionId) {
+      const found = store.versionById(versionId);
+      if (!found || found.workflow.accountId !== accountId) {
+        throw new ConnectError(`workflow version '${versionId}' not found`, Code.NotFound);
+      }
+      return versionMessage(found.workflow, found.version, store.accessoryKeys(found.version.id), true);
+    }
+    const workflow = liveWorkflow(accountId, refName);
+    let version: VersionRow | undefined;
+    if (wanted) {
+      const m = versionPattern.exec(wanted);
+      version = m ? store.version(workflow.id, Number(m[1]), Number(m[2]), Number(m[3])) : undefined;
+      if (!version) throw new ConnectError(`workflow '${refName}' has no version '${wanted}'`, Code.NotFound);
+    } else {
+      version = store.latestVersion(workflow.id, true);
+      if (!version) throw new ConnectError(`workflow '${refName}' has no published version`, Code.NotFound);
+    }
+    return versionMessage(workflow, version, store.accessoryKeys(version.id), true);
+  }
+  const resolved = new Map<string, WorkflowVersion>();
+  const maxResolved = 1000;
+  let resolvedAt = -1;
 
   const impl: ServiceImpl<typeof RegistryService> = {
     async authenticate(req, ctx) {
@@ -371,28 +397,19 @@ export function createRegistryService(options: RegistryServiceOptions): {
     async resolveWorkflow(req, ctx) {
       // Another workflow's script and env are not a run's to read; ctx.workflows.run goes through the Executor.
       const accountId = requireManager(await caller(ctx), "resolve workflows");
-      if (req.versionId) {
-        const found = store.versionById(req.versionId);
-        if (!found || found.workflow.accountId !== accountId) {
-          throw new ConnectError(`workflow version '${req.versionId}' not found`, Code.NotFound);
-        }
-        return { version: versionMessage(found.workflow, found.version, store.accessoryKeys(found.version.id), true) };
+      // Every invoke resolves its workflow: what was resolved is kept until a workflow is written.
+      const key = `${accountId}\n${req.versionId}\n${req.workflowRefName}\n${req.version}`;
+      if (resolvedAt !== store.workflowsWritten()) {
+        resolved.clear();
+        resolvedAt = store.workflowsWritten();
       }
-      const workflow = liveWorkflow(accountId, req.workflowRefName);
-      let version: VersionRow | undefined;
-      if (req.version) {
-        const m = versionPattern.exec(req.version);
-        version = m ? store.version(workflow.id, Number(m[1]), Number(m[2]), Number(m[3])) : undefined;
-        if (!version) {
-          throw new ConnectError(`workflow '${req.workflowRefName}' has no version '${req.version}'`, Code.NotFound);
-        }
-      } else {
-        version = store.latestVersion(workflow.id, true);
-        if (!version) {
-          throw new ConnectError(`workflow '${req.workflowRefName}' has no published version`, Code.NotFound);
-        }
+      let version = resolved.get(key);
+      if (!version) {
+        version = create(WorkflowVersionSchema, resolve(accountId, req.workflowRefName, req.version, req.versionId));
+        if (resolved.size >= maxResolved) resolved.clear();
+        resolved.set(key, version);
       }
-      return { version: versionMessage(workflow, version, store.accessoryKeys(version.id), true) };
+      return { version };
     },
 
     async getAccessory(req, ctx) {

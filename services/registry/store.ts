@@ -35,6 +35,10 @@ export function createRegistryStore(file: string) {
     return orm.select().from(accounts).where(eq(accounts.name, name)).get();
   }
 
+  // Counts the writes to workflows, versions and accessories: what was read before a write may be kept
+  // (see RegistryStore.workflowsWritten) until the count moves.
+  let workflowWrites = 0;
+
   // The queries on every invoke's path (resolving `workflow:<ref>`), prepared once.
   const liveWorkflowQuery = orm
     .select()
@@ -137,6 +141,15 @@ export function createRegistryStore(file: string) {
     },
     deleteWorkflow(id: string): void {
       orm.update(workflows).set({ deletedAt: Date.now() }).where(eq(workflows.id, id)).run();
+      workflowWrites++;
+    },
+    /**
+     * workflowsWritten counts the writes to workflows, versions and accessories so far: a reader that
+     * keeps what it read knows it is still current while the count is unchanged. (This process is
+     * the only writer of these tables; `shaker keys` writes only keys.)
+     */
+    workflowsWritten(): number {
+      return workflowWrites;
     },
 
     versions(workflowId: string): VersionRow[] {
@@ -196,7 +209,7 @@ export function createRegistryStore(file: string) {
       fields: NewVersion,
       accessoryList: { key: string; content: string }[],
     ): { workflow: WorkflowRow; version: VersionRow; created: boolean } {
-      return db.sqlite.transaction(() => {
+      const stored = db.sqlite.transaction(() => {
         const now = Date.now();
         let workflow = this.workflow(accountId, refName);
         const created = !workflow;
@@ -229,6 +242,8 @@ export function createRegistryStore(file: string) {
         }
         return { workflow, version, created };
       })();
+      workflowWrites++;
+      return stored;
     },
 
     /** checkIntegrity runs SQLite's integrity check. */
