@@ -10,6 +10,11 @@ import { createDirectTransport } from "../services/shared/direct-transport.js";
 describe("direct transport", () => {
   const seen: { ctx?: HandlerContext; signal?: AbortSignal; abortedInside?: boolean } = {};
   const tick = () => new Promise((r) => setImmediate(r));
+  const failure = (call: Promise<unknown>) =>
+    call.then(
+      () => undefined,
+      (e: unknown) => ConnectError.from(e),
+    );
   const registry = {
     async resolveWorkflow(req: { workflowRefName: string }, ctx: HandlerContext) {
       seen.ctx = ctx;
@@ -50,27 +55,26 @@ describe("direct transport", () => {
   });
 
   it("keeps an error's code", async () => {
-    const err = await registryClient.resolveWorkflow({ workflowRefName: "missing" }).catch((e) => ConnectError.from(e));
-    expect(err).toBeInstanceOf(ConnectError);
-    expect((err as ConnectError).code).toBe(Code.NotFound);
-    expect((err as ConnectError).rawMessage).toBe("workflow 'missing' not found");
+    const err = await failure(registryClient.resolveWorkflow({ workflowRefName: "missing" }));
+    expect(err?.code).toBe(Code.NotFound);
+    expect(err?.rawMessage).toBe("workflow 'missing' not found");
   });
 
   it("aborts the handler's signal when the caller aborts, and when the deadline passes", async () => {
     const caller = new AbortController();
-    const call = registryClient.resolveWorkflow({ workflowRefName: "wait" }, { signal: caller.signal }).catch((e) => ConnectError.from(e));
+    const call = failure(registryClient.resolveWorkflow({ workflowRefName: "wait" }, { signal: caller.signal }));
     await new Promise((r) => setTimeout(r, 20));
     expect(seen.signal!.aborted).toBe(false);
     caller.abort(new ConnectError("the caller went away", Code.Canceled));
-    expect((await call).code).toBe(Code.Canceled);
+    expect((await call)?.code).toBe(Code.Canceled);
 
-    const timed = await registryClient.resolveWorkflow({ workflowRefName: "wait" }, { timeoutMs: 30 }).catch((e) => ConnectError.from(e));
-    expect(timed.code).toBe(Code.DeadlineExceeded);
+    const timed = await failure(registryClient.resolveWorkflow({ workflowRefName: "wait" }, { timeoutMs: 30 }));
+    expect(timed?.code).toBe(Code.DeadlineExceeded);
 
     const already = new AbortController();
     already.abort(new ConnectError("gone before the call", Code.Canceled));
-    const early = await registryClient.resolveWorkflow({ workflowRefName: "wait" }, { signal: already.signal }).catch((e) => ConnectError.from(e));
-    expect(early.code).toBe(Code.Canceled);
+    const early = await failure(registryClient.resolveWorkflow({ workflowRefName: "wait" }, { signal: already.signal }));
+    expect(early?.code).toBe(Code.Canceled);
   });
 
   it("ends a stream's handler, its signal aborted, when the consumer stops and aborts (Connect clients never return() a stream)", async () => {
