@@ -1,11 +1,12 @@
 import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { createClient } from "@connectrpc/connect";
+import { Code, ConnectError, createClient } from "@connectrpc/connect";
 import { createConnectTransport } from "@connectrpc/connect-node";
 import OpenAI from "openai";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { ModelProxyService } from "../gen/shaker/modelproxy/v1/modelproxy_pb.js";
+import { RegistryService } from "../gen/shaker/registry/v1/registry_pb.js";
 import { startFakeUpstream, type FakeUpstream } from "./fake-upstream.js";
 import { startTestServer, type TestServer } from "./helpers.js";
 
@@ -278,11 +279,21 @@ describe("ModelProxy behind a fake OpenAI-compatible upstream", () => {
     expect(ids).toEqual(expect.arrayContaining(["primary", "backup", "m-default", "shaker-local"]));
   });
 
-  it("exposes call counters on /v1/metrics", async () => {
+  it("exposes call counters on /v1/metrics to admin keys only (they count every account's calls)", async () => {
     const res = await server.request("GET", "/v1/metrics");
     expect(res.status).toBe(200);
     expect(res.body.data.modelproxy.calls).toBeGreaterThan(5);
     expect(res.body.data.modelproxy.upstream_attempts).toBeGreaterThan(res.body.data.modelproxy.calls);
     expect(res.body.data.modelproxy.calls_dropped).toBe(0);
+
+    const registry = createClient(RegistryService, createConnectTransport({ baseUrl: server.url, httpVersion: "1.1" }));
+    const { apiKey } = await registry.createApiKey({ accountName: "metrics-tenant" }, { headers: { authorization: `Bearer ${server.apiKey}` } });
+    const tenant = await server.request("GET", "/v1/metrics", undefined, { authorization: `Bearer ${apiKey}` });
+    expect(tenant.status).toBe(403);
+    expect(tenant.body.error.message).toBe("only an admin account's key may read the server's metrics");
+    expect(JSON.stringify(tenant.body)).not.toMatch(/upstream_attempts|calls_recorded/);
+    const rpc = createClient(ModelProxyService, createConnectTransport({ baseUrl: server.url, httpVersion: "1.1" }));
+    const err = await rpc.getMetrics({}, { headers: { authorization: `Bearer ${apiKey}` } }).then(() => undefined, (e) => ConnectError.from(e));
+    expect(err?.code).toBe(Code.PermissionDenied);
   });
 });

@@ -3,7 +3,7 @@ import type { JsonObject, MessageInitShape } from "@bufbuild/protobuf";
 import { Code, ConnectError, type HandlerContext, type ServiceImpl } from "@connectrpc/connect";
 import type OpenAI from "openai";
 import { ModelProxyService, type CallContext, type ModelCallSchema } from "../../gen/shaker/modelproxy/v1/modelproxy_pb.js";
-import { requireAccount, type Identity } from "../shared/auth.js";
+import { requireAccount, requireAdmin, type Identity } from "../shared/auth.js";
 import type { ServiceDeps } from "../shared/deps.js";
 import { newId } from "../shared/ids.js";
 import { timestampOf } from "../shared/json.js";
@@ -383,7 +383,8 @@ export function createModelProxyService(
     },
 
     async getMetrics(_req, ctx) {
-      requireAccount(await deps.auth.identify(ctx.requestHeader));
+      // Server-wide counters: no account's data, but every account's activity, so for operators only.
+      requireAdmin(await deps.auth.identify(ctx.requestHeader), "read the server's metrics");
       const c = recorder.counters();
       return { calls: metrics.calls, upstreamAttempts: metrics.attempts, callsRecorded: c.recorded, callsPending: c.pending, callsDropped: c.dropped };
     },

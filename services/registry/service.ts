@@ -12,7 +12,7 @@ import {
   type ValidationError,
   type WorkflowVersion,
 } from "../../gen/shaker/registry/v1/registry_pb.js";
-import { createAuth, requireAccount, type Auth, type Identity } from "../shared/auth.js";
+import { createAuth, requireAccount, requireAdmin, type Auth, type Identity } from "../shared/auth.js";
 import { fromValue, toValue } from "../shared/json.js";
 import { normaliseAccessoryKey, type ApiKeyRow, type RegistryStore, type VersionRow, type WorkflowRow } from "./store.js";
 import { createValidator, type ValidationResult } from "./validator.js";
@@ -145,11 +145,6 @@ export function createRegistryService(options: RegistryServiceOptions): {
     return requireAccount(identity);
   }
 
-  function requireAdmin(identity: Identity): void {
-    if (identity.kind === "service") return;
-    if (identity.kind === "key" && identity.admin) return;
-    throw new ConnectError("only an admin account's key may manage other accounts' keys", Code.PermissionDenied);
-  }
 
   async function validate(code: string): Promise<ValidationResult> {
     if (Buffer.byteLength(code) > registryLimits.scriptBytes) {
@@ -210,7 +205,7 @@ export function createRegistryService(options: RegistryServiceOptions): {
 
     async createApiKey(req, ctx) {
       const identity = await caller(ctx);
-      requireAdmin(identity);
+      requireAdmin(identity, "manage other accounts' keys");
       const name = req.accountName.trim();
       if (!refNamePattern.test(name)) {
         throw invalid(`account name '${name}' must match ^[a-z0-9][a-z0-9_-]{0,63}$ (lower-case letters, digits, '-' and '_')`, "account_name");
@@ -231,14 +226,14 @@ export function createRegistryService(options: RegistryServiceOptions): {
       if (identity.kind === "run") throw new ConnectError("a workflow run may not list API keys", Code.PermissionDenied);
       if (req.allAccounts) {
         if (req.accountName) throw invalid("account_name and all_accounts exclude each other");
-        requireAdmin(identity);
+        requireAdmin(identity, "manage other accounts' keys");
         return { keys: store.allKeys().map((k) => keyMessage(k.key, k.accountName)) };
       }
       let accountId: string;
       if (req.accountName) {
         // A non-admin learns nothing about other accounts, not even whether they exist.
         const own = identity.accountId ? store.accountById(identity.accountId) : undefined;
-        if (own?.name !== req.accountName) requireAdmin(identity);
+        if (own?.name !== req.accountName) requireAdmin(identity, "manage other accounts' keys");
         const account = store.accountByName(req.accountName);
         if (!account) throw new ConnectError(`account '${req.accountName}' not found`, Code.NotFound);
         accountId = account.id;

@@ -157,6 +157,13 @@ export function createAuth(options: AuthOptions): Auth {
   };
 }
 
+/** requireAdmin throws PermissionDenied unless the caller is a service or holds an admin account's key. */
+export function requireAdmin(identity: Identity, what: string): void {
+  if (identity.kind === "service") return;
+  if (identity.kind === "key" && identity.admin) return;
+  throw new ConnectError(`only an admin account's key may ${what}`, Code.PermissionDenied);
+}
+
 /** requireAccount returns the account an identity acts for, or throws when it acts for none. */
 export function requireAccount(identity: Identity): string {
   if (!identity.accountId) throw new ConnectError("the call names no account", Code.Unauthenticated);

@@ -71,11 +71,12 @@ interface Outcome {
   text: string;
 }
 
-/** A REST attack: what to send, and whether it must be refused or may answer with the caller's own data. */
+/** A REST attack: what to send, and whether it must be refused or may answer with the caller's own data. `adminMay` exempts admins. */
 interface RestAttack {
   path: string;
   body?: unknown;
   expect: Phase;
+  adminMay?: boolean;
 }
 
 /**
@@ -113,8 +114,8 @@ const restAttacks: Record<string, (a: Alice) => RestAttack> = {
   "POST /v1/datastores/:name/search": (a) => ({ path: `/v1/datastores/${a.store}/search`, body: { query: "alice" }, expect: "refused" }),
   "GET /v1/sessions/:id": (a) => ({ path: `/v1/sessions/${a.sessionId}`, expect: "refused" }),
   "GET /v1/models": () => ({ path: "/v1/models", expect: "scoped" }),
-  // Server-wide call counters: numbers only, no account's data.
-  "GET /v1/metrics": () => ({ path: "/v1/metrics", expect: "scoped" }),
+  // Server-wide call counters: no account's data, but every account's activity; for operators.
+  "GET /v1/metrics": () => ({ path: "/v1/metrics", expect: "refused", adminMay: true }),
   "POST /v1/embeddings": () => ({ path: "/v1/embeddings", body: { input: ["hello"] }, expect: "creates" }),
 };
 
@@ -143,7 +144,7 @@ const rpcAttacks: Record<string, (a: Alice) => RpcAttack> = {
   "ModelProxyService/ChatCompletion": (a) => ({ requests: [{ body: { messages: [{ role: "user", content: "hi" }] }, context: callContext(a) }], expect: "creates" }),
   "ModelProxyService/ChatCompletionStream": (a) => ({ requests: [{ body: { messages: [{ role: "user", content: "hi" }] }, context: callContext(a) }], expect: "creates" }),
   "ModelProxyService/Embeddings": (a) => ({ requests: [{ body: { input: ["hi"] }, context: callContext(a) }], expect: "creates" }),
-  "ModelProxyService/GetMetrics": () => ({ requests: [{}], expect: "scoped" }),
+  "ModelProxyService/GetMetrics": () => ({ requests: [{}], expect: "refused", adminMay: true }),
   "ModelProxyService/ListModels": () => ({ requests: [{}], expect: "scoped" }),
   "ModelProxyService/ListCalls": (a) => ({ requests: [{ sessionId: a.sessionId, includeBodies: true }, { runId: a.runId }, { workflowRefName: a.ref }, {}], expect: "scoped" }),
   "DatastoreService/CreateStore": (a) => ({ requests: [{ name: a.store }], expect: "creates" }),
@@ -505,7 +506,7 @@ describe("isolation between accounts and runs", () => {
         for (const phase of phases) {
           for (const r of routes) {
             const attack = restAttacks[`${r.method} ${r.path}`](alice);
-            if (attack.expect !== phase) continue;
+            if (attack.expect !== phase || (attack.adminMay && key === server.apiKey)) continue;
             const out = await rest(r.method, attack.path, bearer(key), attack.body);
             const ok = phase === "refused" ? refusedStatuses.includes(out.status!) : out.status! < 300;
             if (!ok) wrong.push(`${r.method} ${attack.path}: ${out.status} ${out.text.slice(0, 200)}`);
