@@ -145,7 +145,6 @@ export function createRegistryService(options: RegistryServiceOptions): {
     return requireAccount(identity);
   }
 
-
   async function validate(code: string): Promise<ValidationResult> {
     if (Buffer.byteLength(code) > registryLimits.scriptBytes) {
       return {
@@ -188,9 +187,18 @@ export function createRegistryService(options: RegistryServiceOptions): {
     }
     return versionMessage(workflow, version, store.accessoryKeys(version.id), true);
   }
+  // What resolveWorkflow answered, by account and name, while no workflow is written (scripts are up
+  // to 1 MiB each, so bounded by their size as well as their number).
   const resolved = new Map<string, WorkflowVersion>();
   const maxResolved = 1000;
+  const maxResolvedScriptBytes = 32 * 1024 * 1024;
+  let resolvedScriptBytes = 0;
   let resolvedAt = -1;
+  function forgetResolved(): void {
+    resolved.clear();
+    resolvedScriptBytes = 0;
+    resolvedAt = store.workflowsWritten();
+  }
 
   const impl: ServiceImpl<typeof RegistryService> = {
     async authenticate(req, ctx) {
@@ -394,15 +402,13 @@ export function createRegistryService(options: RegistryServiceOptions): {
       const accountId = requireManager(await caller(ctx), "resolve workflows");
       // Every invoke resolves its workflow: what was resolved is kept until a workflow is written.
       const key = `${accountId}\n${req.versionId}\n${req.workflowRefName}\n${req.version}`;
-      if (resolvedAt !== store.workflowsWritten()) {
-        resolved.clear();
-        resolvedAt = store.workflowsWritten();
-      }
+      if (resolvedAt !== store.workflowsWritten()) forgetResolved();
       let version = resolved.get(key);
       if (!version) {
         version = create(WorkflowVersionSchema, resolve(accountId, req.workflowRefName, req.version, req.versionId));
-        if (resolved.size >= maxResolved) resolved.clear();
+        if (resolved.size >= maxResolved || resolvedScriptBytes + version.script.length > maxResolvedScriptBytes) forgetResolved();
         resolved.set(key, version);
+        resolvedScriptBytes += version.script.length;
       }
       return { version };
     },
