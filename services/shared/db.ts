@@ -3,6 +3,7 @@ import { mkdirSync } from "node:fs";
 import { dirname } from "node:path";
 import { drizzle, type BetterSQLite3Database } from "drizzle-orm/better-sqlite3";
 import { migrate } from "drizzle-orm/better-sqlite3/migrator";
+import { backstopPages, unwatch, watch } from "./checkpointer.js";
 
 /** Options of openDatabase. */
 export interface OpenDatabaseOptions<S extends Record<string, unknown>> {
@@ -26,7 +27,8 @@ export interface Db<S extends Record<string, unknown>> {
 /**
  * openDatabase opens (creating if needed) one service's SQLite file with WAL,
  * synchronous=NORMAL (a crash loses no committed transaction in WAL mode; only a power cut can
- * lose the last ones) and foreign keys on, then applies the service's migrations.
+ * lose the last ones) and foreign keys on, then applies the service's migrations. Its WAL is
+ * checkpointed from the checkpointer's thread, not on the event loop (see checkpointer.ts).
  */
 export function openDatabase<S extends Record<string, unknown>>(options: OpenDatabaseOptions<S>): Db<S> {
   if (options.file !== ":memory:") mkdirSync(dirname(options.file), { recursive: true });
@@ -38,5 +40,15 @@ export function openDatabase<S extends Record<string, unknown>>(options: OpenDat
   options.setup?.(sqlite);
   const orm = drizzle(sqlite, { schema: options.schema });
   migrate(orm, { migrationsFolder: options.migrationsFolder });
-  return { orm, sqlite, close: () => sqlite.close() };
+  if (options.file === ":memory:") return { orm, sqlite, close: () => sqlite.close() };
+  sqlite.pragma(`wal_autocheckpoint = ${backstopPages}`);
+  watch(options.file);
+  return {
+    orm,
+    sqlite,
+    close() {
+      unwatch(options.file);
+      sqlite.close();
+    },
+  };
 }
