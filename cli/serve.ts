@@ -52,8 +52,11 @@ export async function startShaker(config: Config): Promise<Shaker> {
     router.service(DatastoreService, datastore.impl);
   };
   const clients = createClients(lazyTransport(() => createDirectTransport(routes)));
+  // A run's token is refused by every service once the run has ended.
+  const runIsLive = (runId: string) => executor.live.has(runId);
   const auth = createAuth({
     serviceSecret,
+    runIsLive,
     authenticateKey: async (apiKey) => {
       try {
         const resp = await clients.registry.authenticate(
@@ -76,6 +79,7 @@ export async function startShaker(config: Config): Promise<Shaker> {
     python: config.python,
     defaultTimeoutSeconds: config.defaultTimeoutSeconds,
     maxTimeoutSeconds: config.maxTimeoutSeconds,
+    runIsLive,
   });
   const generatedApiKey = bootstrapKey(registryStore, config.apiKey);
 

@@ -73,4 +73,17 @@ describe("run tokens", () => {
     const noExp = auth.mintRunToken({ ...claims(0), exp: "9999999999999" as unknown as number });
     await refused(noExp);
   });
+
+  it("refuses a valid token once its run has ended, where the server knows which runs are live", async () => {
+    const live = new Set(["run_1"]);
+    const tracked = createAuth({ serviceSecret: "secret-one", authenticateKey: async () => undefined, runIsLive: (id) => live.has(id) });
+    const token = tracked.mintRunToken(claims(Date.now() + 60_000));
+    const identify = () => tracked.identify(new Headers({ authorization: `Bearer ${token}` })).then((i) => i.kind, (e: unknown) => ConnectError.from(e));
+    expect(await identify()).toBe("run");
+    live.delete("run_1");
+    const err = await identify();
+    expect(err).toBeInstanceOf(ConnectError);
+    expect((err as ConnectError).code).toBe(Code.Unauthenticated);
+    expect((err as ConnectError).rawMessage).toBe("the run this token was given to has ended");
+  });
 });

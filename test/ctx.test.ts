@@ -296,6 +296,27 @@ def execute(ctx):
     expect(b.body.output.previous_visible).toBe(false);
   });
 
+  it("refuses a run's token once the run has ended (a token a workflow leaks is of no use afterwards)", async () => {
+    await server.upload(
+      "leaky",
+      `
+def execute(ctx):
+    ctx.embeddings.create(["works while the run lives"], model="shaker-local")
+    return {"token": ctx._rpc._token}
+`,
+    );
+    const res = await server.invoke({ model: "workflow:leaky", input: {} });
+    expect(res.status, JSON.stringify(res.body)).toBe(200);
+    const token: string = res.body.output.token;
+    expect(token.startsWith("srt.")).toBe(true);
+    const modelproxy = createClient(ModelProxyService, createConnectTransport({ baseUrl: server.url, httpVersion: "1.1" }));
+    const err = await modelproxy
+      .embeddings({ body: { input: ["after the run"], model: "shaker-local" } }, { headers: { authorization: `Bearer ${token}` } })
+      .then(() => undefined, (e: unknown) => ConnectError.from(e));
+    expect(err?.code).toBe(Code.Unauthenticated);
+    expect(err?.rawMessage).toBe("the run this token was given to has ended");
+  });
+
   it.skipIf(modelsMissing)("calls chat (plain and stream) and embeddings through the ModelProxy", async () => {
     await server.upload(
       "modeller",

@@ -46,6 +46,8 @@ export interface RegistryServiceOptions {
   defaultTimeoutSeconds: number;
   /** maxTimeoutSeconds is the largest timeout an upload may ask for. */
   maxTimeoutSeconds: number;
+  /** runIsLive refuses the tokens of runs that have ended (AuthOptions.runIsLive). */
+  runIsLive?: (runId: string) => boolean;
 }
 
 /** generateApiKey makes a new key: a recognisable prefix and 192 random bits. */
@@ -126,6 +128,7 @@ export function createRegistryService(options: RegistryServiceOptions): {
     serviceSecret: options.serviceSecret,
     // The Registry owns the keys, so it reads them directly and needs no cache.
     keyCacheMs: 0,
+    runIsLive: options.runIsLive,
     authenticateKey: async (apiKey) => {
       const owner = store.ownerOfKey(apiKey);
       return owner && { accountId: owner.account.id, admin: owner.account.admin, keyId: owner.key.id };

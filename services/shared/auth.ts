@@ -54,6 +54,12 @@ export interface AuthOptions {
   authenticateKey: (apiKey: string) => Promise<KeyOwner | undefined>;
   /** keyCacheMs caches key look-ups; a revoked key stops working within this time. Default 2000. */
   keyCacheMs?: number;
+  /**
+   * runIsLive says whether a run is still in flight: a run token is refused once its run has ended,
+   * not only at its expiry (a token printed or returned by a workflow is of no use afterwards).
+   * Without it (split mode has no shared view of live runs yet) tokens live until they expire.
+   */
+  runIsLive?: (runId: string) => boolean;
 }
 
 /** Auth identifies callers from request headers and mints run tokens. */
@@ -140,6 +146,9 @@ export function createAuth(options: AuthOptions): Auth {
       if (token.startsWith(runTokenPrefix)) {
         const claims = verifyRunToken(token);
         if (!claims) throw new ConnectError("invalid or expired run token", Code.Unauthenticated);
+        if (options.runIsLive && !options.runIsLive(claims.run)) {
+          throw new ConnectError("the run this token was given to has ended", Code.Unauthenticated);
+        }
         return { kind: "run", accountId: claims.account, claims };
       }
       const owner = await ownerOf(token);

@@ -7,9 +7,10 @@
 //    aimed at A's resources: each is refused, or answers with the caller's own (empty) data, and no
 //    answer contains any of A's data. A route or RPC added later without an attack here fails the test.
 // 2. Every RPC a workflow's child reaches through ctx is called with real run tokens, handed out by
-//    real workflows: another account's, another workflow's of the same account, another server's,
-//    and A's own with its payload edited (expiry earlier or later, account changed) or its signature
-//    replaced. Expired tokens are refused at the unit level in test/auth.test.ts; a run token's
+//    real workflows that are still running: another account's, another workflow's of the same
+//    account, another server's, and A's own with its payload edited (expiry earlier or later,
+//    account changed) or its signature replaced; and, on every route and RPC, the token of A's run
+//    that has ended. Expired tokens are refused at the unit level in test/auth.test.ts; a run token's
 //    datastore bindings (read-only, unbound stores) are covered by test/datastore-scope.test.ts.
 import { randomBytes } from "node:crypto";
 import type { DescMethod, DescService } from "@bufbuild/protobuf";
@@ -22,6 +23,7 @@ import { ModelProxyService } from "../../gen/shaker/modelproxy/v1/modelproxy_pb.
 import { RegistryService } from "../../gen/shaker/registry/v1/registry_pb.js";
 import { createEdge } from "../../services/edge/edge.js";
 import type { Clients } from "../../services/shared/clients.js";
+import { fromValue, toValue } from "../../services/shared/json.js";
 import { startTestServer, type TestServer } from "../helpers.js";
 
 const services: DescService[] = [RegistryService, ExecutorService, ModelProxyService, DatastoreService];
@@ -29,12 +31,19 @@ const mark = randomBytes(4).toString("hex");
 
 /**
  * The workflow every token-handing test uses: it returns its own run token (held by its RPC client,
- * services/executor/harness/shaker/rpc.py) and ids.
+ * services/executor/harness/shaker/rpc.py) and ids; with input {"hold": true} it emits them and keeps
+ * running, since a run's token is refused once the run has ended.
  */
 const leakScript = (note: string) => `
+import time
+
 def execute(ctx):
     token = next(t for t in (getattr(o, "_token", None) for o in [ctx, *vars(ctx).values()]) if isinstance(t, str) and t.startswith("srt."))
-    return {"token": token, "run": ctx.run_id, "session": ctx.session_id, "note": "${note}"}
+    info = {"token": token, "run": ctx.run_id, "session": ctx.session_id, "note": "${note}"}
+    if (ctx.input or {}).get("hold"):
+        ctx.emit(info)
+        time.sleep(600)
+    return info
 `;
 
 /** Alice is account A: the resources every attack aims at, and every string that must not leak. */
@@ -56,6 +65,9 @@ interface Alice {
   inputText: string;
   describeText: string;
   runId: string;
+  /** tokenRunId is the live run whose token is `token`; `endedToken` is the token of the ended run `runId`. */
+  tokenRunId: string;
+  endedToken: string;
   /** liveRunId is a run of Alice's still in flight, so a cancel would take effect. */
   liveRunId: string;
   sessionId: string;
@@ -183,7 +195,7 @@ function findMethod(name: string): [DescService, DescMethod] {
 
 /** markers are Alice's data: none may appear in an answer to anyone else, unless the request carried it. */
 function markers(a: Alice): string[] {
-  return [a.key, a.keyId, a.keyPrefix, a.accountId, a.accountName, a.ref, a.otherRef, a.versionId, a.otherVersionId, a.store, a.recordId, a.recordText, a.accessoryText, a.envText, a.inputText, a.describeText, a.runId, a.liveRunId, a.sessionId, a.token, a.otherToken, a.callId, `ALICE-OUT-${mark}`].filter(
+  return [a.key, a.keyId, a.keyPrefix, a.accountId, a.accountName, a.ref, a.otherRef, a.versionId, a.otherVersionId, a.store, a.recordId, a.recordText, a.accessoryText, a.envText, a.inputText, a.describeText, a.runId, a.tokenRunId, a.liveRunId, a.sessionId, a.token, a.endedToken, a.otherToken, a.callId, `ALICE-OUT-${mark}`].filter(
     (m) => m.length >= 6,
   );
 }
@@ -222,6 +234,16 @@ describe("isolation between accounts and runs", () => {
   let malloryToken: string;
   let otherServerToken: string;
   const transport = () => createConnectTransport({ baseUrl: server.url, httpVersion: "1.1" });
+
+  /** held starts a run of a leakScript workflow that keeps running, and returns what it emitted: its live token. */
+  async function held(on: TestServer, key: string, ref: string, sessionId = ""): Promise<{ token: string; run: string; session: string }> {
+    const executor = createClient(ExecutorService, createConnectTransport({ baseUrl: on.url, httpVersion: "1.1" }));
+    // The stream is left open (never read to its end): the run goes on until the server closes.
+    for await (const m of executor.runStream({ invocation: { workflowRefName: ref, input: toValue({ hold: true }), sessionId } }, { headers: bearer(key) })) {
+      if (m.event.case === "emitted") return fromValue(m.event.value.value) as { token: string; run: string; session: string };
+    }
+    throw new Error(`${ref} ended without emitting its token`);
+  }
 
   async function rest(method: string, path: string, credential: Record<string, string>, body?: unknown): Promise<Outcome> {
     const res = await fetch(server.url + path, {
@@ -313,11 +335,13 @@ describe("isolation between accounts and runs", () => {
     const up2 = await asAlice("POST", "/v1/workflows/upload", { workflow_ref_name: alice.otherRef, script: leakScript(`ALICE-OUT-${mark}`), timeout_seconds: 900 });
     alice.otherVersionId = up2.data.version_id;
     const run = await asAlice("POST", "/v1/chat/completions", { model: `workflow:${alice.ref}`, input: { q: alice.inputText }, session_id: alice.sessionId });
-    alice.token = run.output.token;
+    alice.endedToken = run.output.token;
     alice.runId = run.output.run;
     expect(run.output.session).toBe(alice.sessionId);
-    const otherRun = await asAlice("POST", "/v1/chat/completions", { model: `workflow:${alice.otherRef}`, input: {} });
-    alice.otherToken = otherRun.output.token;
+    const live = await held(server, alice.key, alice.ref, alice.sessionId);
+    alice.token = live.token;
+    alice.tokenRunId = live.run;
+    alice.otherToken = (await held(server, alice.key, alice.otherRef)).token;
     alice.accountId = (await asAlice("GET", `/v1/runs/${alice.runId}`)).data.account_id;
     await asAlice("POST", "/v1/workflows/upload", { workflow_ref_name: `alice-slow-${mark}`, script: "import time\n\ndef execute(ctx):\n    time.sleep(600)\n    return 1\n", timeout_seconds: 900 });
     const started = await createClient(ExecutorService, transport()).startRun(
@@ -326,8 +350,8 @@ describe("isolation between accounts and runs", () => {
     );
     alice.liveRunId = started.started!.runId;
     expect(alice.accountId).toBeTruthy();
-    // A model call in Alice's session, as her workflow's child would make it.
-    const call = await rpc("ModelProxyService/ChatCompletion", { body: { messages: [{ role: "user", content: "hello" }] }, context: { sessionId: alice.sessionId, runId: alice.runId } }, bearer(alice.token));
+    // A model call in Alice's session, as her workflow's child would make it (recorded under the token's run).
+    const call = await rpc("ModelProxyService/ChatCompletion", { body: { messages: [{ role: "user", content: "hello" }] }, context: { sessionId: alice.sessionId, runId: alice.tokenRunId } }, bearer(alice.token));
     expect(call.code, call.text).toBeUndefined();
     alice.callId = JSON.parse(call.text)[0].callId;
     expect(alice.callId).toBeTruthy();
@@ -336,9 +360,7 @@ describe("isolation between accounts and runs", () => {
     const asMallory = bearer(malloryKey);
     const mup = await server.request("POST", "/v1/workflows/upload", { workflow_ref_name: `mallory-wf-${mark}`, script: leakScript("mallory"), timeout_seconds: 900, datastores: [{ name: alice.store, write: true }] }, asMallory);
     expect(mup.status, JSON.stringify(mup.body)).toBe(201);
-    const mrun = await server.invoke({ model: `workflow:mallory-wf-${mark}`, input: {} }, asMallory);
-    expect(mrun.status, JSON.stringify(mrun.body)).toBe(200);
-    malloryToken = mrun.body.output.token;
+    malloryToken = (await held(server, malloryKey, `mallory-wf-${mark}`)).token;
 
     // Another server (another secret) hands out a token for a workflow of the same name.
     await other.upload(alice.ref, leakScript("other server"), { timeout_seconds: 900, datastores: [{ name: alice.store, write: true }] });
@@ -362,7 +384,7 @@ describe("isolation between accounts and runs", () => {
     expect(run.data.output.note).toBe(`ALICE-OUT-${mark}`);
     expect((await asAlice("GET", `/v1/runs/${alice.liveRunId}`)).data.status).toBe("running");
     const session = await asAlice("GET", `/v1/sessions/${alice.sessionId}`);
-    expect(session.data.runs).toBe(2);
+    expect(session.data.runs).toBe(3); // the ended run, the held one whose token is used, the slow one
     expect(session.data.model_calls).toBe(1);
     const keys = await createClient(RegistryService, transport()).listApiKeys({}, { headers: bearer(alice.key) });
     expect(keys.keys.map((k) => [k.id, k.revokedAt])).toEqual([[alice.keyId, undefined]]);
@@ -381,6 +403,7 @@ describe("isolation between accounts and runs", () => {
         "account changed": forge(malloryToken, (c) => (c.account = alice.accountId)),
         "datastore made writable": forge(alice.otherToken, (c) => (c.datastores = [{ name: alice.store, write: true }])),
         "random signature": `srt.${payload}.${randomBytes(32).toString("base64url")}`,
+        "the token of Alice's run that has ended": alice.endedToken,
         "another server's token": otherServerToken,
         "not a token": "srt.garbage",
       };
@@ -420,7 +443,7 @@ describe("isolation between accounts and runs", () => {
     it("records a model call under the calling token's own run and session, whatever the call names", async () => {
       const out = await rpc("ModelProxyService/ChatCompletion", { body: { messages: [{ role: "user", content: "hi" }] }, context: callContext(alice) }, bearer(alice.otherToken));
       expect(out.code, out.text).toBeUndefined();
-      const calls = await createClient(ModelProxyService, transport()).listCalls({ runId: alice.runId }, { headers: bearer(alice.key) });
+      const calls = await createClient(ModelProxyService, transport()).listCalls({ runId: alice.tokenRunId }, { headers: bearer(alice.key) });
       expect(calls.calls.map((c) => c.callId)).toEqual([alice.callId]);
     });
 
@@ -468,6 +491,7 @@ describe("isolation between accounts and runs", () => {
         "guessed service token": { "x-shaker-service-token": "guess", "x-shaker-account": alice.accountId },
         "Alice's run token with a later expiry": bearer(forge(alice.token, (c) => (c.exp = Date.now() + 86_400_000))),
         "another server's run token": bearer(otherServerToken),
+        "the token of Alice's run that has ended": bearer(alice.endedToken),
       };
       for (const [how, credential] of Object.entries(credentials)) {
         for (const r of routes) {
