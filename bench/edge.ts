@@ -2,7 +2,7 @@
 // the SSE stream, against a floor measured in the same run: a bare python3 process writing the same
 // values to a pipe that this process reads (no platform in between).
 import { spawn } from "node:child_process";
-import { startTestServer } from "../test/helpers.js";
+import { startBenchServer } from "./server.js";
 import { fmt, report, summary } from "./stats.js";
 
 const count = Number(process.env.BENCH_EMITS ?? 400);
@@ -35,7 +35,7 @@ async function floor(n: number): Promise<number[]> {
 }
 
 export async function benchEdge(): Promise<void> {
-  const server = await startTestServer({ workers: 1 });
+  const server = await startBenchServer({ workers: 1 });
   try {
     await server.upload("emitter", emitter);
     const res = await fetch(`${server.url}/v1/chat/completions`, {

@@ -2,7 +2,8 @@
 // once (a workflow that sleeps 1 s stands in for a slow model). Each against a baseline that spawns
 // python3 per run at the same concurrency, measured in the same run.
 import { spawn } from "node:child_process";
-import { startTestServer, type TestServer } from "../test/helpers.js";
+import type { TestServer } from "../test/helpers.js";
+import { startBenchServer } from "./server.js";
 import { createCaller } from "./client.js";
 import { report } from "./stats.js";
 
@@ -37,7 +38,7 @@ async function inFlight(total: number, concurrency: number, fn: () => Promise<vo
 }
 
 export async function benchExecutor(): Promise<void> {
-  const server = await startTestServer({ workers: 2, maxConcurrentRuns: 1000, maxConcurrentRunsPerAccount: 1000 });
+  const server = await startBenchServer({ workers: 2, maxConcurrentRuns: 1000, maxConcurrentRunsPerAccount: 1000 });
   try {
     await server.upload("trivial", "def execute(ctx):\n    return {'ok': True, 'n': (ctx.input or {}).get('n')}\n");
     await server.upload("slow", "import time\n\ndef execute(ctx):\n    time.sleep(1)\n    return {'slept': 1}\n", { timeout_seconds: 30 });

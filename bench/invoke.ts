@@ -1,7 +1,7 @@
 // The invoke path: a trivial workflow through the REST edge, against a baseline that spawns
 // python3 for every run (what a runtime without a warm worker pool pays), measured in one run.
 import { spawn } from "node:child_process";
-import { startTestServer } from "../test/helpers.js";
+import { startBenchServer } from "./server.js";
 import { createCaller } from "./client.js";
 import { fmt, report, summary } from "./stats.js";
 
@@ -17,7 +17,7 @@ function spawnPerRun(): Promise<void> {
 }
 
 export async function benchInvoke(iterations = Number(process.env.BENCH_ITERATIONS ?? 300)): Promise<void> {
-  const server = await startTestServer({ workers: 2 });
+  const server = await startBenchServer({ workers: 2 });
   try {
     await server.upload("trivial", script);
     const body = JSON.stringify({ model: "workflow:trivial", input: { n: 1 } });

@@ -1,11 +1,11 @@
 // `npm run soak`: steady load for SOAK_MINUTES (default 10), sampling the server's RSS every 30 s,
 // to show memory stays flat. The server runs in this process; the load is a fixed number of
 // concurrent invocations (SOAK_CONCURRENCY, default 32) of a workflow that emits and returns.
-import { startTestServer } from "../test/helpers.js";
+import { startBenchServer } from "./server.js";
 
 const minutes = Number(process.env.SOAK_MINUTES ?? 10);
 const concurrency = Number(process.env.SOAK_CONCURRENCY ?? 32);
-const server = await startTestServer({ workers: 2 });
+const server = await startBenchServer({ workers: 2 });
 await server.upload("soak", "import time\ndef execute(ctx):\n    ctx.emit('tick')\n    time.sleep(0.02)\n    return {'ok': True, 'pad': 'x' * 2000}\n");
 const until = Date.now() + minutes * 60_000;
 let runs = 0;
