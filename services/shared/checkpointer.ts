@@ -5,9 +5,9 @@ import { Worker } from "node:worker_threads";
  * The checkpointer copies each service database's WAL into its main file from a thread of its own.
  * SQLite does this in the connection that commits once the WAL passes 1,000 pages: here that is the
  * event loop, which then stalled for about 3 ms (a copy of 4 MB and an fsync) every hundred or so
- * runs, a third of all the time spent writing. The thread checkpoints every `intervalMs` with its own
- * connection, PASSIVE (it never waits for or blocks a reader or writer); a service's own connection
- * still checkpoints, as a backstop, past `backstopPages`.
+ * runs, a third of all the time spent writing. The thread checkpoints every `checkpointIntervalMs`
+ * with its own connection, PASSIVE (it never waits for or blocks a reader or writer); a service's
+ * own connection still checkpoints, as a backstop, past `backstopPages`.
  */
 export const checkpointIntervalMs = 200;
 export const backstopPages = 10_000;
