@@ -22,6 +22,17 @@ function asConnectError(e: unknown): ConnectError {
   return e instanceof ConnectError ? e : new ConnectError("internal error", Code.Internal, undefined, undefined, e);
 }
 
+/** What a call's HandlerContext is made from (createHandlerContext's init, less the deadline). */
+type CallInit = {
+  service: DescService;
+  method: DescMethod;
+  protocolName: string;
+  requestMethod: string;
+  url: string;
+  requestSignal: AbortSignal | undefined;
+  requestHeader: HeadersInit | undefined;
+};
+
 /** A HandlerContext that can be ended: aborted, with a reason, when its call is over. */
 type EndableContext = HandlerContext & { abort(reason?: unknown): void };
 
@@ -31,8 +42,8 @@ type EndableContext = HandlerContext & { abort(reason?: unknown): void };
  * headers are made when first read. createHandlerContext makes two AbortControllers, three Headers
  * and their listeners for every call, 15 µs here, and most calls (a Registry lookup) read none of it.
  */
-function lazyContext(init: { service: DescService; method: DescMethod; signal: AbortSignal | undefined; header: HeadersInit | undefined }): EndableContext {
-  const { service, method, signal: callerSignal } = init;
+function lazyContext(init: CallInit): EndableContext {
+  const { service, method, requestSignal: callerSignal } = init;
   let controller: AbortController | undefined;
   let unlink: (() => void) | undefined;
   let ended = false;
@@ -43,10 +54,10 @@ function lazyContext(init: { service: DescService; method: DescMethod; signal: A
   return {
     service,
     method,
-    protocolName: "direct",
-    requestMethod: "POST",
-    url: `direct:///${service.typeName}/${method.name}`,
-    requestHeader: new Headers(init.header),
+    protocolName: init.protocolName,
+    requestMethod: init.requestMethod,
+    url: init.url,
+    requestHeader: new Headers(init.requestHeader),
     timeoutMs: () => undefined,
     get signal() {
       if (!controller) {
@@ -110,17 +121,16 @@ export function createDirectTransport(routes: (router: ConnectRouter) => void): 
     if (!found || typeof fn !== "function") {
       throw new ConnectError(`${method.parent.typeName}.${method.name} is not implemented`, Code.Unimplemented);
     }
-    const init = { service: found.service, method, signal, header };
-    const ctx = timeoutMs === undefined ? lazyContext(init) : createHandlerContext({
+    const init: CallInit = {
       service: found.service,
       method,
       protocolName: "direct",
       requestMethod: "POST",
       url: `direct:///${method.parent.typeName}/${method.name}`,
-      timeoutMs,
       requestSignal: signal,
       requestHeader: header,
-    });
+    };
+    const ctx = timeoutMs === undefined ? lazyContext(init) : createHandlerContext({ ...init, timeoutMs });
     return { ctx, fn: fn.bind(found.impl) };
   }
 
