@@ -1,5 +1,6 @@
 import http, { type IncomingMessage, type ServerResponse } from "node:http";
 import http2, { type Http2ServerRequest, type Http2ServerResponse } from "node:http2";
+import { chmodSync, lstatSync, unlinkSync } from "node:fs";
 import net from "node:net";
 
 /** Handler serves one request, HTTP/1.1 or HTTP/2 alike. */
@@ -8,14 +9,19 @@ export type Handler = (
   res: ServerResponse | Http2ServerResponse,
 ) => void;
 
-/** Listener is one port that speaks HTTP/1.1 and cleartext HTTP/2. */
+/** Listener is one port (or Unix socket) that speaks HTTP/1.1 and cleartext HTTP/2. */
 export interface Listener {
-  /** port is the port actually bound (useful with port 0). */
+  /** port is the port actually bound (useful with port 0); 0 on a Unix socket. */
   port: number;
-  /** url is http://host:port. */
+  /** url is http://host:port, or http+unix://<path, percent-encoded> on a Unix socket. */
   url: string;
+  /** path is the Unix socket's path; undefined on TCP. */
+  path?: string;
   close(): Promise<void>;
 }
+
+/** ListenTarget is where to listen: a TCP port and host, or a Unix domain socket path. */
+export type ListenTarget = { port: number; host: string } | { path: string };
 
 const h2Preface = Buffer.from("PRI * HTTP/2.0\r\n");
 
@@ -38,7 +44,10 @@ function closeIfBodyUnread(req: http.IncomingMessage, res: http.ServerResponse):
  * as gRPC clients speak it). Each connection's first bytes decide: the HTTP/2 preface goes to the
  * HTTP/2 server, anything else to the HTTP/1.1 server.
  */
-export async function listen(handler: Handler, port: number, host: string): Promise<Listener> {
+export async function listen(handler: Handler, port: number, host: string): Promise<Listener>;
+export async function listen(handler: Handler, target: ListenTarget): Promise<Listener>;
+export async function listen(handler: Handler, portOrTarget: number | ListenTarget, hostArg?: string): Promise<Listener> {
+  const target: ListenTarget = typeof portOrTarget === "number" ? { port: portOrTarget, host: hostArg ?? "127.0.0.1" } : portOrTarget;
   const h1 = http.createServer({ keepAliveTimeout: 65_000, requestTimeout: 0 }, (req, res) => {
     closeIfBodyUnread(req, res);
     handler(req, res);
@@ -71,28 +80,67 @@ export async function listen(handler: Handler, port: number, host: string): Prom
     socket.on("data", onData);
   });
   server.on("error", () => {});
+  if ("path" in target) await removeStaleSocket(target.path);
   await new Promise<void>((resolve, reject) => {
     server.once("error", reject);
-    server.listen(port, host, () => {
+    const listening = () => {
       server.removeListener("error", reject);
       resolve();
-    });
+    };
+    if ("path" in target) server.listen(target.path, listening);
+    else server.listen(target.port, target.host, listening);
   });
-  const address = server.address() as net.AddressInfo;
-  const shownHost = host === "0.0.0.0" || host === "::" ? "127.0.0.1" : host;
-  return {
-    port: address.port,
-    url: `http://${shownHost.includes(":") ? `[${shownHost}]` : shownHost}:${address.port}`,
-    async close() {
-      await new Promise<void>((resolve) => {
-        server.close(() => resolve());
-        h1.closeIdleConnections();
-        for (const s of sessions) s.close();
-        // Give requests in flight a moment, then end whatever is left.
-        setTimeout(() => {
-          for (const s of sockets) s.destroy();
-        }, 1000).unref();
-      });
-    },
+  const close = async () => {
+    await new Promise<void>((resolve) => {
+      server.close(() => resolve());
+      h1.closeIdleConnections();
+      for (const s of sessions) s.close();
+      // Give requests in flight a moment, then end whatever is left.
+      setTimeout(() => {
+        for (const s of sockets) s.destroy();
+      }, 1000).unref();
+    });
+    if ("path" in target) unlinkQuietly(target.path);
   };
+  if ("path" in target) {
+    // Any local user may connect; the socket's directory is what restricts access, if anything.
+    chmodSync(target.path, 0o666);
+    return { port: 0, url: `http+unix://${encodeURIComponent(target.path)}`, path: target.path, close };
+  }
+  const address = server.address() as net.AddressInfo;
+  const host = target.host;
+  const shownHost = host === "0.0.0.0" || host === "::" ? "127.0.0.1" : host;
+  return { port: address.port, url: `http://${shownHost.includes(":") ? `[${shownHost}]` : shownHost}:${address.port}`, close };
+}
+
+/**
+ * removeStaleSocket deletes a socket file left at `path` by a server that is gone, so listening
+ * there succeeds. A socket something still answers on is left alone (listening then fails with
+ * EADDRINUSE), and so is any file that is not a socket.
+ */
+async function removeStaleSocket(path: string): Promise<void> {
+  let isSocket: boolean;
+  try {
+    isSocket = lstatSync(path).isSocket();
+  } catch {
+    return;
+  }
+  if (!isSocket) return;
+  const live = await new Promise<boolean>((resolve) => {
+    const probe = net.connect(path);
+    probe.once("connect", () => {
+      probe.destroy();
+      resolve(true);
+    });
+    probe.once("error", () => resolve(false));
+  });
+  if (!live) unlinkQuietly(path);
+}
+
+function unlinkQuietly(path: string): void {
+  try {
+    unlinkSync(path);
+  } catch {
+    // Already gone.
+  }
 }
