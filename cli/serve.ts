@@ -83,20 +83,20 @@ export async function startShaker(config: Config): Promise<Shaker> {
   });
   const generatedApiKey = bootstrapKey(registryStore, config.apiKey);
 
-  let listenerUrl = "";
   const isolation = prepareIsolation({
     mode: config.sandbox,
+    python: config.python,
+    harnessDir,
     dataDir: config.dataDir,
     processesPerRun: config.runMaxProcesses,
-    readable: [harnessDir],
-    probe: [config.python, "-B", "-c", `import sys; sys.path.insert(0, ${JSON.stringify(harnessDir)}); import shaker.worker`],
+    memoryBytesPerRun: config.runMemoryBytes,
+    tmpBytesPerRun: config.runTmpBytes,
+    readPaths: config.runReadPaths,
   });
   const pool = createWorkerPool({
     python: config.python,
     size: config.workers,
-    commandPrefix: isolation.prefix,
-    pidsCgroup: isolation.pidsCgroup,
-    processesPerRun: config.runMaxProcesses,
+    confinementEnv: isolation.workerEnv,
   });
   const executorStore = createExecutorStore(join(config.dataDir, "executor.db"));
   const executor = createExecutorService({
@@ -104,7 +104,9 @@ export async function startShaker(config: Config): Promise<Shaker> {
     pool,
     auth,
     registry: clients.registry,
-    rpcUrl: () => listenerUrl,
+    rpcUrl: () => isolation.rpcUrl,
+    // Unconfined runs could read every account's data: only admins' may run where the kernel cannot confine.
+    unconfinedRunsForAdminsOnly: !isolation.confined && config.sandbox !== "none" ? isolation.why : undefined,
     maxConcurrentRuns: config.maxConcurrentRuns,
     maxConcurrentRunsPerAccount: config.maxConcurrentRunsPerAccount,
     maxNestingDepth: config.maxNestingDepth,
@@ -123,7 +125,8 @@ export async function startShaker(config: Config): Promise<Shaker> {
     if (!edge.handle(req, res as unknown as Res) && !serveConsole(req as never, res as never)) rpc(req as never, res as never);
   };
   const listener = await listen(handler, config.port, config.host);
-  listenerUrl = listener.url;
+  // Runs reach the services through a Unix socket: a confined run has no network at all.
+  const runListener = await listen(handler, { path: isolation.socketPath });
 
   let closed: Promise<void> | undefined;
   return {
@@ -136,6 +139,7 @@ export async function startShaker(config: Config): Promise<Shaker> {
       closed ??= (async () => {
         await listener.close();
         await pool.close();
+        await runListener.close();
         isolation.close();
         await modelproxy.close();
         await datastore.close();

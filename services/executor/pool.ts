@@ -3,7 +3,9 @@ import type { Readable, Writable } from "node:stream";
 
 /** harnessDir holds the Python package `shaker` the workers import. */
 export const harnessDir = new URL("./harness", import.meta.url).pathname;
-const maxCachedVersions = 256;
+/** Versions whose source a worker was sent are remembered up to this many; the worker's own cache
+ * may forget sooner, and then answers "need source" (PROTOCOL.md): nothing has to agree on a size. */
+const maxRememberedVersions = 4096;
 
 /** WorkerEvent is one frame about a run, from its worker or its child process. */
 export type WorkerEvent =
@@ -14,7 +16,19 @@ export type WorkerEvent =
   | { t: "output"; stream: "stdout" | "stderr"; data: string }
   | { t: "result"; output: unknown; usage: { prompt_tokens: number; completion_tokens: number; total_tokens: number } }
   | { t: "error"; type: string; message: string; traceback: string }
-  | { t: "exit"; code: number; signal: number; output_truncated: boolean };
+  | { t: "exit"; code: number; signal: number; output_truncated: boolean; memory_exceeded?: boolean };
+
+/** The kind byte that starts each frame about a run (harness/shaker/frames.py, PROTOCOL.md). */
+const kinds: Record<number, WorkerEvent["t"] | "need_source"> = {
+  0x45: "emit", // E
+  0x4c: "log", // L
+  0x52: "result", // R
+  0x58: "error", // X
+  0x53: "started", // S
+  0x51: "exit", // Q
+  0x4f: "output", // O
+  0x4e: "need_source", // N
+};
 
 /** RunJob is one run handed to the pool. */
 export interface RunJob {
@@ -41,6 +55,8 @@ export interface RunHandle {
 
 interface Active {
   job: RunJob;
+  /** frame is the run's frame to the worker until it started (a "need source" answer resends it with the source). */
+  frame: string | undefined;
   pid: number | undefined;
   killed: boolean;
   paused: boolean;
@@ -64,12 +80,11 @@ export interface WorkerPoolOptions {
   maxOutputBytes?: number;
   /** log reports worker-level trouble (a worker's own stderr, deaths). */
   log?: (message: string) => void;
-  /** commandPrefix runs each worker inside a sandbox (the bwrap invocation), when not empty. */
-  commandPrefix?: string[];
-  /** pidsCgroup is a pids-controller cgroup each child makes its own group in, capped at processesPerRun. */
-  pidsCgroup?: string;
-  /** processesPerRun caps the processes (and threads) of one run, where pidsCgroup is set; 0 for no cap. */
-  processesPerRun?: number;
+  /**
+   * workerEnv are the variables that describe the confinement of runs (isolation.ts): the same for
+   * every worker but `SHAKER_CONFINEMENT`'s worker slot, which workerSlotEnv fills in.
+   */
+  confinementEnv?: (slot: number) => Record<string, string>;
 }
 
 /** WorkerPool runs jobs in long-lived Python workers, one fork() per run. */
@@ -82,20 +97,35 @@ export interface WorkerPool {
   close(): Promise<void>;
 }
 
-function frameReader(stream: Readable, onFrame: (runId: string, body: Buffer) => void): void {
-  let buf: Buffer = Buffer.alloc(0);
+/**
+ * frameReader cuts the worker's stream into `run id \n kind JSON` frames in linear time: chunks are
+ * kept in a list until a frame is complete, so a large frame arriving in many chunks is copied once.
+ */
+function frameReader(stream: Readable, onFrame: (runId: string, kind: number, json: Buffer) => void): void {
+  let chunks: Buffer[] = [];
+  let buffered = 0;
+  let need = 4; // bytes needed before anything more can be decoded
   stream.on("data", (chunk: Buffer) => {
-    buf = buf.length === 0 ? chunk : Buffer.concat([buf, chunk]);
+    chunks.push(chunk);
+    buffered += chunk.length;
+    if (buffered < need) return;
+    let buf = chunks.length === 1 ? chunks[0] : Buffer.concat(chunks, buffered);
     let offset = 0;
     while (buf.length - offset >= 4) {
       const n = buf.readUInt32BE(offset);
-      if (buf.length - offset - 4 < n) break;
+      if (buf.length - offset - 4 < n) {
+        need = n + 4;
+        break;
+      }
       const frame = buf.subarray(offset + 4, offset + 4 + n);
       offset += 4 + n;
+      need = 4;
       const nl = frame.indexOf(10);
-      onFrame(frame.subarray(0, nl).toString("utf8"), frame.subarray(nl + 1));
+      onFrame(frame.subarray(0, nl).toString("utf8"), frame[nl + 1], frame.subarray(nl + 2));
     }
-    buf = offset === buf.length ? Buffer.alloc(0) : buf.subarray(offset);
+    buf = buf.subarray(offset);
+    chunks = buf.length > 0 ? [buf] : [];
+    buffered = buf.length;
   });
 }
 
@@ -109,12 +139,12 @@ function encodeFrame(text: string): Buffer {
 
 /**
  * The server's environment variables a run may see: what a Python process needs to start and behave
- * (its home and libraries, locale, time zone, paths, proxies and CA bundles for outbound HTTP), and
- * the worker's own tuning (SHAKER_SPARES), never the rest. The server's own environment holds its
- * secrets (upstream API keys, SHAKER_API_KEY); a workflow's own variables come from its version's `env`.
+ * (its home and libraries, locale, time zone, paths and CA bundles), and the worker's own tuning
+ * (SHAKER_SPARES), never the rest. The server's own environment holds its secrets (upstream API keys,
+ * SHAKER_API_KEY); a workflow's own variables come from its version's `env`.
  */
 const passedToRuns =
-  /^(PATH|HOME|LANG|LANGUAGE|LC_[A-Z]+|TZ|TMPDIR|PYTHONHOME|PYTHONUTF8|PYTHONIOENCODING|LD_LIBRARY_PATH|SSL_CERT_FILE|SSL_CERT_DIR|(?:http|https|no)_proxy|(?:HTTP|HTTPS|NO)_PROXY|SHAKER_SPARES)$/;
+  /^(PATH|HOME|LANG|LANGUAGE|LC_[A-Z]+|TZ|TMPDIR|PYTHONHOME|PYTHONUTF8|PYTHONIOENCODING|LD_LIBRARY_PATH|SSL_CERT_FILE|SSL_CERT_DIR|SHAKER_SPARES|SHAKER_MAX_FRAME_BYTES)$/;
 
 function workerEnv(env: NodeJS.ProcessEnv): Record<string, string> {
   const out: Record<string, string> = {};
@@ -137,16 +167,14 @@ export function createWorkerPool(options: WorkerPoolOptions): WorkerPool {
   const log = options.log ?? ((m: string) => process.stderr.write(`${m}\n`));
 
   function spawnWorker(slot: number): Worker {
-    const [command, ...prefixArgs] = [...(options.commandPrefix ?? []), options.python];
-    const proc = spawn(command, [...prefixArgs, "-B", "-s", "-u", "-m", "shaker.worker"], {
+    const proc = spawn(options.python, ["-B", "-s", "-u", "-m", "shaker.worker"], {
       cwd: harnessDir,
       env: {
         ...workerEnv(process.env),
         PYTHONPATH: harnessDir,
         PYTHONDONTWRITEBYTECODE: "1",
         SHAKER_MAX_OUTPUT_BYTES: String(options.maxOutputBytes ?? 1024 * 1024),
-        SHAKER_PIDS_CGROUP: options.pidsCgroup ?? "",
-        SHAKER_RUN_MAX_PROCESSES: String(options.processesPerRun ?? 0),
+        ...options.confinementEnv?.(slot),
       },
       stdio: ["ignore", "inherit", "pipe", "pipe", "pipe"],
     });
@@ -159,17 +187,27 @@ export function createWorkerPool(options: WorkerPoolOptions): WorkerPool {
     };
     worker.toWorker.on("error", () => {});
     proc.stderr!.on("data", (b: Buffer) => log(`[python worker ${proc.pid}] ${b.toString("utf8").trimEnd()}`));
-    frameReader(proc.stdio[4] as Readable, (runId, body) => {
+    frameReader(proc.stdio[4] as Readable, (runId, kindByte, body) => {
       const active = worker.active.get(runId);
-      if (!active) return;
-      let event: WorkerEvent;
+      const kind = kinds[kindByte];
+      if (!active || kind === undefined) return;
+      if (kind === "need_source") {
+        // The worker forgot this version (its cache is full): the same run again, with the source.
+        worker.versions.delete(active.job.versionId);
+        send(worker, active);
+        return;
+      }
+      let fields: Record<string, unknown>;
       try {
-        event = JSON.parse(body.toString("utf8")) as WorkerEvent;
+        fields = JSON.parse(body.toString("utf8")) as Record<string, unknown>;
       } catch {
         return;
       }
+      // The kind is the frame's own byte, never a field of the JSON a run wrote.
+      const event = { ...fields, t: kind } as WorkerEvent;
       if (event.t === "started") {
         active.pid = event.pid;
+        active.frame = undefined;
         if (active.killed) killGroup(event.pid);
       }
       if (event.t === "exit") {
@@ -202,24 +240,30 @@ export function createWorkerPool(options: WorkerPoolOptions): WorkerPool {
     return worker;
   }
 
+  /** send writes a run to its worker: its source too when this worker may not have it. */
+  function send(worker: Worker, active: Active): void {
+    const { job } = active;
+    const head: Record<string, unknown> = { t: "run", id: job.runId, version_id: job.versionId };
+    if (!worker.versions.has(job.versionId)) {
+      head.source = job.source;
+      if (worker.versions.size >= maxRememberedVersions) worker.versions.clear();
+      worker.versions.add(job.versionId);
+    }
+    // The payload follows the header as it is: the worker reads only the header and hands the
+    // payload's bytes to the child, which is the only process that parses it.
+    active.frame ??= JSON.stringify(job.payload);
+    worker.toWorker.write(encodeFrame(`${JSON.stringify(head)}\n${active.frame}`));
+  }
+
   for (let i = 0; i < options.size; i++) workers.push(spawnWorker(i));
 
   return {
     run(job) {
       let worker = workers[0];
       for (const w of workers) if (w.alive && (!worker.alive || w.active.size < worker.active.size)) worker = w;
-      const active: Active = { job, pid: undefined, killed: false, paused: false };
+      const active: Active = { job, frame: undefined, pid: undefined, killed: false, paused: false };
       worker.active.set(job.runId, active);
-      const head: Record<string, unknown> = { t: "run", id: job.runId, version_id: job.versionId };
-      if (!worker.versions.has(job.versionId)) {
-        head.source = job.source;
-        // The worker forgets every compiled version at this size too (worker.py MAX_CACHED_VERSIONS).
-        if (worker.versions.size >= maxCachedVersions) worker.versions.clear();
-        worker.versions.add(job.versionId);
-      }
-      // The payload follows the header as it is: the worker reads only the header and hands the
-      // payload's bytes to the child, which is the only process that parses it.
-      worker.toWorker.write(encodeFrame(`${JSON.stringify(head)}\n${JSON.stringify(job.payload)}`));
+      send(worker, active);
       // Flow control: a frame to the worker, only while the run is in it (a finished run has nothing to hold).
       const control = (t: "pause" | "resume") => {
         if (worker.alive && worker.active.get(job.runId) === active) worker.toWorker.write(encodeFrame(JSON.stringify({ t, id: job.runId })));

@@ -5,6 +5,7 @@ import {
   ExecutorService,
   LogLevel,
   RunStatus,
+  type FetchRequest,
   type Invocation,
   type RunResult,
   type RunSchema,
@@ -16,7 +17,8 @@ import { requireAccount, type Auth, type Identity } from "../shared/auth.js";
 import { newId } from "../shared/ids.js";
 import { fromValue, timestampOf, toValue } from "../shared/json.js";
 import { AsyncQueue } from "../shared/queue.js";
-import { createRedactor, redactJson } from "../shared/redact.js";
+import { createRunRedactor, redactJson } from "../shared/redact.js";
+import { defaultTimeoutMs, egressFetch, parseAllowList, type FetchOutput } from "./egress.js";
 import { checkAgainstSchema, type FieldSchema } from "./input-schema.js";
 import type { WorkerEvent, WorkerPool } from "./pool.js";
 import type { ExecutorStore, RunRow } from "./store.js";
@@ -30,8 +32,13 @@ export interface ExecutorServiceOptions {
   pool: WorkerPool;
   auth: Auth;
   registry: Client<typeof RegistryService>;
-  /** rpcUrl is the address children call the services at; known once the server listens. */
+  /** rpcUrl is the address children call the services at, as they see it. */
   rpcUrl: () => string;
+  /**
+   * unconfinedRunsForAdminsOnly, when set, says why this host cannot confine runs: runs of accounts
+   * other than admins' are then refused (FailedPrecondition), since they could read everybody's data.
+   */
+  unconfinedRunsForAdminsOnly?: string;
   maxConcurrentRuns: number;
   maxConcurrentRunsPerAccount: number;
   maxNestingDepth: number;
@@ -41,7 +48,20 @@ export interface ExecutorServiceOptions {
   maxLogLines?: number;
   /** maxEmittedBytes caps the emitted values kept on a run record (the stream still carries them all). */
   maxEmittedBytes?: number;
+  /**
+   * httpAllow lists what ctx.http may reach besides public addresses (`SHAKER_HTTP_ALLOW`): CIDR
+   * ranges, IP addresses (optionally with :port) and host names (optionally *.suffix and :port);
+   * see parseAllowList in egress.ts. A malformed entry fails the start.
+   */
+  httpAllow?: string[];
+  /** httpMaxResponseBytes caps a ctx.http response body; default 32 MiB. */
+  httpMaxResponseBytes?: number;
 }
+
+/** A run keeps the first this many HTTP requests on its record. */
+const maxHttpCalls = 1000;
+/** A run may have this many ctx.http requests in flight at once. */
+const maxHttpInFlight = 16;
 
 /** A streaming run whose listener has this many bytes of messages unread is paused, until it reads down to the low mark. */
 const streamHighWaterBytes = 1024 * 1024;
@@ -62,6 +82,10 @@ interface LiveRun {
   events: AsyncQueue<StreamEvent> | undefined;
   cancel(reason: "cancelled" | "disconnected"): void;
   finished: Promise<RunResult>;
+  /** secretValues are the run's secret values and those of the runs it nests in: none is ever recorded. */
+  secretValues: string[];
+  /** fetch makes one ctx.http request for the run and records it on the run. */
+  fetch(req: FetchRequest, signal: AbortSignal): Promise<FetchOutput>;
 }
 
 /** listenOverride is true when the caller asked to stream, which keeps even an async workflow attached. */
@@ -87,6 +111,7 @@ export function createExecutorService(options: ExecutorServiceOptions): {
   const maxEmittedBytes = options.maxEmittedBytes ?? 1024 * 1024;
   const live = new Map<string, LiveRun>();
   const perAccount = new Map<string, number>();
+  const egress = { allow: parseAllowList(options.httpAllow ?? []), maxResponseBytes: options.httpMaxResponseBytes };
 
   const failed = store.failRunsInFlight([RunStatus.QUEUED, RunStatus.RUNNING], RunStatus.FAILED, {
     type: "ServerRestarted",
@@ -134,6 +159,13 @@ export function createExecutorService(options: ExecutorServiceOptions): {
    */
   async function start(identity: Identity, inv: Invocation, listen: boolean): Promise<LiveRun> {
     const accountId = requireAccount(identity);
+    // A run's own nested runs pass: only an admin's run can exist here.
+    if (options.unconfinedRunsForAdminsOnly !== undefined && identity.kind === "key" && !identity.admin) {
+      throw new ConnectError(
+        `this server cannot confine runs (${options.unconfinedRunsForAdminsOnly}), so it runs only admin accounts' workflows; its operator can allow all knowingly with SHAKER_SANDBOX=none`,
+        Code.FailedPrecondition,
+      );
+    }
     const parent = identity.kind === "run" ? identity.claims : undefined;
     const depth = parent ? parent.depth + 1 : 0;
     if (depth > options.maxNestingDepth) {
@@ -146,12 +178,17 @@ export function createExecutorService(options: ExecutorServiceOptions): {
     }
     const problem = checkAgainstSchema("input", input ?? null, version.inputSchema as Record<string, FieldSchema> | undefined);
     if (problem) throw invalid(problem.message, problem.param);
+    // A nested run's record is kept clean of its ancestors' secrets too: a parent passes them on in
+    // input, messages or metadata (the nested run itself still receives them).
+    const parentRun = parent ? live.get(parent.run) : undefined;
+    if (parent && !parentRun) throw new ConnectError("the run this token was given to has ended", Code.Unauthenticated);
+    const secretValues = [...Object.values(inv.secrets), ...(parentRun?.secretValues ?? [])];
     const release = admit(accountId);
 
     const runId = newId("run");
     const sessionId = inv.sessionId || parent?.session || newId("sess");
     const createdAt = Date.now();
-    const redact = createRedactor(inv.secrets);
+    const redact = createRunRedactor(secretValues);
     const timeoutMs = Math.max(1, version.timeoutSeconds) * 1000;
     const started: RunStarted = {
       $typeName: "shaker.executor.v1.RunStarted",
@@ -182,6 +219,10 @@ export function createExecutorService(options: ExecutorServiceOptions): {
     const logs: { level: number; message: string; fields: Record<string, unknown>; time: number; source: string }[] = [];
     let logsDropped = 0;
     const httpCalls: { method: string; host: string; status: number; durationMs: number; error: string; time: number }[] = [];
+    let httpDropped = 0;
+    let httpInFlight = 0;
+    /** httpEnded aborts the run's requests in flight when it ends. */
+    const httpEnded = new AbortController();
     let result: { output: unknown; usage: { prompt_tokens: number; completion_tokens: number } } | undefined;
     let error: { type: string; message: string; traceback: string } | undefined;
     let endedBy: "timeout" | "cancelled" | "disconnected" | undefined;
@@ -203,6 +244,40 @@ export function createExecutorService(options: ExecutorServiceOptions): {
           } as never,
         },
       });
+    }
+
+    /**
+     * fetchForRun is ctx.http: the run has no network, so the Executor makes the request, within the
+     * run's remaining time, and records every hop (host without user-info, errors without secrets).
+     */
+    async function fetchForRun(req: FetchRequest, signal: AbortSignal): Promise<FetchOutput> {
+      if (!(req.timeoutSeconds >= 0)) throw invalid("timeout_seconds must be 0 or more", "timeout_seconds");
+      const remaining = createdAt + timeoutMs - Date.now();
+      if (remaining <= 0) throw new ConnectError("the run has no time left for an HTTP request", Code.DeadlineExceeded);
+      if (httpInFlight >= maxHttpInFlight) {
+        throw new ConnectError(`a run may have at most ${maxHttpInFlight} HTTP requests in flight`, Code.ResourceExhausted);
+      }
+      const aborted = new AbortController();
+      const abort = () => aborted.abort();
+      signal.addEventListener("abort", abort, { once: true });
+      httpEnded.signal.addEventListener("abort", abort, { once: true });
+      if (signal.aborted || httpEnded.signal.aborted) abort();
+      httpInFlight++;
+      try {
+        const asked = req.timeoutSeconds > 0 ? req.timeoutSeconds * 1000 : defaultTimeoutMs;
+        return await egressFetch(
+          { method: req.method, url: req.url, headers: req.headers, body: req.body, timeoutMs: Math.min(asked, remaining), signal: aborted.signal },
+          egress,
+          (hop) => {
+            if (httpCalls.length >= maxHttpCalls) return void httpDropped++;
+            httpCalls.push({ ...hop, method: redact(hop.method), host: redact(hop.host), error: redact(hop.error) });
+          },
+        );
+      } finally {
+        httpInFlight--;
+        signal.removeEventListener("abort", abort);
+        httpEnded.signal.removeEventListener("abort", abort);
+      }
     }
 
     let settle!: (r: RunResult) => void;
@@ -244,21 +319,11 @@ export function createExecutorService(options: ExecutorServiceOptions): {
           for (const line of lines) addLog(level, line, {}, Date.now(), event.stream);
           break;
         }
-        case "http":
-          httpCalls.push({
-            method: event.method,
-            host: event.host,
-            status: event.status,
-            durationMs: event.duration_ms,
-            error: redact(event.error),
-            time: event.time * 1000,
-          });
-          break;
         case "result":
           result = event;
           break;
         case "error":
-          error = { type: event.type, message: redact(event.message), traceback: redact(event.traceback) };
+          error = { type: redact(event.type), message: redact(event.message), traceback: redact(event.traceback) };
           break;
         case "exit":
           outputTruncated = event.output_truncated;
@@ -272,10 +337,11 @@ export function createExecutorService(options: ExecutorServiceOptions): {
       }
     }
 
-    function finish(exit: { code: number; signal: number }): void {
+    function finish(exit: { code: number; signal: number; memory_exceeded?: boolean }): void {
       clearTimeout(timer);
       live.delete(runId);
       release();
+      httpEnded.abort();
       const finishedAt = Date.now();
       const durationMs = finishedAt - createdAt;
       let status: RunStatus;
@@ -295,7 +361,9 @@ export function createExecutorService(options: ExecutorServiceOptions): {
         if (!error) {
           const why = outputTruncated
             ? "it wrote more output than the limit and was killed"
-            : exit.signal
+            : exit.memory_exceeded
+              ? "it used more memory than the run's limit (its processes and its /tmp together) and was killed"
+              : exit.signal
               ? `its process was killed by signal ${exit.signal}${exit.signal === 9 ? " (SIGKILL: memory or CPU limit, or killed from outside)" : exit.signal === 11 ? " (SIGSEGV: segmentation fault)" : ""}`
               : `its process exited with code ${exit.code} before returning`;
           error = { type: "ProcessCrashed", message: `the workflow did not finish: ${why}`, traceback: "" };
@@ -308,6 +376,7 @@ export function createExecutorService(options: ExecutorServiceOptions): {
         if (problem) warnings.push(`OUTPUT_SCHEMA: ${problem.message}`);
       }
       if (logsDropped > 0) warnings.push(`${logsDropped} log lines beyond the first ${maxLogLines} were dropped`);
+      if (httpDropped > 0) warnings.push(`${httpDropped} HTTP requests beyond the first ${maxHttpCalls} were not kept on the run record`);
       if (emittedDropped > 0) {
         warnings.push(`${emittedDropped} emitted values beyond the first ${maxEmittedBytes} bytes were not kept on the run record (the stream carried them all)`);
       }
@@ -324,7 +393,7 @@ export function createExecutorService(options: ExecutorServiceOptions): {
         emitted,
         logs,
         httpCalls,
-        warnings,
+        warnings: warnings.map(redact),
         ...usage,
       });
       if (failure) {
@@ -415,6 +484,8 @@ export function createExecutorService(options: ExecutorServiceOptions): {
       accountId,
       events,
       finished,
+      secretValues,
+      fetch: fetchForRun,
       cancel(reason) {
         endedBy ??= reason;
         handle.kill();
@@ -534,6 +605,16 @@ export function createExecutorService(options: ExecutorServiceOptions): {
       }
       if (!store.run(accountId, req.runId)) throw new ConnectError(`run '${req.runId}' not found`, Code.NotFound);
       return { cancelled: false };
+    },
+
+    async fetch(req, ctx) {
+      const identity = await auth.identify(ctx.requestHeader);
+      if (identity.kind !== "run") {
+        throw new ConnectError("Fetch makes a workflow run's ctx.http requests: only a run's token may call it", Code.PermissionDenied);
+      }
+      const run = live.get(identity.claims.run);
+      if (!run) throw new ConnectError("the run this token was given to has ended", Code.Unauthenticated);
+      return await run.fetch(req, ctx.signal);
     },
   };
   return { impl, live };

@@ -38,10 +38,17 @@ export interface Config {
   defaultModel: string | undefined;
   /** runMemoryBytes caps each run's address space (RLIMIT_AS); `SHAKER_RUN_MEMORY_BYTES`, default 1 GiB (0: no cap). */
   runMemoryBytes: number;
-  /** sandbox confines workers: `auto` (bwrap where it works), `bwrap` (required), `none`; `SHAKER_SANDBOX`. */
-  sandbox: "auto" | "bwrap" | "none";
-  /** runMaxProcesses caps one run's processes through a pids cgroup where one is writable; `SHAKER_RUN_MAX_PROCESSES`, default 64 (0: no cap). */
+  /**
+   * sandbox: `auto` (default) confines every run by the kernel where it allows (and refuses runs of
+   * accounts other than admins' where it does not); `none` confines nothing, knowingly; `SHAKER_SANDBOX`.
+   */
+  sandbox: "auto" | "none";
+  /** runMaxProcesses caps one run's processes and threads (pids cgroup and RLIMIT_NPROC); `SHAKER_RUN_MAX_PROCESSES`, default 64 (0: no cap). */
   runMaxProcesses: number;
+  /** runTmpBytes is the size of each confined run's private /tmp; `SHAKER_RUN_TMP_BYTES`, default 64 MiB. */
+  runTmpBytes: number;
+  /** runReadPaths are further host paths confined runs may read (read-only); `SHAKER_RUN_READ_PATHS`, colon-separated. */
+  runReadPaths: string[];
   /** quiet silences the start-up banner (tests). */
   quiet: boolean;
 }
@@ -64,8 +71,8 @@ function envInt(env: NodeJS.ProcessEnv, name: string, fallback: number): number 
 
 function sandboxMode(raw: string | undefined): Config["sandbox"] {
   if (raw === undefined) return "auto";
-  if (raw === "auto" || raw === "bwrap" || raw === "none") return raw;
-  throw new Error(`SHAKER_SANDBOX must be auto, bwrap or none, got ${JSON.stringify(raw)}`);
+  if (raw === "auto" || raw === "none") return raw;
+  throw new Error(`SHAKER_SANDBOX must be auto or none, got ${JSON.stringify(raw)}`);
 }
 
 /** loadConfig reads the configuration from the environment; overrides win. Throws on malformed numbers. */
@@ -91,6 +98,8 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env, overrides: Part
     runMemoryBytes: envInt(env, "SHAKER_RUN_MEMORY_BYTES", 1024 * 1024 * 1024),
     sandbox: sandboxMode(envString(env, "SHAKER_SANDBOX")),
     runMaxProcesses: envInt(env, "SHAKER_RUN_MAX_PROCESSES", 64),
+    runTmpBytes: envInt(env, "SHAKER_RUN_TMP_BYTES", 64 * 1024 * 1024),
+    runReadPaths: (envString(env, "SHAKER_RUN_READ_PATHS") ?? "").split(":").filter((p) => p.startsWith("/")),
     quiet: false,
     ...overrides,
   };

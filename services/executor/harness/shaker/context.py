@@ -12,7 +12,7 @@ import urllib.request
 from typing import Any, Callable, Iterator, Sequence
 
 from .errors import DatastoreError, HttpError, ModelError, ShakerError, WorkflowError
-from .frames import write_frame
+from .frames import ACCESSORY, EMIT, LOG, write_frame
 from .rpc import RpcClient, RpcError
 
 MODELPROXY = "shaker.modelproxy.v1.ModelProxyService"
@@ -30,12 +30,12 @@ class Channel:
     def __init__(self, fd: int) -> None:
         self.fd = fd
 
-    def send(self, frame: dict[str, Any]) -> None:
-        # Compact, with "t" first: the worker recognises a run's last frame by its first bytes.
-        self.send_raw(json.dumps(frame, default=str, separators=(",", ":")).encode())
+    def send(self, kind: bytes, frame: dict[str, Any]) -> None:
+        """Sends one frame of `kind` (frames.EMIT, LOG, ACCESSORY, RESULT, ERROR) with JSON fields."""
+        self.send_raw(kind, json.dumps(frame, default=str, separators=(",", ":")).encode())
 
-    def send_raw(self, body: bytes) -> None:
-        write_frame(self.fd, body)
+    def send_raw(self, kind: bytes, body: bytes) -> None:
+        write_frame(self.fd, kind + body)
 
 
 class _Usage:
@@ -483,7 +483,7 @@ class WorkflowContext:
         """Sends value (a str or anything JSON-serialisable) to a streaming caller at once; it is
         recorded on the run either way."""
         json.dumps(value)  # fail here, in the workflow, for a value that cannot be sent
-        self._channel.send({"t": "emit", "seq": self._emit_seq, "value": value, "time": time.time()})
+        self._channel.send(EMIT, {"seq": self._emit_seq, "value": value, "time": time.time()})
         self._emit_seq += 1
 
     def log(self, message: Any, level: str = "info", **fields: Any) -> None:
@@ -491,7 +491,7 @@ class WorkflowContext:
         lvl = _LEVELS.get(str(level).lower())
         if lvl is None:
             raise ValueError(f"level must be one of debug, info, warning, error, got {level!r}")
-        self._channel.send({"t": "log", "level": lvl, "message": str(message), "fields": fields, "time": time.time()})
+        self._channel.send(LOG, {"level": lvl, "message": str(message), "fields": fields, "time": time.time()})
 
     def load_accessory(self, key: str, fallback_path: str | None = None) -> Any:
         """The parsed JSON accessory uploaded under key (case-insensitive, '-' and '_' alike).
@@ -513,5 +513,5 @@ class WorkflowContext:
             with open(fallback_path, "r", encoding="utf-8") as f:
                 return json.load(f)
         self._accessories[normal] = value
-        self._channel.send({"t": "accessory", "key": normal, "value": value})
+        self._channel.send(ACCESSORY, {"key": normal, "value": value})
         return value

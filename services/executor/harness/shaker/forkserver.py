@@ -15,9 +15,16 @@ then bytes):
 This process answers on a SOCK_SEQPACKET socket, one message each:
   {"t": "forked", "name", "pid"} with the worker's ends of the child's four pipes (SCM_RIGHTS)
   {"t": "fork_failed", "name", "error"}
-  {"t": "exited", "pid", "code", "signal"}
+  {"t": "exited", "pid", "code", "signal", "memory_exceeded"}
 Since requests are handled in order, a child has every version and accessory sent before its fork.
 The end of the request pipe (the worker is gone) kills every child and ends this process.
+
+Confined (sandbox.Confinement.enabled), each child is cloned into namespaces of its own and given a
+uid nobody else alive has (as root: one of this worker's slots, taken at the fork and given back
+when the child is reaped, which is when every process of its PID namespace is gone). Every child,
+confined or not, is put into cgroups of its own (one per controller the Executor prepared: pids,
+memory, CPU weight) before the worker hears of it; the run cannot write them, and they are
+removed once it is reaped.
 """
 from __future__ import annotations
 
@@ -31,14 +38,63 @@ import socket
 import sys
 from typing import Any
 
-from shaker import runtime
+from shaker import runtime, sandbox
 from shaker.frames import FrameReader, kill_group
 
+
+class Cgroup:
+    """One controller's directory for this server's runs (opened before the worker entered its
+    sandbox, so it is reached by descriptor), and the limits each run's group there gets."""
+
+    def __init__(self, fd: int, limits: dict[str, str]) -> None:
+        self.fd = fd
+        self.limits = limits
+
+    def attach(self, name: str, pid: int) -> None:
+        try:
+            os.mkdir(name, 0o755, dir_fd=self.fd)
+        except FileExistsError:
+            pass
+        for file, value in self.limits.items():
+            _write_at(self.fd, f"{name}/{file}", value)
+        _write_at(self.fd, f"{name}/cgroup.procs", str(pid))
+
+    def oom_killed(self, name: str) -> bool:
+        for file in ("memory.oom_control", "memory.events"):
+            try:
+                fd = os.open(f"{name}/{file}", os.O_RDONLY, dir_fd=self.fd)
+            except OSError:
+                continue
+            try:
+                text = os.read(fd, 4096).decode()
+            finally:
+                os.close(fd)
+            for line in text.splitlines():
+                key, _, value = line.partition(" ")
+                if key == "oom_kill" and value.strip() not in ("", "0"):
+                    return True
+        return False
+
+
+def _write_at(dir_fd: int, path: str, value: str) -> None:
+    fd = os.open(path, os.O_WRONLY, dir_fd=dir_fd)
+    try:
+        os.write(fd, value.encode())
+    finally:
+        os.close(fd)
+
+
 class ForkServer:
-    def __init__(self, requests_fd: int, sock: socket.socket) -> None:
+    def __init__(self, requests_fd: int, sock: socket.socket, confinement: sandbox.Confinement,
+                 cgroups: list[Cgroup]) -> None:
         self.requests_fd = requests_fd
         self.requests = FrameReader(requests_fd)
         self.sock = sock
+        self.confinement = confinement
+        self.cgroups = cgroups
+        self.free_slots = list(range(confinement.uid_stride - 1, -1, -1))  # pop() takes the lowest
+        self.slot_of: dict[int, int] = {}
+        self.leftovers = runtime.Leftovers()
         self.code_cache: dict[str, Any] = {}
         self.accessories: dict[str, dict[str, Any]] = {}
         self.children: dict[int, str] = {}  # pid -> name
@@ -57,6 +113,10 @@ class ForkServer:
             self.sock.send(data)
 
     def fork(self, name: str, rehearse: bool) -> None:
+        conf = self.confinement
+        if conf.enabled and not self.free_slots:
+            self.answer({"t": "fork_failed", "name": name, "error": "every run uid of this worker is in use"})
+            return
         try:
             ctl_r, ctl_w = os.pipe()
             frames_r, frames_w = os.pipe()
@@ -65,28 +125,45 @@ class ForkServer:
         except OSError as e:
             self.answer({"t": "fork_failed", "name": name, "error": str(e)})
             return
+        slot = self.free_slots.pop() if conf.enabled else -1
         # Objects that exist now are never collected in the child: keeping them out of the collector
         # spares the child copying every page a collection would touch.
         gc.freeze()
         try:
-            pid = os.fork()
+            pid = sandbox.clone_run(conf) if conf.enabled else os.fork()
         except OSError as e:
             for fd in (ctl_r, ctl_w, frames_r, frames_w, out_r, out_w, err_r, err_w):
                 os.close(fd)
+            if slot >= 0:
+                self.free_slots.append(slot)
             self.answer({"t": "fork_failed", "name": name, "error": str(e)})
             return
         if pid == 0:
             try:
-                runtime.spare_main(name, ctl_r, frames_w, out_w, err_w, self.code_cache, self.accessories, rehearse)
+                confinement = (conf, sandbox.run_uid(conf, slot)) if conf.enabled else None
+                runtime.spare_main(name, ctl_r, frames_w, out_w, err_w, self.code_cache, self.accessories, rehearse,
+                                   confinement)
             finally:
                 os._exit(70)
         for fd in (ctl_r, frames_w, out_w, err_w):
             os.close(fd)
+        if slot >= 0:
+            self.slot_of[pid] = slot
         try:
             os.setpgid(pid, pid)  # also done by the child; whichever runs first makes the group exist
         except OSError:
             pass
         self.children[pid] = name
+        try:
+            for group in self.cgroups:
+                group.attach(name, pid)
+        except OSError as e:
+            # A run that cannot be held by its limits does not run: its child dies unused.
+            kill_group(pid)
+            for fd in (ctl_w, frames_r, out_r, err_r):
+                os.close(fd)
+            self.answer({"t": "fork_failed", "name": name, "error": f"cannot put the run into its cgroup: {e}"})
+            return
         ends = [ctl_w, frames_r, out_r, err_r]
         try:
             self.answer({"t": "forked", "name": name, "pid": pid}, ends)
@@ -123,16 +200,28 @@ class ForkServer:
                 return
             if pid == 0:
                 return
-            self.children.pop(pid, None)
+            name = self.children.pop(pid, None)
+            slot = self.slot_of.pop(pid, None)
+            if slot is not None:
+                self.free_slots.append(slot)  # its PID namespace, and so every process with that uid, is gone
+            oom = False
+            if name is not None:
+                if not self.confinement.enabled:
+                    runtime.remove_run_tmpdir(name)  # a confined run's /tmp went with its namespace
+                oom = any(group.oom_killed(name) for group in self.cgroups)
+                for group in self.cgroups:
+                    self.leftovers.remove((group.fd, name))
             code = os.waitstatus_to_exitcode(status)
-            self.answer({"t": "exited", "pid": pid, "code": max(code, 0), "signal": max(-code, 0)})
+            self.answer({"t": "exited", "pid": pid, "code": max(code, 0), "signal": max(-code, 0),
+                         "memory_exceeded": oom})
 
     def serve(self) -> None:
         sel = selectors.DefaultSelector()
         sel.register(self.requests_fd, selectors.EVENT_READ, "requests")
         sel.register(self.wake_r, selectors.EVENT_READ, "wake")
         while True:
-            for key, _ in sel.select():
+            timeout = runtime.Leftovers.RETRY_SECONDS if self.leftovers.busy else None
+            for key, _ in sel.select(timeout):
                 if key.data == "requests":
                     if not self.read_requests():
                         self.shutdown()
@@ -144,23 +233,28 @@ class ForkServer:
                     except BlockingIOError:
                         pass
             self.reap()
+            if self.leftovers.busy:
+                self.leftovers.retry()
 
     def shutdown(self) -> None:
         """The worker is gone: so are its children and what they had (the worker, gone, may not have
         removed their TMPDIRs and cgroups; if it did, there is nothing left to remove)."""
         for pid in self.children:
             kill_group(pid)
-        leftovers = runtime.Leftovers()
         for pid, name in self.children.items():
             try:
                 os.waitpid(pid, 0)
             except ChildProcessError:
                 pass
-            leftovers.remove(name, within=1.0)
-        leftovers.drain()
+            if not self.confinement.enabled:
+                runtime.remove_run_tmpdir(name)
+            for group in self.cgroups:
+                self.leftovers.remove((group.fd, name), within=1.0)
+        self.leftovers.drain()
 
 
-def start(keep: tuple[int, ...]) -> tuple[int, int, socket.socket]:
+def start(keep: tuple[int, ...], confinement: sandbox.Confinement,
+          cgroups: list[Cgroup]) -> tuple[int, int, socket.socket]:
     """Forks the fork server from the worker. Returns its pid, the pipe to write requests to, and the
     socket its answers arrive on. In the server, every descriptor but `keep` (the worker's own, which
     it may not touch) is left as it was; `keep` are pointed at /dev/null, so a pipe made later never
@@ -176,7 +270,7 @@ def start(keep: tuple[int, ...]) -> tuple[int, int, socket.socket]:
             for fd in keep:
                 os.dup2(devnull, fd)
             os.close(devnull)
-            ForkServer(requests_r, theirs).serve()
+            ForkServer(requests_r, theirs, confinement, cgroups).serve()
         except BaseException as e:  # noqa: BLE001 - whatever ends it, it must not return into the worker
             print(f"fork server: {e!r}", file=sys.stderr, flush=True)
         finally:

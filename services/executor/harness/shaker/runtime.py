@@ -15,7 +15,9 @@ import traceback
 import types
 from typing import Any
 
+from . import sandbox
 from .context import Channel, WorkflowContext
+from .frames import ERROR, RESULT
 from .rpc import RpcClient
 
 # The child's descriptors: 0 /dev/null, 1 and 2 the output pipes, then these two, nothing else.
@@ -23,9 +25,6 @@ CTL_FD = 3
 FRAMES_FD = 4
 # How long a finished child waits for the worker to kill it before it exits by itself.
 END_GRACE_SECONDS = 10.0
-# A pids-controller cgroup each child makes its own group in, capped at this many processes.
-PIDS_CGROUP = os.environ.get("SHAKER_PIDS_CGROUP", "")
-MAX_PROCESSES = int(os.environ.get("SHAKER_RUN_MAX_PROCESSES") or 0)
 
 
 def _limit(kind: int, value: int | None) -> None:
@@ -80,26 +79,18 @@ def _apply_limits(payload: dict[str, Any]) -> None:
     _limit(resource.RLIMIT_FSIZE, limits.get("file_bytes"))
 
 
-def child_group(name: str) -> str:
-    """The pids cgroup of the child called name, or "" where runs have no process cap."""
-    return os.path.join(PIDS_CGROUP, name) if PIDS_CGROUP and MAX_PROCESSES > 0 else ""
-
-
-def _prepare_space(name: str) -> None:
-    """Gives this child what is its own before it has a run, so a run waits for none of it: a private
-    TMPDIR, and a pids cgroup capping its processes (RLIMIT_NPROC counts every process of the user,
-    and binds no one running as root)."""
-    tmp = run_tmpdir(name)
-    os.mkdir(tmp, 0o700)
+def _prepare_space(name: str, confinement: tuple[sandbox.Confinement, int] | None) -> None:
+    """Gives this child what is its own before it has a run, so a run waits for none of it. Confined:
+    its namespaces' /proc and /tmp, its own principal and filters (sandbox.confine_run); unconfined
+    (SHAKER_SANDBOX=none), a private TMPDIR on the host's. Its cgroups are the fork server's doing."""
+    if confinement is not None:
+        sandbox.confine_run(*confinement)
+        tmp = "/tmp"
+    else:
+        tmp = run_tmpdir(name)
+        os.mkdir(tmp, 0o700)
     os.environ["TMPDIR"] = tmp
     tempfile.tempdir = tmp
-    group = child_group(name)
-    if group:
-        os.mkdir(group)
-        with open(os.path.join(group, "pids.max"), "w") as f:
-            f.write(str(MAX_PROCESSES))
-        with open(os.path.join(group, "cgroup.procs"), "w") as f:
-            f.write(str(os.getpid()))
 
 
 _REHEARSAL = compile("def execute(ctx):\n    return {'ok': True, 'input': ctx.input}\n", "rehearsal.py", "exec")
@@ -119,13 +110,15 @@ def _rehearse() -> None:
 
 
 def spare_main(name: str, ctl_fd: int, frames_fd: int, out_fd: int, err_fd: int, code_cache: dict[str, Any],
-               accessories: dict[str, dict[str, Any]], rehearse: bool = True) -> None:
+               accessories: dict[str, dict[str, Any]], rehearse: bool = True,
+               confinement: tuple[sandbox.Confinement, int] | None = None) -> None:
     """Runs in a freshly forked spare child: gets ready, waits for one run, runs it, exits. Never returns.
-    A child forked for a run that is already waiting skips the rehearsal, which would only delay it."""
+    A child forked for a run that is already waiting skips the rehearsal, which would only delay it.
+    `confinement` is the description and uid of a confined child (sandbox.clone_run made it)."""
     _setup_process(ctl_fd, frames_fd, out_fd, err_fd)
     unconfined: OSError | None = None
     try:
-        _prepare_space(name)
+        _prepare_space(name, confinement)
     except OSError as e:
         unconfined = e  # reported as the run's error: no run goes without its limits
     if rehearse and unconfined is None:
@@ -175,36 +168,36 @@ def remove_run_tmpdir(name: str) -> None:
 
 
 class Leftovers:
-    """Removes what gone children had: the TMPDIR at once, the cgroup once it is empty (a group
-    empties a moment after its last process is killed, so a busy one is tried again by retry())."""
+    """Removes directories that gone processes had (a run's cgroups) once they are empty: a group
+    empties a moment after its last process is killed, so a busy one is tried again by retry()."""
 
     RETRY_SECONDS = 0.1
 
     def __init__(self) -> None:
-        self.busy: list[tuple[str, float]] = []  # (cgroup, give up at)
+        self.busy: list[tuple[str | tuple[int, str], float]] = []  # (path or (dir fd, name), give up at)
 
-    def remove(self, name: str, within: float = 5.0) -> None:
-        remove_run_tmpdir(name)
-        group = child_group(name)
-        if group:
-            self.busy.append((group, time.monotonic() + within))
-            self.retry()
+    def remove(self, path: str | tuple[int, str], within: float = 5.0) -> None:
+        self.busy.append((path, time.monotonic() + within))
+        self.retry()
 
     def retry(self) -> None:
         now = time.monotonic()
         still = []
-        for group, give_up in self.busy:
+        for path, give_up in self.busy:
             try:
-                os.rmdir(group)
+                if isinstance(path, tuple):
+                    os.rmdir(path[1], dir_fd=path[0])
+                else:
+                    os.rmdir(path)
             except FileNotFoundError:
                 pass
             except OSError:
                 if now < give_up:
-                    still.append((group, give_up))
+                    still.append((path, give_up))
         self.busy = still
 
     def drain(self) -> None:
-        """Retries until every group is removed or given up on (at exit)."""
+        """Retries until every directory is removed or given up on (at exit)."""
         while self.busy:
             time.sleep(self.RETRY_SECONDS / 10)
             self.retry()
@@ -261,8 +254,8 @@ def run(code: Any, payload: dict[str, Any], accessories: dict[str, Any], unconfi
             raise TypeError(f"execute returned a value that is not JSON-serialisable: {e}") from None
         sys.stdout.flush()
         sys.stderr.flush()
-        frame = '{"t":"result","output":' + body + ',"usage":' + json.dumps(ctx._usage.as_dict()) + "}"
-        channel.send_raw(frame.encode())
+        frame = '{"output":' + body + ',"usage":' + json.dumps(ctx._usage.as_dict()) + "}"
+        channel.send_raw(RESULT, frame.encode())
     except BaseException as e:  # SystemExit and KeyboardInterrupt are failures of the run too
         status = 1
         try:
@@ -272,7 +265,7 @@ def run(code: Any, payload: dict[str, Any], accessories: dict[str, Any], unconfi
             pass
         tb = traceback.format_exc()
         try:
-            channel.send({"t": "error", "type": type(e).__name__, "message": str(e), "traceback": tb})
+            channel.send(ERROR, {"type": type(e).__name__, "message": str(e), "traceback": tb})
         except Exception:
             pass
     # The worker kills this process as soon as it has read the last frame. Exiting here instead

@@ -1,16 +1,10 @@
 """The long-lived Python worker: preloads the harness, then runs every run in a fresh forked child.
 
-Protocol (never on stdout): the Executor writes frames to fd 3 and reads frames from fd 4. A frame
-is a 4-byte big-endian length and a body. Frames the worker sends are prefixed with the run id and a
-newline, so the Executor can route them without the worker re-encoding child frames.
-
-  Executor -> worker: {"t": "run", "id", "version_id", "source"?}\\n<payload JSON>
-                      {"t": "source", "version_id", "source"}   (cache only)
-                      {"t": "pause"|"resume", "id"}   (flow control of one run)
-  worker -> Executor: id\\n{"t": "started", "pid"}
-                      id\\n<a child frame: emit, log, http, accessory, result, error>
-                      id\\n{"t": "output", "stream": "stdout"|"stderr", "data"}
-                      id\\n{"t": "exit", "code", "signal", "output_truncated"}
+Protocol: PROTOCOL.md beside this package describes every frame on every pipe. In short: the
+Executor writes frames to fd 3 and reads frames from fd 4, never stdout; every frame about a run is
+`run id \n kind byte JSON`, and the kinds a run's own process may send (emit, log, result, error;
+accessories the worker keeps) are the only ones relayed from it: started, exit and output come from
+the worker's own knowledge, so nothing a run writes can end it early or name a process to kill.
 
 Speed: a fork of this interpreter, and the child's generic set-up (process group, signals, closing
 every inherited descriptor, stdout and stderr on pipes, its TMPDIR and cgroup), happen before a run
@@ -42,34 +36,38 @@ import sys
 import time
 from typing import Any
 
-from shaker import forkserver, runtime
-from shaker.frames import FrameReader, kill_group, split_frames, write_all, write_frame
+from shaker import forkserver, runtime, sandbox
+from shaker.frames import (ACCESSORY, ERROR, EXIT, FROM_RUN, LOG, NEED_SOURCE, OUTPUT, RESULT, STARTED, FrameBuffer,
+                           FrameReader, FrameTooLarge, kill_group, write_all, write_frame)
 
 IN_FD = 3
 OUT_FD = 4
 MAX_OUTPUT_BYTES = int(os.environ.get("SHAKER_MAX_OUTPUT_BYTES", str(1024 * 1024)))
+# The largest frame a run may send (an emitted value or its result, as JSON); a larger one ends the run.
+MAX_FRAME_BYTES = int(os.environ.get("SHAKER_MAX_FRAME_BYTES", str(64 * 1024 * 1024)))
+MAX_LOG_BYTES = 1024 * 1024
 SPARES = int(os.environ.get("SHAKER_SPARES", "2"))
 RECENT = 0.005
 MAX_CACHED_VERSIONS = 256
 MAX_CACHED_ACCESSORY_BYTES = 8 * 1024 * 1024
 
-_RESULT = b'{"t":"result"'
-_ERROR = b'{"t":"error"'
-_ACCESSORY = b'{"t":"accessory"'
+
+def send(run_id: str, kind: bytes, body: bytes) -> None:
+    write_frame(OUT_FD, run_id.encode() + b"\n" + kind + body)
 
 
-def send(run_id: str, body: bytes) -> None:
-    write_frame(OUT_FD, run_id.encode() + b"\n" + body)
+def send_json(run_id: str, kind: bytes, value: dict[str, Any]) -> None:
+    send(run_id, kind, json.dumps(value, separators=(",", ":")).encode())
 
 
-def send_json(run_id: str, value: dict[str, Any]) -> None:
-    send(run_id, json.dumps(value, separators=(",", ":")).encode())
+def send_error(run_id: str, kind: str, message: str) -> None:
+    send_json(run_id, ERROR, {"type": kind, "message": message, "traceback": ""})
 
 
 def fail_unstarted(run_id: str, kind: str, message: str) -> None:
     """Ends a run that never got a process: its error, then its exit."""
-    send_json(run_id, {"t": "error", "type": kind, "message": message, "traceback": ""})
-    send_json(run_id, {"t": "exit", "code": 1, "signal": 0, "output_truncated": False})
+    send_error(run_id, kind, message)
+    send_json(run_id, EXIT, {"code": 1, "signal": 0, "output_truncated": False})
 
 
 class Child:
@@ -87,20 +85,22 @@ class Child:
         self.out_fd = out_fd
         self.err_fd = err_fd
         self.versions = versions  # the compiled versions it inherited
-        self.frame_buf = b""
+        self.frames = FrameBuffer(MAX_FRAME_BYTES)
         self.open_fds = {frames_fd, out_fd, err_fd}
         self.output_bytes = 0
         self.output_truncated = False
         self.status: tuple[int, int] | None = None
+        self.memory_exceeded = False
         self.reported = False  # the exit frame was sent
         self.paused = False  # its frames pipe is out of the selector (flow control)
 
 
 class Worker:
-    def __init__(self) -> None:
+    def __init__(self, confinement: sandbox.Confinement, cgroups: list[forkserver.Cgroup]) -> None:
+        self.confinement = confinement
         # First, while this process holds nothing but the harness: everything the fork server
         # inherits, every child inherits.
-        self.forker_pid, self.forker_fd, self.forker = forkserver.start(keep=(IN_FD, OUT_FD))
+        self.forker_pid, self.forker_fd, self.forker = forkserver.start((IN_FD, OUT_FD), confinement, cgroups)
         self.forker.setblocking(False)
         self.sel = selectors.DefaultSelector()
         self.code_cache: dict[str, Any] = {}
@@ -111,7 +111,6 @@ class Worker:
         self.forks = 0
         self.forking: dict[str, tuple[frozenset[str], dict[str, int], bool]] = {}  # asked of the fork server, by name
         self.waiting: collections.deque[tuple[str, str, bytes]] = collections.deque()  # runs with no child yet
-        self.leftovers = runtime.Leftovers()
         self.last_handoff = 0.0  # when the latest run was handed to a child
         self.unreported = 0  # runs handed to a child whose exit is not reported yet
         self.spares: list[Child] = []
@@ -125,15 +124,15 @@ class Worker:
     # -- control frames ---------------------------------------------------------------------------
 
     def compile_source(self, version_id: str, source: str) -> Any:
-        """Compiles a version once; a script that does not compile is remembered as its error, since
-        the Executor sends each version's source to a worker only once."""
+        """Compiles a version once; a script that does not compile is remembered as its error. When
+        the cache is full it is cleared: a later run of a forgotten version is answered "need
+        source", and the Executor sends the run again with it."""
         code = self.code_cache.get(version_id)
         if code is None:
             try:
                 code = compile(source, "workflow.py", "exec")
             except (SyntaxError, ValueError) as e:
                 code = e
-            # The Executor clears its list of versions sent at the same size, so both forget together.
             if len(self.code_cache) >= MAX_CACHED_VERSIONS:
                 self.code_cache.clear()
                 self.marshalled.clear()
@@ -154,9 +153,7 @@ class Worker:
         nl = body.find(b"\n")
         head = json.loads(body if nl < 0 else body[:nl])
         kind = head.get("t")
-        if kind == "source":
-            self.compile_source(head["version_id"], head["source"])
-        elif kind == "run":
+        if kind == "run":
             self.start_run(head, body[nl + 1:] if nl >= 0 else b"{}")
         elif kind == "pause" or kind == "resume":
             child = self.running.get(head.get("id", ""))
@@ -178,11 +175,13 @@ class Worker:
         run_id = head["id"]
         version_id = head["version_id"]
         code_or_error = self.code_cache.get(version_id)
-        if code_or_error is None and "source" in head:
+        if code_or_error is None:
+            if "source" not in head:
+                send_json(run_id, NEED_SOURCE, {"version_id": version_id})
+                return
             code_or_error = self.compile_source(version_id, head["source"])
-        if code_or_error is None or isinstance(code_or_error, BaseException):
-            e = code_or_error or RuntimeError("the worker has no source for version " + version_id)
-            fail_unstarted(run_id, type(e).__name__, str(e))
+        if isinstance(code_or_error, BaseException):
+            fail_unstarted(run_id, type(code_or_error).__name__, str(code_or_error))
             return
         self.waiting.append((run_id, version_id, payload))
         self.dispatch()
@@ -214,7 +213,7 @@ class Worker:
             pass  # the spare died; its exit is reported when it is reaped
         # The child first, the Executor second: the Executor needs the pid only to kill the run, and
         # every frame of the child still follows it (they are read once this turn of the loop is over).
-        send_json(run_id, {"t": "started", "pid": child.pid})
+        send_json(run_id, STARTED, {"pid": child.pid})
         os.close(child.ctl_fd)
         child.ctl_fd = -1
 
@@ -245,7 +244,7 @@ class Worker:
             elif kind == "fork_failed":
                 self.fork_failed(answer["name"], answer["error"])
             elif kind == "exited":
-                self.exited(answer["pid"], answer["code"], answer["signal"])
+                self.exited(answer["pid"], answer["code"], answer["signal"], bool(answer.get("memory_exceeded")))
 
     def forked(self, name: str, pid: int, fds: list[int]) -> None:
         versions, accessory_gen, _ = self.forking.pop(name)
@@ -272,11 +271,12 @@ class Worker:
             run_id, _, _ = self.waiting.popleft()
             fail_unstarted(run_id, "ResourceExhausted", f"no process could be started for the run: {error}")
 
-    def exited(self, pid: int, code: int, sig: int) -> None:
+    def exited(self, pid: int, code: int, sig: int, memory_exceeded: bool = False) -> None:
         child = self.children.get(pid)
         if child is None:
             return
         child.status = (code, sig)
+        child.memory_exceeded = memory_exceeded
         # The run is over: whatever it forked goes with it, so its pipes close and nothing lingers.
         kill_group(pid)
         if child in self.spares:
@@ -323,24 +323,46 @@ class Worker:
             self.relay_output(child, role, data)
 
     def read_frames(self, child: Child, data: bytes) -> None:
-        bodies, child.frame_buf = split_frames(child.frame_buf + data if child.frame_buf else data)
+        """Relays what a run's process sent: its own data frames and nothing else. A frame of another
+        kind, or over its size limit, ends the run as a protocol error."""
+        try:
+            bodies = child.frames.feed(data)
+        except FrameTooLarge as e:
+            self.end_run(child, "ProtocolError", f"the run sent {e}")
+            return
         for body in bodies:
-            if body.startswith(_ACCESSORY):
-                self.keep_accessory(child, body)
-                continue
-            if body.startswith(_RESULT) or body.startswith(_ERROR):
-                # The child flushed stdout and stderr before this frame: relay all of it first.
-                for out_fd, role in ((child.out_fd, "stdout"), (child.err_fd, "stderr")):
-                    self.drain_output(child, out_fd, role)
-                # The run is over before its caller hears so: its processes are killed and its
-                # TMPDIR removed first, so a run that starts next never finds this one's files.
-                kill_group(child.pid)
-                runtime.clear_run_tmpdir(child.name)
-                send(child.run_id, body)
-                self.report_exit(child, 0 if body.startswith(_RESULT) else 1, 0)
-                child.frame_buf = b""
+            kind = body[:1]
+            if kind not in FROM_RUN:
+                self.end_run(child, "ProtocolError", "the run wrote a frame the harness never sends on its frames pipe")
                 return
-            send(child.run_id, body)
+            if kind == ACCESSORY:
+                self.keep_accessory(child, body[1:])
+                continue
+            if kind == LOG and len(body) > MAX_LOG_BYTES:
+                self.end_run(child, "ProtocolError", f"the run sent a log line of {len(body)} bytes, over {MAX_LOG_BYTES}")
+                return
+            if kind == RESULT or kind == ERROR:
+                self.finish(child, body)
+                return
+            send(child.run_id, kind, body[1:])
+
+    def finish(self, child: Child, body: bytes) -> None:
+        """The run's last frame arrived: relay its output (flushed before the frame), kill its
+        processes and clear its TMPDIR (so a run that starts next never finds its files), then tell
+        the Executor."""
+        for out_fd, role in ((child.out_fd, "stdout"), (child.err_fd, "stderr")):
+            self.drain_output(child, out_fd, role)
+        kill_group(child.pid)
+        if not self.confinement.enabled:
+            runtime.clear_run_tmpdir(child.name)
+        send(child.run_id, body[:1], body[1:])
+        self.report_exit(child, 0 if body[:1] == RESULT else 1, 0)
+
+    def end_run(self, child: Child, kind: str, message: str) -> None:
+        """Ends a run the worker will not hear more from (a protocol violation): its error, its kill."""
+        kill_group(child.pid)
+        send_error(child.run_id, kind, message)
+        self.report_exit(child, 1, 9)
 
     def keep_accessory(self, child: Child, body: bytes) -> None:
         # A child fetched an accessory from the Registry: keep it for the child's version (never for a
@@ -351,7 +373,7 @@ class Worker:
             frame = json.loads(body)
             key = str(frame["key"])
             self.accessories.setdefault(child.version_id, {})[key] = frame["value"]
-        except (ValueError, KeyError, TypeError):
+        except (ValueError, KeyError, TypeError, AttributeError):
             return
         self.accessory_gen[child.version_id] = self.accessory_gen.get(child.version_id, 0) + 1
         self.ask_forker({"t": "accessory", "version_id": child.version_id, "key": key}, json.dumps(frame["value"]).encode())
@@ -373,7 +395,7 @@ class Worker:
             child.output_truncated = True
         child.output_bytes += len(data)
         if data:
-            send_json(child.run_id, {"t": "output", "stream": role, "data": data.decode("utf-8", "replace")})
+            send_json(child.run_id, OUTPUT, {"stream": role, "data": data.decode("utf-8", "replace")})
         if child.output_truncated:
             kill_group(child.pid)
 
@@ -382,7 +404,8 @@ class Worker:
             return
         child.reported = True
         self.unreported -= 1
-        send_json(child.run_id, {"t": "exit", "code": code, "signal": sig, "output_truncated": child.output_truncated})
+        send_json(child.run_id, EXIT, {"code": code, "signal": sig, "output_truncated": child.output_truncated,
+                                       "memory_exceeded": child.memory_exceeded})
 
     def maybe_finish(self, child: Child) -> None:
         if child.status is None or child.open_fds:
@@ -390,7 +413,6 @@ class Worker:
         del self.children[child.pid]
         if self.running.get(child.run_id) is child:
             del self.running[child.run_id]
-        self.leftovers.remove(child.name)
         if child.ctl_fd >= 0:
             os.close(child.ctl_fd)
             child.ctl_fd = -1
@@ -423,9 +445,6 @@ class Worker:
     def serve(self) -> None:
         while True:
             timeout = self.refill_timeout()
-            if self.leftovers.busy:
-                retry = runtime.Leftovers.RETRY_SECONDS
-                timeout = retry if timeout is None else min(timeout, retry)
             try:
                 events = self.sel.select(timeout)
             except InterruptedError:
@@ -448,30 +467,40 @@ class Worker:
                         sys.exit(1)
                 elif key.fd in self.fd_owner:
                     self.read_child(key.fd)
-            if self.leftovers.busy:
-                self.leftovers.retry()
 
     def shutdown(self) -> None:
-        """Ends every child and removes what they had (TMPDIRs, cgroups) before the worker exits."""
+        """Ends every child; the fork server, told by the end of its request pipe, reaps them and
+        removes what they had (TMPDIRs, cgroups) before the worker exits."""
         for pid in list(self.children):
             kill_group(pid)
-        # The end of its request pipe tells the fork server to kill and reap its children and exit.
         os.close(self.forker_fd)
         try:
             os.waitpid(self.forker_pid, 0)
         except ChildProcessError:
             pass
-        for child in list(self.children.values()):
-            self.leftovers.remove(child.name, within=1.0)
-        self.leftovers.drain()
+
+
+def open_cgroups() -> list[forkserver.Cgroup]:
+    """The controllers' directories the Executor prepared for this server's runs (SHAKER_CGROUPS:
+    a JSON list of {"dir", "limits"}), opened now: a confined worker cannot see them later."""
+    groups = []
+    for entry in json.loads(os.environ.get("SHAKER_CGROUPS") or "[]"):
+        fd = os.open(entry["dir"], os.O_RDONLY | os.O_DIRECTORY)
+        groups.append(forkserver.Cgroup(fd, {k: str(v) for k, v in entry.get("limits", {}).items()}))
+    return groups
 
 
 def main() -> None:
-    runtime.run_tmpdir("")  # settles tempfile's directory once, for every child
-    runtime.remove_stale_tmpdirs()
+    confinement = sandbox.Confinement.from_env()
+    cgroups = open_cgroups()
+    if confinement.enabled:
+        sandbox.enter_worker(confinement)
+    else:
+        runtime.run_tmpdir("")  # settles tempfile's directory once, for every child
+        runtime.remove_stale_tmpdirs()
     os.set_blocking(IN_FD, True)
     try:
-        Worker().serve()
+        Worker(confinement, cgroups).serve()
     except OSError as e:
         if e.errno != errno.EPIPE:
             raise
