@@ -92,7 +92,8 @@ class ForkServer:
         self.sock = sock
         self.confinement = confinement
         self.cgroups = cgroups
-        self.free_slots = list(range(confinement.uid_stride - 1, -1, -1))  # pop() takes the lowest
+        self.free_slots: list[int] = []  # slots given back; slots never used start at next_slot
+        self.next_slot = 0
         self.slot_of: dict[int, int] = {}
         self.leftovers = runtime.Leftovers()
         self.code_cache: dict[str, Any] = {}
@@ -114,7 +115,7 @@ class ForkServer:
 
     def fork(self, name: str, rehearse: bool) -> None:
         conf = self.confinement
-        if conf.enabled and not self.free_slots:
+        if conf.enabled and not self.free_slots and self.next_slot >= conf.uid_stride:
             self.answer({"t": "fork_failed", "name": name, "error": "every run uid of this worker is in use"})
             return
         try:
@@ -125,7 +126,13 @@ class ForkServer:
         except OSError as e:
             self.answer({"t": "fork_failed", "name": name, "error": str(e)})
             return
-        slot = self.free_slots.pop() if conf.enabled else -1
+        slot = -1
+        if conf.enabled:
+            if self.free_slots:
+                slot = self.free_slots.pop()
+            else:
+                slot = self.next_slot
+                self.next_slot += 1
         # Objects that exist now are never collected in the child: keeping them out of the collector
         # spares the child copying every page a collection would touch.
         gc.freeze()
