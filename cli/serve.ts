@@ -110,6 +110,7 @@ export async function startShaker(config: Config): Promise<Shaker> {
     maxConcurrentRuns: config.maxConcurrentRuns,
     maxConcurrentRunsPerAccount: config.maxConcurrentRunsPerAccount,
     maxNestingDepth: config.maxNestingDepth,
+    httpAllow: config.httpAllow,
     limits: { memoryBytes: config.runMemoryBytes, openFiles: 256, fileBytes: 64 * 1024 * 1024 },
   });
   const modelproxy = createModelProxyService(deps("modelproxy"));

@@ -17,7 +17,8 @@ import { startTestServer, type TestServer } from "./helpers.js";
 process.env.SHAKER_TEST_SERVER_SECRET = "server-side-secret-runs-must-not-see";
 // One server for the whole file, started before the tests are collected: the model and datastore
 // tests run only once the ModelProxy answers (it is built in parallel; until then it is Unimplemented).
-const server: TestServer = await startTestServer({ workers: 1, maxNestingDepth: 3 });
+// ctx.http leaves through the Executor, which reaches the test's local target only when allowed.
+const server: TestServer = await startTestServer({ workers: 1, maxNestingDepth: 3, httpAllow: ["127.0.0.1"] });
 const auth = { headers: { authorization: `Bearer ${server.apiKey}` } };
 const transport = createConnectTransport({ baseUrl: server.url, httpVersion: "1.1" });
 const executor = createClient(ExecutorService, transport);

@@ -49,6 +49,13 @@ export interface Config {
   runTmpBytes: number;
   /** runReadPaths are further host paths confined runs may read (read-only); `SHAKER_RUN_READ_PATHS`, colon-separated. */
   runReadPaths: string[];
+  /**
+   * httpAllow lists what ctx.http may reach besides public addresses; `SHAKER_HTTP_ALLOW`, comma-separated:
+   * CIDR ranges (`10.0.0.0/8`), IP addresses (`10.1.2.3`, `10.1.2.3:8080`, `[::1]:8080`), host names
+   * (`api.internal`, `api.internal:8443`, `*.internal`). Loopback, link-local, private, CGNAT, multicast
+   * and reserved addresses are refused unless listed.
+   */
+  httpAllow?: string[];
   /** quiet silences the start-up banner (tests). */
   quiet: boolean;
 }

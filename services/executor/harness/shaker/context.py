@@ -247,7 +247,12 @@ class _Http:
                 timeout: float = 30) -> HttpResponse:
         """Makes an outbound HTTP request and records it on the run (method, host, status, duration;
         never headers or bodies). Non-2xx answers are returned, not raised; a request that gets no
-        answer raises HttpError."""
+        answer raises HttpError.
+
+        The run has no network of its own: the platform makes the request on its behalf, follows up
+        to 5 redirects, and refuses internal addresses (loopback, private, link-local, ...) that its
+        operator has not allowed; a refusal raises HttpError too. `timeout` bounds the whole exchange."""
+        import base64
         import json as _json
         method = method.upper()
         if params:
@@ -255,37 +260,34 @@ class _Http:
         parts = urllib.parse.urlsplit(url)
         if parts.scheme not in ("http", "https"):
             raise HttpError(f"unsupported URL scheme in {url!r}: use http or https")
-        hdrs = dict(headers or {})
+        host = parts.netloc.rpartition("@")[2]  # never the user-info, in messages as in the record
+        hdrs = {str(k): str(v) for k, v in (headers or {}).items()}
+        given = {k.lower() for k in hdrs}
         body: bytes | None = None
         if json is not None:
             body = _json.dumps(json).encode()
-            hdrs.setdefault("Content-Type", "application/json")
+            if "content-type" not in given:
+                hdrs["Content-Type"] = "application/json"
         elif data is not None:
             if isinstance(data, dict):
                 body = urllib.parse.urlencode(data).encode()
-                hdrs.setdefault("Content-Type", "application/x-www-form-urlencoded")
+                if "content-type" not in given:
+                    hdrs["Content-Type"] = "application/x-www-form-urlencoded"
             else:
                 body = data.encode() if isinstance(data, str) else bytes(data)
-        req = urllib.request.Request(url, data=body, headers=hdrs, method=method)
-        started = time.time()
-        status = 0
-        error = ""
+        request: dict[str, Any] = {"method": method, "url": url, "headers": hdrs,
+                                   "timeoutSeconds": 86400.0 if timeout is None else float(timeout)}
+        if body:
+            request["body"] = base64.b64encode(body).decode("ascii")
         try:
-            try:
-                with urllib.request.urlopen(req, timeout=timeout) as resp:
-                    status = resp.status
-                    return HttpResponse(resp.status, dict(resp.headers.items()), resp.read(), url)
-            except urllib.error.HTTPError as e:
-                status = e.code
-                return HttpResponse(e.code, dict(e.headers.items()), e.read(), url)
-        except (urllib.error.URLError, OSError, ValueError) as e:
-            reason = getattr(e, "reason", e)
-            error = f"{type(reason).__name__}: {reason}"
-            raise HttpError(f"{method} {parts.scheme}://{parts.netloc} failed: {error}") from None
-        finally:
-            self._ctx._channel.send({"t": "http", "method": method, "host": parts.netloc, "status": status,
-                                     "duration_ms": (time.time() - started) * 1000, "error": error,
-                                     "time": started})
+            # The platform answers within the timeout (or the run's remaining time): a little more for the call itself.
+            resp = self._ctx._rpc.call(EXECUTOR, "Fetch", request, timeout=None if timeout is None else float(timeout) + 10)
+        except RpcError as e:
+            raise HttpError(f"{method} {parts.scheme}://{host} failed: {e.message or e.code}") from None
+        except OSError as e:
+            raise HttpError(f"{method} {parts.scheme}://{host} failed: {type(e).__name__}: {e}") from None
+        content = base64.b64decode(resp.get("body") or "")
+        return HttpResponse(int(resp.get("status") or 0), dict(resp.get("headers") or {}), content, resp.get("url") or url)
 
     def get(self, url: str, **kw: Any) -> HttpResponse:
         return self.request("GET", url, **kw)
