@@ -23,6 +23,39 @@ export interface Listener {
 /** ListenTarget is where to listen: a TCP port and host, or a Unix domain socket path. */
 export type ListenTarget = { port: number; host: string } | { path: string };
 
+/** ListenOptions bound what a connection may cost before and between its requests. */
+export interface ListenOptions {
+  /**
+   * headersTimeoutMs bounds the wait for a request's head: a new connection that has not sent its
+   * first request's headers (HTTP/1.1) or the HTTP/2 preface and its first stream within this is
+   * destroyed, and so is an HTTP/1.1 request whose headers take longer from its first byte.
+   * Default 10,000; 0 turns it off.
+   */
+  headersTimeoutMs?: number;
+  /**
+   * idleTimeoutMs closes a connection with no request in flight: an HTTP/1.1 keep-alive connection
+   * between requests, an HTTP/2 session with no open stream. A request in flight, however quiet (a
+   * long run, an SSE stream, a gRPC server stream), is never cut. Default 65,000; 0 turns it off.
+   */
+  idleTimeoutMs?: number;
+  /**
+   * maxConnectionsPerAddress caps one client's open connections on TCP (an IPv6 client is its /64);
+   * a connection over the cap is closed at once. Loopback counts too; a Unix socket has no cap.
+   * Default 256; 0 turns the cap off.
+   */
+  maxConnectionsPerAddress?: number;
+  /** maxConnections caps the listener's open connections in all; over it, new ones are closed at once. Default 0 (no cap). */
+  maxConnections?: number;
+}
+
+/** listenDefaults are the limits a listener has unless its options say otherwise. */
+export const listenDefaults: Required<ListenOptions> = {
+  headersTimeoutMs: 10_000,
+  idleTimeoutMs: 65_000,
+  maxConnectionsPerAddress: 256,
+  maxConnections: 0,
+};
+
 const h2Preface = Buffer.from("PRI * HTTP/2.0\r\n");
 
 /**
@@ -32,6 +65,10 @@ const h2Preface = Buffer.from("PRI * HTTP/2.0\r\n");
  * its next request reset.
  */
 function closeIfBodyUnread(req: http.IncomingMessage, res: http.ServerResponse): void {
+  // A request without a body is not `complete` yet while its handler runs synchronously; it has
+  // nothing left unread, and its connection may live on.
+  const length = req.headers["content-length"];
+  if (req.headers["transfer-encoding"] === undefined && (length === undefined || Number(length) === 0)) return;
   const writeHead = res.writeHead;
   res.writeHead = function (this: http.ServerResponse, ...args: unknown[]) {
     if (!req.complete && !this.headersSent) this.setHeader("connection", "close");
@@ -40,30 +77,70 @@ function closeIfBodyUnread(req: http.IncomingMessage, res: http.ServerResponse):
 }
 
 /**
- * listen serves `handler` on one port for HTTP/1.1 and cleartext HTTP/2 (h2c with prior knowledge,
- * as gRPC clients speak it). Each connection's first bytes decide: the HTTP/2 preface goes to the
- * HTTP/2 server, anything else to the HTTP/1.1 server.
+ * listen serves `handler` on one port (or Unix socket) for HTTP/1.1 and cleartext HTTP/2 (h2c with
+ * prior knowledge, as gRPC clients speak it). Each connection's first bytes decide: the HTTP/2
+ * preface goes to the HTTP/2 server, anything else to the HTTP/1.1 server. `options` bound what a
+ * connection may cost before and between requests (see ListenOptions).
  */
-export async function listen(handler: Handler, port: number, host: string): Promise<Listener>;
-export async function listen(handler: Handler, target: ListenTarget): Promise<Listener>;
-export async function listen(handler: Handler, portOrTarget: number | ListenTarget, hostArg?: string): Promise<Listener> {
-  const target: ListenTarget = typeof portOrTarget === "number" ? { port: portOrTarget, host: hostArg ?? "127.0.0.1" } : portOrTarget;
-  const h1 = http.createServer({ keepAliveTimeout: 65_000, requestTimeout: 0 }, (req, res) => {
-    closeIfBodyUnread(req, res);
-    handler(req, res);
-  });
-  h1.headersTimeout = 60_000;
+export async function listen(handler: Handler, port: number, host: string, options?: ListenOptions): Promise<Listener>;
+export async function listen(handler: Handler, target: ListenTarget, options?: ListenOptions): Promise<Listener>;
+export async function listen(
+  handler: Handler,
+  portOrTarget: number | ListenTarget,
+  hostOrOptions?: string | ListenOptions,
+  maybeOptions?: ListenOptions,
+): Promise<Listener> {
+  const target: ListenTarget =
+    typeof portOrTarget === "number" ? { port: portOrTarget, host: (hostOrOptions as string | undefined) ?? "127.0.0.1" } : portOrTarget;
+  const limits = { ...listenDefaults, ...(typeof hostOrOptions === "object" ? hostOrOptions : maybeOptions) };
+  const { headersTimeoutMs, idleTimeoutMs } = limits;
+  const h1 = http.createServer(
+    {
+      keepAliveTimeout: idleTimeoutMs,
+      headersTimeout: headersTimeoutMs,
+      requestTimeout: 0,
+      // How often Node looks for requests over headersTimeout; a tenth of it, within 50 ms to 1 s.
+      connectionsCheckingInterval: headersTimeoutMs > 0 ? Math.min(1000, Math.max(50, Math.floor(headersTimeoutMs / 10))) : 1000,
+    },
+    (req, res) => {
+      closeIfBodyUnread(req, res);
+      handler(req, res);
+    },
+  );
+  // Node enforces headersTimeout from a timer it starts on 'listening', and this server never
+  // listens (sockets are handed to it with emit("connection")): start that timer here. Without it a
+  // client that sends its headers a byte at a time holds the connection for ever.
+  h1.emit("listening");
   const h2 = http2.createServer({}, handler);
   const sockets = new Set<net.Socket>();
   const sessions = new Set<http2.Http2Session>();
-  h2.on("session", (s) => {
-    sessions.add(s);
-    s.once("close", () => sessions.delete(s));
+  h2.on("session", (session) => {
+    sessions.add(session);
+    watchSession(session, headersTimeoutMs, idleTimeoutMs);
+    session.once("close", () => sessions.delete(session));
   });
+  const perAddress = new Map<string, number>();
   const server = net.createServer((socket) => {
+    const client = addressKey(socket.remoteAddress);
+    if (client !== undefined && limits.maxConnectionsPerAddress > 0) {
+      const open = perAddress.get(client) ?? 0;
+      if (open >= limits.maxConnectionsPerAddress) {
+        socket.destroy();
+        return;
+      }
+      perAddress.set(client, open + 1);
+      socket.once("close", () => {
+        const left = (perAddress.get(client) ?? 1) - 1;
+        if (left > 0) perAddress.set(client, left);
+        else perAddress.delete(client);
+      });
+    }
     sockets.add(socket);
     socket.once("close", () => sockets.delete(socket));
     socket.once("error", () => socket.destroy());
+    // The first bytes must come in time; after the hand-over each protocol's own timers apply.
+    const firstBytes = headersTimeoutMs > 0 ? setTimeout(() => socket.destroy(), headersTimeoutMs) : undefined;
+    socket.once("close", () => clearTimeout(firstBytes));
     let seen = Buffer.alloc(0);
     const onData = (chunk: Buffer) => {
       seen = Buffer.concat([seen, chunk]);
@@ -71,6 +148,7 @@ export async function listen(handler: Handler, portOrTarget: number | ListenTarg
       const isH2 = seen.subarray(0, n).equals(h2Preface.subarray(0, n));
       // Wait for more bytes only while the preface is still possible and not yet complete.
       if (isH2 && n < h2Preface.length) return;
+      clearTimeout(firstBytes);
       socket.removeListener("data", onData);
       socket.pause();
       socket.unshift(seen);
@@ -79,6 +157,7 @@ export async function listen(handler: Handler, portOrTarget: number | ListenTarg
     };
     socket.on("data", onData);
   });
+  if (limits.maxConnections > 0) server.maxConnections = limits.maxConnections;
   server.on("error", () => {});
   if ("path" in target) await removeStaleSocket(target.path);
   await new Promise<void>((resolve, reject) => {
@@ -93,7 +172,8 @@ export async function listen(handler: Handler, portOrTarget: number | ListenTarg
   const close = async () => {
     await new Promise<void>((resolve) => {
       server.close(() => resolve());
-      h1.closeIdleConnections();
+      // Closes idle keep-alive connections and stops the headers timer.
+      h1.close();
       for (const s of sessions) s.close();
       // Give requests in flight a moment, then end whatever is left.
       setTimeout(() => {
@@ -111,6 +191,49 @@ export async function listen(handler: Handler, portOrTarget: number | ListenTarg
   const host = target.host;
   const shownHost = host === "0.0.0.0" || host === "::" ? "127.0.0.1" : host;
   return { port: address.port, url: `http://${shownHost.includes(":") ? `[${shownHost}]` : shownHost}:${address.port}`, close };
+}
+
+/**
+ * watchSession closes an HTTP/2 session that has no stream open: within `firstMs` of its start (the
+ * preface's rest and the first request's headers must come by then) and `idleMs` after its last
+ * stream closed. A session with a stream open is never closed for quiet, however long the stream.
+ */
+function watchSession(session: http2.Http2Session, firstMs: number, idleMs: number): void {
+  let open = 0;
+  const expire = () => {
+    if (session.closed || session.destroyed) return;
+    // GOAWAY lets a client see it may reconnect; a session that does not end in a second is cut.
+    session.close();
+    setTimeout(() => session.destroy(), 1000).unref();
+  };
+  const arm = (ms: number) => (ms > 0 ? setTimeout(expire, ms) : undefined);
+  let timer = arm(firstMs);
+  session.on("stream", (stream: http2.ServerHttp2Stream) => {
+    if (open++ === 0) clearTimeout(timer);
+    stream.once("close", () => {
+      if (--open === 0) timer = arm(idleMs);
+    });
+  });
+  session.once("close", () => clearTimeout(timer));
+}
+
+/**
+ * addressKey names the client a connection counts against: its IPv4 address (also when mapped into
+ * IPv6), or the /64 prefix of an IPv6 address (one host's usual share, so it cannot dodge the cap
+ * by cycling through its addresses). Undefined on a Unix socket.
+ */
+export function addressKey(address: string | undefined): string | undefined {
+  if (!address) return undefined;
+  const mapped = /^::ffff:(\d+\.\d+\.\d+\.\d+)$/i.exec(address);
+  if (mapped) return mapped[1];
+  if (!address.includes(":")) return address;
+  const bare = address.split("%")[0].toLowerCase();
+  const [head, tail] = bare.includes("::") ? bare.split("::") : [bare, undefined];
+  const headGroups = head ? head.split(":") : [];
+  const tailGroups = tail ? tail.split(":") : [];
+  const groups = tail === undefined ? headGroups : [...headGroups, ...Array(Math.max(0, 8 - headGroups.length - tailGroups.length)).fill("0"), ...tailGroups];
+  const prefix = groups.slice(0, 4).map((g) => g.replace(/^0+/, "") || "0");
+  return `${prefix.join(":")}::/64`;
 }
 
 /**
