@@ -16,6 +16,8 @@ export interface ChatRouteOptions {
   maxBodyBytes: number;
   /** keepAliveMs is the interval of `: keep-alive` comments on a quiet stream; default 15 s. */
   keepAliveMs?: number;
+  /** maxJsonDepth bounds how deeply a JSON body nests; default defaultMaxJsonDepth (64). */
+  maxJsonDepth?: number;
 }
 
 function completionId(runId: string): string {
@@ -41,7 +43,7 @@ export function createChatRoute(options: ChatRouteOptions) {
 
   return async function chatCompletions(req: Req, res: Res): Promise<void> {
     const headers = callerHeaders(req);
-    const body = await readJson(req, options.maxBodyBytes);
+    const body = await readJson(req, options.maxBodyBytes, options.maxJsonDepth);
     const model = field.string(body, "model", true)!;
     const stream = field.boolean(body, "stream") ?? false;
     const match = workflowModel.exec(model);

@@ -3,7 +3,7 @@ import { Code, ConnectError } from "@connectrpc/connect";
 import { SearchMode, type Store } from "../../gen/shaker/datastore/v1/datastore_pb.js";
 import type { Clients } from "../shared/clients.js";
 import { msOf } from "../shared/json.js";
-import { callerHeaders, field, HttpError, readJson, sendJson, type Req } from "./http.js";
+import { callerHeaders, defaultMaxJsonDepth, field, HttpError, nestsDeeperThan, readJson, sendJson, tooDeep, type Req } from "./http.js";
 import type { EdgeRouter } from "./router.js";
 
 /** Options of the datastore routes. */
@@ -11,6 +11,8 @@ export interface DatastoreRoutesOptions {
   clients: Clients;
   /** maxBodyBytes bounds JSON bodies, and each record of a streamed upsert. */
   maxBodyBytes: number;
+  /** maxJsonDepth bounds how deeply a JSON body (or an NDJSON line) nests; default defaultMaxJsonDepth (64). */
+  maxJsonDepth?: number;
 }
 
 /** partSize is how many records one UpsertRecordsStream message carries. */
@@ -49,11 +51,12 @@ export function recordOf(value: unknown, i: number): { id: string; text: string;
 }
 
 /** ndjsonRecords yields one parsed value per non-empty line, never holding more than a line. */
-async function* ndjsonRecords(req: Req, maxLine: number): AsyncGenerator<unknown> {
+async function* ndjsonRecords(req: Req, maxLine: number, maxDepth: number): AsyncGenerator<unknown> {
   const decoder = new TextDecoder();
   let pending = "";
   let index = 0;
   const parse = (line: string) => {
+    if (nestsDeeperThan(line, maxDepth)) throw tooDeep(maxDepth, `records[${index}]: the line`, `records[${index}]`);
     try {
       return JSON.parse(line) as unknown;
     } catch (e) {
@@ -81,7 +84,7 @@ async function* ndjsonRecords(req: Req, maxLine: number): AsyncGenerator<unknown
  * jsonRecords yields the elements of the top-level "records" array of a JSON body as they arrive,
  * so a body of 100,000 records is never held whole. Other top-level fields are skipped.
  */
-async function* jsonRecords(req: Req, maxRecord: number): AsyncGenerator<unknown> {
+async function* jsonRecords(req: Req, maxRecord: number, maxDepth: number): AsyncGenerator<unknown> {
   const decoder = new TextDecoder();
   let depth = 0;
   let inString = false;
@@ -140,7 +143,7 @@ async function* jsonRecords(req: Req, maxRecord: number): AsyncGenerator<unknown
           inRecords = true;
           sawRecords = true;
         }
-        depth++;
+        if (++depth > maxDepth) throw tooDeep(maxDepth);
       } else if (c === "}" || c === "]") {
         if (inRecords && depth === 2 && c === "]") {
           if (element !== undefined) {
@@ -178,10 +181,11 @@ async function* jsonRecords(req: Req, maxRecord: number): AsyncGenerator<unknown
 /** addDatastoreRoutes registers the datastore REST routes of spec section 4. */
 export function addDatastoreRoutes(router: EdgeRouter, options: DatastoreRoutesOptions): void {
   const { datastore } = options.clients;
+  const maxJsonDepth = options.maxJsonDepth ?? defaultMaxJsonDepth;
   router
     .add("POST", "/v1/datastores", async (req, res) => {
       const headers = callerHeaders(req);
-      const body = await readJson(req, options.maxBodyBytes);
+      const body = await readJson(req, options.maxBodyBytes, maxJsonDepth);
       const resp = await datastore.createStore(
         { name: field.string(body, "name", true), embeddingModel: field.string(body, "embedding_model") ?? "" },
         { headers },
@@ -199,7 +203,7 @@ export function addDatastoreRoutes(router: EdgeRouter, options: DatastoreRoutesO
     .add("POST", "/v1/datastores/:name/records", async (req, res, params) => {
       const headers = callerHeaders(req);
       const ndjson = /^application\/(x-)?ndjson\b/i.test(String(req.headers["content-type"] ?? ""));
-      const values = ndjson ? ndjsonRecords(req, options.maxBodyBytes) : jsonRecords(req, options.maxBodyBytes);
+      const values = ndjson ? ndjsonRecords(req, options.maxBodyBytes, maxJsonDepth) : jsonRecords(req, options.maxBodyBytes, maxJsonDepth);
       // The client stream would report a failure of this generator as its own cancellation:
       // keep the edge's error to answer with it.
       let failure: unknown;
@@ -241,7 +245,7 @@ export function addDatastoreRoutes(router: EdgeRouter, options: DatastoreRoutesO
     })
     .add("POST", "/v1/datastores/:name/search", async (req, res, params) => {
       const headers = callerHeaders(req);
-      const body = await readJson(req, options.maxBodyBytes);
+      const body = await readJson(req, options.maxBodyBytes, maxJsonDepth);
       const mode = field.string(body, "mode") ?? "keyword";
       if (!(mode in modes)) throw new HttpError(400, "'mode' must be one of keyword, vector, hybrid", "mode", "invalid_value");
       const vector = body.vector ?? [];

@@ -1,6 +1,7 @@
 import type { Clients } from "../shared/clients.js";
 import { createChatRoute } from "./chat.js";
 import { addDatastoreRoutes } from "./datastores.js";
+import { createBodyGuard } from "./guard.js";
 import { HttpError, sendError, sendJson, type Req, type Res } from "./http.js";
 import { addModelRoutes } from "./models.js";
 import { EdgeRouter } from "./router.js";
@@ -17,12 +18,30 @@ export interface EdgeOptions {
   maxUploadBytes?: number;
   /** keepAliveMs is the SSE keep-alive interval. */
   keepAliveMs?: number;
+  /** maxJsonDepth bounds how deeply a JSON body nests arrays and objects (400 beyond); default 64. */
+  maxJsonDepth?: number;
+  /**
+   * authenticate checks a caller's credential headers (Authorization, X-Api-Key, the service token)
+   * and rejects, with a ConnectError saying why, when they are not good: a body larger than
+   * maxUnauthenticatedBodyBytes, or of unknown length, is read only after it resolved. Without it
+   * only the presence of a credential is checked before such a body is read.
+   */
+  authenticate?: (headers: Headers) => Promise<unknown>;
+  /** maxUnauthenticatedBodyBytes is the largest request body read before its caller's credential is checked; default 64 KiB. */
+  maxUnauthenticatedBodyBytes?: number;
 }
 
 /** Edge answers the OpenAI-compatible and management REST routes; `handle` returns false for other paths. */
 export interface Edge {
   router: EdgeRouter;
   handle(req: Req, res: Res): boolean;
+  /**
+   * guard calls `next` once the request's body may be read: at once when it is small or absent,
+   * after the caller's credential checked out when it is large or of unknown length; otherwise it
+   * answers the request itself, in the Connect or gRPC error shape its content type asks for. The
+   * edge guards its own routes; put this in front of the RPC handler.
+   */
+  guard(req: Req, res: Res, next: () => void): void;
 }
 
 const corsHeaders = {
@@ -37,20 +56,24 @@ const corsHeaders = {
 /** createEdge builds the REST translator onto the services' RPCs. */
 export function createEdge(options: EdgeOptions): Edge {
   const router = new EdgeRouter();
-  const chat = createChatRoute({ clients: options.clients, maxBodyBytes: options.maxBodyBytes, keepAliveMs: options.keepAliveMs });
+  const { maxJsonDepth } = options;
+  const chat = createChatRoute({ clients: options.clients, maxBodyBytes: options.maxBodyBytes, keepAliveMs: options.keepAliveMs, maxJsonDepth });
   router.add("POST", "/v1/chat/completions", chat);
-  addModelRoutes(router, { clients: options.clients, maxBodyBytes: options.maxBodyBytes });
+  addModelRoutes(router, { clients: options.clients, maxBodyBytes: options.maxBodyBytes, maxJsonDepth });
   addSessionRoutes(router, options.clients);
   addWorkflowRoutes(router, {
     clients: options.clients,
     maxBodyBytes: options.maxBodyBytes,
     maxUploadBytes: options.maxUploadBytes ?? 128 * 1024 * 1024,
+    maxJsonDepth,
   });
   addRunRoutes(router, options.clients);
-  addDatastoreRoutes(router, { clients: options.clients, maxBodyBytes: options.maxBodyBytes });
+  addDatastoreRoutes(router, { clients: options.clients, maxBodyBytes: options.maxBodyBytes, maxJsonDepth });
+  const guard = createBodyGuard({ authenticate: options.authenticate, maxUnauthenticatedBodyBytes: options.maxUnauthenticatedBodyBytes });
 
   return {
     router,
+    guard: (req, res, next) => guard(req, res, "rpc", next),
     handle(req, res) {
       const url = new URL(req.url ?? "/", "http://localhost");
       if (!url.pathname.startsWith("/v1/") && url.pathname !== "/v1" && url.pathname !== "/healthz") return false;
@@ -75,9 +98,11 @@ export function createEdge(options: EdgeOptions): Edge {
         sendError(res, new HttpError(405, `${method} is not allowed on ${url.pathname}; use ${found.allowed.join(" or ")}`, null, "method_not_allowed"));
         return true;
       }
-      found.handler(req, res, found.params, url).catch((err: unknown) => {
-        req.resume();
-        sendError(res, err);
+      guard(req, res, "rest", () => {
+        found.handler(req, res, found.params, url).catch((err: unknown) => {
+          req.resume();
+          sendError(res, err);
+        });
       });
       return true;
     },

@@ -132,13 +132,56 @@ export async function readBody(req: Req, limit: number): Promise<Buffer> {
   return Buffer.concat(chunks);
 }
 
-/** readJson reads and parses a JSON object body; 400 names what is wrong. */
-export async function readJson(req: Req, limit: number): Promise<Record<string, unknown>> {
+/**
+ * defaultMaxJsonDepth bounds how deeply a JSON body may nest arrays and objects. The services'
+ * protobuf decoding gives up past 100 levels, so a deeper body would fail inside them instead of
+ * being refused here with a message that says why.
+ */
+export const defaultMaxJsonDepth = 64;
+
+/**
+ * nestsDeeperThan tells whether JSON text nests arrays and objects more than `max` levels deep. It
+ * looks only at brackets outside strings, so it answers for malformed text too (JSON.parse then
+ * says what is wrong), and it stops at the first level too many.
+ */
+export function nestsDeeperThan(text: string, max: number): boolean {
+  let depth = 0;
+  for (let i = 0; i < text.length; i++) {
+    const c = text.charCodeAt(i);
+    if (c === 0x22) {
+      // Jump to the closing quote: one not preceded by an odd number of backslashes.
+      let end = i;
+      for (;;) {
+        end = text.indexOf('"', end + 1);
+        if (end < 0) return false;
+        let backslashes = 0;
+        while (text.charCodeAt(end - 1 - backslashes) === 0x5c) backslashes++;
+        if (backslashes % 2 === 0) break;
+      }
+      i = end;
+    } else if (c === 0x7b || c === 0x5b) {
+      if (++depth > max) return true;
+    } else if (c === 0x7d || c === 0x5d) {
+      depth--;
+    }
+  }
+  return false;
+}
+
+/** tooDeep is the 400 for JSON that nests deeper than `max` levels; `what` names the JSON. */
+export function tooDeep(max: number, what = "request body", param: string | null = null): HttpError {
+  return new HttpError(400, `${what} nests deeper than ${max} levels`, param, "nested_too_deep");
+}
+
+/** readJson reads and parses a JSON object body of at most `limit` bytes and `maxDepth` levels; 400 names what is wrong. */
+export async function readJson(req: Req, limit: number, maxDepth = defaultMaxJsonDepth): Promise<Record<string, unknown>> {
   const body = await readBody(req, limit);
   if (body.length === 0) throw new HttpError(400, "the request body is empty; send a JSON object", null, "invalid_json");
+  const text = body.toString("utf8");
+  if (nestsDeeperThan(text, maxDepth)) throw tooDeep(maxDepth);
   let value: unknown;
   try {
-    value = JSON.parse(body.toString("utf8"));
+    value = JSON.parse(text);
   } catch (e) {
     throw new HttpError(400, `the request body is not valid JSON: ${(e as Error).message}`, null, "invalid_json");
   }

@@ -74,6 +74,8 @@ export async function proxyModelCall(
 export interface ModelRoutesOptions {
   clients: Clients;
   maxBodyBytes: number;
+  /** maxJsonDepth bounds how deeply a JSON body nests; default defaultMaxJsonDepth (64). */
+  maxJsonDepth?: number;
 }
 
 /** addModelRoutes registers /v1/embeddings, /v1/models and /v1/metrics. */
@@ -82,7 +84,7 @@ export function addModelRoutes(router: EdgeRouter, options: ModelRoutesOptions):
 
   router.add("POST", "/v1/embeddings", async (req: Req, res: Res) => {
     const headers = callerHeaders(req);
-    const body = await readJson(req, options.maxBodyBytes);
+    const body = await readJson(req, options.maxBodyBytes, options.maxJsonDepth);
     const input = body.input;
     const ok = typeof input === "string" || (Array.isArray(input) && input.length > 0);
     if (!ok) throw new HttpError(400, "'input' is required: a string or a non-empty array", "input", input === undefined ? "missing_field" : "invalid_type");

@@ -8,7 +8,7 @@ import {
 } from "../../gen/shaker/registry/v1/registry_pb.js";
 import type { Clients } from "../shared/clients.js";
 import { toValue } from "../shared/json.js";
-import { callerHeaders, field, HttpError, queryInt, readJson, sendJson } from "./http.js";
+import { callerHeaders, defaultMaxJsonDepth, field, HttpError, nestsDeeperThan, queryInt, readJson, sendJson, tooDeep } from "./http.js";
 import type { EdgeRouter } from "./router.js";
 
 const modes: Record<string, ExecutionMode> = {
@@ -24,6 +24,8 @@ export interface WorkflowRoutesOptions {
   /** maxUploadBytes bounds upload bodies, which carry accessories (larger than invoke bodies). */
   maxUploadBytes: number;
   maxBodyBytes: number;
+  /** maxJsonDepth bounds how deeply a JSON body nests; default defaultMaxJsonDepth (64). */
+  maxJsonDepth?: number;
 }
 
 function enumField<T>(body: Record<string, unknown>, name: string, values: Record<string, T>): T | undefined {
@@ -34,7 +36,7 @@ function enumField<T>(body: Record<string, unknown>, name: string, values: Recor
 }
 
 /** uploadRequest turns the REST upload body into the Registry's request, naming any bad field. */
-function uploadRequest(body: Record<string, unknown>): MessageInitShape<typeof UploadWorkflowRequestSchema> {
+function uploadRequest(body: Record<string, unknown>, maxJsonDepth: number): MessageInitShape<typeof UploadWorkflowRequestSchema> {
   const accessories = (field.objectArray(body, "accessories") ?? []).map((a, i) => {
     const key = a.key;
     if (typeof key !== "string" || !key.trim()) throw new HttpError(400, `'accessories[${i}].key' must be a non-empty string`, `accessories[${i}].key`);
@@ -45,6 +47,9 @@ function uploadRequest(body: Record<string, unknown>): MessageInitShape<typeof U
         throw new HttpError(400, `'accessories[${i}].content_base64' is not valid base64`, `accessories[${i}].content_base64`);
       }
       const text = Buffer.from(encoded, "base64").toString("utf8");
+      if (nestsDeeperThan(text, maxJsonDepth)) {
+        throw tooDeep(maxJsonDepth, `'accessories[${i}].content_base64'`, `accessories[${i}].content_base64`);
+      }
       try {
         return { key, content: toValue(JSON.parse(text)) };
       } catch {
@@ -98,15 +103,15 @@ export function addWorkflowRoutes(router: EdgeRouter, options: WorkflowRoutesOpt
   router
     .add("POST", "/v1/workflows/upload", async (req, res) => {
       const headers = callerHeaders(req);
-      const body = await readJson(req, options.maxUploadBytes);
-      const resp = await registry.uploadWorkflow(uploadRequest(body), { headers });
+      const body = await readJson(req, options.maxUploadBytes, options.maxJsonDepth);
+      const resp = await registry.uploadWorkflow(uploadRequest(body, options.maxJsonDepth ?? defaultMaxJsonDepth), { headers });
       sendJson(res, 201, {
         data: { workflow_ref_name: resp.workflowRefName, version: resp.version, created: resp.created, version_id: resp.versionId },
       });
     })
     .add("POST", "/v1/workflows/validate", async (req, res) => {
       const headers = callerHeaders(req);
-      const body = await readJson(req, options.maxUploadBytes);
+      const body = await readJson(req, options.maxUploadBytes, options.maxJsonDepth);
       const code = field.string(body, "code") ?? field.string(body, "script");
       if (code === undefined) throw new HttpError(400, "'code' is required", "code", "missing_field");
       const resp = await registry.validateWorkflow({ code }, { headers });
