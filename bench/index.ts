@@ -3,11 +3,13 @@ import { benchEdge } from "./edge.js";
 import { benchDatastore } from "./datastore.js";
 import { benchExecutor } from "./executor.js";
 import { benchInvoke } from "./invoke.js";
+import { benchIsolation } from "./isolation.js";
 import { benchModelProxy } from "./modelproxy.js";
 import { benchValidate } from "./validate.js";
 
 const benches: Record<string, () => Promise<void>> = {
   invoke: benchInvoke,
+  isolation: benchIsolation,
   edge: benchEdge,
   validate: benchValidate,
   datastore: benchDatastore,

@@ -1,7 +1,6 @@
-// The benchmarks' server: Shaker with the isolation `npm start` gives runs (SHAKER_SANDBOX=auto:
-// bubblewrap where it is installed), not the tests' unsandboxed one, and a line saying what applied.
-// Unsandboxed, each run's TMPDIR is made and removed on the host's /tmp (a disk here): measured in
-// one process against the default, p50 0.2-0.26 ms higher and 12-14% fewer runs/s.
+// The benchmarks' server: Shaker with the isolation `npm start` gives runs (SHAKER_SANDBOX=auto: the
+// kernel's confinement where it works), not the tests' unconfined one, and a line saying what
+// applied. bench/isolation.ts compares the two in one run.
 import type { Config } from "../services/shared/config.js";
 import { startTestServer, type TestServer } from "../test/helpers.js";
 

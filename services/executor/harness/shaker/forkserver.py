@@ -8,7 +8,7 @@ writes little between forks, and its forks never hold up a frame.
 
 Protocol. The worker writes requests to a pipe, as length-prefixed frames (a JSON head, a newline,
 then bytes):
-  {"t": "fork", "name", "rehearse"}       fork a child called name (its TMPDIR and cgroup)
+  {"t": "fork", "name", "rehearse"}       fork a child called name (its TMPDIR when unconfined)
   {"t": "code", "version_id"}\\n<marshal>  a compiled version, for every child forked after it
   {"t": "accessory", "version_id", "key"}\\n<JSON>   an accessory value, likewise
   {"t": "forget"}                         drop the code and accessories (the worker's cache is full)
@@ -19,12 +19,13 @@ This process answers on a SOCK_SEQPACKET socket, one message each:
 Since requests are handled in order, a child has every version and accessory sent before its fork.
 The end of the request pipe (the worker is gone) kills every child and ends this process.
 
-Confined (sandbox.Confinement.enabled), each child is cloned into namespaces of its own and given a
-uid nobody else alive has (as root: one of this worker's slots, taken at the fork and given back
-when the child is reaped, which is when every process of its PID namespace is gone). Every child,
-confined or not, is put into cgroups of its own (one per controller the Executor prepared: pids,
-memory, CPU weight) before the worker hears of it; the run cannot write them, and they are
-removed once it is reaped.
+Each child takes a slot, given back when it is reaped. Confined (sandbox.Confinement.enabled), a
+child is cloned into namespaces of its own and its slot names a uid nobody else alive has (as root),
+and it is reaped only once every process of its PID namespace is gone. Confined or not, the slot
+has cgroups of its own (one per controller the Executor prepared: pids, memory, CPU weight), made
+on its first use and kept for the next child of the slot (making and removing them per run cost
+more than anything else a run's end does); the child is put into them before the worker hears of
+it, and the run cannot write them. Unconfined, whatever is left in them at the reap is killed.
 """
 from __future__ import annotations
 
@@ -51,29 +52,43 @@ class Cgroup:
         self.limits = limits
 
     def attach(self, name: str, pid: int) -> None:
+        """Puts pid into the group called name, made (with its limits) on first use."""
         try:
             os.mkdir(name, 0o755, dir_fd=self.fd)
+            for file, value in self.limits.items():
+                _write_at(self.fd, f"{name}/{file}", value)
         except FileExistsError:
             pass
-        for file, value in self.limits.items():
-            _write_at(self.fd, f"{name}/{file}", value)
         _write_at(self.fd, f"{name}/cgroup.procs", str(pid))
 
-    def oom_killed(self, name: str) -> bool:
+    def oom_kills(self, name: str) -> int:
+        """How many processes the kernel killed in the group for its memory limit, so far."""
         for file in ("memory.oom_control", "memory.events"):
-            try:
-                fd = os.open(f"{name}/{file}", os.O_RDONLY, dir_fd=self.fd)
-            except OSError:
-                continue
-            try:
-                text = os.read(fd, 4096).decode()
-            finally:
-                os.close(fd)
-            for line in text.splitlines():
+            text = _read_at(self.fd, f"{name}/{file}")
+            for line in (text or "").splitlines():
                 key, _, value = line.partition(" ")
-                if key == "oom_kill" and value.strip() not in ("", "0"):
-                    return True
-        return False
+                if key == "oom_kill":
+                    return int(value)
+        return 0
+
+    def kill_all(self, name: str) -> None:
+        """SIGKILLs whatever is still in the group (an unconfined run's leftovers)."""
+        for pid in (_read_at(self.fd, f"{name}/cgroup.procs") or "").split():
+            try:
+                os.kill(int(pid), signal.SIGKILL)
+            except (OSError, ValueError):
+                pass
+
+
+def _read_at(dir_fd: int, path: str) -> str | None:
+    try:
+        fd = os.open(path, os.O_RDONLY, dir_fd=dir_fd)
+    except OSError:
+        return None
+    try:
+        return os.read(fd, 65536).decode()
+    finally:
+        os.close(fd)
 
 
 def _write_at(dir_fd: int, path: str, value: str) -> None:
@@ -95,7 +110,7 @@ class ForkServer:
         self.free_slots: list[int] = []  # slots given back; slots never used start at next_slot
         self.next_slot = 0
         self.slot_of: dict[int, int] = {}
-        self.leftovers = runtime.Leftovers()
+        self.oom_seen: dict[int, int] = {}  # slot -> its memory group's OOM kills when last reaped
         self.code_cache: dict[str, Any] = {}
         self.accessories: dict[str, dict[str, Any]] = {}
         self.children: dict[int, str] = {}  # pid -> name
@@ -105,6 +120,10 @@ class ForkServer:
         self.wake_r, self.wake_w = wake_r, wake_w
         signal.set_wakeup_fd(wake_w)
         signal.signal(signal.SIGCHLD, lambda *_: None)
+
+    def group_name(self, slot: int) -> str:
+        """The cgroups of a slot: this fork server's own (the server's other workers have slots too)."""
+        return f"{os.getpid()}-{slot}"
 
     def answer(self, message: dict[str, Any], fds: list[int] | None = None) -> None:
         data = json.dumps(message, separators=(",", ":")).encode()
@@ -126,13 +145,11 @@ class ForkServer:
         except OSError as e:
             self.answer({"t": "fork_failed", "name": name, "error": str(e)})
             return
-        slot = -1
-        if conf.enabled:
-            if self.free_slots:
-                slot = self.free_slots.pop()
-            else:
-                slot = self.next_slot
-                self.next_slot += 1
+        if self.free_slots:
+            slot = self.free_slots.pop()
+        else:
+            slot = self.next_slot
+            self.next_slot += 1
         # Objects that exist now are never collected in the child: keeping them out of the collector
         # spares the child copying every page a collection would touch.
         gc.freeze()
@@ -141,8 +158,7 @@ class ForkServer:
         except OSError as e:
             for fd in (ctl_r, ctl_w, frames_r, frames_w, out_r, out_w, err_r, err_w):
                 os.close(fd)
-            if slot >= 0:
-                self.free_slots.append(slot)
+            self.free_slots.append(slot)
             self.answer({"t": "fork_failed", "name": name, "error": str(e)})
             return
         if pid == 0:
@@ -154,8 +170,7 @@ class ForkServer:
                 os._exit(70)
         for fd in (ctl_r, frames_w, out_w, err_w):
             os.close(fd)
-        if slot >= 0:
-            self.slot_of[pid] = slot
+        self.slot_of[pid] = slot
         try:
             os.setpgid(pid, pid)  # also done by the child; whichever runs first makes the group exist
         except OSError:
@@ -163,7 +178,7 @@ class ForkServer:
         self.children[pid] = name
         try:
             for group in self.cgroups:
-                group.attach(name, pid)
+                group.attach(self.group_name(slot), pid)
         except OSError as e:
             # A run that cannot be held by its limits does not run: its child dies unused.
             kill_group(pid)
@@ -209,15 +224,18 @@ class ForkServer:
                 return
             name = self.children.pop(pid, None)
             slot = self.slot_of.pop(pid, None)
-            if slot is not None:
-                self.free_slots.append(slot)  # its PID namespace, and so every process with that uid, is gone
             oom = False
-            if name is not None:
+            if slot is not None:
+                group_name = self.group_name(slot)
                 if not self.confinement.enabled:
-                    runtime.remove_run_tmpdir(name)  # a confined run's /tmp went with its namespace
-                oom = any(group.oom_killed(name) for group in self.cgroups)
-                for group in self.cgroups:
-                    self.leftovers.remove((group.fd, name))
+                    for group in self.cgroups:
+                        group.kill_all(group_name)  # a confined run's processes died with its namespace
+                    if name is not None:
+                        runtime.remove_run_tmpdir(name)  # a confined run's /tmp went with its namespace too
+                kills = sum(group.oom_kills(group_name) for group in self.cgroups)
+                oom = kills > self.oom_seen.get(slot, 0)
+                self.oom_seen[slot] = kills
+                self.free_slots.append(slot)
             code = os.waitstatus_to_exitcode(status)
             self.answer({"t": "exited", "pid": pid, "code": max(code, 0), "signal": max(-code, 0),
                          "memory_exceeded": oom})
@@ -227,8 +245,7 @@ class ForkServer:
         sel.register(self.requests_fd, selectors.EVENT_READ, "requests")
         sel.register(self.wake_r, selectors.EVENT_READ, "wake")
         while True:
-            timeout = runtime.Leftovers.RETRY_SECONDS if self.leftovers.busy else None
-            for key, _ in sel.select(timeout):
+            for key, _ in sel.select():
                 if key.data == "requests":
                     if not self.read_requests():
                         self.shutdown()
@@ -240,8 +257,6 @@ class ForkServer:
                     except BlockingIOError:
                         pass
             self.reap()
-            if self.leftovers.busy:
-                self.leftovers.retry()
 
     def shutdown(self) -> None:
         """The worker is gone: so are its children and what they had (the worker, gone, may not have
@@ -255,9 +270,12 @@ class ForkServer:
                 pass
             if not self.confinement.enabled:
                 runtime.remove_run_tmpdir(name)
+        leftovers = runtime.Leftovers()
+        for slot in range(self.next_slot):
             for group in self.cgroups:
-                self.leftovers.remove((group.fd, name), within=1.0)
-        self.leftovers.drain()
+                group.kill_all(self.group_name(slot))
+                leftovers.remove((group.fd, self.group_name(slot)), within=1.0)
+        leftovers.drain()
 
 
 def start(keep: tuple[int, ...], confinement: sandbox.Confinement,

@@ -1,0 +1,91 @@
+// What confining runs costs: the same trivial workflow on two servers of this build in one process,
+// one confining its runs as `npm start` does (SHAKER_SANDBOX=auto) and one not (SHAKER_SANDBOX=none),
+// measured in alternating blocks (A B A B …) so a drift of this machine's speed hits both alike.
+import { createCaller, type Caller } from "./client.js";
+import { startBenchServer } from "./server.js";
+import { fmt, report, summary } from "./stats.js";
+import type { TestServer } from "../test/helpers.js";
+
+const script = "def execute(ctx):\n    return {'ok': True, 'n': (ctx.input or {}).get('n')}\n";
+
+interface Side {
+  server: TestServer;
+  caller: Caller;
+  latencies: number[];
+  runs: number;
+  seconds: number;
+}
+
+async function open(sandbox: "auto" | "none"): Promise<Side> {
+  const server = await startBenchServer({ workers: 2, sandbox });
+  await server.upload("trivial", script);
+  const caller = createCaller(server.url, { authorization: `Bearer ${server.apiKey}`, "content-type": "application/json" });
+  return { server, caller, latencies: [], runs: 0, seconds: 0 };
+}
+
+const body = JSON.stringify({ model: "workflow:trivial", input: { n: 1 } });
+
+async function invoke(side: Side): Promise<void> {
+  const res = await side.caller.post("/v1/chat/completions", body);
+  if (res.status !== 200) throw new Error(`invoke failed: ${res.status} ${res.body}`);
+}
+
+export async function benchIsolation(): Promise<void> {
+  const confined = await open("auto");
+  const open_ = await open("none");
+  try {
+    if (!confined.server.shaker.isolation.startsWith("confined")) {
+      process.stdout.write("(this host cannot confine runs: nothing to compare)\n");
+      return;
+    }
+    const warmup = Number(process.env.BENCH_WARMUP ?? 1000);
+    for (const side of [confined, open_]) for (let i = 0; i < warmup; i++) await invoke(side);
+    const blocks = Number(process.env.BENCH_ISOLATION_BLOCKS ?? 6);
+    for (let block = 0; block < blocks; block++) {
+      for (const side of block % 2 === 0 ? [confined, open_] : [open_, confined]) {
+        for (let i = 0; i < 100; i++) {
+          const t = performance.now();
+          await invoke(side);
+          side.latencies.push(performance.now() - t);
+        }
+      }
+    }
+    const perRound = Number(process.env.BENCH_THROUGHPUT_RUNS ?? 600) / 2;
+    for (let round = 0; round < 4; round++) {
+      for (const side of round % 2 === 0 ? [confined, open_] : [open_, confined]) {
+        let next = 0;
+        const t0 = performance.now();
+        await Promise.all(
+          Array.from({ length: 16 }, async () => {
+            while (next++ < perRound) await invoke(side);
+          }),
+        );
+        side.seconds += (performance.now() - t0) / 1000;
+        side.runs += perRound;
+      }
+    }
+    const c = summary(confined.latencies);
+    const o = summary(open_.latencies);
+    report(
+      "isolation: warm trivial invoke, confined",
+      `p50 ${fmt(c.p50)} ms p99 ${fmt(c.p99)} ms`,
+      `p50 ${fmt(o.p50)} ms (none)`,
+      c.p50 / o.p50,
+      `(added ${fmt(c.p50 - o.p50)} ms at p50; target ≤ 0.5 ms)`,
+    );
+    const cRate = confined.runs / confined.seconds;
+    const oRate = open_.runs / open_.seconds;
+    report(
+      "isolation: trivial runs/s, 16 in flight",
+      `${cRate.toFixed(0)} runs/s confined`,
+      `${oRate.toFixed(0)} runs/s (none)`,
+      cRate / oRate,
+      `(${((1 - cRate / oRate) * 100).toFixed(1)}% fewer; target ≤ 15%)`,
+    );
+  } finally {
+    confined.caller.close();
+    open_.caller.close();
+    await confined.server.close();
+    await open_.server.close();
+  }
+}
