@@ -12,7 +12,6 @@ export type WorkerEvent =
   | { t: "started"; pid: number }
   | { t: "emit"; seq: number; value: unknown; time: number }
   | { t: "log"; level: string; message: string; fields: Record<string, unknown>; time: number }
-  | { t: "http"; method: string; host: string; status: number; duration_ms: number; error: string; time: number }
   | { t: "output"; stream: "stdout" | "stderr"; data: string }
   | { t: "result"; output: unknown; usage: { prompt_tokens: number; completion_tokens: number; total_tokens: number } }
   | { t: "error"; type: string; message: string; traceback: string }

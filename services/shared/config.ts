@@ -55,7 +55,7 @@ export interface Config {
    * (`api.internal`, `api.internal:8443`, `*.internal`). Loopback, link-local, private, CGNAT, multicast
    * and reserved addresses are refused unless listed.
    */
-  httpAllow?: string[];
+  httpAllow: string[];
   /** quiet silences the start-up banner (tests). */
   quiet: boolean;
 }
@@ -107,6 +107,7 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env, overrides: Part
     runMaxProcesses: envInt(env, "SHAKER_RUN_MAX_PROCESSES", 64),
     runTmpBytes: envInt(env, "SHAKER_RUN_TMP_BYTES", 64 * 1024 * 1024),
     runReadPaths: (envString(env, "SHAKER_RUN_READ_PATHS") ?? "").split(":").filter((p) => p.startsWith("/")),
+    httpAllow: (envString(env, "SHAKER_HTTP_ALLOW") ?? "").split(",").map((e) => e.trim()).filter((e) => e !== ""),
     quiet: false,
     ...overrides,
   };

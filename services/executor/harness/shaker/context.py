@@ -6,9 +6,7 @@ import json
 import logging
 import time
 import typing
-import urllib.error
 import urllib.parse
-import urllib.request
 from typing import Any, Callable, Iterator, Sequence
 
 from .errors import DatastoreError, HttpError, ModelError, ShakerError, WorkflowError
