@@ -247,6 +247,8 @@ DEVICES = ("null", "zero", "full", "random", "urandom")
 def enter_worker(conf: Confinement) -> None:
     """Puts this worker (and so its fork server and every run) into the runs' root and network
     namespace. Raises ConfinementError when the kernel refuses a step."""
+    global _PROGRAM, _LANDLOCK_ABI
+    _PROGRAM, _LANDLOCK_ABI = seccomp_program(), landlock_abi()  # once, for every child to inherit
     _prctl(PR_SET_DUMPABLE, 0)
     uid, gid = os.getuid(), os.getgid()
     flags = CLONE_NEWNS | CLONE_NEWNET | CLONE_NEWIPC | CLONE_NEWUTS
@@ -346,12 +348,19 @@ def confine_run(conf: Confinement, uid: int) -> None:
     install_seccomp()
 
 
-def _drop_bounding_set() -> None:
+def _cap_last_cap() -> int:
     try:
-        last = int(open("/proc/sys/kernel/cap_last_cap").read())
+        return int(open("/proc/sys/kernel/cap_last_cap").read())
     except (OSError, ValueError):
-        last = 63
-    for cap in range(last + 1):
+        return 63
+
+
+# Read once, before the worker leaves the host's /proc: every child inherits them.
+CAP_LAST_CAP = _cap_last_cap()
+
+
+def _drop_bounding_set() -> None:
+    for cap in range(CAP_LAST_CAP + 1):
         if _libc.prctl(PR_CAPBSET_DROP, cap, 0, 0, 0) < 0 and ctypes.get_errno() != 22:  # EINVAL: no such cap
             _check(-1, f"drop capability {cap}")
     _libc.prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0)
@@ -406,8 +415,14 @@ def seccomp_program() -> bytes:
     return out
 
 
+_PROGRAM: bytes | None = None
+
+
 def install_seccomp() -> None:
-    program = seccomp_program()
+    global _PROGRAM
+    if _PROGRAM is None:
+        _PROGRAM = seccomp_program()
+    program = _PROGRAM
     buf = ctypes.create_string_buffer(program)
     fprog = struct.pack("@HP", len(program) // 8, ctypes.addressof(buf))
     fbuf = ctypes.create_string_buffer(fprog)
@@ -426,11 +441,17 @@ _FS_WRITE = (1 << 1) | (1 << 4) | (1 << 5) | (1 << 6) | (1 << 7) | (1 << 8) | (1
 _FS_REFER, _FS_TRUNCATE, _FS_WRITE_FILE = 1 << 13, 1 << 14, 1 << 1
 
 
+_LANDLOCK_ABI: int | None = None
+
+
 def landlock() -> int:
     """Restricts this process's writes to /tmp and the /dev nodes, denies TCP bind and connect
     (ABI 4+), and scopes abstract Unix sockets and signals to the run (ABI 6+). Returns the ABI
     applied (0 where the kernel has no Landlock: the mount view still holds)."""
-    abi = landlock_abi()
+    global _LANDLOCK_ABI
+    if _LANDLOCK_ABI is None:
+        _LANDLOCK_ABI = landlock_abi()
+    abi = _LANDLOCK_ABI
     if abi < 1:
         return 0
     handled = _FS_WRITE | (_FS_REFER if abi >= 2 else 0) | (_FS_TRUNCATE if abi >= 3 else 0)
