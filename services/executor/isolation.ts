@@ -61,6 +61,16 @@ function alive(pid: number): boolean {
   }
 }
 
+/** removeGroup removes a server's cgroup directory and its runs' (empty) groups. */
+function removeGroup(dir: string): void {
+  try {
+    for (const run of readdirSync(dir, { withFileTypes: true })) if (run.isDirectory()) rmdirSync(join(dir, run.name));
+    rmdirSync(dir);
+  } catch {
+    // still busy (runs still exiting): the next start removes it
+  }
+}
+
 /** removeStaleGroups removes the (empty) groups of Shaker servers that are no longer running. */
 function removeStaleGroups(root: string): void {
   let names: string[];
@@ -71,14 +81,7 @@ function removeStaleGroups(root: string): void {
   }
   for (const name of names) {
     const m = /^shaker-(\d+)$/.exec(name);
-    if (!m || alive(Number(m[1]))) continue;
-    const dir = join(root, name);
-    try {
-      for (const run of readdirSync(dir, { withFileTypes: true })) if (run.isDirectory()) rmdirSync(join(dir, run.name));
-      rmdirSync(dir);
-    } catch {
-      // still busy: a later start tries again
-    }
+    if (m && !alive(Number(m[1]))) removeGroup(join(root, name));
   }
 }
 
@@ -203,13 +206,8 @@ export function prepareIsolation(options: IsolationOptions): Isolation {
       return env;
     },
     close() {
-      for (const { dir } of cgroups) {
-        try {
-          rmdirSync(dir);
-        } catch {
-          // runs still exiting keep it busy; the next start removes it
-        }
-      }
+      // The fork servers remove their slots' groups as they exit; one that was killed could not.
+      for (const { dir } of cgroups) removeGroup(dir);
       rmSync(socketDir, { recursive: true, force: true });
     },
   };

@@ -86,6 +86,7 @@ def _prepare_space(name: str, confinement: tuple[sandbox.Confinement, int] | Non
     if confinement is not None:
         sandbox.confine_run(*confinement)
         tmp = "/tmp"
+        os.environ["HOME"] = tmp  # the server's home is not in a confined run's root; its /tmp is writable
     else:
         tmp = run_tmpdir(name)
         os.mkdir(tmp, 0o700)

@@ -494,7 +494,9 @@ def probe(conf: Confinement) -> dict[str, Any]:
                     confine_run(conf, run_uid(conf, 0))
                     status = open("/proc/self/status").read()
                     fields = dict(line.split(":", 1) for line in status.splitlines() if ":" in line)
-                    ok = {"pid1": os.getpid() == 1, "cap_eff_zero": int(fields["CapEff"].strip(), 16) == 0,
+                    # What a workflow imports later must be readable by the run's principal.
+                    readable = all(os.access(p, os.R_OK | os.X_OK) for p in (os.path.dirname(os.__file__), os.path.dirname(__file__)))
+                    ok = {"pid1": os.getpid() == 1, "python_readable": readable, "cap_eff_zero": int(fields["CapEff"].strip(), 16) == 0,
                           "no_new_privs": fields["NoNewPrivs"].strip() == "1", "seccomp": fields["Seccomp"].strip() == "2",
                           "uid_not_root": os.getuid() != 0}
                     try:
