@@ -116,18 +116,33 @@ export async function startShaker(config: Config): Promise<Shaker> {
   const modelproxy = createModelProxyService(deps("modelproxy"));
   const datastore = createDatastoreService(deps("datastore"));
 
-  const edge = createEdge({ clients, maxBodyBytes: config.maxBodyBytes, keepAliveMs: config.sseKeepAliveMs });
+  const edge = createEdge({
+    clients,
+    maxBodyBytes: config.maxBodyBytes,
+    keepAliveMs: config.sseKeepAliveMs,
+    // A large body is read only once its caller's key checked out.
+    authenticate: (h) => auth.identify(h),
+    maxJsonDepth: config.maxJsonDepth,
+    maxUnauthenticatedBodyBytes: config.maxUnauthenticatedBodyBytes,
+  });
   const rpc = connectNodeAdapter({
     routes,
     readMaxBytes: config.maxBodyBytes,
     fallback: (req, res) => sendJson(res as unknown as Res, 404, { error: { message: `no route ${req.method} ${req.url}`, type: "invalid_request_error", param: null, code: "not_found" } }),
   });
   const handler: Handler = (req, res) => {
-    if (!edge.handle(req, res as unknown as Res) && !serveConsole(req as never, res as never)) rpc(req as never, res as never);
+    if (edge.handle(req, res as unknown as Res) || serveConsole(req as never, res as never)) return;
+    edge.guard(req, res as unknown as Res, () => rpc(req as never, res as never));
   };
-  const listener = await listen(handler, config.port, config.host);
+  const listenOptions = {
+    headersTimeoutMs: config.headersTimeoutMs,
+    idleTimeoutMs: config.idleTimeoutMs,
+    maxConnectionsPerAddress: config.maxConnectionsPerAddress,
+    maxConnections: config.maxConnections,
+  };
+  const listener = await listen(handler, { port: config.port, host: config.host }, listenOptions);
   // Runs reach the services through a Unix socket: a confined run has no network at all.
-  const runListener = await listen(handler, { path: isolation.socketPath });
+  const runListener = await listen(handler, { path: isolation.socketPath }, listenOptions);
 
   let closed: Promise<void> | undefined;
   return {

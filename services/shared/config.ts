@@ -56,6 +56,18 @@ export interface Config {
    * and reserved addresses are refused unless listed.
    */
   httpAllow: string[];
+  /** headersTimeoutMs bounds a connection's first bytes and a request's headers; `SHAKER_HEADERS_TIMEOUT_MS`, default 10000. */
+  headersTimeoutMs: number;
+  /** idleTimeoutMs closes connections (and HTTP/2 sessions) idle between requests; `SHAKER_IDLE_TIMEOUT_MS`, default 65000. */
+  idleTimeoutMs: number;
+  /** maxConnectionsPerAddress caps one client address's open connections; `SHAKER_MAX_CONNECTIONS_PER_ADDRESS`, default 256 (0: no cap; behind a proxy on this host, 0). */
+  maxConnectionsPerAddress: number;
+  /** maxConnections caps all open TCP connections; `SHAKER_MAX_CONNECTIONS`, default 0 (no cap). */
+  maxConnections: number;
+  /** maxUnauthenticatedBodyBytes: a larger body (or one of unknown length) is read only once its caller's key checked out; `SHAKER_MAX_UNAUTHENTICATED_BODY_BYTES`, default 64 KiB. */
+  maxUnauthenticatedBodyBytes: number;
+  /** maxJsonDepth refuses request bodies nested deeper (400); `SHAKER_MAX_JSON_DEPTH`, default 64 (at most 100, protobuf's own limit). */
+  maxJsonDepth: number;
   /** quiet silences the start-up banner (tests). */
   quiet: boolean;
 }
@@ -108,6 +120,12 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env, overrides: Part
     runTmpBytes: envInt(env, "SHAKER_RUN_TMP_BYTES", 64 * 1024 * 1024),
     runReadPaths: (envString(env, "SHAKER_RUN_READ_PATHS") ?? "").split(":").filter((p) => p.startsWith("/")),
     httpAllow: (envString(env, "SHAKER_HTTP_ALLOW") ?? "").split(",").map((e) => e.trim()).filter((e) => e !== ""),
+    headersTimeoutMs: envInt(env, "SHAKER_HEADERS_TIMEOUT_MS", 10_000),
+    idleTimeoutMs: envInt(env, "SHAKER_IDLE_TIMEOUT_MS", 65_000),
+    maxConnectionsPerAddress: envInt(env, "SHAKER_MAX_CONNECTIONS_PER_ADDRESS", 256),
+    maxConnections: envInt(env, "SHAKER_MAX_CONNECTIONS", 0),
+    maxUnauthenticatedBodyBytes: envInt(env, "SHAKER_MAX_UNAUTHENTICATED_BODY_BYTES", 64 * 1024),
+    maxJsonDepth: Math.min(100, Math.max(1, envInt(env, "SHAKER_MAX_JSON_DEPTH", 64))),
     quiet: false,
     ...overrides,
   };

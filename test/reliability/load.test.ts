@@ -16,7 +16,14 @@ def execute(ctx):
 describe("load", () => {
   let server: TestServer;
   beforeAll(async () => {
-    server = await startTestServer({ workers: 2, maxConcurrentRuns: CONCURRENT, maxConcurrentRunsPerAccount: CONCURRENT, sandbox: "auto" });
+    // One client address opens all 1,000 connections: lift the per-address cap a server has for strangers.
+    server = await startTestServer({
+      workers: 2,
+      maxConcurrentRuns: CONCURRENT,
+      maxConcurrentRunsPerAccount: CONCURRENT,
+      sandbox: "auto",
+      maxConnectionsPerAddress: 0,
+    });
     await server.upload("steady", workflow, { timeout_seconds: 600 });
   });
   afterAll(() => server.close());
