@@ -1,4 +1,8 @@
-import { spawn, type ChildProcess } from "node:child_process";
+import { spawn, spawnSync, type ChildProcess } from "node:child_process";
+import { fileURLToPath } from "node:url";
+
+/** repoDir is the checkout these tests run from (CI clones it elsewhere than developers do). */
+export const repoDir = fileURLToPath(new URL("../../", import.meta.url));
 
 /** ServerProcess is `shaker serve` started as an operator would, in its own process. */
 export interface ServerProcess {
@@ -7,10 +11,24 @@ export interface ServerProcess {
   output: () => string;
 }
 
-/** startServerProcess runs `node bin/shaker.js serve` on a free port and waits for its banner. */
-export function startServerProcess(env: Record<string, string>): Promise<ServerProcess> {
+/** Options of startServerProcess. */
+export interface ServerProcessOptions {
+  /** user runs the server as this (system) user, without root's groups or capabilities (see systemUser). */
+  user?: SystemUser;
+}
+
+/**
+ * startServerProcess runs `node bin/shaker.js serve` on a free port and waits for its banner. With
+ * `user`, through `setpriv`, which execs: the child's pid is the server's.
+ */
+export function startServerProcess(env: Record<string, string>, options: ServerProcessOptions = {}): Promise<ServerProcess> {
   return new Promise((resolve, reject) => {
-    const proc = spawn(process.execPath, ["bin/shaker.js", "serve"], {
+    const serve = [process.execPath, `${repoDir}bin/shaker.js`, "serve"];
+    const [command, ...args] = options.user
+      ? ["setpriv", `--reuid=${options.user.uid}`, `--regid=${options.user.gid}`, "--clear-groups", "--", ...serve]
+      : serve;
+    const proc = spawn(command, args, {
+      cwd: repoDir,
       env: { ...process.env, PORT: "0", ...env },
       stdio: ["ignore", "pipe", "pipe"],
     });
@@ -26,6 +44,10 @@ export function startServerProcess(env: Record<string, string>): Promise<ServerP
     };
     proc.stdout!.on("data", onData);
     proc.stderr!.on("data", (b: Buffer) => (out += b.toString()));
+    proc.on("error", (e) => {
+      clearTimeout(timer);
+      reject(new Error(`could not start ${command}: ${e.message}`));
+    });
     proc.on("exit", (code) => {
       clearTimeout(timer);
       reject(new Error(`server exited with ${code} before listening:\n${out}`));
@@ -36,8 +58,41 @@ export function startServerProcess(env: Record<string, string>): Promise<ServerP
 /** stopServerProcess kills the server with a signal and waits until it is gone. */
 export function stopServerProcess(server: ServerProcess, signal: NodeJS.Signals): Promise<number | null> {
   return new Promise((resolve) => {
-    if (server.proc.exitCode !== null) return resolve(server.proc.exitCode);
+    if (server.proc.exitCode !== null || server.proc.signalCode !== null) return resolve(server.proc.exitCode);
     server.proc.once("exit", (code) => resolve(code));
     server.proc.kill(signal);
   });
+}
+
+/** SystemUser is an unprivileged account to run a server as. */
+export interface SystemUser {
+  name: string;
+  uid: number;
+  gid: number;
+}
+
+/**
+ * systemUser returns the system user `name`, creating it (no home, no login) when it is missing.
+ * Needs root; throws saying why when the user can neither be found nor made, or cannot read the
+ * checkout (the server runs from it).
+ */
+export function systemUser(name: string): SystemUser {
+  const lookup = () => {
+    const r = spawnSync("getent", ["passwd", name], { encoding: "utf8" });
+    if (r.status !== 0) return undefined;
+    const [, , uid, gid] = r.stdout.trim().split(":");
+    return { name, uid: Number(uid), gid: Number(gid) };
+  };
+  let user = lookup();
+  if (!user) {
+    if (process.getuid?.() !== 0) throw new Error(`no user ${name}, and only root can create one (these tests run as uid ${process.getuid?.()})`);
+    const made = spawnSync("useradd", ["--system", "--no-create-home", "--shell", "/usr/sbin/nologin", name], { encoding: "utf8" });
+    user = lookup();
+    if (!user) throw new Error(`could not create the user ${name}: useradd exited with ${made.status}: ${made.stderr || made.error?.message}`);
+  }
+  const check = spawnSync("setpriv", [`--reuid=${user.uid}`, `--regid=${user.gid}`, "--clear-groups", "--", "test", "-r", `${repoDir}bin/shaker.js`], { encoding: "utf8" });
+  if (check.status !== 0) {
+    throw new Error(`the user ${name} cannot read ${repoDir}bin/shaker.js (${check.error?.message ?? `exit ${check.status} ${check.stderr}`}): every directory up to the checkout must be readable and searchable by others`);
+  }
+  return user;
 }
