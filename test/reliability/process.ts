@@ -15,6 +15,8 @@ export interface ServerProcess {
 export interface ServerProcessOptions {
   /** user runs the server as this (system) user, without root's groups or capabilities (see systemUser). */
   user?: SystemUser;
+  /** wrap is a command the server is started through (it must exec its arguments). */
+  wrap?: string[];
 }
 
 /**
@@ -24,9 +26,10 @@ export interface ServerProcessOptions {
 export function startServerProcess(env: Record<string, string>, options: ServerProcessOptions = {}): Promise<ServerProcess> {
   return new Promise((resolve, reject) => {
     const serve = [process.execPath, `${repoDir}bin/shaker.js`, "serve"];
-    const [command, ...args] = options.user
+    const asUser = options.user
       ? ["setpriv", `--reuid=${options.user.uid}`, `--regid=${options.user.gid}`, "--clear-groups", "--", ...serve]
       : serve;
+    const [command, ...args] = [...(options.wrap ?? []), ...asUser];
     const proc = spawn(command, args, {
       cwd: repoDir,
       env: { ...process.env, PORT: "0", ...env },
