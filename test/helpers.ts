@@ -24,8 +24,8 @@ export interface TestServer {
 export async function startTestServer(overrides: Partial<Config> = {}, env: NodeJS.ProcessEnv = {}): Promise<TestServer> {
   const dataDir = overrides.dataDir ?? mkdtempSync(join(tmpdir(), "shaker-test-"));
   const apiKey = overrides.apiKey ?? "sk-shaker-test-default-key";
-  // Tests share files with their workflows through the host's /tmp, so they run unsandboxed unless
-  // they ask; test/sandbox.test.ts and the reliability suite exercise bwrap itself.
+  // Tests share files with their workflows through the host's /tmp, so they run unconfined unless
+  // they ask; test/sandbox.test.ts and the reliability suite exercise the confinement itself.
   const config = loadConfig(env, { port: 0, dataDir, apiKey, quiet: true, workers: 1, sandbox: "none", ...overrides });
   const shaker = await startShaker(config);
   const url = shaker.url;
