@@ -3,4 +3,5 @@
 import { register } from "tsx/esm/api";
 
 register();
-await import("../cli/main.ts");
+const { main, processIo } = await import("../cli/main.ts");
+process.exit(await main(process.argv.slice(2), processIo()));

@@ -1,6 +1,7 @@
 import { closeSync, createReadStream, openSync, readFileSync, readSync, statSync } from "node:fs";
 import { createInterface } from "node:readline";
 import { call, CliError, need, parse, printJson, serverOf, table, type Server } from "./http.js";
+import type { CliIo } from "./io.js";
 
 const usage = `usage: shaker datastores list
        shaker datastores create NAME [--embedding-model MODEL]
@@ -14,7 +15,8 @@ class Progress {
   private lastDraw = 0;
   constructor(
     private readonly label: string,
-    private readonly draw = process.stderr.isTTY === true,
+    private readonly io: CliIo,
+    private readonly draw: boolean,
   ) {}
 
   update(fraction: number, records: number, force = false): void {
@@ -24,7 +26,7 @@ class Progress {
     const width = 30;
     const done = Math.round(Math.min(1, Math.max(0, fraction)) * width);
     const line = `${this.label} [${"#".repeat(done)}${"-".repeat(width - done)}] ${Math.round(fraction * 100)}% ${records} records ${this.rate(records)} records/s`;
-    if (this.draw) process.stderr.write(`\r${line}`);
+    if (this.draw) this.io.stderr(`\r${line}`);
   }
 
   rate(records: number): number {
@@ -37,7 +39,7 @@ class Progress {
   }
 
   end(): void {
-    if (this.draw) process.stderr.write("\n");
+    if (this.draw) this.io.stderr("\n");
   }
 }
 
@@ -89,8 +91,8 @@ async function* batchesOf(file: string, size: number): AsyncGenerator<{ records:
   if (batch.length) yield { records: batch, fraction: 1 };
 }
 
-async function load(server: Server, name: string, file: string, batchSize: number, forceBar: boolean): Promise<void> {
-  const progress = new Progress(`loading ${name}`, forceBar || process.stderr.isTTY === true);
+async function load(io: CliIo, server: Server, name: string, file: string, batchSize: number, forceBar: boolean): Promise<void> {
+  const progress = new Progress(`loading ${name}`, io, forceBar || io.stderrIsTTY);
   let total = 0;
   let embedded = 0;
   for await (const { records, fraction } of batchesOf(file, batchSize)) {
@@ -109,13 +111,13 @@ async function load(server: Server, name: string, file: string, batchSize: numbe
   progress.update(1, total, true);
   progress.end();
   const seconds = progress.seconds();
-  process.stderr.write(
+  io.stderr(
     `loaded ${total} records into ${name} in ${seconds.toFixed(2)}s (${progress.rate(total)} records/s${embedded ? `, ${embedded} embedded` : ""})\n`,
   );
 }
 
 /** runDatastores manages the account's record stores. */
-export async function runDatastores(argv: string[]): Promise<void> {
+export async function runDatastores(argv: string[], io: CliIo): Promise<void> {
   const { values, positionals } = parse(
     argv,
     {
@@ -128,18 +130,18 @@ export async function runDatastores(argv: string[]): Promise<void> {
     },
     usage,
   );
-  const server = serverOf(values);
+  const server = serverOf(values, io.env);
   const [sub] = positionals;
   switch (sub) {
     case "list": {
       const resp = await call(server, "GET", "/v1/datastores");
-      if (values.json) return printJson(resp.data);
+      if (values.json) return printJson(io, resp.data);
       const stores: any[] = resp.data;
       if (!stores.length) {
-        process.stdout.write("no datastores; create one with: shaker datastores create NAME\n");
+        io.stdout("no datastores; create one with: shaker datastores create NAME\n");
         return;
       }
-      process.stdout.write(
+      io.stdout(
         table(
           ["NAME", "RECORDS", "EMBEDDING MODEL", "CREATED"],
           stores.map((s) => [s.name, String(s.record_count ?? ""), s.embedding_model || "-", String(s.created_at ?? "")]),
@@ -152,7 +154,7 @@ export async function runDatastores(argv: string[]): Promise<void> {
       const body: Record<string, unknown> = { name };
       if (values["embedding-model"]) body.embedding_model = values["embedding-model"];
       const resp = await call(server, "POST", "/v1/datastores", { body });
-      process.stdout.write(`created datastore ${resp.data?.name ?? name}\n`);
+      io.stdout(`created datastore ${resp.data?.name ?? name}\n`);
       return;
     }
     case "load": {
@@ -160,7 +162,7 @@ export async function runDatastores(argv: string[]): Promise<void> {
       const file = need(positionals, 2, "FILE", usage);
       const batch = values.batch === undefined ? 500 : Number(values.batch);
       if (!Number.isInteger(batch) || batch <= 0) throw new CliError("--batch must be a positive whole number", 2);
-      return load(server, name, file, batch, values.progress === true);
+      return load(io, server, name, file, batch, values.progress === true);
     }
     case "search": {
       const name = need(positionals, 1, "NAME", usage);
@@ -174,14 +176,14 @@ export async function runDatastores(argv: string[]): Promise<void> {
       }
       const resp = await call(server, "POST", `/v1/datastores/${encodeURIComponent(name)}/search`, { body });
       const hits: any[] = resp.data;
-      if (values.json) return printJson(hits);
+      if (values.json) return printJson(io, hits);
       if (!hits.length) {
-        process.stdout.write("no matches\n");
+        io.stdout("no matches\n");
         return;
       }
       for (const h of hits) {
         const text = String(h.text ?? "").replace(/\s+/g, " ");
-        process.stdout.write(`${Number(h.score).toFixed(3)}  ${h.id}  ${text.length > 100 ? text.slice(0, 97) + "..." : text}\n`);
+        io.stdout(`${Number(h.score).toFixed(3)}  ${h.id}  ${text.length > 100 ? text.slice(0, 97) + "..." : text}\n`);
       }
       return;
     }

@@ -1,4 +1,5 @@
 import { parseArgs, type ParseArgsConfig } from "node:util";
+import type { CliIo } from "./io.js";
 
 /** CliError is a failure the command reports as one line on stderr, exiting with `exitCode`. */
 export class CliError extends Error {
@@ -7,6 +8,13 @@ export class CliError extends Error {
     readonly exitCode = 1,
   ) {
     super(message);
+  }
+}
+
+/** HelpRequested ends a command asked for --help: main prints `text` on stdout and exits 0. */
+export class HelpRequested extends CliError {
+  constructor(readonly text: string) {
+    super("help requested", 0);
   }
 }
 
@@ -31,16 +39,13 @@ export function parse<O extends NonNullable<ParseArgsConfig["options"]>>(argv: s
   } catch (e) {
     throw new CliError(`${(e as Error).message}\n${usage}`, 2);
   }
-  if ((parsed.values as { help?: boolean }).help) {
-    process.stdout.write(usage + "\n");
-    process.exit(0);
-  }
+  if ((parsed.values as { help?: boolean }).help) throw new HelpRequested(usage + "\n");
   return parsed;
 }
 
-/** serverOf picks the server from --server/--api-key, else SHAKER_URL/SHAKER_API_KEY, else the local default. */
-export function serverOf(values: { server?: string | boolean; "api-key"?: string | boolean }, env: NodeJS.ProcessEnv = process.env): Server {
-  const raw = (typeof values.server === "string" ? values.server : undefined) ?? env.SHAKER_URL ?? "http://127.0.0.1:8080";
+/** serverOf picks the server from --server/--api-key, else SHAKER_URL/SHAKER_API_KEY (unless empty), else the local default. */
+export function serverOf(values: { server?: string | boolean; "api-key"?: string | boolean }, env: NodeJS.ProcessEnv): Server {
+  const raw = (typeof values.server === "string" ? values.server : undefined) ?? (env.SHAKER_URL || "http://127.0.0.1:8080");
   let url: URL;
   try {
     url = new URL(raw);
@@ -129,8 +134,8 @@ export async function call<T = any>(server: Server, method: string, path: string
 }
 
 /** printJson writes a value as indented JSON on stdout. */
-export function printJson(value: unknown): void {
-  process.stdout.write(JSON.stringify(value, null, 2) + "\n");
+export function printJson(io: CliIo, value: unknown): void {
+  io.stdout(JSON.stringify(value, null, 2) + "\n");
 }
 
 /** textOf shows an emitted or returned value: strings as they are, anything else as JSON. */

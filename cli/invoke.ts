@@ -1,5 +1,6 @@
 import { readFileSync } from "node:fs";
 import { CliError, errorOf, need, parse, printJson, send, serverOf, textOf } from "./http.js";
+import type { CliIo } from "./io.js";
 
 const usage = `usage: shaker invoke REF [--input JSON|@FILE] [--message TEXT] [--stream] [--session ID]
                     [--secret NAME=VALUE]... [--server URL] [--api-key KEY]
@@ -43,7 +44,7 @@ export async function* sseEvents(body: ReadableStream<Uint8Array>): AsyncGenerat
 }
 
 /** runInvoke calls a workflow through POST /v1/chat/completions. */
-export async function runInvoke(argv: string[]): Promise<void> {
+export async function runInvoke(argv: string[], io: CliIo): Promise<void> {
   const { values, positionals } = parse(
     argv,
     {
@@ -55,7 +56,7 @@ export async function runInvoke(argv: string[]): Promise<void> {
     },
     usage,
   );
-  const server = serverOf(values);
+  const server = serverOf(values, io.env);
   const ref = need(positionals, 0, "REF", usage).replace(/^workflow:/, "");
   const body: Record<string, unknown> = { model: `workflow:${ref}` };
   if (values.input !== undefined) body.input = inputOf(values.input);
@@ -76,14 +77,14 @@ export async function runInvoke(argv: string[]): Promise<void> {
   if (!res.ok) throw await errorOf(res);
   if (res.status === 202) {
     const accepted = (await res.json()) as Record<string, unknown>;
-    process.stderr.write(`accepted: the run continues in the background; see it with: shaker runs show ${String(accepted.run_id ?? "")}\n`);
-    printJson(accepted);
+    io.stderr(`accepted: the run continues in the background; see it with: shaker runs show ${String(accepted.run_id ?? "")}\n`);
+    printJson(io, accepted);
     return;
   }
   if (!values.stream || !(res.headers.get("content-type") ?? "").includes("text/event-stream")) {
     const completion = (await res.json()) as Record<string, unknown>;
-    process.stderr.write(`run ${String(completion.run_id)} (session ${String(completion.session_id)})\n`);
-    printJson(completion.output);
+    io.stderr(`run ${String(completion.run_id)} (session ${String(completion.session_id)})\n`);
+    printJson(io, completion.output);
     return;
   }
   let finished = false;
@@ -97,13 +98,13 @@ export async function runInvoke(argv: string[]): Promise<void> {
     }
     if (event.error) throw new CliError(`the run failed: ${event.error.message ?? JSON.stringify(event.error)}`);
     if ("emitted" in event) {
-      process.stderr.write(`» ${textOf(event.emitted)}\n`);
+      io.stderr(`» ${textOf(event.emitted)}\n`);
       continue;
     }
     if (event.choices?.[0]?.finish_reason === "stop") {
       finished = true;
-      process.stderr.write(`run ${String(event.run_id)} (session ${String(event.session_id)})\n`);
-      printJson(event.output);
+      io.stderr(`run ${String(event.run_id)} (session ${String(event.session_id)})\n`);
+      printJson(io, event.output);
     }
   }
   if (!finished) throw new CliError("the stream ended before the run finished");

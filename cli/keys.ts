@@ -8,7 +8,7 @@ import { RegistryService, type ApiKey } from "../gen/shaker/registry/v1/registry
 import { createRegistryService } from "../services/registry/service.js";
 import { createRegistryStore } from "../services/registry/store.js";
 import { headers as authHeaders } from "../services/shared/auth.js";
-import { loadConfig } from "../services/shared/config.js";
+import { loadConfig, type Config } from "../services/shared/config.js";
 
 export const keysUsage = `usage: shaker keys <command>
 
@@ -73,7 +73,8 @@ function remoteRegistry(url: string, apiKey: string | undefined): RegistryHandle
  * localRegistry serves the Registry in process over the data directory's database, so both modes run
  * the same handlers (the same checks); the calls carry a one-off service credential.
  */
-function localRegistry(dataDir: string, create: boolean): RegistryHandle {
+function localRegistry(config: Config, create: boolean): RegistryHandle {
+  const dataDir = config.dataDir;
   const file = join(dataDir, "registry.db");
   if (!existsSync(file)) {
     if (!create) throw new Error(`no Shaker data in ${dataDir} (no registry.db): set SHAKER_DATA_DIR, or SHAKER_URL for a running server`);
@@ -81,7 +82,6 @@ function localRegistry(dataDir: string, create: boolean): RegistryHandle {
   }
   const store = createRegistryStore(file);
   const serviceSecret = randomBytes(32).toString("base64url");
-  const config = loadConfig();
   const registry = createRegistryService({
     store,
     serviceSecret,
@@ -134,7 +134,7 @@ export async function runKeys(args: string[], env: NodeJS.ProcessEnv, out: (s: s
   const url = env.SHAKER_URL?.trim();
   const registry = url
     ? remoteRegistry(url, env.SHAKER_API_KEY?.trim() || undefined)
-    : localRegistry(loadConfig(env).dataDir, command === "create");
+    : localRegistry(loadConfig(env), command === "create");
   const callOptions = { headers: registry.headers };
   try {
     switch (command) {

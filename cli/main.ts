@@ -1,6 +1,7 @@
 import { loadConfig } from "../services/shared/config.js";
 import { runDatastores } from "./datastores.js";
-import { CliError } from "./http.js";
+import { CliError, HelpRequested } from "./http.js";
+import type { CliIo } from "./io.js";
 import { runInvoke } from "./invoke.js";
 import { runKeys, UsageError } from "./keys.js";
 import { runRuns } from "./runs.js";
@@ -22,70 +23,108 @@ Commands that talk to a server take --server URL and --api-key KEY, or read SHAK
 (default http://127.0.0.1:8080) and SHAKER_API_KEY.
 `;
 
-async function serve(): Promise<void> {
-  const config = loadConfig();
+/**
+ * serve runs Shaker until SIGINT or SIGTERM (or io.signal) and resolves with the exit code once it has
+ * shut down: 0, or 1 when the shutdown failed or a second signal came before it ended.
+ */
+async function serve(io: CliIo): Promise<number> {
+  const config = loadConfig(io.env);
   const shaker = await startShaker(config);
-  process.stdout.write(`Shaker is listening on ${shaker.url} (data in ${config.dataDir})\n`);
-  process.stdout.write(`Runs: ${shaker.isolation}\n`);
+  io.stdout(`Shaker is listening on ${shaker.url} (data in ${config.dataDir})\n`);
+  io.stdout(`Runs: ${shaker.isolation}\n`);
   if (shaker.generatedApiKey) {
-    process.stdout.write(
+    io.stdout(
       `\nCreated the default account's API key. It is shown only this once; keep it:\n\n  ${shaker.generatedApiKey}\n\n` +
         `  export SHAKER_API_KEY=${shaker.generatedApiKey}\n\n`,
     );
   }
-  let stopping = false;
-  const stop = (signal: string) => {
-    if (stopping) process.exit(1);
-    stopping = true;
-    process.stdout.write(`${signal}: shutting down\n`);
-    shaker.close().then(
-      () => process.exit(0),
-      (e: unknown) => {
-        process.stderr.write(`shutdown failed: ${(e as Error).message}\n`);
-        process.exit(1);
-      },
-    );
-  };
-  process.on("SIGINT", () => stop("SIGINT"));
-  process.on("SIGTERM", () => stop("SIGTERM"));
+  let onSigint = () => {};
+  let onSigterm = () => {};
+  let onAbort = () => {};
+  const code = await new Promise<number>((resolve) => {
+    let stopping = false;
+    const stop = (why: string) => {
+      if (stopping) return resolve(1);
+      stopping = true;
+      io.stdout(`${why}: shutting down\n`);
+      shaker.close().then(
+        () => resolve(0),
+        (e: unknown) => {
+          io.stderr(`shutdown failed: ${(e as Error).message}\n`);
+          resolve(1);
+        },
+      );
+    };
+    onSigint = () => stop("SIGINT");
+    onSigterm = () => stop("SIGTERM");
+    onAbort = () => stop("stopped");
+    process.on("SIGINT", onSigint);
+    process.on("SIGTERM", onSigterm);
+    if (io.signal?.aborted) onAbort();
+    else io.signal?.addEventListener("abort", onAbort, { once: true });
+  });
+  process.off("SIGINT", onSigint);
+  process.off("SIGTERM", onSigterm);
+  io.signal?.removeEventListener("abort", onAbort);
+  return code;
 }
 
-async function main(argv: string[]): Promise<void> {
-  const [command] = argv;
-  switch (command) {
+/** command runs one command; it returns normally on success and throws how it failed. */
+async function command(argv: string[], io: CliIo): Promise<number> {
+  const [name, ...rest] = argv;
+  switch (name) {
     case "serve":
-      return serve();
+      return serve(io);
     case "upload":
-      return runUpload(argv.slice(1));
+      await runUpload(rest, io);
+      return 0;
     case "validate":
-      return runValidate(argv.slice(1));
+      await runValidate(rest, io);
+      return 0;
     case "invoke":
-      return runInvoke(argv.slice(1));
+      await runInvoke(rest, io);
+      return 0;
     case "runs":
-      return runRuns(argv.slice(1));
+      await runRuns(rest, io);
+      return 0;
     case "datastores":
-      return runDatastores(argv.slice(1));
+      await runDatastores(rest, io);
+      return 0;
     case "keys":
-      try {
-        return await runKeys(argv.slice(1), process.env, (s) => process.stdout.write(s));
-      } catch (e) {
-        if (!(e instanceof UsageError)) throw e;
-        process.stderr.write(`shaker keys: ${e.message}\n(see shaker keys --help)\n`);
-        process.exit(2);
-      }
+      await runKeys(rest, io.env, (text) => io.stdout(text));
+      return 0;
     case undefined:
     case "help":
     case "--help":
     case "-h":
-      process.stdout.write(usage);
-      return;
+      io.stdout(usage);
+      return 0;
     default:
-      process.stderr.write(`shaker: unknown command '${command}'\n${usage}`);
-      process.exit(2);
+      throw new CliError(`unknown command '${name}'\n${usage.trimEnd()}`, 2);
   }
 }
 
-main(process.argv.slice(2)).catch((e: unknown) => {
-  process.stderr.write(`shaker: ${e instanceof Error ? e.message : String(e)}\n`);
-  process.exit(e instanceof CliError ? e.exitCode : 1);
-});
+/**
+ * main runs the `shaker` command `argv` (without node and the script) with `io`, and resolves with its
+ * exit code, also left in io.exitCode. It never exits the process: bin/shaker.js does, with that code.
+ * A failure is one line on stderr (`shaker: ...`); a usage mistake exits 2.
+ */
+export async function main(argv: string[], io: CliIo): Promise<number> {
+  try {
+    io.exitCode = await command(argv, io);
+  } catch (e) {
+    if (e instanceof HelpRequested) {
+      io.stdout(e.text);
+      io.exitCode = 0;
+    } else if (e instanceof UsageError) {
+      io.stderr(`shaker keys: ${e.message}\n(see shaker keys --help)\n`);
+      io.exitCode = 2;
+    } else {
+      io.stderr(`shaker: ${e instanceof Error ? e.message : String(e)}\n`);
+      io.exitCode = e instanceof CliError ? e.exitCode : 1;
+    }
+  }
+  return io.exitCode;
+}
+
+export { processIo, type CliIo } from "./io.js";

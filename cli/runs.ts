@@ -1,4 +1,5 @@
 import { call, CliError, ms, need, parse, printJson, serverOf, table, textOf } from "./http.js";
+import type { CliIo } from "./io.js";
 
 const usage = `usage: shaker runs [--workflow REF] [--session ID] [--status S] [--limit N] [--json]
        shaker runs show ID [--json]
@@ -67,7 +68,7 @@ function showRun(run: any): string {
 }
 
 /** runRuns lists run records, or shows one. */
-export async function runRuns(argv: string[]): Promise<void> {
+export async function runRuns(argv: string[], io: CliIo): Promise<void> {
   const { values, positionals } = parse(
     argv,
     {
@@ -79,12 +80,12 @@ export async function runRuns(argv: string[]): Promise<void> {
     },
     usage,
   );
-  const server = serverOf(values);
+  const server = serverOf(values, io.env);
   if (positionals[0] === "show") {
     const id = need(positionals, 1, "ID", usage);
     const resp = await call(server, "GET", `/v1/runs/${encodeURIComponent(id)}`);
-    if (values.json) printJson(resp.data);
-    else process.stdout.write(showRun(resp.data));
+    if (values.json) printJson(io, resp.data);
+    else io.stdout(showRun(resp.data));
     return;
   }
   if (positionals.length > 0) throw new CliError(`unknown runs subcommand '${positionals[0]}'\n${usage}`, 2);
@@ -95,12 +96,12 @@ export async function runRuns(argv: string[]): Promise<void> {
   if (values.limit) q.set("limit", values.limit);
   const resp = await call(server, "GET", `/v1/runs${q.size ? "?" + q : ""}`);
   const runs: any[] = resp.data;
-  if (values.json) return printJson(runs);
+  if (values.json) return printJson(io, runs);
   if (runs.length === 0) {
-    process.stdout.write("no runs\n");
+    io.stdout("no runs\n");
     return;
   }
-  process.stdout.write(
+  io.stdout(
     table(
       ["RUN", "WORKFLOW", "STATUS", "DURATION", "CREATED", "SESSION"],
       runs.map((r) => [r.run_id, `${r.workflow_ref_name}@${r.version}`, r.status, ms(r.duration_ms), time(r.created_at), r.session_id]),

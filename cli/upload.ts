@@ -2,6 +2,7 @@ import { readFileSync } from "node:fs";
 import { basename, extname } from "node:path";
 import { runPythonJson } from "../services/shared/python.js";
 import { ApiError, call, CliError, need, parse, serverOf } from "./http.js";
+import type { CliIo } from "./io.js";
 
 /** ScriptError is one validation finding: 1-based line and column (0 when unknown). */
 export interface ScriptError {
@@ -62,14 +63,14 @@ export function refNameOf(file: string): string {
 }
 
 /** runValidate checks a script with the Registry's own validator, locally. */
-export async function runValidate(argv: string[]): Promise<void> {
+export async function runValidate(argv: string[], io: CliIo): Promise<void> {
   const { positionals } = parse(argv, {}, validateUsage);
   const file = need(positionals, 0, "FILE", validateUsage);
   const source = readScript(file);
   let result: { errors: ScriptError[] };
   try {
     result = await runPythonJson<{ errors: ScriptError[] }>({
-      python: process.env.SHAKER_PYTHON ?? "python3",
+      python: io.env.SHAKER_PYTHON ?? "python3",
       script: validatorScript,
       input: { code: source },
       timeoutMs: 20_000,
@@ -80,10 +81,10 @@ export async function runValidate(argv: string[]): Promise<void> {
     throw new CliError(`the validator failed: ${err.message.split("\n")[0]}`);
   }
   if (result.errors.length > 0) {
-    process.stderr.write(formatErrors(file, source, result.errors));
+    io.stderr(formatErrors(file, source, result.errors));
     throw new CliError(`${file}: ${result.errors.length} problem${result.errors.length === 1 ? "" : "s"}; not a valid workflow`);
   }
-  process.stdout.write(`${file}: ok\n`);
+  io.stdout(`${file}: ok\n`);
 }
 
 function pairs(values: string[] | undefined, flag: string): [string, string][] {
@@ -95,7 +96,7 @@ function pairs(values: string[] | undefined, flag: string): [string, string][] {
 }
 
 /** runUpload stores a new version of a workflow; refused scripts are shown with a caret under each problem. */
-export async function runUpload(argv: string[]): Promise<void> {
+export async function runUpload(argv: string[], io: CliIo): Promise<void> {
   const { values, positionals } = parse(
     argv,
     {
@@ -110,7 +111,7 @@ export async function runUpload(argv: string[]): Promise<void> {
     },
     uploadUsage,
   );
-  const server = serverOf(values);
+  const server = serverOf(values, io.env);
   const file = need(positionals, 0, "FILE", uploadUsage);
   const source = readScript(file);
   const ref = values.name ?? refNameOf(file);
@@ -160,10 +161,10 @@ export async function runUpload(argv: string[]): Promise<void> {
   } catch (e) {
     const found = e instanceof ApiError && e.status === 400 ? errorsInMessage(e.serverMessage) : [];
     if (found.length === 0) throw e;
-    process.stderr.write(formatErrors(file, source, found));
+    io.stderr(formatErrors(file, source, found));
     throw new CliError(`${file}: ${found.length} problem${found.length === 1 ? "" : "s"}; the upload was refused`);
   }
   const d = resp.data;
-  process.stdout.write(`${d.created ? "created" : "updated"} workflow ${d.workflow_ref_name} version ${d.version}\n`);
-  process.stdout.write(`invoke it: shaker invoke ${d.workflow_ref_name} --input '{}'   (or model "workflow:${d.workflow_ref_name}")\n`);
+  io.stdout(`${d.created ? "created" : "updated"} workflow ${d.workflow_ref_name} version ${d.version}\n`);
+  io.stdout(`invoke it: shaker invoke ${d.workflow_ref_name} --input '{}'   (or model "workflow:${d.workflow_ref_name}")\n`);
 }
