@@ -6,10 +6,10 @@ import { DatastoreService, SearchMode, type Record as RecordMsg, type StoreSchem
 import { requireAccount, type Identity } from "../shared/auth.js";
 import type { ServiceDeps } from "../shared/deps.js";
 import { timestampOf } from "../shared/json.js";
+import { namePattern } from "../shared/names.js";
 import { FilterError, parseFilter } from "./filter.js";
 import { createDatastoreStore, type Hit, type RecordInput, type StoreRow, type UpsertResult } from "./store.js";
 
-const namePattern = /^[a-z0-9][a-z0-9_-]{0,63}$/;
 /** embedBatch is how many texts go to the ModelProxy in one Embeddings call. */
 const embedBatch = 64;
 /** rrfK is the constant of reciprocal rank fusion (Cormack et al. use 60). */
@@ -143,7 +143,7 @@ export function createDatastoreService(deps: ServiceDeps): { impl: ServiceImpl<t
     impl: {
       async createStore(req, ctx) {
         const accountId = manageOnly(await deps.auth.identify(ctx.requestHeader));
-        if (!namePattern.test(req.name)) throw invalid("'name' must match ^[a-z0-9][a-z0-9_-]{0,63}$", "name");
+        if (!namePattern.test(req.name)) throw invalid(`'name' must match ${namePattern.source}`, "name");
         const row = store.createStore(accountId, req.name, req.embeddingModel);
         if (!row) throw new ConnectError(`datastore '${req.name}' already exists`, Code.AlreadyExists);
         return { store: storeMsg(row, 0) };
