@@ -1,4 +1,4 @@
-import { invalidArgument } from "../shared/errors.js";
+import { errorMetadata, invalidArgument } from "../shared/errors.js";
 import type { JsonObject, MessageInitShape } from "@bufbuild/protobuf";
 import { Code, ConnectError, type HandlerContext, type ServiceImpl } from "@connectrpc/connect";
 import type OpenAI from "openai";
@@ -25,9 +25,6 @@ import type { AttemptRecord } from "./schema.js";
 import { createModelProxyStore, type CallRow } from "./store.js";
 
 type Json = Record<string, unknown>;
-
-/** The header that tells the edge an error came from an upstream model (its value: 502 or 504). */
-export const upstreamStatusHeader = "shaker-upstream-status";
 
 /** Call is one model call in flight: who made it and how it goes. */
 interface Call {
@@ -171,8 +168,8 @@ export function createModelProxyService(
     const text = call.redact(
       `the model call failed after ${call.attempts.length} attempt(s); last: ${where}: ${last?.message ?? "no provider"}`,
     );
-    if (last?.timeout) return new ConnectError(text, Code.DeadlineExceeded, new Headers({ [upstreamStatusHeader]: "504" }));
-    return new ConnectError(text, Code.Unavailable, new Headers({ [upstreamStatusHeader]: "502" }));
+    if (last?.timeout) return new ConnectError(text, Code.DeadlineExceeded, new Headers({ [errorMetadata.upstreamStatus]: "504" }));
+    return new ConnectError(text, Code.Unavailable, new Headers({ [errorMetadata.upstreamStatus]: "502" }));
   }
 
   /**
@@ -296,13 +293,13 @@ export function createModelProxyService(
         }
       } catch (e) {
         if (w?.timedOut) {
-          error = new ConnectError(`the upstream stream stalled: no chunk within ${cfg.providers.get(call.provider)?.timeoutMs} ms`, Code.DeadlineExceeded, new Headers({ [upstreamStatusHeader]: "504" }));
+          error = new ConnectError(`the upstream stream stalled: no chunk within ${cfg.providers.get(call.provider)?.timeoutMs} ms`, Code.DeadlineExceeded, new Headers({ [errorMetadata.upstreamStatus]: "504" }));
         } else if (ctx.signal.aborted) {
           error = new ConnectError("the caller cancelled the model call", Code.Canceled);
         } else if (e instanceof ConnectError) {
           error = e;
         } else {
-          error = new ConnectError(call.redact(`the upstream stream failed: ${classify(e, false, 0).message}`), Code.Unavailable, new Headers({ [upstreamStatusHeader]: "502" }));
+          error = new ConnectError(call.redact(`the upstream stream failed: ${classify(e, false, 0).message}`), Code.Unavailable, new Headers({ [errorMetadata.upstreamStatus]: "502" }));
         }
         throw error;
       } finally {

@@ -6,6 +6,8 @@ export const errorMetadata = {
   param: "shaker-param",
   /** limit marks a ResourceExhausted error as a size limit (HTTP 413), not a rate or concurrency limit (429). */
   limit: "shaker-limit",
+  /** upstreamStatus marks an error as an upstream model's failure; its value is the HTTP status to answer (502 or 504). */
+  upstreamStatus: "shaker-upstream-status",
 } as const;
 
 /** invalidArgument is an InvalidArgument error naming the field at fault, when there is one. */
