@@ -1,7 +1,7 @@
 import { writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { registryLimits } from "../services/registry/service.js";
+import { registryLimits } from "../services/registry/rules.js";
 import { startTestServer, type TestServer } from "./helpers.js";
 
 const b64 = (text: string) => Buffer.from(text, "utf8").toString("base64");

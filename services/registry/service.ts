@@ -1,4 +1,4 @@
-import { invalidArgument, tooLarge } from "../shared/errors.js";
+import { invalidArgument } from "../shared/errors.js";
 import { randomBytes } from "node:crypto";
 import { create, type JsonObject, type MessageInitShape } from "@bufbuild/protobuf";
 import { timestampFromMs } from "@bufbuild/protobuf/wkt";
@@ -9,28 +9,16 @@ import {
   VersionBump,
   type ApiKeySchema,
   WorkflowVersionSchema,
-  type ValidationError,
   type WorkflowVersion,
 } from "../../gen/shaker/registry/v1/registry_pb.js";
 import { createAuth, requireAccount, requireAdmin, type Auth, type Identity } from "../shared/auth.js";
-import { fromValue, toValue } from "../shared/json.js";
-import { normaliseAccessoryKey, type ApiKeyRow, type RegistryStore, type VersionRow, type WorkflowRow } from "./store.js";
+import { toValue } from "../shared/json.js";
+import { namePattern } from "../shared/names.js";
+import { checkAccountName, checkPage, checkUpload, parseVersion, scriptSizeError, workflowPages } from "./rules.js";
+import type { ApiKeyRow, RegistryStore, VersionRow, WorkflowRow } from "./store.js";
 import { createValidator, type ValidationResult } from "./validator.js";
 
 export type { ValidationResult } from "./validator.js";
-
-/** The limits of what an upload may carry. */
-export const registryLimits = {
-  accessoryBytes: 50 * 1024 * 1024,
-  accessoriesPerWorkflow: 100,
-  scriptBytes: 1024 * 1024,
-  envEntries: 200,
-};
-
-
-const refNamePattern = /^[a-z0-9][a-z0-9_-]{0,63}$/;
-const envNamePattern = /^[A-Za-z_][A-Za-z0-9_]{0,255}$/;
-const versionPattern = /^(\d{1,9})\.(\d{1,9})\.(\d{1,9})$/;
 
 /** DEFAULT_ACCOUNT is the account `SHAKER_API_KEY` and the first start's key belong to. */
 export const DEFAULT_ACCOUNT = "default";
@@ -149,13 +137,8 @@ export function createRegistryService(options: RegistryServiceOptions): {
   }
 
   async function validate(code: string): Promise<ValidationResult> {
-    if (Buffer.byteLength(code) > registryLimits.scriptBytes) {
-      return {
-        errors: [{ line: 0, column: 0, message: `script is larger than ${registryLimits.scriptBytes} bytes` } as ValidationError],
-        input_schema: null,
-        output_schema: null,
-      };
-    }
+    const tooLong = scriptSizeError(code);
+    if (tooLong) return { errors: [tooLong], input_schema: null, output_schema: null };
     try {
       return await validator.validate(code);
     } catch (e) {
@@ -164,7 +147,7 @@ export function createRegistryService(options: RegistryServiceOptions): {
   }
 
   function liveWorkflow(accountId: string, refName: string): WorkflowRow {
-    const workflow = refNamePattern.test(refName) ? store.workflow(accountId, refName) : undefined;
+    const workflow = namePattern.test(refName) ? store.workflow(accountId, refName) : undefined;
     if (!workflow) throw new ConnectError(`workflow '${refName}' not found`, Code.NotFound);
     return workflow;
   }
@@ -181,8 +164,8 @@ export function createRegistryService(options: RegistryServiceOptions): {
     const workflow = liveWorkflow(accountId, refName);
     let version: VersionRow | undefined;
     if (wanted) {
-      const m = versionPattern.exec(wanted);
-      version = m ? store.version(workflow.id, Number(m[1]), Number(m[2]), Number(m[3])) : undefined;
+      const number = parseVersion(wanted);
+      version = number ? store.version(workflow.id, ...number) : undefined;
       if (!version) throw new ConnectError(`workflow '${refName}' has no version '${wanted}'`, Code.NotFound);
     } else {
       version = store.latestVersion(workflow.id, true);
@@ -218,9 +201,7 @@ export function createRegistryService(options: RegistryServiceOptions): {
       const identity = await caller(ctx);
       requireAdmin(identity, "manage other accounts' keys");
       const name = req.accountName.trim();
-      if (!refNamePattern.test(name)) {
-        throw invalid(`account name '${name}' must match ^[a-z0-9][a-z0-9_-]{0,63}$ (lower-case letters, digits, '-' and '_')`, "account_name");
-      }
+      checkAccountName(name);
       const existing = store.accountByName(name);
       if (existing && req.admin && !existing.admin) {
         // Never turn an account into an admin one as a side effect of making a key.
@@ -272,50 +253,7 @@ export function createRegistryService(options: RegistryServiceOptions): {
 
     async uploadWorkflow(req, ctx) {
       const accountId = requireManager(await caller(ctx), "upload workflows");
-      if (!refNamePattern.test(req.workflowRefName)) {
-        throw invalid("workflow_ref_name must match ^[a-z0-9][a-z0-9_-]{0,63}$", "workflow_ref_name");
-      }
-      if (!req.script.trim()) throw invalid("script is required", "script");
-      if (req.timeoutSeconds < 0 || req.timeoutSeconds > options.maxTimeoutSeconds) {
-        throw invalid(`timeout_seconds must be between 1 and ${options.maxTimeoutSeconds}`, "timeout_seconds");
-      }
-      if (Object.keys(req.env).length > registryLimits.envEntries) {
-        throw invalid(`env has more than ${registryLimits.envEntries} entries`, "env");
-      }
-      for (const [name, value] of Object.entries(req.env)) {
-        // They become os.environ of the run: names must be environment variable names.
-        if (!envNamePattern.test(name)) throw invalid(`env name '${name}' must match ^[A-Za-z_][A-Za-z0-9_]*$`, `env.${name}`);
-        if (value.includes("\0")) throw invalid(`env.${name} must not contain NUL characters`, `env.${name}`);
-      }
-      if (req.accessories.length > registryLimits.accessoriesPerWorkflow) {
-        throw invalid(`a workflow may have at most ${registryLimits.accessoriesPerWorkflow} accessories, got ${req.accessories.length}`, "accessories");
-      }
-      const accessoryList: { key: string; content: string }[] = [];
-      const seenKeys = new Map<string, string>();
-      for (const [i, a] of req.accessories.entries()) {
-        const key = a.key.trim();
-        if (!key) throw invalid(`accessories[${i}].key is required`, `accessories[${i}].key`);
-        if (key.length > 256) throw invalid(`accessories[${i}].key is longer than 256 characters`, `accessories[${i}].key`);
-        const normal = normaliseAccessoryKey(key);
-        const earlier = seenKeys.get(normal);
-        if (earlier !== undefined) {
-          throw invalid(`accessories[${i}].key '${key}' is the same key as '${earlier}' (keys are case-insensitive, '-' and '_' alike)`, `accessories[${i}].key`);
-        }
-        seenKeys.set(normal, key);
-        if (a.content === undefined) throw invalid(`accessories[${i}].content is required`, `accessories[${i}].content`);
-        const content = JSON.stringify(fromValue(a.content));
-        const size = Buffer.byteLength(content);
-        if (size > registryLimits.accessoryBytes) {
-          throw tooLarge(
-            `accessories[${i}] ('${key}') is ${size} bytes of JSON; the limit is ${registryLimits.accessoryBytes} bytes (${registryLimits.accessoryBytes / 1024 / 1024} MiB) per accessory`,
-            `accessories[${i}]`,
-          );
-        }
-        accessoryList.push({ key, content });
-      }
-      for (const [i, d] of req.datastores.entries()) {
-        if (!refNamePattern.test(d.name)) throw invalid(`datastores[${i}].name must match ^[a-z0-9][a-z0-9_-]{0,63}$`, `datastores[${i}].name`);
-      }
+      const accessoryList = checkUpload(req, options.maxTimeoutSeconds);
       const result = await validate(req.script);
       if (result.errors.length > 0) {
         const lines = result.errors.map((e) => `line ${e.line}, column ${e.column}: ${e.message}`);
@@ -374,9 +312,8 @@ export function createRegistryService(options: RegistryServiceOptions): {
 
     async listWorkflows(req, ctx) {
       const accountId = requireManager(await caller(ctx), "list workflows");
-      if (req.offset < 0) throw invalid("offset must be 0 or more", "offset");
-      if (req.limit < 0 || req.limit > 100) throw invalid("limit must be between 1 and 100", "limit");
-      const { rows, total } = store.listWorkflows(accountId, req.offset, req.limit || 20);
+      checkPage(req.offset, req.limit);
+      const { rows, total } = store.listWorkflows(accountId, req.offset, req.limit || workflowPages.defaultLimit);
       return {
         total,
         workflows: rows.map((w) => {

@@ -2,6 +2,7 @@ import { createHash } from "node:crypto";
 import { and, asc, count, desc, eq, isNull, sql } from "drizzle-orm";
 import { openDatabase, type Db } from "../shared/db.js";
 import { newId } from "../shared/ids.js";
+import { normaliseAccessoryKey } from "./rules.js";
 import * as schema from "./schema.js";
 
 const migrationsFolder = new URL("./migrations", import.meta.url).pathname;
@@ -15,11 +16,6 @@ export type NewVersion = Omit<typeof schema.workflowVersions.$inferInsert, "id" 
 /** hashKey is how API keys are stored and looked up. */
 export function hashKey(apiKey: string): string {
   return createHash("sha256").update(apiKey).digest("hex");
-}
-
-/** normaliseAccessoryKey makes keys case-insensitive with '-' and '_' alike, as the hosted product does. */
-export function normaliseAccessoryKey(key: string): string {
-  return key.trim().toLowerCase().replaceAll("-", "_");
 }
 
 /** RegistryStore holds every query of the Registry. */

@@ -1,0 +1,139 @@
+// The Registry's field rules: what an upload, a key request and a listing may carry. The Registry's
+// handlers enforce them; the edge and the CLI take the names and bounds they share from here.
+import {
+  ExecutionMode,
+  VersionBump,
+  type UploadWorkflowRequest,
+  type ValidationError,
+} from "../../gen/shaker/registry/v1/registry_pb.js";
+import { invalidArgument as invalid, tooLarge } from "../shared/errors.js";
+import { fromValue } from "../shared/json.js";
+import { namePattern } from "../shared/names.js";
+
+/** The limits of what an upload may carry. */
+export const registryLimits = {
+  accessoryBytes: 50 * 1024 * 1024,
+  accessoriesPerWorkflow: 100,
+  scriptBytes: 1024 * 1024,
+  envEntries: 200,
+};
+
+/** The page sizes of ListWorkflows: the default when a listing asks for none, and the most it may ask for. */
+export const workflowPages = { defaultLimit: 20, maxLimit: 100 };
+
+/** executionModes are the names of the execution modes in a REST upload body and on the command line. */
+export const executionModes: Readonly<Record<string, ExecutionMode>> = {
+  sync: ExecutionMode.SYNC,
+  stream: ExecutionMode.STREAM,
+  async: ExecutionMode.ASYNC,
+};
+
+/** versionBumps are the names of the version bumps in a REST upload body and on the command line. */
+export const versionBumps: Readonly<Record<string, VersionBump>> = {
+  major: VersionBump.MAJOR,
+  minor: VersionBump.MINOR,
+  patch: VersionBump.PATCH,
+};
+
+const envNamePattern = /^[A-Za-z_][A-Za-z0-9_]{0,255}$/;
+const versionPattern = /^(\d{1,9})\.(\d{1,9})\.(\d{1,9})$/;
+const accessoryKeyMaxLength = 256;
+
+/** normaliseAccessoryKey makes keys case-insensitive with '-' and '_' alike, as the hosted product does. */
+export function normaliseAccessoryKey(key: string): string {
+  return key.trim().toLowerCase().replaceAll("-", "_");
+}
+
+/** parseVersion reads a `major.minor.patch` version number; undefined when it is not one. */
+export function parseVersion(version: string): [number, number, number] | undefined {
+  const m = versionPattern.exec(version);
+  return m ? [Number(m[1]), Number(m[2]), Number(m[3])] : undefined;
+}
+
+/** checkAccountName refuses an account name that is not a valid name. */
+export function checkAccountName(name: string): void {
+  if (!namePattern.test(name)) {
+    throw invalid(`account name '${name}' must match ${namePattern.source} (lower-case letters, digits, '-' and '_')`, "account_name");
+  }
+}
+
+/** checkPage refuses a ListWorkflows offset or limit out of bounds (a limit of 0 is the default). */
+export function checkPage(offset: number, limit: number): void {
+  if (offset < 0) throw invalid("offset must be 0 or more", "offset");
+  if (limit < 0 || limit > workflowPages.maxLimit) throw invalid(`limit must be between 1 and ${workflowPages.maxLimit}`, "limit");
+}
+
+/** scriptSizeError is the validation error of a script larger than the limit; undefined when it fits. */
+export function scriptSizeError(code: string): ValidationError | undefined {
+  if (Buffer.byteLength(code) <= registryLimits.scriptBytes) return undefined;
+  return { line: 0, column: 0, message: `script is larger than ${registryLimits.scriptBytes} bytes` } as ValidationError;
+}
+
+/** An accessory as the store keeps it: its key as given and its content as JSON text. */
+export interface AccessoryInput {
+  key: string;
+  content: string;
+}
+
+/**
+ * checkUpload refuses an upload whose fields break a rule, naming the field at fault (the script
+ * itself is left to the validator). It returns the accessories as the store keeps them.
+ */
+export function checkUpload(req: UploadWorkflowRequest, maxTimeoutSeconds: number): AccessoryInput[] {
+  if (!namePattern.test(req.workflowRefName)) {
+    throw invalid(`workflow_ref_name must match ${namePattern.source}`, "workflow_ref_name");
+  }
+  if (!req.script.trim()) throw invalid("script is required", "script");
+  if (req.timeoutSeconds < 0 || req.timeoutSeconds > maxTimeoutSeconds) {
+    throw invalid(`timeout_seconds must be between 1 and ${maxTimeoutSeconds}`, "timeout_seconds");
+  }
+  checkEnv(req.env);
+  const accessories = checkAccessories(req.accessories);
+  for (const [i, d] of req.datastores.entries()) {
+    if (!namePattern.test(d.name)) throw invalid(`datastores[${i}].name must match ${namePattern.source}`, `datastores[${i}].name`);
+  }
+  return accessories;
+}
+
+function checkEnv(env: Record<string, string>): void {
+  if (Object.keys(env).length > registryLimits.envEntries) {
+    throw invalid(`env has more than ${registryLimits.envEntries} entries`, "env");
+  }
+  for (const [name, value] of Object.entries(env)) {
+    // They become os.environ of the run: names must be environment variable names.
+    if (!envNamePattern.test(name)) throw invalid(`env name '${name}' must match ^[A-Za-z_][A-Za-z0-9_]*$`, `env.${name}`);
+    if (value.includes("\0")) throw invalid(`env.${name} must not contain NUL characters`, `env.${name}`);
+  }
+}
+
+function checkAccessories(accessories: UploadWorkflowRequest["accessories"]): AccessoryInput[] {
+  if (accessories.length > registryLimits.accessoriesPerWorkflow) {
+    throw invalid(`a workflow may have at most ${registryLimits.accessoriesPerWorkflow} accessories, got ${accessories.length}`, "accessories");
+  }
+  const list: AccessoryInput[] = [];
+  const seenKeys = new Map<string, string>();
+  for (const [i, a] of accessories.entries()) {
+    const key = a.key.trim();
+    if (!key) throw invalid(`accessories[${i}].key is required`, `accessories[${i}].key`);
+    if (key.length > accessoryKeyMaxLength) {
+      throw invalid(`accessories[${i}].key is longer than ${accessoryKeyMaxLength} characters`, `accessories[${i}].key`);
+    }
+    const normal = normaliseAccessoryKey(key);
+    const earlier = seenKeys.get(normal);
+    if (earlier !== undefined) {
+      throw invalid(`accessories[${i}].key '${key}' is the same key as '${earlier}' (keys are case-insensitive, '-' and '_' alike)`, `accessories[${i}].key`);
+    }
+    seenKeys.set(normal, key);
+    if (a.content === undefined) throw invalid(`accessories[${i}].content is required`, `accessories[${i}].content`);
+    const content = JSON.stringify(fromValue(a.content));
+    const size = Buffer.byteLength(content);
+    if (size > registryLimits.accessoryBytes) {
+      throw tooLarge(
+        `accessories[${i}] ('${key}') is ${size} bytes of JSON; the limit is ${registryLimits.accessoryBytes} bytes (${registryLimits.accessoryBytes / 1024 / 1024} MiB) per accessory`,
+        `accessories[${i}]`,
+      );
+    }
+    list.push({ key, content });
+  }
+  return list;
+}
