@@ -1,5 +1,7 @@
 import { readFileSync } from "node:fs";
 import { basename, extname } from "node:path";
+import { executionModes, versionBumps } from "../services/registry/rules.js";
+import { nameMaxLength } from "../services/shared/names.js";
 import { runPythonJson } from "../services/shared/python.js";
 import { ApiError, call, CliError, need, parse, serverOf } from "./http.js";
 import type { CliIo } from "./io.js";
@@ -12,7 +14,7 @@ export interface ScriptError {
 }
 
 const uploadUsage = `usage: shaker upload FILE [--name REF] [--accessory KEY=FILE]... [--datastore NAME[:rw]]...
-                     [--bump major|minor|patch] [--timeout S] [--mode sync|stream|async]
+                     [--bump ${Object.keys(versionBumps).join("|")}] [--timeout S] [--mode ${Object.keys(executionModes).join("|")}]
                      [--description TEXT] [--env KEY=VALUE]... [--server URL] [--api-key KEY]`;
 const validateUsage = "usage: shaker validate FILE   (checks a workflow script locally; needs no server)";
 
@@ -58,7 +60,7 @@ export function refNameOf(file: string): string {
     .toLowerCase()
     .replace(/[^a-z0-9_-]+/g, "-")
     .replace(/^[^a-z0-9]+/, "")
-    .slice(0, 64);
+    .slice(0, nameMaxLength);
   return stem || "workflow";
 }
 
@@ -85,6 +87,12 @@ export async function runValidate(argv: string[], io: CliIo): Promise<void> {
     throw new CliError(`${file}: ${result.errors.length} problem${result.errors.length === 1 ? "" : "s"}; not a valid workflow`);
   }
   io.stdout(`${file}: ok\n`);
+}
+
+/** oneOf lists the names of a flag's values for a usage error: `a, b or c`. */
+function oneOf(values: Record<string, unknown>): string {
+  const names = Object.keys(values);
+  return `${names.slice(0, -1).join(", ")} or ${names.at(-1)}`;
 }
 
 function pairs(values: string[] | undefined, flag: string): [string, string][] {
@@ -117,11 +125,11 @@ export async function runUpload(argv: string[], io: CliIo): Promise<void> {
   const ref = values.name ?? refNameOf(file);
   const body: Record<string, unknown> = { workflow_ref_name: ref, script: source };
   if (values.bump !== undefined) {
-    if (!["major", "minor", "patch"].includes(values.bump)) throw new CliError(`--bump must be major, minor or patch`, 2);
+    if (!Object.hasOwn(versionBumps, values.bump)) throw new CliError(`--bump must be ${oneOf(versionBumps)}`, 2);
     body.version_bump = values.bump;
   }
   if (values.mode !== undefined) {
-    if (!["sync", "stream", "async"].includes(values.mode)) throw new CliError(`--mode must be sync, stream or async`, 2);
+    if (!Object.hasOwn(executionModes, values.mode)) throw new CliError(`--mode must be ${oneOf(executionModes)}`, 2);
     body.execution_mode = values.mode;
   }
   if (values.timeout !== undefined) {

@@ -8,15 +8,9 @@ import {
 } from "../../gen/shaker/registry/v1/registry_pb.js";
 import type { Clients } from "../shared/clients.js";
 import { toValue } from "../shared/json.js";
+import { executionModes as modes, versionBumps as bumps, workflowPages } from "../registry/rules.js";
 import { callerHeaders, defaultMaxJsonDepth, field, HttpError, nestsDeeperThan, queryInt, readJson, sendJson, tooDeep } from "./http.js";
 import type { EdgeRouter } from "./router.js";
-
-const modes: Record<string, ExecutionMode> = {
-  sync: ExecutionMode.SYNC,
-  stream: ExecutionMode.STREAM,
-  async: ExecutionMode.ASYNC,
-};
-const bumps: Record<string, VersionBump> = { major: VersionBump.MAJOR, minor: VersionBump.MINOR, patch: VersionBump.PATCH };
 
 /** Options of the workflow routes. */
 export interface WorkflowRoutesOptions {
@@ -124,13 +118,13 @@ export function addWorkflowRoutes(router: EdgeRouter, options: WorkflowRoutesOpt
     .add("GET", "/v1/workflows", async (req, res, _p, url) => {
       const headers = callerHeaders(req);
       const offset = queryInt(url, "offset", 2 ** 31 - 1);
-      const limit = queryInt(url, "limit", 100);
+      const limit = queryInt(url, "limit", workflowPages.maxLimit);
       const resp = await registry.listWorkflows({ offset, limit }, { headers });
       sendJson(res, 200, {
         data: resp.workflows.map(workflowJson),
         total: resp.total,
         offset,
-        limit: limit || 20,
+        limit: limit || workflowPages.defaultLimit,
       });
     })
     .add("GET", "/v1/workflows/:ref", async (req, res, params) => {
