@@ -5,6 +5,7 @@ import { execFile, spawn, type ChildProcess } from "node:child_process";
 import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
+import { main } from "../cli/main.js";
 
 const root = new URL("..", import.meta.url).pathname;
 const bin = join(root, "bin/shaker.js");
@@ -46,6 +47,41 @@ export function runShaker(args: string[], env: NodeJS.ProcessEnv = {}, cwd = roo
       },
     );
   });
+}
+
+/** Options of runMain. */
+export interface RunMainOptions {
+  /** stderrIsTTY makes the command believe stderr is a terminal (progress bars). */
+  stderrIsTTY?: boolean;
+  /** signal stops `shaker serve`. */
+  signal?: AbortSignal;
+  /** onStdout sees each write to stdout as it happens (to wait for `shaker serve`'s banner). */
+  onStdout?: (text: string) => void;
+}
+
+/**
+ * runMain runs the `shaker` command in this process: cli/main.ts's main(argv, io) with an io that
+ * collects stdout and stderr, and the environment of this process without SHAKER_URL and
+ * SHAKER_API_KEY, plus `env`. Same result as runShaker, without starting Node and tsx each time.
+ */
+export async function runMain(args: string[], env: NodeJS.ProcessEnv = {}, options: RunMainOptions = {}): Promise<CliResult> {
+  const base: NodeJS.ProcessEnv = { ...process.env };
+  delete base.SHAKER_URL;
+  delete base.SHAKER_API_KEY;
+  let stdout = "";
+  let stderr = "";
+  const code = await main(args, {
+    stdout: (text) => {
+      stdout += text;
+      options.onStdout?.(text);
+    },
+    stderr: (text) => void (stderr += text),
+    env: { ...base, ...env },
+    stderrIsTTY: options.stderrIsTTY ?? false,
+    exitCode: 0,
+    signal: options.signal,
+  });
+  return { code, stdout, stderr };
 }
 
 /** startCliServer runs `shaker serve` with PORT=0 and waits for its "listening on" line. */
