@@ -1,30 +1,12 @@
-import { execFile } from "node:child_process";
 import { existsSync, mkdtempSync, readFileSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { runMain, type CliResult as Result } from "./cli-process.js";
 import { startTestServer, type TestServer } from "./helpers.js";
 
-interface Result {
-  code: number;
-  stdout: string;
-  stderr: string;
-}
-
-/** shaker runs `node bin/shaker.js ...` as a user would, asynchronously (a server may run in this process). */
-function shaker(args: string[], env: Record<string, string>): Promise<Result> {
-  return new Promise((resolve) => {
-    execFile(
-      process.execPath,
-      ["bin/shaker.js", ...args],
-      { env: { ...process.env, SHAKER_URL: "", SHAKER_API_KEY: "", ...env }, timeout: 60_000 },
-      (err, stdout, stderr) => {
-        const code = err ? (typeof err.code === "number" ? err.code : 1) : 0;
-        resolve({ code, stdout, stderr });
-      },
-    );
-  });
-}
+/** shaker runs `shaker ARGS` in this process (cli/main.ts's main), with SHAKER_URL and SHAKER_API_KEY unset unless given. */
+const shaker = (args: string[], env: Record<string, string>): Promise<Result> => runMain(args, env);
 
 const keyPattern = /sk-shaker-[A-Za-z0-9_-]{32}/;
 
