@@ -1,14 +1,18 @@
 // Every workflow in examples/ uploaded with the `shaker` command and run against a real server, as
-// the example's header comment tells a user to. Tests whose services are not there yet skip.
+// the example's header comment tells a user to (the command runs in process: cli/main.ts's main).
+// They need the local model and the datastores: without them these tests fail.
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { startCliServer, type CliServer } from "./cli-process.js";
+import { runMain, type CliResult } from "./cli-process.js";
+import { startTestServer, type TestServer } from "./helpers.js";
 
-let server: CliServer;
-let models = false;
-let datastores = false;
+let server: TestServer;
+
+function shaker(args: string[]): Promise<CliResult> {
+  return runMain(args, { SHAKER_URL: server.url, SHAKER_API_KEY: server.apiKey });
+}
 
 async function upload(...args: string[]): Promise<void> {
-  const r = await server.shaker(["upload", ...args]);
+  const r = await shaker(["upload", ...args]);
   expect(r.code, r.stderr).toBe(0);
 }
 
@@ -19,9 +23,7 @@ async function invoke(body: Record<string, unknown>) {
 }
 
 beforeAll(async () => {
-  server = await startCliServer();
-  models = await server.modelsWork();
-  datastores = await server.hasRoute("GET", "/v1/datastores");
+  server = await startTestServer();
 }, 60_000);
 
 afterAll(async () => {
@@ -31,13 +33,12 @@ afterAll(async () => {
 describe("examples/", () => {
   it("hello.py greets", async () => {
     await upload("examples/hello.py");
-    const r = await server.shaker(["invoke", "hello", "--input", '{"name": "Ada"}']);
+    const r = await shaker(["invoke", "hello", "--input", '{"name": "Ada"}']);
     expect(r.code, r.stderr).toBe(0);
     expect(JSON.parse(r.stdout).greeting).toBe("Hello, Ada!");
   });
 
-  it("chat.py answers through the default model and records the call", async (ctx) => {
-    if (!models) ctx.skip();
+  it("chat.py answers through the default model and records the call", async () => {
     await upload("examples/chat.py");
     const out = await invoke({ model: "workflow:chat", messages: [{ role: "user", content: "What is Shaker?" }] });
     expect(typeof out.output.answer).toBe("string");
@@ -47,10 +48,9 @@ describe("examples/", () => {
     expect(run.body.data.model_calls[0].intent).toBe("chat");
   });
 
-  it("retrieval.py answers from the faq datastore loaded from examples/data", async (ctx) => {
-    if (!models || !datastores) ctx.skip();
-    expect((await server.shaker(["datastores", "create", "faq"])).code).toBe(0);
-    const load = await server.shaker(["datastores", "load", "faq", "examples/data/faq.ndjson"]);
+  it("retrieval.py answers from the faq datastore loaded from examples/data", async () => {
+    expect((await shaker(["datastores", "create", "faq"])).code).toBe(0);
+    const load = await shaker(["datastores", "load", "faq", "examples/data/faq.ndjson"]);
     expect(load.code, load.stderr).toBe(0);
     expect(load.stderr).toMatch(/loaded 8 records into faq/);
     await upload("examples/retrieval.py", "--datastore", "faq");
@@ -63,8 +63,7 @@ describe("examples/", () => {
     expect(bad.body.error.message).toContain("question");
   });
 
-  it("agent.py runs a tool loop with its two tools", async (ctx) => {
-    if (!models) ctx.skip();
+  it("agent.py runs a tool loop with its two tools", async () => {
     await upload("examples/agent.py");
     const out = await invoke({ model: "workflow:agent", messages: [{ role: "user", content: "What is 12.5 plus 30?" }] });
     expect(out.output.iterations).toBeGreaterThanOrEqual(1);
@@ -74,11 +73,10 @@ describe("examples/", () => {
     expect(run.body.data.model_calls.length).toBe(out.output.iterations);
   });
 
-  it("summarise.py streams its progress with --stream", async (ctx) => {
-    if (!models) ctx.skip();
+  it("summarise.py streams its progress with --stream", async () => {
     await upload("examples/summarise.py", "--mode", "stream");
     const text = Array.from({ length: 60 }, (_, i) => `sentence ${i} talks about topic ${i % 5}.`).join(" ");
-    const r = await server.shaker(["invoke", "summarise", "--stream", "--input", JSON.stringify({ text, parts: 3 })]);
+    const r = await shaker(["invoke", "summarise", "--stream", "--input", JSON.stringify({ text, parts: 3 })]);
     expect(r.code, r.stderr).toBe(0);
     const emitted = r.stderr.split("\n").filter((l) => l.startsWith("» ")).map((l) => l.slice(2));
     expect(JSON.parse(emitted[0]!)).toEqual({ stage: "start", parts: 3 });
@@ -89,8 +87,7 @@ describe("examples/", () => {
     expect(typeof out.summary).toBe("string");
   });
 
-  it("pipeline.py calls hello and chat in the same session", async (ctx) => {
-    if (!models) ctx.skip();
+  it("pipeline.py calls hello and chat in the same session", async () => {
     await upload("examples/hello.py");
     await upload("examples/chat.py");
     await upload("examples/pipeline.py");
