@@ -106,6 +106,17 @@ def execute(ctx):
     return "not reached"
 `;
 
+const misshapen = `
+import os, struct, json
+
+def execute(ctx):
+    for kind, body in ((b"E", {"seq": "x", "value": 1, "time": "y"}), (b"L", {"level": 5, "message": {"a": 1}, "fields": "s", "time": None}),
+                       (b"E", {"seq": 1e308, "time": -1e308}), (b"L", {}), (b"E", [])):
+        data = kind + json.dumps(body).encode()
+        os.write(4, struct.pack(">I", len(data)) + data)
+    return "done"
+`;
+
 const emitter = `
 def execute(ctx):
     ctx.emit("x" * ctx.input["bytes"])
@@ -122,6 +133,7 @@ describe("runs confined by the kernel", () => {
     await server.upload("hog", hog);
     await server.upload("forger", forger);
     await server.upload("emitter", emitter);
+    await server.upload("misshapen", misshapen);
   });
   afterAll(() => server.close());
   const probeInput = (hold = 0) => ({ data: server.dataDir, harness: harnessDir, port: server.shaker.port, hold });
@@ -207,6 +219,17 @@ describe("runs confined by the kernel", () => {
       expect(res.status, kind).toBe(500);
       expect(res.body.error.message, kind).toContain("ProtocolError");
     }
+  });
+
+  it("takes a run's frames of the wrong shape as data of the right types, and serves on", async () => {
+    for (const stream of [false, true]) {
+      const res = await server.invoke({ model: "workflow:misshapen", input: {}, stream });
+      expect(res.status, JSON.stringify(res.body)).toBe(200);
+    }
+    const runs = await server.request("GET", "/v1/runs?limit=1");
+    expect(runs.body.data[0].status).toBe("succeeded");
+    expect(runs.body.data[0].output).toBe("done");
+    expect((await server.invoke({ model: "workflow:probe", input: probeInput() })).status).toBe(200);
   });
 
   it("delivers a 48 MiB emitted value whole", async () => {

@@ -17,8 +17,42 @@ export type WorkerEvent =
   | { t: "error"; type: string; message: string; traceback: string }
   | { t: "exit"; code: number; signal: number; output_truncated: boolean; memory_exceeded?: boolean };
 
+const str = (v: unknown): string => (typeof v === "string" ? v : v === undefined || v === null ? "" : JSON.stringify(v));
+/** A frame's time: seconds since the epoch, from 1970 to 2286; anything else is now. */
+const when = (v: unknown): number => (typeof v === "number" && v >= 0 && v < 1e10 ? v : Date.now() / 1000);
+const int = (v: unknown): number => (Number.isSafeInteger(v) && (v as number) >= 0 ? (v as number) : 0);
+const json = (v: unknown): unknown => (v === undefined ? null : v);
+const record = (v: unknown): Record<string, unknown> => (typeof v === "object" && v !== null && !Array.isArray(v) ? (v as Record<string, unknown>) : {});
+
+/**
+ * toEvent builds the event of a frame from its kind byte and its JSON, taking each field as the type
+ * the Executor expects: a run writes the JSON of its own frames (emit, log, result, error), so none
+ * of it is trusted to be of the right shape. The kind is the frame's byte, never a field of the JSON.
+ */
+function toEvent(kind: WorkerEvent["t"], f: Record<string, unknown>): WorkerEvent {
+  switch (kind) {
+    case "emit":
+      return { t: kind, seq: int(f.seq), value: json(f.value), time: when(f.time) };
+    case "log":
+      return { t: kind, level: str(f.level), message: str(f.message), fields: record(f.fields), time: when(f.time) };
+    case "result": {
+      const u = record(f.usage);
+      const usage = { prompt_tokens: int(u.prompt_tokens), completion_tokens: int(u.completion_tokens), total_tokens: int(u.total_tokens) };
+      return { t: kind, output: json(f.output), usage };
+    }
+    case "error":
+      return { t: kind, type: str(f.type) || "Error", message: str(f.message), traceback: str(f.traceback) };
+    case "output":
+      return { t: kind, stream: f.stream === "stderr" ? "stderr" : "stdout", data: str(f.data) };
+    case "started":
+      return { t: kind, pid: int(f.pid) };
+    case "exit":
+      return { t: kind, code: int(f.code), signal: int(f.signal), output_truncated: f.output_truncated === true, memory_exceeded: f.memory_exceeded === true };
+  }
+}
+
 /** The kind byte that starts each frame about a run (harness/shaker/frames.py, PROTOCOL.md). */
-const kinds: Record<number, WorkerEvent["t"] | "need_source"> = {
+const kinds: Record<number, WorkerEvent["t"] | "need_source" | undefined> = {
   0x45: "emit", // E
   0x4c: "log", // L
   0x52: "result", // R
@@ -196,14 +230,15 @@ export function createWorkerPool(options: WorkerPoolOptions): WorkerPool {
         send(worker, active);
         return;
       }
-      let fields: Record<string, unknown>;
+      let fields: unknown;
       try {
-        fields = JSON.parse(body.toString("utf8")) as Record<string, unknown>;
+        fields = JSON.parse(body.toString("utf8"));
       } catch {
         return;
       }
-      // The kind is the frame's own byte, never a field of the JSON a run wrote.
-      const event = { ...fields, t: kind } as WorkerEvent;
+      // A run writes its frames' JSON: what is not an object is not one of its frames.
+      if (typeof fields !== "object" || fields === null || Array.isArray(fields)) return;
+      const event = toEvent(kind, fields as Record<string, unknown>);
       if (event.t === "started") {
         active.pid = event.pid;
         active.frame = undefined;
@@ -212,7 +247,13 @@ export function createWorkerPool(options: WorkerPoolOptions): WorkerPool {
       if (event.t === "exit") {
         worker.active.delete(runId);
       }
-      active.job.onEvent(event, body.length);
+      try {
+        active.job.onEvent(event, body.length);
+      } catch (e) {
+        // Whatever a run wrote, it must not take the server down: its run is killed instead.
+        log(`run ${runId}: its ${event.t} frame could not be handled (${(e as Error).message}); killing the run`);
+        if (active.pid) killGroup(active.pid);
+      }
     });
     proc.on("exit", (code, signal) => {
       worker.alive = false;
