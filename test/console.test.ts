@@ -38,12 +38,48 @@ def execute(ctx: WorkflowContext):
     return {"hello": (ctx.input or {}).get("name", "world")}
 `;
 
-describe.skipIf(!existsSync(executablePath))("web console", () => {
+beforeAll(async () => {
+  await build();
+  server = await startTestServer();
+  await server.upload("ticker", script);
+}, 120_000);
+
+afterAll(async () => {
+  await server?.close();
+});
+
+describe("web console files", () => {
+  it("is served at / as static files, without breaking RPC or REST 404s", async () => {
+    const res = await fetch(server.url + "/");
+    expect(res.status).toBe(200);
+    expect(res.headers.get("content-type")).toContain("text/html");
+    expect(res.headers.get("cache-control")).toBe("no-cache");
+    const html = await res.text();
+    const asset = /src="(\/assets\/[^"]+\.js)"/.exec(html)![1]!;
+    const js = await fetch(server.url + asset);
+    expect(js.headers.get("content-type")).toContain("javascript");
+    expect(js.headers.get("cache-control")).toContain("immutable");
+    const head = await fetch(server.url + asset, { method: "HEAD" });
+    expect(head.status).toBe(200);
+    expect(head.headers.get("content-length")).toBe(js.headers.get("content-length"));
+    expect((await fetch(server.url + "/../../etc/passwd")).headers.get("content-type")).toContain("text/html");
+    expect((await fetch(server.url + "/%E0%A4%A")).status).toBe(400);
+    const rest = await server.request("GET", "/v1/nope");
+    expect(rest.status).toBe(404);
+    const rpc = await fetch(server.url + "/shaker.registry.v1.RegistryService/ListWorkflows", {
+      method: "POST",
+      headers: { "content-type": "application/json", authorization: `Bearer ${server.apiKey}` },
+      body: "{}",
+    });
+    expect(rpc.status).toBe(200);
+  });
+});
+
+// The browser tests need Debian's chromium on the host (playwright-core brings no browser): without
+// it they cannot run at all, so they are left out, decided before any test runs.
+describe.skipIf(!existsSync(executablePath))("web console in a browser", () => {
   beforeAll(async () => {
-    await build();
     mkdirSync(shots, { recursive: true });
-    server = await startTestServer();
-    await server.upload("ticker", script);
     browser = await chromium.launch({
       executablePath,
       args: ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update", "--disable-sync", "--no-first-run"],
@@ -53,26 +89,6 @@ describe.skipIf(!existsSync(executablePath))("web console", () => {
 
   afterAll(async () => {
     await browser?.close();
-    await server?.close();
-  });
-
-  it("is served at / as static files, without breaking RPC or REST 404s", async () => {
-    const res = await fetch(server.url + "/");
-    expect(res.status).toBe(200);
-    expect(res.headers.get("content-type")).toContain("text/html");
-    const html = await res.text();
-    const asset = /src="(\/assets\/[^"]+\.js)"/.exec(html)![1]!;
-    const js = await fetch(server.url + asset);
-    expect(js.headers.get("content-type")).toContain("javascript");
-    expect((await fetch(server.url + "/../../etc/passwd")).headers.get("content-type")).toContain("text/html");
-    const rest = await server.request("GET", "/v1/nope");
-    expect(rest.status).toBe(404);
-    const rpc = await fetch(server.url + "/shaker.registry.v1.RegistryService/ListWorkflows", {
-      method: "POST",
-      headers: { "content-type": "application/json", authorization: `Bearer ${server.apiKey}` },
-      body: "{}",
-    });
-    expect(rpc.status).toBe(200);
   });
 
   it("refuses a wrong key, then signs in with the right one", async () => {
@@ -124,11 +140,10 @@ describe.skipIf(!existsSync(executablePath))("web console", () => {
     await page.screenshot({ path: shots + "06-runs.png", fullPage: true });
   });
 
-  it("shows a session as a timeline when the sessions route is there", async (ctx) => {
+  it("shows a session as a timeline", async () => {
     const runs = await server.request("GET", "/v1/runs?workflow=ticker");
     const session = runs.body.data[0].session_id;
-    const probe = await server.request("GET", `/v1/sessions/${session}`);
-    if (probe.status === 404 && /^no route/.test(probe.body?.error?.message ?? "")) ctx.skip();
+    expect((await server.request("GET", `/v1/sessions/${session}`)).status).toBe(200);
     await page.goto(`${server.url}/#/sessions/${session}`);
     await page.waitForSelector("#timeline li");
     expect(await page.textContent("#timeline")).toContain(runs.body.data[0].run_id);
