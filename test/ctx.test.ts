@@ -15,17 +15,12 @@ import { startTestServer, type TestServer } from "./helpers.js";
 
 // The server's own environment holds its secrets (upstream keys): no run may read them.
 process.env.SHAKER_TEST_SERVER_SECRET = "server-side-secret-runs-must-not-see";
-// One server for the whole file, started before the tests are collected: the model and datastore
-// tests run only once the ModelProxy answers (it is built in parallel; until then it is Unimplemented).
-// ctx.http leaves through the Executor, which reaches the test's local target only when allowed.
+// One server for the whole file. ctx.http leaves through the Executor, which reaches the test's local
+// target only when allowed.
 const server: TestServer = await startTestServer({ workers: 1, maxNestingDepth: 3, httpAllow: ["127.0.0.1"] });
 const auth = { headers: { authorization: `Bearer ${server.apiKey}` } };
 const transport = createConnectTransport({ baseUrl: server.url, httpVersion: "1.1" });
 const executor = createClient(ExecutorService, transport);
-const modelsMissing = await createClient(ModelProxyService, transport)
-  .listModels({}, auth)
-  .then(() => false)
-  .catch((e: unknown) => ConnectError.from(e).code === Code.Unimplemented);
 
 const SECRET = "s3cr3t-value-that-must-not-leak";
 
@@ -318,7 +313,7 @@ def execute(ctx):
     expect(err?.rawMessage).toBe("the run this token was given to has ended");
   });
 
-  it.skipIf(modelsMissing)("calls chat (plain and stream) and embeddings through the ModelProxy", async () => {
+  it("calls chat (plain and stream) and embeddings through the ModelProxy", async () => {
     await server.upload(
       "modeller",
       `
@@ -341,7 +336,7 @@ def execute(ctx):
     expect(res.body.output.dims[0]).toBe(res.body.output.dims[1]);
   });
 
-  it.skipIf(modelsMissing)("runs an agent with two Python tools", async () => {
+  it("runs an agent with two Python tools", async () => {
     await server.upload(
       "agent",
       `
@@ -372,7 +367,7 @@ def execute(ctx):
     expect(res.body.output.calls.length).toBe(res.body.output.tool_messages);
   });
 
-  it.skipIf(modelsMissing)("upserts, gets and searches a bound datastore", async () => {
+  it("upserts, gets and searches a bound datastore", async () => {
     const datastore = createClient(DatastoreService, transport);
     await datastore.createStore({ name: "notes" }, auth);
     await server.upload(
