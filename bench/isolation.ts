@@ -64,6 +64,24 @@ export async function benchIsolation(): Promise<void> {
         side.runs += perRound;
       }
     }
+    // A large emitted value costs what copying it costs: 10x the bytes, about 10x the time (it was
+    // quadratic: one 48 MiB emit took 47-62 s of server CPU).
+    await confined.server.upload("emitter", "def execute(ctx):\n    ctx.emit('x' * ctx.input['bytes'])\n    return 'done'\n");
+    const emitMs = async (bytes: number) => {
+      const body = JSON.stringify({ model: "workflow:emitter", input: { bytes }, stream: true });
+      const times: number[] = [];
+      for (let i = 0; i < 3; i++) {
+        const t = performance.now();
+        const res = await confined.caller.post("/v1/chat/completions", body);
+        if (res.status !== 200 || res.body.length < bytes) throw new Error(`emit of ${bytes} bytes failed: ${res.status}`);
+        times.push(performance.now() - t);
+      }
+      return summary(times).p50;
+    };
+    const small = await emitMs(Math.round(4.8 * 1024 * 1024));
+    const large = await emitMs(48 * 1024 * 1024);
+    report("isolation: one 48 MiB ctx.emit, streamed", `p50 ${fmt(large)} ms`, `p50 ${fmt(small)} ms (4.8 MiB)`, large / small, "(linear: about 10x)");
+
     const c = summary(confined.latencies);
     const o = summary(open_.latencies);
     report(
