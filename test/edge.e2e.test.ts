@@ -51,6 +51,14 @@ describe("the edge: OpenAI-compatible surface over a real port", () => {
   });
   afterAll(() => server.close());
 
+  it("refuses an upload whose mode or bump names an object's own property, with 400", async () => {
+    for (const [name, value] of [["execution_mode", "toString"], ["version_bump", "constructor"]]) {
+      const res = await server.request("POST", "/v1/workflows/upload", { workflow_ref_name: "plain", script: plain, [name]: value });
+      expect(res.status, `${name}=${value}`).toBe(400);
+      expect(res.body.error.param).toBe(name);
+    }
+  });
+
   it("streams 50 emitted values in order, each before the workflow returns, then the final chunk", async () => {
     const stream = await client.chat.completions.create({
       model: "workflow:emitter",

@@ -2,10 +2,11 @@ import type { JsonObject, JsonValue } from "@bufbuild/protobuf";
 import type { RunResult, RunStreamResponse } from "../../gen/shaker/executor/v1/executor_pb.js";
 import type { Clients } from "../shared/clients.js";
 import { fromValue, toValue } from "../shared/json.js";
+import { namePattern } from "../shared/names.js";
 import { proxyModelCall } from "./models.js";
 import { callerHeaders, disconnectSignal, field, HttpError, readJson, sendJson, sseHeaders, toErrorBody, writeDrained, type Req, type Res } from "./http.js";
 
-const workflowModel = /^workflow:([a-z0-9][a-z0-9_-]{0,63})(?:@(\d+\.\d+\.\d+))?$/;
+const workflowModel = new RegExp(`^workflow:(${namePattern.source.slice(1, -1)})(?:@(\\d+\\.\\d+\\.\\d+))?$`);
 
 /** Fields of the request that are the invocation's own; every other field is an inference param. */
 const invocationFields = new Set(["model", "messages", "input", "session_id", "secrets", "metadata", "stream"]);
@@ -51,7 +52,7 @@ export function createChatRoute(options: ChatRouteOptions) {
       if (model.startsWith("workflow:")) {
         throw new HttpError(
           400,
-          `'model' must be 'workflow:<ref>' or 'workflow:<ref>@<major.minor.patch>' with ref matching ^[a-z0-9][a-z0-9_-]{0,63}$, got ${JSON.stringify(model)}`,
+          `'model' must be 'workflow:<ref>' or 'workflow:<ref>@<major.minor.patch>' with ref matching ${namePattern.source}, got ${JSON.stringify(model)}`,
           "model",
           "invalid_model",
         );

@@ -2,17 +2,15 @@ import { toJson, type JsonObject, type MessageInitShape } from "@bufbuild/protob
 import { ConnectError } from "@connectrpc/connect";
 import { ModelCallSchema, type CallContextSchema, type ModelCall } from "../../gen/shaker/modelproxy/v1/modelproxy_pb.js";
 import type { Clients } from "../shared/clients.js";
+import { errorMetadata } from "../shared/errors.js";
 import { callerHeaders, disconnectSignal, field, HttpError, readJson, sendJson, sseHeaders, toErrorBody, writeDrained, type Req, type Res } from "./http.js";
 import type { EdgeRouter } from "./router.js";
-
-/** The ModelProxy's marker of an upstream failure: its value is the HTTP status to answer (502 or 504). */
-const upstreamStatusHeader = "shaker-upstream-status";
 
 /** upstreamError turns an upstream model's failure into 502/504; other errors pass unchanged. */
 function upstreamError(err: unknown): unknown {
   if (err instanceof HttpError) return err;
   const ce = ConnectError.from(err);
-  const status = Number(ce.metadata.get(upstreamStatusHeader));
+  const status = Number(ce.metadata.get(errorMetadata.upstreamStatus));
   if (status === 502 || status === 504) return new HttpError(status, ce.rawMessage, null, status === 504 ? "upstream_timeout" : "upstream_error");
   return err;
 }

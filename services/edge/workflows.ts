@@ -25,7 +25,7 @@ export interface WorkflowRoutesOptions {
 function enumField<T>(body: Record<string, unknown>, name: string, values: Record<string, T>): T | undefined {
   const v = field.string(body, name);
   if (v === undefined) return undefined;
-  if (!(v in values)) throw new HttpError(400, `'${name}' must be one of ${Object.keys(values).join(", ")}`, name, "invalid_value");
+  if (!Object.hasOwn(values, v)) throw new HttpError(400, `'${name}' must be one of ${Object.keys(values).join(", ")}`, name, "invalid_value");
   return values[v];
 }
 
