@@ -1,3 +1,4 @@
+import { execFileSync } from "node:child_process";
 import { existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmdirSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -46,6 +47,42 @@ async function until<T>(what: string, probe: () => T | undefined | false, ms = 1
     await new Promise((r) => setTimeout(r, 20));
   }
 }
+
+/** environOf reads a process's environment from /proc. */
+function environOf(pid: number): Map<string, string> {
+  const env = new Map<string, string>();
+  for (const entry of readFileSync(`/proc/${pid}/environ`, "utf8").split("\0")) {
+    const at = entry.indexOf("=");
+    if (at > 0) env.set(entry.slice(0, at), entry.slice(at + 1));
+  }
+  return env;
+}
+
+/** localeAndPaths are the variables a Python process needs to start and behave (some set by the pool itself). */
+const localeAndPaths =
+  /^(PATH|HOME|LANG|LANGUAGE|LC_[A-Z]+|TZ|TMPDIR|PYTHONHOME|PYTHONPATH|PYTHONUTF8|PYTHONIOENCODING|PYTHONDONTWRITEBYTECODE|LD_LIBRARY_PATH|SSL_CERT_FILE|SSL_CERT_DIR)$/;
+
+/** realPython is the path of the interpreter `python3` runs (found before any server runs in this process). */
+const realPython = execFileSync("python3", ["-c", "import sys; print(sys.executable)"], { encoding: "utf8" }).trim();
+
+/**
+ * pidsCgroupRoot is the pids cgroup hierarchy (v1 or v2) this process may make groups in, if any: a
+ * property of the host (root, or a delegated hierarchy), decided before the tests run.
+ */
+function writablePidsCgroup(): string | undefined {
+  const v1 = existsSync("/sys/fs/cgroup/pids/cgroup.procs");
+  const root = v1 ? "/sys/fs/cgroup/pids" : "/sys/fs/cgroup";
+  try {
+    if (!v1 && !readFileSync(join(root, "cgroup.subtree_control"), "utf8").split(/\s+/).includes("pids")) return undefined;
+    const probe = join(root, `shaker-test-probe-${process.pid}`);
+    mkdirSync(probe);
+    rmdirSync(probe);
+    return root;
+  } catch {
+    return undefined;
+  }
+}
+const pidsCgroupRoot = writablePidsCgroup();
 
 const readPid = (file: string) => () => (existsSync(file) && readFileSync(file, "utf8") ? Number(readFileSync(file, "utf8")) : undefined);
 
@@ -212,9 +249,8 @@ describe("Executor limits and faults", () => {
     await healthy();
   });
 
-  it("fails a run no process can be forked for with the reason, then serves again (where a pids cgroup is writable)", async (ctx) => {
-    if (!server.shaker.isolation.includes("processes per run")) ctx.skip();
-    const root = existsSync("/sys/fs/cgroup/pids/cgroup.procs") ? "/sys/fs/cgroup/pids" : "/sys/fs/cgroup";
+  it.runIf(pidsCgroupRoot)("fails a run no process can be forked for with the reason, then serves again (where a pids cgroup is writable)", async () => {
+    const root = pidsCgroupRoot!;
     // Each worker's only child is its fork server; the fork server's children are its spares (2).
     const forkServers = server.shaker.workerPids().map((w) => childrenOf(w)[0]);
     await until("every fork server to hold its 2 spares", () => forkServers.every((f) => childrenOf(f).length === 2));
@@ -285,12 +321,32 @@ describe("Executor limits and faults", () => {
   });
 
   it("keeps SHAKER_SPARES spare children per worker, the only server variable besides locale and paths a worker gets", async () => {
-    process.env.SHAKER_SPARES = "3";
-    const tuned = await startTestServer({ workers: 1 });
-    delete process.env.SHAKER_SPARES;
+    // The server's environment as it starts: its tuning, and a secret no Python process may see.
+    const serverEnv = { SHAKER_SPARES: "3", SHAKER_TEST_SERVER_SECRET: "upstream-key-workers-must-not-see" };
+    Object.assign(process.env, serverEnv);
+    let tuned: TestServer;
     try {
-        const [worker] = tuned.shaker.workerPids();
-      await until("3 spares", () => childrenOf(childrenOf(worker)[0] ?? -1).length === 3);
+      // The interpreter itself, not a launcher (pyenv's shim is a shell script that adds variables).
+      tuned = await startTestServer({ workers: 1, python: realPython });
+    } finally {
+      for (const name of Object.keys(serverEnv)) delete process.env[name];
+    }
+    try {
+      const [worker] = tuned.shaker.workerPids();
+      // The worker's only child is its fork server (once started), whose children are the spares.
+      const [forkServer, spares] = await until("3 spares", () => {
+        const f = childrenOf(worker!)[0] ?? -1;
+        const children = childrenOf(f);
+        return children.length === 3 && ([f, children] as const);
+      });
+      for (const pid of [worker!, forkServer, ...spares]) {
+        const env = environOf(pid);
+        expect(env.get("SHAKER_SPARES"), `SHAKER_SPARES of ${pid}`).toBe("3");
+        expect(env.has("SHAKER_TEST_SERVER_SECRET"), `the server's secret in ${pid}`).toBe(false);
+        // Of the server's own variables, a Python process gets locale, paths and its tuning, nothing else.
+        const fromServer = [...env.keys()].filter((name) => process.env[name] !== undefined || name in serverEnv);
+        expect(fromServer.filter((name) => !localeAndPaths.test(name) && name !== "SHAKER_SPARES"), `the server's variables in ${pid}`).toEqual([]);
+      }
     } finally {
       await tuned.close();
     }
