@@ -33,6 +33,8 @@ def execute(ctx):
 
 const plain = "def execute(ctx):\n    return {'input': ctx.input, 'params': ctx.params}\n";
 
+const logsThenReturns = "def execute(ctx):\n    ctx.log('from ctx.log')\n    print('from print')\n    return 'ok'\n";
+
 
 
 describe("the edge: OpenAI-compatible surface over a real port", () => {
@@ -48,6 +50,7 @@ describe("the edge: OpenAI-compatible surface over a real port", () => {
     await server.upload("sleeper-1s", sleeper, { timeout_seconds: 1 });
     await server.upload("plain", plain);
     await server.upload("background", plain, { execution_mode: "async" });
+    await server.upload("background-logs", logsThenReturns, { execution_mode: "async" });
   });
   afterAll(() => server.close());
 
@@ -244,6 +247,15 @@ describe("the edge: OpenAI-compatible surface over a real port", () => {
     expect(res.status).toBe(204);
     expect(res.headers.get("access-control-allow-origin")).toBe("*");
     expect(res.headers.get("access-control-allow-headers")).toContain("authorization");
+  });
+
+  it("records the logs of a run nobody listens to (async)", async () => {
+    const res = await server.invoke({ model: "workflow:background-logs", input: {} });
+    expect(res.status).toBe(202);
+    const path = `/v1/runs/${res.body.run_id}`;
+    await waitFor(async () => (await server.request("GET", path)).body.data.status === "succeeded", "the async run to finish");
+    const messages = (await server.request("GET", path)).body.data.logs.map((l: { message: string }) => l.message);
+    expect(messages).toEqual(expect.arrayContaining(["from ctx.log", "from print"]));
   });
 
   it("answers an async workflow with 202 and the run id, and serves the result at /v1/runs/{id}", async () => {

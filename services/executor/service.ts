@@ -263,7 +263,11 @@ export function createExecutorService(options: ExecutorServiceOptions): {
     let endedBy: EndedBy | undefined;
 
     function onEvent(event: WorkerEvent, bytes: number): void {
-      for (const line of frames.logs(event)) events?.push(logMessage(recorder.log(line)));
+      for (const line of frames.logs(event)) {
+        // Recorded whether or not anybody listens (async and nested runs have no listener).
+        const recorded = recorder.log(line);
+        events?.push(logMessage(recorded));
+      }
       if (event.t === "emit") {
         recorder.emitted(event, bytes);
         events?.push(emittedMessage(event, bytes));
