@@ -153,6 +153,8 @@ const rpcAttacks: Record<string, (a: Alice) => RpcAttack> = {
   "ExecutorService/GetRun": (a) => ({ requests: [{ runId: a.runId }, { runId: a.liveRunId }], expect: "refused" }),
   "ExecutorService/ListRuns": (a) => ({ requests: [{ sessionId: a.sessionId }, { workflowRefName: a.ref }, {}], expect: "scoped" }),
   "ExecutorService/CancelRun": (a) => ({ requests: [{ runId: a.runId }, { runId: a.liveRunId }], expect: "refused" }),
+  // ctx.http on a run's behalf: for run tokens only, whatever the key.
+  "ExecutorService/Fetch": () => ({ requests: [{ url: "https://example.com/" }], expect: "refused", adminMay: false }),
   "ModelProxyService/ChatCompletion": (a) => ({ requests: [{ body: { messages: [{ role: "user", content: "hi" }] }, context: callContext(a) }], expect: "creates" }),
   "ModelProxyService/ChatCompletionStream": (a) => ({ requests: [{ body: { messages: [{ role: "user", content: "hi" }] }, context: callContext(a) }], expect: "creates" }),
   "ModelProxyService/Embeddings": (a) => ({ requests: [{ body: { input: ["hi"] }, context: callContext(a) }], expect: "creates" }),
