@@ -5,7 +5,8 @@ import type { Config } from "../services/shared/config.js";
 import { startTestServer, type TestServer } from "../test/helpers.js";
 
 export async function startBenchServer(overrides: Partial<Config> = {}, env: NodeJS.ProcessEnv = {}): Promise<TestServer> {
-  const server = await startTestServer({ sandbox: "auto", ...overrides }, env);
+  const sandbox = process.env.SHAKER_SANDBOX === "none" ? "none" : "auto";
+  const server = await startTestServer({ sandbox, ...overrides }, env);
   process.stdout.write(`(runs: ${server.shaker.isolation})\n`);
   return server;
 }

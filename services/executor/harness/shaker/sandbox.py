@@ -248,7 +248,7 @@ def enter_worker(conf: Confinement) -> None:
     """Puts this worker (and so its fork server and every run) into the runs' root and network
     namespace. Raises ConfinementError when the kernel refuses a step."""
     global _PROGRAM, _LANDLOCK_ABI
-    _PROGRAM, _LANDLOCK_ABI = seccomp_program(), landlock_abi()  # once, for every child to inherit
+    _PROGRAM, _LANDLOCK_ABI = _prepare_seccomp(), landlock_abi()  # once, for every child to inherit
     _prctl(PR_SET_DUMPABLE, 0)
     uid, gid = os.getuid(), os.getgid()
     flags = CLONE_NEWNS | CLONE_NEWNET | CLONE_NEWIPC | CLONE_NEWUTS
@@ -270,16 +270,22 @@ def enter_worker(conf: Confinement) -> None:
         _place(root, path)
         if not os.path.islink(path):
             placed.append(path)
-    # Runs mount their own /proc over this one: a kernel lets a user namespace mount a proc only
-    # where one is already fully visible, and a run sees only its own once it has mounted it.
     _mkdirs(root + "/proc")
-    _bind("/proc", root + "/proc", readonly=False)
+    if not conf.as_root:
+        # A user namespace may mount a proc only where one is already fully visible: runs mount
+        # their own over this one, and see only theirs. (Root needs no such thing.)
+        _bind("/proc", root + "/proc", readonly=False)
     _mkdirs(root + "/tmp")
     _mkdirs(root + "/dev")
     _mount("shaker-dev", root + "/dev", "tmpfs", MS_NOSUID | MS_NOEXEC, "mode=0755,size=64k")
     for name in DEVICES:
-        open(f"{root}/dev/{name}", "w").close()
-        _bind(f"/dev/{name}", f"{root}/dev/{name}", readonly=False)
+        if conf.as_root:
+            # Nodes of their own, not bind mounts: every mount here is copied for each run, and freed.
+            os.mknod(f"{root}/dev/{name}", 0o20666, os.stat(f"/dev/{name}").st_rdev)
+            os.chmod(f"{root}/dev/{name}", 0o666)
+        else:
+            open(f"{root}/dev/{name}", "w").close()
+            _bind(f"/dev/{name}", f"{root}/dev/{name}", readonly=False)
     for name, target in (("fd", "/proc/self/fd"), ("stdin", "/proc/self/fd/0"), ("stdout", "/proc/self/fd/1"),
                          ("stderr", "/proc/self/fd/2"), ("shm", "/tmp")):
         os.symlink(target, f"{root}/dev/{name}")
@@ -296,6 +302,8 @@ def enter_worker(conf: Confinement) -> None:
     _check(_libc.syscall(ARCH["pivot_root"] if ARCH else -1, b".", b"."), "pivot_root")
     _check(_libc.umount2(b".", MNT_DETACH), "umount old root")
     os.chdir(cwd if os.path.isdir(cwd) else "/")
+    # What no process from here on may regain through exec; runs drop the rest (_RUN_SETUP_CAPS).
+    _drop_bounding_set(keep=_RUN_SETUP_CAPS)
 
 
 # -- each run -----------------------------------------------------------------------------------------
@@ -333,7 +341,7 @@ def confine_run(conf: Confinement, uid: int) -> None:
     _mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
     _mount("shaker-tmp", "/tmp", "tmpfs", MS_NOSUID | MS_NODEV,
            f"size={max(conf.tmp_bytes, 4096)},mode=0700,uid={uid},gid={uid}")
-    _drop_bounding_set()
+    _drop_bounding_set(only=_RUN_SETUP_CAPS)  # the worker dropped the others
     if conf.as_root:
         os.setgroups([])
         os.setresgid(uid, uid, uid)
@@ -359,18 +367,28 @@ def _cap_last_cap() -> int:
 CAP_LAST_CAP = _cap_last_cap()
 
 
-def _drop_bounding_set() -> None:
-    for cap in range(CAP_LAST_CAP + 1):
+# What the fork server and a child setting itself up still use: CAP_KILL (5), CAP_SETGID (6),
+# CAP_SETUID (7), CAP_SETPCAP (8), CAP_SYS_ADMIN (21).
+_RUN_SETUP_CAPS = frozenset((5, 6, 7, 8, 21))
+
+
+def _drop_bounding_set(keep: frozenset[int] = frozenset(), only: frozenset[int] | None = None) -> None:
+    for cap in sorted(only) if only is not None else range(CAP_LAST_CAP + 1):
+        if cap in keep:
+            continue
         if _libc.prctl(PR_CAPBSET_DROP, cap, 0, 0, 0) < 0 and ctypes.get_errno() != 22:  # EINVAL: no such cap
             _check(-1, f"drop capability {cap}")
     _libc.prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0)
 
 
+# capset's arguments: _LINUX_CAPABILITY_VERSION_3 for this process, and two empty
+# {effective, permitted, inheritable} sets. Made once; every child passes the same.
+_CAPSET_HEADER = ctypes.create_string_buffer(struct.pack("=Ii", 0x20080522, 0))
+_CAPSET_EMPTY = ctypes.create_string_buffer(bytes(24))
+
+
 def _clear_capabilities() -> None:
-    header = struct.pack("=Ii", 0x20080522, 0)  # _LINUX_CAPABILITY_VERSION_3, this process
-    data = bytes(24)  # two {effective, permitted, inheritable} sets, all empty
-    hbuf, dbuf = ctypes.create_string_buffer(header), ctypes.create_string_buffer(data)
-    _check(_libc.syscall(ARCH["capset"], hbuf, dbuf), "capset")
+    _check(_libc.syscall(ARCH["capset"], _CAPSET_HEADER, _CAPSET_EMPTY), "capset")
 
 
 # -- seccomp --------------------------------------------------------------------------------------------
@@ -415,18 +433,21 @@ def seccomp_program() -> bytes:
     return out
 
 
-_PROGRAM: bytes | None = None
+_PROGRAM: tuple[Any, Any] | None = None  # the filter's instructions and its sock_fprog, once made
+
+
+def _prepare_seccomp() -> tuple[Any, Any]:
+    program = seccomp_program()
+    buf = ctypes.create_string_buffer(program, len(program))
+    fprog = ctypes.create_string_buffer(struct.pack("@HP", len(program) // 8, ctypes.addressof(buf)))
+    return buf, fprog
 
 
 def install_seccomp() -> None:
     global _PROGRAM
     if _PROGRAM is None:
-        _PROGRAM = seccomp_program()
-    program = _PROGRAM
-    buf = ctypes.create_string_buffer(program)
-    fprog = struct.pack("@HP", len(program) // 8, ctypes.addressof(buf))
-    fbuf = ctypes.create_string_buffer(fprog)
-    _check(_libc.prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, ctypes.addressof(fbuf), 0, 0), "seccomp")
+        _PROGRAM = _prepare_seccomp()
+    _check(_libc.prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, ctypes.addressof(_PROGRAM[1]), 0, 0), "seccomp")
 
 
 # -- Landlock ----------------------------------------------------------------------------------------------
