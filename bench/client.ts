@@ -18,7 +18,14 @@ export function createCaller(baseUrl: string, headers: Record<string, string>, s
     post(path, body) {
       return new Promise((resolve, reject) => {
         const req = http.request(
-          { host: url.hostname, port: url.port, path, method: "POST", agent, headers: { ...headers, "content-length": Buffer.byteLength(body) } },
+          {
+            host: url.hostname,
+            port: url.port,
+            path,
+            method: "POST",
+            agent,
+            headers: { ...headers, "content-length": Buffer.byteLength(body) },
+          },
           (res) => {
             const chunks: Buffer[] = [];
             res.on("data", (c: Buffer) => chunks.push(c));

@@ -81,7 +81,13 @@ export async function benchDatastore(): Promise<void> {
     bare.close();
     const rate = records / (ingestMs / 1000);
     const baseRate = keywordN / (baselineMs / 1000);
-    report(`ingest ${keywordN} records (FTS5 + vec0, no embedding)`, `${Math.round(rate)} rec/s`, `${Math.round(baseRate)} rec/s bare`, rate / baseRate, rate >= 20_000 ? "(target >= 20000: met)" : "(target >= 20000: MISSED)");
+    report(
+      `ingest ${keywordN} records (FTS5 + vec0, no embedding)`,
+      `${Math.round(rate)} rec/s`,
+      `${Math.round(baseRate)} rec/s bare`,
+      rate / baseRate,
+      rate >= 20_000 ? "(target >= 20000: met)" : "(target >= 20000: MISSED)",
+    );
 
     // --- keyword search for a selective term.
     const kwTimes: number[] = [];
@@ -129,7 +135,8 @@ export async function benchDatastore(): Promise<void> {
     t = performance.now();
     for (let i = 0; i < vectorN; i += batch) {
       const part: RecordInput[] = [];
-      for (let j = i; j < Math.min(vectorN, i + batch); j++) part.push({ id: `v${j}`, text: "", metadata: "{}", vector: all.subarray(j * dim, (j + 1) * dim) });
+      for (let j = i; j < Math.min(vectorN, i + batch); j++)
+        part.push({ id: `v${j}`, text: "", metadata: "{}", vector: all.subarray(j * dim, (j + 1) * dim) });
       if (!store.upsert(vs.id, part).ok) throw new Error("vector ingest refused");
     }
     const vecIngest = vectorN / ((performance.now() - t) / 1000);

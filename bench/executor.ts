@@ -3,8 +3,8 @@
 // python3 per run at the same concurrency, measured in the same run.
 import { spawn } from "node:child_process";
 import type { TestServer } from "../test/helpers.js";
-import { startBenchServer } from "./server.js";
 import { createCaller } from "./client.js";
+import { startBenchServer } from "./server.js";
 import { report } from "./stats.js";
 
 function spawnPython(code: string): Promise<void> {
@@ -54,7 +54,13 @@ export async function benchExecutor(): Promise<void> {
     const spawnMs = await inFlight(spawnTotal, concurrency, () => spawnPython("import json\nprint(json.dumps({'ok': True}))"));
     const rate = total / (shakerMs / 1000);
     const spawnRate = spawnTotal / (spawnMs / 1000);
-    report("executor: trivial runs/s, 16 in flight", `${rate.toFixed(0)} runs/s`, `${spawnRate.toFixed(0)} runs/s (spawn)`, rate / spawnRate, "(target ≥ 300 runs/s)");
+    report(
+      "executor: trivial runs/s, 16 in flight",
+      `${rate.toFixed(0)} runs/s`,
+      `${spawnRate.toFixed(0)} runs/s (spawn)`,
+      rate / spawnRate,
+      "(target ≥ 300 runs/s)",
+    );
 
     // 200 runs that each wait 1 s, all at once: the wall time, against 200 python3 spawned at once
     // that each sleep 1 s. The ideal is 1 s.
@@ -66,7 +72,13 @@ export async function benchExecutor(): Promise<void> {
     t0 = performance.now();
     await Promise.all(Array.from({ length: n }, () => spawnPython("import time\ntime.sleep(1)")));
     const spawnSlowMs = performance.now() - t0;
-    report(`executor: ${n} runs × 1 s at once, wall`, `${(slowMs / 1000).toFixed(2)} s`, `${(spawnSlowMs / 1000).toFixed(2)} s (spawn)`, spawnSlowMs / slowMs, "(target ≤ 2 s)");
+    report(
+      `executor: ${n} runs × 1 s at once, wall`,
+      `${(slowMs / 1000).toFixed(2)} s`,
+      `${(spawnSlowMs / 1000).toFixed(2)} s (spawn)`,
+      spawnSlowMs / slowMs,
+      "(target ≤ 2 s)",
+    );
   } finally {
     await server.close();
   }

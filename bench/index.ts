@@ -1,6 +1,7 @@
 // `npm run bench`: every benchmark, each reported as a ratio against a baseline measured in the same run.
-import { benchEdge } from "./edge.js";
+
 import { benchDatastore } from "./datastore.js";
+import { benchEdge } from "./edge.js";
 import { benchExecutor } from "./executor.js";
 import { benchInvoke } from "./invoke.js";
 import { benchIsolation } from "./isolation.js";

@@ -1,15 +1,19 @@
 // The invoke path: a trivial workflow through the REST edge, against a baseline that spawns
 // python3 for every run (what a runtime without a warm worker pool pays), measured in one run.
 import { spawn } from "node:child_process";
-import { startBenchServer } from "./server.js";
 import { createCaller } from "./client.js";
+import { startBenchServer } from "./server.js";
 import { fmt, report, summary } from "./stats.js";
 
 const script = "def execute(ctx):\n    return {'ok': True, 'n': (ctx.input or {}).get('n')}\n";
 
 function spawnPerRun(): Promise<void> {
   return new Promise((resolve, reject) => {
-    const child = spawn("python3", ["-c", `${script}\nimport json, types\nprint(json.dumps(execute(types.SimpleNamespace(input={"n": 1}))))`], { stdio: ["ignore", "pipe", "inherit"] });
+    const child = spawn(
+      "python3",
+      ["-c", `${script}\nimport json, types\nprint(json.dumps(execute(types.SimpleNamespace(input={"n": 1}))))`],
+      { stdio: ["ignore", "pipe", "inherit"] },
+    );
     child.stdout.resume();
     child.on("error", reject);
     child.on("close", (code) => (code === 0 ? resolve() : reject(new Error(`python3 exit ${code}`))));
@@ -47,7 +51,13 @@ export async function benchInvoke(iterations = Number(process.env.BENCH_ITERATIO
     }
     const s = summary(shaker);
     const b = summary(baseline);
-    report("invoke: trivial workflow via REST, warm", `p50 ${fmt(s.p50)} ms p99 ${fmt(s.p99)} ms`, `p50 ${fmt(b.p50)} ms (spawn)`, b.p50 / s.p50, "(higher is better; target ≥ 10x and p50 ≤ 3 ms)");
+    report(
+      "invoke: trivial workflow via REST, warm",
+      `p50 ${fmt(s.p50)} ms p99 ${fmt(s.p99)} ms`,
+      `p50 ${fmt(b.p50)} ms (spawn)`,
+      b.p50 / s.p50,
+      "(higher is better; target ≥ 10x and p50 ≤ 3 ms)",
+    );
 
     // Throughput: concurrent trivial runs for a fixed count.
     const total = Number(process.env.BENCH_THROUGHPUT_RUNS ?? 600);
@@ -61,7 +71,13 @@ export async function benchInvoke(iterations = Number(process.env.BENCH_ITERATIO
     );
     const rate = total / ((performance.now() - t0) / 1000);
     const spawnRate = 1000 / b.mean;
-    report("throughput: trivial runs/s, 16 in flight", `${rate.toFixed(0)} runs/s`, `${spawnRate.toFixed(0)} runs/s (spawn, serial)`, rate / spawnRate, "(target ≥ 300 runs/s)");
+    report(
+      "throughput: trivial runs/s, 16 in flight",
+      `${rate.toFixed(0)} runs/s`,
+      `${spawnRate.toFixed(0)} runs/s (spawn, serial)`,
+      rate / spawnRate,
+      "(target ≥ 300 runs/s)",
+    );
     caller.close();
   } finally {
     await server.close();

@@ -1,10 +1,11 @@
 // What confining runs costs: the same trivial workflow on two servers of this build in one process,
 // one confining its runs as `npm start` does (SHAKER_SANDBOX=auto) and one not (SHAKER_SANDBOX=none),
 // measured in alternating blocks (A B A B …) so a drift of this machine's speed hits both alike.
-import { createCaller, type Caller } from "./client.js";
+
+import type { TestServer } from "../test/helpers.js";
+import { type Caller, createCaller } from "./client.js";
 import { startBenchServer } from "./server.js";
 import { fmt, report, summary } from "./stats.js";
-import type { TestServer } from "../test/helpers.js";
 
 const script = "def execute(ctx):\n    return {'ok': True, 'n': (ctx.input or {}).get('n')}\n";
 
@@ -80,7 +81,13 @@ export async function benchIsolation(): Promise<void> {
     };
     const small = await emitMs(Math.round(4.8 * 1024 * 1024));
     const large = await emitMs(48 * 1024 * 1024);
-    report("isolation: one 48 MiB ctx.emit, streamed", `p50 ${fmt(large)} ms`, `p50 ${fmt(small)} ms (4.8 MiB)`, large / small, "(linear: about 10x)");
+    report(
+      "isolation: one 48 MiB ctx.emit, streamed",
+      `p50 ${fmt(large)} ms`,
+      `p50 ${fmt(small)} ms (4.8 MiB)`,
+      large / small,
+      "(linear: about 10x)",
+    );
 
     const c = summary(confined.latencies);
     const o = summary(open_.latencies);

@@ -6,7 +6,10 @@ import { startBenchServer } from "./server.js";
 const minutes = Number(process.env.SOAK_MINUTES ?? 10);
 const concurrency = Number(process.env.SOAK_CONCURRENCY ?? 32);
 const server = await startBenchServer({ workers: 2 });
-await server.upload("soak", "import time\ndef execute(ctx):\n    ctx.emit('tick')\n    time.sleep(0.02)\n    return {'ok': True, 'pad': 'x' * 2000}\n");
+await server.upload(
+  "soak",
+  "import time\ndef execute(ctx):\n    ctx.emit('tick')\n    time.sleep(0.02)\n    return {'ok': True, 'pad': 'x' * 2000}\n",
+);
 const until = Date.now() + minutes * 60_000;
 let runs = 0;
 let errors = 0;
@@ -38,7 +41,9 @@ clearInterval(timer);
 sample();
 const warm = samples.filter((s) => s.t >= 60);
 if (warm.length >= 2) {
-  process.stdout.write(`soak: RSS after the first minute ${warm[0].rssMb} MB, at the end ${warm.at(-1)!.rssMb} MB (ratio ${(warm.at(-1)!.rssMb / warm[0].rssMb).toFixed(2)}x), ${runs} runs, ${errors} errors\n`);
+  process.stdout.write(
+    `soak: RSS after the first minute ${warm[0].rssMb} MB, at the end ${warm.at(-1)!.rssMb} MB (ratio ${(warm.at(-1)!.rssMb / warm[0].rssMb).toFixed(2)}x), ${runs} runs, ${errors} errors\n`,
+  );
 }
 await server.close();
 process.exit(0);

@@ -1,6 +1,6 @@
 import { closeSync, createReadStream, openSync, readFileSync, readSync, statSync } from "node:fs";
 import { createInterface } from "node:readline";
-import { call, CliError, need, parse, printJson, serverOf, table, type Server } from "./http.js";
+import { CliError, call, need, parse, printJson, type Server, serverOf, table } from "./http.js";
 import type { CliIo } from "./io.js";
 
 const usage = `usage: shaker datastores list
@@ -55,7 +55,11 @@ async function* batchesOf(file: string, size: number): AsyncGenerator<{ records:
   const start = Buffer.alloc(64);
   const got = readSync(fd, start, 0, 64, 0);
   closeSync(fd);
-  const head = start.subarray(0, got).toString("utf8").replace(/^\uFEFF/, "").trimStart();
+  const head = start
+    .subarray(0, got)
+    .toString("utf8")
+    .replace(/^\uFEFF/, "")
+    .trimStart();
   if (head.startsWith("[")) {
     let all: unknown;
     try {
@@ -99,10 +103,15 @@ async function load(io: CliIo, server: Server, name: string, file: string, batch
     const ndjson = records.map((r) => JSON.stringify(r)).join("\n") + "\n";
     let resp;
     try {
-      resp = await call(server, "POST", `/v1/datastores/${encodeURIComponent(name)}/records`, { raw: ndjson, contentType: "application/x-ndjson" });
+      resp = await call(server, "POST", `/v1/datastores/${encodeURIComponent(name)}/records`, {
+        raw: ndjson,
+        contentType: "application/x-ndjson",
+      });
     } catch (e) {
       progress.end();
-      throw new CliError(`after ${total} records: ${(e as Error).message.replace(/records\[(\d+)\]/, (_m, i) => `record ${total + Number(i) + 1}`)}`);
+      throw new CliError(
+        `after ${total} records: ${(e as Error).message.replace(/records\[(\d+)\]/, (_m, i) => `record ${total + Number(i) + 1}`)}`,
+      );
     }
     total += Number(resp.data?.upserted ?? records.length);
     embedded += Number(resp.data?.embedded ?? 0);

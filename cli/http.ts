@@ -1,4 +1,4 @@
-import { parseArgs, type ParseArgsConfig } from "node:util";
+import { type ParseArgsConfig, parseArgs } from "node:util";
 import type { CliIo } from "./io.js";
 
 /** CliError is a failure the command reports as one line on stderr, exiting with `exitCode`. */

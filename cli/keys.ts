@@ -2,13 +2,13 @@ import { randomBytes } from "node:crypto";
 import { existsSync, mkdirSync } from "node:fs";
 import { join } from "node:path";
 import { timestampDate } from "@bufbuild/protobuf/wkt";
-import { Code, ConnectError, createClient, createRouterTransport, type Client } from "@connectrpc/connect";
+import { type Client, Code, ConnectError, createClient, createRouterTransport } from "@connectrpc/connect";
 import { createConnectTransport } from "@connectrpc/connect-node";
-import { RegistryService, type ApiKey } from "../gen/shaker/registry/v1/registry_pb.js";
+import { type ApiKey, RegistryService } from "../gen/shaker/registry/v1/registry_pb.js";
 import { createRegistryService } from "../services/registry/service.js";
 import { createRegistryStore } from "../services/registry/store.js";
 import { headers as authHeaders } from "../services/shared/auth.js";
-import { loadConfig, type Config } from "../services/shared/config.js";
+import { type Config, loadConfig } from "../services/shared/config.js";
 
 export const keysUsage = `usage: shaker keys <command>
 
@@ -112,9 +112,19 @@ function keyJson(k: ApiKey): Record<string, unknown> {
 
 function table(keys: ApiKey[]): string {
   const rows = [["ID", "PREFIX", "ACCOUNT", "CREATED", "STATUS"]];
-  for (const k of keys) rows.push([k.id, `${k.prefix}…`, k.accountName, date(k, "createdAt"), k.revokedAt ? `revoked ${date(k, "revokedAt")}` : "active"]);
+  for (const k of keys)
+    rows.push([k.id, `${k.prefix}…`, k.accountName, date(k, "createdAt"), k.revokedAt ? `revoked ${date(k, "revokedAt")}` : "active"]);
   const widths = rows[0].map((_, i) => Math.max(...rows.map((r) => r[i].length)));
-  return rows.map((r) => r.map((c, i) => c.padEnd(widths[i])).join("  ").trimEnd()).join("\n") + "\n";
+  return (
+    rows
+      .map((r) =>
+        r
+          .map((c, i) => c.padEnd(widths[i]))
+          .join("  ")
+          .trimEnd(),
+      )
+      .join("\n") + "\n"
+  );
 }
 
 /** runKeys runs `shaker keys ...`; it writes to out and throws Error (exit 1) or UsageError (exit 2). */
@@ -143,17 +153,12 @@ export async function runKeys(args: string[], env: NodeJS.ProcessEnv, out: (s: s
         const k = resp.key!;
         if (opts.json) out(JSON.stringify({ api_key: resp.apiKey, ...keyJson(k) }) + "\n");
         else {
-          out(
-            `Created key ${k.id} for account '${k.accountName}'. It is shown only this once; keep it:\n\n  ${resp.apiKey}\n\n`,
-          );
+          out(`Created key ${k.id} for account '${k.accountName}'. It is shown only this once; keep it:\n\n  ${resp.apiKey}\n\n`);
         }
         return;
       }
       case "list": {
-        const resp = await registry.client.listApiKeys(
-          opts.account ? { accountName: opts.account } : { allAccounts: true },
-          callOptions,
-        );
+        const resp = await registry.client.listApiKeys(opts.account ? { accountName: opts.account } : { allAccounts: true }, callOptions);
         out(opts.json ? JSON.stringify(resp.keys.map(keyJson)) + "\n" : table(resp.keys));
         return;
       }

@@ -1,8 +1,8 @@
 import { loadConfig } from "../services/shared/config.js";
 import { runDatastores } from "./datastores.js";
 import { CliError, HelpRequested } from "./http.js";
-import type { CliIo } from "./io.js";
 import { runInvoke } from "./invoke.js";
+import type { CliIo } from "./io.js";
 import { runKeys, UsageError } from "./keys.js";
 import { runRuns } from "./runs.js";
 import { startShaker } from "./serve.js";
@@ -127,4 +127,4 @@ export async function main(argv: string[], io: CliIo): Promise<number> {
   return io.exitCode;
 }
 
-export { processIo, type CliIo } from "./io.js";
+export { type CliIo, processIo } from "./io.js";

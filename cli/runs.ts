@@ -1,4 +1,4 @@
-import { call, CliError, ms, need, parse, printJson, serverOf, table, textOf } from "./http.js";
+import { CliError, call, ms, need, parse, printJson, serverOf, table, textOf } from "./http.js";
 import type { CliIo } from "./io.js";
 
 const usage = `usage: shaker runs [--workflow REF] [--session ID] [--status S] [--limit N] [--json]
@@ -26,7 +26,13 @@ function showRun(run: any): string {
   if (run.output !== undefined && run.output !== null) out.push(`output    ${JSON.stringify(run.output)}`);
   if (run.error && (run.error.type || run.error.message)) {
     out.push(`error     ${run.error.type}: ${run.error.message}`);
-    if (run.error.traceback) out.push(...String(run.error.traceback).trimEnd().split("\n").map((l) => `  ${l}`));
+    if (run.error.traceback)
+      out.push(
+        ...String(run.error.traceback)
+          .trimEnd()
+          .split("\n")
+          .map((l) => `  ${l}`),
+      );
   }
   for (const w of run.warnings ?? []) out.push(`warning   ${w}`);
   const emitted = run.emitted ?? [];

@@ -9,8 +9,7 @@ import { ModelProxyService } from "../gen/shaker/modelproxy/v1/modelproxy_pb.js"
 import { RegistryService } from "../gen/shaker/registry/v1/registry_pb.js";
 import { createDatastoreService } from "../services/datastore/service.js";
 import { createEdge } from "../services/edge/edge.js";
-import { sendJson, type Res } from "../services/edge/http.js";
-import { serveConsole } from "./static.js";
+import { type Res, sendJson } from "../services/edge/http.js";
 import { prepareIsolation } from "../services/executor/isolation.js";
 import { createWorkerPool, harnessDir } from "../services/executor/pool.js";
 import { createExecutorService } from "../services/executor/service.js";
@@ -18,11 +17,12 @@ import { createExecutorStore } from "../services/executor/store.js";
 import { createModelProxyService } from "../services/modelproxy/service.js";
 import { createRegistryService, DEFAULT_ACCOUNT, generateApiKey } from "../services/registry/service.js";
 import { createRegistryStore } from "../services/registry/store.js";
-import { createAuth, headers as authHeaders } from "../services/shared/auth.js";
+import { headers as authHeaders, createAuth } from "../services/shared/auth.js";
 import { createClients, lazyTransport } from "../services/shared/clients.js";
-import { createDirectTransport } from "../services/shared/direct-transport.js";
 import type { Config } from "../services/shared/config.js";
-import { listen, type Handler } from "../services/shared/listener.js";
+import { createDirectTransport } from "../services/shared/direct-transport.js";
+import { type Handler, listen } from "../services/shared/listener.js";
+import { serveConsole } from "./static.js";
 
 /** Shaker is a running embedded server: every service and the edge on one port. */
 export interface Shaker {
@@ -59,10 +59,7 @@ export async function startShaker(config: Config): Promise<Shaker> {
     runIsLive,
     authenticateKey: async (apiKey) => {
       try {
-        const resp = await clients.registry.authenticate(
-          { apiKey },
-          { headers: { [authHeaders.serviceToken]: serviceSecret } },
-        );
+        const resp = await clients.registry.authenticate({ apiKey }, { headers: { [authHeaders.serviceToken]: serviceSecret } });
         return { accountId: resp.account!.id, admin: resp.account!.admin, keyId: resp.keyId };
       } catch (e) {
         if (ConnectError.from(e).code === Code.Unauthenticated) return undefined;
@@ -128,7 +125,10 @@ export async function startShaker(config: Config): Promise<Shaker> {
   const rpc = connectNodeAdapter({
     routes,
     readMaxBytes: config.maxBodyBytes,
-    fallback: (req, res) => sendJson(res as unknown as Res, 404, { error: { message: `no route ${req.method} ${req.url}`, type: "invalid_request_error", param: null, code: "not_found" } }),
+    fallback: (req, res) =>
+      sendJson(res as unknown as Res, 404, {
+        error: { message: `no route ${req.method} ${req.url}`, type: "invalid_request_error", param: null, code: "not_found" },
+      }),
   });
   const handler: Handler = (req, res) => {
     if (edge.handle(req, res as unknown as Res) || serveConsole(req as never, res as never)) return;

@@ -3,7 +3,7 @@ import { basename, extname } from "node:path";
 import { executionModes, versionBumps } from "../services/registry/rules.js";
 import { nameMaxLength } from "../services/shared/names.js";
 import { runPythonJson } from "../services/shared/python.js";
-import { ApiError, call, CliError, need, parse, serverOf } from "./http.js";
+import { ApiError, CliError, call, need, parse, serverOf } from "./http.js";
 import type { CliIo } from "./io.js";
 
 /** ScriptError is one validation finding: 1-based line and column (0 when unknown). */

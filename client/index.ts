@@ -5,19 +5,19 @@
 //   const { workflows } = await shaker.registry.listWorkflows({});
 //
 // The descriptors and message types are the ones `npx buf generate` writes into gen/ from proto/.
-import { createClient, type Client, type Interceptor, type Transport } from "@connectrpc/connect";
+import { type Client, createClient, type Interceptor, type Transport } from "@connectrpc/connect";
 import { createConnectTransport, createGrpcTransport, createGrpcWebTransport } from "@connectrpc/connect-node";
 import { DatastoreService } from "../gen/shaker/datastore/v1/datastore_pb.js";
 import { ExecutorService } from "../gen/shaker/executor/v1/executor_pb.js";
 import { ModelProxyService } from "../gen/shaker/modelproxy/v1/modelproxy_pb.js";
 import { RegistryService } from "../gen/shaker/registry/v1/registry_pb.js";
-import { createClients, type Clients } from "../services/shared/clients.js";
+import { type Clients, createClients } from "../services/shared/clients.js";
 
 export * as datastore from "../gen/shaker/datastore/v1/datastore_pb.js";
 export * as executor from "../gen/shaker/executor/v1/executor_pb.js";
 export * as modelproxy from "../gen/shaker/modelproxy/v1/modelproxy_pb.js";
 export * as registry from "../gen/shaker/registry/v1/registry_pb.js";
-export { DatastoreService, ExecutorService, ModelProxyService, RegistryService, type Clients };
+export { type Clients, DatastoreService, ExecutorService, ModelProxyService, RegistryService };
 
 /** Options of createShakerTransport and the create*Client helpers. */
 export interface ShakerClientOptions {

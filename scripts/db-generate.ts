@@ -4,7 +4,16 @@ import { execFileSync } from "node:child_process";
 for (const service of ["registry", "executor", "modelproxy", "datastore"]) {
   execFileSync(
     "npx",
-    ["drizzle-kit", "generate", "--dialect", "sqlite", "--schema", `services/${service}/schema.ts`, "--out", `services/${service}/migrations`],
+    [
+      "drizzle-kit",
+      "generate",
+      "--dialect",
+      "sqlite",
+      "--schema",
+      `services/${service}/schema.ts`,
+      "--out",
+      `services/${service}/migrations`,
+    ],
     { stdio: "inherit" },
   );
 }

@@ -1,4 +1,4 @@
-import { Code, ConnectError, createClient, type Client } from "@connectrpc/connect";
+import { type Client, Code, ConnectError, createClient } from "@connectrpc/connect";
 import { createConnectTransport } from "@connectrpc/connect-node";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { ExecutorService } from "../gen/shaker/executor/v1/executor_pb.js";
@@ -64,7 +64,12 @@ describe("accounts: isolation, several keys, revocation", () => {
     const list = await server.request("GET", "/v1/workflows", undefined, b);
     expect(list.body).toMatchObject({ data: [], total: 0 });
     // B may use the same name: it gets its own workflow, and A's is untouched.
-    const own = await server.request("POST", "/v1/workflows/upload", { workflow_ref_name: "secret-wf", script: "def execute(ctx):\n    return 'B'\n" }, b);
+    const own = await server.request(
+      "POST",
+      "/v1/workflows/upload",
+      { workflow_ref_name: "secret-wf", script: "def execute(ctx):\n    return 'B'\n" },
+      b,
+    );
     expect(own.body.data).toMatchObject({ version: "1.0.0", created: true });
     expect((await server.invoke({ model: "workflow:secret-wf", input: {} }, b)).body.output).toBe("B");
     expect((await server.invoke({ model: "workflow:secret-wf", input: {} })).body.output).toEqual({ owner: "A" });
@@ -117,7 +122,12 @@ def execute(ctx):
             out[method] = getattr(e, "code", repr(e))
     return out
 `;
-    const up = await server.request("POST", "/v1/workflows/upload", { workflow_ref_name: "prober", script }, { authorization: `Bearer ${keyB}` });
+    const up = await server.request(
+      "POST",
+      "/v1/workflows/upload",
+      { workflow_ref_name: "prober", script },
+      { authorization: `Bearer ${keyB}` },
+    );
     expect(up.status).toBe(201);
     const res = await server.invoke({ model: "workflow:prober", input: { other: versionIdA } }, { authorization: `Bearer ${keyB}` });
     expect(res.status, JSON.stringify(res.body)).toBe(200);

@@ -78,7 +78,11 @@ describe("run tokens", () => {
     const live = new Set(["run_1"]);
     const tracked = createAuth({ serviceSecret: "secret-one", authenticateKey: async () => undefined, runIsLive: (id) => live.has(id) });
     const token = tracked.mintRunToken(claims(Date.now() + 60_000));
-    const identify = () => tracked.identify(new Headers({ authorization: `Bearer ${token}` })).then((i) => i.kind, (e: unknown) => ConnectError.from(e));
+    const identify = () =>
+      tracked.identify(new Headers({ authorization: `Bearer ${token}` })).then(
+        (i) => i.kind,
+        (e: unknown) => ConnectError.from(e),
+      );
     expect(await identify()).toBe("run");
     live.delete("run_1");
     const err = await identify();

@@ -1,7 +1,7 @@
-import { request as httpRequest, type ClientRequest, type IncomingMessage } from "node:http";
+import { type ClientRequest, request as httpRequest, type IncomingMessage } from "node:http";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { AsyncQueue } from "../services/shared/queue.js";
-import { alive, waitFor, startTestServer, type TestServer } from "./helpers.js";
+import { alive, startTestServer, type TestServer, waitFor } from "./helpers.js";
 
 // Emits as fast as it can; each value says when it was emitted and by which process.
 const flood = `
@@ -17,8 +17,6 @@ def execute(ctx):
 const plain = "def execute(ctx):\n    return {'echo': ctx.input}\n";
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
-
-
 
 /** SseReader is a raw node:http streaming call whose reading the test controls (pause/resume). */
 interface SseReader {
@@ -36,7 +34,13 @@ function openStream(server: TestServer, body: Record<string, unknown>): Promise<
   const url = new URL(`${server.url}/v1/chat/completions`);
   return new Promise((resolve, reject) => {
     const req = httpRequest(
-      { host: url.hostname, port: url.port, path: url.pathname, method: "POST", headers: { authorization: `Bearer ${server.apiKey}`, "content-type": "application/json" } },
+      {
+        host: url.hostname,
+        port: url.port,
+        path: url.pathname,
+        method: "POST",
+        headers: { authorization: `Bearer ${server.apiKey}`, "content-type": "application/json" },
+      },
       (res) => {
         const events: unknown[] = [];
         let buffered = "";
@@ -62,7 +66,8 @@ function openStream(server: TestServer, body: Record<string, unknown>): Promise<
         });
         const until = async (check: (events: unknown[]) => boolean) => {
           while (!check(events)) {
-            if (res.readableEnded || res.destroyed) throw new Error(`the stream ended first: ${JSON.stringify(events.slice(-2)).slice(0, 500)}`);
+            if (res.readableEnded || res.destroyed)
+              throw new Error(`the stream ended first: ${JSON.stringify(events.slice(-2)).slice(0, 500)}`);
             await new Promise<void>((r) => waiters.push(r));
           }
         };
@@ -155,7 +160,10 @@ describe("backpressure: a slow SSE reader holds its run back", () => {
     stream.res.pause();
     const pid = emittedOf(stream.events)[0].pid;
     await waitFor(() => !alive(pid), `process ${pid} to be killed by the timeout`);
-    await waitFor(async () => (await server.request("GET", `/v1/runs/${stream.runId}`)).body.data.status === "timed_out", "the run to be recorded as timed out");
+    await waitFor(
+      async () => (await server.request("GET", `/v1/runs/${stream.runId}`)).body.data.status === "timed_out",
+      "the run to be recorded as timed out",
+    );
     // Reading on, the stream ends with the timeout as its error event.
     stream.res.resume();
     await stream.ended;
@@ -173,7 +181,10 @@ describe("backpressure: a slow SSE reader holds its run back", () => {
     expect(alive(pid)).toBe(true);
     stream.req.destroy();
     await waitFor(() => !alive(pid), `process ${pid} to be killed`);
-    await waitFor(async () => (await server.request("GET", `/v1/runs/${stream.runId}`)).body.data.status === "cancelled", "the run to be recorded as cancelled");
+    await waitFor(
+      async () => (await server.request("GET", `/v1/runs/${stream.runId}`)).body.data.status === "cancelled",
+      "the run to be recorded as cancelled",
+    );
     // The worker is not stuck on the dead child: a new run completes.
     const after = await server.invoke({ model: "workflow:plain", input: 2 });
     expect(after.status).toBe(200);

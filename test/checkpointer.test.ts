@@ -21,11 +21,37 @@ describe("checkpointer", () => {
     const file = join(dir, "executor.db");
     const store = createExecutorStore(file);
     const before = statSync(file).size;
-    const fin = { status: 3, output: { ok: true }, error: null, finishedAt: 1, durationMs: 1, emitted: [], logs: [], httpCalls: [], warnings: [], promptTokens: 0, completionTokens: 0 };
+    const fin = {
+      status: 3,
+      output: { ok: true },
+      error: null,
+      finishedAt: 1,
+      durationMs: 1,
+      emitted: [],
+      logs: [],
+      httpCalls: [],
+      warnings: [],
+      promptTokens: 0,
+      completionTokens: 0,
+    };
     // About 600 pages of WAL, in separate commits: less than SQLite's own 1,000-page checkpoint.
     for (let i = 0; i < 300; i++) {
       const id = `run_${i}`;
-      store.insertRun({ id, accountId: "acc", workflowRefName: "wf", version: "1.0.0", versionId: "v", sessionId: `s${i}`, status: 2, input: { i, pad: "x".repeat(2000) }, metadata: {}, createdAt: i, startedAt: i, parentRunId: "", depth: 0 });
+      store.insertRun({
+        id,
+        accountId: "acc",
+        workflowRefName: "wf",
+        version: "1.0.0",
+        versionId: "v",
+        sessionId: `s${i}`,
+        status: 2,
+        input: { i, pad: "x".repeat(2000) },
+        metadata: {},
+        createdAt: i,
+        startedAt: i,
+        parentRunId: "",
+        depth: 0,
+      });
       store.run("acc", id);
       store.finishRun(id, fin);
       store.run("acc", id);
@@ -48,7 +74,15 @@ describe("checkpointer", () => {
     const before = statSync(file).size;
     const created = store.createStore("acc", "docs", "")!;
     for (let i = 0; i < 100; i++) {
-      store.upsert(created.id, Array.from({ length: 10 }, (_, j) => ({ id: `r${i}-${j}`, text: `record ${i} ${j} ${"words ".repeat(50)}`, metadata: "{}", vector: new Float32Array([i, j]) })));
+      store.upsert(
+        created.id,
+        Array.from({ length: 10 }, (_, j) => ({
+          id: `r${i}-${j}`,
+          text: `record ${i} ${j} ${"words ".repeat(50)}`,
+          metadata: "{}",
+          vector: new Float32Array([i, j]),
+        })),
+      );
     }
     expect(await settle(file, before)).toBeGreaterThan(before + 200_000);
     expect(store.count(created.id)).toBe(1000);

@@ -1,7 +1,7 @@
 // Helpers for the CLI tests: a Shaker started as a user starts it (`node bin/shaker.js serve`, PORT=0)
 // and the `shaker` command run as a child process. Everything is asynchronous: a synchronous child
 // would block the event loop of a server running in the same process.
-import { execFile, spawn, type ChildProcess } from "node:child_process";
+import { type ChildProcess, execFile, spawn } from "node:child_process";
 import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -42,7 +42,7 @@ export function runShaker(args: string[], env: NodeJS.ProcessEnv = {}, cwd = roo
       [bin, ...args],
       { cwd, env: { ...process.env, SHAKER_URL: "", SHAKER_API_KEY: "", ...env }, timeout: 60_000, maxBuffer: 16 * 1024 * 1024 },
       (err, stdout, stderr) => {
-        const code = err ? (typeof (err as { code?: unknown }).code === "number" ? ((err as { code: number }).code) : -1) : 0;
+        const code = err ? (typeof (err as { code?: unknown }).code === "number" ? (err as { code: number }).code : -1) : 0;
         resolve({ code, stdout: String(stdout), stderr: String(stderr) });
       },
     );

@@ -6,8 +6,8 @@ import { createServer } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { runMain, runShaker, startCliServer, type CliResult } from "./cli-process.js";
-import { startTestServer, waitFor, type TestServer } from "./helpers.js";
+import { type CliResult, runMain, runShaker, startCliServer } from "./cli-process.js";
+import { startTestServer, type TestServer, waitFor } from "./helpers.js";
 
 let server: TestServer;
 let dir: string;
@@ -104,7 +104,20 @@ describe("shaker upload", () => {
 `;
     const path = file("acc.py", script);
     const rates = file("rates.json", JSON.stringify({ eur: 1.1 }));
-    const r = await shaker(["upload", path, "--name", "with-acc", "--accessory", `rates=${rates}`, "--env", "REGION=eu", "--timeout", "30", "--mode", "sync"]);
+    const r = await shaker([
+      "upload",
+      path,
+      "--name",
+      "with-acc",
+      "--accessory",
+      `rates=${rates}`,
+      "--env",
+      "REGION=eu",
+      "--timeout",
+      "30",
+      "--mode",
+      "sync",
+    ]);
     expect(r.code, r.stderr).toBe(0);
     const inv = await shaker(["invoke", "with-acc"]);
     expect(inv.code, inv.stderr).toBe(0);
@@ -176,7 +189,10 @@ describe("shaker invoke and runs", () => {
     const accepted = JSON.parse(r.stdout);
     expect(accepted.run_id).toMatch(/\S+/);
     let shown = "";
-    await waitFor(async () => (shown = (await shaker(["runs", "show", accepted.run_id])).stdout).includes("status    succeeded"), "the async run to succeed");
+    await waitFor(
+      async () => (shown = (await shaker(["runs", "show", accepted.run_id])).stdout).includes("status    succeeded"),
+      "the async run to succeed",
+    );
     expect(shown).toContain('output    {"done":true}');
   });
 
@@ -262,7 +278,12 @@ describe("shaker datastores", () => {
   it("creates, lists, loads NDJSON and JSON with a records/s figure, and searches", async () => {
     const created = await shaker(["datastores", "create", "docs"]);
     expect(created.code, created.stderr).toBe(0);
-    const ndjson = file("docs.ndjson", Array.from({ length: 1200 }, (_, i) => JSON.stringify({ id: `d${i}`, text: `document number ${i} about ${i % 2 ? "apples" : "pears"}`, vector: [1, i % 2, 0, 0] })).join("\n") + "\n");
+    const ndjson = file(
+      "docs.ndjson",
+      Array.from({ length: 1200 }, (_, i) =>
+        JSON.stringify({ id: `d${i}`, text: `document number ${i} about ${i % 2 ? "apples" : "pears"}`, vector: [1, i % 2, 0, 0] }),
+      ).join("\n") + "\n",
+    );
     const load = await shaker(["datastores", "load", "docs", ndjson, "--progress", "--batch", "500"]);
     expect(load.code, load.stderr).toBe(0);
     expect(load.stderr).toMatch(/\[#{30}\] 100% 1200 records/);
@@ -302,14 +323,18 @@ describe("shaker serve, in process", () => {
     let banner = "";
     let listening!: (url: string) => void;
     const url = new Promise<string>((resolve) => (listening = resolve));
-    const served = runMain(["serve"], { PORT: "0", SHAKER_DATA_DIR: dataDir, SHAKER_WORKERS: "1", SHAKER_SANDBOX: "none" }, {
-      signal: stop.signal,
-      onStdout(text) {
-        banner += text;
-        const m = /^Shaker is listening on (http:\/\/\S+) \(data in (.*)\)$/m.exec(banner);
-        if (m && /export SHAKER_API_KEY=/.test(banner)) listening(m[1]!);
+    const served = runMain(
+      ["serve"],
+      { PORT: "0", SHAKER_DATA_DIR: dataDir, SHAKER_WORKERS: "1", SHAKER_SANDBOX: "none" },
+      {
+        signal: stop.signal,
+        onStdout(text) {
+          banner += text;
+          const m = /^Shaker is listening on (http:\/\/\S+) \(data in (.*)\)$/m.exec(banner);
+          if (m && /export SHAKER_API_KEY=/.test(banner)) listening(m[1]!);
+        },
       },
-    });
+    );
     try {
       const at = await Promise.race([url, served.then((r) => Promise.reject(new Error(`serve ended: ${r.code} ${r.stderr}`)))]);
       expect(banner).toContain(`(data in ${dataDir})`);

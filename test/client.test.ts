@@ -1,7 +1,7 @@
 // The typed clients a TypeScript program imports as `shaker/client`, against a real server.
 import { Code, ConnectError } from "@connectrpc/connect";
+import { createRegistryClient, createShakerClients, RegistryService, registry } from "shaker/client";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { createRegistryClient, createShakerClients, registry, RegistryService } from "shaker/client";
 import { startTestServer, type TestServer } from "./helpers.js";
 
 let server: TestServer;

@@ -1,5 +1,5 @@
 import { execFileSync } from "node:child_process";
-import { mkdtempSync, readFileSync, readdirSync, rmSync, statSync, writeFileSync } from "node:fs";
+import { mkdtempSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join, relative } from "node:path";
 import { describe, expect, it } from "vitest";
@@ -19,8 +19,13 @@ describe("generated code", () => {
       const templateFile = join(out, "buf.gen.yaml");
       writeFileSync(templateFile, template);
       execFileSync("npx", ["buf", "generate", "--template", templateFile], { stdio: "pipe" });
-      const fresh = files(out).filter((f) => f.endsWith(".ts")).map((f) => relative(out, f)).sort();
-      const committed = files("gen").map((f) => relative("gen", f)).sort();
+      const fresh = files(out)
+        .filter((f) => f.endsWith(".ts"))
+        .map((f) => relative(out, f))
+        .sort();
+      const committed = files("gen")
+        .map((f) => relative("gen", f))
+        .sort();
       expect(committed).toEqual(fresh);
       for (const f of fresh) {
         expect(readFileSync(join("gen", f), "utf8"), `gen/${f} is stale: run npm run generate`).toBe(readFileSync(join(out, f), "utf8"));

@@ -2,7 +2,7 @@
 // workflow, invoke it, see the run with its emitted values. Screenshots go to test-output/console/.
 import { spawn } from "node:child_process";
 import { existsSync, mkdirSync } from "node:fs";
-import { chromium, type Browser, type Page } from "playwright-core";
+import { type Browser, chromium, type Page } from "playwright-core";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { startTestServer, type TestServer } from "./helpers.js";
 
@@ -17,10 +17,14 @@ let page: Page;
 /** build runs `npm run build:console` asynchronously (a synchronous child would stall the in-process server). */
 function build(): Promise<void> {
   return new Promise((resolve, reject) => {
-    const child = spawn(process.execPath, [new URL("../node_modules/vite/bin/vite.js", import.meta.url).pathname, "build", "--config", "console/vite.config.ts"], {
-      cwd: root,
-      stdio: ["ignore", "ignore", "pipe"],
-    });
+    const child = spawn(
+      process.execPath,
+      [new URL("../node_modules/vite/bin/vite.js", import.meta.url).pathname, "build", "--config", "console/vite.config.ts"],
+      {
+        cwd: root,
+        stdio: ["ignore", "ignore", "pipe"],
+      },
+    );
     let err = "";
     child.stderr.on("data", (b: Buffer) => (err += b.toString()));
     child.on("error", reject);
@@ -82,7 +86,15 @@ describe.skipIf(!existsSync(executablePath))("web console in a browser", () => {
     mkdirSync(shots, { recursive: true });
     browser = await chromium.launch({
       executablePath,
-      args: ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update", "--disable-sync", "--no-first-run"],
+      args: [
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--no-first-run",
+      ],
     });
     page = await browser.newPage({ viewport: { width: 1200, height: 900 } });
   }, 120_000);

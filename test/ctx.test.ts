@@ -1,15 +1,15 @@
+import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { createServer, type Server } from "node:http";
 import type { AddressInfo } from "node:net";
-import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
+import { toJson } from "@bufbuild/protobuf";
 import { Code, ConnectError, createClient } from "@connectrpc/connect";
 import { createConnectTransport } from "@connectrpc/connect-node";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { toJson } from "@bufbuild/protobuf";
+import { DatastoreService } from "../gen/shaker/datastore/v1/datastore_pb.js";
 import { ExecutorService, LogLevel, RunSchema } from "../gen/shaker/executor/v1/executor_pb.js";
 import { ModelProxyService } from "../gen/shaker/modelproxy/v1/modelproxy_pb.js";
-import { DatastoreService } from "../gen/shaker/datastore/v1/datastore_pb.js";
 import { fromValue } from "../services/shared/json.js";
 import { startTestServer, type TestServer } from "./helpers.js";
 
@@ -137,7 +137,10 @@ describe("ctx, from a real workflow through the real server", () => {
       headers: { authorization: `Bearer ${server.apiKey}`, "content-type": "application/json" },
       body: JSON.stringify({ model: "workflow:everything", input: {}, secrets: { token: "t" }, stream: true }),
     });
-    const events = (await res.text()).split("\n\n").filter((e) => e.startsWith("data: ")).map((e) => e.slice(6));
+    const events = (await res.text())
+      .split("\n\n")
+      .filter((e) => e.startsWith("data: "))
+      .map((e) => e.slice(6));
     expect(events.at(-1)).toBe("[DONE]");
     const chunks = events.slice(0, -1).map((e) => JSON.parse(e));
     expect(chunks.slice(0, 2).map((c) => c.emitted)).toEqual(["first", { second: 2 }]);
@@ -308,7 +311,10 @@ def execute(ctx):
     const modelproxy = createClient(ModelProxyService, createConnectTransport({ baseUrl: server.url, httpVersion: "1.1" }));
     const err = await modelproxy
       .embeddings({ body: { input: ["after the run"], model: "shaker-local" } }, { headers: { authorization: `Bearer ${token}` } })
-      .then(() => undefined, (e: unknown) => ConnectError.from(e));
+      .then(
+        () => undefined,
+        (e: unknown) => ConnectError.from(e),
+      );
     expect(err?.code).toBe(Code.Unauthenticated);
     expect(err?.rawMessage).toBe("the run this token was given to has ended");
   });
@@ -326,7 +332,11 @@ def execute(ctx):
             "dims": [len(d["embedding"]) for d in emb["data"]]}
 `,
     );
-    const res = await server.invoke({ model: "workflow:modeller", messages: [{ role: "user", content: "hello there" }], session_id: "sess-models" });
+    const res = await server.invoke({
+      model: "workflow:modeller",
+      messages: [{ role: "user", content: "hello there" }],
+      session_id: "sess-models",
+    });
     expect(res.status).toBe(200);
     expect(typeof res.body.output.content).toBe("string");
     expect(res.body.output.chunks).toBeGreaterThan(0);

@@ -17,14 +17,42 @@ function hashed(text: string, dims = 384): number[] {
 }
 
 const corpus = [
-  { id: "bread", text: "How to bake sourdough bread: feed the starter, knead the dough, proof overnight and bake in a hot oven.", metadata: { category: "food", price: 12, tags: "baking" } },
-  { id: "pasta", text: "Fresh egg pasta is rolled thin, cut into tagliatelle and boiled for two minutes.", metadata: { category: "food", price: 9 } },
-  { id: "bike", text: "Fixing a flat bicycle tyre: remove the wheel, find the puncture, patch the inner tube.", metadata: { category: "repair", price: 5 } },
+  {
+    id: "bread",
+    text: "How to bake sourdough bread: feed the starter, knead the dough, proof overnight and bake in a hot oven.",
+    metadata: { category: "food", price: 12, tags: "baking" },
+  },
+  {
+    id: "pasta",
+    text: "Fresh egg pasta is rolled thin, cut into tagliatelle and boiled for two minutes.",
+    metadata: { category: "food", price: 9 },
+  },
+  {
+    id: "bike",
+    text: "Fixing a flat bicycle tyre: remove the wheel, find the puncture, patch the inner tube.",
+    metadata: { category: "repair", price: 5 },
+  },
   { id: "sql", text: "SQLite full text search with FTS5 ranks documents by BM25 relevance.", metadata: { category: "software", price: 0 } },
-  { id: "garden", text: "Tomatoes in the garden need sun, deep watering and support stakes as they grow.", metadata: { category: "garden", price: 20 } },
-  { id: "coffee", text: "Brewing espresso coffee: grind fine, tamp evenly, extract for twenty five seconds.", metadata: { category: "food", price: 30, active: true } },
-  { id: "tax", text: "Filing an income tax return: gather receipts, declare income, claim deductions.", metadata: { category: "finance", price: 50 } },
-  { id: "cake", text: "A simple sponge cake: whisk eggs and sugar, fold in flour, bake for twenty minutes in the oven.", metadata: { category: "food", price: 15, active: false } },
+  {
+    id: "garden",
+    text: "Tomatoes in the garden need sun, deep watering and support stakes as they grow.",
+    metadata: { category: "garden", price: 20 },
+  },
+  {
+    id: "coffee",
+    text: "Brewing espresso coffee: grind fine, tamp evenly, extract for twenty five seconds.",
+    metadata: { category: "food", price: 30, active: true },
+  },
+  {
+    id: "tax",
+    text: "Filing an income tax return: gather receipts, declare income, claim deductions.",
+    metadata: { category: "finance", price: 50 },
+  },
+  {
+    id: "cake",
+    text: "A simple sponge cake: whisk eggs and sugar, fold in flour, bake for twenty minutes in the oven.",
+    metadata: { category: "food", price: 15, active: false },
+  },
 ];
 const withVectors = corpus.map((r) => ({ ...r, vector: hashed(r.text) }));
 
@@ -103,7 +131,14 @@ describe("datastore over REST and RPC", () => {
     const lines: string[] = [];
     for (let i = 0; i < 6000; i++) {
       const rare = i % 500 === 7;
-      lines.push(JSON.stringify({ id: `r${i}`, text: `record ${i}`, metadata: { tag: rare ? "rare" : "common", n: i }, vector: rare ? [-1, 0, 0, (i % 7) / 10] : [1, (i % 13) / 13, 0, 0] }));
+      lines.push(
+        JSON.stringify({
+          id: `r${i}`,
+          text: `record ${i}`,
+          metadata: { tag: rare ? "rare" : "common", n: i },
+          vector: rare ? [-1, 0, 0, (i % 7) / 10] : [1, (i % 13) / 13, 0, 0],
+        }),
+      );
     }
     const up = await server.request("POST", "/v1/datastores/many/records", lines.join("\n"), { "content-type": "application/x-ndjson" });
     expect(up.status).toBe(200);
@@ -119,9 +154,16 @@ describe("datastore over REST and RPC", () => {
     await server.request("POST", "/v1/datastores", { name: "wide" });
     let seed = 7;
     const rand = () => ((seed = (seed * 1103515245 + 12345) % 2 ** 31) / 2 ** 31) * 2 - 1;
-    const records = Array.from({ length: 10_200 }, (_, i) => ({ id: `w${i}`, text: `wide ${i}`, metadata: { even: i % 2 === 0 }, vector: Array.from({ length: 64 }, rand) }));
+    const records = Array.from({ length: 10_200 }, (_, i) => ({
+      id: `w${i}`,
+      text: `wide ${i}`,
+      metadata: { even: i % 2 === 0 },
+      vector: Array.from({ length: 64 }, rand),
+    }));
     const ndjson = records.map((r) => JSON.stringify(r)).join("\n");
-    expect((await server.request("POST", "/v1/datastores/wide/records", ndjson, { "content-type": "application/x-ndjson" })).status).toBe(200);
+    expect((await server.request("POST", "/v1/datastores/wide/records", ndjson, { "content-type": "application/x-ndjson" })).status).toBe(
+      200,
+    );
     const cosine = (a: number[], b: number[]) => a.reduce((s, x, i) => s + x * b[i], 0) / Math.hypot(...a) / Math.hypot(...b);
     const query = records[123].vector.map((x) => x + rand() * 0.05);
     const res = await search("wide", { mode: "vector", vector: query, limit: 5 });
@@ -138,7 +180,14 @@ describe("datastore over REST and RPC", () => {
     await server.request("POST", "/v1/datastores", { name: "edit" });
     await server.request("POST", "/v1/datastores/edit/records", { records: withVectors });
     const up = await server.request("POST", "/v1/datastores/edit/records", {
-      records: [{ id: "bread", text: "Carbonara uses guanciale and pecorino.", metadata: { category: "pasta" }, vector: hashed("carbonara guanciale") }],
+      records: [
+        {
+          id: "bread",
+          text: "Carbonara uses guanciale and pecorino.",
+          metadata: { category: "pasta" },
+          vector: hashed("carbonara guanciale"),
+        },
+      ],
     });
     expect(up.status).toBe(200);
     const got = await server.request("GET", "/v1/datastores/edit/records/bread");
@@ -177,8 +226,16 @@ describe("datastore over REST and RPC", () => {
     const good = (id: string) => ({ id, text: "fine", vector: hashed(id) });
     const cases: [unknown[], string, string][] = [
       [[good("n1"), { text: "no id", vector: hashed("x") }], "records[1]: missing id", "records[1].id"],
-      [[good("n1"), good("n2"), { id: "short", text: "x", vector: [1, 2, 3] }], "records[2]: vector has 3 dimensions; the store's vectors have 384", "records[2].vector"],
-      [[good("n1"), { id: "m", text: "x", metadata: [1, 2], vector: hashed("m") }], "records[1]: metadata must be a JSON object", "records[1].metadata"],
+      [
+        [good("n1"), good("n2"), { id: "short", text: "x", vector: [1, 2, 3] }],
+        "records[2]: vector has 3 dimensions; the store's vectors have 384",
+        "records[2].vector",
+      ],
+      [
+        [good("n1"), { id: "m", text: "x", metadata: [1, 2], vector: hashed("m") }],
+        "records[1]: metadata must be a JSON object",
+        "records[1].metadata",
+      ],
       [[{ id: "m", text: "x", metadata: "tag", vector: hashed("m") }], "records[0]: metadata must be a JSON object", "records[0].metadata"],
       [[{ id: "v", vector: [1, "a"] }], "records[0]: vector must be an array of finite numbers", "records[0].vector"],
     ];
@@ -199,7 +256,7 @@ describe("datastore over REST and RPC", () => {
     expect(late.status).toBe(400);
     expect(late.body.error.message).toBe("records[2500]: vector has 2 dimensions; the store's vectors have 384");
     expect((await server.request("GET", "/v1/datastores/kb/records/s0")).status).toBe(404);
-    expect((await server.request("POST", "/v1/datastores/kb/records", "{\"records\": [")).status).toBe(400);
+    expect((await server.request("POST", "/v1/datastores/kb/records", '{"records": [')).status).toBe(400);
     expect((await server.request("POST", "/v1/datastores/kb/records", { items: [] })).body.error.param).toBe("records");
     expect(await count("kb")).toBe(before);
     expect((await server.request("GET", "/v1/datastores/kb/records/n1")).status).toBe(404);
@@ -211,7 +268,8 @@ describe("datastore over REST and RPC", () => {
     async function* ndjson() {
       for (let i = 0; i < n; i += 1000) {
         let s = "";
-        for (let j = i; j < i + 1000; j++) s += JSON.stringify({ id: `b${j}`, text: `bulk record number ${j}`, metadata: { j }, vector: [1, j % 10, 0.5] }) + "\n";
+        for (let j = i; j < i + 1000; j++)
+          s += JSON.stringify({ id: `b${j}`, text: `bulk record number ${j}`, metadata: { j }, vector: [1, j % 10, 0.5] }) + "\n";
         yield new TextEncoder().encode(s);
       }
     }
@@ -226,7 +284,12 @@ describe("datastore over REST and RPC", () => {
     expect(await count("bulk")).toBe(n);
 
     // A JSON body cut every 7 bytes: records, strings with escapes and brackets cross the cuts.
-    const records = Array.from({ length: 300 }, (_, i) => ({ id: `j${i}`, text: `quote \" and ] bracket } ${i}`, metadata: { nested: { list: [i, "]"] } }, vector: [0, 1, i] }));
+    const records = Array.from({ length: 300 }, (_, i) => ({
+      id: `j${i}`,
+      text: `quote \" and ] bracket } ${i}`,
+      metadata: { nested: { list: [i, "]"] } },
+      vector: [0, 1, i],
+    }));
     const body = new TextEncoder().encode(JSON.stringify({ note: "x", records, after: [1, { a: 2 }] }));
     async function* cut() {
       for (let i = 0; i < body.length; i += 7) yield body.slice(i, i + 7);

@@ -47,7 +47,10 @@ describe("direct transport", () => {
 
   it("passes the caller's headers in and the handler's response headers out, and ends the handler's signal with the call", async () => {
     let header: Headers | undefined;
-    const res = await registryClient.resolveWorkflow({ workflowRefName: "wf" }, { headers: { "x-account": "acct_1" }, onHeader: (h) => (header = h) });
+    const res = await registryClient.resolveWorkflow(
+      { workflowRefName: "wf" },
+      { headers: { "x-account": "acct_1" }, onHeader: (h) => (header = h) },
+    );
     expect(res.version).toMatchObject({ workflowRefName: "wf", script: "acct_1" });
     expect(header?.get("x-served-by")).toBe("registry");
     expect(seen.ctx!.signal.aborted).toBe(true);

@@ -11,10 +11,10 @@ import { join } from "node:path";
 import { connectNodeAdapter, createConnectTransport } from "@connectrpc/connect-node";
 import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest";
 import { createEdge } from "../services/edge/edge.js";
-import { sendJson, type Res } from "../services/edge/http.js";
+import { type Res, sendJson } from "../services/edge/http.js";
 import { createAuth } from "../services/shared/auth.js";
 import { createClients } from "../services/shared/clients.js";
-import { addressKey, listen, type Handler, type Listener, type ListenOptions } from "../services/shared/listener.js";
+import { addressKey, type Handler, type Listener, type ListenOptions, listen } from "../services/shared/listener.js";
 import { startTestServer, type TestServer } from "./helpers.js";
 
 const echo: Handler = (req, res) => {
@@ -103,7 +103,10 @@ describe("listener on a Unix socket", () => {
     const dir = mkdtempSync(join(tmpdir(), "shaker-sock-"));
     const path = join(dir, "shaker.sock");
     // A stale socket: left by a server process that was killed while listening.
-    spawnSync(process.execPath, ["-e", `require("net").createServer().listen(${JSON.stringify(path)}, () => process.kill(process.pid, "SIGKILL"))`]);
+    spawnSync(process.execPath, [
+      "-e",
+      `require("net").createServer().listen(${JSON.stringify(path)}, () => process.kill(process.pid, "SIGKILL"))`,
+    ]);
     expect(statSync(path).isSocket()).toBe(true);
 
     const l = await listen(echo, { path });
@@ -337,7 +340,11 @@ describe("edge: bodies before authentication, nested JSON", () => {
    * them, and stops at the first byte of an answer. It returns the answer and how much of the body
    * was sent by then.
    */
-  async function uploadRaw(head: string, total: number, chunked = false): Promise<{ answer: string; sentBeforeAnswer: number; sentAll: boolean }> {
+  async function uploadRaw(
+    head: string,
+    total: number,
+    chunked = false,
+  ): Promise<{ answer: string; sentBeforeAnswer: number; sentAll: boolean }> {
     const socket = await connect(l.port);
     let answer = "";
     let sentBeforeAnswer = -1;
@@ -499,13 +506,31 @@ describe("edge on a running Shaker: nested JSON", () => {
   const deepObject = (n: number) => '{"a":'.repeat(n) + "1" + "}".repeat(n);
 
   it("answers deep JSON 400 on chat, records (JSON and NDJSON) and accessories, never 500", async () => {
-    const chat = await server.invoke({ model: "workflow:echo", messages: [{ role: "user", content: "hi" }], metadata: { a: { b: [1] } } }, {});
+    const chat = await server.invoke(
+      { model: "workflow:echo", messages: [{ role: "user", content: "hi" }], metadata: { a: { b: [1] } } },
+      {},
+    );
     expect(chat.status).toBe(200);
 
     const cases: [string, string, string, RegExp][] = [
-      ["/v1/chat/completions", "application/json", `{"model":"workflow:echo","metadata":${deepObject(100_000)}}`, /request body nests deeper than 64 levels/],
-      ["/v1/datastores/deep/records", "application/json", `{"records":[{"id":"a","text":"t","metadata":${deepObject(100_000)}}]}`, /request body nests deeper than 64 levels/],
-      ["/v1/datastores/deep/records", "application/x-ndjson", `{"id":"a","text":"t"}\n{"id":"b","metadata":${deepObject(100_000)}}\n`, /records\[1\]: the line nests deeper than 64 levels/],
+      [
+        "/v1/chat/completions",
+        "application/json",
+        `{"model":"workflow:echo","metadata":${deepObject(100_000)}}`,
+        /request body nests deeper than 64 levels/,
+      ],
+      [
+        "/v1/datastores/deep/records",
+        "application/json",
+        `{"records":[{"id":"a","text":"t","metadata":${deepObject(100_000)}}]}`,
+        /request body nests deeper than 64 levels/,
+      ],
+      [
+        "/v1/datastores/deep/records",
+        "application/x-ndjson",
+        `{"id":"a","text":"t"}\n{"id":"b","metadata":${deepObject(100_000)}}\n`,
+        /records\[1\]: the line nests deeper than 64 levels/,
+      ],
       [
         "/v1/workflows/upload",
         "application/json",

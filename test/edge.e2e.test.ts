@@ -1,6 +1,6 @@
 import OpenAI from "openai";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { alive, waitFor, startTestServer, type TestServer } from "./helpers.js";
+import { alive, startTestServer, type TestServer, waitFor } from "./helpers.js";
 
 const emitter = `
 import time
@@ -35,8 +35,6 @@ const plain = "def execute(ctx):\n    return {'input': ctx.input, 'params': ctx.
 
 const logsThenReturns = "def execute(ctx):\n    ctx.log('from ctx.log')\n    print('from print')\n    return 'ok'\n";
 
-
-
 describe("the edge: OpenAI-compatible surface over a real port", () => {
   let server: TestServer;
   let client: OpenAI;
@@ -55,7 +53,10 @@ describe("the edge: OpenAI-compatible surface over a real port", () => {
   afterAll(() => server.close());
 
   it("refuses an upload whose mode or bump names an object's own property, with 400", async () => {
-    for (const [name, value] of [["execution_mode", "toString"], ["version_bump", "constructor"]]) {
+    for (const [name, value] of [
+      ["execution_mode", "toString"],
+      ["version_bump", "constructor"],
+    ]) {
       const res = await server.request("POST", "/v1/workflows/upload", { workflow_ref_name: "plain", script: plain, [name]: value });
       expect(res.status, `${name}=${value}`).toBe(400);
       expect(res.body.error.param).toBe(name);
@@ -166,7 +167,10 @@ describe("the edge: OpenAI-compatible surface over a real port", () => {
     expect(alive(pid)).toBe(true);
     abort.abort();
     await waitFor(() => !alive(pid), `process ${pid} to be killed`);
-    await waitFor(async () => (await server.request("GET", `/v1/runs/${runId}`)).body.data.status === "cancelled", "the run to be recorded as cancelled");
+    await waitFor(
+      async () => (await server.request("GET", `/v1/runs/${runId}`)).body.data.status === "cancelled",
+      "the run to be recorded as cancelled",
+    );
   });
 
   it("answers every status of the error table as an APIError with that status", async () => {
@@ -179,9 +183,14 @@ describe("the edge: OpenAI-compatible surface over a real port", () => {
         return (e as InstanceType<typeof OpenAI.APIError>).status;
       }
     };
-    const call = (body: object, c = client) => () => c.chat.completions.create({ messages: [{ role: "user", content: "x" }], ...body } as any);
+    const call =
+      (body: object, c = client) =>
+      () =>
+        c.chat.completions.create({ messages: [{ role: "user", content: "x" }], ...body } as any);
     expect(await statusOf(call({ model: "workflow:Bad Name" }))).toBe(400);
-    expect(await statusOf(call({ model: "workflow:plain" }, new OpenAI({ apiKey: "sk-wrong", baseURL: `${server.url}/v1`, maxRetries: 0 })))).toBe(401);
+    expect(
+      await statusOf(call({ model: "workflow:plain" }, new OpenAI({ apiKey: "sk-wrong", baseURL: `${server.url}/v1`, maxRetries: 0 }))),
+    ).toBe(401);
     expect(await statusOf(call({ model: "workflow:nope" }))).toBe(404);
     expect(await statusOf(call({ model: "workflow:plain@9.9.9" }))).toBe(404);
     expect(await statusOf(call({ model: "workflow:sleeper-1s", input: { seconds: 10 } }))).toBe(408);
@@ -200,7 +209,10 @@ describe("the edge: OpenAI-compatible surface over a real port", () => {
     for (const r of responses) await r.body?.cancel();
     // The cancelled runs give their slots back as their processes are killed: wait for that, so the
     // next test does not meet the limit.
-    await waitFor(async () => (await server.invoke({ model: "workflow:plain", input: {} })).status === 200, "the concurrency slots to free");
+    await waitFor(
+      async () => (await server.invoke({ model: "workflow:plain", input: {} })).status === 200,
+      "the concurrency slots to free",
+    );
   });
 
   it("refuses a body over the limit while reading it, without waiting for all of it", async () => {
@@ -242,7 +254,11 @@ describe("the edge: OpenAI-compatible surface over a real port", () => {
   it("answers CORS preflights for browser clients", async () => {
     const res = await fetch(`${server.url}/v1/chat/completions`, {
       method: "OPTIONS",
-      headers: { origin: "http://example.test", "access-control-request-method": "POST", "access-control-request-headers": "authorization, content-type" },
+      headers: {
+        origin: "http://example.test",
+        "access-control-request-method": "POST",
+        "access-control-request-headers": "authorization, content-type",
+      },
     });
     expect(res.status).toBe(204);
     expect(res.headers.get("access-control-allow-origin")).toBe("*");
@@ -263,7 +279,10 @@ describe("the edge: OpenAI-compatible surface over a real port", () => {
     expect(res.status).toBe(202);
     const runId = res.body.run_id;
     expect(res.headers.get("location")).toBe(`/v1/runs/${runId}`);
-    await waitFor(async () => (await server.request("GET", `/v1/runs/${runId}`)).body.data.status === "succeeded", "the async run to finish");
+    await waitFor(
+      async () => (await server.request("GET", `/v1/runs/${runId}`)).body.data.status === "succeeded",
+      "the async run to finish",
+    );
     const run = (await server.request("GET", `/v1/runs/${runId}`)).body.data;
     expect(run.output).toEqual({ input: { job: 1 }, params: { stream: false } });
     // Asking to stream keeps even an async workflow attached.

@@ -4,7 +4,7 @@ import { Code, ConnectError, createClient } from "@connectrpc/connect";
 import { createConnectTransport } from "@connectrpc/connect-node";
 import { afterAll, describe, expect, it } from "vitest";
 import { ExecutorService } from "../gen/shaker/executor/v1/executor_pb.js";
-import { egressFetch, internalReason, parseAllowList, type EgressOptions, type Hop, type Resolver } from "../services/executor/egress.js";
+import { type EgressOptions, egressFetch, type Hop, internalReason, parseAllowList, type Resolver } from "../services/executor/egress.js";
 import { startTestServer, type TestServer } from "./helpers.js";
 
 /** A local HTTP server as the requests' target: it keeps what it was sent and answers by path. */
@@ -66,17 +66,55 @@ const other = await startTarget();
 describe("which addresses workflows may reach", () => {
   it("refuses loopback, link-local, private, CGNAT, this-network, unspecified, multicast and their IPv6 forms", () => {
     const internal = [
-      "127.0.0.1", "127.255.255.254", "::1", "169.254.169.254", "169.254.0.1", "fe80::1", "febf::1",
-      "10.0.0.1", "10.255.255.255", "172.16.0.1", "172.31.255.255", "192.168.1.1", "fc00::1", "fd12:3456::1",
-      "100.64.0.1", "100.127.255.255", "0.0.0.0", "0.1.2.3", "::", "224.0.0.1", "239.255.255.250", "ff02::1",
-      "255.255.255.255", "240.0.0.1",
+      "127.0.0.1",
+      "127.255.255.254",
+      "::1",
+      "169.254.169.254",
+      "169.254.0.1",
+      "fe80::1",
+      "febf::1",
+      "10.0.0.1",
+      "10.255.255.255",
+      "172.16.0.1",
+      "172.31.255.255",
+      "192.168.1.1",
+      "fc00::1",
+      "fd12:3456::1",
+      "100.64.0.1",
+      "100.127.255.255",
+      "0.0.0.0",
+      "0.1.2.3",
+      "::",
+      "224.0.0.1",
+      "239.255.255.250",
+      "ff02::1",
+      "255.255.255.255",
+      "240.0.0.1",
       // IPv4-mapped, IPv4-compatible, NAT64 and 6to4 forms of internal IPv4 addresses.
-      "::ffff:127.0.0.1", "::ffff:7f00:1", "::ffff:169.254.169.254", "::ffff:a00:1", "::127.0.0.1",
-      "64:ff9b::a9fe:a9fe", "2002:7f00:1::1", "2002:a9fe:a9fe::",
+      "::ffff:127.0.0.1",
+      "::ffff:7f00:1",
+      "::ffff:169.254.169.254",
+      "::ffff:a00:1",
+      "::127.0.0.1",
+      "64:ff9b::a9fe:a9fe",
+      "2002:7f00:1::1",
+      "2002:a9fe:a9fe::",
     ];
     for (const address of internal) expect(internalReason(address), address).toBeDefined();
-    const public_ = ["8.8.8.8", "1.1.1.1", "172.32.0.1", "172.15.255.255", "100.128.0.1", "100.63.255.255", "192.169.0.1",
-      "2606:4700:4700::1111", "2001:db9::1", "::ffff:8.8.8.8", "64:ff9b::808:808", "2002:808:808::1"];
+    const public_ = [
+      "8.8.8.8",
+      "1.1.1.1",
+      "172.32.0.1",
+      "172.15.255.255",
+      "100.128.0.1",
+      "100.63.255.255",
+      "192.169.0.1",
+      "2606:4700:4700::1111",
+      "2001:db9::1",
+      "::ffff:8.8.8.8",
+      "64:ff9b::808:808",
+      "2002:808:808::1",
+    ];
     for (const address of public_) expect(internalReason(address), address).toBeUndefined();
     expect(internalReason("169.254.169.254")).toBe("link-local");
     expect(internalReason("::ffff:127.0.0.1")).toContain("IPv4-mapped 127.0.0.1, loopback");
@@ -84,7 +122,17 @@ describe("which addresses workflows may reach", () => {
   });
 
   it("reads the operator's allow-list: CIDR ranges, addresses with or without a port, host names", () => {
-    const allow = parseAllowList(["10.0.0.0/8", " 192.168.1.5 ", "127.0.0.1:8080", "[::1]:9000", "fd00::/8", "localhost:3000", "*.internal", "Api.Corp", ""]);
+    const allow = parseAllowList([
+      "10.0.0.0/8",
+      " 192.168.1.5 ",
+      "127.0.0.1:8080",
+      "[::1]:9000",
+      "fd00::/8",
+      "localhost:3000",
+      "*.internal",
+      "Api.Corp",
+      "",
+    ]);
     expect(allow.entries).toHaveLength(8);
     expect(allow.allowsAddress("10.9.8.7", 1)).toBe(true);
     expect(allow.allowsAddress("::ffff:10.9.8.7", 1)).toBe(true);
@@ -116,7 +164,11 @@ describe("egressFetch", () => {
   const local = parseAllowList(["127.0.0.1"]);
   async function fetchWith(url: string, options: EgressOptions, extra: Partial<Parameters<typeof egressFetch>[0]> = {}) {
     const hops: Hop[] = [];
-    const result = await egressFetch({ method: "GET", url, headers: {}, body: new Uint8Array(0), timeoutMs: 5000, ...extra }, options, (h) => hops.push(h)).then(
+    const result = await egressFetch(
+      { method: "GET", url, headers: {}, body: new Uint8Array(0), timeoutMs: 5000, ...extra },
+      options,
+      (h) => hops.push(h),
+    ).then(
       (out) => ({ out, err: undefined }),
       (e: unknown) => ({ out: undefined, err: ConnectError.from(e) }),
     );
@@ -124,26 +176,42 @@ describe("egressFetch", () => {
   }
 
   it("checks a name's addresses when the socket connects, and connects only to allowed ones", async () => {
-    const resolver = (addresses: string[]): Resolver => (_h, _o, cb) => cb(null, addresses.map((address) => ({ address, family: address.includes(":") ? 6 : 4 })));
+    const resolver =
+      (addresses: string[]): Resolver =>
+      (_h, _o, cb) =>
+        cb(
+          null,
+          addresses.map((address) => ({ address, family: address.includes(":") ? 6 : 4 })),
+        );
     const refused = await fetchWith(`http://rebind.test:${allowed.port}/x`, { allow: none, resolve: resolver(["127.0.0.1"]) });
     expect(refused.err?.code).toBe(Code.PermissionDenied);
     expect(refused.err?.rawMessage).toContain(`rebind.test:${allowed.port}: it resolves to 127.0.0.1 (loopback address)`);
     expect(refused.err?.rawMessage).toContain("SHAKER_HTTP_ALLOW");
     expect(refused.hops).toMatchObject([{ host: `rebind.test:${allowed.port}`, status: 0, error: refused.err?.rawMessage }]);
     // An answer holding a forbidden address and an allowed one: only the allowed one is used.
-    const mixed = await fetchWith(`http://rebind.test:${allowed.port}/mixed`, { allow: local, resolve: resolver(["10.0.0.1", "127.0.0.1"]) });
+    const mixed = await fetchWith(`http://rebind.test:${allowed.port}/mixed`, {
+      allow: local,
+      resolve: resolver(["10.0.0.1", "127.0.0.1"]),
+    });
     expect(mixed.err).toBeUndefined();
     expect(mixed.out?.status).toBe(200);
     // A host name on the list may reach whatever it resolves to.
-    const named = await fetchWith(`http://rebind.test:${allowed.port}/named`, { allow: parseAllowList([`rebind.test:${allowed.port}`]), resolve: resolver(["127.0.0.1"]) });
+    const named = await fetchWith(`http://rebind.test:${allowed.port}/named`, {
+      allow: parseAllowList([`rebind.test:${allowed.port}`]),
+      resolve: resolver(["127.0.0.1"]),
+    });
     expect(named.out?.status).toBe(200);
   });
 
   it("sends URL user-info as Basic authorization, records the host without it, and drops credentials on a redirect to another origin", async () => {
     const to = `${other.url}/landed`;
-    const res = await fetchWith(`http://alice:pa%3Ass@127.0.0.1:${allowed.port}/redirect?to=${encodeURIComponent(to)}`, { allow: local }, {
-      headers: { Cookie: "c=1", "X-Custom": "kept" },
-    });
+    const res = await fetchWith(
+      `http://alice:pa%3Ass@127.0.0.1:${allowed.port}/redirect?to=${encodeURIComponent(to)}`,
+      { allow: local },
+      {
+        headers: { Cookie: "c=1", "X-Custom": "kept" },
+      },
+    );
     expect(res.err).toBeUndefined();
     expect(res.out?.url).toBe(to);
     const first = allowed.seen.at(-1)!;
@@ -161,7 +229,11 @@ describe("egressFetch", () => {
 
   it("turns a POST answered 303 into a GET without a body, and repeats it on 307", async () => {
     const body = new TextEncoder().encode("payload");
-    const see = await fetchWith(`${allowed.url}/redirect?status=303&to=/after-303`, { allow: local }, { method: "POST", body, headers: { "Content-Type": "text/plain" } });
+    const see = await fetchWith(
+      `${allowed.url}/redirect?status=303&to=/after-303`,
+      { allow: local },
+      { method: "POST", body, headers: { "Content-Type": "text/plain" } },
+    );
     expect(JSON.parse(Buffer.from(see.out!.body).toString())).toMatchObject({ method: "GET", body: "", contentType: null });
     const again = await fetchWith(`${allowed.url}/redirect?status=307&to=/after-307`, { allow: local }, { method: "POST", body });
     expect(JSON.parse(Buffer.from(again.out!.body).toString())).toMatchObject({ method: "POST", body: "payload" });
@@ -201,7 +273,9 @@ describe("egressFetch", () => {
   it("refuses bad methods, schemes and header values", async () => {
     expect((await fetchWith("ftp://example.com/", { allow: none })).err?.code).toBe(Code.InvalidArgument);
     expect((await fetchWith(`${allowed.url}/`, { allow: local }, { method: "GE T" })).err?.code).toBe(Code.InvalidArgument);
-    expect((await fetchWith(`${allowed.url}/`, { allow: local }, { headers: { "X-A": "a\r\nInjected: 1" } })).err?.code).toBe(Code.InvalidArgument);
+    expect((await fetchWith(`${allowed.url}/`, { allow: local }, { headers: { "X-A": "a\r\nInjected: 1" } })).err?.code).toBe(
+      Code.InvalidArgument,
+    );
   });
 });
 
@@ -303,9 +377,13 @@ describe("ctx.http through the Executor, from real workflows", () => {
     const named = `http://localhost:${allowed.port}/items`;
     const res = await servers.strict.invoke({ model: "workflow:http-try", input: { urls: [direct, named] } });
     expect(res.status, JSON.stringify(res.body)).toBe(200);
-    expect(res.body.output[direct]).toMatch(/^HttpError: GET http:\/\/127\.0\.0\.1:\d+ failed: refused to connect to 127\.0\.0\.1:\d+ \(loopback address\)/);
+    expect(res.body.output[direct]).toMatch(
+      /^HttpError: GET http:\/\/127\.0\.0\.1:\d+ failed: refused to connect to 127\.0\.0\.1:\d+ \(loopback address\)/,
+    );
     expect(res.body.output[direct]).toContain("SHAKER_HTTP_ALLOW");
-    expect(res.body.output[named]).toContain(`refused to connect to localhost:${allowed.port}: it resolves to 127.0.0.1 (loopback address)`);
+    expect(res.body.output[named]).toContain(
+      `refused to connect to localhost:${allowed.port}: it resolves to 127.0.0.1 (loopback address)`,
+    );
     expect(allowed.seen.length).toBe(before);
     const run = await runRecord(servers.strict, res.body.run_id);
     expect(run.http_calls.map((h: any) => [h.host, h.status])).toEqual([
@@ -371,11 +449,15 @@ def execute(ctx):
 
   it("takes Fetch only from a run's token", async () => {
     const executor = createClient(ExecutorService, createConnectTransport({ baseUrl: servers.allowing.url, httpVersion: "1.1" }));
-    const err = await executor
-      .fetch({ url: `${allowed.url}/x` }, { headers: { authorization: `Bearer ${servers.allowing.apiKey}` } })
-      .then(() => undefined, (e: unknown) => ConnectError.from(e));
+    const err = await executor.fetch({ url: `${allowed.url}/x` }, { headers: { authorization: `Bearer ${servers.allowing.apiKey}` } }).then(
+      () => undefined,
+      (e: unknown) => ConnectError.from(e),
+    );
     expect(err?.code).toBe(Code.PermissionDenied);
-    const anonymous = await executor.fetch({ url: `${allowed.url}/x` }).then(() => undefined, (e: unknown) => ConnectError.from(e));
+    const anonymous = await executor.fetch({ url: `${allowed.url}/x` }).then(
+      () => undefined,
+      (e: unknown) => ConnectError.from(e),
+    );
     expect(anonymous?.code).toBe(Code.Unauthenticated);
   });
 });

@@ -2,7 +2,7 @@
 // the example's header comment tells a user to (the command runs in process: cli/main.ts's main).
 // They need the local model and the datastores: without them these tests fail.
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { runMain, type CliResult } from "./cli-process.js";
+import { type CliResult, runMain } from "./cli-process.js";
 import { startTestServer, type TestServer } from "./helpers.js";
 
 let server: TestServer;
@@ -78,7 +78,10 @@ describe("examples/", () => {
     const text = Array.from({ length: 60 }, (_, i) => `sentence ${i} talks about topic ${i % 5}.`).join(" ");
     const r = await shaker(["invoke", "summarise", "--stream", "--input", JSON.stringify({ text, parts: 3 })]);
     expect(r.code, r.stderr).toBe(0);
-    const emitted = r.stderr.split("\n").filter((l) => l.startsWith("» ")).map((l) => l.slice(2));
+    const emitted = r.stderr
+      .split("\n")
+      .filter((l) => l.startsWith("» "))
+      .map((l) => l.slice(2));
     expect(JSON.parse(emitted[0]!)).toEqual({ stage: "start", parts: 3 });
     expect(emitted.slice(1, 4).map((e) => JSON.parse(e).done)).toEqual([1, 2, 3]);
     expect(emitted.at(-1)).toBe("done");

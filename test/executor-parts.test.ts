@@ -5,17 +5,17 @@
 import { Code, ConnectError } from "@connectrpc/connect";
 import { describe, expect, it } from "vitest";
 import { LogLevel, RunStatus } from "../gen/shaker/executor/v1/executor_pb.js";
-import { createAdmission, type AdmissionOptions } from "../services/executor/admission.js";
+import { type AdmissionOptions, createAdmission } from "../services/executor/admission.js";
 import {
   createFrameTranslator,
   emittedMessage,
+  type LogLine,
   logLevel,
   logMessage,
   messageCost,
   runResult,
   usageOf,
   weightOf,
-  type LogLine,
 } from "../services/executor/events.js";
 import { classifyExit, type RunEnd } from "../services/executor/exits.js";
 import { createRunRecorder, type RecordLimits } from "../services/executor/recorder.js";
@@ -188,7 +188,13 @@ describe("run recorder", () => {
     r.returned(result);
     expect(r.result).toBe(result);
     const ok = r.fields(end);
-    expect(ok).toMatchObject({ status: RunStatus.SUCCEEDED, output: { echo: "[REDACTED]" }, error: null, promptTokens: 3, completionTokens: 4 });
+    expect(ok).toMatchObject({
+      status: RunStatus.SUCCEEDED,
+      output: { echo: "[REDACTED]" },
+      error: null,
+      promptTokens: 3,
+      completionTokens: 4,
+    });
     expect(ok.finishedAt).toBe(2000);
     expect(ok.durationMs).toBe(1000);
     const error = { type: "TimeoutError", message: "late", traceback: "" };
@@ -244,7 +250,10 @@ describe("exit classifier", () => {
     expect(outcome.failure?.code).toBe(Code.Unknown);
     expect(outcome.failure?.rawMessage).toBe("ValueError: boom");
     // A worker that died reports its runs the same way.
-    const died = classify({ error: { type: "WorkerDied", message: "the Python worker running this workflow died (SIGKILL)", traceback: "" }, exit: { ...exit, code: 1 } });
+    const died = classify({
+      error: { type: "WorkerDied", message: "the Python worker running this workflow died (SIGKILL)", traceback: "" },
+      exit: { ...exit, code: 1 },
+    });
     expect(died.failure?.rawMessage).toBe("WorkerDied: the Python worker running this workflow died (SIGKILL)");
   });
 

@@ -37,7 +37,6 @@ def execute(ctx):
     return {"grandchild": pid}
 `;
 
-
 async function until<T>(what: string, probe: () => T | undefined | false, ms = 10_000): Promise<T> {
   const end = Date.now() + ms;
   for (;;) {
@@ -249,36 +248,40 @@ describe("Executor limits and faults", () => {
     await healthy();
   });
 
-  it.runIf(pidsCgroupRoot)("fails a run no process can be forked for with the reason, then serves again (where a pids cgroup is writable)", async () => {
-    const root = pidsCgroupRoot!;
-    // Each worker's only child is its fork server; the fork server's children are its spares (2).
-    const forkServers = server.shaker.workerPids().map((w) => childrenOf(w)[0]);
-    await until("every fork server to hold its 2 spares", () => forkServers.every((f) => childrenOf(f).length === 2));
-    const pidsGroupOf = (pid: number) => {
-      const text = readFileSync(`/proc/${pid}/cgroup`, "utf8");
-      return (/^\d+:pids:(.*)$/m.exec(text) ?? /^0::(.*)$/m.exec(text))?.[1] ?? "";
-    };
-    const home = forkServers.map(pidsGroupOf);
-    // A pids cgroup with room for the fork servers themselves and nothing more: each fork fails.
-    const full = join(root, `shaker-test-full-${process.pid}`);
-    mkdirSync(full);
-    try {
-      writeFileSync(join(full, "pids.max"), String(forkServers.length));
-      for (const f of forkServers) writeFileSync(join(full, "cgroup.procs"), String(f));
-      // 4 spares serve 4 runs; the other 3 have none and none can be made.
-      const results = await Promise.all(
-        Array.from({ length: 7 }, () => server.invoke({ model: "workflow:sleeper", input: { pidfile: pidFile(), seconds: 0.5 } })),
-      );
-      const failed = results.filter((r) => r.status !== 200);
-      expect(results.filter((r) => r.status === 200).length).toBe(4);
-      expect(failed.length).toBe(3);
-      for (const f of failed) expect(f.body.error.message).toMatch(/no process could be started for the run: .*Resource temporarily unavailable/);
-    } finally {
-      forkServers.forEach((f, i) => writeFileSync(join(root, home[i], "cgroup.procs"), String(f)));
-      rmdirSync(full);
-    }
-    await healthy();
-  });
+  it.runIf(pidsCgroupRoot)(
+    "fails a run no process can be forked for with the reason, then serves again (where a pids cgroup is writable)",
+    async () => {
+      const root = pidsCgroupRoot!;
+      // Each worker's only child is its fork server; the fork server's children are its spares (2).
+      const forkServers = server.shaker.workerPids().map((w) => childrenOf(w)[0]);
+      await until("every fork server to hold its 2 spares", () => forkServers.every((f) => childrenOf(f).length === 2));
+      const pidsGroupOf = (pid: number) => {
+        const text = readFileSync(`/proc/${pid}/cgroup`, "utf8");
+        return (/^\d+:pids:(.*)$/m.exec(text) ?? /^0::(.*)$/m.exec(text))?.[1] ?? "";
+      };
+      const home = forkServers.map(pidsGroupOf);
+      // A pids cgroup with room for the fork servers themselves and nothing more: each fork fails.
+      const full = join(root, `shaker-test-full-${process.pid}`);
+      mkdirSync(full);
+      try {
+        writeFileSync(join(full, "pids.max"), String(forkServers.length));
+        for (const f of forkServers) writeFileSync(join(full, "cgroup.procs"), String(f));
+        // 4 spares serve 4 runs; the other 3 have none and none can be made.
+        const results = await Promise.all(
+          Array.from({ length: 7 }, () => server.invoke({ model: "workflow:sleeper", input: { pidfile: pidFile(), seconds: 0.5 } })),
+        );
+        const failed = results.filter((r) => r.status !== 200);
+        expect(results.filter((r) => r.status === 200).length).toBe(4);
+        expect(failed.length).toBe(3);
+        for (const f of failed)
+          expect(f.body.error.message).toMatch(/no process could be started for the run: .*Resource temporarily unavailable/);
+      } finally {
+        forkServers.forEach((f, i) => writeFileSync(join(root, home[i], "cgroup.procs"), String(f)));
+        rmdirSync(full);
+      }
+      await healthy();
+    },
+  );
 
   it("cancels a run with CancelRun and kills its process", async () => {
     const pidfile = pidFile();
@@ -345,7 +348,10 @@ describe("Executor limits and faults", () => {
         expect(env.has("SHAKER_TEST_SERVER_SECRET"), `the server's secret in ${pid}`).toBe(false);
         // Of the server's own variables, a Python process gets locale, paths and its tuning, nothing else.
         const fromServer = [...env.keys()].filter((name) => process.env[name] !== undefined || name in serverEnv);
-        expect(fromServer.filter((name) => !localeAndPaths.test(name) && name !== "SHAKER_SPARES"), `the server's variables in ${pid}`).toEqual([]);
+        expect(
+          fromServer.filter((name) => !localeAndPaths.test(name) && name !== "SHAKER_SPARES"),
+          `the server's variables in ${pid}`,
+        ).toEqual([]);
       }
     } finally {
       await tuned.close();

@@ -96,7 +96,12 @@ export async function startFakeUpstream(): Promise<FakeUpstream> {
       return; // never answers
     }
     if (step && "status" in step) {
-      return json(res, step.status, step.body ?? { error: { message: `planned failure ${step.status}`, type: "server_error" } }, step.retryAfter !== undefined ? { "retry-after": String(step.retryAfter) } : {});
+      return json(
+        res,
+        step.status,
+        step.body ?? { error: { message: `planned failure ${step.status}`, type: "server_error" } },
+        step.retryAfter !== undefined ? { "retry-after": String(step.retryAfter) } : {},
+      );
     }
     if (step && "malformed" in step) {
       return json(res, 200, '{"id": "chatcmpl-broken", "choices": [ {"message": ');
@@ -117,11 +122,16 @@ export async function startFakeUpstream(): Promise<FakeUpstream> {
       });
     }
     if (!path.endsWith("/chat/completions")) return json(res, 404, { error: { message: "no such route" } });
-    const tool = Array.isArray(body.tools) && body.tools.length > 0 && body.messages?.at(-1)?.role !== "tool" ? body.tools[0].function.name : undefined;
+    const tool =
+      Array.isArray(body.tools) && body.tools.length > 0 && body.messages?.at(-1)?.role !== "tool"
+        ? body.tools[0].function.name
+        : undefined;
     const out = words(body);
     const promptTokens = JSON.stringify(body.messages ?? []).length;
     const usage = { prompt_tokens: promptTokens, completion_tokens: out.length, total_tokens: promptTokens + out.length };
-    const toolCall = tool ? { id: "call_fake_1", type: "function", function: { name: tool, arguments: JSON.stringify({ query: "fake" }) } } : undefined;
+    const toolCall = tool
+      ? { id: "call_fake_1", type: "function", function: { name: tool, arguments: JSON.stringify({ query: "fake" }) } }
+      : undefined;
     if (!body.stream) {
       return json(res, 200, {
         id,
@@ -131,7 +141,9 @@ export async function startFakeUpstream(): Promise<FakeUpstream> {
         choices: [
           {
             index: 0,
-            message: toolCall ? { role: "assistant", content: null, tool_calls: [toolCall] } : { role: "assistant", content: out.join(" ") },
+            message: toolCall
+              ? { role: "assistant", content: null, tool_calls: [toolCall] }
+              : { role: "assistant", content: out.join(" ") },
             finish_reason: toolCall ? "tool_calls" : "stop",
             logprobs: null,
           },
@@ -149,7 +161,13 @@ export async function startFakeUpstream(): Promise<FakeUpstream> {
       res.write(`data: ${typeof data === "string" ? data : JSON.stringify(data)}\n\n`);
       if (fake.chunkDelayMs > 0) await sleep(fake.chunkDelayMs);
     };
-    const chunk = (delta: unknown, finish: string | null) => ({ id, object: "chat.completion.chunk", created, model, choices: [{ index: 0, delta, finish_reason: finish }] });
+    const chunk = (delta: unknown, finish: string | null) => ({
+      id,
+      object: "chat.completion.chunk",
+      created,
+      model,
+      choices: [{ index: 0, delta, finish_reason: finish }],
+    });
     await send(chunk({ role: "assistant", content: "" }, null));
     if (toolCall) {
       await send(chunk({ tool_calls: [{ index: 0, id: toolCall.id, type: "function", function: { name: tool, arguments: "" } }] }, null));

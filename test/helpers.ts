@@ -1,8 +1,8 @@
 import { mkdtempSync, readdirSync, readFileSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { startShaker, type Shaker } from "../cli/serve.js";
-import { loadConfig, type Config } from "../services/shared/config.js";
+import { type Shaker, startShaker } from "../cli/serve.js";
+import { type Config, loadConfig } from "../services/shared/config.js";
 
 /** TestServer is a real Shaker on a free port with a fresh data directory. */
 export interface TestServer {
@@ -12,7 +12,12 @@ export interface TestServer {
   dataDir: string;
   config: Config;
   /** request calls a REST route with the default key; returns status and parsed JSON. */
-  request(method: string, path: string, body?: unknown, headers?: Record<string, string>): Promise<{ status: number; body: any; headers: Headers }>;
+  request(
+    method: string,
+    path: string,
+    body?: unknown,
+    headers?: Record<string, string>,
+  ): Promise<{ status: number; body: any; headers: Headers }>;
   /** upload stores a workflow and fails the test when the upload is refused. */
   upload(ref: string, script: string, extra?: Record<string, unknown>): Promise<any>;
   /** invoke calls POST /v1/chat/completions. */

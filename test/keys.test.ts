@@ -2,7 +2,7 @@ import { existsSync, mkdtempSync, readFileSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { runMain, type CliResult as Result } from "./cli-process.js";
+import { type CliResult as Result, runMain } from "./cli-process.js";
 import { startTestServer, type TestServer } from "./helpers.js";
 
 /** shaker runs `shaker ARGS` in this process (cli/main.ts's main), with SHAKER_URL and SHAKER_API_KEY unset unless given. */
@@ -122,7 +122,11 @@ describe("shaker keys with a running server", () => {
     const plainKeys = await shaker(["keys", "list", "--account", "plain", "--json"], { ...remote, SHAKER_API_KEY: ops });
     expect(plainKeys.code, plainKeys.stderr).toBe(0);
     expect(JSON.parse(plainKeys.stdout).map((k: any) => k.account)).toEqual(["plain"]);
-    expectCleanError(await shaker(["keys", "list"], { ...remote, SHAKER_API_KEY: "sk-wrong" }), 1, /refused SHAKER_API_KEY: invalid API key/);
+    expectCleanError(
+      await shaker(["keys", "list"], { ...remote, SHAKER_API_KEY: "sk-wrong" }),
+      1,
+      /refused SHAKER_API_KEY: invalid API key/,
+    );
     expectCleanError(await shaker(["keys", "list"], { ...remote, SHAKER_API_KEY: "" }), 1, /SHAKER_URL is set but SHAKER_API_KEY is not/);
     expectCleanError(await shaker(["keys", "list"], { ...remote, SHAKER_URL: "not a url" }), 1, /SHAKER_URL is not a URL/);
   }, 120_000);

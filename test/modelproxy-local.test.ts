@@ -9,7 +9,7 @@ import { ModelProxyService } from "../gen/shaker/modelproxy/v1/modelproxy_pb.js"
 import { localEmbedding } from "../services/modelproxy/local.js";
 import { createRecorder } from "../services/modelproxy/recorder.js";
 import { createModelProxyStore } from "../services/modelproxy/store.js";
-import { startFakeUpstream, type FakeUpstream } from "./fake-upstream.js";
+import { type FakeUpstream, startFakeUpstream } from "./fake-upstream.js";
 import { startTestServer, type TestServer } from "./helpers.js";
 
 const cosine = (a: number[], b: number[]) => a.reduce((s, x, i) => s + x * b[i], 0);
@@ -34,7 +34,11 @@ describe("the built-in local model, offline", () => {
   });
 
   it("honours max_tokens", async () => {
-    const c = await client.chat.completions.create({ model: "shaker-local", max_tokens: 3, messages: [{ role: "user", content: "a long question indeed" }] });
+    const c = await client.chat.completions.create({
+      model: "shaker-local",
+      max_tokens: 3,
+      messages: [{ role: "user", content: "a long question indeed" }],
+    });
     expect(c.choices[0].message.content!.split(" ")).toHaveLength(3);
     expect(c.choices[0].finish_reason).toBe("length");
   });
@@ -42,7 +46,12 @@ describe("the built-in local model, offline", () => {
   it("streams word by word, the same text as the plain answer", async () => {
     const messages = [{ role: "user" as const, content: "stream me" }];
     const plain = await client.chat.completions.create({ model: "shaker-local", messages });
-    const stream = await client.chat.completions.create({ model: "shaker-local", messages, stream: true, stream_options: { include_usage: true } });
+    const stream = await client.chat.completions.create({
+      model: "shaker-local",
+      messages,
+      stream: true,
+      stream_options: { include_usage: true },
+    });
     const parts: string[] = [];
     let usage: OpenAI.CompletionUsage | undefined | null;
     for await (const chunk of stream) {
@@ -83,7 +92,10 @@ describe("the built-in local model, offline", () => {
   });
 
   it("embeds by feature hashing: 384 unit-length dimensions where shared words mean similar vectors", async () => {
-    const resp = await client.embeddings.create({ model: "shaker-local", input: ["red apples are sweet", "sweet red apples", "the deep blue ocean"] });
+    const resp = await client.embeddings.create({
+      model: "shaker-local",
+      input: ["red apples are sweet", "sweet red apples", "the deep blue ocean"],
+    });
     const [a, b, c] = resp.data.map((d) => d.embedding);
     expect(a).toHaveLength(384);
     expect(cosine(a, a)).toBeCloseTo(1, 5);
@@ -165,7 +177,10 @@ describe("workflows calling models through the ModelProxy", () => {
     expect([...times].sort((a, b) => a - b)).toEqual(times);
 
     const proxy = createClient(ModelProxyService, createConnectTransport({ baseUrl: server.url, httpVersion: "1.1" }));
-    const { calls: stored } = await proxy.listCalls({ runId: res.body.run_id, includeBodies: true }, { headers: { authorization: `Bearer ${server.apiKey}` } });
+    const { calls: stored } = await proxy.listCalls(
+      { runId: res.body.run_id, includeBodies: true },
+      { headers: { authorization: `Bearer ${server.apiKey}` } },
+    );
     expect(stored).toHaveLength(6);
     const text = JSON.stringify(stored.map((c) => [c.request, c.response, c.error]));
     expect(text).toContain("my key is [REDACTED] keep it");
@@ -227,9 +242,24 @@ describe("the call recorder", () => {
     const store = createModelProxyStore(":memory:");
     const recorder = createRecorder(store, { maxPending: 2, flushMs: 60_000 });
     const row = (id: string) => ({
-      id, accountId: "a", sessionId: "s", runId: "", workflowRefName: "", intent: "", application: "", kind: "chat",
-      model: "m", provider: "p", attempts: 1, status: "ok", error: "", latencyMs: 1, ttftMs: 0, promptTokens: 0,
-      completionTokens: 0, createdAt: Date.now(),
+      id,
+      accountId: "a",
+      sessionId: "s",
+      runId: "",
+      workflowRefName: "",
+      intent: "",
+      application: "",
+      kind: "chat",
+      model: "m",
+      provider: "p",
+      attempts: 1,
+      status: "ok",
+      error: "",
+      latencyMs: 1,
+      ttftMs: 0,
+      promptTokens: 0,
+      completionTokens: 0,
+      createdAt: Date.now(),
     });
     recorder.push(row("1"));
     recorder.push(row("2"));

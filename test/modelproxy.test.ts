@@ -7,7 +7,7 @@ import OpenAI from "openai";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { ModelProxyService } from "../gen/shaker/modelproxy/v1/modelproxy_pb.js";
 import { RegistryService } from "../gen/shaker/registry/v1/registry_pb.js";
-import { startFakeUpstream, type FakeUpstream } from "./fake-upstream.js";
+import { type FakeUpstream, startFakeUpstream } from "./fake-upstream.js";
 import { startTestServer, type TestServer } from "./helpers.js";
 
 describe("ModelProxy behind a fake OpenAI-compatible upstream", () => {
@@ -64,7 +64,14 @@ describe("ModelProxy behind a fake OpenAI-compatible upstream", () => {
     expect(sent.body.session_id).toBeUndefined();
     expect(sent.headers.authorization).toBe("Bearer sk-upstream");
     const call = await lastCall("s-plain");
-    expect(call).toMatchObject({ kind: "chat", model: "m-plain", provider: "fake", attempts: 1, status: "ok", accountId: expect.any(String) });
+    expect(call).toMatchObject({
+      kind: "chat",
+      model: "m-plain",
+      provider: "fake",
+      attempts: 1,
+      status: "ok",
+      accountId: expect.any(String),
+    });
     expect(call.promptTokens).toBeGreaterThan(0);
     expect(call.completionTokens).toBe(3);
     expect(call.response?.choices).toBeDefined();
@@ -90,11 +97,22 @@ describe("ModelProxy behind a fake OpenAI-compatible upstream", () => {
   });
 
   it("passes tool calls through, plain and streamed", async () => {
-    const tools = [{ type: "function" as const, function: { name: "search", parameters: { type: "object", properties: { query: { type: "string" } } } } }];
+    const tools = [
+      {
+        type: "function" as const,
+        function: { name: "search", parameters: { type: "object", properties: { query: { type: "string" } } } },
+      },
+    ];
     const plain = await client.chat.completions.create({ model: "m-tools", messages: [{ role: "user", content: "find" }], tools });
     expect(plain.choices[0].finish_reason).toBe("tool_calls");
     expect(plain.choices[0].message.tool_calls?.[0]).toMatchObject({ id: "call_fake_1", function: { name: "search" } });
-    const stream = await client.chat.completions.create({ model: "m-tools", messages: [{ role: "user", content: "find" }], tools, stream: true, ...({ session_id: "s-tools" } as object) });
+    const stream = await client.chat.completions.create({
+      model: "m-tools",
+      messages: [{ role: "user", content: "find" }],
+      tools,
+      stream: true,
+      ...({ session_id: "s-tools" } as object),
+    });
     let args = "";
     for await (const chunk of stream) args += chunk.choices[0]?.delta?.tool_calls?.[0]?.function?.arguments ?? "";
     expect(JSON.parse(args)).toEqual({ query: "fake" });
@@ -104,7 +122,11 @@ describe("ModelProxy behind a fake OpenAI-compatible upstream", () => {
 
   it("retries a 429 and then succeeds, recording both attempts", async () => {
     upstream.plan("m-retry", [{ status: 429, retryAfter: 0 }]);
-    const completion = await client.chat.completions.create({ model: "m-retry", messages: [{ role: "user", content: "again" }], ...({ session_id: "s-retry" } as object) });
+    const completion = await client.chat.completions.create({
+      model: "m-retry",
+      messages: [{ role: "user", content: "again" }],
+      ...({ session_id: "s-retry" } as object),
+    });
     expect(completion.choices[0].message.content).toBe("Echo: again");
     const call = await lastCall("s-retry");
     expect(call.attempts).toBe(2);
@@ -113,18 +135,34 @@ describe("ModelProxy behind a fake OpenAI-compatible upstream", () => {
 
   it("falls back to the next model when the first answers 500 on every attempt", async () => {
     upstream.plan("m-primary", [{ status: 500 }, { status: 502 }, { status: 503 }]);
-    const completion = await client.chat.completions.create({ model: "primary", messages: [{ role: "user", content: "fall" }], ...({ session_id: "s-fallback" } as object) });
+    const completion = await client.chat.completions.create({
+      model: "primary",
+      messages: [{ role: "user", content: "fall" }],
+      ...({ session_id: "s-fallback" } as object),
+    });
     expect(completion.model).toBe("m-backup");
     const call = await lastCall("s-fallback");
     expect(call).toMatchObject({ attempts: 4, model: "m-backup", status: "ok" });
   });
 
   it("routes by intent and by application, and uses the default model otherwise", async () => {
-    const viaIntent = await client.chat.completions.create({ model: "", messages: [{ role: "user", content: "x" }], ...({ intent: "answer" } as object) });
+    const viaIntent = await client.chat.completions.create({
+      model: "",
+      messages: [{ role: "user", content: "x" }],
+      ...({ intent: "answer" } as object),
+    });
     expect(viaIntent.model).toBe("m-primary");
-    const viaApp = await client.chat.completions.create({ model: "", messages: [{ role: "user", content: "x" }], ...({ application: "support" } as object) });
+    const viaApp = await client.chat.completions.create({
+      model: "",
+      messages: [{ role: "user", content: "x" }],
+      ...({ application: "support" } as object),
+    });
     expect(viaApp.model).toBe("m-backup");
-    const fallbackDefault = await client.chat.completions.create({ model: "", messages: [{ role: "user", content: "x" }], ...({ intent: "unrouted" } as object) });
+    const fallbackDefault = await client.chat.completions.create({
+      model: "",
+      messages: [{ role: "user", content: "x" }],
+      ...({ intent: "unrouted" } as object),
+    });
     expect(fallbackDefault.model).toBe("m-default");
   });
 
@@ -189,7 +227,12 @@ describe("ModelProxy behind a fake OpenAI-compatible upstream", () => {
         method: "POST",
         signal: abort.signal,
         headers: { authorization: `Bearer ${server.apiKey}`, "content-type": "application/json" },
-        body: JSON.stringify({ model: "m-leave", stream: true, session_id: "s-leave", messages: [{ role: "user", content: "a b c d e f g h" }] }),
+        body: JSON.stringify({
+          model: "m-leave",
+          stream: true,
+          session_id: "s-leave",
+          messages: [{ role: "user", content: "a b c d e f g h" }],
+        }),
       });
       const reader = res.body!.getReader();
       await reader.read();
@@ -220,7 +263,9 @@ describe("ModelProxy behind a fake OpenAI-compatible upstream", () => {
   });
 
   it("passes an upstream 400 back as a 400 without retrying", async () => {
-    upstream.plan("m-bad", [{ status: 400, body: JSON.stringify({ error: { message: "temperature is out of range", type: "invalid_request_error" } }) }]);
+    upstream.plan("m-bad", [
+      { status: 400, body: JSON.stringify({ error: { message: "temperature is out of range", type: "invalid_request_error" } }) },
+    ]);
     const before = upstream.requests.length;
     const res = await server.invoke({ model: "m-bad", messages: [{ role: "user", content: "x" }] });
     expect(res.status).toBe(400);
@@ -287,13 +332,19 @@ describe("ModelProxy behind a fake OpenAI-compatible upstream", () => {
     expect(res.body.data.modelproxy.calls_dropped).toBe(0);
 
     const registry = createClient(RegistryService, createConnectTransport({ baseUrl: server.url, httpVersion: "1.1" }));
-    const { apiKey } = await registry.createApiKey({ accountName: "metrics-tenant" }, { headers: { authorization: `Bearer ${server.apiKey}` } });
+    const { apiKey } = await registry.createApiKey(
+      { accountName: "metrics-tenant" },
+      { headers: { authorization: `Bearer ${server.apiKey}` } },
+    );
     const tenant = await server.request("GET", "/v1/metrics", undefined, { authorization: `Bearer ${apiKey}` });
     expect(tenant.status).toBe(403);
     expect(tenant.body.error.message).toBe("only an admin account's key may read the server's metrics");
     expect(JSON.stringify(tenant.body)).not.toMatch(/upstream_attempts|calls_recorded/);
     const rpc = createClient(ModelProxyService, createConnectTransport({ baseUrl: server.url, httpVersion: "1.1" }));
-    const err = await rpc.getMetrics({}, { headers: { authorization: `Bearer ${apiKey}` } }).then(() => undefined, (e) => ConnectError.from(e));
+    const err = await rpc.getMetrics({}, { headers: { authorization: `Bearer ${apiKey}` } }).then(
+      () => undefined,
+      (e) => ConnectError.from(e),
+    );
     expect(err?.code).toBe(Code.PermissionDenied);
   });
 });

@@ -1,8 +1,8 @@
 import { create, type MessageInitShape } from "@bufbuild/protobuf";
 import { Code, ConnectError } from "@connectrpc/connect";
 import { describe, expect, it } from "vitest";
-import { ExecutionMode, UploadWorkflowRequestSchema, VersionBump } from "../gen/shaker/registry/v1/registry_pb.js";
 import { refNameOf } from "../cli/upload.js";
+import { ExecutionMode, UploadWorkflowRequestSchema, VersionBump } from "../gen/shaker/registry/v1/registry_pb.js";
 import {
   checkAccountName,
   checkPage,
@@ -35,7 +35,12 @@ function refusal(fn: () => unknown): { code: Code; message: string; param: strin
   } catch (e) {
     expect(e).toBeInstanceOf(ConnectError);
     const ce = e as ConnectError;
-    return { code: ce.code, message: ce.rawMessage, param: ce.metadata.get(errorMetadata.param), limit: ce.metadata.get(errorMetadata.limit) };
+    return {
+      code: ce.code,
+      message: ce.rawMessage,
+      param: ce.metadata.get(errorMetadata.param),
+      limit: ce.metadata.get(errorMetadata.limit),
+    };
   }
   throw new Error("expected a refusal, got none");
 }
@@ -86,11 +91,21 @@ describe("checkUpload", () => {
   });
 
   it.each([
-    ["a bad reference name", { workflowRefName: "Bad Name" }, "workflow_ref_name", "workflow_ref_name must match ^[a-z0-9][a-z0-9_-]{0,63}$"],
+    [
+      "a bad reference name",
+      { workflowRefName: "Bad Name" },
+      "workflow_ref_name",
+      "workflow_ref_name must match ^[a-z0-9][a-z0-9_-]{0,63}$",
+    ],
     ["an empty reference name", { workflowRefName: "" }, "workflow_ref_name", "workflow_ref_name must match ^[a-z0-9][a-z0-9_-]{0,63}$"],
     ["a blank script", { script: " \n\t" }, "script", "script is required"],
     ["a negative timeout", { timeoutSeconds: -1 }, "timeout_seconds", `timeout_seconds must be between 1 and ${maxTimeout}`],
-    ["a timeout over the limit", { timeoutSeconds: maxTimeout + 1 }, "timeout_seconds", `timeout_seconds must be between 1 and ${maxTimeout}`],
+    [
+      "a timeout over the limit",
+      { timeoutSeconds: maxTimeout + 1 },
+      "timeout_seconds",
+      `timeout_seconds must be between 1 and ${maxTimeout}`,
+    ],
     ["an env name with '='", { env: { "A=B": "1" } }, "env.A=B", "env name 'A=B' must match ^[A-Za-z_][A-Za-z0-9_]*$"],
     ["an env name starting with a digit", { env: { "1X": "1" } }, "env.1X", "env name '1X' must match ^[A-Za-z_][A-Za-z0-9_]*$"],
     ["an env value with NUL", { env: { X: "a\0b" } }, "env.X", "env.X must not contain NUL characters"],
@@ -100,7 +115,12 @@ describe("checkUpload", () => {
       "env",
       `env has more than ${registryLimits.envEntries} entries`,
     ],
-    ["a blank accessory key", { accessories: [{ key: "  ", content: toValue(1) }] }, "accessories[0].key", "accessories[0].key is required"],
+    [
+      "a blank accessory key",
+      { accessories: [{ key: "  ", content: toValue(1) }] },
+      "accessories[0].key",
+      "accessories[0].key is required",
+    ],
     [
       "an accessory key over 256 characters",
       { accessories: [{ key: "k".repeat(257), content: toValue(1) }] },
@@ -109,7 +129,12 @@ describe("checkUpload", () => {
     ],
     [
       "two accessory keys that are the same key",
-      { accessories: [{ key: "My-Key", content: toValue(1) }, { key: "my_key", content: toValue(2) }] },
+      {
+        accessories: [
+          { key: "My-Key", content: toValue(1) },
+          { key: "my_key", content: toValue(2) },
+        ],
+      },
       "accessories[1].key",
       "accessories[1].key 'my_key' is the same key as 'My-Key' (keys are case-insensitive, '-' and '_' alike)",
     ],
@@ -120,9 +145,19 @@ describe("checkUpload", () => {
       "accessories",
       `a workflow may have at most ${registryLimits.accessoriesPerWorkflow} accessories, got ${registryLimits.accessoriesPerWorkflow + 1}`,
     ],
-    ["a bad datastore name", { datastores: [{ name: "ok" }, { name: "Not OK" }] }, "datastores[1].name", "datastores[1].name must match ^[a-z0-9][a-z0-9_-]{0,63}$"],
+    [
+      "a bad datastore name",
+      { datastores: [{ name: "ok" }, { name: "Not OK" }] },
+      "datastores[1].name",
+      "datastores[1].name must match ^[a-z0-9][a-z0-9_-]{0,63}$",
+    ],
   ] as const)("refuses %s, naming the field", (_what, init, param, message) => {
-    expect(refusal(() => checkUpload(upload(init as UploadInit), maxTimeout))).toEqual({ code: Code.InvalidArgument, message, param, limit: null });
+    expect(refusal(() => checkUpload(upload(init as UploadInit), maxTimeout))).toEqual({
+      code: Code.InvalidArgument,
+      message,
+      param,
+      limit: null,
+    });
   });
 
   it("checks the fields in order: the first field at fault is the one named", () => {
@@ -157,14 +192,21 @@ describe("the other Registry rules", () => {
     expect(() => checkPage(0, 0)).not.toThrow();
     expect(() => checkPage(5, workflowPages.maxLimit)).not.toThrow();
     expect(refusal(() => checkPage(-1, 0))).toMatchObject({ message: "offset must be 0 or more", param: "offset" });
-    expect(refusal(() => checkPage(0, workflowPages.maxLimit + 1))).toMatchObject({ message: "limit must be between 1 and 100", param: "limit" });
+    expect(refusal(() => checkPage(0, workflowPages.maxLimit + 1))).toMatchObject({
+      message: "limit must be between 1 and 100",
+      param: "limit",
+    });
     expect(refusal(() => checkPage(0, -1))).toMatchObject({ param: "limit" });
     expect(workflowPages.defaultLimit).toBeLessThanOrEqual(workflowPages.maxLimit);
   });
 
   it("scriptSizeError refuses a script over the limit in bytes, not characters", () => {
     expect(scriptSizeError("x".repeat(registryLimits.scriptBytes))).toBeUndefined();
-    expect(scriptSizeError("x".repeat(registryLimits.scriptBytes + 1))).toMatchObject({ line: 0, column: 0, message: "script is larger than 1048576 bytes" });
+    expect(scriptSizeError("x".repeat(registryLimits.scriptBytes + 1))).toMatchObject({
+      line: 0,
+      column: 0,
+      message: "script is larger than 1048576 bytes",
+    });
     expect(scriptSizeError("é".repeat(registryLimits.scriptBytes / 2 + 1))).toBeDefined();
   });
 

@@ -32,7 +32,7 @@ describe("accessories", () => {
     await server.upload("reader", reader, {
       accessories: [
         { key: "prices-table", content: { apple: 1.5, pear: [2, 3] } },
-        { key: "Raw", content_base64: b64(JSON.stringify({ "ünï": "côdé", n: null })).replace(/(.{8})/g, "$1\n") },
+        { key: "Raw", content_base64: b64(JSON.stringify({ ünï: "côdé", n: null })).replace(/(.{8})/g, "$1\n") },
       ],
     });
     const fallbackFile = join(server.dataDir, "fallback.json");
@@ -41,10 +41,10 @@ describe("accessories", () => {
     expect(res.status, JSON.stringify(res.body)).toBe(200);
     expect(res.body.output).toEqual({
       prices: { apple: 1.5, pear: [2, 3] },
-      raw: { "ünï": "côdé", n: null },
+      raw: { ünï: "côdé", n: null },
       fallback: { from: "file" },
       missing: expect.stringContaining("no accessory 'missing-too'"),
-      preferred: { "ünï": "côdé", n: null },
+      preferred: { ünï: "côdé", n: null },
     });
     const wf = await server.request("GET", "/v1/workflows/reader");
     expect(wf.body.data.versions[0].accessory_keys.sort()).toEqual(["Raw", "prices-table"]);
@@ -54,7 +54,10 @@ describe("accessories", () => {
     await server.upload("keeper", "def execute(ctx):\n    return ctx.load_accessory('doc')\n", {
       accessories: [{ key: "doc", content: "v1 doc" }],
     });
-    await server.upload("keeper", "def execute(ctx):\n    try:\n        return ctx.load_accessory('doc')\n    except KeyError:\n        return 'none'\n");
+    await server.upload(
+      "keeper",
+      "def execute(ctx):\n    try:\n        return ctx.load_accessory('doc')\n    except KeyError:\n        return 'none'\n",
+    );
     expect((await server.invoke({ model: "workflow:keeper@1.0.0", input: {} })).body.output).toBe("v1 doc");
     expect((await server.invoke({ model: "workflow:keeper", input: {} })).body.output).toBe("none");
   });
@@ -75,7 +78,12 @@ describe("accessories", () => {
 
   it("refuses bad accessories with a clear 4xx and stores nothing", async () => {
     await server.upload("guarded", "def execute(ctx):\n    return 'v1'\n", { accessories: [{ key: "keep", content: [1] }] });
-    await refused([{ key: "a", content_base64: "!!!not base64!!!" }], 400, /'accessories\[0\]\.content_base64' is not valid base64/, "accessories[0].content_base64");
+    await refused(
+      [{ key: "a", content_base64: "!!!not base64!!!" }],
+      400,
+      /'accessories\[0\]\.content_base64' is not valid base64/,
+      "accessories[0].content_base64",
+    );
     await refused([{ key: "a", content_base64: b64("this is not JSON") }], 400, /does not decode to JSON/, "accessories[0].content_base64");
     await refused([{ key: "a", content_base64: 42 }], 400, /not valid base64/);
     await refused([{ key: "a", content_base64: "eyJhIjoxfQ==eyJhIjoxfQ==" }], 400, /not valid base64/);

@@ -3,7 +3,7 @@
 // the set of runs still live, and the run tokens it would mint are minted here with the same auth.
 // The REST edge's view of the same rules is in registry.versions.test.ts and accounts.test.ts.
 import type { MessageInitShape } from "@bufbuild/protobuf";
-import { Code, ConnectError, createClient, createRouterTransport, type CallOptions } from "@connectrpc/connect";
+import { type CallOptions, Code, ConnectError, createClient, createRouterTransport } from "@connectrpc/connect";
 import { afterAll, describe, expect, it } from "vitest";
 import { ExecutionMode, RegistryService, UploadWorkflowRequestSchema, VersionBump } from "../gen/shaker/registry/v1/registry_pb.js";
 import { createRegistryService, DEFAULT_ACCOUNT, defaultScript, generateApiKey } from "../services/registry/service.js";
@@ -22,7 +22,10 @@ const registry = createRegistryService({
   maxTimeoutSeconds: 600,
   runIsLive: (runId) => liveRuns.has(runId),
 });
-const client = createClient(RegistryService, createRouterTransport((router) => router.service(RegistryService, registry.impl)));
+const client = createClient(
+  RegistryService,
+  createRouterTransport((router) => router.service(RegistryService, registry.impl)),
+);
 
 afterAll(() => {
   registry.close();
@@ -127,7 +130,9 @@ describe("who may call what", () => {
 
   it("never turns an existing account into an admin one, and refuses a bad account name", async () => {
     await newAccount("stays-plain");
-    const err = await client.createApiKey({ accountName: "stays-plain", admin: true }, as(adminKey)).catch((e: unknown) => ConnectError.from(e));
+    const err = await client
+      .createApiKey({ accountName: "stays-plain", admin: true }, as(adminKey))
+      .catch((e: unknown) => ConnectError.from(e));
     expect(err).toBeInstanceOf(ConnectError);
     expect((err as ConnectError).code).toBe(Code.FailedPrecondition);
     expect(store.accountByName("stays-plain")!.admin).toBe(false);
@@ -144,7 +149,10 @@ describe("who may call what", () => {
       { workflowRefName: "with-acc", script: says("x"), accessories: [{ key: "Plan-A", content: toValue({ tier: 1 }) }] },
       as(owner.key),
     );
-    const other = await client.uploadWorkflow({ workflowRefName: "sibling", script: says("y"), accessories: [{ key: "plan_a", content: toValue(2) }] }, as(owner.key));
+    const other = await client.uploadWorkflow(
+      { workflowRefName: "sibling", script: says("y"), accessories: [{ key: "plan_a", content: toValue(2) }] },
+      as(owner.key),
+    );
     const run = asRun(owner.accountId, up.versionId, "run_live");
     // Keys are matched case-insensitively with '-' and '_' alike, and answered as uploaded.
     const got = await client.getAccessory({ versionId: up.versionId, key: "plan_a" }, run);
@@ -171,8 +179,24 @@ describe("who may call what", () => {
     const ended = await client.getAccessory({ versionId: up.versionId, key: "plan_a" }, run).catch((e: unknown) => ConnectError.from(e));
     expect(ended).toMatchObject({ code: Code.Unauthenticated, rawMessage: "the run this token was given to has ended" });
     // A token minted with another secret is no token.
-    const forged = createRegistryService({ store, serviceSecret: "another-secret", python: "python3", defaultTimeoutSeconds: 1, maxTimeoutSeconds: 1 });
-    const token = forged.auth.mintRunToken({ account: owner.accountId, workflow: "w", version: "1.0.0", versionId: up.versionId, run: "run_live", session: "s", datastores: [], depth: 0, exp: Date.now() + 60_000 });
+    const forged = createRegistryService({
+      store,
+      serviceSecret: "another-secret",
+      python: "python3",
+      defaultTimeoutSeconds: 1,
+      maxTimeoutSeconds: 1,
+    });
+    const token = forged.auth.mintRunToken({
+      account: owner.accountId,
+      workflow: "w",
+      version: "1.0.0",
+      versionId: up.versionId,
+      run: "run_live",
+      session: "s",
+      datastores: [],
+      depth: 0,
+      exp: Date.now() + 60_000,
+    });
     forged.close();
     liveRuns.add("run_live");
     expect(await refusal(client.getAccessory({ versionId: up.versionId, key: "plan_a" }, as(token)))).toBe(Code.Unauthenticated);
@@ -184,13 +208,21 @@ describe("workflows and versions", () => {
     const { key } = await newAccount("versions");
     const v = async (text: string, more: UploadFields = {}) =>
       (await client.uploadWorkflow({ workflowRefName: "seq", script: says(text), ...more }, as(key))).version;
-    expect(await v("one", { timeoutSeconds: 30, executionMode: ExecutionMode.STREAM, env: { MODE: "a" }, datastores: [{ name: "docs", write: true }] })).toBe("1.0.0");
+    expect(
+      await v("one", {
+        timeoutSeconds: 30,
+        executionMode: ExecutionMode.STREAM,
+        env: { MODE: "a" },
+        datastores: [{ name: "docs", write: true }],
+      }),
+    ).toBe("1.0.0");
     expect(await v("two")).toBe("1.1.0");
     expect(await v("three", { versionBump: VersionBump.PATCH })).toBe("1.1.1");
     expect(await v("four", { versionBump: VersionBump.MAJOR })).toBe("2.0.0");
     expect(await v("draft", { publishVersion: false })).toBe("2.1.0");
 
-    const resolve = async (version = "", versionId = "") => (await client.resolveWorkflow({ workflowRefName: "seq", version, versionId }, as(key))).version!;
+    const resolve = async (version = "", versionId = "") =>
+      (await client.resolveWorkflow({ workflowRefName: "seq", version, versionId }, as(key))).version!;
     expect((await resolve()).script).toBe(says("four"));
     expect((await resolve("2.1.0")).script).toBe(says("draft"));
     const first = await resolve("1.0.0");
@@ -240,7 +272,10 @@ describe("workflows and versions", () => {
   it("keeps each account's workflows, versions and accessories to itself", async () => {
     const a = await newAccount("tenant-a");
     const b = await newAccount("tenant-b");
-    const up = await client.uploadWorkflow({ workflowRefName: "mine", script: says("A"), accessories: [{ key: "k", content: toValue("secret") }] }, as(a.key));
+    const up = await client.uploadWorkflow(
+      { workflowRefName: "mine", script: says("A"), accessories: [{ key: "k", content: toValue("secret") }] },
+      as(a.key),
+    );
     expect(await refusal(client.getWorkflow({ workflowRefName: "mine" }, as(b.key)))).toBe(Code.NotFound);
     expect(await refusal(client.resolveWorkflow({ workflowRefName: "mine" }, as(b.key)))).toBe(Code.NotFound);
     expect(await refusal(client.resolveWorkflow({ versionId: up.versionId }, as(b.key)))).toBe(Code.NotFound);
@@ -248,7 +283,10 @@ describe("workflows and versions", () => {
     expect(await refusal(client.deleteWorkflow({ workflowRefName: "mine" }, as(b.key)))).toBe(Code.NotFound);
     expect((await client.listWorkflows({}, as(b.key))).total).toBe(0);
     // B's own "mine" is another workflow; A's is untouched.
-    expect(await client.uploadWorkflow({ workflowRefName: "mine", script: says("B") }, as(b.key))).toMatchObject({ version: "1.0.0", created: true });
+    expect(await client.uploadWorkflow({ workflowRefName: "mine", script: says("B") }, as(b.key))).toMatchObject({
+      version: "1.0.0",
+      created: true,
+    });
     expect((await client.resolveWorkflow({ workflowRefName: "mine" }, as(a.key))).version!.script).toBe(says("A"));
     // A service call acts for the account it names.
     expect((await client.resolveWorkflow({ workflowRefName: "mine" }, asService(b.accountId))).version!.script).toBe(says("B"));
@@ -274,7 +312,9 @@ describe("workflows and versions", () => {
     expect(err).toMatchObject({ code: Code.InvalidArgument });
     expect((err as ConnectError).rawMessage).toMatch(/^the script is not a valid workflow:\nline \d+, column \d+: /);
     expect(await refusal(client.getWorkflow({ workflowRefName: "bad" }, as(key)))).toBe(Code.NotFound);
-    expect(await refusal(client.uploadWorkflow({ workflowRefName: "slow", script: says("x"), timeoutSeconds: 601 }, as(key)))).toBe(Code.InvalidArgument);
+    expect(await refusal(client.uploadWorkflow({ workflowRefName: "slow", script: says("x"), timeoutSeconds: 601 }, as(key)))).toBe(
+      Code.InvalidArgument,
+    );
     expect(await refusal(client.uploadWorkflow({ workflowRefName: "Bad Name", script: says("x") }, as(key)))).toBe(Code.InvalidArgument);
     expect((await client.listWorkflows({}, as(key))).total).toBe(0);
     // What ValidateWorkflow says of a script, and of the default script it hands out.

@@ -225,7 +225,9 @@ describe("upload validation (validate.py through the long-lived validator)", () 
     ].join("\n");
     const { errors } = await validator.validate(script);
     expect(errors.map((e) => e.line)).toEqual([1, 3, 3, 3, 4, 6]);
-    expect(errors.map((e) => e.message).join("\n")).toMatch(/'type'.*\n.*async def.*\n.*positional.*\n.*WorkflowContext.*\n.*bare.*\n.*more than once/s);
+    expect(errors.map((e) => e.message).join("\n")).toMatch(
+      /'type'.*\n.*async def.*\n.*positional.*\n.*WorkflowContext.*\n.*bare.*\n.*more than once/s,
+    );
   });
 
   it("answers many requests in order from one process, and survives source it cannot read", async () => {

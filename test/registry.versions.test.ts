@@ -104,7 +104,10 @@ describe("immutable versions through the REST edge", () => {
     expect(await output("workflow:live@1.2.0")).toBe("draft");
     // Another account's workflow of the same name is its own.
     const registry = createClient(RegistryService, createConnectTransport({ baseUrl: server.url, httpVersion: "1.1" }));
-    const { apiKey } = await registry.createApiKey({ accountName: "other-live" }, { headers: { authorization: `Bearer ${server.apiKey}` } });
+    const { apiKey } = await registry.createApiKey(
+      { accountName: "other-live" },
+      { headers: { authorization: `Bearer ${server.apiKey}` } },
+    );
     const other = { authorization: `Bearer ${apiKey}` };
     expect((await server.invoke({ model: "workflow:live", input: {} }, other)).status).toBe(404);
     const upload = await server.request("POST", "/v1/workflows/upload", { workflow_ref_name: "live", script: says("theirs") }, other);
@@ -123,10 +126,18 @@ describe("immutable versions through the REST edge", () => {
       [{ workflow_ref_name: "ok-name" }, "script", /'script' is required/],
       [{ workflow_ref_name: "ok-name", script: says("x"), version_bump: "huge" }, "version_bump", /major, minor, patch/],
       [{ workflow_ref_name: "ok-name", script: says("x"), execution_mode: "later" }, "execution_mode", /sync, stream, async/],
-      [{ workflow_ref_name: "ok-name", script: says("x"), timeout_seconds: 99999 }, "timeout_seconds", /timeout_seconds must be between 1 and 3600/],
+      [
+        { workflow_ref_name: "ok-name", script: says("x"), timeout_seconds: 99999 },
+        "timeout_seconds",
+        /timeout_seconds must be between 1 and 3600/,
+      ],
       [{ workflow_ref_name: "ok-name", script: says("x"), env: { A: 1 } }, "env.A", /must be a string/],
       [{ workflow_ref_name: "ok-name", script: says("x"), env: { "A=B": "1" } }, "env.A=B", /env name 'A=B' must match/],
-      [{ workflow_ref_name: "ok-name", script: says("x"), datastores: [{ name: "x", write: "yes" }] }, "datastores[0].write", /true or false/],
+      [
+        { workflow_ref_name: "ok-name", script: says("x"), datastores: [{ name: "x", write: "yes" }] },
+        "datastores[0].write",
+        /true or false/,
+      ],
       [{ workflow_ref_name: "ok-name", script: says("x"), publish_version: "no" }, "publish_version", /true or false/],
     ];
     for (const [body, param, message] of bad) {

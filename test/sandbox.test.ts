@@ -126,7 +126,12 @@ def execute(ctx):
 describe("runs confined by the kernel", () => {
   let server: TestServer;
   beforeAll(async () => {
-    server = await startTestServer({ sandbox: "auto", runMaxProcesses: 16, runMemoryBytes: 256 * 1024 * 1024, runTmpBytes: 8 * 1024 * 1024 });
+    server = await startTestServer({
+      sandbox: "auto",
+      runMaxProcesses: 16,
+      runMemoryBytes: 256 * 1024 * 1024,
+      runTmpBytes: 8 * 1024 * 1024,
+    });
     await server.upload("probe", probe);
     await server.upload("forker", forker);
     await server.upload("filler", filler);

@@ -1,7 +1,7 @@
 import { createServer, type IncomingMessage } from "node:http";
 import type { AddressInfo } from "node:net";
 import { afterAll, describe, expect, it } from "vitest";
-import { createRunRedactor, redactUrlUserInfo, REDACTED } from "../services/shared/redact.js";
+import { createRunRedactor, REDACTED, redactUrlUserInfo } from "../services/shared/redact.js";
 import { startTestServer } from "./helpers.js";
 
 // A secret usable as a host name label, so it can also be a URL's host.
@@ -100,7 +100,9 @@ async function sessionRuns(sessionId: string): Promise<any[]> {
 
 describe("redaction helpers", () => {
   it("blanks URL user-info and every line of a multi-line secret", () => {
-    expect(redactUrlUserInfo("GET https://u:p@ss@host:1/x?y=a@b and http://h/p@q")).toBe(`GET https://${REDACTED}@host:1/x?y=a@b and http://h/p@q`);
+    expect(redactUrlUserInfo("GET https://u:p@ss@host:1/x?y=a@b and http://h/p@q")).toBe(
+      `GET https://${REDACTED}@host:1/x?y=a@b and http://h/p@q`,
+    );
     const redact = createRunRedactor([PEM, SECRET]);
     for (const line of PEM.split("\n")) expect(leaks(redact(line))).toEqual([]);
     expect(redact(`x https://user:${SECRET}@h/`)).toBe(`x https://${REDACTED}@h/`);

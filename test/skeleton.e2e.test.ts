@@ -95,10 +95,7 @@ describe("walking skeleton over a real port", () => {
   it("serves a Registry RPC over gRPC on HTTP/2", async () => {
     const transport = createGrpcTransport({ baseUrl: server.url });
     const registry = createClient(RegistryService, transport);
-    const resp = await registry.getWorkflow(
-      { workflowRefName: "hello" },
-      { headers: { authorization: `Bearer ${server.apiKey}` } },
-    );
+    const resp = await registry.getWorkflow({ workflowRefName: "hello" }, { headers: { authorization: `Bearer ${server.apiKey}` } });
     expect(resp.workflow?.workflowRefName).toBe("hello");
     expect(resp.workflow?.latestVersion).toBe("1.0.0");
   });

@@ -4,7 +4,7 @@
 // and a session's timeline of runs and model calls.
 import hljs from "highlight.js/lib/core";
 import python from "highlight.js/lib/languages/python";
-import { h, render, type ComponentChildren } from "preact";
+import { type ComponentChildren, h, render } from "preact";
 import { useEffect, useState } from "preact/hooks";
 import "./style.css";
 
@@ -75,12 +75,15 @@ function useApi(key: string, path: string | null, refreshMs = 0, keepRefreshing:
   return state;
 }
 
-const ms = (n: number | undefined) => (n === undefined || n === null ? "-" : n < 1000 ? `${Math.round(n)} ms` : `${(n / 1000).toFixed(2)} s`);
+const ms = (n: number | undefined) =>
+  n === undefined || n === null ? "-" : n < 1000 ? `${Math.round(n)} ms` : `${(n / 1000).toFixed(2)} s`;
 const when = (t: string | undefined) => (t ? new Date(t).toLocaleString() : "-");
 const text = (v: unknown) => (typeof v === "string" ? v : JSON.stringify(v));
 /** status shows a run status; "RUN_STATUS_SUCCEEDED" (raw enum names) reads as "succeeded" too. */
 const status = (raw: string) => {
-  const s = String(raw ?? "").replace(/^RUN_STATUS_/, "").toLowerCase();
+  const s = String(raw ?? "")
+    .replace(/^RUN_STATUS_/, "")
+    .toLowerCase();
   return h("span", { class: `status status-${s}`, "data-status": s }, s);
 };
 
@@ -111,7 +114,13 @@ function SignIn(props: { onKey: (k: string) => void }) {
       "form",
       { class: "card", onSubmit: submit, id: "signin" },
       h("p", null, "Paste an API key (the one `shaker serve` printed, or one from `shaker keys create`)."),
-      h("input", { type: "password", name: "api-key", placeholder: "sk-…", value: key, onInput: (e: Event) => setKey((e.target as HTMLInputElement).value) }),
+      h("input", {
+        type: "password",
+        name: "api-key",
+        placeholder: "sk-…",
+        value: key,
+        onInput: (e: Event) => setKey((e.target as HTMLInputElement).value),
+      }),
       h("p", null, h("button", { type: "submit" }, "Sign in")),
       error && h("p", { class: "error", id: "signin-error" }, error),
     ),
@@ -132,7 +141,18 @@ function Workflows(props: { apiKey: string }) {
           : h(
               "table",
               { id: "workflows" },
-              h("thead", null, h("tr", null, h("th", null, "Workflow"), h("th", null, "Latest version"), h("th", null, "Updated"), h("th", null, "Description"))),
+              h(
+                "thead",
+                null,
+                h(
+                  "tr",
+                  null,
+                  h("th", null, "Workflow"),
+                  h("th", null, "Latest version"),
+                  h("th", null, "Updated"),
+                  h("th", null, "Description"),
+                ),
+              ),
               h(
                 "tbody",
                 null,
@@ -158,7 +178,10 @@ function Source(props: { apiKey: string; ref: string; version: string }) {
   useEffect(() => {
     let stop = false;
     setState({});
-    api(props.apiKey, "POST", "/shaker.registry.v1.RegistryService/ResolveWorkflow", { workflowRefName: props.ref, version: props.version }).then(
+    api(props.apiKey, "POST", "/shaker.registry.v1.RegistryService/ResolveWorkflow", {
+      workflowRefName: props.ref,
+      version: props.version,
+    }).then(
       (d) => !stop && setState({ code: d.version?.script ?? "" }),
       (e: Error) => !stop && setState({ error: e.message }),
     );
@@ -185,7 +208,11 @@ async function readStream(res: Response, onEvent: (e: any) => void): Promise<voi
     while ((end = buffer.indexOf("\n\n")) >= 0) {
       const event = buffer.slice(0, end);
       buffer = buffer.slice(end + 2);
-      const data = event.split("\n").filter((l) => l.startsWith("data:")).map((l) => l.slice(5).trim()).join("\n");
+      const data = event
+        .split("\n")
+        .filter((l) => l.startsWith("data:"))
+        .map((l) => l.slice(5).trim())
+        .join("\n");
       if (!data || data === "[DONE]") continue;
       onEvent(JSON.parse(data));
     }
@@ -241,22 +268,55 @@ function InvokeForm(props: { apiKey: string; ref: string }) {
     "form",
     { class: "card", id: "invoke", onSubmit: submit },
     h("h2", null, "Invoke"),
-    h("label", null, "input (JSON)", h("textarea", { name: "input", value: input, onInput: (e: Event) => setInput((e.target as HTMLTextAreaElement).value) })),
+    h(
+      "label",
+      null,
+      "input (JSON)",
+      h("textarea", { name: "input", value: input, onInput: (e: Event) => setInput((e.target as HTMLTextAreaElement).value) }),
+    ),
     h(
       "p",
       null,
-      h("label", null, h("input", { type: "checkbox", name: "stream", checked: stream, style: "width:auto", onChange: (e: Event) => setStream((e.target as HTMLInputElement).checked) }), " stream"),
+      h(
+        "label",
+        null,
+        h("input", {
+          type: "checkbox",
+          name: "stream",
+          checked: stream,
+          style: "width:auto",
+          onChange: (e: Event) => setStream((e.target as HTMLInputElement).checked),
+        }),
+        " stream",
+      ),
       " ",
       h("button", { type: "submit", disabled: busy }, busy ? "Running…" : "Run"),
     ),
-    emitted.length > 0 && h("div", null, h("h2", null, "Emitted"), h("ol", { class: "emitted", id: "invoke-emitted" }, emitted.map((v, i) => h("li", { key: i }, text(v))))),
+    emitted.length > 0 &&
+      h(
+        "div",
+        null,
+        h("h2", null, "Emitted"),
+        h(
+          "ol",
+          { class: "emitted", id: "invoke-emitted" },
+          emitted.map((v, i) => h("li", { key: i }, text(v))),
+        ),
+      ),
     result &&
       h(
         "div",
         { id: "invoke-result" },
         h("h2", null, "Output"),
         h("pre", null, JSON.stringify(result.output, null, 2)),
-        h("p", null, "run ", h("a", { href: `#/runs/${result.run_id}`, id: "invoke-run-link" }, result.run_id), " · session ", h("a", { href: `#/sessions/${result.session_id}` }, result.session_id)),
+        h(
+          "p",
+          null,
+          "run ",
+          h("a", { href: `#/runs/${result.run_id}`, id: "invoke-run-link" }, result.run_id),
+          " · session ",
+          h("a", { href: `#/sessions/${result.session_id}` }, result.session_id),
+        ),
       ),
     error && h("p", { class: "error", id: "invoke-error" }, error),
   );
@@ -273,7 +333,8 @@ function Workflow(props: { apiKey: string; ref: string; version?: string }) {
       children: () => {
         const w = state.data.data;
         const versions: any[] = w.versions ?? [];
-        const shown = versions.find((v) => v.version === props.version) ?? versions.find((v) => v.version === w.latest_version) ?? versions[0];
+        const shown =
+          versions.find((v) => v.version === props.version) ?? versions.find((v) => v.version === w.latest_version) ?? versions[0];
         return h(
           "div",
           null,
@@ -283,7 +344,19 @@ function Workflow(props: { apiKey: string; ref: string; version?: string }) {
           h(
             "table",
             { id: "versions" },
-            h("thead", null, h("tr", null, h("th", null, "Version"), h("th", null, "Created"), h("th", null, "Mode"), h("th", null, "Timeout"), h("th", null, "Notes"))),
+            h(
+              "thead",
+              null,
+              h(
+                "tr",
+                null,
+                h("th", null, "Version"),
+                h("th", null, "Created"),
+                h("th", null, "Mode"),
+                h("th", null, "Timeout"),
+                h("th", null, "Notes"),
+              ),
+            ),
             h(
               "tbody",
               null,
@@ -291,9 +364,20 @@ function Workflow(props: { apiKey: string; ref: string; version?: string }) {
                 h(
                   "tr",
                   { key: v.version },
-                  h("td", null, h("a", { href: `#/workflows/${encodeURIComponent(props.ref)}/${v.version}` }, v.version), v === shown ? " (shown)" : ""),
+                  h(
+                    "td",
+                    null,
+                    h("a", { href: `#/workflows/${encodeURIComponent(props.ref)}/${v.version}` }, v.version),
+                    v === shown ? " (shown)" : "",
+                  ),
                   h("td", null, when(v.created_at)),
-                  h("td", null, String(v.execution_mode ?? "").replace("EXECUTION_MODE_", "").toLowerCase()),
+                  h(
+                    "td",
+                    null,
+                    String(v.execution_mode ?? "")
+                      .replace("EXECUTION_MODE_", "")
+                      .toLowerCase(),
+                  ),
                   h("td", null, `${v.timeout_seconds}s`),
                   h("td", null, v.notes),
                 ),
@@ -322,7 +406,20 @@ function Runs(props: { apiKey: string; workflow?: string }) {
         h(
           "table",
           { id: "runs" },
-          h("thead", null, h("tr", null, h("th", null, "Run"), h("th", null, "Workflow"), h("th", null, "Status"), h("th", null, "Duration"), h("th", null, "Started"), h("th", null, "Session"))),
+          h(
+            "thead",
+            null,
+            h(
+              "tr",
+              null,
+              h("th", null, "Run"),
+              h("th", null, "Workflow"),
+              h("th", null, "Status"),
+              h("th", null, "Duration"),
+              h("th", null, "Started"),
+              h("th", null, "Session"),
+            ),
+          ),
           h(
             "tbody",
             null,
@@ -345,7 +442,12 @@ function Runs(props: { apiKey: string; workflow?: string }) {
 }
 
 function Run(props: { apiKey: string; id: string }) {
-  const state = useApi(props.apiKey, `/v1/runs/${encodeURIComponent(props.id)}`, 1000, (d) => d.data.status === "running" || d.data.status === "queued");
+  const state = useApi(
+    props.apiKey,
+    `/v1/runs/${encodeURIComponent(props.id)}`,
+    1000,
+    (d) => d.data.status === "running" || d.data.status === "queued",
+  );
   return h(
     "main",
     null,
@@ -363,31 +465,77 @@ function Run(props: { apiKey: string; id: string }) {
             h(
               "tbody",
               null,
-              h("tr", null, h("th", null, "workflow"), h("td", null, h("a", { href: `#/workflows/${r.workflow_ref_name}` }, `${r.workflow_ref_name}@${r.version}`))),
+              h(
+                "tr",
+                null,
+                h("th", null, "workflow"),
+                h("td", null, h("a", { href: `#/workflows/${r.workflow_ref_name}` }, `${r.workflow_ref_name}@${r.version}`)),
+              ),
               h("tr", null, h("th", null, "status"), h("td", null, status(r.status))),
               h("tr", null, h("th", null, "duration"), h("td", null, ms(r.duration_ms))),
               h("tr", null, h("th", null, "session"), h("td", null, h("a", { href: `#/sessions/${r.session_id}` }, r.session_id))),
               h("tr", null, h("th", null, "started"), h("td", null, when(r.created_at))),
             ),
           ),
-          r.error?.message && h("div", null, h("h2", null, "Error"), h("pre", { class: "error" }, `${r.error.type}: ${r.error.message}\n\n${r.error.traceback ?? ""}`)),
+          r.error?.message &&
+            h(
+              "div",
+              null,
+              h("h2", null, "Error"),
+              h("pre", { class: "error" }, `${r.error.type}: ${r.error.message}\n\n${r.error.traceback ?? ""}`),
+            ),
           h("h2", null, "Input"),
           h("pre", null, JSON.stringify(r.input, null, 2)),
-          r.output !== undefined && r.output !== null && h("div", null, h("h2", null, "Output"), h("pre", { id: "run-output" }, JSON.stringify(r.output, null, 2))),
+          r.output !== undefined &&
+            r.output !== null &&
+            h("div", null, h("h2", null, "Output"), h("pre", { id: "run-output" }, JSON.stringify(r.output, null, 2))),
           h("h2", null, `Emitted values (${(r.emitted ?? []).length})`),
-          h("ol", { class: "emitted", id: "run-emitted" }, (r.emitted ?? []).map((e: any) => h("li", { key: e.seq }, text(e.value)))),
+          h(
+            "ol",
+            { class: "emitted", id: "run-emitted" },
+            (r.emitted ?? []).map((e: any) => h("li", { key: e.seq }, text(e.value))),
+          ),
           h("h2", null, `Logs (${(r.logs ?? []).length})`),
-          h("pre", { id: "run-logs" }, (r.logs ?? []).map((l: any) => `${l.time ?? ""} ${String(l.level).padEnd(7)} ${l.message}${l.fields && Object.keys(l.fields).length ? " " + JSON.stringify(l.fields) : ""}`).join("\n")),
+          h(
+            "pre",
+            { id: "run-logs" },
+            (r.logs ?? [])
+              .map(
+                (l: any) =>
+                  `${l.time ?? ""} ${String(l.level).padEnd(7)} ${l.message}${l.fields && Object.keys(l.fields).length ? " " + JSON.stringify(l.fields) : ""}`,
+              )
+              .join("\n"),
+          ),
           h("h2", null, `Model calls (${(r.model_calls ?? []).length})`),
           h(
             "table",
             { id: "run-calls" },
-            h("thead", null, h("tr", null, h("th", null, "Model"), h("th", null, "Intent"), h("th", null, "Status"), h("th", null, "Latency"), h("th", null, "Tokens"))),
+            h(
+              "thead",
+              null,
+              h(
+                "tr",
+                null,
+                h("th", null, "Model"),
+                h("th", null, "Intent"),
+                h("th", null, "Status"),
+                h("th", null, "Latency"),
+                h("th", null, "Tokens"),
+              ),
+            ),
             h(
               "tbody",
               null,
               (r.model_calls ?? []).map((c: any) =>
-                h("tr", { key: c.call_id }, h("td", null, c.model), h("td", null, c.intent), h("td", null, c.status), h("td", null, ms(c.latency_ms)), h("td", null, String(c.total_tokens ?? 0))),
+                h(
+                  "tr",
+                  { key: c.call_id },
+                  h("td", null, c.model),
+                  h("td", null, c.intent),
+                  h("td", null, c.status),
+                  h("td", null, ms(c.latency_ms)),
+                  h("td", null, String(c.total_tokens ?? 0)),
+                ),
               ),
             ),
           ),
@@ -416,8 +564,20 @@ function Session(props: { apiKey: string; id: string }) {
               { key: n },
               h("span", { class: "muted" }, when(i.time), " "),
               i.type === "run"
-                ? h("span", null, "run ", h("a", { href: `#/runs/${i.run_id}` }, i.run_id), ` ${i.workflow_ref_name ?? ""} `, status(i.status ?? ""), ` ${ms(i.duration_ms)}`)
-                : h("span", null, `model call ${i.model ?? ""} (${i.intent || "no intent"}) ${ms(i.latency_ms)}, ${i.total_tokens ?? 0} tokens`),
+                ? h(
+                    "span",
+                    null,
+                    "run ",
+                    h("a", { href: `#/runs/${i.run_id}` }, i.run_id),
+                    ` ${i.workflow_ref_name ?? ""} `,
+                    status(i.status ?? ""),
+                    ` ${ms(i.duration_ms)}`,
+                  )
+                : h(
+                    "span",
+                    null,
+                    `model call ${i.model ?? ""} (${i.intent || "no intent"}) ${ms(i.latency_ms)}, ${i.total_tokens ?? 0} tokens`,
+                  ),
             ),
           ),
         );

@@ -28,7 +28,8 @@ export function parseFilter(filter: JsonObject | undefined): Condition[] {
   const out: Condition[] = [];
   for (const [field, spec] of Object.entries(filter ?? {})) {
     const path = field.split(".");
-    if (path.some((p) => !p || /["\\]/.test(p))) throw new FilterError(`filter field '${field}' must be dotted names without quotes or backslashes`);
+    if (path.some((p) => !p || /["\\]/.test(p)))
+      throw new FilterError(`filter field '${field}' must be dotted names without quotes or backslashes`);
     if (spec !== null && typeof spec === "object" && !Array.isArray(spec)) {
       const ops = Object.entries(spec);
       if (ops.length === 0) throw new FilterError(`filter '${field}' has no operator`);

@@ -1,10 +1,10 @@
-import { invalidArgument } from "../shared/errors.js";
 import { randomUUID } from "node:crypto";
 import type { JsonObject, MessageInitShape } from "@bufbuild/protobuf";
 import { Code, ConnectError, type HandlerContext, type ServiceImpl } from "@connectrpc/connect";
-import { DatastoreService, SearchMode, type Record as RecordMsg, type StoreSchema } from "../../gen/shaker/datastore/v1/datastore_pb.js";
-import { requireAccount, type Identity } from "../shared/auth.js";
+import { DatastoreService, type Record as RecordMsg, SearchMode, type StoreSchema } from "../../gen/shaker/datastore/v1/datastore_pb.js";
+import { type Identity, requireAccount } from "../shared/auth.js";
 import type { ServiceDeps } from "../shared/deps.js";
+import { invalidArgument } from "../shared/errors.js";
 import { timestampOf } from "../shared/json.js";
 import { namePattern } from "../shared/names.js";
 import { FilterError, parseFilter } from "./filter.js";
@@ -19,7 +19,13 @@ const maxLimit = 1000;
 const invalid = invalidArgument;
 
 function storeMsg(row: StoreRow, count: number): MessageInitShape<typeof StoreSchema> {
-  return { name: row.name, embeddingModel: row.embeddingModel, dimension: row.dimension, recordCount: count, createdAt: timestampOf(row.createdAt) };
+  return {
+    name: row.name,
+    embeddingModel: row.embeddingModel,
+    dimension: row.dimension,
+    recordCount: count,
+    createdAt: timestampOf(row.createdAt),
+  };
 }
 
 function parseMetadata(text: string): JsonObject {
@@ -34,9 +40,13 @@ export function createDatastoreService(deps: ServiceDeps): { impl: ServiceImpl<t
   function storeFor(identity: Identity, name: string, write: boolean): StoreRow {
     if (identity.kind === "run") {
       const binding = identity.claims.datastores.find((d) => d.name === name);
-      if (!binding) throw new ConnectError(`workflow '${identity.claims.workflow}' is not bound to datastore '${name}'`, Code.PermissionDenied);
+      if (!binding)
+        throw new ConnectError(`workflow '${identity.claims.workflow}' is not bound to datastore '${name}'`, Code.PermissionDenied);
       if (write && !binding.write) {
-        throw new ConnectError(`workflow '${identity.claims.workflow}' may only read datastore '${name}'; bind it with write: true to upsert`, Code.PermissionDenied);
+        throw new ConnectError(
+          `workflow '${identity.claims.workflow}' may only read datastore '${name}'; bind it with write: true to upsert`,
+          Code.PermissionDenied,
+        );
       }
     }
     if (!name) throw invalid("'store' is required", "store");
@@ -60,11 +70,15 @@ export function createDatastoreService(deps: ServiceDeps): { impl: ServiceImpl<t
       const resp = await deps.clients.modelproxy.embeddings({ body }, { headers: deps.auth.serviceHeaders(accountId), signal: ctx.signal });
       const data = (resp.response?.data ?? []) as { embedding?: unknown; index?: unknown }[];
       if (!Array.isArray(data) || data.length !== input.length) {
-        throw new ConnectError(`the embedding model answered ${Array.isArray(data) ? data.length : 0} vectors for ${input.length} texts`, Code.Internal);
+        throw new ConnectError(
+          `the embedding model answered ${Array.isArray(data) ? data.length : 0} vectors for ${input.length} texts`,
+          Code.Internal,
+        );
       }
       const sorted = [...data].sort((a, b) => Number(a.index ?? 0) - Number(b.index ?? 0));
       for (const d of sorted) {
-        if (!Array.isArray(d.embedding)) throw new ConnectError("the embedding model answered an entry without an embedding", Code.Internal);
+        if (!Array.isArray(d.embedding))
+          throw new ConnectError("the embedding model answered an entry without an embedding", Code.Internal);
         out.push(d.embedding as number[]);
       }
     }
@@ -87,20 +101,29 @@ export function createDatastoreService(deps: ServiceDeps): { impl: ServiceImpl<t
     const check = (v: ArrayLike<number>, i: number) => {
       dims.dimension ||= v.length;
       if (v.length !== dims.dimension) {
-        throw invalid(`records[${offset + i}]: vector has ${v.length} dimensions; the store's vectors have ${dims.dimension}`, `records[${offset + i}].vector`);
+        throw invalid(
+          `records[${offset + i}]: vector has ${v.length} dimensions; the store's vectors have ${dims.dimension}`,
+          `records[${offset + i}].vector`,
+        );
       }
     };
     records.forEach((r, i) => {
       if (!r.id) throw invalid(`records[${offset + i}]: missing id`, `records[${offset + i}].id`);
       if (r.vector.length === 0) missing.push(i);
       else {
-        if (r.vector.some((x) => !Number.isFinite(x))) throw invalid(`records[${offset + i}]: vector holds a value that is not a finite number`, `records[${offset + i}].vector`);
+        if (r.vector.some((x) => !Number.isFinite(x)))
+          throw invalid(`records[${offset + i}]: vector holds a value that is not a finite number`, `records[${offset + i}].vector`);
         check(r.vector, i);
       }
     });
     const vectors = new Map<number, number[]>();
     if (missing.length) {
-      const got = await embed(accountId, row.embeddingModel, missing.map((i) => records[i].text), ctx);
+      const got = await embed(
+        accountId,
+        row.embeddingModel,
+        missing.map((i) => records[i].text),
+        ctx,
+      );
       missing.forEach((i, j) => {
         check(got[j], i);
         vectors.set(i, got[j]);
@@ -117,7 +140,8 @@ export function createDatastoreService(deps: ServiceDeps): { impl: ServiceImpl<t
 
   /** stillThere refuses a write to a store dropped while its records were being embedded or streamed. */
   function stillThere(row: StoreRow): number {
-    if (store.store(row.accountId, row.name)?.id !== row.id) throw new ConnectError(`datastore '${row.name}' was dropped during the upsert`, Code.NotFound);
+    if (store.store(row.accountId, row.name)?.id !== row.id)
+      throw new ConnectError(`datastore '${row.name}' was dropped during the upsert`, Code.NotFound);
     return row.id;
   }
 
@@ -127,7 +151,13 @@ export function createDatastoreService(deps: ServiceDeps): { impl: ServiceImpl<t
     throw invalid(`records[${i}]: vector has ${result.got} dimensions; the store's vectors have ${result.want}`, `records[${i}].vector`);
   }
 
-  async function queryVector(row: StoreRow, accountId: string, query: string, vector: number[], ctx: HandlerContext): Promise<Float32Array> {
+  async function queryVector(
+    row: StoreRow,
+    accountId: string,
+    query: string,
+    vector: number[],
+    ctx: HandlerContext,
+  ): Promise<Float32Array> {
     let v = vector;
     if (v.length === 0) {
       if (!query) throw invalid("vector search needs 'vector' or a 'query' to embed", "vector");
@@ -193,7 +223,14 @@ export function createDatastoreService(deps: ServiceDeps): { impl: ServiceImpl<t
       async getRecords(req, ctx) {
         const row = storeFor(await deps.auth.identify(ctx.requestHeader), req.store, false);
         const rows = store.getRecords(row, req.ids);
-        return { records: rows.map((r) => ({ id: r.id, text: r.text, metadata: parseMetadata(r.metadata), vector: r.vector ? Array.from(r.vector) : [] })) };
+        return {
+          records: rows.map((r) => ({
+            id: r.id,
+            text: r.text,
+            metadata: parseMetadata(r.metadata),
+            vector: r.vector ? Array.from(r.vector) : [],
+          })),
+        };
       },
       async deleteRecords(req, ctx) {
         const row = storeFor(await deps.auth.identify(ctx.requestHeader), req.store, true);
@@ -221,7 +258,10 @@ export function createDatastoreService(deps: ServiceDeps): { impl: ServiceImpl<t
             const depth = Math.min(Math.max(limit * 3, 50), maxLimit);
             const vector = await queryVector(row, identity.accountId, req.query, req.vector, ctx);
             const fused = new Map<string, Hit>();
-            for (const list of [store.keywordSearch(row.id, req.query, conditions, depth), store.vectorSearch(row, vector, conditions, depth)]) {
+            for (const list of [
+              store.keywordSearch(row.id, req.query, conditions, depth),
+              store.vectorSearch(row, vector, conditions, depth),
+            ]) {
               list.forEach((h, rank) => {
                 const prev = fused.get(h.id);
                 fused.set(h.id, { ...h, score: (prev?.score ?? 0) + 1 / (rrfK + rank + 1) });

@@ -152,7 +152,9 @@ export function createDatastoreStore(file: string) {
 
   /** writeOne upserts one record; the caller holds the transaction and has checked the dimension. */
   function writeOne(storeId: number, r: RecordInput): void {
-    const existing = stmt("SELECT rowid, text FROM records WHERE store_id = ? AND record_id = ?").get(storeId, r.id) as { rowid: number; text: string } | undefined;
+    const existing = stmt("SELECT rowid, text FROM records WHERE store_id = ? AND record_id = ?").get(storeId, r.id) as
+      | { rowid: number; text: string }
+      | undefined;
     let rowid: bigint;
     const blob = blobOf(r.vector);
     if (existing) {
@@ -161,7 +163,15 @@ export function createDatastoreStore(file: string) {
       stmt("UPDATE records SET text = ?, metadata = ?, vector = ? WHERE rowid = ?").run(r.text, r.metadata, blob, rowid);
       stmt(`DELETE FROM ${vec(storeId)} WHERE rowid = ?`).run(rowid);
     } else {
-      rowid = BigInt(stmt("INSERT INTO records (store_id, record_id, text, metadata, vector) VALUES (?, ?, ?, ?, ?)").run(storeId, r.id, r.text, r.metadata, blob).lastInsertRowid);
+      rowid = BigInt(
+        stmt("INSERT INTO records (store_id, record_id, text, metadata, vector) VALUES (?, ?, ?, ?, ?)").run(
+          storeId,
+          r.id,
+          r.text,
+          r.metadata,
+          blob,
+        ).lastInsertRowid,
+      );
     }
     stmt(`INSERT INTO ${fts(storeId)} (rowid, text) VALUES (?, ?)`).run(rowid, r.text);
     stmt(
@@ -214,7 +224,11 @@ export function createDatastoreStore(file: string) {
       })();
     },
     store(accountId: string, name: string): StoreRow | undefined {
-      return orm.select().from(stores).where(and(eq(stores.accountId, accountId), eq(stores.name, name))).get();
+      return orm
+        .select()
+        .from(stores)
+        .where(and(eq(stores.accountId, accountId), eq(stores.name, name)))
+        .get();
     },
     listStores(accountId: string): StoreRow[] {
       return orm.select().from(stores).where(eq(stores.accountId, accountId)).orderBy(asc(stores.name)).all();
@@ -287,7 +301,9 @@ export function createDatastoreStore(file: string) {
       for (let i = 0; i < ids.length; i += chunk) {
         const part = ids.slice(i, i + chunk);
         const rows = sqlite
-          .prepare(`SELECT record_id AS id, text, metadata, vector FROM records WHERE store_id = ? AND record_id IN (${part.map(() => "?").join(", ")})`)
+          .prepare(
+            `SELECT record_id AS id, text, metadata, vector FROM records WHERE store_id = ? AND record_id IN (${part.map(() => "?").join(", ")})`,
+          )
           .all(store.id, ...part) as { id: string; text: string; metadata: string; vector: Buffer }[];
         for (const row of rows) found.set(row.id, { id: row.id, text: row.text, metadata: row.metadata, vector: floatsOf(row.vector) });
       }
@@ -301,7 +317,9 @@ export function createDatastoreStore(file: string) {
       return sqlite.transaction(() => {
         let deleted = 0;
         for (const id of new Set(ids)) {
-          const row = stmt("SELECT rowid, text FROM records WHERE store_id = ? AND record_id = ?").get(store.id, id) as { rowid: number; text: string } | undefined;
+          const row = stmt("SELECT rowid, text FROM records WHERE store_id = ? AND record_id = ?").get(store.id, id) as
+            | { rowid: number; text: string }
+            | undefined;
           if (!row) continue;
           const rowid = BigInt(row.rowid);
           stmt(`INSERT INTO ${fts(store.id)} (${fts(store.id)}, rowid, text) VALUES ('delete', ?, ?)`).run(rowid, row.text);
@@ -366,8 +384,11 @@ export function createDatastoreStore(file: string) {
     },
     /** likeScan is the benchmark's baseline: a substring scan of every record's text. */
     likeScan(storeId: number, word: string, limit: number): Hit[] {
-      return rowsOf(
-        "SELECT record_id AS id, text, metadata, 0 AS score FROM records WHERE store_id = ? AND text LIKE ? LIMIT ?", [storeId, `%${word}%`, limit]);
+      return rowsOf("SELECT record_id AS id, text, metadata, 0 AS score FROM records WHERE store_id = ? AND text LIKE ? LIMIT ?", [
+        storeId,
+        `%${word}%`,
+        limit,
+      ]);
     },
     integrityCheck(): string {
       return String(sqlite.pragma("integrity_check", { simple: true }));

@@ -3,8 +3,20 @@ import type { RunResult, RunStreamResponse } from "../../gen/shaker/executor/v1/
 import type { Clients } from "../shared/clients.js";
 import { fromValue, toValue } from "../shared/json.js";
 import { namePattern } from "../shared/names.js";
+import {
+  callerHeaders,
+  disconnectSignal,
+  field,
+  HttpError,
+  type Req,
+  type Res,
+  readJson,
+  sendJson,
+  sseHeaders,
+  toErrorBody,
+  writeDrained,
+} from "./http.js";
 import { proxyModelCall } from "./models.js";
-import { callerHeaders, disconnectSignal, field, HttpError, readJson, sendJson, sseHeaders, toErrorBody, writeDrained, type Req, type Res } from "./http.js";
 
 const workflowModel = new RegExp(`^workflow:(${namePattern.source.slice(1, -1)})(?:@(\\d+\\.\\d+\\.\\d+))?$`);
 
@@ -96,7 +108,15 @@ export function createChatRoute(options: ChatRouteOptions) {
       sendJson(
         res,
         202,
-        { id, object: "workflow.run", model, run_id: started.runId, session_id: started.sessionId, status: "running", result_url: `/v1/runs/${started.runId}` },
+        {
+          id,
+          object: "workflow.run",
+          model,
+          run_id: started.runId,
+          session_id: started.sessionId,
+          status: "running",
+          result_url: `/v1/runs/${started.runId}`,
+        },
         { "x-request-id": started.runId, location: `/v1/runs/${started.runId}` },
       );
       return;
@@ -117,7 +137,9 @@ export function createChatRoute(options: ChatRouteOptions) {
           object: "chat.completion",
           created,
           model,
-          choices: [{ index: 0, message: { role: "assistant", content: contentOf(output), refusal: null }, finish_reason: "stop", logprobs: null }],
+          choices: [
+            { index: 0, message: { role: "assistant", content: contentOf(output), refusal: null }, finish_reason: "stop", logprobs: null },
+          ],
           usage: usageOf(result),
           output,
           run_id: result.runId,
@@ -159,7 +181,9 @@ export function createChatRoute(options: ChatRouteOptions) {
         const event: RunStreamResponse["event"] = next.value.event;
         if (event.case === "emitted") {
           const value = fromValue(event.value.value);
-          const delta: Record<string, unknown> = first_chunk ? { role: "assistant", content: contentOf(value) } : { content: contentOf(value) };
+          const delta: Record<string, unknown> = first_chunk
+            ? { role: "assistant", content: contentOf(value) }
+            : { content: contentOf(value) };
           first_chunk = false;
           await write(chunk(delta, null, { emitted: value }));
         } else if (event.case === "result") {

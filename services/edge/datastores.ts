@@ -3,7 +3,7 @@ import { Code, ConnectError } from "@connectrpc/connect";
 import { SearchMode, type Store } from "../../gen/shaker/datastore/v1/datastore_pb.js";
 import type { Clients } from "../shared/clients.js";
 import { msOf } from "../shared/json.js";
-import { callerHeaders, defaultMaxJsonDepth, field, HttpError, nestsDeeperThan, readJson, sendJson, tooDeep, type Req } from "./http.js";
+import { callerHeaders, defaultMaxJsonDepth, field, HttpError, nestsDeeperThan, type Req, readJson, sendJson, tooDeep } from "./http.js";
 import type { EdgeRouter } from "./router.js";
 
 /** Options of the datastore routes. */
@@ -175,7 +175,8 @@ async function* jsonRecords(req: Req, maxRecord: number, maxDepth: number): Asyn
     }
   }
   if (!started || depth !== 0 || inString) throw invalid("the body ends early");
-  if (!sawRecords) throw new HttpError(400, "'records' is required: an array of {id, text, metadata?, vector?}", "records", "missing_field");
+  if (!sawRecords)
+    throw new HttpError(400, "'records' is required: an array of {id, text, metadata?, vector?}", "records", "missing_field");
 }
 
 /** addDatastoreRoutes registers the datastore REST routes of spec section 4. */

@@ -2,7 +2,7 @@ import type { Clients } from "../shared/clients.js";
 import { createChatRoute } from "./chat.js";
 import { addDatastoreRoutes } from "./datastores.js";
 import { createBodyGuard } from "./guard.js";
-import { HttpError, sendError, sendJson, type Req, type Res } from "./http.js";
+import { HttpError, type Req, type Res, sendError, sendJson } from "./http.js";
 import { addModelRoutes } from "./models.js";
 import { EdgeRouter } from "./router.js";
 import { addRunRoutes } from "./runs.js";
@@ -57,7 +57,12 @@ const corsHeaders = {
 export function createEdge(options: EdgeOptions): Edge {
   const router = new EdgeRouter();
   const { maxJsonDepth } = options;
-  const chat = createChatRoute({ clients: options.clients, maxBodyBytes: options.maxBodyBytes, keepAliveMs: options.keepAliveMs, maxJsonDepth });
+  const chat = createChatRoute({
+    clients: options.clients,
+    maxBodyBytes: options.maxBodyBytes,
+    keepAliveMs: options.keepAliveMs,
+    maxJsonDepth,
+  });
   router.add("POST", "/v1/chat/completions", chat);
   addModelRoutes(router, { clients: options.clients, maxBodyBytes: options.maxBodyBytes, maxJsonDepth });
   addSessionRoutes(router, options.clients);
@@ -95,7 +100,10 @@ export function createEdge(options: EdgeOptions): Edge {
       }
       if ("allowed" in found) {
         res.setHeader("allow", found.allowed.join(", "));
-        sendError(res, new HttpError(405, `${method} is not allowed on ${url.pathname}; use ${found.allowed.join(" or ")}`, null, "method_not_allowed"));
+        sendError(
+          res,
+          new HttpError(405, `${method} is not allowed on ${url.pathname}; use ${found.allowed.join(" or ")}`, null, "method_not_allowed"),
+        );
         return true;
       }
       guard(req, res, "rest", () => {

@@ -2,7 +2,7 @@ import type { Http2ServerRequest } from "node:http2";
 import { Code, ConnectError } from "@connectrpc/connect";
 import { codeToString } from "@connectrpc/connect/protocol-connect";
 import { headers as authHeaders } from "../shared/auth.js";
-import { HttpError, sendError, type Req, type Res } from "./http.js";
+import { HttpError, type Req, type Res, sendError } from "./http.js";
 
 /** Options of createBodyGuard. */
 export interface BodyGuardOptions {
@@ -64,7 +64,10 @@ export function createBodyGuard(options: BodyGuardOptions = {}): BodyGuard {
       return;
     }
     const headers = credentialHeaders(req);
-    const hasCredential = /^Bearer\s+\S/i.test(headers.get(authHeaders.authorization)?.trim() ?? "") || !!headers.get(authHeaders.apiKey)?.trim() || headers.has(authHeaders.serviceToken);
+    const hasCredential =
+      /^Bearer\s+\S/i.test(headers.get(authHeaders.authorization)?.trim() ?? "") ||
+      !!headers.get(authHeaders.apiKey)?.trim() ||
+      headers.has(authHeaders.serviceToken);
     if (!hasCredential) {
       refuse(req, res, protocol, new ConnectError(missing, Code.Unauthenticated));
       return;

@@ -1,7 +1,7 @@
-import { errorMetadata } from "../shared/errors.js";
 import type { IncomingMessage, ServerResponse } from "node:http";
 import type { Http2ServerRequest } from "node:http2";
 import { Code, ConnectError } from "@connectrpc/connect";
+import { errorMetadata } from "../shared/errors.js";
 
 export type Req = IncomingMessage | Http2ServerRequest;
 /** Res is a response of either protocol; the HTTP/2 compatibility API answers the same calls. */

@@ -1,9 +1,21 @@
-import { toJson, type JsonObject, type MessageInitShape } from "@bufbuild/protobuf";
+import { type JsonObject, type MessageInitShape, toJson } from "@bufbuild/protobuf";
 import { ConnectError } from "@connectrpc/connect";
-import { ModelCallSchema, type CallContextSchema, type ModelCall } from "../../gen/shaker/modelproxy/v1/modelproxy_pb.js";
+import { type CallContextSchema, type ModelCall, ModelCallSchema } from "../../gen/shaker/modelproxy/v1/modelproxy_pb.js";
 import type { Clients } from "../shared/clients.js";
 import { errorMetadata } from "../shared/errors.js";
-import { callerHeaders, disconnectSignal, field, HttpError, readJson, sendJson, sseHeaders, toErrorBody, writeDrained, type Req, type Res } from "./http.js";
+import {
+  callerHeaders,
+  disconnectSignal,
+  field,
+  HttpError,
+  type Req,
+  type Res,
+  readJson,
+  sendJson,
+  sseHeaders,
+  toErrorBody,
+  writeDrained,
+} from "./http.js";
 import type { EdgeRouter } from "./router.js";
 
 /** upstreamError turns an upstream model's failure into 502/504; other errors pass unchanged. */
@@ -11,7 +23,8 @@ function upstreamError(err: unknown): unknown {
   if (err instanceof HttpError) return err;
   const ce = ConnectError.from(err);
   const status = Number(ce.metadata.get(errorMetadata.upstreamStatus));
-  if (status === 502 || status === 504) return new HttpError(status, ce.rawMessage, null, status === 504 ? "upstream_timeout" : "upstream_error");
+  if (status === 502 || status === 504)
+    return new HttpError(status, ce.rawMessage, null, status === 504 ? "upstream_timeout" : "upstream_error");
   return err;
 }
 
@@ -21,9 +34,23 @@ function contextOf(body: Record<string, unknown>): { context: MessageInitShape<t
   const intent = field.string(body, "intent") ?? field.string(body, "action_type") ?? "";
   const application = field.string(body, "application") ?? field.string(body, "application_ref_name") ?? "";
   const secrets = field.stringMap(body, "secrets") ?? {};
-  const { session_id: _s, secrets: _x, metadata: _m, intent: _i, action_type: _a, application: _p, application_ref_name: _r, ...openaiBody } = body;
+  const {
+    session_id: _s,
+    secrets: _x,
+    metadata: _m,
+    intent: _i,
+    action_type: _a,
+    application: _p,
+    application_ref_name: _r,
+    ...openaiBody
+  } = body;
   // Secret values sent with a plain model call are only blanked out of the call's record.
-  const context: MessageInitShape<typeof CallContextSchema> = { sessionId, intent, application, redactValues: Object.values(secrets).filter(Boolean) };
+  const context: MessageInitShape<typeof CallContextSchema> = {
+    sessionId,
+    intent,
+    application,
+    redactValues: Object.values(secrets).filter(Boolean),
+  };
   return { context, openaiBody: openaiBody as JsonObject };
 }
 
@@ -85,7 +112,13 @@ export function addModelRoutes(router: EdgeRouter, options: ModelRoutesOptions):
     const body = await readJson(req, options.maxBodyBytes, options.maxJsonDepth);
     const input = body.input;
     const ok = typeof input === "string" || (Array.isArray(input) && input.length > 0);
-    if (!ok) throw new HttpError(400, "'input' is required: a string or a non-empty array", "input", input === undefined ? "missing_field" : "invalid_type");
+    if (!ok)
+      throw new HttpError(
+        400,
+        "'input' is required: a string or a non-empty array",
+        "input",
+        input === undefined ? "missing_field" : "invalid_type",
+      );
     field.string(body, "model");
     const { context, openaiBody } = contextOf(body);
     try {

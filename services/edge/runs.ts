@@ -1,5 +1,5 @@
-import { toJson, type JsonObject } from "@bufbuild/protobuf";
-import { RunSchema, RunStatus, type Run } from "../../gen/shaker/executor/v1/executor_pb.js";
+import { type JsonObject, toJson } from "@bufbuild/protobuf";
+import { type Run, RunSchema, RunStatus } from "../../gen/shaker/executor/v1/executor_pb.js";
 import type { Clients } from "../shared/clients.js";
 import { callerHeaders, HttpError, queryInt, sendJson } from "./http.js";
 import { modelCallJson } from "./models.js";
@@ -34,7 +34,12 @@ export function addRunRoutes(router: EdgeRouter, clients: Clients): void {
       const headers = callerHeaders(req);
       const statusName = url.searchParams.get("status") ?? "";
       if (statusName && !(statusName in statusByName)) {
-        throw new HttpError(400, `query parameter 'status' must be one of ${Object.keys(statusByName).join(", ")}`, "status", "invalid_value");
+        throw new HttpError(
+          400,
+          `query parameter 'status' must be one of ${Object.keys(statusByName).join(", ")}`,
+          "status",
+          "invalid_value",
+        );
       }
       const offset = queryInt(url, "offset", 2 ** 31 - 1);
       const limit = queryInt(url, "limit", 100);

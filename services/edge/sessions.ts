@@ -1,7 +1,7 @@
 import type { JsonObject } from "@bufbuild/protobuf";
 import type { Clients } from "../shared/clients.js";
 import { msOf } from "../shared/json.js";
-import { callerHeaders, HttpError, sendJson, type Req, type Res } from "./http.js";
+import { callerHeaders, HttpError, type Req, type Res, sendJson } from "./http.js";
 import { modelCallJson } from "./models.js";
 import type { EdgeRouter } from "./router.js";
 import { runJson } from "./runs.js";

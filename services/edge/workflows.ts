@@ -1,14 +1,14 @@
-import { toJson, type JsonObject, type MessageInitShape } from "@bufbuild/protobuf";
+import { type JsonObject, type MessageInitShape, toJson } from "@bufbuild/protobuf";
 import {
   ExecutionMode,
-  VersionBump,
-  WorkflowSchema,
   type UploadWorkflowRequestSchema,
+  VersionBump,
   type Workflow,
+  WorkflowSchema,
 } from "../../gen/shaker/registry/v1/registry_pb.js";
+import { versionBumps as bumps, executionModes as modes, workflowPages } from "../registry/rules.js";
 import type { Clients } from "../shared/clients.js";
 import { toValue } from "../shared/json.js";
-import { executionModes as modes, versionBumps as bumps, workflowPages } from "../registry/rules.js";
 import { callerHeaders, defaultMaxJsonDepth, field, HttpError, nestsDeeperThan, queryInt, readJson, sendJson, tooDeep } from "./http.js";
 import type { EdgeRouter } from "./router.js";
 
@@ -25,7 +25,8 @@ export interface WorkflowRoutesOptions {
 function enumField<T>(body: Record<string, unknown>, name: string, values: Record<string, T>): T | undefined {
   const v = field.string(body, name);
   if (v === undefined) return undefined;
-  if (!Object.hasOwn(values, v)) throw new HttpError(400, `'${name}' must be one of ${Object.keys(values).join(", ")}`, name, "invalid_value");
+  if (!Object.hasOwn(values, v))
+    throw new HttpError(400, `'${name}' must be one of ${Object.keys(values).join(", ")}`, name, "invalid_value");
   return values[v];
 }
 
@@ -33,7 +34,8 @@ function enumField<T>(body: Record<string, unknown>, name: string, values: Recor
 function uploadRequest(body: Record<string, unknown>, maxJsonDepth: number): MessageInitShape<typeof UploadWorkflowRequestSchema> {
   const accessories = (field.objectArray(body, "accessories") ?? []).map((a, i) => {
     const key = a.key;
-    if (typeof key !== "string" || !key.trim()) throw new HttpError(400, `'accessories[${i}].key' must be a non-empty string`, `accessories[${i}].key`);
+    if (typeof key !== "string" || !key.trim())
+      throw new HttpError(400, `'accessories[${i}].key' must be a non-empty string`, `accessories[${i}].key`);
     if ("content_base64" in a) {
       const encoded = typeof a.content_base64 === "string" ? a.content_base64.replace(/\s+/g, "") : undefined;
       // Standard or URL-safe alphabet, padding only at the end; Node's decoder would skip anything else silently.
@@ -109,7 +111,9 @@ export function addWorkflowRoutes(router: EdgeRouter, options: WorkflowRoutesOpt
       const code = field.string(body, "code") ?? field.string(body, "script");
       if (code === undefined) throw new HttpError(400, "'code' is required", "code", "missing_field");
       const resp = await registry.validateWorkflow({ code }, { headers });
-      sendJson(res, 200, { data: { ok: resp.ok, errors: resp.errors.map((e) => ({ line: e.line, column: e.column, message: e.message })) } });
+      sendJson(res, 200, {
+        data: { ok: resp.ok, errors: resp.errors.map((e) => ({ line: e.line, column: e.column, message: e.message })) },
+      });
     })
     .add("GET", "/v1/workflows/default-script", async (req, res) => {
       const resp = await registry.getDefaultScript({}, { headers: callerHeaders(req) });

@@ -1,5 +1,5 @@
 import { Code, ConnectError } from "@connectrpc/connect";
-import { requireAccount, type Identity, type RunClaims } from "../shared/auth.js";
+import { type Identity, type RunClaims, requireAccount } from "../shared/auth.js";
 
 /** AdmissionOptions are the rules on who may start a run, and how many may run at once. */
 export interface AdmissionOptions {

@@ -221,7 +221,9 @@ export function parseAllowList(entries: readonly string[]): AllowList {
     const suffix = host.startsWith("*.");
     const name = normalName(suffix ? host.slice(2) : host);
     if (bracketed || !/^(?=.{1,253}$)[a-z0-9_]([a-z0-9_-]*[a-z0-9_])?(\.[a-z0-9_]([a-z0-9_-]*[a-z0-9_])?)*$/i.test(name)) {
-      throw new Error(`${allowVariable}: ${JSON.stringify(entry)} is neither a CIDR range, an IP address nor a host name (with an optional :port)`);
+      throw new Error(
+        `${allowVariable}: ${JSON.stringify(entry)} is neither a CIDR range, an IP address nor a host name (with an optional :port)`,
+      );
     }
     parsed.push({ kind: "name", name, suffix, port });
   }
@@ -293,7 +295,17 @@ export interface Hop {
 }
 
 /** Headers a caller may not set: the connection is the Executor's to manage. */
-const hopByHop = new Set(["connection", "keep-alive", "transfer-encoding", "te", "trailer", "upgrade", "content-length", "expect", "proxy-connection"]);
+const hopByHop = new Set([
+  "connection",
+  "keep-alive",
+  "transfer-encoding",
+  "te",
+  "trailer",
+  "upgrade",
+  "content-length",
+  "expect",
+  "proxy-connection",
+]);
 /** Headers that do not follow a redirect to another origin. */
 const credentialHeaders = new Set(["authorization", "cookie", "proxy-authorization"]);
 const tokenPattern = /^[!#$%&'*+.^_`|~0-9A-Za-z-]+$/;
@@ -333,7 +345,10 @@ function fromNodeError(e: unknown, target: string): ConnectError {
     case "ERR_UNESCAPED_CHARACTERS":
       return failure(err.message, Code.InvalidArgument);
     default:
-      return failure(`${err.message || String(e)}${err.code && !String(err.message).includes(err.code) ? ` (${err.code})` : ""}`, Code.Unavailable);
+      return failure(
+        `${err.message || String(e)}${err.code && !String(err.message).includes(err.code) ? ` (${err.code})` : ""}`,
+        Code.Unavailable,
+      );
   }
 }
 
@@ -406,7 +421,12 @@ export async function egressFetch(input: FetchInput, options: EgressOptions, onH
     }
     record(result.status, "");
     if (result.location === undefined) {
-      return { status: result.status, headers: joinHeaders(result.rawHeaders), body: result.body, url: redirects === 0 ? input.url : url.href };
+      return {
+        status: result.status,
+        headers: joinHeaders(result.rawHeaders),
+        body: result.body,
+        url: redirects === 0 ? input.url : url.href,
+      };
     }
     if (redirects === maxRedirects) {
       throw failure(`stopped after ${maxRedirects} redirects (the last from ${hopUrl.host})`, Code.FailedPrecondition);
@@ -418,7 +438,10 @@ export async function egressFetch(input: FetchInput, options: EgressOptions, onH
       throw failure(`${hopUrl.host} redirected to an invalid URL`, Code.Unavailable);
     }
     if (next.protocol !== "http:" && next.protocol !== "https:") {
-      throw failure(`${hopUrl.host} redirected to an unsupported URL scheme ${JSON.stringify(next.protocol.slice(0, -1))}`, Code.FailedPrecondition);
+      throw failure(
+        `${hopUrl.host} redirected to an unsupported URL scheme ${JSON.stringify(next.protocol.slice(0, -1))}`,
+        Code.FailedPrecondition,
+      );
     }
     // As browsers do: 303 turns into GET, and so do 301 and 302 after a POST; 307 and 308 repeat the request.
     if ((result.status === 303 && method !== "HEAD") || ((result.status === 301 || result.status === 302) && method === "POST")) {
@@ -465,7 +488,8 @@ function oneHop(
   const lookup = (host: string, opts: { all?: boolean; family?: number; hints?: number }, callback: (...args: unknown[]) => void) => {
     resolve(host, { all: true, family: opts.family, hints: opts.hints }, (err, addresses) => {
       if (err) return callback(err);
-      if (!addresses || addresses.length === 0) return callback(Object.assign(new Error(`getaddrinfo ENOTFOUND ${host}`), { code: "ENOTFOUND" }));
+      if (!addresses || addresses.length === 0)
+        return callback(Object.assign(new Error(`getaddrinfo ENOTFOUND ${host}`), { code: "ENOTFOUND" }));
       const usable = allowedByName ? addresses : addresses.filter((a) => internal(a.address) === undefined);
       if (usable.length === 0) {
         refused = refusal(hostname, port, addresses[0].address, internal(addresses[0].address)!);
@@ -527,7 +551,10 @@ function oneHop(
         return;
       }
       const tooLarge = () =>
-        failure(`the response of ${target} is larger than ${maxResponseBytes} bytes, the most a workflow may receive`, Code.ResourceExhausted);
+        failure(
+          `the response of ${target} is larger than ${maxResponseBytes} bytes, the most a workflow may receive`,
+          Code.ResourceExhausted,
+        );
       const declared = Number(res.headers["content-length"]);
       if (Number.isFinite(declared) && declared > maxResponseBytes) return finish(tooLarge());
       const chunks: Buffer[] = [];

@@ -40,7 +40,11 @@ export function classifyExit(end: RunEnd): Outcome {
     return { status: RunStatus.TIMED_OUT, error, failure: new ConnectError(error.message, Code.DeadlineExceeded) };
   }
   if (endedBy) {
-    const error = { type: "Cancelled", message: endedBy === "cancelled" ? "the run was cancelled" : "the caller disconnected", traceback: "" };
+    const error = {
+      type: "Cancelled",
+      message: endedBy === "cancelled" ? "the run was cancelled" : "the caller disconnected",
+      traceback: "",
+    };
     return { status: RunStatus.CANCELLED, error, failure: new ConnectError(error.message, Code.Canceled) };
   }
   if (end.returned && exit.code === 0) return { status: RunStatus.SUCCEEDED, error: end.error, failure: undefined };

@@ -189,7 +189,9 @@ export function prepareIsolation(options: IsolationOptions): Isolation {
   const summary = confined
     ? [
         `confined by the kernel (${report!.as_root ? "a uid of its own" : "a user namespace of its own"} per run, PID/mount/IPC/UTS namespaces, no network, no capabilities, seccomp, ${report!.landlock_abi > 0 ? `Landlock ABI ${report!.landlock_abi}` : "no Landlock"}, read-only root without the data directory, ${Math.round(options.tmpBytesPerRun / 1048576)} MiB private /tmp)`,
-        cgroups.length > 0 ? `cgroups per run: ${controllers}` : "no writable cgroups: no memory cap for a whole run (RLIMIT_NPROC caps its processes)",
+        cgroups.length > 0
+          ? `cgroups per run: ${controllers}`
+          : "no writable cgroups: no memory cap for a whole run (RLIMIT_NPROC caps its processes)",
       ].join("; ")
     : options.mode === "none"
       ? "NOT confined (SHAKER_SANDBOX=none): every account's runs can read and write what the server can"

@@ -1,4 +1,4 @@
-import { spawn, type ChildProcess } from "node:child_process";
+import { type ChildProcess, spawn } from "node:child_process";
 import type { Readable, Writable } from "node:stream";
 
 /** harnessDir holds the Python package `shaker` the workers import. */
@@ -22,7 +22,8 @@ const str = (v: unknown): string => (typeof v === "string" ? v : v === undefined
 const when = (v: unknown): number => (typeof v === "number" && v >= 0 && v < 1e10 ? v : Date.now() / 1000);
 const int = (v: unknown): number => (Number.isSafeInteger(v) && (v as number) >= 0 ? (v as number) : 0);
 const json = (v: unknown): unknown => (v === undefined ? null : v);
-const record = (v: unknown): Record<string, unknown> => (typeof v === "object" && v !== null && !Array.isArray(v) ? (v as Record<string, unknown>) : {});
+const record = (v: unknown): Record<string, unknown> =>
+  typeof v === "object" && v !== null && !Array.isArray(v) ? (v as Record<string, unknown>) : {};
 
 /**
  * toEvent builds the event of a frame from its kind byte and its JSON, taking each field as the type
@@ -47,7 +48,13 @@ function toEvent(kind: WorkerEvent["t"], f: Record<string, unknown>): WorkerEven
     case "started":
       return { t: kind, pid: int(f.pid) };
     case "exit":
-      return { t: kind, code: int(f.code), signal: int(f.signal), output_truncated: f.output_truncated === true, memory_exceeded: f.memory_exceeded === true };
+      return {
+        t: kind,
+        code: int(f.code),
+        signal: int(f.signal),
+        output_truncated: f.output_truncated === true,
+        memory_exceeded: f.memory_exceeded === true,
+      };
   }
 }
 
@@ -306,7 +313,8 @@ export function createWorkerPool(options: WorkerPoolOptions): WorkerPool {
       send(worker, active);
       // Flow control: a frame to the worker, only while the run is in it (a finished run has nothing to hold).
       const control = (t: "pause" | "resume") => {
-        if (worker.alive && worker.active.get(job.runId) === active) worker.toWorker.write(encodeFrame(JSON.stringify({ t, id: job.runId })));
+        if (worker.alive && worker.active.get(job.runId) === active)
+          worker.toWorker.write(encodeFrame(JSON.stringify({ t, id: job.runId })));
       };
       const resume = () => {
         if (!active.paused) return;

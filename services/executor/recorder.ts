@@ -1,7 +1,7 @@
 import { RunStatus } from "../../gen/shaker/executor/v1/executor_pb.js";
 import { redactJson } from "../shared/redact.js";
 import type { Hop } from "./egress.js";
-import { usageOf, type Frame, type LogLine } from "./events.js";
+import { type Frame, type LogLine, usageOf } from "./events.js";
 import type { RunError } from "./exits.js";
 import type { ExecutorStore } from "./store.js";
 
@@ -90,7 +90,8 @@ export function createRunRecorder(redact: (text: string) => string, limits: Reco
     warnings(first) {
       const warnings = [...first];
       if (logsDropped > 0) warnings.push(`${logsDropped} log lines beyond the first ${limits.maxLogLines} were dropped`);
-      if (httpDropped > 0) warnings.push(`${httpDropped} HTTP requests beyond the first ${limits.maxHttpCalls} were not kept on the run record`);
+      if (httpDropped > 0)
+        warnings.push(`${httpDropped} HTTP requests beyond the first ${limits.maxHttpCalls} were not kept on the run record`);
       if (emittedDropped > 0) {
         const kept = `beyond the first ${limits.maxEmittedBytes} bytes were not kept on the run record`;
         warnings.push(`${emittedDropped} emitted values ${kept} (the stream carried them all)`);

@@ -1,24 +1,24 @@
-import { invalidArgument } from "../shared/errors.js";
 import type { JsonObject, JsonValue, MessageInitShape } from "@bufbuild/protobuf";
-import { Code, ConnectError, type Client, type HandlerContext, type ServiceImpl } from "@connectrpc/connect";
+import { type Client, Code, ConnectError, type HandlerContext, type ServiceImpl } from "@connectrpc/connect";
 import {
   ExecutorService,
-  RunStatus,
   type FetchRequest,
   type Invocation,
   type RunResult,
   type RunSchema,
   type RunStarted,
+  RunStatus,
 } from "../../gen/shaker/executor/v1/executor_pb.js";
 import { ExecutionMode, type RegistryService, type WorkflowVersion } from "../../gen/shaker/registry/v1/registry_pb.js";
-import { requireAccount, type Auth, type Identity } from "../shared/auth.js";
+import { type Auth, type Identity, requireAccount } from "../shared/auth.js";
+import { invalidArgument } from "../shared/errors.js";
 import { newId } from "../shared/ids.js";
 import { fromValue, timestampOf, toValue } from "../shared/json.js";
 import { AsyncQueue } from "../shared/queue.js";
 import { createRunRedactor, redactJson } from "../shared/redact.js";
-import { createAdmission, type AdmissionOptions, type Caller } from "./admission.js";
-import { defaultTimeoutMs, egressFetch, parseAllowList, type EgressOptions, type FetchOutput, type Hop } from "./egress.js";
-import { createFrameTranslator, emittedMessage, logMessage, runResult, weightOf, type Frame, type StreamEvent } from "./events.js";
+import { type AdmissionOptions, type Caller, createAdmission } from "./admission.js";
+import { defaultTimeoutMs, type EgressOptions, egressFetch, type FetchOutput, type Hop, parseAllowList } from "./egress.js";
+import { createFrameTranslator, emittedMessage, type Frame, logMessage, runResult, type StreamEvent, weightOf } from "./events.js";
 import { classifyExit, type EndedBy } from "./exits.js";
 import { checkAgainstSchema, type FieldSchema } from "./input-schema.js";
 import type { RunHandle, WorkerEvent, WorkerPool } from "./pool.js";
@@ -158,7 +158,14 @@ function runFetcher(deadline: number, egress: EgressOptions, record: (hop: Hop) 
     try {
       const asked = req.timeoutSeconds > 0 ? req.timeoutSeconds * 1000 : defaultTimeoutMs;
       return await egressFetch(
-        { method: req.method, url: req.url, headers: req.headers, body: req.body, timeoutMs: Math.min(asked, remaining), signal: aborted.signal },
+        {
+          method: req.method,
+          url: req.url,
+          headers: req.headers,
+          body: req.body,
+          timeoutMs: Math.min(asked, remaining),
+          signal: aborted.signal,
+        },
         egress,
         record,
       );

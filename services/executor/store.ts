@@ -1,4 +1,4 @@
-import { and, desc, eq, inArray, sql, type SQL } from "drizzle-orm";
+import { and, desc, eq, inArray, type SQL, sql } from "drizzle-orm";
 import { openDatabase } from "../shared/db.js";
 import * as schema from "./schema.js";
 
@@ -28,17 +28,44 @@ export function createExecutorStore(file: string) {
   // Every run writes its row twice and many read it back: those statements are built once.
   const p = (...names: readonly string[]) => Object.fromEntries(names.map((n) => [n, sql.placeholder(n)]));
   const insertColumns = [
-    "id", "accountId", "workflowRefName", "version", "versionId", "sessionId", "status", "input", "metadata",
-    "createdAt", "startedAt", "parentRunId", "depth",
+    "id",
+    "accountId",
+    "workflowRefName",
+    "version",
+    "versionId",
+    "sessionId",
+    "status",
+    "input",
+    "metadata",
+    "createdAt",
+    "startedAt",
+    "parentRunId",
+    "depth",
   ] as const;
   const finishColumns = [
-    "status", "output", "error", "finishedAt", "durationMs", "emitted", "logs", "httpCalls", "warnings",
-    "promptTokens", "completionTokens",
+    "status",
+    "output",
+    "error",
+    "finishedAt",
+    "durationMs",
+    "emitted",
+    "logs",
+    "httpCalls",
+    "warnings",
+    "promptTokens",
+    "completionTokens",
   ] as const;
   // drizzle's types take placeholders in values() but not in set(); at run time both encode the
   // value with the column's mapping (JSON columns included) when the statement runs.
-  const insertStatement = orm.insert(runs).values(p(...insertColumns) as never).prepare();
-  const finishStatement = orm.update(runs).set(p(...finishColumns) as never).where(eq(runs.id, sql.placeholder("id"))).prepare();
+  const insertStatement = orm
+    .insert(runs)
+    .values(p(...insertColumns) as never)
+    .prepare();
+  const finishStatement = orm
+    .update(runs)
+    .set(p(...finishColumns) as never)
+    .where(eq(runs.id, sql.placeholder("id")))
+    .prepare();
   const runStatement = orm
     .select()
     .from(runs)
@@ -108,11 +135,7 @@ export function createExecutorStore(file: string) {
     },
     /** failRunsInFlight marks runs left queued or running by a previous process as failed. */
     failRunsInFlight(statuses: number[], failed: number, error: { type: string; message: string; traceback: string }): number {
-      return orm
-        .update(runs)
-        .set({ status: failed, error, finishedAt: Date.now() })
-        .where(inArray(runs.status, statuses))
-        .run().changes;
+      return orm.update(runs).set({ status: failed, error, finishedAt: Date.now() }).where(inArray(runs.status, statuses)).run().changes;
     },
     integrityCheck(): string {
       return String(db.sqlite.pragma("integrity_check", { simple: true }));

@@ -90,8 +90,7 @@ function answer(body: Json): Answer {
   const tools = toolsOf(body);
   const choice = body.tool_choice;
   if (tools.length > 0 && choice !== "none" && last?.role !== "tool") {
-    const named =
-      choice && typeof choice === "object" ? ((choice as Json).function as Json | undefined)?.name : undefined;
+    const named = choice && typeof choice === "object" ? ((choice as Json).function as Json | undefined)?.name : undefined;
     const tool = tools.find((t) => t.name === named) ?? tools[0];
     const props = (tool.parameters?.properties as Record<string, Json> | undefined) ?? {};
     const required = Array.isArray(tool.parameters?.required) ? (tool.parameters!.required as string[]) : Object.keys(props);
@@ -110,7 +109,9 @@ function answer(body: Json): Answer {
   if (last?.role === "tool") {
     text = `The tool returned: ${textOf(last.content)}`;
   } else {
-    text = userText ? `This is ${LOCAL_MODEL}, an offline stand-in model. You said: ${userText}` : `This is ${LOCAL_MODEL}, an offline stand-in model.`;
+    text = userText
+      ? `This is ${LOCAL_MODEL}, an offline stand-in model. You said: ${userText}`
+      : `This is ${LOCAL_MODEL}, an offline stand-in model.`;
   }
   let words = text.split(/\s+/).filter(Boolean);
   const max = Number(body.max_completion_tokens ?? body.max_tokens);
@@ -169,7 +170,11 @@ export async function* localChatStream(body: Json, signal?: AbortSignal): AsyncG
   yield chunk({ role: "assistant", content: a.toolCall ? null : "" }, null);
   if (a.toolCall) {
     yield chunk(
-      { tool_calls: [{ index: 0, id: a.toolCall.id, type: "function", function: { name: a.toolCall.name, arguments: a.toolCall.arguments } }] },
+      {
+        tool_calls: [
+          { index: 0, id: a.toolCall.id, type: "function", function: { name: a.toolCall.name, arguments: a.toolCall.arguments } },
+        ],
+      },
       null,
     );
   } else {

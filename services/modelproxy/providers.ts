@@ -88,7 +88,14 @@ function makeProvider(p: Omit<Provider, "client">): Provider {
   const client =
     p.type === "openai"
       ? // Retries and timeouts are the proxy's own, so that each attempt is recorded.
-        new OpenAI({ apiKey: p.apiKey || "unset", baseURL: p.baseUrl, maxRetries: 0, timeout: 24 * 3600 * 1000, logLevel: "off", fetch: httpFetch })
+        new OpenAI({
+          apiKey: p.apiKey || "unset",
+          baseURL: p.baseUrl,
+          maxRetries: 0,
+          timeout: 24 * 3600 * 1000,
+          logLevel: "off",
+          fetch: httpFetch,
+        })
       : undefined;
   return { ...p, client };
 }
@@ -103,7 +110,10 @@ function makeProvider(p: Omit<Provider, "client">): Provider {
  * routes: {intents: {intent: [model, ...]}, applications: {app: [model, ...]}},
  * default_provider?, default_model?, default_embedding_model?, timeout_ms?, max_retries?, retry_backoff_ms? }`.
  */
-export function loadProxyConfig(config: Pick<Config, "openaiApiKey" | "openaiBaseUrl" | "modelsConfigFile" | "defaultModel">, env: NodeJS.ProcessEnv = process.env): ProxyConfig {
+export function loadProxyConfig(
+  config: Pick<Config, "openaiApiKey" | "openaiBaseUrl" | "modelsConfigFile" | "defaultModel">,
+  env: NodeJS.ProcessEnv = process.env,
+): ProxyConfig {
   let raw: Record<string, unknown> = {};
   const file = config.modelsConfigFile ?? "";
   if (file) {
@@ -167,7 +177,8 @@ export function loadProxyConfig(config: Pick<Config, "openaiApiKey" | "openaiBas
   for (const [name, v] of Object.entries(objectAt(file, raw.models, "models"))) {
     const m = objectAt(file, v, `models.${name}`);
     const provider = str(file, m, "provider", `models.${name}.`);
-    if (!provider || !providers.has(provider)) fail(file, `models.${name}.provider`, `must name a configured provider (${[...providers.keys()].join(", ")})`);
+    if (!provider || !providers.has(provider))
+      fail(file, `models.${name}.provider`, `must name a configured provider (${[...providers.keys()].join(", ")})`);
     const kind = str(file, m, "kind", `models.${name}.`) ?? "chat";
     if (kind !== "chat" && kind !== "embedding") fail(file, `models.${name}.kind`, 'must be "chat" or "embedding"');
     models.set(name, {
@@ -181,8 +192,11 @@ export function loadProxyConfig(config: Pick<Config, "openaiApiKey" | "openaiBas
   const routes = objectAt(file, raw.routes, "routes");
   const table = (key: string) =>
     new Map(Object.entries(objectAt(file, routes[key], `routes.${key}`)).map(([k, v]) => [k, names(file, v, `routes.${key}.${k}`)]));
-  const defaultProviderName = str(file, raw, "default_provider", "") ?? (providers.has("openai") ? "openai" : [...providers.values()].find((p) => p.type === "openai")?.name ?? "local");
-  const defaultProvider = providers.get(defaultProviderName) ?? fail(file, "default_provider", `names no configured provider: ${defaultProviderName}`);
+  const defaultProviderName =
+    str(file, raw, "default_provider", "") ??
+    (providers.has("openai") ? "openai" : ([...providers.values()].find((p) => p.type === "openai")?.name ?? "local"));
+  const defaultProvider =
+    providers.get(defaultProviderName) ?? fail(file, "default_provider", `names no configured provider: ${defaultProviderName}`);
   const upstream = defaultProvider.type === "openai";
   return {
     providers,
@@ -276,10 +290,16 @@ export function classify(err: unknown, timedOut: boolean, timeoutMs: number): Up
     if (status === 404 || status === 401 || status === 403) return { status, message, timeout: false, then: "next" };
     return { status, message, timeout: false, then: "stop" };
   }
-  if (err instanceof SyntaxError) return { status: 0, message: `the upstream answered malformed JSON (${err.message})`, timeout: false, then: "next" };
+  if (err instanceof SyntaxError)
+    return { status: 0, message: `the upstream answered malformed JSON (${err.message})`, timeout: false, then: "next" };
   if (err instanceof OpenAI.APIConnectionError) {
     const cause = (err as { cause?: unknown }).cause;
-    return { status: 0, message: `connection failed: ${cause instanceof Error ? cause.message : err.message}`, timeout: false, then: "retry" };
+    return {
+      status: 0,
+      message: `connection failed: ${cause instanceof Error ? cause.message : err.message}`,
+      timeout: false,
+      then: "retry",
+    };
   }
   return { status: 0, message: err instanceof Error ? err.message : String(err), timeout: false, then: "next" };
 }

@@ -1,10 +1,10 @@
-import { errorMetadata, invalidArgument } from "../shared/errors.js";
 import type { JsonObject, MessageInitShape } from "@bufbuild/protobuf";
 import { Code, ConnectError, type HandlerContext, type ServiceImpl } from "@connectrpc/connect";
 import type OpenAI from "openai";
-import { ModelProxyService, type CallContext, type ModelCallSchema } from "../../gen/shaker/modelproxy/v1/modelproxy_pb.js";
-import { requireAccount, requireAdmin, type Identity } from "../shared/auth.js";
+import { type CallContext, type ModelCallSchema, ModelProxyService } from "../../gen/shaker/modelproxy/v1/modelproxy_pb.js";
+import { type Identity, requireAccount, requireAdmin } from "../shared/auth.js";
 import type { ServiceDeps } from "../shared/deps.js";
+import { errorMetadata, invalidArgument } from "../shared/errors.js";
 import { newId } from "../shared/ids.js";
 import { timestampOf } from "../shared/json.js";
 import { createRedactor, redactJson } from "../shared/redact.js";
@@ -13,16 +13,16 @@ import {
   classify,
   listModels,
   loadProxyConfig,
+  type ProxyConfig,
   resolveTargets,
   retryAfterMs,
   sleep,
-  type ProxyConfig,
   type Target,
   type UpstreamFailure,
 } from "./providers.js";
 import { createRecorder, type RecorderOptions } from "./recorder.js";
 import type { AttemptRecord } from "./schema.js";
-import { createModelProxyStore, type CallRow } from "./store.js";
+import { type CallRow, createModelProxyStore } from "./store.js";
 
 type Json = Record<string, unknown>;
 
@@ -177,7 +177,12 @@ export function createModelProxyService(
    * with exponential backoff (or the upstream's Retry-After), and records every attempt. On success
    * the attempt's watch is handed back still armed, for streams to keep using.
    */
-  async function attempt<T>(call: Call, targets: Target[], outer: AbortSignal, fn: (t: Target, w: Watch) => Promise<T>): Promise<{ value: T; watch: Watch }> {
+  async function attempt<T>(
+    call: Call,
+    targets: Target[],
+    outer: AbortSignal,
+    fn: (t: Target, w: Watch) => Promise<T>,
+  ): Promise<{ value: T; watch: Watch }> {
     let last: UpstreamFailure | undefined;
     for (const target of targets) {
       call.model = target.model;
@@ -196,7 +201,13 @@ export function createModelProxyService(
         metrics.attempts++;
         try {
           const value = await fn(target, w);
-          call.attempts.push({ model: target.model, provider: target.provider.name, status: 200, error: "", durationMs: performance.now() - started });
+          call.attempts.push({
+            model: target.model,
+            provider: target.provider.name,
+            status: 200,
+            error: "",
+            durationMs: performance.now() - started,
+          });
           return { value, watch: w };
         } catch (e) {
           w.dispose();
@@ -205,7 +216,13 @@ export function createModelProxyService(
           if (e instanceof ConnectError) throw e;
           const f = classify(e, w.timedOut, target.provider.timeoutMs);
           last = f;
-          call.attempts.push({ model: target.model, provider: target.provider.name, status: f.status, error: call.redact(f.message), durationMs: performance.now() - started });
+          call.attempts.push({
+            model: target.model,
+            provider: target.provider.name,
+            status: f.status,
+            error: call.redact(f.message),
+            durationMs: performance.now() - started,
+          });
           if (f.then === "stop") {
             throw new ConnectError(call.redact(`the upstream model refused the request: ${f.message}`), Code.InvalidArgument);
           }
@@ -220,7 +237,8 @@ export function createModelProxyService(
   function checkMessages(body: Json): void {
     if (!Array.isArray(body.messages)) throw invalid("'messages' is required and must be an array of chat messages", "messages");
     body.messages.forEach((m, i) => {
-      if (m === null || typeof m !== "object" || Array.isArray(m)) throw invalid(`'messages[${i}]' must be a JSON object`, `messages[${i}]`);
+      if (m === null || typeof m !== "object" || Array.isArray(m))
+        throw invalid(`'messages[${i}]' must be a JSON object`, `messages[${i}]`);
     });
     if (body.model !== undefined && typeof body.model !== "string") throw invalid("'model' must be a string", "model");
   }
@@ -255,7 +273,15 @@ export function createModelProxyService(
       const call = await begin(ctx, req.context, "chat_stream", req.body);
       const asked = call.request.stream_options as Json | undefined;
       const forwardUsage = asked?.include_usage !== false;
-      const collected = { id: "", model: "", content: "", toolCalls: [] as Json[], finish: null as unknown, usage: undefined as unknown, role: "assistant" };
+      const collected = {
+        id: "",
+        model: "",
+        content: "",
+        toolCalls: [] as Json[],
+        finish: null as unknown,
+        usage: undefined as unknown,
+        role: "assistant",
+      };
       let w: Watch | undefined;
       let upstreamIterator: AsyncIterator<unknown> | undefined;
       let ended = false;
@@ -293,13 +319,21 @@ export function createModelProxyService(
         }
       } catch (e) {
         if (w?.timedOut) {
-          error = new ConnectError(`the upstream stream stalled: no chunk within ${cfg.providers.get(call.provider)?.timeoutMs} ms`, Code.DeadlineExceeded, new Headers({ [errorMetadata.upstreamStatus]: "504" }));
+          error = new ConnectError(
+            `the upstream stream stalled: no chunk within ${cfg.providers.get(call.provider)?.timeoutMs} ms`,
+            Code.DeadlineExceeded,
+            new Headers({ [errorMetadata.upstreamStatus]: "504" }),
+          );
         } else if (ctx.signal.aborted) {
           error = new ConnectError("the caller cancelled the model call", Code.Canceled);
         } else if (e instanceof ConnectError) {
           error = e;
         } else {
-          error = new ConnectError(call.redact(`the upstream stream failed: ${classify(e, false, 0).message}`), Code.Unavailable, new Headers({ [errorMetadata.upstreamStatus]: "502" }));
+          error = new ConnectError(
+            call.redact(`the upstream stream failed: ${classify(e, false, 0).message}`),
+            Code.Unavailable,
+            new Headers({ [errorMetadata.upstreamStatus]: "502" }),
+          );
         }
         throw error;
       } finally {
@@ -313,7 +347,11 @@ export function createModelProxyService(
           choices: [
             {
               index: 0,
-              message: { role: collected.role, content: collected.content || null, ...(collected.toolCalls.length ? { tool_calls: collected.toolCalls } : {}) },
+              message: {
+                role: collected.role,
+                content: collected.content || null,
+                ...(collected.toolCalls.length ? { tool_calls: collected.toolCalls } : {}),
+              },
               finish_reason: collected.finish,
             },
           ],
@@ -321,7 +359,11 @@ export function createModelProxyService(
         };
         // A consumer that stops early ends the generator without an error: recorded as cancelled.
         const cancelled = error === undefined && collected.finish === null && ctx.signal.aborted;
-        finish(call, { response, usage: collected.usage, error: error ?? (cancelled ? new ConnectError("the caller cancelled the model call", Code.Canceled) : undefined) });
+        finish(call, {
+          response,
+          usage: collected.usage,
+          error: error ?? (cancelled ? new ConnectError("the caller cancelled the model call", Code.Canceled) : undefined),
+        });
       }
     },
 
@@ -330,7 +372,8 @@ export function createModelProxyService(
       try {
         const input = call.request.input;
         const inputs = typeof input === "string" ? [input] : input;
-        if (!Array.isArray(inputs) || inputs.length === 0) throw invalid("'input' is required: a string or a non-empty list of strings", "input");
+        if (!Array.isArray(inputs) || inputs.length === 0)
+          throw invalid("'input' is required: a string or a non-empty list of strings", "input");
         if (call.request.model !== undefined && typeof call.request.model !== "string") throw invalid("'model' must be a string", "model");
         const { value, watch: w } = await attempt(call, targetsFor(call, "embedding"), ctx.signal, async (t, w) => {
           if (!t.provider.client) {
@@ -338,15 +381,33 @@ export function createModelProxyService(
               if (typeof x !== "string") throw invalid(`'input[${i}]' must be a string for the local model`, `input[${i}]`);
             });
             const dims = call.request.dimensions;
-            return localEmbeddings(inputs as string[], typeof dims === "number" && Number.isInteger(dims) && dims > 0 && dims <= 4096 ? dims : undefined, call.request.encoding_format);
+            return localEmbeddings(
+              inputs as string[],
+              typeof dims === "number" && Number.isInteger(dims) && dims > 0 && dims <= 4096 ? dims : undefined,
+              call.request.encoding_format,
+            );
           }
-          const resp = await t.provider.client.embeddings.create({ ...(call.request as unknown as OpenAI.EmbeddingCreateParams), model: t.model }, { signal: w.signal });
+          const resp = await t.provider.client.embeddings.create(
+            { ...(call.request as unknown as OpenAI.EmbeddingCreateParams), model: t.model },
+            { signal: w.signal },
+          );
           if (!resp || !Array.isArray((resp as unknown as Json).data)) throw new SyntaxError("the answer is not an embeddings list");
           return resp as unknown as Json;
         });
         w.dispose();
         // Vectors are large and derived: the stored response keeps everything else.
-        const stored = { ...value, data: ((value.data as Json[]) ?? []).map((d) => ({ index: d.index, object: d.object, dimensions: Array.isArray(d.embedding) ? d.embedding.length : typeof d.embedding === "string" ? Buffer.byteLength(d.embedding, "base64") / 4 : 0 })) };
+        const stored = {
+          ...value,
+          data: ((value.data as Json[]) ?? []).map((d) => ({
+            index: d.index,
+            object: d.object,
+            dimensions: Array.isArray(d.embedding)
+              ? d.embedding.length
+              : typeof d.embedding === "string"
+                ? Buffer.byteLength(d.embedding, "base64") / 4
+                : 0,
+          })),
+        };
         finish(call, { response: stored, usage: value.usage });
         return { response: value as JsonObject, callId: call.id };
       } catch (e) {
@@ -383,7 +444,13 @@ export function createModelProxyService(
       // Server-wide counters: no account's data, but every account's activity, so for operators only.
       requireAdmin(await deps.auth.identify(ctx.requestHeader), "read the server's metrics");
       const c = recorder.counters();
-      return { calls: metrics.calls, upstreamAttempts: metrics.attempts, callsRecorded: c.recorded, callsPending: c.pending, callsDropped: c.dropped };
+      return {
+        calls: metrics.calls,
+        upstreamAttempts: metrics.attempts,
+        callsRecorded: c.recorded,
+        callsPending: c.pending,
+        callsDropped: c.dropped,
+      };
     },
   };
 
@@ -396,7 +463,10 @@ export function createModelProxyService(
   };
 }
 
-function collect(acc: { id: string; model: string; content: string; toolCalls: Json[]; finish: unknown; usage: unknown }, chunk: Json): void {
+function collect(
+  acc: { id: string; model: string; content: string; toolCalls: Json[]; finish: unknown; usage: unknown },
+  chunk: Json,
+): void {
   if (typeof chunk.id === "string" && !acc.id) acc.id = chunk.id;
   if (typeof chunk.model === "string" && !acc.model) acc.model = chunk.model;
   if (chunk.usage) acc.usage = chunk.usage;

@@ -1,11 +1,6 @@
 // The Registry's field rules: what an upload, a key request and a listing may carry. The Registry's
 // handlers enforce them; the edge and the CLI take the names and bounds they share from here.
-import {
-  ExecutionMode,
-  VersionBump,
-  type UploadWorkflowRequest,
-  type ValidationError,
-} from "../../gen/shaker/registry/v1/registry_pb.js";
+import { ExecutionMode, type UploadWorkflowRequest, type ValidationError, VersionBump } from "../../gen/shaker/registry/v1/registry_pb.js";
 import { invalidArgument as invalid, tooLarge } from "../shared/errors.js";
 import { fromValue } from "../shared/json.js";
 import { namePattern } from "../shared/names.js";
@@ -108,7 +103,10 @@ function checkEnv(env: Record<string, string>): void {
 
 function checkAccessories(accessories: UploadWorkflowRequest["accessories"]): AccessoryInput[] {
   if (accessories.length > registryLimits.accessoriesPerWorkflow) {
-    throw invalid(`a workflow may have at most ${registryLimits.accessoriesPerWorkflow} accessories, got ${accessories.length}`, "accessories");
+    throw invalid(
+      `a workflow may have at most ${registryLimits.accessoriesPerWorkflow} accessories, got ${accessories.length}`,
+      "accessories",
+    );
   }
   const list: AccessoryInput[] = [];
   const seenKeys = new Map<string, string>();
@@ -121,7 +119,10 @@ function checkAccessories(accessories: UploadWorkflowRequest["accessories"]): Ac
     const normal = normaliseAccessoryKey(key);
     const earlier = seenKeys.get(normal);
     if (earlier !== undefined) {
-      throw invalid(`accessories[${i}].key '${key}' is the same key as '${earlier}' (keys are case-insensitive, '-' and '_' alike)`, `accessories[${i}].key`);
+      throw invalid(
+        `accessories[${i}].key '${key}' is the same key as '${earlier}' (keys are case-insensitive, '-' and '_' alike)`,
+        `accessories[${i}].key`,
+      );
     }
     seenKeys.set(normal, key);
     if (a.content === undefined) throw invalid(`accessories[${i}].content is required`, `accessories[${i}].content`);

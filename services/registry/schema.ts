@@ -14,7 +14,9 @@ export const apiKeys = sqliteTable(
   "api_keys",
   {
     id: text("id").primaryKey(),
-    accountId: text("account_id").notNull().references(() => accounts.id, { onDelete: "cascade" }),
+    accountId: text("account_id")
+      .notNull()
+      .references(() => accounts.id, { onDelete: "cascade" }),
     prefix: text("prefix").notNull(),
     hash: text("hash").notNull().unique(),
     createdAt: integer("created_at").notNull(),
@@ -28,15 +30,15 @@ export const workflows = sqliteTable(
   "workflows",
   {
     id: text("id").primaryKey(),
-    accountId: text("account_id").notNull().references(() => accounts.id, { onDelete: "cascade" }),
+    accountId: text("account_id")
+      .notNull()
+      .references(() => accounts.id, { onDelete: "cascade" }),
     refName: text("ref_name").notNull(),
     createdAt: integer("created_at").notNull(),
     updatedAt: integer("updated_at").notNull(),
     deletedAt: integer("deleted_at"),
   },
-  (t) => [
-    uniqueIndex("workflows_account_id_ref_name_idx").on(t.accountId, t.refName).where(sql`deleted_at IS NULL`),
-  ],
+  (t) => [uniqueIndex("workflows_account_id_ref_name_idx").on(t.accountId, t.refName).where(sql`deleted_at IS NULL`)],
 );
 
 /** workflowVersions are immutable once written. */
@@ -44,7 +46,9 @@ export const workflowVersions = sqliteTable(
   "workflow_versions",
   {
     id: text("id").primaryKey(),
-    workflowId: text("workflow_id").notNull().references(() => workflows.id, { onDelete: "cascade" }),
+    workflowId: text("workflow_id")
+      .notNull()
+      .references(() => workflows.id, { onDelete: "cascade" }),
     major: integer("major").notNull(),
     minor: integer("minor").notNull(),
     patch: integer("patch").notNull(),
@@ -68,7 +72,9 @@ export const workflowVersions = sqliteTable(
 export const accessories = sqliteTable(
   "accessories",
   {
-    versionId: text("version_id").notNull().references(() => workflowVersions.id, { onDelete: "cascade" }),
+    versionId: text("version_id")
+      .notNull()
+      .references(() => workflowVersions.id, { onDelete: "cascade" }),
     key: text("key").notNull(),
     originalKey: text("original_key").notNull(),
     content: text("content").notNull(),

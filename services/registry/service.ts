@@ -1,17 +1,17 @@
-import { invalidArgument } from "../shared/errors.js";
 import { randomBytes } from "node:crypto";
 import { create, type JsonObject, type MessageInitShape } from "@bufbuild/protobuf";
 import { timestampFromMs } from "@bufbuild/protobuf/wkt";
 import { Code, ConnectError, type HandlerContext, type ServiceImpl } from "@connectrpc/connect";
 import {
+  type ApiKeySchema,
   ExecutionMode,
   RegistryService,
   VersionBump,
-  type ApiKeySchema,
-  WorkflowVersionSchema,
   type WorkflowVersion,
+  WorkflowVersionSchema,
 } from "../../gen/shaker/registry/v1/registry_pb.js";
-import { createAuth, requireAccount, requireAdmin, type Auth, type Identity } from "../shared/auth.js";
+import { type Auth, createAuth, type Identity, requireAccount, requireAdmin } from "../shared/auth.js";
+import { invalidArgument } from "../shared/errors.js";
 import { toValue } from "../shared/json.js";
 import { namePattern } from "../shared/names.js";
 import { checkAccountName, checkPage, checkUpload, parseVersion, scriptSizeError, workflowPages } from "./rules.js";
@@ -205,7 +205,10 @@ export function createRegistryService(options: RegistryServiceOptions): {
       const existing = store.accountByName(name);
       if (existing && req.admin && !existing.admin) {
         // Never turn an account into an admin one as a side effect of making a key.
-        throw new ConnectError(`account '${name}' already exists and is not an admin account; admin applies only to a new account`, Code.FailedPrecondition);
+        throw new ConnectError(
+          `account '${name}' already exists and is not an admin account; admin applies only to a new account`,
+          Code.FailedPrecondition,
+        );
       }
       const account = existing ?? store.ensureAccount(name, req.admin);
       const apiKey = generateApiKey();

@@ -1,6 +1,6 @@
 import { createHash } from "node:crypto";
 import { and, asc, count, desc, eq, isNull, sql } from "drizzle-orm";
-import { openDatabase, type Db } from "../shared/db.js";
+import { type Db, openDatabase } from "../shared/db.js";
 import { newId } from "../shared/ids.js";
 import { normaliseAccessoryKey } from "./rules.js";
 import * as schema from "./schema.js";
@@ -39,7 +39,13 @@ export function createRegistryStore(file: string) {
   const liveWorkflowQuery = orm
     .select()
     .from(workflows)
-    .where(and(eq(workflows.accountId, sql.placeholder("accountId")), eq(workflows.refName, sql.placeholder("refName")), isNull(workflows.deletedAt)))
+    .where(
+      and(
+        eq(workflows.accountId, sql.placeholder("accountId")),
+        eq(workflows.refName, sql.placeholder("refName")),
+        isNull(workflows.deletedAt),
+      ),
+    )
     .prepare();
   const latestVersionQuery = (publishedOnly: boolean) =>
     orm
@@ -120,7 +126,11 @@ export function createRegistryStore(file: string) {
       return byPrefix.length === 1 ? byPrefix[0] : undefined;
     },
     revokeKey(id: string): void {
-      orm.update(apiKeys).set({ revokedAt: Date.now() }).where(and(eq(apiKeys.id, id), isNull(apiKeys.revokedAt))).run();
+      orm
+        .update(apiKeys)
+        .set({ revokedAt: Date.now() })
+        .where(and(eq(apiKeys.id, id), isNull(apiKeys.revokedAt)))
+        .run();
     },
     liveKeyCount(): number {
       return orm.select({ n: count() }).from(apiKeys).where(isNull(apiKeys.revokedAt)).get()!.n;
@@ -131,7 +141,14 @@ export function createRegistryStore(file: string) {
     },
     listWorkflows(accountId: string, offset: number, limit: number): { rows: WorkflowRow[]; total: number } {
       const live = and(eq(workflows.accountId, accountId), isNull(workflows.deletedAt));
-      const rows = orm.select().from(workflows).where(live).orderBy(desc(workflows.updatedAt), desc(sql`rowid`)).limit(limit).offset(offset).all();
+      const rows = orm
+        .select()
+        .from(workflows)
+        .where(live)
+        .orderBy(desc(workflows.updatedAt), desc(sql`rowid`))
+        .limit(limit)
+        .offset(offset)
+        .all();
       const total = orm.select({ n: count() }).from(workflows).where(live).get()!.n;
       return { rows, total };
     },

@@ -1,4 +1,4 @@
-import { spawn, type ChildProcessWithoutNullStreams } from "node:child_process";
+import { type ChildProcessWithoutNullStreams, spawn } from "node:child_process";
 import { createInterface } from "node:readline";
 import type { JsonObject } from "@bufbuild/protobuf";
 import type { ValidationError } from "../../gen/shaker/registry/v1/registry_pb.js";

@@ -138,10 +138,7 @@ export function createAuth(options: AuthOptions): Auth {
       }
       const token = bearerToken(header);
       if (!token) {
-        throw new ConnectError(
-          "missing API key: send 'Authorization: Bearer <key>' or 'X-Api-Key: <key>'",
-          Code.Unauthenticated,
-        );
+        throw new ConnectError("missing API key: send 'Authorization: Bearer <key>' or 'X-Api-Key: <key>'", Code.Unauthenticated);
       }
       if (token.startsWith(runTokenPrefix)) {
         const claims = verifyRunToken(token);

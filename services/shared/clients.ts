@@ -1,4 +1,4 @@
-import { createClient, type Client, type Transport } from "@connectrpc/connect";
+import { type Client, createClient, type Transport } from "@connectrpc/connect";
 import { DatastoreService } from "../../gen/shaker/datastore/v1/datastore_pb.js";
 import { ExecutorService } from "../../gen/shaker/executor/v1/executor_pb.js";
 import { ModelProxyService } from "../../gen/shaker/modelproxy/v1/modelproxy_pb.js";

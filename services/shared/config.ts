@@ -119,7 +119,10 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env, overrides: Part
     runMaxProcesses: envInt(env, "SHAKER_RUN_MAX_PROCESSES", 64),
     runTmpBytes: envInt(env, "SHAKER_RUN_TMP_BYTES", 64 * 1024 * 1024),
     runReadPaths: (envString(env, "SHAKER_RUN_READ_PATHS") ?? "").split(":").filter((p) => p.startsWith("/")),
-    httpAllow: (envString(env, "SHAKER_HTTP_ALLOW") ?? "").split(",").map((e) => e.trim()).filter((e) => e !== ""),
+    httpAllow: (envString(env, "SHAKER_HTTP_ALLOW") ?? "")
+      .split(",")
+      .map((e) => e.trim())
+      .filter((e) => e !== ""),
     headersTimeoutMs: envInt(env, "SHAKER_HEADERS_TIMEOUT_MS", 10_000),
     idleTimeoutMs: envInt(env, "SHAKER_IDLE_TIMEOUT_MS", 65_000),
     maxConnectionsPerAddress: envInt(env, "SHAKER_MAX_CONNECTIONS_PER_ADDRESS", 256),

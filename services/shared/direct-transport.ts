@@ -2,9 +2,9 @@ import { create, type DescMessage, type DescMethod, type DescService, type Messa
 import {
   Code,
   ConnectError,
+  type ConnectRouter,
   createContextValues,
   createHandlerContext,
-  type ConnectRouter,
   type HandlerContext,
   type ServiceImpl,
   type Transport,

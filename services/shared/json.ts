@@ -1,5 +1,5 @@
-import { fromJson, toJson, type JsonValue } from "@bufbuild/protobuf";
-import { ValueSchema, type Value, timestampDate, timestampFromMs, type Timestamp } from "@bufbuild/protobuf/wkt";
+import { fromJson, type JsonValue, toJson } from "@bufbuild/protobuf";
+import { type Timestamp, timestampDate, timestampFromMs, type Value, ValueSchema } from "@bufbuild/protobuf/wkt";
 
 /** toValue turns any JSON value into a google.protobuf.Value. */
 export function toValue(json: unknown): Value {

@@ -1,13 +1,10 @@
+import { chmodSync, lstatSync, unlinkSync } from "node:fs";
 import http, { type IncomingMessage, type ServerResponse } from "node:http";
 import http2, { type Http2ServerRequest, type Http2ServerResponse } from "node:http2";
-import { chmodSync, lstatSync, unlinkSync } from "node:fs";
 import net from "node:net";
 
 /** Handler serves one request, HTTP/1.1 or HTTP/2 alike. */
-export type Handler = (
-  req: IncomingMessage | Http2ServerRequest,
-  res: ServerResponse | Http2ServerResponse,
-) => void;
+export type Handler = (req: IncomingMessage | Http2ServerRequest, res: ServerResponse | Http2ServerResponse) => void;
 
 /** Listener is one port (or Unix socket) that speaks HTTP/1.1 and cleartext HTTP/2. */
 export interface Listener {
@@ -231,7 +228,10 @@ export function addressKey(address: string | undefined): string | undefined {
   const [head, tail] = bare.includes("::") ? bare.split("::") : [bare, undefined];
   const headGroups = head ? head.split(":") : [];
   const tailGroups = tail ? tail.split(":") : [];
-  const groups = tail === undefined ? headGroups : [...headGroups, ...Array(Math.max(0, 8 - headGroups.length - tailGroups.length)).fill("0"), ...tailGroups];
+  const groups =
+    tail === undefined
+      ? headGroups
+      : [...headGroups, ...Array(Math.max(0, 8 - headGroups.length - tailGroups.length)).fill("0"), ...tailGroups];
   const prefix = groups.slice(0, 4).map((g) => g.replace(/^0+/, "") || "0");
   return `${prefix.join(":")}::/64`;
 }

@@ -41,7 +41,7 @@ import { createConnectTransport } from "@connectrpc/connect-node";
 import { afterEach, beforeEach, describe, expect, it } from "vitest";
 import { RegistryService } from "../../gen/shaker/registry/v1/registry_pb.js";
 import { alive, parentPids } from "../helpers.js";
-import { repoDir, startServerProcess, stopServerProcess, systemUser, type ServerProcess } from "./process.js";
+import { repoDir, type ServerProcess, startServerProcess, stopServerProcess, systemUser } from "./process.js";
 
 const MiB = 1024 * 1024;
 const memoryBytes = 512 * MiB;
@@ -199,7 +199,12 @@ describe.each(settings.map((s) => [s.name, s] as const))("attacks from a run, %s
         const targets = pythonTree().filter((p) => p !== victim.hostPid);
         const o = await outcome(await attack("05_harness.py", { harness_dir: harnessDir, files, pids: targets, marker }));
         expectAttackFailed(o);
-        expect.soft(keepers.filter((p) => !alive(p)), "workers or fork servers the attack killed").toEqual([]);
+        expect
+          .soft(
+            keepers.filter((p) => !alive(p)),
+            "workers or fork servers the attack killed",
+          )
+          .toEqual([]);
         expect.soft(snapshot(harnessDir), "the harness after the attack").toEqual(before);
         await finishVictim(victim);
         await aEchoes(8, 1);
@@ -230,7 +235,8 @@ describe.each(settings.map((s) => [s.name, s] as const))("attacks from a run, %s
       // is reported as what it really did, either returning "done" (the frames ignored) or failing for
       // breaking the protocol (the frames refused), never as ended by its forged exit or result.
       const o = await outcome(await attack("06_forged_frames.py", { victim_pid: victim.hostPid, mode: "garbage" }));
-      const reported = o.status === "succeeded" ? `succeeded with ${JSON.stringify(o.output)}` : `${o.status}: ${o.error?.type}: ${o.error?.message}`;
+      const reported =
+        o.status === "succeeded" ? `succeeded with ${JSON.stringify(o.output)}` : `${o.status}: ${o.error?.type}: ${o.error?.message}`;
       expect.soft(reported, "the forging run's outcome").toMatch(/^succeeded with "done"$|^failed: .*protocol/i);
       // The same bytes on stdout, stderr and fd 3 are no frames at all: the run goes on to return "done".
       const quiet = await outcome(await attack("06_forged_frames.py", { victim_pid: victim.hostPid, mode: "stdout" }));
@@ -309,7 +315,18 @@ describe.each(settings.map((s) => [s.name, s] as const))("attacks from a run, %s
       const victim = await startVictim();
       const marker = randomBytes(6).toString("hex");
       const name = `shaker-attack-${marker}`;
-      const places = ["/", "/dev/shm", "/var/tmp", "/run", "/run/lock", "/var/lib", "/tmp", env.home, env.dataDir, process.env.HOME ?? "/root"];
+      const places = [
+        "/",
+        "/dev/shm",
+        "/var/tmp",
+        "/run",
+        "/run/lock",
+        "/var/lib",
+        "/tmp",
+        env.home,
+        env.dataDir,
+        process.env.HOME ?? "/root",
+      ];
       try {
         const o = await outcome(await attack("10_files.py", { marker, big_mib: 500, home: env.home, data_dir: env.dataDir }));
         const fills: { dir: string; written: number; error: string }[] = o.emitted.filter((e) => e?.filled).map((e) => e.filled);
@@ -421,7 +438,9 @@ describe.each(settings.map((s) => [s.name, s] as const))("attacks from a run, %s
       } else {
         const serverNs = readlinkSync(`/proc/${env.pid}/ns/user`);
         const ns = runs.map((p) => readlinkSync(`/proc/${p}/ns/user`));
-        expect.soft(ns.filter((n) => n === serverNs).length, `user namespaces of three live runs (${ns}) vs the server's (${serverNs})`).toBe(0);
+        expect
+          .soft(ns.filter((n) => n === serverNs).length, `user namespaces of three live runs (${ns}) vs the server's (${serverNs})`)
+          .toBe(0);
         expect.soft(new Set(ns).size, `user namespaces of three live runs (${ns}): all different`).toBe(3);
       }
       for (const marker of markers) await release(env.bKey, marker);
@@ -491,7 +510,9 @@ describe.each(settings.map((s) => [s.name, s] as const))("attacks from a run, %s
       expect(store.status, store.text).toBeLessThan(300);
     }
     await upload(e.aKey, "victim", script("victim.py"), { timeout_seconds: 300, datastores: [{ name: "ctl", write: false }] });
-    const echo = await upload(e.aKey, "echo", readFileSync(join(attacksDir, "echo.py"), "utf8").replace("__A_MARK__", e.aMark), { timeout_seconds: 60 });
+    const echo = await upload(e.aKey, "echo", readFileSync(join(attacksDir, "echo.py"), "utf8").replace("__A_MARK__", e.aMark), {
+      timeout_seconds: 60,
+    });
     e.aEchoVersionId = echo.version_id;
     // Concurrent, so every worker compiles A's echo before the attacks (attack 4 aims at that cache).
     await aEchoes(4);
@@ -537,14 +558,22 @@ describe.each(settings.map((s) => [s.name, s] as const))("attacks from a run, %s
     if (!v.stream.ended) await release(env.aKey, v.marker);
     const o = await outcome(v.stream);
     expect(o.status, `A's victim run: ${JSON.stringify(o.error)}`).toBe("succeeded");
-    expect(o.output, "A's victim run's output").toEqual({ who: "A", marker: v.marker, secret_sha: sha256(env.secret), hoard_intact: true, released: true });
+    expect(o.output, "A's victim run's output").toEqual({
+      who: "A",
+      marker: v.marker,
+      secret_sha: sha256(env.secret),
+      hoard_intact: true,
+      released: true,
+    });
   }
 
   /** aEchoes runs A's echo n times, `concurrency` at a time, and checks every answer is A's own. */
   async function aEchoes(n: number, concurrency = n): Promise<void> {
     for (let start = 0; start < n; start += concurrency) {
       const batch = Array.from({ length: Math.min(concurrency, n - start) }, (_, i) => start + i);
-      const answers = await Promise.all(batch.map((i) => call(env.aKey, "POST", "/v1/chat/completions", { model: "workflow:echo", input: { n: i } })));
+      const answers = await Promise.all(
+        batch.map((i) => call(env.aKey, "POST", "/v1/chat/completions", { model: "workflow:echo", input: { n: i } })),
+      );
       answers.forEach((res, j) => {
         expect(res.status, `A's run ${batch[j]}: ${res.text.slice(0, 500)}`).toBe(200);
         expect(res.body.output, `A's run ${batch[j]} answered with A's output`).toEqual({ who: "A", n: batch[j], mark: env.aMark });
@@ -596,7 +625,9 @@ describe.each(settings.map((s) => [s.name, s] as const))("attacks from a run, %s
       });
       text = await res.text();
     } catch (e) {
-      throw new Error(`${method} ${path}: ${(e as Error).message} (${(e as Error).name === "TimeoutError" ? `no answer within ${hang} ms` : "no answer"}); ${serverState()}`);
+      throw new Error(
+        `${method} ${path}: ${(e as Error).message} (${(e as Error).name === "TimeoutError" ? `no answer within ${hang} ms` : "no answer"}); ${serverState()}`,
+      );
     }
     let parsed: any;
     try {
@@ -610,7 +641,8 @@ describe.each(settings.map((s) => [s.name, s] as const))("attacks from a run, %s
   /** serverState says whether the server process is still there, and the end of what it printed. */
   function serverState(): string {
     const p = env.server.proc;
-    const state = p.exitCode !== null || p.signalCode !== null ? `the server exited (${p.exitCode ?? p.signalCode})` : "the server process is alive";
+    const state =
+      p.exitCode !== null || p.signalCode !== null ? `the server exited (${p.exitCode ?? p.signalCode})` : "the server process is alive";
     return `${state}; its output ends with:\n${env.server.output().slice(-2000)}`;
   }
 
@@ -829,7 +861,11 @@ describe.each(settings.map((s) => [s.name, s] as const))("attacks from a run, %s
   function describeProcess(pid: number): string {
     try {
       const cmd = readFileSync(`/proc/${pid}/cmdline`, "utf8").split("\0").join(" ").trim();
-      const cgroup = readFileSync(`/proc/${pid}/cgroup`, "utf8").trim().split("\n").filter((l) => /pids|^0::/.test(l)).join(" ");
+      const cgroup = readFileSync(`/proc/${pid}/cgroup`, "utf8")
+        .trim()
+        .split("\n")
+        .filter((l) => /pids|^0::/.test(l))
+        .join(" ");
       return `pid ${pid} uid ${hostUid(pid)} "${cmd}" (${cgroup})`;
     } catch {
       return `pid ${pid}`;

@@ -1,12 +1,13 @@
 // The server killed with SIGKILL in the middle of runs and uploads: after a restart every
 // acknowledged upload is there, runs that were in flight are marked failed, and every database
 // passes PRAGMA integrity_check.
-import Database from "better-sqlite3";
+
 import { mkdtempSync, readdirSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
+import Database from "better-sqlite3";
 import { afterAll, describe, expect, it } from "vitest";
-import { startServerProcess, stopServerProcess, type ServerProcess } from "./process.js";
+import { type ServerProcess, startServerProcess, stopServerProcess } from "./process.js";
 
 const key = "sk-shaker-crash-test";
 const dataDir = mkdtempSync(join(tmpdir(), "shaker-crash-"));
@@ -30,7 +31,15 @@ describe("a crash in the middle of work", () => {
   it("keeps every acknowledged upload, fails in-flight runs, and leaves the databases intact", async () => {
     server = await startServerProcess({ SHAKER_DATA_DIR: dataDir, SHAKER_API_KEY: key });
     const url = server.url;
-    expect((await api(url, "POST", "/v1/workflows/upload", { workflow_ref_name: "sleepy", script: "import time\ndef execute(ctx):\n    time.sleep(600)\n    return 1\n", timeout_seconds: 3600 })).status).toBe(201);
+    expect(
+      (
+        await api(url, "POST", "/v1/workflows/upload", {
+          workflow_ref_name: "sleepy",
+          script: "import time\ndef execute(ctx):\n    time.sleep(600)\n    return 1\n",
+          timeout_seconds: 3600,
+        })
+      ).status,
+    ).toBe(201);
 
     // Runs in flight: started (202 would need async mode; use streams and read the first bytes).
     const inflight: string[] = [];
@@ -54,7 +63,10 @@ describe("a crash in the middle of work", () => {
       for (let i = 0; !stop; i++) {
         const ref = `wf-${i}`;
         try {
-          const r = await api(url, "POST", "/v1/workflows/upload", { workflow_ref_name: ref, script: `def execute(ctx):\n    return ${i}\n` });
+          const r = await api(url, "POST", "/v1/workflows/upload", {
+            workflow_ref_name: ref,
+            script: `def execute(ctx):\n    return ${i}\n`,
+          });
           if (r.status === 201) acknowledged.push(ref);
         } catch {
           return; // the server is gone
@@ -81,7 +93,10 @@ describe("a crash in the middle of work", () => {
     }
     expect((await api(server.url, "GET", "/v1/runs?status=running")).body.data).toEqual([]);
     // And it still works.
-    await api(server.url, "POST", "/v1/workflows/upload", { workflow_ref_name: "after", script: "def execute(ctx):\n    return 'alive'\n" });
+    await api(server.url, "POST", "/v1/workflows/upload", {
+      workflow_ref_name: "after",
+      script: "def execute(ctx):\n    return 'alive'\n",
+    });
     const ok = await api(server.url, "POST", "/v1/chat/completions", { model: "workflow:after", input: {} });
     expect(ok.body.output).toBe("alive");
     await stopServerProcess(server, "SIGTERM");

@@ -6,15 +6,28 @@ import { parentPids, startTestServer, type TestServer } from "../helpers.js";
 
 const bad: Record<string, { script: string; timeout?: number; error: RegExp }> = {
   "infinite-loop": { script: "def execute(ctx):\n    while True:\n        pass\n    return 1\n", timeout: 2, error: /timeout/i },
-  "memory-bomb": { script: "def execute(ctx):\n    blocks = []\n    while True:\n        blocks.append(bytearray(64 * 1024 * 1024))\n    return 1\n", error: /MemoryError|memory/i },
+  "memory-bomb": {
+    script: "def execute(ctx):\n    blocks = []\n    while True:\n        blocks.append(bytearray(64 * 1024 * 1024))\n    return 1\n",
+    error: /MemoryError|memory/i,
+  },
   "fork-bomb": {
-    script: "import os, time\ndef execute(ctx):\n    while True:\n        try:\n            os.fork()\n        except OSError:\n            time.sleep(0.01)\n    return 1\n",
+    script:
+      "import os, time\ndef execute(ctx):\n    while True:\n        try:\n            os.fork()\n        except OSError:\n            time.sleep(0.01)\n    return 1\n",
     timeout: 3,
     error: /timeout/i,
   },
   segfault: { script: "import ctypes\ndef execute(ctx):\n    ctypes.string_at(0)\n    return 1\n", error: /signal 11|SIGSEGV/ },
-  "huge-output": { script: "def execute(ctx):\n    while True:\n        print('x' * 10000)\n    return 1\n", timeout: 20, error: /output/i },
-  "huge-logs": { script: "def execute(ctx):\n    for i in range(100000):\n        ctx.log('line %d' % i)\n    raise RuntimeError('logged a lot')\n    return 1\n", timeout: 30, error: /logged a lot/ },
+  "huge-output": {
+    script: "def execute(ctx):\n    while True:\n        print('x' * 10000)\n    return 1\n",
+    timeout: 20,
+    error: /output/i,
+  },
+  "huge-logs": {
+    script:
+      "def execute(ctx):\n    for i in range(100000):\n        ctx.log('line %d' % i)\n    raise RuntimeError('logged a lot')\n    return 1\n",
+    timeout: 30,
+    error: /logged a lot/,
+  },
   "ignores-sigterm": {
     script: "import signal, time\ndef execute(ctx):\n    signal.signal(signal.SIGTERM, signal.SIG_IGN)\n    time.sleep(60)\n    return 1\n",
     timeout: 2,
@@ -63,7 +76,9 @@ describe("workflow faults mixed with good runs", () => {
     const baseline = descendants(workers);
     const rssBefore = process.memoryUsage().rss;
 
-    const badRuns = Object.keys(bad).flatMap((name) => [name, name]).map((name) => server.invoke({ model: `workflow:${name}`, input: {} }).then((r) => ({ name, r })));
+    const badRuns = Object.keys(bad)
+      .flatMap((name) => [name, name])
+      .map((name) => server.invoke({ model: `workflow:${name}`, input: {} }).then((r) => ({ name, r })));
     const goodRuns = Array.from({ length: 40 }, (_, n) => server.invoke({ model: "workflow:good", input: { n } }).then((r) => ({ n, r })));
     const [badResults, goodResults] = await Promise.all([Promise.all(badRuns), Promise.all(goodRuns)]);
 

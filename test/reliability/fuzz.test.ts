@@ -55,9 +55,70 @@ function nested(depth: number, r: () => number): string {
 
 function badBody(r: () => number): { body: Buffer | string | undefined; contentType: string } {
   const pick = <T>(xs: T[]) => xs[Math.floor(r() * xs.length)];
-  const fields = ["model", "messages", "input", "stream", "secrets", "metadata", "session_id", "workflow_ref_name", "script", "code", "records", "query", "mode", "limit", "filter", "vector", "name", "workflowRefName", "invocation", "body", "apiKey", "ids", "store", "runId", "accessories", "datastores", "env", "timeout_seconds", "version_bump"];
-  const values: unknown[] = [null, true, 0, -1, 1e308, "x", "", [], {}, [1, "a"], { x: { y: [] } }, "workflow:", "workflow:../../etc", "\u0000", "x".repeat(100_000), 2 ** 53, -0.5, "workflow:hello@1.0", [{ role: 5 }], { __proto__: { polluted: 1 } }];
-  const contentTypes = ["application/json", "application/json", "text/plain", "application/x-ndjson", "application/octet-stream", "application/connect+json", "application/grpc", "multipart/form-data; boundary=x", ""];
+  const fields = [
+    "model",
+    "messages",
+    "input",
+    "stream",
+    "secrets",
+    "metadata",
+    "session_id",
+    "workflow_ref_name",
+    "script",
+    "code",
+    "records",
+    "query",
+    "mode",
+    "limit",
+    "filter",
+    "vector",
+    "name",
+    "workflowRefName",
+    "invocation",
+    "body",
+    "apiKey",
+    "ids",
+    "store",
+    "runId",
+    "accessories",
+    "datastores",
+    "env",
+    "timeout_seconds",
+    "version_bump",
+  ];
+  const values: unknown[] = [
+    null,
+    true,
+    0,
+    -1,
+    1e308,
+    "x",
+    "",
+    [],
+    {},
+    [1, "a"],
+    { x: { y: [] } },
+    "workflow:",
+    "workflow:../../etc",
+    "\u0000",
+    "x".repeat(100_000),
+    2 ** 53,
+    -0.5,
+    "workflow:hello@1.0",
+    [{ role: 5 }],
+    { __proto__: { polluted: 1 } },
+  ];
+  const contentTypes = [
+    "application/json",
+    "application/json",
+    "text/plain",
+    "application/x-ndjson",
+    "application/octet-stream",
+    "application/connect+json",
+    "application/grpc",
+    "multipart/form-data; boundary=x",
+    "",
+  ];
   const contentType = pick(contentTypes);
   switch (Math.floor(r() * 8)) {
     case 0:
@@ -72,7 +133,10 @@ function badBody(r: () => number): { body: Buffer | string | undefined; contentT
     case 3:
       return { body: nested(Math.floor(1000 + r() * 100_000), r), contentType };
     case 4:
-      return { body: Buffer.concat([Buffer.from('{"model":"'), Buffer.from([0xff, 0xfe, 0xc3, 0x28, 0xa0, 0xa1]), Buffer.from('"}')]), contentType };
+      return {
+        body: Buffer.concat([Buffer.from('{"model":"'), Buffer.from([0xff, 0xfe, 0xc3, 0x28, 0xa0, 0xa1]), Buffer.from('"}')]),
+        contentType,
+      };
     case 5:
       return { body: JSON.stringify({ unknown_field: pick(values), another: { deep: pick(values) } }), contentType };
     case 6:
@@ -84,7 +148,16 @@ function badBody(r: () => number): { body: Buffer | string | undefined; contentT
 
 /** Statuses a bad request may get: client errors, and the documented server ones. */
 function acceptable(status: number): boolean {
-  return (status >= 400 && status < 500) || status === 200 || status === 201 || status === 202 || status === 204 || status === 501 || status === 502 || status === 503;
+  return (
+    (status >= 400 && status < 500) ||
+    status === 200 ||
+    status === 201 ||
+    status === 202 ||
+    status === 204 ||
+    status === 501 ||
+    status === 502 ||
+    status === 503
+  );
 }
 
 describe("bad input at volume", () => {
@@ -110,7 +183,9 @@ describe("bad input at volume", () => {
     const auth = [`Bearer ${server.apiKey}`, `Bearer ${server.apiKey}`, "", "Bearer sk-wrong", "Basic abc", `Bearer ${"k".repeat(10_000)}`];
     async function one(i: number): Promise<void> {
       const useRpc = r() < 0.4;
-      const [method, template] = useRpc ? ["POST", rpcPaths[Math.floor(r() * rpcPaths.length)]] : restRoutes[Math.floor(r() * restRoutes.length)];
+      const [method, template] = useRpc
+        ? ["POST", rpcPaths[Math.floor(r() * rpcPaths.length)]]
+        : restRoutes[Math.floor(r() * restRoutes.length)];
       const ids = ["hello", "nope", "..%2F..", "%00", "a".repeat(300), "run_x", "%E0%A4%A"];
       const path = template.replace(/%s/g, () => ids[Math.floor(r() * ids.length)]);
       const { body, contentType } = method === "GET" || method === "DELETE" ? { body: undefined, contentType: "" } : badBody(r);
@@ -123,7 +198,10 @@ describe("bad input at volume", () => {
         const t0 = Date.now();
         const res = await fetch(server.url + path, { method, headers, body: body as never });
         await res.arrayBuffer();
-        if (process.env.FUZZ_DEBUG && Date.now() - t0 > 500) process.stdout.write(`slow ${Date.now() - t0}ms #${i} ${method} ${path.slice(0, 80)} ${contentType} ${typeof body === "string" ? body.slice(0, 30) : body?.length} -> ${res.status}\n`);
+        if (process.env.FUZZ_DEBUG && Date.now() - t0 > 500)
+          process.stdout.write(
+            `slow ${Date.now() - t0}ms #${i} ${method} ${path.slice(0, 80)} ${contentType} ${typeof body === "string" ? body.slice(0, 30) : body?.length} -> ${res.status}\n`,
+          );
         if (!acceptable(res.status)) unexpected.push(`#${i} ${method} ${path} ${contentType} -> ${res.status}`);
       } catch (e) {
         // A server may refuse a large body it will not read (wrong content type, over the limit) and
@@ -135,7 +213,9 @@ describe("bad input at volume", () => {
           done++;
           return;
         }
-        unexpected.push(`#${i} ${method} ${path} ${contentType} ${typeof body === "string" ? body.slice(0, 40) : body?.length} -> network error ${(e as Error).message} ${String((e as { cause?: unknown }).cause)}`);
+        unexpected.push(
+          `#${i} ${method} ${path} ${contentType} ${typeof body === "string" ? body.slice(0, 40) : body?.length} -> network error ${(e as Error).message} ${String((e as { cause?: unknown }).cause)}`,
+        );
       }
       done++;
       if (done % 500 === 0) rssPeak = Math.max(rssPeak, process.memoryUsage().rss);
@@ -146,7 +226,9 @@ describe("bad input at volume", () => {
         while (next < TOTAL) await one(next++);
       }),
     );
-    process.stdout.write(`fuzz: ${done} requests in ${((Date.now() - started) / 1000).toFixed(1)} s, ${resets} large bodies refused by reset\n`);
+    process.stdout.write(
+      `fuzz: ${done} requests in ${((Date.now() - started) / 1000).toFixed(1)} s, ${resets} large bodies refused by reset\n`,
+    );
     expect(unexpected.slice(0, 20)).toEqual([]);
     // Alive and still correct after all of it.
     const ok = await server.invoke({ model: "workflow:survivor", input: {} });

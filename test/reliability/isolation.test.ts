@@ -107,8 +107,16 @@ interface RpcAttack {
 }
 
 const restAttacks: Record<string, (a: Alice) => RestAttack> = {
-  "POST /v1/chat/completions": (a) => ({ path: "/v1/chat/completions", body: { model: `workflow:${a.ref}`, input: {} }, expect: "refused" }),
-  "POST /v1/workflows/upload": (a) => ({ path: "/v1/workflows/upload", body: { workflow_ref_name: a.ref, script: "def execute(ctx):\n    return 'mallory'\n" }, expect: "creates" }),
+  "POST /v1/chat/completions": (a) => ({
+    path: "/v1/chat/completions",
+    body: { model: `workflow:${a.ref}`, input: {} },
+    expect: "refused",
+  }),
+  "POST /v1/workflows/upload": (a) => ({
+    path: "/v1/workflows/upload",
+    body: { workflow_ref_name: a.ref, script: "def execute(ctx):\n    return 'mallory'\n" },
+    expect: "creates",
+  }),
   "POST /v1/workflows/validate": () => ({ path: "/v1/workflows/validate", body: { code: leakScript("x") }, expect: "scoped" }),
   "GET /v1/workflows/default-script": () => ({ path: "/v1/workflows/default-script", expect: "scoped" }),
   "GET /v1/workflows": () => ({ path: "/v1/workflows", expect: "scoped" }),
@@ -120,7 +128,11 @@ const restAttacks: Record<string, (a: Alice) => RestAttack> = {
   "POST /v1/datastores": (a) => ({ path: "/v1/datastores", body: { name: a.store }, expect: "creates" }),
   "GET /v1/datastores": () => ({ path: "/v1/datastores", expect: "scoped" }),
   "DELETE /v1/datastores/:name": (a) => ({ path: `/v1/datastores/${a.store}`, expect: "refused" }),
-  "POST /v1/datastores/:name/records": (a) => ({ path: `/v1/datastores/${a.store}/records`, body: { records: [{ id: a.recordId, text: "mallory was here", vector: [0, 1] }] }, expect: "refused" }),
+  "POST /v1/datastores/:name/records": (a) => ({
+    path: `/v1/datastores/${a.store}/records`,
+    body: { records: [{ id: a.recordId, text: "mallory was here", vector: [0, 1] }] },
+    expect: "refused",
+  }),
   "GET /v1/datastores/:name/records/:id": (a) => ({ path: `/v1/datastores/${a.store}/records/${a.recordId}`, expect: "refused" }),
   "DELETE /v1/datastores/:name/records/:id": (a) => ({ path: `/v1/datastores/${a.store}/records/${a.recordId}`, expect: "refused" }),
   "POST /v1/datastores/:name/search": (a) => ({ path: `/v1/datastores/${a.store}/search`, body: { query: "alice" }, expect: "refused" }),
@@ -137,14 +149,24 @@ const callContext = (a: Alice) => ({ sessionId: a.sessionId, runId: a.runId, wor
 const rpcAttacks: Record<string, (a: Alice) => RpcAttack> = {
   "RegistryService/Authenticate": (a) => ({ requests: [{ apiKey: a.key }], expect: "refused" }),
   "RegistryService/CreateApiKey": (a) => ({ requests: [{ accountName: a.accountName }], expect: "refused", adminMay: true }),
-  "RegistryService/ListApiKeys": (a) => ({ requests: [{ accountName: a.accountName }, { allAccounts: true }], expect: "refused", adminMay: true }),
+  "RegistryService/ListApiKeys": (a) => ({
+    requests: [{ accountName: a.accountName }, { allAccounts: true }],
+    expect: "refused",
+    adminMay: true,
+  }),
   "RegistryService/RevokeApiKey": (a) => ({ requests: [{ keyId: a.keyId }, { keyId: a.keyPrefix }], expect: "refused", adminMay: true }),
-  "RegistryService/UploadWorkflow": (a) => ({ requests: [{ workflowRefName: a.ref, script: "def execute(ctx):\n    return 'mallory'\n" }], expect: "creates" }),
+  "RegistryService/UploadWorkflow": (a) => ({
+    requests: [{ workflowRefName: a.ref, script: "def execute(ctx):\n    return 'mallory'\n" }],
+    expect: "creates",
+  }),
   "RegistryService/ValidateWorkflow": () => ({ requests: [{ code: leakScript("x") }], expect: "scoped" }),
   "RegistryService/GetWorkflow": (a) => ({ requests: [{ workflowRefName: a.ref }], expect: "refused" }),
   "RegistryService/ListWorkflows": () => ({ requests: [{}], expect: "scoped" }),
   "RegistryService/DeleteWorkflow": (a) => ({ requests: [{ workflowRefName: a.ref }], expect: "refused" }),
-  "RegistryService/ResolveWorkflow": (a) => ({ requests: [{ workflowRefName: a.ref }, { versionId: a.versionId }, { workflowRefName: a.ref, version: "1.0.0" }], expect: "refused" }),
+  "RegistryService/ResolveWorkflow": (a) => ({
+    requests: [{ workflowRefName: a.ref }, { versionId: a.versionId }, { workflowRefName: a.ref, version: "1.0.0" }],
+    expect: "refused",
+  }),
   "RegistryService/GetAccessory": (a) => ({ requests: [{ versionId: a.versionId, key: "alice-acc" }], expect: "refused" }),
   "RegistryService/GetDefaultScript": () => ({ requests: [{}], expect: "scoped" }),
   "ExecutorService/Run": (a) => ({ requests: [{ invocation: invocation(a) }], expect: "refused" }),
@@ -155,20 +177,41 @@ const rpcAttacks: Record<string, (a: Alice) => RpcAttack> = {
   "ExecutorService/CancelRun": (a) => ({ requests: [{ runId: a.runId }, { runId: a.liveRunId }], expect: "refused" }),
   // ctx.http on a run's behalf: for run tokens only, whatever the key.
   "ExecutorService/Fetch": () => ({ requests: [{ url: "https://example.com/" }], expect: "refused", adminMay: false }),
-  "ModelProxyService/ChatCompletion": (a) => ({ requests: [{ body: { messages: [{ role: "user", content: "hi" }] }, context: callContext(a) }], expect: "creates" }),
-  "ModelProxyService/ChatCompletionStream": (a) => ({ requests: [{ body: { messages: [{ role: "user", content: "hi" }] }, context: callContext(a) }], expect: "creates" }),
+  "ModelProxyService/ChatCompletion": (a) => ({
+    requests: [{ body: { messages: [{ role: "user", content: "hi" }] }, context: callContext(a) }],
+    expect: "creates",
+  }),
+  "ModelProxyService/ChatCompletionStream": (a) => ({
+    requests: [{ body: { messages: [{ role: "user", content: "hi" }] }, context: callContext(a) }],
+    expect: "creates",
+  }),
   "ModelProxyService/Embeddings": (a) => ({ requests: [{ body: { input: ["hi"] }, context: callContext(a) }], expect: "creates" }),
   "ModelProxyService/GetMetrics": () => ({ requests: [{}], expect: "refused", adminMay: true }),
   "ModelProxyService/ListModels": () => ({ requests: [{}], expect: "scoped" }),
-  "ModelProxyService/ListCalls": (a) => ({ requests: [{ sessionId: a.sessionId, includeBodies: true }, { runId: a.runId }, { workflowRefName: a.ref }, {}], expect: "scoped" }),
+  "ModelProxyService/ListCalls": (a) => ({
+    requests: [{ sessionId: a.sessionId, includeBodies: true }, { runId: a.runId }, { workflowRefName: a.ref }, {}],
+    expect: "scoped",
+  }),
   "DatastoreService/CreateStore": (a) => ({ requests: [{ name: a.store }], expect: "creates" }),
   "DatastoreService/ListStores": () => ({ requests: [{}], expect: "scoped" }),
   "DatastoreService/DeleteStore": (a) => ({ requests: [{ name: a.store }], expect: "refused" }),
-  "DatastoreService/UpsertRecords": (a) => ({ requests: [{ store: a.store, records: [{ id: a.recordId, text: "mallory was here", vector: [0, 1] }] }], expect: "refused" }),
-  "DatastoreService/UpsertRecordsStream": (a) => ({ requests: [{ store: a.store, records: [{ id: a.recordId, text: "mallory was here", vector: [0, 1] }] }], expect: "refused" }),
+  "DatastoreService/UpsertRecords": (a) => ({
+    requests: [{ store: a.store, records: [{ id: a.recordId, text: "mallory was here", vector: [0, 1] }] }],
+    expect: "refused",
+  }),
+  "DatastoreService/UpsertRecordsStream": (a) => ({
+    requests: [{ store: a.store, records: [{ id: a.recordId, text: "mallory was here", vector: [0, 1] }] }],
+    expect: "refused",
+  }),
   "DatastoreService/GetRecords": (a) => ({ requests: [{ store: a.store, ids: [a.recordId] }], expect: "refused" }),
   "DatastoreService/DeleteRecords": (a) => ({ requests: [{ store: a.store, ids: [a.recordId] }], expect: "refused" }),
-  "DatastoreService/Search": (a) => ({ requests: [{ store: a.store, query: "alice" }, { store: a.store, vector: [1, 0], mode: 2 }], expect: "refused" }),
+  "DatastoreService/Search": (a) => ({
+    requests: [
+      { store: a.store, query: "alice" },
+      { store: a.store, vector: [1, 0], mode: 2 },
+    ],
+    expect: "refused",
+  }),
 };
 
 /** The RPCs a workflow's child makes through ctx (services/executor/harness/shaker/context.py). */
@@ -197,9 +240,33 @@ function findMethod(name: string): [DescService, DescMethod] {
 
 /** markers are Alice's data: none may appear in an answer to anyone else, unless the request carried it. */
 function markers(a: Alice): string[] {
-  return [a.key, a.keyId, a.keyPrefix, a.accountId, a.accountName, a.ref, a.otherRef, a.versionId, a.otherVersionId, a.store, a.recordId, a.recordText, a.accessoryText, a.envText, a.inputText, a.describeText, a.runId, a.tokenRunId, a.liveRunId, a.sessionId, a.token, a.endedToken, a.otherToken, a.callId, `ALICE-OUT-${mark}`].filter(
-    (m) => m.length >= 6,
-  );
+  return [
+    a.key,
+    a.keyId,
+    a.keyPrefix,
+    a.accountId,
+    a.accountName,
+    a.ref,
+    a.otherRef,
+    a.versionId,
+    a.otherVersionId,
+    a.store,
+    a.recordId,
+    a.recordText,
+    a.accessoryText,
+    a.envText,
+    a.inputText,
+    a.describeText,
+    a.runId,
+    a.tokenRunId,
+    a.liveRunId,
+    a.sessionId,
+    a.token,
+    a.endedToken,
+    a.otherToken,
+    a.callId,
+    `ALICE-OUT-${mark}`,
+  ].filter((m) => m.length >= 6);
 }
 
 /**
@@ -241,7 +308,10 @@ describe("isolation between accounts and runs", () => {
   async function held(on: TestServer, key: string, ref: string, sessionId = ""): Promise<{ token: string; run: string; session: string }> {
     const executor = createClient(ExecutorService, createConnectTransport({ baseUrl: on.url, httpVersion: "1.1" }));
     // The stream is left open (never read to its end): the run goes on until the server closes.
-    for await (const m of executor.runStream({ invocation: { workflowRefName: ref, input: toValue({ hold: true }), sessionId } }, { headers: bearer(key) })) {
+    for await (const m of executor.runStream(
+      { invocation: { workflowRefName: ref, input: toValue({ hold: true }), sessionId } },
+      { headers: bearer(key) },
+    )) {
       if (m.event.case === "emitted") return fromValue(m.event.value.value) as { token: string; run: string; session: string };
     }
     throw new Error(`${ref} ended without emitting its token`);
@@ -323,7 +393,9 @@ describe("isolation between accounts and runs", () => {
       sessionId: `alice-sess-${mark}`,
     } as Alice;
     await asAlice("POST", "/v1/datastores", { name: alice.store });
-    await asAlice("POST", `/v1/datastores/${alice.store}/records`, { records: [{ id: alice.recordId, text: alice.recordText, vector: [1, 0] }] });
+    await asAlice("POST", `/v1/datastores/${alice.store}/records`, {
+      records: [{ id: alice.recordId, text: alice.recordText, vector: [1, 0] }],
+    });
     const up = await asAlice("POST", "/v1/workflows/upload", {
       workflow_ref_name: alice.ref,
       script: leakScript(`ALICE-OUT-${mark}`),
@@ -334,9 +406,17 @@ describe("isolation between accounts and runs", () => {
       datastores: [{ name: alice.store, write: true }],
     });
     alice.versionId = up.data.version_id;
-    const up2 = await asAlice("POST", "/v1/workflows/upload", { workflow_ref_name: alice.otherRef, script: leakScript(`ALICE-OUT-${mark}`), timeout_seconds: 900 });
+    const up2 = await asAlice("POST", "/v1/workflows/upload", {
+      workflow_ref_name: alice.otherRef,
+      script: leakScript(`ALICE-OUT-${mark}`),
+      timeout_seconds: 900,
+    });
     alice.otherVersionId = up2.data.version_id;
-    const run = await asAlice("POST", "/v1/chat/completions", { model: `workflow:${alice.ref}`, input: { q: alice.inputText }, session_id: alice.sessionId });
+    const run = await asAlice("POST", "/v1/chat/completions", {
+      model: `workflow:${alice.ref}`,
+      input: { q: alice.inputText },
+      session_id: alice.sessionId,
+    });
     alice.endedToken = run.output.token;
     alice.runId = run.output.run;
     expect(run.output.session).toBe(alice.sessionId);
@@ -345,22 +425,46 @@ describe("isolation between accounts and runs", () => {
     alice.tokenRunId = live.run;
     alice.otherToken = (await held(server, alice.key, alice.otherRef)).token;
     alice.accountId = (await asAlice("GET", `/v1/runs/${alice.runId}`)).data.account_id;
-    await asAlice("POST", "/v1/workflows/upload", { workflow_ref_name: `alice-slow-${mark}`, script: "import time\n\ndef execute(ctx):\n    time.sleep(600)\n    return 1\n", timeout_seconds: 900 });
+    await asAlice("POST", "/v1/workflows/upload", {
+      workflow_ref_name: `alice-slow-${mark}`,
+      script: "import time\n\ndef execute(ctx):\n    time.sleep(600)\n    return 1\n",
+      timeout_seconds: 900,
+    });
     const started = await createClient(ExecutorService, transport()).startRun(
-      { invocation: { workflowRefName: `alice-slow-${mark}`, input: { kind: { case: "stringValue", value: alice.inputText } }, sessionId: alice.sessionId } },
+      {
+        invocation: {
+          workflowRefName: `alice-slow-${mark}`,
+          input: { kind: { case: "stringValue", value: alice.inputText } },
+          sessionId: alice.sessionId,
+        },
+      },
       { headers: bearer(alice.key) },
     );
     alice.liveRunId = started.started!.runId;
     expect(alice.accountId).toBeTruthy();
     // A model call in Alice's session, as her workflow's child would make it (recorded under the token's run).
-    const call = await rpc("ModelProxyService/ChatCompletion", { body: { messages: [{ role: "user", content: "hello" }] }, context: { sessionId: alice.sessionId, runId: alice.tokenRunId } }, bearer(alice.token));
+    const call = await rpc(
+      "ModelProxyService/ChatCompletion",
+      { body: { messages: [{ role: "user", content: "hello" }] }, context: { sessionId: alice.sessionId, runId: alice.tokenRunId } },
+      bearer(alice.token),
+    );
     expect(call.code, call.text).toBeUndefined();
     alice.callId = JSON.parse(call.text)[0].callId;
     expect(alice.callId).toBeTruthy();
 
     // Mallory's workflow is bound to a store named like Alice's, which Mallory does not have.
     const asMallory = bearer(malloryKey);
-    const mup = await server.request("POST", "/v1/workflows/upload", { workflow_ref_name: `mallory-wf-${mark}`, script: leakScript("mallory"), timeout_seconds: 900, datastores: [{ name: alice.store, write: true }] }, asMallory);
+    const mup = await server.request(
+      "POST",
+      "/v1/workflows/upload",
+      {
+        workflow_ref_name: `mallory-wf-${mark}`,
+        script: leakScript("mallory"),
+        timeout_seconds: 900,
+        datastores: [{ name: alice.store, write: true }],
+      },
+      asMallory,
+    );
     expect(mup.status, JSON.stringify(mup.body)).toBe(201);
     malloryToken = (await held(server, malloryKey, `mallory-wf-${mark}`)).token;
 
@@ -414,7 +518,8 @@ describe("isolation between accounts and runs", () => {
         for (const [how, token] of Object.entries(forged)) {
           const request = build(alice);
           const out = await rpc(name, request, bearer(token));
-          if (out.code !== Code.Unauthenticated) wrong.push(`${name} with ${how}: ${out.code === undefined ? "answered" : Code[out.code]} ${out.text.slice(0, 200)}`);
+          if (out.code !== Code.Unauthenticated)
+            wrong.push(`${name} with ${how}: ${out.code === undefined ? "answered" : Code[out.code]} ${out.text.slice(0, 200)}`);
           const leaked = leaks(alice, token, stringify(request), out);
           if (leaked.length) wrong.push(`${name} with ${how} leaked ${leaked.join(", ")}`);
         }
@@ -430,8 +535,10 @@ describe("isolation between accounts and runs", () => {
         const out = await rpc(name, request, bearer(malloryToken));
         const isModelCall = name.startsWith("ModelProxyService/");
         // A model call is Mallory's own (recorded in her account, checked below); the rest are refused.
-        if (!isModelCall && (out.code === undefined || !refusedCodes.includes(out.code))) wrong.push(`${name}: ${out.code === undefined ? "answered" : Code[out.code]} ${out.text.slice(0, 200)}`);
-        if (isModelCall && out.code !== undefined) wrong.push(`${name}: Mallory's own model call failed: ${Code[out.code]} ${out.text.slice(0, 200)}`);
+        if (!isModelCall && (out.code === undefined || !refusedCodes.includes(out.code)))
+          wrong.push(`${name}: ${out.code === undefined ? "answered" : Code[out.code]} ${out.text.slice(0, 200)}`);
+        if (isModelCall && out.code !== undefined)
+          wrong.push(`${name}: Mallory's own model call failed: ${Code[out.code]} ${out.text.slice(0, 200)}`);
         const leaked = leaks(alice, malloryKey, stringify(request), out);
         if (leaked.length) wrong.push(`${name} leaked ${leaked.join(", ")}`);
       }
@@ -443,18 +550,33 @@ describe("isolation between accounts and runs", () => {
     });
 
     it("records a model call under the calling token's own run and session, whatever the call names", async () => {
-      const out = await rpc("ModelProxyService/ChatCompletion", { body: { messages: [{ role: "user", content: "hi" }] }, context: callContext(alice) }, bearer(alice.otherToken));
+      const out = await rpc(
+        "ModelProxyService/ChatCompletion",
+        { body: { messages: [{ role: "user", content: "hi" }] }, context: callContext(alice) },
+        bearer(alice.otherToken),
+      );
       expect(out.code, out.text).toBeUndefined();
-      const calls = await createClient(ModelProxyService, transport()).listCalls({ runId: alice.tokenRunId }, { headers: bearer(alice.key) });
+      const calls = await createClient(ModelProxyService, transport()).listCalls(
+        { runId: alice.tokenRunId },
+        { headers: bearer(alice.key) },
+      );
       expect(calls.calls.map((c) => c.callId)).toEqual([alice.callId]);
     });
 
     it("limits a token of Alice's other workflow to its own version's accessories and no records", async () => {
-      const accessory = await rpc("RegistryService/GetAccessory", { versionId: alice.versionId, key: "alice-acc" }, bearer(alice.otherToken));
+      const accessory = await rpc(
+        "RegistryService/GetAccessory",
+        { versionId: alice.versionId, key: "alice-acc" },
+        bearer(alice.otherToken),
+      );
       expect(refusedCodes, accessory.text).toContain(accessory.code);
       expect(accessory.text).not.toContain(alice.accessoryText);
       // Its own version's accessory lookup is allowed (and finds none here).
-      const own = await rpc("RegistryService/GetAccessory", { versionId: alice.otherVersionId, key: "alice-acc" }, bearer(alice.otherToken));
+      const own = await rpc(
+        "RegistryService/GetAccessory",
+        { versionId: alice.otherVersionId, key: "alice-acc" },
+        bearer(alice.otherToken),
+      );
       expect(own.code).toBe(Code.NotFound);
       // Management RPCs are not for run tokens: a workflow cannot read another workflow's script, env or runs.
       for (const [name, request] of [
@@ -478,11 +600,23 @@ describe("isolation between accounts and runs", () => {
 
     it("has an attack for every REST route and every RPC, and no stale ones", () => {
       const routeKeys = routes.map((r) => `${r.method} ${r.path}`);
-      expect(routeKeys.filter((k) => !restAttacks[k]), "REST routes without an isolation attack").toEqual([]);
-      expect(Object.keys(restAttacks).filter((k) => !routeKeys.includes(k)), "attacks on routes that no longer exist").toEqual([]);
+      expect(
+        routeKeys.filter((k) => !restAttacks[k]),
+        "REST routes without an isolation attack",
+      ).toEqual([]);
+      expect(
+        Object.keys(restAttacks).filter((k) => !routeKeys.includes(k)),
+        "attacks on routes that no longer exist",
+      ).toEqual([]);
       const rpcKeys = services.flatMap((s) => s.methods.map((m) => rpcName(s, m)));
-      expect(rpcKeys.filter((k) => !rpcAttacks[k]), "RPCs without an isolation attack").toEqual([]);
-      expect(Object.keys(rpcAttacks).filter((k) => !rpcKeys.includes(k)), "attacks on RPCs that no longer exist").toEqual([]);
+      expect(
+        rpcKeys.filter((k) => !rpcAttacks[k]),
+        "RPCs without an isolation attack",
+      ).toEqual([]);
+      expect(
+        Object.keys(rpcAttacks).filter((k) => !rpcKeys.includes(k)),
+        "attacks on RPCs that no longer exist",
+      ).toEqual([]);
     });
 
     it("answers every route and RPC without a valid credential (none, unknown, guessed, forged) with 401 / Unauthenticated", async () => {
@@ -506,7 +640,8 @@ describe("isolation between accounts and runs", () => {
         for (const [name, build] of Object.entries(rpcAttacks)) {
           for (const request of build(alice).requests) {
             const out = await rpc(name, request, credential);
-            if (out.code !== Code.Unauthenticated) wrong.push(`${name} (${how}): ${out.code === undefined ? "answered" : Code[out.code]} ${out.text.slice(0, 200)}`);
+            if (out.code !== Code.Unauthenticated)
+              wrong.push(`${name} (${how}): ${out.code === undefined ? "answered" : Code[out.code]} ${out.text.slice(0, 200)}`);
             const leaked = leaks(alice, how, stringify(request), out);
             if (leaked.length) wrong.push(`${name} (${how}) leaked ${leaked.join(", ")}`);
           }
@@ -549,9 +684,13 @@ describe("isolation between accounts and runs", () => {
                 phase === "refused"
                   ? out.code !== undefined && refusedCodes.includes(out.code)
                   : out.code === undefined || (phase === "creates" && out.code === Code.AlreadyExists);
-              if (!ok) wrong.push(`${name} ${stringify(request).slice(0, 100)}: ${out.code === undefined ? "answered" : Code[out.code]} ${out.text.slice(0, 200)}`);
+              if (!ok)
+                wrong.push(
+                  `${name} ${stringify(request).slice(0, 100)}: ${out.code === undefined ? "answered" : Code[out.code]} ${out.text.slice(0, 200)}`,
+                );
               const leaked = leaks(alice, key, stringify(request), out);
-              if (leaked.length) wrong.push(`${name} ${stringify(request).slice(0, 100)} leaked ${leaked.join(", ")}: ${out.text.slice(0, 300)}`);
+              if (leaked.length)
+                wrong.push(`${name} ${stringify(request).slice(0, 100)} leaked ${leaked.join(", ")}: ${out.text.slice(0, 300)}`);
             }
           }
         }

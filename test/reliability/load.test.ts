@@ -38,7 +38,10 @@ describe("load", () => {
           body: JSON.stringify({ model: "workflow:steady", input: { n }, stream: true }),
         });
         const text = await res.text();
-        const events = text.split("\n\n").filter((b) => b.startsWith("data: {")).map((b) => JSON.parse(b.slice(6)));
+        const events = text
+          .split("\n\n")
+          .filter((b) => b.startsWith("data: {"))
+          .map((b) => JSON.parse(b.slice(6)));
         return { status: res.status, events, done: text.endsWith("data: [DONE]\n\n") };
       }),
     );

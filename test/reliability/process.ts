@@ -1,4 +1,4 @@
-import { spawn, spawnSync, type ChildProcess } from "node:child_process";
+import { type ChildProcess, spawn, spawnSync } from "node:child_process";
 import { fileURLToPath } from "node:url";
 
 /** repoDir is the checkout these tests run from (CI clones it elsewhere than developers do). */
@@ -88,14 +88,22 @@ export function systemUser(name: string): SystemUser {
   };
   let user = lookup();
   if (!user) {
-    if (process.getuid?.() !== 0) throw new Error(`no user ${name}, and only root can create one (these tests run as uid ${process.getuid?.()})`);
+    if (process.getuid?.() !== 0)
+      throw new Error(`no user ${name}, and only root can create one (these tests run as uid ${process.getuid?.()})`);
     const made = spawnSync("useradd", ["--system", "--no-create-home", "--shell", "/usr/sbin/nologin", name], { encoding: "utf8" });
     user = lookup();
-    if (!user) throw new Error(`could not create the user ${name}: useradd exited with ${made.status}: ${made.stderr || made.error?.message}`);
+    if (!user)
+      throw new Error(`could not create the user ${name}: useradd exited with ${made.status}: ${made.stderr || made.error?.message}`);
   }
-  const check = spawnSync("setpriv", [`--reuid=${user.uid}`, `--regid=${user.gid}`, "--clear-groups", "--", "test", "-r", `${repoDir}bin/shaker.js`], { encoding: "utf8" });
+  const check = spawnSync(
+    "setpriv",
+    [`--reuid=${user.uid}`, `--regid=${user.gid}`, "--clear-groups", "--", "test", "-r", `${repoDir}bin/shaker.js`],
+    { encoding: "utf8" },
+  );
   if (check.status !== 0) {
-    throw new Error(`the user ${name} cannot read ${repoDir}bin/shaker.js (${check.error?.message ?? `exit ${check.status} ${check.stderr}`}): every directory up to the checkout must be readable and searchable by others`);
+    throw new Error(
+      `the user ${name} cannot read ${repoDir}bin/shaker.js (${check.error?.message ?? `exit ${check.status} ${check.stderr}`}): every directory up to the checkout must be readable and searchable by others`,
+    );
   }
   return user;
 }

@@ -5,11 +5,11 @@ import { mkdtempSync, readdirSync, readFileSync, rmSync, statSync } from "node:f
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, describe, expect, it } from "vitest";
-import { startServerProcess, stopServerProcess, type ServerProcess } from "./process.js";
+import { type ServerProcess, startServerProcess, stopServerProcess } from "./process.js";
 
 const key = "sk-shaker-secrets-test";
 const dataDir = mkdtempSync(join(tmpdir(), "shaker-secrets-"));
-const secrets = { API_TOKEN: "tok-7f3a9c1e5b2d8e4f", PASSWORD: "hunter2-correct-horse-battery", "quoted": 'sec"ret\\with\nescapes' };
+const secrets = { API_TOKEN: "tok-7f3a9c1e5b2d8e4f", PASSWORD: "hunter2-correct-horse-battery", quoted: 'sec"ret\\with\nescapes' };
 
 const leaky = `
 import sys
@@ -79,7 +79,8 @@ describe("secrets", () => {
       for (const text of shown) expect(text.includes(value), `a REST answer shows ${value}`).toBe(false);
       for (const [file, bytes] of onDisk) expect(bytes.includes(Buffer.from(value)), `${file} contains ${value}`).toBe(false);
       // JSON-escaped forms too (a secret with quotes or newlines is stored escaped, if at all).
-      for (const [file, bytes] of onDisk) expect(bytes.includes(Buffer.from(JSON.stringify(value).slice(1, -1))), `${file} contains ${value} escaped`).toBe(false);
+      for (const [file, bytes] of onDisk)
+        expect(bytes.includes(Buffer.from(JSON.stringify(value).slice(1, -1))), `${file} contains ${value} escaped`).toBe(false);
       expect(server.output().includes(value), "the server's output contains a secret").toBe(false);
     }
     server = undefined;

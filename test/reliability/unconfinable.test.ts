@@ -56,15 +56,18 @@ describe.each(["auto", "none"] as const)("a kernel that refuses namespaces, SHAK
     expect(res.body.output).toEqual({ ran: true });
   });
 
-  it(mode === "auto" ? "refuses another account's run, saying how to allow it" : "runs another account's workflow, as the operator chose", async () => {
-    const res = await call(server.url, userKey, "/v1/chat/completions", { model: "workflow:hello", input: {} });
-    if (mode === "none") {
-      expect(res.status, JSON.stringify(res.body)).toBe(200);
-      return;
-    }
-    expect(res.status).toBe(400);
-    expect(res.body.error.code).toBe("failed_precondition");
-    expect(res.body.error.message).toContain("cannot confine runs");
-    expect(res.body.error.message).toContain("SHAKER_SANDBOX=none");
-  });
+  it(
+    mode === "auto" ? "refuses another account's run, saying how to allow it" : "runs another account's workflow, as the operator chose",
+    async () => {
+      const res = await call(server.url, userKey, "/v1/chat/completions", { model: "workflow:hello", input: {} });
+      if (mode === "none") {
+        expect(res.status, JSON.stringify(res.body)).toBe(200);
+        return;
+      }
+      expect(res.status).toBe(400);
+      expect(res.body.error.code).toBe("failed_precondition");
+      expect(res.body.error.message).toContain("cannot confine runs");
+      expect(res.body.error.message).toContain("SHAKER_SANDBOX=none");
+    },
+  );
 });
