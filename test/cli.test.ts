@@ -227,7 +227,7 @@ describe("shaker invoke and runs", () => {
     expect(show.code, show.stderr).toBe(0);
     expect(show.stdout).toContain(`run       ${runId}`);
     expect(show.stdout).toContain("status    succeeded");
-    expect(show.stdout).toMatch(/duration  \d+(ms|\.\d+s)/);
+    expect(show.stdout).toMatch(/duration {2}\d+(ms|\.\d+s)/);
     expect(show.stdout).toContain("emitted (4)");
     expect(show.stdout).toContain('{"step":2}');
     expect(show.stdout).toMatch(/logs \(\d+\)\n.*info\s+starting \{"n":3\}/);
@@ -298,7 +298,7 @@ describe("shaker datastores", () => {
     expect(search.code, search.stderr).toBe(0);
     expect(JSON.parse(search.stdout)[0].id).toBe("k1");
     const text = await shaker(["datastores", "search", "docs", "kiwi"]);
-    expect(text.stdout).toMatch(/^\d\.\d{3}  k1  kiwi fruit/);
+    expect(text.stdout).toMatch(/^\d\.\d{3} {2}k1 {2}kiwi fruit/);
     // --datastore binds the store to an uploaded workflow (read-only unless :rw).
     const reader = file("reader.py", "def execute(ctx):\n    return ctx.datastore.get('docs', 'k1')['text']\n");
     expect((await shaker(["upload", reader, "--datastore", "docs"])).code).toBe(0);

@@ -286,7 +286,7 @@ describe("datastore over REST and RPC", () => {
     // A JSON body cut every 7 bytes: records, strings with escapes and brackets cross the cuts.
     const records = Array.from({ length: 300 }, (_, i) => ({
       id: `j${i}`,
-      text: `quote \" and ] bracket } ${i}`,
+      text: `quote " and ] bracket } ${i}`,
       metadata: { nested: { list: [i, "]"] } },
       vector: [0, 1, i],
     }));

@@ -276,7 +276,9 @@ describe("Executor limits and faults", () => {
         for (const f of failed)
           expect(f.body.error.message).toMatch(/no process could be started for the run: .*Resource temporarily unavailable/);
       } finally {
-        forkServers.forEach((f, i) => writeFileSync(join(root, home[i], "cgroup.procs"), String(f)));
+        forkServers.forEach((f, i) => {
+          writeFileSync(join(root, home[i], "cgroup.procs"), String(f));
+        });
         rmdirSync(full);
       }
       await healthy();

@@ -5,7 +5,7 @@
 import type { MessageInitShape } from "@bufbuild/protobuf";
 import { type CallOptions, Code, ConnectError, createClient, createRouterTransport } from "@connectrpc/connect";
 import { afterAll, describe, expect, it } from "vitest";
-import { ExecutionMode, RegistryService, UploadWorkflowRequestSchema, VersionBump } from "../gen/shaker/registry/v1/registry_pb.js";
+import { ExecutionMode, RegistryService, type UploadWorkflowRequestSchema, VersionBump } from "../gen/shaker/registry/v1/registry_pb.js";
 import { createRegistryService, DEFAULT_ACCOUNT, defaultScript, generateApiKey } from "../services/registry/service.js";
 import { createRegistryStore } from "../services/registry/store.js";
 import { headers, type RunClaims } from "../services/shared/auth.js";

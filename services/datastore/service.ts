@@ -1,7 +1,12 @@
 import { randomUUID } from "node:crypto";
 import type { JsonObject, MessageInitShape } from "@bufbuild/protobuf";
 import { Code, ConnectError, type HandlerContext, type ServiceImpl } from "@connectrpc/connect";
-import { DatastoreService, type Record as RecordMsg, SearchMode, type StoreSchema } from "../../gen/shaker/datastore/v1/datastore_pb.js";
+import {
+  type DatastoreService,
+  type Record as RecordMsg,
+  SearchMode,
+  type StoreSchema,
+} from "../../gen/shaker/datastore/v1/datastore_pb.js";
 import { type Identity, requireAccount } from "../shared/auth.js";
 import type { ServiceDeps } from "../shared/deps.js";
 import { invalidArgument } from "../shared/errors.js";

@@ -60,14 +60,14 @@ function toEvent(kind: WorkerEvent["t"], f: Record<string, unknown>): WorkerEven
 
 /** The kind byte that starts each frame about a run (harness/shaker/frames.py, PROTOCOL.md). */
 const kinds: Record<number, WorkerEvent["t"] | "need_source" | undefined> = {
-  0x45: "emit", // E
-  0x4c: "log", // L
-  0x52: "result", // R
-  0x58: "error", // X
-  0x53: "started", // S
-  0x51: "exit", // Q
-  0x4f: "output", // O
-  0x4e: "need_source", // N
+  69: "emit", // E
+  76: "log", // L
+  82: "result", // R
+  88: "error", // X
+  83: "started", // S
+  81: "exit", // Q
+  79: "output", // O
+  78: "need_source", // N
 };
 
 /** RunJob is one run handed to the pool. */

@@ -1,7 +1,7 @@
 import type { JsonObject, JsonValue, MessageInitShape } from "@bufbuild/protobuf";
 import { type Client, Code, ConnectError, type HandlerContext, type ServiceImpl } from "@connectrpc/connect";
 import {
-  ExecutorService,
+  type ExecutorService,
   type FetchRequest,
   type Invocation,
   type RunResult,
@@ -298,7 +298,8 @@ export function createExecutorService(options: ExecutorServiceOptions): {
       if (failure) {
         failure.metadata.set("shaker-run-id", runId);
         events?.fail(failure);
-        return finished.reject(failure);
+        finished.reject(failure);
+        return;
       }
       const result = runResult(run, returned!, warnings, durationMs);
       events?.push({ event: { case: "result", value: result } });

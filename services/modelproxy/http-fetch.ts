@@ -14,7 +14,9 @@ export function httpFetch(input: string | URL | Request, init: RequestInit = {})
   const url = new URL(typeof input === "string" || input instanceof URL ? input : input.url);
   const secure = url.protocol === "https:";
   const headers: Record<string, string> = {};
-  new Headers(init.headers).forEach((v, k) => (headers[k] = v));
+  new Headers(init.headers).forEach((v, k) => {
+    headers[k] = v;
+  });
   const body = init.body;
   if (body !== undefined && body !== null && typeof body !== "string" && !(body instanceof Uint8Array)) {
     // The openai client sends JSON strings for every call the proxy makes; anything else goes to the platform's fetch.
@@ -29,7 +31,7 @@ export function httpFetch(input: string | URL | Request, init: RequestInit = {})
       (res: IncomingMessage) => {
         const responseHeaders = new Headers();
         for (const [k, v] of Object.entries(res.headers)) {
-          if (Array.isArray(v)) v.forEach((x) => responseHeaders.append(k, x));
+          if (Array.isArray(v)) for (const x of v) responseHeaders.append(k, x);
           else if (v !== undefined) responseHeaders.set(k, v);
         }
         const status = res.statusCode ?? 502;

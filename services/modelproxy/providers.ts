@@ -276,32 +276,32 @@ export interface UpstreamFailure {
   status: number;
   message: string;
   timeout: boolean;
-  /** then is what to do next: retry this model, try the next one, or give up. */
-  then: "retry" | "next" | "stop";
+  /** next is what to do next: retry this model, try the next one, or give up. (Not "then": an object with a then property looks like a promise.) */
+  next: "retry" | "next" | "stop";
 }
 
 /** classify turns an attempt's error into a failure; `timedOut` says the attempt's own timer fired. */
 export function classify(err: unknown, timedOut: boolean, timeoutMs: number): UpstreamFailure {
-  if (timedOut) return { status: 0, message: `no answer within ${timeoutMs} ms`, timeout: true, then: "retry" };
+  if (timedOut) return { status: 0, message: `no answer within ${timeoutMs} ms`, timeout: true, next: "retry" };
   if (err instanceof OpenAI.APIError && err.status !== undefined) {
     const status = err.status;
     const message = `HTTP ${status}: ${err.message.replace(/^\d{3}\s*/, "")}`;
-    if (status === 429 || status >= 500 || status === 408) return { status, message, timeout: false, then: "retry" };
-    if (status === 404 || status === 401 || status === 403) return { status, message, timeout: false, then: "next" };
-    return { status, message, timeout: false, then: "stop" };
+    if (status === 429 || status >= 500 || status === 408) return { status, message, timeout: false, next: "retry" };
+    if (status === 404 || status === 401 || status === 403) return { status, message, timeout: false, next: "next" };
+    return { status, message, timeout: false, next: "stop" };
   }
   if (err instanceof SyntaxError)
-    return { status: 0, message: `the upstream answered malformed JSON (${err.message})`, timeout: false, then: "next" };
+    return { status: 0, message: `the upstream answered malformed JSON (${err.message})`, timeout: false, next: "next" };
   if (err instanceof OpenAI.APIConnectionError) {
     const cause = (err as { cause?: unknown }).cause;
     return {
       status: 0,
       message: `connection failed: ${cause instanceof Error ? cause.message : err.message}`,
       timeout: false,
-      then: "retry",
+      next: "retry",
     };
   }
-  return { status: 0, message: err instanceof Error ? err.message : String(err), timeout: false, then: "next" };
+  return { status: 0, message: err instanceof Error ? err.message : String(err), timeout: false, next: "next" };
 }
 
 /** retryAfterMs reads an upstream's Retry-After (seconds or milliseconds header), capped at 5 s. */

@@ -1,7 +1,7 @@
 import type { JsonObject, MessageInitShape } from "@bufbuild/protobuf";
 import { Code, ConnectError, type HandlerContext, type ServiceImpl } from "@connectrpc/connect";
 import type OpenAI from "openai";
-import { type CallContext, type ModelCallSchema, ModelProxyService } from "../../gen/shaker/modelproxy/v1/modelproxy_pb.js";
+import type { CallContext, ModelCallSchema, ModelProxyService } from "../../gen/shaker/modelproxy/v1/modelproxy_pb.js";
 import { type Identity, requireAccount, requireAdmin } from "../shared/auth.js";
 import type { ServiceDeps } from "../shared/deps.js";
 import { errorMetadata, invalidArgument } from "../shared/errors.js";
@@ -223,10 +223,10 @@ export function createModelProxyService(
             error: call.redact(f.message),
             durationMs: performance.now() - started,
           });
-          if (f.then === "stop") {
+          if (f.next === "stop") {
             throw new ConnectError(call.redact(`the upstream model refused the request: ${f.message}`), Code.InvalidArgument);
           }
-          if (f.then === "next") break;
+          if (f.next === "next") break;
           backoff = retryAfterMs(e) ?? cfg.backoffMs * 2 ** i;
         }
       }

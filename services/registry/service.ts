@@ -5,7 +5,7 @@ import { Code, ConnectError, type HandlerContext, type ServiceImpl } from "@conn
 import {
   type ApiKeySchema,
   ExecutionMode,
-  RegistryService,
+  type RegistryService,
   VersionBump,
   type WorkflowVersion,
   WorkflowVersionSchema,
