@@ -177,7 +177,8 @@ describe("runs confined by the kernel", () => {
     const first = (await server.invoke({ model: "workflow:probe", input: probeInput() })).body.output;
     const second = (await server.invoke({ model: "workflow:probe", input: probeInput() })).body.output;
     expect(first.tmpdir).toBe("/tmp");
-    expect(second.tmp_before).toEqual([]);
+    // (A checkout under /tmp shows its bound path there too, read-only.)
+    expect(second.tmp_before.filter((name: string) => name.startsWith("shaker-sandbox-test-"))).toEqual([]);
   });
 
   it("bounds what a run can write to its /tmp", async () => {

@@ -51,6 +51,7 @@ MS_NODEV = 4
 MS_NOEXEC = 8
 MS_REMOUNT = 32
 MS_BIND = 4096
+MS_MOVE = 8192
 MS_REC = 16384
 MS_PRIVATE = 1 << 18
 MNT_DETACH = 2
@@ -104,6 +105,8 @@ LANDLOCK_CREATE_RULESET, LANDLOCK_ADD_RULE, LANDLOCK_RESTRICT_SELF = 444, 445, 4
 
 # The uid inside a non-root run's user namespace (the server's own uid outside).
 RUN_UID_IN_USERNS = 1000
+# Where a run builds its /tmp when bound paths must appear inside it (an empty directory of the root).
+RUN_TMP_STAGE = "/run/shaker-tmp"
 
 _libc = ctypes.CDLL(None, use_errno=True)
 # clone must keep the GIL across the call (PyDLL), as os.fork does: the child has one thread.
@@ -160,6 +163,8 @@ class Confinement:
     # Whether the server runs as root, settled before the worker enters a user namespace of its own
     # (where it is root too).
     as_root: bool = field(default_factory=lambda: os.geteuid() == 0)
+    # Bound paths under /tmp, which each run binds again into its own /tmp (set by enter_worker).
+    under_tmp: list[str] = field(default_factory=list)
 
     @staticmethod
     def from_env() -> "Confinement":
@@ -168,7 +173,7 @@ class Confinement:
             return Confinement()
         data = json.loads(raw)
         fields = Confinement.__dataclass_fields__
-        return Confinement(**{k: v for k, v in data.items() if k in fields and k != "as_root"})
+        return Confinement(**{k: v for k, v in data.items() if k in fields and k not in ("as_root", "under_tmp")})
 
     def run_flags(self) -> int:
         flags = CLONE_NEWPID | CLONE_NEWNS | CLONE_NEWIPC | CLONE_NEWUTS
@@ -276,6 +281,10 @@ def enter_worker(conf: Confinement) -> None:
         # their own over this one, and see only theirs. (Root needs no such thing.)
         _bind("/proc", root + "/proc", readonly=False)
     _mkdirs(root + "/tmp")
+    # A checkout under /tmp (CI clones often are) would vanish under each run's private /tmp: runs
+    # build their /tmp here, bind those paths back into it, and move it over /tmp.
+    conf.under_tmp = [path for path in placed if _inside(path, "/tmp")]
+    _mkdirs(root + RUN_TMP_STAGE)
     _mkdirs(root + "/dev")
     _mount("shaker-dev", root + "/dev", "tmpfs", MS_NOSUID | MS_NOEXEC, "mode=0755,size=64k")
     for name in DEVICES:
@@ -339,8 +348,14 @@ def confine_run(conf: Confinement, uid: int) -> None:
         _map_self(RUN_UID_IN_USERNS, 0, 0)
         uid = RUN_UID_IN_USERNS
     _mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
-    _mount("shaker-tmp", "/tmp", "tmpfs", MS_NOSUID | MS_NODEV,
-           f"size={max(conf.tmp_bytes, 4096)},mode=0700,uid={uid},gid={uid}")
+    tmp = RUN_TMP_STAGE if conf.under_tmp else "/tmp"
+    _mount("shaker-tmp", tmp, "tmpfs", MS_NOSUID | MS_NODEV, f"size={max(conf.tmp_bytes, 4096)},mode=0700,uid={uid},gid={uid}")
+    if conf.under_tmp:
+        for path in conf.under_tmp:
+            target = RUN_TMP_STAGE + path[len("/tmp"):]
+            os.makedirs(target, mode=0o755, exist_ok=True)
+            _bind(path, target)
+        _mount(RUN_TMP_STAGE, "/tmp", None, MS_MOVE)
     _drop_bounding_set(only=_RUN_SETUP_CAPS)  # the worker dropped the others
     if conf.as_root:
         os.setgroups([])
