@@ -257,6 +257,11 @@ class Worker:
             self.sel.register(fd, selectors.EVENT_READ, "child")
         if self.waiting:
             self.hand_over(child, *self.waiting.popleft())
+        elif len(self.spares) >= SPARES:
+            # Forked for a run another child took meanwhile, and no spare is missing: the end of its
+            # run pipe makes it exit, so a burst leaves no more children behind than SPARES.
+            os.close(child.ctl_fd)
+            child.ctl_fd = -1
         else:
             self.spares.insert(0, child)
 
