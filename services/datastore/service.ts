@@ -11,15 +11,22 @@ import { type Identity, requireAccount } from "../shared/auth.js";
 import type { ServiceDeps } from "../shared/deps.js";
 import { invalidArgument } from "../shared/errors.js";
 import { timestampOf } from "../shared/json.js";
-import { namePattern } from "../shared/names.js";
-import { FilterError, parseFilter } from "./filter.js";
+import {
+  checkQueryDimension,
+  checkRecord,
+  checkRecordDimension,
+  checkSearch,
+  checkStoreName,
+  checkStoreRef,
+  hybridDepth,
+  recordDimensionError,
+} from "./rules.js";
 import { createDatastoreStore, type Hit, type RecordInput, type StoreRow, type UpsertResult } from "./store.js";
 
 /** embedBatch is how many texts go to the ModelProxy in one Embeddings call. */
 const embedBatch = 64;
 /** rrfK is the constant of reciprocal rank fusion (Cormack et al. use 60). */
 const rrfK = 60;
-const maxLimit = 1000;
 
 const invalid = invalidArgument;
 
@@ -54,7 +61,7 @@ export function createDatastoreService(deps: ServiceDeps): { impl: ServiceImpl<t
         );
       }
     }
-    if (!name) throw invalid("'store' is required", "store");
+    checkStoreRef(name);
     const row = store.store(requireAccount(identity), name);
     if (!row) throw new ConnectError(`datastore '${name}' does not exist`, Code.NotFound);
     return row;
@@ -105,21 +112,12 @@ export function createDatastoreService(deps: ServiceDeps): { impl: ServiceImpl<t
     const missing: number[] = [];
     const check = (v: ArrayLike<number>, i: number) => {
       dims.dimension ||= v.length;
-      if (v.length !== dims.dimension) {
-        throw invalid(
-          `records[${offset + i}]: vector has ${v.length} dimensions; the store's vectors have ${dims.dimension}`,
-          `records[${offset + i}].vector`,
-        );
-      }
+      checkRecordDimension(v.length, dims.dimension, offset + i);
     };
     records.forEach((r, i) => {
-      if (!r.id) throw invalid(`records[${offset + i}]: missing id`, `records[${offset + i}].id`);
+      checkRecord(r, offset + i);
       if (r.vector.length === 0) missing.push(i);
-      else {
-        if (r.vector.some((x) => !Number.isFinite(x)))
-          throw invalid(`records[${offset + i}]: vector holds a value that is not a finite number`, `records[${offset + i}].vector`);
-        check(r.vector, i);
-      }
+      else check(r.vector, i);
     });
     const vectors = new Map<number, number[]>();
     if (missing.length) {
@@ -152,8 +150,7 @@ export function createDatastoreService(deps: ServiceDeps): { impl: ServiceImpl<t
 
   function refused(result: UpsertResult, offset = 0): number {
     if (result.ok) return result.upserted;
-    const i = offset + result.index;
-    throw invalid(`records[${i}]: vector has ${result.got} dimensions; the store's vectors have ${result.want}`, `records[${i}].vector`);
+    throw recordDimensionError(result.got, result.want, offset + result.index);
   }
 
   async function queryVector(
@@ -164,13 +161,9 @@ export function createDatastoreService(deps: ServiceDeps): { impl: ServiceImpl<t
     ctx: HandlerContext,
   ): Promise<Float32Array> {
     let v = vector;
-    if (v.length === 0) {
-      if (!query) throw invalid("vector search needs 'vector' or a 'query' to embed", "vector");
-      [v] = await embed(accountId, row.embeddingModel, [query], ctx);
-    }
-    if (row.dimension && v.length !== row.dimension) {
-      throw invalid(`'vector' has ${v.length} dimensions; the store's vectors have ${row.dimension}`, "vector");
-    }
+    // checkSearch has made sure there is a query to embed when there is no vector.
+    if (v.length === 0) [v] = await embed(accountId, row.embeddingModel, [query], ctx);
+    checkQueryDimension(v.length, row.dimension);
     return new Float32Array(v);
   }
 
@@ -178,7 +171,7 @@ export function createDatastoreService(deps: ServiceDeps): { impl: ServiceImpl<t
     impl: {
       async createStore(req, ctx) {
         const accountId = manageOnly(await deps.auth.identify(ctx.requestHeader));
-        if (!namePattern.test(req.name)) throw invalid(`'name' must match ${namePattern.source}`, "name");
+        checkStoreName(req.name);
         const row = store.createStore(accountId, req.name, req.embeddingModel);
         if (!row) throw new ConnectError(`datastore '${req.name}' already exists`, Code.AlreadyExists);
         return { store: storeMsg(row, 0) };
@@ -244,23 +237,14 @@ export function createDatastoreService(deps: ServiceDeps): { impl: ServiceImpl<t
       async search(req, ctx) {
         const identity = await deps.auth.identify(ctx.requestHeader);
         const row = storeFor(identity, req.store, false);
-        if (req.limit < 0 || req.limit > maxLimit) throw invalid(`'limit' must be between 1 and ${maxLimit}`, "limit");
-        const limit = req.limit || 10;
-        let conditions;
-        try {
-          conditions = parseFilter(req.filter);
-        } catch (e) {
-          if (e instanceof FilterError) throw invalid(e.message, "filter");
-          throw e;
-        }
+        const { limit, conditions } = checkSearch(req);
         let hits: Hit[];
         switch (req.mode) {
           case SearchMode.VECTOR:
             hits = store.vectorSearch(row, await queryVector(row, identity.accountId, req.query, req.vector, ctx), conditions, limit);
             break;
           case SearchMode.HYBRID: {
-            if (!req.query && req.vector.length === 0) throw invalid("hybrid search needs a 'query', a 'vector' or both", "query");
-            const depth = Math.min(Math.max(limit * 3, 50), maxLimit);
+            const depth = hybridDepth(limit);
             const vector = await queryVector(row, identity.accountId, req.query, req.vector, ctx);
             const fused = new Map<string, Hit>();
             for (const list of [
@@ -276,7 +260,6 @@ export function createDatastoreService(deps: ServiceDeps): { impl: ServiceImpl<t
             break;
           }
           default:
-            if (!req.query) throw invalid("keyword search needs a 'query'", "query");
             hits = store.keywordSearch(row.id, req.query, conditions, limit);
         }
         return { records: hits.map((h) => ({ id: h.id, text: h.text, metadata: parseMetadata(h.metadata), score: h.score })) };

@@ -1,6 +1,7 @@
 import type { JsonObject } from "@bufbuild/protobuf";
 import { Code, ConnectError } from "@connectrpc/connect";
-import { SearchMode, type Store } from "../../gen/shaker/datastore/v1/datastore_pb.js";
+import type { Store } from "../../gen/shaker/datastore/v1/datastore_pb.js";
+import { finiteNumbers, type JsonRecord, readJsonRecord, searchModeProblem, searchModes, upsertPartSize } from "../datastore/rules.js";
 import type { Clients } from "../shared/clients.js";
 import { msOf } from "../shared/json.js";
 import { callerHeaders, defaultMaxJsonDepth, field, HttpError, nestsDeeperThan, type Req, readJson, sendJson, tooDeep } from "./http.js";
@@ -14,10 +15,6 @@ export interface DatastoreRoutesOptions {
   /** maxJsonDepth bounds how deeply a JSON body (or an NDJSON line) nests; default defaultMaxJsonDepth (64). */
   maxJsonDepth?: number;
 }
-
-/** partSize is how many records one UpsertRecordsStream message carries. */
-const partSize = 1000;
-const modes: Record<string, SearchMode> = { keyword: SearchMode.KEYWORD, vector: SearchMode.VECTOR, hybrid: SearchMode.HYBRID };
 
 function storeJson(s: Store): JsonObject {
   return {
@@ -33,21 +30,11 @@ function bad(i: number, problem: string, param: string): HttpError {
   return new HttpError(400, `records[${i}]: ${problem}`, `records[${i}]${param}`, "invalid_record");
 }
 
-/** recordOf checks one JSON record, naming its index and the problem. */
-export function recordOf(value: unknown, i: number): { id: string; text: string; metadata: JsonObject; vector: number[] } {
-  if (value === null || typeof value !== "object" || Array.isArray(value)) throw bad(i, "must be a JSON object", "");
-  const r = value as Record<string, unknown>;
-  if (r.id === undefined || r.id === null || r.id === "") throw bad(i, "missing id", ".id");
-  const id = typeof r.id === "number" && Number.isFinite(r.id) ? String(r.id) : r.id;
-  if (typeof id !== "string") throw bad(i, "id must be a string", ".id");
-  if (r.text !== undefined && r.text !== null && typeof r.text !== "string") throw bad(i, "text must be a string", ".text");
-  const metadata = r.metadata ?? {};
-  if (typeof metadata !== "object" || Array.isArray(metadata)) throw bad(i, "metadata must be a JSON object", ".metadata");
-  const vector = r.vector ?? [];
-  if (!Array.isArray(vector) || vector.some((x) => typeof x !== "number" || !Number.isFinite(x))) {
-    throw bad(i, "vector must be an array of finite numbers", ".vector");
-  }
-  return { id, text: (r.text as string | undefined) ?? "", metadata: metadata as JsonObject, vector: vector as number[] };
+/** recordOf checks one JSON record by the Datastore's rules, naming its index and the problem. */
+export function recordOf(value: unknown, i: number): JsonRecord {
+  const read = readJsonRecord(value);
+  if ("problem" in read) throw bad(i, read.problem, read.param);
+  return read;
 }
 
 /** ndjsonRecords yields one parsed value per non-empty line, never holding more than a line. */
@@ -210,11 +197,11 @@ export function addDatastoreRoutes(router: EdgeRouter, options: DatastoreRoutesO
       let failure: unknown;
       async function* parts() {
         try {
-          let batch: ReturnType<typeof recordOf>[] = [];
+          let batch: JsonRecord[] = [];
           let index = 0;
           for await (const value of values) {
             batch.push(recordOf(value, index++));
-            if (batch.length === partSize) {
+            if (batch.length === upsertPartSize) {
               yield { store: params.name, records: batch };
               batch = [];
             }
@@ -248,17 +235,17 @@ export function addDatastoreRoutes(router: EdgeRouter, options: DatastoreRoutesO
       const headers = callerHeaders(req);
       const body = await readJson(req, options.maxBodyBytes, maxJsonDepth);
       const mode = field.string(body, "mode") ?? "keyword";
-      if (!(mode in modes)) throw new HttpError(400, "'mode' must be one of keyword, vector, hybrid", "mode", "invalid_value");
+      if (!(mode in searchModes)) throw new HttpError(400, searchModeProblem, "mode", "invalid_value");
       const vector = body.vector ?? [];
-      if (!Array.isArray(vector) || vector.some((x) => typeof x !== "number" || !Number.isFinite(x))) {
+      if (!finiteNumbers(vector)) {
         throw new HttpError(400, "'vector' must be an array of finite numbers", "vector", "invalid_type");
       }
       const resp = await datastore.search(
         {
           store: params.name,
           query: field.string(body, "query") ?? "",
-          vector: vector as number[],
-          mode: modes[mode],
+          vector,
+          mode: searchModes[mode],
           filter: field.object(body, "filter") as JsonObject | undefined,
           limit: field.integer(body, "limit") ?? 0,
         },

@@ -1,0 +1,141 @@
+// The Datastore's field rules: what a store name, a record and a search may carry. The Datastore's
+// handlers enforce them; the REST edge reads JSON records and search modes with the same rules and
+// sizes its streamed upserts from here.
+import type { JsonObject } from "@bufbuild/protobuf";
+import { SearchMode } from "../../gen/shaker/datastore/v1/datastore_pb.js";
+import { invalidArgument as invalid } from "../shared/errors.js";
+import { namePattern } from "../shared/names.js";
+import { type Condition, FilterError, parseFilter } from "./filter.js";
+
+/** The sizes of a search: the default limit when a search asks for none, and the most it may ask for. */
+export const searchPages = { defaultLimit: 10, maxLimit: 1000 };
+
+/** upsertPartSize is how many records one UpsertRecordsStream message carries when the edge streams an upload. */
+export const upsertPartSize = 1000;
+
+/** searchModes are the names of the search modes in a REST search body. */
+export const searchModes: Readonly<Record<string, SearchMode>> = {
+  keyword: SearchMode.KEYWORD,
+  vector: SearchMode.VECTOR,
+  hybrid: SearchMode.HYBRID,
+};
+
+/** searchModeProblem is what the edge answers for a mode that is not one of searchModes. */
+export const searchModeProblem = `'mode' must be one of ${Object.keys(searchModes).join(", ")}`;
+
+/** finiteNumbers says whether a value is an array of finite numbers (the only vectors a store keeps). */
+export function finiteNumbers(value: unknown): value is number[] {
+  return Array.isArray(value) && value.every((x) => typeof x === "number" && Number.isFinite(x));
+}
+
+/** checkStoreName refuses a new store's name that is not a valid name. */
+export function checkStoreName(name: string): void {
+  if (!namePattern.test(name)) throw invalid(`'name' must match ${namePattern.source}`, "name");
+}
+
+/** checkStoreRef refuses a request that names no store. */
+export function checkStoreRef(name: string): void {
+  if (!name) throw invalid("'store' is required", "store");
+}
+
+/** A record's problem: what is wrong, and the field under `records[i]` at fault ("" for the record itself). */
+export interface RecordProblem {
+  problem: string;
+  param: string;
+}
+
+/** A record read from JSON, as the edge passes it on. */
+export interface JsonRecord {
+  id: string;
+  text: string;
+  metadata: JsonObject;
+  vector: number[];
+}
+
+/**
+ * readJsonRecord checks one JSON record of a REST upload: the record, or the problem with it.
+ * A numeric id is taken as its decimal text.
+ */
+export function readJsonRecord(value: unknown): JsonRecord | RecordProblem {
+  if (value === null || typeof value !== "object" || Array.isArray(value)) return { problem: "must be a JSON object", param: "" };
+  const r = value as Record<string, unknown>;
+  if (r.id === undefined || r.id === null || r.id === "") return missingId;
+  const id = typeof r.id === "number" && Number.isFinite(r.id) ? String(r.id) : r.id;
+  if (typeof id !== "string") return { problem: "id must be a string", param: ".id" };
+  if (r.text !== undefined && r.text !== null && typeof r.text !== "string") return { problem: "text must be a string", param: ".text" };
+  const metadata = r.metadata ?? {};
+  if (typeof metadata !== "object" || Array.isArray(metadata)) return { problem: "metadata must be a JSON object", param: ".metadata" };
+  const vector = r.vector ?? [];
+  if (!finiteNumbers(vector)) return { problem: "vector must be an array of finite numbers", param: ".vector" };
+  return { id, text: (r.text as string | undefined) ?? "", metadata: metadata as JsonObject, vector };
+}
+
+const missingId: RecordProblem = { problem: "missing id", param: ".id" };
+
+/** recordError is the InvalidArgument error of record `i`'s problem. */
+function recordError(i: number, { problem, param }: RecordProblem) {
+  return invalid(`records[${i}]: ${problem}`, `records[${i}]${param}`);
+}
+
+/** checkRecord refuses an RPC record (index `i` of the whole request) without an id or with a non-finite vector value. */
+export function checkRecord(r: { id: string; vector: ArrayLike<number> }, i: number): void {
+  if (!r.id) throw recordError(i, missingId);
+  if (Array.prototype.some.call(r.vector, (x: number) => !Number.isFinite(x))) {
+    throw recordError(i, { problem: "vector holds a value that is not a finite number", param: ".vector" });
+  }
+}
+
+/** checkRecordDimension refuses record `i`'s vector of `got` dimensions in a store whose vectors have `want`. */
+export function checkRecordDimension(got: number, want: number, i: number): void {
+  if (got !== want) throw recordDimensionError(got, want, i);
+}
+
+/** recordDimensionError is the error of record `i`'s vector of `got` dimensions in a store whose vectors have `want`. */
+export function recordDimensionError(got: number, want: number, i: number) {
+  return recordError(i, { problem: `vector has ${got} dimensions; the store's vectors have ${want}`, param: ".vector" });
+}
+
+/** checkQueryDimension refuses a search vector whose dimension is not the store's (a store with no vectors yet takes any). */
+export function checkQueryDimension(got: number, want: number): void {
+  if (want && got !== want) throw invalid(`'vector' has ${got} dimensions; the store's vectors have ${want}`, "vector");
+}
+
+/** A search's fields as the rules read them. */
+export interface SearchFields {
+  mode: SearchMode;
+  query: string;
+  vector: ArrayLike<number>;
+  limit: number;
+  filter?: JsonObject;
+}
+
+/**
+ * checkSearch refuses a search whose limit is out of bounds, whose filter is not one, or whose mode
+ * lacks what it searches with. It returns the limit to use and the filter's conditions.
+ */
+export function checkSearch(req: SearchFields): { limit: number; conditions: Condition[] } {
+  if (req.limit < 0 || req.limit > searchPages.maxLimit) throw invalid(`'limit' must be between 1 and ${searchPages.maxLimit}`, "limit");
+  let conditions: Condition[];
+  try {
+    conditions = parseFilter(req.filter);
+  } catch (e) {
+    if (e instanceof FilterError) throw invalid(e.message, "filter");
+    throw e;
+  }
+  switch (req.mode) {
+    case SearchMode.VECTOR:
+      if (req.vector.length === 0 && !req.query) throw invalid("vector search needs 'vector' or a 'query' to embed", "vector");
+      break;
+    case SearchMode.HYBRID:
+      if (!req.query && req.vector.length === 0) throw invalid("hybrid search needs a 'query', a 'vector' or both", "query");
+      break;
+    default:
+      if (!req.query) throw invalid("keyword search needs a 'query'", "query");
+  }
+  return { limit: req.limit || searchPages.defaultLimit, conditions };
+}
+
+/** hybridDepth is how many hits each ranking of a hybrid search contributes before fusion. */
+export function hybridDepth(limit: number): number {
+  return Math.min(Math.max(limit * 3, 50), searchPages.maxLimit);
+}
