@@ -1,5 +1,6 @@
 import type { JsonObject, JsonValue } from "@bufbuild/protobuf";
 import type { RunResult, RunStreamResponse } from "../../gen/shaker/executor/v1/executor_pb.js";
+import { inputRequired } from "../executor/rules.js";
 import type { Clients } from "../shared/clients.js";
 import { fromValue, toValue } from "../shared/json.js";
 import { namePattern } from "../shared/names.js";
@@ -75,7 +76,7 @@ export function createChatRoute(options: ChatRouteOptions) {
     const messages = field.objectArray(body, "messages");
     const hasInput = "input" in body && body.input !== undefined;
     if (!messages && !hasInput) {
-      throw new HttpError(400, "either 'messages' or 'input' is required", "messages", "missing_field");
+      throw new HttpError(400, inputRequired, "messages", "missing_field");
     }
     const sessionId = field.string(body, "session_id");
     const secrets = field.stringMap(body, "secrets");

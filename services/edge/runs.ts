@@ -1,18 +1,10 @@
 import { type JsonObject, toJson } from "@bufbuild/protobuf";
 import { type Run, RunSchema, RunStatus } from "../../gen/shaker/executor/v1/executor_pb.js";
+import { runPages, runStatuses } from "../executor/rules.js";
 import type { Clients } from "../shared/clients.js";
 import { callerHeaders, HttpError, queryInt, sendJson } from "./http.js";
 import { modelCallJson } from "./models.js";
 import type { EdgeRouter } from "./router.js";
-
-const statusByName: Record<string, RunStatus> = {
-  queued: RunStatus.QUEUED,
-  running: RunStatus.RUNNING,
-  succeeded: RunStatus.SUCCEEDED,
-  failed: RunStatus.FAILED,
-  timed_out: RunStatus.TIMED_OUT,
-  cancelled: RunStatus.CANCELLED,
-};
 
 /** enumName turns "RUN_STATUS_TIMED_OUT" into "timed_out", the way REST callers spell it. */
 function enumName(value: unknown, prefix: string): unknown {
@@ -33,27 +25,27 @@ export function addRunRoutes(router: EdgeRouter, clients: Clients): void {
     .add("GET", "/v1/runs", async (req, res, _p, url) => {
       const headers = callerHeaders(req);
       const statusName = url.searchParams.get("status") ?? "";
-      if (statusName && !(statusName in statusByName)) {
+      if (statusName && !(statusName in runStatuses)) {
         throw new HttpError(
           400,
-          `query parameter 'status' must be one of ${Object.keys(statusByName).join(", ")}`,
+          `query parameter 'status' must be one of ${Object.keys(runStatuses).join(", ")}`,
           "status",
           "invalid_value",
         );
       }
       const offset = queryInt(url, "offset", 2 ** 31 - 1);
-      const limit = queryInt(url, "limit", 100);
+      const limit = queryInt(url, "limit", runPages.maxLimit);
       const resp = await clients.executor.listRuns(
         {
           workflowRefName: url.searchParams.get("workflow") ?? "",
           sessionId: url.searchParams.get("session_id") ?? "",
-          status: statusName ? statusByName[statusName] : RunStatus.UNSPECIFIED,
+          status: statusName ? runStatuses[statusName] : RunStatus.UNSPECIFIED,
           offset,
           limit,
         },
         { headers },
       );
-      sendJson(res, 200, { data: resp.runs.map(runJson), offset, limit: limit || 20 });
+      sendJson(res, 200, { data: resp.runs.map(runJson), offset, limit: limit || runPages.defaultLimit });
     })
     .add("GET", "/v1/runs/:id", async (req, res, params) => {
       const headers = callerHeaders(req);

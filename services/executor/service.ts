@@ -23,6 +23,7 @@ import { classifyExit, type EndedBy } from "./exits.js";
 import { checkAgainstSchema, type FieldSchema } from "./input-schema.js";
 import type { RunHandle, WorkerEvent, WorkerPool } from "./pool.js";
 import { createRunRecorder } from "./recorder.js";
+import { checkRunPage, inputRequired } from "./rules.js";
 import type { ExecutorStore, RunRow } from "./store.js";
 
 /** Options of createExecutorService. */
@@ -121,7 +122,7 @@ const invalid = invalidArgument;
 function inputOf(inv: Invocation, version: WorkflowVersion, nested: boolean): JsonValue | undefined {
   const input: JsonValue | undefined = inv.hasInput || inv.input ? fromValue(inv.input) : undefined;
   if (!inv.hasInput && !inv.input && inv.messages.length === 0 && !nested) {
-    throw invalid("either 'messages' or 'input' is required", "messages");
+    throw invalid(inputRequired, "messages");
   }
   const problem = checkAgainstSchema("input", input ?? null, version.inputSchema as Record<string, FieldSchema> | undefined);
   if (problem) throw invalid(problem.message, problem.param);
@@ -474,15 +475,14 @@ export function createExecutorService(options: ExecutorServiceOptions): {
 
     async listRuns(req, ctx) {
       const accountId = recordsReader(await auth.identify(ctx.requestHeader));
-      if (req.offset < 0) throw invalid("offset must be 0 or more", "offset");
-      if (req.limit < 0 || req.limit > 100) throw invalid("limit must be between 1 and 100", "limit");
+      const limit = checkRunPage(req.offset, req.limit);
       const rows = store.listRuns({
         accountId,
         workflowRefName: req.workflowRefName || undefined,
         sessionId: req.sessionId || undefined,
         status: req.status || undefined,
         offset: req.offset,
-        limit: req.limit || 20,
+        limit,
       });
       return { runs: rows.map((r) => runMessage(r, false)) };
     },
