@@ -1,6 +1,7 @@
 import { type JsonObject, toJson } from "@bufbuild/protobuf";
 import { type Run, RunSchema, RunStatus } from "../../gen/shaker/executor/v1/executor_pb.js";
 import { runPages, runStatuses } from "../executor/rules.js";
+import { callPage } from "../modelproxy/rules.js";
 import type { Clients } from "../shared/clients.js";
 import { callerHeaders, HttpError, queryInt, sendJson } from "./http.js";
 import { modelCallJson } from "./models.js";
@@ -50,7 +51,7 @@ export function addRunRoutes(router: EdgeRouter, clients: Clients): void {
     .add("GET", "/v1/runs/:id", async (req, res, params) => {
       const headers = callerHeaders(req);
       const resp = await clients.executor.getRun({ runId: params.id }, { headers });
-      const { calls } = await clients.modelproxy.listCalls({ runId: params.id, limit: 1000 }, { headers });
+      const { calls } = await clients.modelproxy.listCalls({ runId: params.id, limit: callPage.max }, { headers });
       sendJson(res, 200, { data: { ...runJson(resp.run!), model_calls: calls.map(modelCallJson) } });
     })
     .add("POST", "/v1/runs/:id/cancel", async (req, res, params) => {

@@ -21,6 +21,7 @@ import {
   type UpstreamFailure,
 } from "./providers.js";
 import { createRecorder, type RecorderOptions } from "./recorder.js";
+import { checkCallLimit } from "./rules.js";
 import type { AttemptRecord } from "./schema.js";
 import { type CallRow, createModelProxyStore } from "./store.js";
 
@@ -425,7 +426,7 @@ export function createModelProxyService(
       const identity = await deps.auth.identify(ctx.requestHeader);
       const accountId = requireAccount(identity);
       if (req.offset < 0) throw invalid("offset must be 0 or more", "offset");
-      if (req.limit < 0 || req.limit > 1000) throw invalid("limit must be between 1 and 1000", "limit");
+      const limit = checkCallLimit(req.limit);
       // Read your writes: whatever is pending is written before the query.
       recorder.flush();
       const rows = store.listCalls({
@@ -435,7 +436,7 @@ export function createModelProxyService(
         runId: req.runId || undefined,
         workflowRefName: req.workflowRefName || undefined,
         offset: req.offset,
-        limit: req.limit || 100,
+        limit,
       });
       return { calls: rows.map((r) => callMessage(r, req.includeBodies)) };
     },
