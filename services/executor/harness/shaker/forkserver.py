@@ -37,6 +37,7 @@ import selectors
 import signal
 import socket
 import sys
+import time
 from typing import Any
 
 from shaker import runtime, sandbox
@@ -70,6 +71,23 @@ class Cgroup:
                 if key == "oom_kill":
                     return int(value)
         return 0
+
+    def remove(self, names: list[str], within: float) -> None:
+        """Removes these (emptied) groups: a group empties a moment after its last process is
+        killed, so a busy one is tried again until `within` seconds have passed."""
+        give_up = time.monotonic() + within
+        while names:
+            left = []
+            for name in names:
+                try:
+                    os.rmdir(name, dir_fd=self.fd)
+                except FileNotFoundError:
+                    pass
+                except OSError:
+                    left.append(name)
+            names = left if time.monotonic() < give_up else []
+            if names:
+                time.sleep(0.01)
 
     def kill_all(self, name: str) -> None:
         """SIGKILLs whatever is still in the group (an unconfined run's leftovers)."""
@@ -270,12 +288,10 @@ class ForkServer:
                 pass
             if not self.confinement.enabled:
                 runtime.remove_run_tmpdir(name)
-        leftovers = runtime.Leftovers()
-        for slot in range(self.next_slot):
-            for group in self.cgroups:
+        for group in self.cgroups:
+            for slot in range(self.next_slot):
                 group.kill_all(self.group_name(slot))
-                leftovers.remove((group.fd, self.group_name(slot)), within=1.0)
-        leftovers.drain()
+            group.remove([self.group_name(slot) for slot in range(self.next_slot)], within=1.0)
 
 
 def start(keep: tuple[int, ...], confinement: sandbox.Confinement,

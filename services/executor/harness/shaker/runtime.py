@@ -168,42 +168,6 @@ def remove_run_tmpdir(name: str) -> None:
         shutil.rmtree(path, ignore_errors=True)
 
 
-class Leftovers:
-    """Removes directories that gone processes had (a run's cgroups) once they are empty: a group
-    empties a moment after its last process is killed, so a busy one is tried again by retry()."""
-
-    RETRY_SECONDS = 0.1
-
-    def __init__(self) -> None:
-        self.busy: list[tuple[str | tuple[int, str], float]] = []  # (path or (dir fd, name), give up at)
-
-    def remove(self, path: str | tuple[int, str], within: float = 5.0) -> None:
-        self.busy.append((path, time.monotonic() + within))
-        self.retry()
-
-    def retry(self) -> None:
-        now = time.monotonic()
-        still = []
-        for path, give_up in self.busy:
-            try:
-                if isinstance(path, tuple):
-                    os.rmdir(path[1], dir_fd=path[0])
-                else:
-                    os.rmdir(path)
-            except FileNotFoundError:
-                pass
-            except OSError:
-                if now < give_up:
-                    still.append((path, give_up))
-        self.busy = still
-
-    def drain(self) -> None:
-        """Retries until every directory is removed or given up on (at exit)."""
-        while self.busy:
-            time.sleep(self.RETRY_SECONDS / 10)
-            self.retry()
-
-
 def remove_stale_tmpdirs() -> None:
     """Removes the TMPDIRs of children of workers that are gone without removing them (killed with
     their fork server): they are named <worker pid>-<n>."""
