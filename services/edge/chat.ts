@@ -12,6 +12,7 @@ import {
   type Req,
   type Res,
   readJson,
+  sendError,
   sendJson,
   sseHeaders,
   toErrorBody,
@@ -125,10 +126,16 @@ export function createChatRoute(options: ChatRouteOptions) {
 
     if (!stream) {
       let result: RunResult | undefined;
-      for (let next = await events.next(); !next.done; next = await events.next()) {
-        if (next.value.event.case === "result") result = next.value.event.value;
+      try {
+        for (let next = await events.next(); !next.done; next = await events.next()) {
+          if (next.value.event.case === "result") result = next.value.event.value;
+        }
+        if (!result) throw new HttpError(502, "the run ended without a result");
+      } catch (err) {
+        // The run started, so its record (and traceback) exists: the answer names it.
+        sendError(res, err, started.runId);
+        return;
       }
-      if (!result) throw new HttpError(502, "the run ended without a result");
       const output = fromValue(result.output);
       sendJson(
         res,
@@ -201,7 +208,7 @@ export function createChatRoute(options: ChatRouteOptions) {
         }
       }
     } catch (err) {
-      if (!signal.aborted) await write(`data: ${JSON.stringify(toErrorBody(err).body)}\n\n`);
+      if (!signal.aborted) await write(`data: ${JSON.stringify(toErrorBody(err, started.runId).body)}\n\n`);
     } finally {
       clearInterval(keepAlive);
       res.end();

@@ -48,30 +48,58 @@ function typeOfStatus(status: number): string {
   return "invalid_request_error";
 }
 
-/** ErrorBody is OpenAI's error object. */
+/** ErrorBody is OpenAI's error object, plus `run_id` when a run had started and failed. */
 export interface ErrorBody {
   message: string;
   type: string;
   param: string | null;
   code: string | null;
+  run_id?: string;
 }
 
-/** toErrorBody maps any error to its HTTP status and OpenAI error body. */
-export function toErrorBody(err: unknown): { status: number; body: { error: ErrorBody } } {
+/**
+ * retryAfterSeconds is the `Retry-After` of the statuses worth retrying later: a concurrency limit
+ * frees a slot as soon as any run ends, and an unavailable service is starting or stopping.
+ */
+export const retryAfterSeconds: Record<number, number> = { 429: 1, 503: 5 };
+
+/**
+ * errorHeaders are the retry hints of an error answer. A run that raised or timed out would run
+ * again in full if the caller retried (the official OpenAI SDKs retry 408 and every 5xx twice by
+ * default), so those say `x-should-retry: false`, which the SDKs obey; a limit says when to come back.
+ */
+function errorHeaders(status: number, code: string | null, runId: string | undefined): Record<string, string> {
+  const headers: Record<string, string> = {};
+  if (status === 408 || (status === 500 && code === "workflow_error")) headers["x-should-retry"] = "false";
+  const after = retryAfterSeconds[status];
+  if (after !== undefined) headers["retry-after"] = String(after);
+  if (runId) headers["x-request-id"] = runId;
+  return headers;
+}
+
+/**
+ * toErrorBody maps any error to its HTTP status, OpenAI error body and headers. `runId` is the run
+ * that failed, when one had started: the body's `error.run_id` and `X-Request-Id` name it, so a
+ * client can find its record and traceback.
+ */
+export function toErrorBody(err: unknown, runId?: string): { status: number; body: { error: ErrorBody }; headers: Record<string, string> } {
+  let status: number;
+  let error: ErrorBody;
   if (err instanceof HttpError) {
-    return {
-      status: err.status,
-      body: { error: { message: err.message, type: typeOfStatus(err.status), param: err.param, code: err.code } },
-    };
+    status = err.status;
+    error = { message: err.message, type: typeOfStatus(err.status), param: err.param, code: err.code };
+  } else {
+    const ce = ConnectError.from(err);
+    // A size limit is ResourceExhausted too; the service marks it so it answers 413, not 429.
+    const sizeLimit = ce.code === Code.ResourceExhausted && ce.metadata.get(errorMetadata.limit) === "size";
+    const [mapped, type, code] = sizeLimit
+      ? [413, "invalid_request_error", "request_too_large"]
+      : (statusByCode[ce.code] ?? [500, "server_error", "internal_error"]);
+    status = mapped;
+    error = { message: ce.rawMessage, type, param: ce.metadata.get(errorMetadata.param), code };
   }
-  const ce = ConnectError.from(err);
-  // A size limit is ResourceExhausted too; the service marks it so it answers 413, not 429.
-  const sizeLimit = ce.code === Code.ResourceExhausted && ce.metadata.get(errorMetadata.limit) === "size";
-  const [status, type, code] = sizeLimit
-    ? [413, "invalid_request_error", "request_too_large"]
-    : (statusByCode[ce.code] ?? [500, "server_error", "internal_error"]);
-  const param = ce.metadata.get(errorMetadata.param);
-  return { status, body: { error: { message: ce.rawMessage, type, param, code } } };
+  if (runId) error.run_id = runId;
+  return { status, body: { error }, headers: errorHeaders(status, error.code, runId) };
 }
 
 /** sendJson writes a JSON response. */
@@ -98,9 +126,9 @@ export function disconnectSignal(res: Res): AbortSignal {
   return abort.signal;
 }
 
-/** sendError writes an error in OpenAI's shape with the status its code maps to. */
-export function sendError(res: Res, err: unknown): void {
-  const { status, body } = toErrorBody(err);
+/** sendError writes an error in OpenAI's shape with the status its code maps to; `runId` names the run that failed. */
+export function sendError(res: Res, err: unknown, runId?: string): void {
+  const { status, body, headers } = toErrorBody(err, runId);
   if (status >= 500 && !(err instanceof HttpError) && ConnectError.from(err).code === Code.Internal) {
     process.stderr.write(`internal error: ${ConnectError.from(err).message}\n`);
   }
@@ -108,7 +136,7 @@ export function sendError(res: Res, err: unknown): void {
     res.end();
     return;
   }
-  sendJson(res, status, body);
+  sendJson(res, status, body, headers);
 }
 
 /**
