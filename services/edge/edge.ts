@@ -49,7 +49,7 @@ const corsHeaders = {
   "access-control-allow-methods": "GET, POST, PUT, PATCH, DELETE, OPTIONS",
   "access-control-allow-headers":
     "authorization, x-api-key, content-type, openai-organization, openai-project, x-stainless-arch, x-stainless-lang, x-stainless-os, x-stainless-package-version, x-stainless-retry-count, x-stainless-runtime, x-stainless-runtime-version, x-stainless-timeout, x-stainless-helper-method, x-stainless-async",
-  "access-control-expose-headers": "x-request-id",
+  "access-control-expose-headers": "x-request-id, retry-after, x-should-retry",
   "access-control-max-age": "86400",
 };
 
