@@ -1,7 +1,10 @@
 // The kernel confinement of runs, property by property, on a real server with real Python. The
 // attack matrix of two accounts (each row of docs/security.md, as root and as an unprivileged user)
 // is test/reliability/attacks.test.ts.
-import { readdirSync, readFileSync } from "node:fs";
+import { spawnSync } from "node:child_process";
+import { existsSync, mkdirSync, readdirSync, readFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { harnessDir } from "../services/executor/pool.js";
 import { startTestServer, type TestServer, waitFor } from "./helpers.js";
@@ -253,5 +256,19 @@ describe("runs confined by the kernel", () => {
 
   it("leaves nothing of its runs on the host's /tmp", () => {
     expect(readdirSync("/tmp").filter((name) => name.startsWith("shaker-sandbox-test-"))).toEqual([]);
+  });
+});
+
+describe("a server's leftovers", () => {
+  it("removes the runs' socket directory of a server killed before it could", async () => {
+    const dead = spawnSync("true").pid!; // a pid nobody uses any more
+    const stale = join(tmpdir(), `shaker-rpc-${dead}-killed`);
+    mkdirSync(stale, { recursive: true });
+    const server = await startTestServer();
+    try {
+      expect(existsSync(stale)).toBe(false);
+    } finally {
+      await server.close();
+    }
   });
 });

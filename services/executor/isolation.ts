@@ -71,6 +71,20 @@ function removeGroup(dir: string): void {
   }
 }
 
+/** removeStaleSocketDirs removes the socket directories of Shaker servers that were killed before they could. */
+function removeStaleSocketDirs(): void {
+  let names: string[];
+  try {
+    names = readdirSync(tmpdir());
+  } catch {
+    return;
+  }
+  for (const name of names) {
+    const m = /^shaker-rpc-(\d+)-/.exec(name);
+    if (m && !alive(Number(m[1]))) rmSync(join(tmpdir(), name), { recursive: true, force: true });
+  }
+}
+
 /** removeStaleGroups removes the (empty) groups of Shaker servers that are no longer running. */
 function removeStaleGroups(root: string): void {
   let names: string[];
@@ -169,7 +183,8 @@ export function prepareIsolation(options: IsolationOptions): Isolation {
   } catch {
     // not ours to change (a mount point): the mount view still hides it from runs
   }
-  const socketDir = mkdtempSync(join(tmpdir(), "shaker-rpc-"));
+  removeStaleSocketDirs();
+  const socketDir = mkdtempSync(join(tmpdir(), `shaker-rpc-${process.pid}-`));
   chmodSync(socketDir, 0o755);
   const socketPath = join(socketDir, "services.sock");
   const cgroups = prepareCgroups(options);
