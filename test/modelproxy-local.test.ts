@@ -63,6 +63,35 @@ describe("the built-in local model, offline", () => {
     expect(usage?.completion_tokens).toBe(parts.length);
   });
 
+  it("ends a stream with the usage chunk only when the caller asked for it, as OpenAI does", async () => {
+    const messages = [{ role: "user" as const, content: "count my chunks" }];
+    // The OpenAI quickstart's loop: it reads choices[0] of every chunk.
+    const quickstart = await client.chat.completions.create({ model: "shaker-local", messages, stream: true });
+    const chunks: OpenAI.ChatCompletionChunk[] = [];
+    for await (const chunk of quickstart) chunks.push(chunk);
+    expect(chunks.length).toBeGreaterThan(1);
+    for (const chunk of chunks) expect(chunk.choices[0]).toBeDefined();
+    const asked = await client.chat.completions.create({
+      model: "shaker-local",
+      messages,
+      stream: true,
+      stream_options: { include_usage: true },
+    });
+    const withUsage: OpenAI.ChatCompletionChunk[] = [];
+    for await (const chunk of asked) withUsage.push(chunk);
+    expect(withUsage.at(-1)!.choices).toEqual([]);
+    expect(withUsage.at(-1)!.usage!.total_tokens).toBeGreaterThan(0);
+    // A workflow written for the hosted product reads chunk["choices"][0] too, and its run still counts the call's usage.
+    await server.upload(
+      "reads-chunks",
+      'def execute(ctx):\n    parts = [c["choices"][0]["delta"].get("content") or "" for c in ctx.chat.completions.create(stream=True)]\n    return "".join(parts)\n',
+    );
+    const res = await server.invoke({ model: "workflow:reads-chunks", messages });
+    expect(res.status, JSON.stringify(res.body)).toBe(200);
+    expect(res.body.output).toContain("You said: count my chunks");
+    expect(res.body.usage.total_tokens).toBeGreaterThan(0);
+  });
+
   it("calls the first tool with arguments from its schema, then answers once the tool result is in", async () => {
     const tools = [
       {

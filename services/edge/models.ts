@@ -54,6 +54,17 @@ function contextOf(body: Record<string, unknown>): { context: MessageInitShape<t
   return { context, openaiBody: openaiBody as JsonObject };
 }
 
+/** usageAsked tells whether an OpenAI streaming request asked for the usage chunk (`stream_options.include_usage`). */
+function usageAsked(body: Record<string, unknown>): boolean {
+  const options = body.stream_options;
+  return typeof options === "object" && options !== null && (options as Record<string, unknown>).include_usage === true;
+}
+
+/** isUsageOnly tells the usage chunk that ends a stream (its choices empty) from the others. */
+function isUsageOnly(chunk: JsonObject | undefined): boolean {
+  return Array.isArray(chunk?.choices) && chunk.choices.length === 0 && chunk.usage !== undefined;
+}
+
 /** proxyModelCall answers POST /v1/chat/completions for a model that is not a workflow, through the ModelProxy. */
 export async function proxyModelCall(
   clients: Clients,
@@ -80,7 +91,10 @@ export async function proxyModelCall(
       ...(first.done ? {} : { "x-request-id": first.value.callId }),
     });
     try {
+      const wantsUsage = usageAsked(body);
       for (let next = first; !next.done; next = await events.next()) {
+        // As OpenAI does: the usage-only chunk (no choices) only for a caller that asked for it.
+        if (!wantsUsage && isUsageOnly(next.value.chunk)) continue;
         // Each chunk leaves as it arrives; only a slow reader makes us wait (never an unbounded buffer).
         await writeDrained(res, `data: ${JSON.stringify(next.value.chunk ?? {})}\n\n`);
       }

@@ -273,7 +273,6 @@ export function createModelProxyService(
     async *chatCompletionStream(req, ctx) {
       const call = await begin(ctx, req.context, "chat_stream", req.body);
       const asked = call.request.stream_options as Json | undefined;
-      const forwardUsage = asked?.include_usage !== false;
       const collected = {
         id: "",
         model: "",
@@ -314,8 +313,7 @@ export function createModelProxyService(
           if (call.ttftMs === 0) call.ttftMs = performance.now() - call.t0;
           const chunk = next.value as Json;
           collect(collected, chunk);
-          const usageOnly = Array.isArray(chunk.choices) && chunk.choices.length === 0 && chunk.usage;
-          if (!usageOnly || forwardUsage) yield { chunk: chunk as JsonObject, callId: call.id };
+          yield { chunk: chunk as JsonObject, callId: call.id };
           w.touch();
         }
       } catch (e) {

@@ -640,7 +640,10 @@ export const ModelProxyService: GenService<{
   },
   /**
    * ChatCompletionStream makes one streamed chat completion; each upstream
-   * chunk is sent on as soon as it arrives.
+   * chunk is sent on as soon as it arrives. The last chunk is always the
+   * usage-only one (choices empty), whatever stream_options says, so callers
+   * can account the call; a caller that speaks OpenAI to its own client sends
+   * it on only where that client asked for include_usage.
    *
    * @generated from rpc shaker.modelproxy.v1.ModelProxyService.ChatCompletionStream
    */

@@ -73,7 +73,8 @@ class _Completions:
             body["model"] = model
         request = {"body": body, "context": self._ctx._call_context(intent, application, body)}
         if stream:
-            return self._stream(request)
+            options = params.get("stream_options")
+            return self._stream(request, isinstance(options, dict) and options.get("include_usage") is True)
         try:
             resp = self._ctx._rpc.call(MODELPROXY, "ChatCompletion", request)
         except RpcError as e:
@@ -82,12 +83,15 @@ class _Completions:
         self._ctx._usage.add(completion.get("usage"))
         return completion
 
-    def _stream(self, request: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    def _stream(self, request: dict[str, Any], with_usage: bool) -> Iterator[dict[str, Any]]:
         try:
             for message in self._ctx._rpc.stream(MODELPROXY, "ChatCompletionStream", request):
                 chunk = message.get("chunk") or {}
                 if chunk.get("usage"):
                     self._ctx._usage.add(chunk["usage"])
+                # As OpenAI does: the usage-only chunk (no choices) only when asked for (stream_options).
+                if chunk.get("choices") == [] and "usage" in chunk and not with_usage:
+                    continue
                 yield chunk
         except RpcError as e:
             raise ModelError(e.message or e.code) from None
