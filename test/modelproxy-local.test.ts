@@ -63,6 +63,16 @@ describe("the built-in local model, offline", () => {
     expect(usage?.completion_tokens).toBe(parts.length);
   });
 
+  it("retrieves one model, a workflow or a proxied one, and answers 404 for a name it does not have", async () => {
+    await server.upload("retrievable", "def execute(ctx):\n    return 1\n");
+    const workflow = await client.models.retrieve("workflow:retrievable");
+    expect(workflow).toMatchObject({ id: "workflow:retrievable", object: "model", owned_by: "workflow" });
+    expect((await client.models.retrieve("shaker-local")).id).toBe("shaker-local");
+    for (const id of ["workflow:no-such-workflow", "no-such-model", "workflow:Not A Name"]) {
+      await expect(client.models.retrieve(id), id).rejects.toBeInstanceOf(OpenAI.NotFoundError);
+    }
+  });
+
   it("ends a stream with the usage chunk only when the caller asked for it, as OpenAI does", async () => {
     const messages = [{ role: "user" as const, content: "count my chunks" }];
     // The OpenAI quickstart's loop: it reads choices[0] of every chunk.

@@ -1,5 +1,5 @@
 import { type JsonObject, type MessageInitShape, toJson } from "@bufbuild/protobuf";
-import { ConnectError } from "@connectrpc/connect";
+import { Code, ConnectError } from "@connectrpc/connect";
 import { type CallContextSchema, type ModelCall, ModelCallSchema } from "../../gen/shaker/modelproxy/v1/modelproxy_pb.js";
 import type { Clients } from "../shared/clients.js";
 import { errorMetadata } from "../shared/errors.js";
@@ -143,26 +143,52 @@ export function addModelRoutes(router: EdgeRouter, options: ModelRoutesOptions):
     }
   });
 
+  const workflowModel = (w: { workflowRefName: string; createdAt?: { seconds: bigint } }) => ({
+    id: `workflow:${w.workflowRefName}`,
+    object: "model",
+    created: w.createdAt ? Number(w.createdAt.seconds) : 0,
+    owned_by: "workflow",
+  });
+  const proxiedModel = (m: { id: string; provider: string; kind: string }) => ({
+    id: m.id,
+    object: "model",
+    created: Math.floor(Date.now() / 1000),
+    owned_by: m.provider,
+    kind: m.kind,
+  });
+
   router.add("GET", "/v1/models", async (req: Req, res: Res) => {
     const headers = callerHeaders(req);
     const models = await clients.modelproxy.listModels({}, { headers });
-    const workflows: { id: string; created: number }[] = [];
+    const workflows: ReturnType<typeof workflowModel>[] = [];
     for (let offset = 0; ; offset += 100) {
       const page = await clients.registry.listWorkflows({ offset, limit: 100 }, { headers });
-      for (const w of page.workflows) {
-        const created = w.createdAt ? Number(w.createdAt.seconds) : 0;
-        workflows.push({ id: `workflow:${w.workflowRefName}`, created });
-      }
+      workflows.push(...page.workflows.map(workflowModel));
       if (page.workflows.length < 100 || workflows.length >= page.total) break;
     }
-    const now = Math.floor(Date.now() / 1000);
-    sendJson(res, 200, {
-      object: "list",
-      data: [
-        ...workflows.map((w) => ({ id: w.id, object: "model", created: w.created, owned_by: "workflow" })),
-        ...models.models.map((m) => ({ id: m.id, object: "model", created: now, owned_by: m.provider, kind: m.kind })),
-      ],
-    });
+    sendJson(res, 200, { object: "list", data: [...workflows, ...models.models.map(proxiedModel)] });
+  });
+
+  // client.models.retrieve(id): one model of the list, or OpenAI's 404 for a name that is not there.
+  router.add("GET", "/v1/models/:id", async (req: Req, res: Res, params: Record<string, string>) => {
+    const headers = callerHeaders(req);
+    const id = params.id;
+    const missing = () => new HttpError(404, `The model '${id}' does not exist`, "model", "model_not_found");
+    if (id.startsWith("workflow:")) {
+      try {
+        const { workflow } = await clients.registry.getWorkflow({ workflowRefName: id.slice("workflow:".length) }, { headers });
+        if (!workflow) throw missing();
+        return sendJson(res, 200, workflowModel(workflow));
+      } catch (e) {
+        if (e instanceof HttpError) throw e;
+        const code = ConnectError.from(e).code;
+        if (code === Code.NotFound || code === Code.InvalidArgument) throw missing();
+        throw e;
+      }
+    }
+    const found = (await clients.modelproxy.listModels({}, { headers })).models.find((m) => m.id === id);
+    if (!found) throw missing();
+    sendJson(res, 200, proxiedModel(found));
   });
 
   router.add("GET", "/v1/metrics", async (req: Req, res: Res) => {

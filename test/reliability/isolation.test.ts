@@ -138,6 +138,7 @@ const restAttacks: Record<string, (a: Alice) => RestAttack> = {
   "POST /v1/datastores/:name/search": (a) => ({ path: `/v1/datastores/${a.store}/search`, body: { query: "alice" }, expect: "refused" }),
   "GET /v1/sessions/:id": (a) => ({ path: `/v1/sessions/${a.sessionId}`, expect: "refused" }),
   "GET /v1/models": () => ({ path: "/v1/models", expect: "scoped" }),
+  "GET /v1/models/:id": (a) => ({ path: `/v1/models/workflow:${a.ref}`, expect: "refused" }),
   // Server-wide call counters: no account's data, but every account's activity; for operators.
   "GET /v1/metrics": () => ({ path: "/v1/metrics", expect: "refused", adminMay: true }),
   "POST /v1/embeddings": () => ({ path: "/v1/embeddings", body: { input: ["hello"] }, expect: "creates" }),
