@@ -15,7 +15,7 @@ import { type Res, sendJson } from "../services/edge/http.js";
 import { createAuth } from "../services/shared/auth.js";
 import { createClients } from "../services/shared/clients.js";
 import { addressKey, type Handler, type Listener, type ListenOptions, listen } from "../services/shared/listener.js";
-import { startTestServer, type TestServer } from "./helpers.js";
+import { socketClosed, startTestServer, type TestServer } from "./helpers.js";
 
 const echo: Handler = (req, res) => {
   res.writeHead(200, { "content-type": "text/plain" });
@@ -23,18 +23,6 @@ const echo: Handler = (req, res) => {
 };
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
-
-/** closed resolves true when the socket closes, false if it is still open after `hangMs` (a hang). */
-function closed(socket: net.Socket, hangMs = 10_000): Promise<boolean> {
-  if (socket.destroyed) return Promise.resolve(true);
-  return new Promise((resolve) => {
-    const timer = setTimeout(() => resolve(false), hangMs);
-    socket.once("close", () => {
-      clearTimeout(timer);
-      resolve(true);
-    });
-  });
-}
 
 /** connect opens a TCP connection and waits until it is established. */
 function connect(port: number, localAddress = "127.0.0.1"): Promise<net.Socket> {
@@ -157,8 +145,8 @@ describe("listener limits", () => {
     const halfPreface = await connect(l.port);
     sockets.push(silent, halfPreface);
     halfPreface.write("PRI * HT");
-    expect(await closed(silent)).toBe(true);
-    expect(await closed(halfPreface)).toBe(true);
+    expect(await socketClosed(silent)).toBe(true);
+    expect(await socketClosed(halfPreface)).toBe(true);
   });
 
   it("closes an HTTP/1.1 client that sends its headers a byte at a time, on a first and a keep-alive request", async () => {
@@ -177,7 +165,7 @@ describe("listener limits", () => {
     let answer = "";
     first.on("data", (c) => (answer += c));
     void dribble(first, endless);
-    expect(await closed(first)).toBe(true);
+    expect(await socketClosed(first)).toBe(true);
     expect(answer).toMatch(/^HTTP\/1.1 408/);
 
     // A keep-alive connection: one good request, then the next one's headers dribble.
@@ -189,7 +177,7 @@ describe("listener limits", () => {
     while (!text.includes("hello 1.1 /ok")) await sleep(10);
     expect(text.toLowerCase()).toContain("connection: keep-alive");
     void dribble(second, endless);
-    expect(await closed(second)).toBe(true);
+    expect(await socketClosed(second)).toBe(true);
     expect(text).toMatch(/HTTP\/1.1 408/);
   });
 
@@ -217,7 +205,7 @@ describe("listener limits", () => {
     let text = "";
     socket.on("data", (c) => (text += c));
     socket.write("GET /once HTTP/1.1\r\nHost: x\r\n\r\n");
-    expect(await closed(socket)).toBe(true);
+    expect(await socketClosed(socket)).toBe(true);
     expect(text).toContain("hello 1.1 /once");
     // Closed for being idle, not because the answer said so.
     expect(text.toLowerCase()).toContain("connection: keep-alive");
@@ -283,7 +271,7 @@ describe("listener limits", () => {
     over.on("data", () => (answered = true));
     over.on("error", () => {});
     over.write("GET / HTTP/1.1\r\nHost: x\r\n\r\n");
-    expect(await closed(over)).toBe(true);
+    expect(await socketClosed(over)).toBe(true);
     expect(answered).toBe(false);
 
     // Another loopback address is another client.

@@ -1,8 +1,10 @@
 // A fake OpenAI-compatible model server: a real HTTP server on a free port that answers
 // /v1/chat/completions (plain and streamed, with tool calls), /v1/embeddings and /v1/models, and
 // can be told to fail, hang, answer malformed JSON or go slow, per model, request by request.
+import { writeFileSync } from "node:fs";
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from "node:http";
 import type { AddressInfo } from "node:net";
+import { join } from "node:path";
 
 /** Step is how the fake answers one request for a model. */
 export type Step =
@@ -199,4 +201,28 @@ export async function startFakeUpstream(): Promise<FakeUpstream> {
   await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve));
   fake.url = `http://127.0.0.1:${(server.address() as AddressInfo).port}/v1`;
   return fake;
+}
+
+/**
+ * writeFakeModelsConfig writes a SHAKER_MODELS_CONFIG file in `dir` that routes to `upstream`: a
+ * provider "fake", a model "primary" falling back to "backup", these routes, and fast retries.
+ */
+export function writeFakeModelsConfig(dir: string, upstream: FakeUpstream, routes: Record<string, unknown>): string {
+  const file = join(dir, "models.json");
+  writeFileSync(
+    file,
+    JSON.stringify({
+      providers: { fake: { base_url: upstream.url, api_key: "sk-upstream", timeout_ms: 400, max_retries: 2 } },
+      models: {
+        primary: { provider: "fake", model: "m-primary", fallbacks: ["backup"] },
+        backup: { provider: "fake", model: "m-backup" },
+      },
+      routes,
+      default_provider: "fake",
+      default_model: "m-default",
+      default_embedding_model: "e-default",
+      retry_backoff_ms: 5,
+    }),
+  );
+  return file;
 }

@@ -1,4 +1,5 @@
 import { mkdtempSync, readdirSync, readFileSync, rmSync } from "node:fs";
+import type net from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { type Shaker, startShaker } from "../cli/serve.js";
@@ -111,4 +112,16 @@ export function alive(pid: number): boolean {
   } catch {
     return false;
   }
+}
+
+/** socketClosed resolves true when the socket closes, false if it is still open after `hangMs` (a hang). */
+export function socketClosed(socket: net.Socket, hangMs = 10_000): Promise<boolean> {
+  if (socket.destroyed) return Promise.resolve(true);
+  return new Promise((resolve) => {
+    const timer = setTimeout(() => resolve(false), hangMs);
+    socket.once("close", () => {
+      clearTimeout(timer);
+      resolve(true);
+    });
+  });
 }

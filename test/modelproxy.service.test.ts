@@ -2,7 +2,7 @@
 // createRouterTransport (no port of its own, no edge, no other service), routing to the fake
 // OpenAI-compatible upstream of fake-upstream.ts. API keys are a table of this file. The same
 // behaviour through the edge and the openai client is in modelproxy.test.ts.
-import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import type { JsonObject } from "@bufbuild/protobuf";
@@ -15,7 +15,7 @@ import { createAuth, type RunClaims } from "../services/shared/auth.js";
 import type { Clients } from "../services/shared/clients.js";
 import type { Config } from "../services/shared/config.js";
 import { errorMetadata } from "../services/shared/errors.js";
-import { type FakeUpstream, startFakeUpstream } from "./fake-upstream.js";
+import { type FakeUpstream, startFakeUpstream, writeFakeModelsConfig } from "./fake-upstream.js";
 
 const keys: Record<string, { accountId: string; admin: boolean }> = {
   "key-alice": { accountId: "acct-alice", admin: false },
@@ -71,22 +71,7 @@ let client: ReturnType<typeof createClient<typeof ModelProxyService>>;
 beforeAll(async () => {
   upstream = await startFakeUpstream();
   dir = mkdtempSync(join(tmpdir(), "shaker-modelproxy-service-"));
-  const file = join(dir, "models.json");
-  writeFileSync(
-    file,
-    JSON.stringify({
-      providers: { fake: { base_url: upstream.url, api_key: "sk-upstream", timeout_ms: 400, max_retries: 2 } },
-      models: {
-        primary: { provider: "fake", model: "m-primary", fallbacks: ["backup"] },
-        backup: { provider: "fake", model: "m-backup" },
-      },
-      routes: { intents: { answer: ["primary"] } },
-      default_provider: "fake",
-      default_model: "m-default",
-      default_embedding_model: "e-default",
-      retry_backoff_ms: 5,
-    }),
-  );
+  const file = writeFakeModelsConfig(dir, upstream, { intents: { answer: ["primary"] } });
   const proxyConfig = loadProxyConfig(
     { openaiApiKey: undefined, openaiBaseUrl: undefined, modelsConfigFile: file, defaultModel: undefined },
     {},

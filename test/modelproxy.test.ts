@@ -1,4 +1,4 @@
-import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { Code, ConnectError, createClient } from "@connectrpc/connect";
@@ -7,7 +7,7 @@ import OpenAI from "openai";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { ModelProxyService } from "../gen/shaker/modelproxy/v1/modelproxy_pb.js";
 import { RegistryService } from "../gen/shaker/registry/v1/registry_pb.js";
-import { type FakeUpstream, startFakeUpstream } from "./fake-upstream.js";
+import { type FakeUpstream, startFakeUpstream, writeFakeModelsConfig } from "./fake-upstream.js";
 import { startTestServer, type TestServer } from "./helpers.js";
 
 describe("ModelProxy behind a fake OpenAI-compatible upstream", () => {
@@ -25,22 +25,7 @@ describe("ModelProxy behind a fake OpenAI-compatible upstream", () => {
   beforeAll(async () => {
     upstream = await startFakeUpstream();
     dir = mkdtempSync(join(tmpdir(), "shaker-models-"));
-    const file = join(dir, "models.json");
-    writeFileSync(
-      file,
-      JSON.stringify({
-        providers: { fake: { base_url: upstream.url, api_key: "sk-upstream", timeout_ms: 400, max_retries: 2 } },
-        models: {
-          primary: { provider: "fake", model: "m-primary", fallbacks: ["backup"] },
-          backup: { provider: "fake", model: "m-backup" },
-        },
-        routes: { intents: { answer: ["primary"] }, applications: { support: "backup" } },
-        default_provider: "fake",
-        default_model: "m-default",
-        default_embedding_model: "e-default",
-        retry_backoff_ms: 5,
-      }),
-    );
+    const file = writeFakeModelsConfig(dir, upstream, { intents: { answer: ["primary"] }, applications: { support: "backup" } });
     server = await startTestServer({ modelsConfigFile: file });
     client = new OpenAI({ apiKey: server.apiKey, baseURL: `${server.url}/v1`, maxRetries: 0 });
     proxy = createClient(ModelProxyService, createConnectTransport({ baseUrl: server.url, httpVersion: "1.1" }));

@@ -5,7 +5,7 @@ import http from "node:http";
 import net from "node:net";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { listenDefaults } from "../../services/shared/listener.js";
-import { startTestServer, type TestServer } from "../helpers.js";
+import { socketClosed, startTestServer, type TestServer } from "../helpers.js";
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
@@ -14,17 +14,6 @@ function connect(port: number, localAddress: string): Promise<net.Socket | undef
     const socket = net.connect({ port, host: "127.0.0.1", localAddress });
     socket.once("connect", () => resolve(socket));
     socket.once("error", () => resolve(undefined));
-  });
-}
-
-function closed(socket: net.Socket, hangMs: number): Promise<boolean> {
-  if (socket.destroyed) return Promise.resolve(true);
-  return new Promise((resolve) => {
-    const timer = setTimeout(() => resolve(false), hangMs);
-    socket.once("close", () => {
-      clearTimeout(timer);
-      resolve(true);
-    });
   });
 }
 
@@ -66,7 +55,7 @@ describe("edge attacks without a key", () => {
     // Meanwhile another client is served.
     expect(await healthz(port, "127.0.0.2")).toBe(200);
     const hang = listenDefaults.headersTimeoutMs * 3;
-    const results = await Promise.all(sockets.map((s) => closed(s, hang)));
+    const results = await Promise.all(sockets.map((s) => socketClosed(s, hang)));
     expect(results.filter((c) => !c).length).toBe(0);
   });
 
