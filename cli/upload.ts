@@ -163,7 +163,7 @@ export async function runUpload(argv: string[], io: CliIo): Promise<void> {
       return { name, write: access === "rw" };
     });
   }
-  let resp: { data: { workflow_ref_name: string; version: string; created: boolean } };
+  let resp: { data: { workflow_ref_name: string; version: string; created: boolean; unchanged?: boolean } };
   try {
     resp = await call(server, "POST", "/v1/workflows/upload", { body });
   } catch (e) {
@@ -173,6 +173,10 @@ export async function runUpload(argv: string[], io: CliIo): Promise<void> {
     throw new CliError(`${file}: ${found.length} problem${found.length === 1 ? "" : "s"}; the upload was refused`);
   }
   const d = resp.data;
-  io.stdout(`${d.created ? "created" : "updated"} workflow ${d.workflow_ref_name} version ${d.version}\n`);
+  io.stdout(
+    d.unchanged
+      ? `workflow ${d.workflow_ref_name} unchanged, still ${d.version}\n`
+      : `${d.created ? "created" : "updated"} workflow ${d.workflow_ref_name} version ${d.version}\n`,
+  );
   io.stdout(`invoke it: shaker invoke ${d.workflow_ref_name} --input '{}'   (or model "workflow:${d.workflow_ref_name}")\n`);
 }

@@ -102,7 +102,13 @@ export function addWorkflowRoutes(router: EdgeRouter, options: WorkflowRoutesOpt
       const body = await readJson(req, options.maxUploadBytes, options.maxJsonDepth);
       const resp = await registry.uploadWorkflow(uploadRequest(body, options.maxJsonDepth ?? defaultMaxJsonDepth), { headers });
       sendJson(res, 201, {
-        data: { workflow_ref_name: resp.workflowRefName, version: resp.version, created: resp.created, version_id: resp.versionId },
+        data: {
+          workflow_ref_name: resp.workflowRefName,
+          version: resp.version,
+          created: resp.created,
+          version_id: resp.versionId,
+          unchanged: resp.unchanged,
+        },
       });
     })
     .add("POST", "/v1/workflows/validate", async (req, res) => {

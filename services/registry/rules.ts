@@ -138,3 +138,75 @@ function checkAccessories(accessories: UploadWorkflowRequest["accessories"]): Ac
   }
   return list;
 }
+
+/**
+ * VersionContent is everything a stored version is made of (its number, id and time aside): two
+ * uploads with equal content are the same version.
+ */
+export interface VersionContent {
+  workflowName: string;
+  description: string;
+  script: string;
+  inputSchema: unknown;
+  outputSchema: unknown;
+  env: Record<string, string>;
+  timeoutSeconds: number;
+  executionMode: number;
+  datastores: { name: string; write: boolean }[];
+  notes: string;
+  published: boolean;
+}
+
+/** canonicalJson writes a JSON value with every object's keys sorted, so equal values write equal text. */
+function canonicalJson(value: unknown): string {
+  return JSON.stringify(value ?? null, (_key, v: unknown) =>
+    v && typeof v === "object" && !Array.isArray(v)
+      ? Object.fromEntries(Object.entries(v as Record<string, unknown>).sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0)))
+      : v,
+  );
+}
+
+function datastoresText(list: VersionContent["datastores"]): string {
+  return canonicalJson(
+    [...list].map((d) => ({ name: d.name, write: d.write })).sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0)),
+  );
+}
+
+/** accessoriesEqual compares two versions' accessories by key (as given) and content (as JSON), in any order. */
+function accessoriesEqual(a: AccessoryInput[], b: AccessoryInput[]): boolean {
+  if (a.length !== b.length) return false;
+  const byKey = new Map(b.map((x) => [normaliseAccessoryKey(x.key), x]));
+  return a.every((x) => {
+    const other = byKey.get(normaliseAccessoryKey(x.key));
+    if (!other || other.key !== x.key) return false;
+    return other.content === x.content || canonicalJson(JSON.parse(other.content)) === canonicalJson(JSON.parse(x.content));
+  });
+}
+
+/**
+ * sameVersion tells whether an upload (its content and accessories) equals a stored version in
+ * everything that makes a version: script, schemas, env, accessories, datastore bindings, timeout,
+ * execution mode, name, description, notes and whether it is published. Maps and lists compare
+ * regardless of order. `storedAccessories` is called only once everything else is equal.
+ */
+export function sameVersion(
+  upload: VersionContent,
+  uploadAccessories: AccessoryInput[],
+  stored: VersionContent,
+  storedAccessories: () => AccessoryInput[],
+): boolean {
+  return (
+    upload.script === stored.script &&
+    upload.workflowName === stored.workflowName &&
+    upload.description === stored.description &&
+    upload.notes === stored.notes &&
+    upload.published === stored.published &&
+    upload.timeoutSeconds === stored.timeoutSeconds &&
+    upload.executionMode === stored.executionMode &&
+    canonicalJson(upload.env) === canonicalJson(stored.env) &&
+    canonicalJson(upload.inputSchema) === canonicalJson(stored.inputSchema) &&
+    canonicalJson(upload.outputSchema) === canonicalJson(stored.outputSchema) &&
+    datastoresText(upload.datastores) === datastoresText(stored.datastores) &&
+    accessoriesEqual(uploadAccessories, storedAccessories())
+  );
+}

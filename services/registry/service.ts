@@ -14,7 +14,7 @@ import { type Auth, createAuth, type Identity, requireAccount, requireAdmin } fr
 import { invalidArgument } from "../shared/errors.js";
 import { toValue } from "../shared/json.js";
 import { namePattern } from "../shared/names.js";
-import { checkAccountName, checkPage, checkUpload, parseVersion, scriptSizeError, workflowPages } from "./rules.js";
+import { checkAccountName, checkPage, checkUpload, parseVersion, sameVersion, scriptSizeError, workflowPages } from "./rules.js";
 import type { ApiKeyRow, RegistryStore, VersionRow, WorkflowRow } from "./store.js";
 import { createValidator, type ValidationResult } from "./validator.js";
 
@@ -262,30 +262,35 @@ export function createRegistryService(options: RegistryServiceOptions): {
         const lines = result.errors.map((e) => `line ${e.line}, column ${e.column}: ${e.message}`);
         throw invalid(`the script is not a valid workflow:\n${lines.join("\n")}`, "script");
       }
+      const fields = {
+        workflowName: req.workflowName.trim() || req.workflowRefName,
+        description: req.description,
+        script: req.script,
+        inputSchema: result.input_schema,
+        outputSchema: result.output_schema,
+        env: req.env,
+        timeoutSeconds: req.timeoutSeconds || options.defaultTimeoutSeconds,
+        executionMode: req.executionMode || ExecutionMode.SYNC,
+        datastores: req.datastores.map((d) => ({ name: d.name, write: d.write })),
+        notes: req.versionNotes,
+        published: req.publishVersion ?? true,
+      };
+      // Re-uploading what the latest version already is stores nothing, unless a bump was asked for.
+      const explicitBump = req.versionBump !== VersionBump.UNSPECIFIED;
       const stored = store.insertVersion(
         accountId,
         req.workflowRefName,
         (latest) => bump(latest, req.versionBump),
-        {
-          workflowName: req.workflowName.trim() || req.workflowRefName,
-          description: req.description,
-          script: req.script,
-          inputSchema: result.input_schema,
-          outputSchema: result.output_schema,
-          env: req.env,
-          timeoutSeconds: req.timeoutSeconds || options.defaultTimeoutSeconds,
-          executionMode: req.executionMode || ExecutionMode.SYNC,
-          datastores: req.datastores.map((d) => ({ name: d.name, write: d.write })),
-          notes: req.versionNotes,
-          published: req.publishVersion ?? true,
-        },
+        fields,
         accessoryList,
+        explicitBump ? undefined : (latest) => sameVersion(fields, accessoryList, latest, () => store.accessoriesOf(latest.id)),
       );
       return {
         workflowRefName: stored.workflow.refName,
         version: versionString(stored.version),
         created: stored.created,
         versionId: stored.version.id,
+        unchanged: stored.unchanged,
       };
     },
 

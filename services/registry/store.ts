@@ -203,6 +203,14 @@ export function createRegistryStore(file: string) {
     accessoryKeys(versionId: string): string[] {
       return accessoryKeysQuery.all({ versionId }).map((r) => r.key);
     },
+    /** accessoriesOf lists a version's accessories: each key as uploaded, and its content as JSON text. */
+    accessoriesOf(versionId: string): { key: string; content: string }[] {
+      return orm
+        .select({ key: accessories.originalKey, content: accessories.content })
+        .from(accessories)
+        .where(eq(accessories.versionId, versionId))
+        .all();
+    },
     accessory(versionId: string, key: string): { key: string; content: string } | undefined {
       return orm
         .select({ key: accessories.originalKey, content: accessories.content })
@@ -213,7 +221,9 @@ export function createRegistryStore(file: string) {
 
     /**
      * insertVersion stores a version (and creates the workflow on first upload) in one transaction,
-     * so a failed upload stores nothing. nextVersion picks the number from the current latest.
+     * so a failed upload stores nothing. nextVersion picks the number from the current latest. When
+     * `unchanged` says the latest version (published or not) already is this one, nothing is written
+     * and that version is returned with `unchanged` true.
      */
     insertVersion(
       accountId: string,
@@ -221,11 +231,16 @@ export function createRegistryStore(file: string) {
       nextVersion: (latest: VersionRow | undefined) => [number, number, number],
       fields: NewVersion,
       accessoryList: { key: string; content: string }[],
-    ): { workflow: WorkflowRow; version: VersionRow; created: boolean } {
+      unchanged?: (latest: VersionRow) => boolean,
+    ): { workflow: WorkflowRow; version: VersionRow; created: boolean; unchanged: boolean } {
       const stored = db.sqlite.transaction(() => {
         const now = Date.now();
         let workflow = this.workflow(accountId, refName);
         const created = !workflow;
+        if (workflow && unchanged) {
+          const latest = this.latestVersion(workflow.id, false);
+          if (latest && unchanged(latest)) return { workflow, version: latest, created, unchanged: true };
+        }
         if (!workflow) {
           workflow = { id: newId("wf"), accountId, refName, createdAt: now, updatedAt: now, deletedAt: null };
           orm.insert(workflows).values(workflow).run();
@@ -253,9 +268,9 @@ export function createRegistryStore(file: string) {
             .values({ versionId: version.id, key: normaliseAccessoryKey(a.key), originalKey: a.key, content: a.content })
             .run();
         }
-        return { workflow, version, created };
+        return { workflow, version, created, unchanged: false };
       })();
-      workflowWrites++;
+      if (!stored.unchanged) workflowWrites++;
       return stored;
     },
 
