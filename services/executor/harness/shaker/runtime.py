@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import linecache
 import marshal
 import os
 import resource
@@ -9,6 +10,7 @@ import shutil
 import signal
 import struct
 import sys
+import sysconfig
 import tempfile
 import time
 import traceback
@@ -25,6 +27,74 @@ CTL_FD = 3
 FRAMES_FD = 4
 # How long a finished child waits for the worker to kill it before it exits by itself.
 END_GRACE_SECONDS = 10.0
+# The name a workflow's script is compiled under: its frames in a traceback say `File "workflow.py"`.
+WORKFLOW_FILE = "workflow.py"
+# The harness's own directory (this package and its neighbours): its frames are left out of tracebacks.
+_HARNESS_DIRS = tuple({os.path.join(d, "") for d in (os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                                                    os.path.dirname(os.path.dirname(os.path.realpath(__file__))))})
+# The standard library's directories: its frames keep their paths, as a plain traceback shows them.
+_STDLIB_DIRS = tuple({os.path.join(os.path.abspath(p), "") for name in ("stdlib", "platstdlib")
+                      if (p := sysconfig.get_paths().get(name))})
+_LIBRARY_MARKERS = (os.sep + "site-packages" + os.sep, os.sep + "dist-packages" + os.sep)
+
+
+def register_source(source: str) -> None:
+    """Lets linecache (so tracebacks, warnings and inspect) show the lines of the workflow's script,
+    which was compiled from a string and has no file. An entry without an mtime is never checked
+    against a file, so it stays until the run ends."""
+    linecache.cache[WORKFLOW_FILE] = (len(source), None, source.splitlines(True), WORKFLOW_FILE)
+
+
+def _shown_path(filename: str) -> str | None:
+    """How a frame's file appears in a run's traceback: None for the harness's own frames; a
+    library's path from its package down (no server directory); the workflow's, the standard
+    library's and anything else as they are."""
+    if filename == WORKFLOW_FILE or filename.startswith("<"):
+        return filename
+    path = os.path.abspath(filename)
+    if path.startswith(_HARNESS_DIRS):
+        return None
+    for marker in _LIBRARY_MARKERS:
+        at = path.rfind(marker)
+        if at >= 0:
+            return path[at + len(marker):]
+    if path.startswith(_STDLIB_DIRS):
+        return filename
+    # Elsewhere on the import path (PYTHONPATH, a venv): shown from that entry down.
+    best = ""
+    for entry in sys.path:
+        if entry and os.path.isabs(entry):
+            root = os.path.join(os.path.abspath(entry), "")
+            if path.startswith(root) and len(root) > len(best) and not root.startswith(_HARNESS_DIRS):
+                best = root
+    return path[len(best):] if best else filename
+
+
+def _prune(te: traceback.TracebackException, seen: set[int]) -> None:
+    if id(te) in seen:
+        return
+    seen.add(id(te))
+    kept = []
+    for frame in te.stack:
+        shown = _shown_path(frame.filename)
+        if shown is None:
+            continue
+        frame.filename = shown  # its source line was read already, under its real name
+        kept.append(frame)
+    te.stack = traceback.StackSummary.from_list(kept)
+    for other in (te.__cause__, te.__context__, *(getattr(te, "exceptions", None) or ())):
+        if other is not None:
+            _prune(other, seen)
+
+
+def format_traceback(error: BaseException, source: str | None = None) -> str:
+    """The traceback of a run's error as its caller sees it: the workflow's frames with their source
+    lines, and the frames of what it called, without the harness's frames or server paths."""
+    if source is not None:
+        register_source(source)  # again: the workflow may have cleared linecache
+    te = traceback.TracebackException(type(error), error, error.__traceback__)
+    _prune(te, set())
+    return "".join(te.format())
 
 
 def _limit(kind: int, value: int | None) -> None:
@@ -191,8 +261,14 @@ def remove_stale_tmpdirs() -> None:
 
 
 def run(code: Any, payload: dict[str, Any], accessories: dict[str, Any], unconfined: OSError | None = None) -> None:
-    """Runs one workflow in this process and exits; never returns. A child that could not be given its
-    TMPDIR and process cap (unconfined) fails the run instead of running it."""
+    """Runs one workflow in this process and exits; never returns. `code` is the compiled script and
+    its source, as the worker marshals them (a bare code object runs too, its traceback without source
+    lines). A child that could not be given its TMPDIR and process cap (unconfined) fails the run
+    instead of running it."""
+    source: str | None = None
+    if isinstance(code, tuple):
+        code, source = code
+        register_source(source)
     _apply_limits(payload)
     env = payload.get("env")
     if env:
@@ -206,7 +282,7 @@ def run(code: Any, payload: dict[str, Any], accessories: dict[str, Any], unconfi
             raise RuntimeError(f"the run's process could not be confined ({unconfined}); it was not started")
         ctx = WorkflowContext(payload, channel, RpcClient(payload["rpc_url"], payload["token"]), accessories)
         module = types.ModuleType("workflow")
-        module.__file__ = "workflow.py"
+        module.__file__ = WORKFLOW_FILE
         sys.modules["workflow"] = module
         exec(code, module.__dict__)
         execute = module.__dict__.get("execute")
@@ -228,7 +304,10 @@ def run(code: Any, payload: dict[str, Any], accessories: dict[str, Any], unconfi
             sys.stderr.flush()
         except Exception:
             pass
-        tb = traceback.format_exc()
+        try:
+            tb = format_traceback(e, source)
+        except Exception:
+            tb = traceback.format_exc()
         try:
             channel.send(ERROR, {"type": type(e).__name__, "message": str(e), "traceback": tb})
         except Exception:

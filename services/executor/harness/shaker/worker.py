@@ -130,7 +130,7 @@ class Worker:
         code = self.code_cache.get(version_id)
         if code is None:
             try:
-                code = compile(source, "workflow.py", "exec")
+                code = compile(source, runtime.WORKFLOW_FILE, "exec")
             except (SyntaxError, ValueError) as e:
                 code = e
             if len(self.code_cache) >= MAX_CACHED_VERSIONS:
@@ -142,7 +142,8 @@ class Worker:
             self.code_cache[version_id] = code
             if not isinstance(code, BaseException):
                 # Children forked from now on inherit it; older spares get these bytes with their run.
-                self.marshalled[version_id] = marshal.dumps(code)
+                # The source goes with the code: a run's traceback shows the workflow's lines from it.
+                self.marshalled[version_id] = marshal.dumps((code, source))
                 self.ask_forker({"t": "code", "version_id": version_id}, self.marshalled[version_id])
         return code
 
