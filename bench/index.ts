@@ -1,5 +1,6 @@
 // `npm run bench`: every benchmark, each reported as a ratio against a baseline measured in the same run.
 
+import { benchCli } from "./cli.js";
 import { benchDatastore } from "./datastore.js";
 import { benchEdge } from "./edge.js";
 import { benchExecutor } from "./executor.js";
@@ -16,6 +17,7 @@ const benches: Record<string, () => Promise<void>> = {
   datastore: benchDatastore,
   modelproxy: benchModelProxy,
   executor: benchExecutor,
+  cli: benchCli,
 };
 
 const only = process.argv.slice(2);

@@ -3,7 +3,7 @@ import { createInterface } from "node:readline";
 import { CliError, call, need, parse, printJson, type Server, serverOf, table } from "./http.js";
 import type { CliIo } from "./io.js";
 
-const usage = `usage: shaker datastores list
+export const datastoresUsage = `usage: shaker datastores list
        shaker datastores create NAME [--embedding-model MODEL]
        shaker datastores load NAME FILE [--batch N] [--progress]  (FILE: NDJSON, one record a line, or a JSON array)
        shaker datastores search NAME QUERY [--mode keyword|vector|hybrid] [--limit N] [--json]
@@ -137,7 +137,7 @@ export async function runDatastores(argv: string[], io: CliIo): Promise<void> {
       progress: { type: "boolean" },
       json: { type: "boolean" },
     },
-    usage,
+    datastoresUsage,
   );
   const server = serverOf(values, io.env);
   const [sub] = positionals;
@@ -159,7 +159,7 @@ export async function runDatastores(argv: string[], io: CliIo): Promise<void> {
       return;
     }
     case "create": {
-      const name = need(positionals, 1, "NAME", usage);
+      const name = need(positionals, 1, "NAME", datastoresUsage);
       const body: Record<string, unknown> = { name };
       if (values["embedding-model"]) body.embedding_model = values["embedding-model"];
       const resp = await call(server, "POST", "/v1/datastores", { body });
@@ -167,15 +167,15 @@ export async function runDatastores(argv: string[], io: CliIo): Promise<void> {
       return;
     }
     case "load": {
-      const name = need(positionals, 1, "NAME", usage);
-      const file = need(positionals, 2, "FILE", usage);
+      const name = need(positionals, 1, "NAME", datastoresUsage);
+      const file = need(positionals, 2, "FILE", datastoresUsage);
       const batch = values.batch === undefined ? 500 : Number(values.batch);
       if (!Number.isInteger(batch) || batch <= 0) throw new CliError("--batch must be a positive whole number", 2);
       return load(io, server, name, file, batch, values.progress === true);
     }
     case "search": {
-      const name = need(positionals, 1, "NAME", usage);
-      const query = need(positionals, 2, "QUERY", usage);
+      const name = need(positionals, 1, "NAME", datastoresUsage);
+      const query = need(positionals, 2, "QUERY", datastoresUsage);
       const body: Record<string, unknown> = { query };
       if (values.mode) body.mode = values.mode;
       if (values.limit) {
@@ -197,8 +197,8 @@ export async function runDatastores(argv: string[], io: CliIo): Promise<void> {
       return;
     }
     case undefined:
-      throw new CliError(`missing subcommand\n${usage}`, 2);
+      throw new CliError(`missing subcommand\n${datastoresUsage}`, 2);
     default:
-      throw new CliError(`unknown datastores subcommand '${sub}'\n${usage}`, 2);
+      throw new CliError(`unknown datastores subcommand '${sub}'\n${datastoresUsage}`, 2);
   }
 }

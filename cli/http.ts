@@ -1,3 +1,4 @@
+import type { IncomingMessage } from "node:http";
 import { type ParseArgsConfig, parseArgs } from "node:util";
 import type { CliIo } from "./io.js";
 
@@ -86,9 +87,25 @@ export interface CallOptions {
   signal?: AbortSignal;
 }
 
-/** send makes a REST call and returns the response; a server that cannot be reached is one clear CliError. */
-export async function send(server: Server, method: string, path: string, options: CallOptions = {}): Promise<Response> {
-  const headers: Record<string, string> = {};
+/** Reply is the answer to a REST call: what the commands read of it (a subset of fetch's Response). */
+export interface Reply {
+  status: number;
+  ok: boolean;
+  statusText: string;
+  headers: { get(name: string): string | null };
+  /** body yields the response's bytes as they arrive (read it, or text() or json(), once). */
+  body: AsyncIterable<Uint8Array>;
+  text(): Promise<string>;
+  json(): Promise<unknown>;
+}
+
+/**
+ * send makes a REST call and returns the response; a server that cannot be reached is one clear
+ * CliError. It uses node:http, not fetch: fetch's first call loads undici, which costs a light
+ * command more time than everything else it does (50-100 ms).
+ */
+export async function send(server: Server, method: string, path: string, options: CallOptions = {}): Promise<Reply> {
+  const headers: Record<string, string | number> = {};
   if (server.apiKey) headers.authorization = `Bearer ${server.apiKey}`;
   let body: string | undefined;
   if (options.raw !== undefined) {
@@ -98,17 +115,46 @@ export async function send(server: Server, method: string, path: string, options
     body = JSON.stringify(options.body);
     headers["content-type"] = "application/json";
   }
+  if (body !== undefined) headers["content-length"] = Buffer.byteLength(body);
+  const url = new URL(server.url + path);
+  const { request } = url.protocol === "https:" ? await import("node:https") : await import("node:http");
+  let res: IncomingMessage;
   try {
-    return await fetch(server.url + path, { method, headers, body, signal: options.signal });
+    res = await new Promise<IncomingMessage>((resolve, reject) => {
+      const req = request(url, { method, headers, signal: options.signal }, resolve);
+      req.on("error", reject);
+      req.end(body);
+    });
   } catch (e) {
-    const cause = (e as { cause?: { code?: string; message?: string } }).cause;
-    const why = cause?.code === "ECONNREFUSED" ? "connection refused" : (cause?.code ?? cause?.message ?? (e as Error).message);
+    const err = e as NodeJS.ErrnoException;
+    if (err.name === "AbortError") throw e;
+    const why = err.code === "ECONNREFUSED" ? "connection refused" : (err.code ?? err.message);
     throw new CliError(`cannot reach Shaker at ${server.url} (${why}); is \`shaker serve\` running? (set --server or SHAKER_URL)`);
   }
+  const status = res.statusCode ?? 0;
+  const text = async () => {
+    const chunks: Buffer[] = [];
+    for await (const chunk of res) chunks.push(chunk as Buffer);
+    return Buffer.concat(chunks).toString("utf8");
+  };
+  return {
+    status,
+    ok: status >= 200 && status < 300,
+    statusText: res.statusMessage ?? "",
+    headers: {
+      get(name) {
+        const v = res.headers[name.toLowerCase()];
+        return v === undefined ? null : Array.isArray(v) ? v.join(", ") : v;
+      },
+    },
+    body: res,
+    text,
+    json: async () => JSON.parse(await text()),
+  };
 }
 
 /** errorOf turns an error response into an ApiError carrying the server's message. */
-export async function errorOf(res: Response): Promise<ApiError> {
+export async function errorOf(res: Reply): Promise<ApiError> {
   const text = await res.text();
   let body: any = text;
   try {

@@ -2,7 +2,7 @@ import { readFileSync } from "node:fs";
 import { CliError, errorOf, need, parse, printJson, send, serverOf, textOf } from "./http.js";
 import type { CliIo } from "./io.js";
 
-const usage = `usage: shaker invoke REF [--input JSON|@FILE] [--message TEXT] [--stream] [--session ID]
+export const invokeUsage = `usage: shaker invoke REF [--input JSON|@FILE] [--message TEXT] [--stream] [--session ID]
                     [--secret NAME=VALUE]... [--server URL] [--api-key KEY]
   REF is a workflow reference name, optionally REF@VERSION. Emitted values go to stderr as they
   arrive (with --stream); the final output is printed as JSON on stdout.`;
@@ -24,10 +24,10 @@ function inputOf(raw: string): unknown {
 }
 
 /** sseEvents yields the `data:` payloads of a Server-Sent Events body. */
-export async function* sseEvents(body: ReadableStream<Uint8Array>): AsyncGenerator<string> {
+export async function* sseEvents(body: AsyncIterable<Uint8Array>): AsyncGenerator<string> {
   const decoder = new TextDecoder();
   let buffer = "";
-  for await (const chunk of body as unknown as AsyncIterable<Uint8Array>) {
+  for await (const chunk of body) {
     buffer += decoder.decode(chunk, { stream: true });
     let end: number;
     while ((end = buffer.indexOf("\n\n")) >= 0) {
@@ -54,10 +54,10 @@ export async function runInvoke(argv: string[], io: CliIo): Promise<void> {
       session: { type: "string" },
       secret: { type: "string", multiple: true },
     },
-    usage,
+    invokeUsage,
   );
   const server = serverOf(values, io.env);
-  const ref = need(positionals, 0, "REF", usage).replace(/^workflow:/, "");
+  const ref = need(positionals, 0, "REF", invokeUsage).replace(/^workflow:/, "");
   const body: Record<string, unknown> = { model: `workflow:${ref}` };
   if (values.input !== undefined) body.input = inputOf(values.input);
   if (values.message !== undefined) body.messages = [{ role: "user", content: values.message }];
@@ -88,7 +88,7 @@ export async function runInvoke(argv: string[], io: CliIo): Promise<void> {
     return;
   }
   let finished = false;
-  for await (const data of sseEvents(res.body!)) {
+  for await (const data of sseEvents(res.body)) {
     if (data === "[DONE]") break;
     let event: any;
     try {

@@ -9,21 +9,9 @@ import { createRegistryService } from "../services/registry/service.js";
 import { createRegistryStore } from "../services/registry/store.js";
 import { headers as authHeaders } from "../services/shared/auth.js";
 import { type Config, loadConfig } from "../services/shared/config.js";
+import { keysUsage, UsageError } from "./help.js";
 
-export const keysUsage = `usage: shaker keys <command>
-
-commands:
-  create --account NAME [--admin]   create a key (and the account when it does not exist); the key is shown once
-  list [--account NAME]             list keys (never their secret); every account's without --account
-  revoke ID                         revoke a key by its id (or prefix); requests with it fail from then on
-
-Add --json for machine-readable output.
-With SHAKER_URL set, the commands go to that running server with SHAKER_API_KEY (an admin account's key);
-otherwise they work on the data directory (SHAKER_DATA_DIR, default ./data) directly.
-`;
-
-/** UsageError is a mistake on the command line: its message is printed with the usage, exit 2. */
-export class UsageError extends Error {}
+export { keysUsage, UsageError };
 
 interface Parsed {
   positional: string[];

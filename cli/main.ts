@@ -1,23 +1,29 @@
-import { loadConfig } from "../services/shared/config.js";
-import { runDatastores } from "./datastores.js";
+import { readFileSync } from "node:fs";
+import { datastoresUsage, runDatastores } from "./datastores.js";
+import { keysUsage, serveUsage, UsageError } from "./help.js";
 import { CliError, HelpRequested } from "./http.js";
-import { runInvoke } from "./invoke.js";
+import { invokeUsage, runInvoke } from "./invoke.js";
 import type { CliIo } from "./io.js";
-import { runKeys, UsageError } from "./keys.js";
-import { runRuns } from "./runs.js";
-import { startShaker } from "./serve.js";
-import { runUpload, runValidate } from "./upload.js";
+import { runRuns, runsUsage } from "./runs.js";
+import { runUpload, runValidate, uploadUsage, validateUsage } from "./upload.js";
+
+// `serve` and `keys` load the server's modules (protobuf, SQLite, every service): they are imported
+// only when run, so the other commands start without them (and without tsx: bin/shaker.js runs them
+// from a bundle of cli/ that cli/prebuilt.js builds, where these imports are left out).
 
 const usage = `usage: shaker <command>
 
 commands:
   serve       run Shaker: every service and the REST edge on one port (PORT, default 8080)
-  upload      upload a workflow script as a new version (shaker upload FILE --help)
+  upload      upload a workflow script as a new version
   validate    check a workflow script locally, without a server
   invoke      run a workflow and print its output (--stream prints emitted values live)
   runs        list run records, or show one with its logs, emitted values and model calls
   datastores  create, list, load (NDJSON or JSON) and search record stores
-  keys        create, list and revoke API keys of accounts (shaker keys --help)
+  keys        create, list and revoke API keys of accounts
+  help        print the help of a command: shaker help COMMAND (or shaker COMMAND --help)
+
+shaker --version prints the version.
 
 Commands that talk to a server take --server URL and --api-key KEY, or read SHAKER_URL
 (default http://127.0.0.1:8080) and SHAKER_API_KEY.
@@ -28,6 +34,8 @@ Commands that talk to a server take --server URL and --api-key KEY, or read SHAK
  * shut down: 0, or 1 when the shutdown failed or a second signal came before it ended.
  */
 async function serve(io: CliIo): Promise<number> {
+  const { loadConfig } = await import("../services/shared/config.js");
+  const { startShaker } = await import("./serve.js");
   const config = loadConfig(io.env);
   const shaker = await startShaker(config);
   io.stdout(`Shaker is listening on ${shaker.url} (data in ${config.dataDir})\n`);
@@ -69,11 +77,52 @@ async function serve(io: CliIo): Promise<number> {
   return code;
 }
 
+/** helps is the help of each command, as `shaker help COMMAND` and `shaker COMMAND --help` print it. */
+const helps: Record<string, string> = {
+  serve: serveUsage,
+  upload: uploadUsage,
+  validate: validateUsage,
+  invoke: invokeUsage,
+  runs: runsUsage,
+  datastores: datastoresUsage,
+  keys: keysUsage,
+  help: "usage: shaker help [COMMAND]   (prints the help of COMMAND, or the list of commands)",
+};
+
+const isHelpFlag = (a: string | undefined) => a === "--help" || a === "-h";
+
+/**
+ * needsSources says the command needs the server's modules: `shaker serve` and `shaker keys`, except
+ * when they are only asked for their help. bin/shaker.js runs those through tsx from the sources and
+ * every other command from the prebuilt light CLI.
+ */
+export function needsSources(argv: string[]): boolean {
+  const [name, ...rest] = argv;
+  if (name === "serve") return !rest.some(isHelpFlag);
+  if (name === "keys") return !(rest[0] === undefined || rest[0] === "help" || isHelpFlag(rest[0]));
+  return false;
+}
+
+/** version is package.json's version. */
+function version(): string {
+  return (JSON.parse(readFileSync(new URL("../package.json", import.meta.url), "utf8")) as { version: string }).version;
+}
+
+function unknownCommand(name: string): CliError {
+  return new CliError(`unknown command '${name}'\n${usage.trimEnd()}`, 2);
+}
+
 /** command runs one command; it returns normally on success and throws how it failed. */
 async function command(argv: string[], io: CliIo): Promise<number> {
   const [name, ...rest] = argv;
+  if ((name === "serve" || name === "keys") && !needsSources(argv)) {
+    io.stdout(helps[name]!.replace(/\n*$/, "\n"));
+    return 0;
+  }
   switch (name) {
     case "serve":
+      if (rest.length > 0)
+        throw new CliError(`serve takes no arguments (it reads PORT, SHAKER_DATA_DIR, ... from the environment)\n${serveUsage}`, 2);
       return serve(io);
     case "upload":
       await runUpload(rest, io);
@@ -90,17 +139,32 @@ async function command(argv: string[], io: CliIo): Promise<number> {
     case "datastores":
       await runDatastores(rest, io);
       return 0;
-    case "keys":
+    case "keys": {
+      const { runKeys } = await import("./keys.js");
       await runKeys(rest, io.env, (text) => io.stdout(text));
       return 0;
+    }
+    case "--version":
+      io.stdout(`shaker ${version()}\n`);
+      return 0;
+    case "help": {
+      const [about, ...extra] = rest;
+      if (about === undefined || isHelpFlag(about)) {
+        io.stdout(usage);
+        return 0;
+      }
+      if (extra.length > 0) throw new CliError(`help takes one COMMAND\n${helps.help}`, 2);
+      if (!Object.hasOwn(helps, about)) throw unknownCommand(about);
+      io.stdout(helps[about]!.replace(/\n*$/, "\n"));
+      return 0;
+    }
     case undefined:
-    case "help":
     case "--help":
     case "-h":
       io.stdout(usage);
       return 0;
     default:
-      throw new CliError(`unknown command '${name}'\n${usage.trimEnd()}`, 2);
+      throw unknownCommand(name);
   }
 }
 

@@ -1,7 +1,7 @@
 import { CliError, call, ms, need, parse, printJson, serverOf, table, textOf } from "./http.js";
 import type { CliIo } from "./io.js";
 
-const usage = `usage: shaker runs [--workflow REF] [--session ID] [--status S] [--limit N] [--json]
+export const runsUsage = `usage: shaker runs [--workflow REF] [--session ID] [--status S] [--limit N] [--json]
        shaker runs show ID [--json]
   S is one of queued, running, succeeded, failed, timed_out, cancelled.`;
 
@@ -84,17 +84,17 @@ export async function runRuns(argv: string[], io: CliIo): Promise<void> {
       limit: { type: "string" },
       json: { type: "boolean" },
     },
-    usage,
+    runsUsage,
   );
   const server = serverOf(values, io.env);
   if (positionals[0] === "show") {
-    const id = need(positionals, 1, "ID", usage);
+    const id = need(positionals, 1, "ID", runsUsage);
     const resp = await call(server, "GET", `/v1/runs/${encodeURIComponent(id)}`);
     if (values.json) printJson(io, resp.data);
     else io.stdout(showRun(resp.data));
     return;
   }
-  if (positionals.length > 0) throw new CliError(`unknown runs subcommand '${positionals[0]}'\n${usage}`, 2);
+  if (positionals.length > 0) throw new CliError(`unknown runs subcommand '${positionals[0]}'\n${runsUsage}`, 2);
   const q = new URLSearchParams();
   if (values.workflow) q.set("workflow", values.workflow);
   if (values.session) q.set("session_id", values.session);

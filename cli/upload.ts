@@ -3,7 +3,7 @@ import { basename, extname } from "node:path";
 import { executionModes, versionBumps } from "../services/registry/rules.js";
 import { nameMaxLength } from "../services/shared/names.js";
 import { runPythonJson } from "../services/shared/python.js";
-import { ApiError, CliError, call, need, parse, serverOf } from "./http.js";
+import { ApiError, CliError, call, need, parse, type Server, serverOf } from "./http.js";
 import type { CliIo } from "./io.js";
 
 /** ScriptError is one validation finding: 1-based line and column (0 when unknown). */
@@ -13,10 +13,10 @@ export interface ScriptError {
   message: string;
 }
 
-const uploadUsage = `usage: shaker upload FILE [--name REF] [--accessory KEY=FILE]... [--datastore NAME[:rw]]...
+export const uploadUsage = `usage: shaker upload FILE [--name REF] [--accessory KEY=FILE]... [--datastore NAME[:rw]]...
                      [--bump ${Object.keys(versionBumps).join("|")}] [--timeout S] [--mode ${Object.keys(executionModes).join("|")}]
                      [--description TEXT] [--env KEY=VALUE]... [--server URL] [--api-key KEY]`;
-const validateUsage = "usage: shaker validate FILE   (checks a workflow script locally; needs no server)";
+export const validateUsage = "usage: shaker validate FILE   (checks a workflow script locally; needs no server)";
 
 const validatorScript = new URL("../services/registry/validate.py", import.meta.url).pathname;
 
@@ -178,5 +178,50 @@ export async function runUpload(argv: string[], io: CliIo): Promise<void> {
       ? `workflow ${d.workflow_ref_name} unchanged, still ${d.version}\n`
       : `${d.created ? "created" : "updated"} workflow ${d.workflow_ref_name} version ${d.version}\n`,
   );
-  io.stdout(`invoke it: shaker invoke ${d.workflow_ref_name} --input '{}'   (or model "workflow:${d.workflow_ref_name}")\n`);
+  const schema = await inputSchemaOf(server, d.workflow_ref_name, d.version);
+  io.stdout(`invoke it: ${invokeHint(d.workflow_ref_name, schema, source)}   (or model "workflow:${d.workflow_ref_name}")\n`);
+}
+
+/** inputSchemaOf is the INPUT_SCHEMA the Registry found in a version, or null (none, or it cannot be read). */
+async function inputSchemaOf(server: Server, ref: string, version: string): Promise<unknown> {
+  try {
+    const resp = await call(server, "GET", `/v1/workflows/${encodeURIComponent(ref)}`);
+    const versions: { version?: string; input_schema?: unknown }[] = resp?.data?.versions ?? [];
+    return versions.find((v) => v.version === version)?.input_schema ?? null;
+  } catch {
+    return null;
+  }
+}
+
+/** placeholders are example values of each INPUT_SCHEMA type. */
+const placeholders: Record<string, unknown> = { string: "text", number: 1, boolean: true, object: {}, array: [] };
+
+/** shellQuote quotes a word for a POSIX shell. */
+function shellQuote(text: string): string {
+  return /^[\w@%+=:,./-]+$/.test(text) ? text : `'${text.replaceAll("'", `'\\''`)}'`;
+}
+
+/**
+ * invokeHint is a `shaker invoke` command that works for a workflow: its `--input` holds every field
+ * its INPUT_SCHEMA requires and every `ctx.input["name"]` its script reads, each with a placeholder of
+ * its type; a workflow that needs none of them but reads ctx.messages gets `--message`; else `--input '{}'`.
+ */
+export function invokeHint(ref: string, inputSchema: unknown, source: string): string {
+  const schema = (inputSchema && typeof inputSchema === "object" ? inputSchema : {}) as Record<
+    string,
+    { type?: string; required?: boolean }
+  >;
+  const input: Record<string, unknown> = {};
+  const add = (name: string) => {
+    input[name] = placeholders[schema[name]?.type ?? "string"] ?? "text";
+  };
+  for (const [name, field] of Object.entries(schema)) if (field?.required) add(name);
+  for (const m of source.matchAll(/\bctx\.input\[\s*(?:"([^"\\]+)"|'([^'\\]+)')\s*\]/g)) {
+    const name = (m[1] ?? m[2])!;
+    if (!Object.hasOwn(input, name)) add(name);
+  }
+  const command = `shaker invoke ${ref}`;
+  if (Object.keys(input).length > 0) return `${command} --input ${shellQuote(JSON.stringify(input))}`;
+  if (/\bctx\.messages\b/.test(source)) return `${command} --message 'Hello'`;
+  return `${command} --input '{}'`;
 }

@@ -8,7 +8,8 @@ import { join } from "node:path";
 import { main } from "../cli/main.js";
 
 const root = new URL("..", import.meta.url).pathname;
-const bin = join(root, "bin/shaker.js");
+/** bin is the installed command, bin/shaker.js. */
+export const bin = join(root, "bin/shaker.js");
 
 /** CliServer is a `shaker serve` child process on a free port with its own data directory. */
 export interface CliServer {

@@ -1,12 +1,13 @@
 // The `shaker` command: main(argv, io) of cli/main.ts run in this process against one in-process
 // Shaker (what every command prints, and its exit code), and, at the end, the installed command run
 // as a user runs it against `shaker serve` started as a user starts it (what only real processes show).
+import { execFile } from "node:child_process";
 import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { createServer } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { type CliResult, runMain, runShaker, startCliServer } from "./cli-process.js";
+import { bin, type CliResult, runMain, runShaker, startCliServer } from "./cli-process.js";
 import { startTestServer, type TestServer, waitFor } from "./helpers.js";
 
 let server: TestServer;
@@ -142,6 +143,86 @@ describe("shaker upload", () => {
     const notJson = file("acc.txt", "not json");
     expect(oneLineError(await shaker(["upload", ok, "--accessory", `k=${notJson}`]))).toContain("is not JSON");
     expect(oneLineError(await shaker(["upload", ok, "--name", "Bad Name!"]))).toMatch(/HTTP 400/);
+  });
+});
+
+describe("the command an upload suggests", () => {
+  /** suggested is the `shaker invoke` command an upload printed. */
+  function suggested(up: CliResult): string {
+    expect(up.code, up.stderr).toBe(0);
+    const m = /^invoke it: (shaker invoke .*?) {3}\(or model "workflow:[^"]+"\)$/m.exec(up.stdout);
+    expect(m, up.stdout).not.toBeNull();
+    return m![1]!;
+  }
+
+  /** runInShell runs a printed `shaker ...` command line as a user pastes it: through sh, with the installed command. */
+  function runInShell(commandLine: string): Promise<CliResult> {
+    return new Promise((resolve) => {
+      const line = commandLine.replace(/^shaker /, `"${process.execPath}" "${bin}" `);
+      execFile(
+        "/bin/sh",
+        ["-c", line],
+        { env: { ...process.env, SHAKER_URL: server.url, SHAKER_API_KEY: server.apiKey }, timeout: 60_000 },
+        (err, stdout, stderr) => resolve({ code: err ? Number((err as { code?: number }).code ?? -1) : 0, stdout, stderr }),
+      );
+    });
+  }
+
+  it("fills the fields INPUT_SCHEMA requires with values of their types, and the command works", async () => {
+    const path = file(
+      "needs-fields.py",
+      `INPUT_SCHEMA = {
+    "query": {"type": "string", "required": True},
+    "count": {"type": "number", "required": True},
+    "strict": {"type": "boolean", "required": True},
+    "tags": {"type": "array", "required": True},
+    "extra": {"type": "object", "required": True},
+    "note": {"type": "string"},
+}
+
+def execute(ctx):
+    return {"query": ctx.input["query"], "count": ctx.input["count"] + 1}
+`,
+    );
+    const command = suggested(await shaker(["upload", path]));
+    expect(command).toBe(`shaker invoke needs-fields --input '{"query":"text","count":1,"strict":true,"tags":[],"extra":{}}'`);
+    const r = await runInShell(command);
+    expect(r.code, r.stderr).toBe(0);
+    expect(JSON.parse(r.stdout)).toEqual({ query: "text", count: 2 });
+    // The old hint, `--input '{}'`, is refused by the schema.
+    expect((await runInShell("shaker invoke needs-fields --input '{}'")).stderr).toMatch(/query/);
+  });
+
+  it("suggests --message for a workflow that reads ctx.messages, and --input '{}' for one that needs nothing", async () => {
+    const chat = file("chatty.py", "def execute(ctx):\n    return {'said': ctx.messages[-1]['content']}\n");
+    const chatCommand = suggested(await shaker(["upload", chat]));
+    expect(chatCommand).toBe("shaker invoke chatty --message 'Hello'");
+    const said = await runInShell(chatCommand);
+    expect(said.code, said.stderr).toBe(0);
+    expect(JSON.parse(said.stdout)).toEqual({ said: "Hello" });
+
+    const plain = file("plain.py", "def execute(ctx):\n    return {'got': ctx.input}\n");
+    const plainCommand = suggested(await shaker(["upload", plain]));
+    expect(plainCommand).toBe("shaker invoke plain --input '{}'");
+    const got = await runInShell(plainCommand);
+    expect(got.code, got.stderr).toBe(0);
+    expect(JSON.parse(got.stdout)).toEqual({ got: {} });
+  });
+
+  it("adds the keys a script without INPUT_SCHEMA reads with ctx.input[...], quoted for the shell", async () => {
+    const path = file("reads-keys.py", "def execute(ctx):\n    return ctx.input[\"it's\"] + ' ' + ctx.input['name']\n");
+    const command = suggested(await shaker(["upload", path]));
+    expect(command).toBe(`shaker invoke reads-keys --input '{"it'\\''s":"text","name":"text"}'`);
+    const r = await runInShell(command);
+    expect(r.code, r.stderr).toBe(0);
+    expect(JSON.parse(r.stdout)).toBe("text text");
+  });
+
+  it("works for examples/hello.py, which takes a name or a message", async () => {
+    const command = suggested(await shaker(["upload", "examples/hello.py"]));
+    expect(command).toBe("shaker invoke hello --message 'Hello'");
+    const r = await runInShell(command);
+    expect(r.code, r.stderr).toBe(0);
   });
 });
 
