@@ -212,27 +212,33 @@ describe("Executor limits and faults", () => {
     await healthy();
   });
 
-  it("fails the runs of a worker that dies, replaces the worker, and kills its runs' processes", async () => {
+  it("resumes the runs of a worker that dies, replaces the worker, and kills its runs' processes", async () => {
     const before = server.shaker.workerPids();
     const pidfile = pidFile();
-    const pending = server.invoke({ model: "workflow:sleeper", input: { pidfile } });
+    const pending = server.invoke({ model: "workflow:sleeper", input: { pidfile, seconds: 2 } });
     const pid = await until("the run to start", readPid(pidfile));
     // Each child has a TMPDIR named after its worker: the run's and the spares'.
     const tmpdirsOf = (workers: number[]) => readdirSync(tmpdir()).filter((n) => workers.some((w) => n.startsWith(`shaker-${w}-`)));
     expect(tmpdirsOf(before).length).toBeGreaterThan(0);
     for (const worker of before) process.kill(worker, "SIGKILL");
+    // A crash interrupts the run: it is executed again, and its caller gets the second attempt's answer.
     const res = await pending;
-    expect(res.status).toBe(500);
-    expect(res.body.error.message).toContain("worker");
+    expect(res.status).toBe(200);
+    expect(res.body.output).toBe("woke up");
+    const { run } = await executor.getRun({ runId: res.body.run_id }, auth());
+    // Every worker was killed: an attempt may land on the next one to die before it is replaced.
+    expect(run!.runAttempt).toBeGreaterThanOrEqual(2);
+    expect(run!.attempts.map((a) => a.interrupted)).toEqual([...Array(run!.runAttempt - 1).fill(true), false]);
+    expect(readPid(pidfile)()).not.toBe(pid);
     await until("the orphaned run to die", () => !alive(pid));
     await until("the dead workers' children's TMPDIRs to be removed", () => tmpdirsOf(before).length === 0);
     await until("new workers", () => server.shaker.workerPids().every((p) => p > 0 && !before.includes(p)));
     await healthy();
   });
 
-  it("fails the runs of a worker whose fork server dies, replaces the worker, and kills its runs' processes", async () => {
+  it("resumes the runs of a worker whose fork server dies, replaces the worker, and kills its runs' processes", async () => {
     const pidfile = pidFile();
-    const pending = server.invoke({ model: "workflow:sleeper", input: { pidfile } });
+    const pending = server.invoke({ model: "workflow:sleeper", input: { pidfile, seconds: 2 } });
     const pid = await until("the run to start", readPid(pidfile));
     // The run's process is a child of its worker's fork server, itself the worker's only child.
     const parents = parentPids();
@@ -241,8 +247,8 @@ describe("Executor limits and faults", () => {
     expect(server.shaker.workerPids()).toContain(worker);
     process.kill(forkServer, "SIGKILL");
     const res = await pending;
-    expect(res.status).toBe(500);
-    expect(res.body.error.message).toContain("worker");
+    expect(res.status).toBe(200);
+    expect(res.body.output).toBe("woke up");
     await until("the orphaned run to die", () => !alive(pid));
     await until("a new worker", () => !server.shaker.workerPids().includes(worker));
     await healthy();

@@ -1,6 +1,8 @@
+import { createHash } from "node:crypto";
 import type { JsonObject, JsonValue } from "@bufbuild/protobuf";
+import { timestampMs } from "@bufbuild/protobuf/wkt";
 import type { RunResult, RunStreamResponse } from "../../gen/shaker/executor/v1/executor_pb.js";
-import { inputRequired } from "../executor/rules.js";
+import { idempotencyKeyProblem, inputRequired } from "../executor/rules.js";
 import type { Clients } from "../shared/clients.js";
 import { fromValue, toValue } from "../shared/json.js";
 import { namePattern } from "../shared/names.js";
@@ -9,14 +11,13 @@ import {
   disconnectSignal,
   field,
   HttpError,
+  openSse,
   type Req,
   type Res,
   readJson,
   sendError,
   sendJson,
-  sseHeaders,
   toErrorBody,
-  writeDrained,
 } from "./http.js";
 import { proxyModelCall } from "./models.js";
 
@@ -37,6 +38,36 @@ export interface ChatRouteOptions {
 
 function completionId(runId: string): string {
   return `chatcmpl-${runId}`;
+}
+
+/** canonical is a JSON value's text with object keys sorted: the same for the same value however it was spelled. */
+function canonical(value: unknown): string {
+  if (Array.isArray(value)) return `[${value.map(canonical).join(",")}]`;
+  if (value !== null && typeof value === "object") {
+    const entries = Object.entries(value as Record<string, unknown>).filter(([, v]) => v !== undefined);
+    entries.sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0));
+    return `{${entries.map(([k, v]) => `${JSON.stringify(k)}:${canonical(v)}`).join(",")}}`;
+  }
+  return JSON.stringify(value);
+}
+
+/**
+ * RetryFields are what tells a retry of a request from another one: its Idempotency-Key, the
+ * hash of its body (with only the names of its secrets, so no secret value is ever hashed into a
+ * record), and the SDK's own retry count (X-Stainless-Retry-Count).
+ */
+export function retryFields(req: Req, body: Record<string, unknown>): { idempotencyKey: string; requestHash: string; retryCount: number } {
+  const key = req.headers["idempotency-key"];
+  const idempotencyKey = typeof key === "string" ? key : "";
+  if (key !== undefined) {
+    const problem = idempotencyKeyProblem(idempotencyKey);
+    if (problem) throw new HttpError(400, problem, "Idempotency-Key", "invalid_header");
+  }
+  const secrets = body.secrets;
+  const hashed = secrets && typeof secrets === "object" ? { ...body, secrets: Object.keys(secrets).sort() } : body;
+  const requestHash = createHash("sha256").update(canonical(hashed)).digest("base64url");
+  const count = Number(req.headers["x-stainless-retry-count"]);
+  return { idempotencyKey, requestHash, retryCount: Number.isSafeInteger(count) && count > 0 ? Math.min(count, 1000) : 0 };
 }
 
 function contentOf(value: JsonValue): string {
@@ -95,6 +126,7 @@ export function createChatRoute(options: ChatRouteOptions) {
       metadata: (metadata ?? {}) as JsonObject,
       params: params as JsonObject,
       sessionId: sessionId ?? "",
+      ...retryFields(req, body),
     };
 
     const signal = disconnectSignal(res);
@@ -103,7 +135,8 @@ export function createChatRoute(options: ChatRouteOptions) {
     const first = await events.next();
     if (first.done || first.value.event.case !== "started") throw new HttpError(502, "the Executor ended the run before starting it");
     const started = first.value.event.value;
-    const created = Math.floor(Date.now() / 1000);
+    // Every caller of the same run (a retry, a duplicate with its Idempotency-Key) gets the same answer.
+    const created = Math.floor((started.createdAt ? timestampMs(started.createdAt) : Date.now()) / 1000);
     const id = completionId(started.runId);
     if (started.detached) {
       // An async workflow: the run goes on; its result is read at GET /v1/runs/{id}.
@@ -159,21 +192,9 @@ export function createChatRoute(options: ChatRouteOptions) {
       return;
     }
 
-    res.writeHead(200, {
-      ...sseHeaders,
-      "x-request-id": started.runId,
-      ...("httpVersionMajor" in req && req.httpVersionMajor === 1 ? { connection: "keep-alive" } : {}),
-    });
     // The client learns the run started (and its id) now, not with the first emitted value.
-    res.flushHeaders();
-    let lastWrite = Date.now();
-    const write = (text: string) => {
-      lastWrite = Date.now();
-      return writeDrained(res, text);
-    };
-    const keepAlive = setInterval(() => {
-      if (Date.now() - lastWrite >= keepAliveMs - 5) void write(": keep-alive\n\n");
-    }, keepAliveMs);
+    const sse = openSse(req, res, keepAliveMs, { "x-request-id": started.runId });
+    const write = sse.write;
     const chunk = (delta: Record<string, unknown>, finish: string | null, extra: Record<string, unknown> = {}) =>
       `data: ${JSON.stringify({
         id,
@@ -193,7 +214,9 @@ export function createChatRoute(options: ChatRouteOptions) {
             ? { role: "assistant", content: contentOf(value) }
             : { content: contentOf(value) };
           first_chunk = false;
-          await write(chunk(delta, null, { emitted: value }));
+          // event_id lets a client that lost the stream rejoin its run after it, at GET /v1/runs/{id}/events
+          // (a field of the chunk, not an SSE id: line, so that parsers reading "data: " blocks are not surprised).
+          await write(chunk(delta, null, { emitted: value, event_id: next.value.eventId }));
         } else if (event.case === "result") {
           const result = event.value;
           await write(
@@ -210,8 +233,7 @@ export function createChatRoute(options: ChatRouteOptions) {
     } catch (err) {
       if (!signal.aborted) await write(`data: ${JSON.stringify(toErrorBody(err, started.runId).body)}\n\n`);
     } finally {
-      clearInterval(keepAlive);
-      res.end();
+      sse.close();
     }
   };
 }

@@ -48,7 +48,7 @@ const corsHeaders = {
   "access-control-allow-origin": "*",
   "access-control-allow-methods": "GET, POST, PUT, PATCH, DELETE, OPTIONS",
   "access-control-allow-headers":
-    "authorization, x-api-key, content-type, openai-organization, openai-project, x-stainless-arch, x-stainless-lang, x-stainless-os, x-stainless-package-version, x-stainless-retry-count, x-stainless-runtime, x-stainless-runtime-version, x-stainless-timeout, x-stainless-helper-method, x-stainless-async",
+    "authorization, x-api-key, content-type, openai-organization, openai-project, x-stainless-arch, x-stainless-lang, x-stainless-os, x-stainless-package-version, x-stainless-retry-count, x-stainless-runtime, x-stainless-runtime-version, x-stainless-timeout, x-stainless-helper-method, x-stainless-async, idempotency-key, last-event-id",
   "access-control-expose-headers": "x-request-id, retry-after, x-should-retry",
   "access-control-max-age": "86400",
 };
@@ -72,7 +72,7 @@ export function createEdge(options: EdgeOptions): Edge {
     maxUploadBytes: options.maxUploadBytes ?? 128 * 1024 * 1024,
     maxJsonDepth,
   });
-  addRunRoutes(router, options.clients);
+  addRunRoutes(router, options.clients, options.keepAliveMs ?? 15_000);
   addDatastoreRoutes(router, { clients: options.clients, maxBodyBytes: options.maxBodyBytes, maxJsonDepth });
   const guard = createBodyGuard({ authenticate: options.authenticate, maxUnauthenticatedBodyBytes: options.maxUnauthenticatedBodyBytes });
 

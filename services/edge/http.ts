@@ -318,3 +318,39 @@ export async function writeDrained(res: Res, text: string): Promise<void> {
     res.on("close", done);
   });
 }
+
+/** SseStream is an open Server-Sent Events answer. */
+export interface SseStream {
+  /** write sends text (whole events), waiting while the client's socket is full. */
+  write(text: string): Promise<void>;
+  /** close stops the keep-alive comments and ends the answer. */
+  close(): void;
+}
+
+/**
+ * openSse starts a Server-Sent Events answer: its headers at once (so the client knows it started),
+ * then `: keep-alive` comments whenever nothing was written for keepAliveMs.
+ */
+export function openSse(req: Req, res: Res, keepAliveMs: number, headers: Record<string, string>): SseStream {
+  res.writeHead(200, {
+    ...sseHeaders,
+    ...headers,
+    ...("httpVersionMajor" in req && req.httpVersionMajor === 1 ? { connection: "keep-alive" } : {}),
+  });
+  res.flushHeaders();
+  let lastWrite = Date.now();
+  const write = (text: string) => {
+    lastWrite = Date.now();
+    return writeDrained(res, text);
+  };
+  const keepAlive = setInterval(() => {
+    if (Date.now() - lastWrite >= keepAliveMs - 5) void write(": keep-alive\n\n");
+  }, keepAliveMs);
+  return {
+    write,
+    close() {
+      clearInterval(keepAlive);
+      res.end();
+    },
+  };
+}

@@ -20,7 +20,7 @@ export interface RunEnd {
   returned: boolean;
   /** error is the run's error frame (redacted), when one arrived. */
   error: RunError | undefined;
-  exit: Pick<Frame<"exit">, "code" | "signal" | "output_truncated" | "memory_exceeded">;
+  exit: Pick<Frame<"exit">, "code" | "signal" | "output_truncated" | "memory_exceeded" | "worker_died">;
   /** timeoutSeconds is the version's timeout, as its timeout error names it. */
   timeoutSeconds: number;
 }
@@ -35,21 +35,44 @@ export interface Outcome {
 /** classifyExit says how a run ended, from why it was killed (if it was), its last frames and its process's exit. */
 export function classifyExit(end: RunEnd): Outcome {
   const { endedBy, exit } = end;
+  let status: RunStatus;
+  let error: RunError | undefined;
   if (endedBy === "timeout") {
-    const error = { type: "TimeoutError", message: `the run exceeded its timeout of ${end.timeoutSeconds}s and was killed`, traceback: "" };
-    return { status: RunStatus.TIMED_OUT, error, failure: new ConnectError(error.message, Code.DeadlineExceeded) };
+    status = RunStatus.TIMED_OUT;
+    error = { type: "TimeoutError", message: `the run exceeded its timeout of ${end.timeoutSeconds}s and was killed`, traceback: "" };
+  } else if (endedBy) {
+    status = RunStatus.CANCELLED;
+    error = { type: "Cancelled", message: endedBy === "cancelled" ? "the run was cancelled" : "the caller disconnected", traceback: "" };
+  } else if (end.returned && exit.code === 0) {
+    return { status: RunStatus.SUCCEEDED, error: end.error, failure: undefined };
+  } else {
+    status = RunStatus.FAILED;
+    error = end.error ?? { type: "ProcessCrashed", message: `the workflow did not finish: ${whyCrashed(exit)}`, traceback: "" };
   }
-  if (endedBy) {
-    const error = {
-      type: "Cancelled",
-      message: endedBy === "cancelled" ? "the run was cancelled" : "the caller disconnected",
-      traceback: "",
-    };
-    return { status: RunStatus.CANCELLED, error, failure: new ConnectError(error.message, Code.Canceled) };
+  return { status, error, failure: failureOf(status, error) };
+}
+
+/** failureOf is the error a caller gets for a run that ended in `status` with `error`: the same every time it is asked. */
+export function failureOf(status: RunStatus, error: RunError): ConnectError {
+  switch (status) {
+    case RunStatus.TIMED_OUT:
+      return new ConnectError(error.message, Code.DeadlineExceeded);
+    case RunStatus.CANCELLED:
+      return new ConnectError(error.message, Code.Canceled);
+    default:
+      return new ConnectError(`${error.type}: ${error.message}`, Code.Unknown);
   }
-  if (end.returned && exit.code === 0) return { status: RunStatus.SUCCEEDED, error: end.error, failure: undefined };
-  const error = end.error ?? { type: "ProcessCrashed", message: `the workflow did not finish: ${whyCrashed(exit)}`, traceback: "" };
-  return { status: RunStatus.FAILED, error, failure: new ConnectError(`${error.type}: ${error.message}`, Code.Unknown) };
+}
+
+/**
+ * isInterruption is true when a run's process was ended by a crash rather than by its workflow or a
+ * limit: its worker died, or something outside killed it (SIGKILL that is not the Executor's, nor a
+ * memory or output limit's). Such a run is resumed.
+ */
+export function isInterruption(end: RunEnd): boolean {
+  const { exit } = end;
+  if (end.endedBy || end.returned || exit.memory_exceeded || exit.output_truncated) return false;
+  return exit.worker_died === true || (exit.signal === 9 && end.error === undefined);
 }
 
 /** What the signals a run's process most often dies of usually mean. */

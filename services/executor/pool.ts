@@ -15,7 +15,7 @@ export type WorkerEvent =
   | { t: "output"; stream: "stdout" | "stderr"; data: string }
   | { t: "result"; output: unknown; usage: { prompt_tokens: number; completion_tokens: number; total_tokens: number } }
   | { t: "error"; type: string; message: string; traceback: string }
-  | { t: "exit"; code: number; signal: number; output_truncated: boolean; memory_exceeded?: boolean };
+  | { t: "exit"; code: number; signal: number; output_truncated: boolean; memory_exceeded?: boolean; worker_died?: boolean };
 
 const str = (v: unknown): string => (typeof v === "string" ? v : v === undefined || v === null ? "" : JSON.stringify(v));
 /** A frame's time: seconds since the epoch, from 1970 to 2286; anything else is now. */
@@ -276,7 +276,8 @@ export function createWorkerPool(options: WorkerPoolOptions): WorkerPool {
           },
           0,
         );
-        active.job.onEvent({ t: "exit", code: 1, signal: 0, output_truncated: false }, 0);
+        // worker_died is never read from a frame: only the pool says it, and the run is resumed.
+        active.job.onEvent({ t: "exit", code: 1, signal: 0, output_truncated: false, worker_died: true }, 0);
       }
       worker.active.clear();
       if (!closing) {

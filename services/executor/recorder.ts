@@ -6,7 +6,7 @@ import type { RunError } from "./exits.js";
 import type { ExecutorStore } from "./store.js";
 
 /** RecordFields are what store.finishRun writes when a run ends. */
-export type RecordFields = Parameters<ExecutorStore["finishRun"]>[1];
+export type RecordFields = Omit<Parameters<ExecutorStore["finishRun"]>[1], "attempt" | "attempts" | "unjournaledCalls">;
 
 /** RecordLimits bound what a run record keeps: a run may log, emit and fetch without end. */
 export interface RecordLimits {
@@ -40,7 +40,8 @@ export interface RunRecorder {
   /** http keeps one ctx.http hop while fewer than maxHttpCalls are kept. */
   http(hop: Hop): void;
   returned(frame: Frame<"result">): void;
-  raised(frame: Frame<"error">): void;
+  /** raised keeps the run's error frame, and returns it redacted. */
+  raised(frame: Frame<"error">): RunError;
   /** warnings are `first`, then one for each cap that dropped something (not redacted: the caller's own). */
   warnings(first: readonly string[]): string[];
   /** fields are what the record ends with: the output only when the run succeeded. */
@@ -86,6 +87,7 @@ export function createRunRecorder(redact: (text: string) => string, limits: Reco
     },
     raised(frame) {
       error = { type: redact(frame.type), message: redact(frame.message), traceback: redact(frame.traceback) };
+      return error;
     },
     warnings(first) {
       const warnings = [...first];

@@ -26,3 +26,17 @@ export function checkRunPage(offset: number, limit: number): number {
   if (limit < 0 || limit > runPages.maxLimit) throw invalid(`limit must be between 1 and ${runPages.maxLimit}`, "limit");
   return limit || runPages.defaultLimit;
 }
+
+/** idempotencyWindowMs is how long an Idempotency-Key names its run: 24 hours. */
+export const idempotencyWindowMs = 24 * 60 * 60 * 1000;
+
+/** maxAttempts bounds how often a run is executed: a run whose process keeps being killed fails at last. */
+export const maxAttempts = 3;
+
+/** idempotencyKeyProblem is what is wrong with an Idempotency-Key, or undefined: 1 to 255 printable ASCII characters. */
+export function idempotencyKeyProblem(key: string): string | undefined {
+  if (key.length === 0 || key.length > 255 || !/^[\x21-\x7e][\x20-\x7e]*$/.test(key)) {
+    return "Idempotency-Key must be 1 to 255 printable ASCII characters";
+  }
+  return undefined;
+}

@@ -14,16 +14,17 @@ import { type Auth, type Identity, requireAccount } from "../shared/auth.js";
 import { invalidArgument } from "../shared/errors.js";
 import { newId } from "../shared/ids.js";
 import { fromValue, timestampOf, toValue } from "../shared/json.js";
-import { AsyncQueue } from "../shared/queue.js";
 import { createRunRedactor, redactJson } from "../shared/redact.js";
 import { type AdmissionOptions, type Caller, createAdmission } from "./admission.js";
 import { defaultTimeoutMs, type EgressOptions, egressFetch, type FetchOutput, type Hop, parseAllowList } from "./egress.js";
-import { createFrameTranslator, emittedMessage, type Frame, logMessage, runResult, type StreamEvent, weightOf } from "./events.js";
-import { classifyExit, type EndedBy } from "./exits.js";
+import { createFrameTranslator, emittedMessage, type Frame, logMessage, runResult, type StreamEvent } from "./events.js";
+import { classifyExit, type EndedBy, failureOf, isInterruption } from "./exits.js";
 import { checkAgainstSchema, type FieldSchema } from "./input-schema.js";
+import { callSeqHeader, createJournalInterceptor, newRunJournal, type RunJournal } from "./journal.js";
 import type { RunHandle, WorkerEvent, WorkerPool } from "./pool.js";
 import { createRunRecorder } from "./recorder.js";
-import { checkRunPage, inputRequired } from "./rules.js";
+import { checkRunPage, idempotencyKeyProblem, idempotencyWindowMs, inputRequired, maxAttempts } from "./rules.js";
+import { type Cursor, cursorId, cursorStart, parseCursor, RunEvents } from "./run-events.js";
 import type { ExecutorStore, RunRow } from "./store.js";
 
 /** Options of createExecutorService. */
@@ -48,6 +49,11 @@ export interface ExecutorServiceOptions extends AdmissionOptions {
   httpAllow?: string[];
   /** httpMaxResponseBytes caps a ctx.http response body; default 32 MiB. */
   httpMaxResponseBytes?: number;
+  /**
+   * disconnectGraceMs is how long a run whose every caller disconnected goes on, for one of them to
+   * come back (a rejoin, an Idempotency-Key retry, an SDK retry), before it is cancelled. Default 5000.
+   */
+  disconnectGraceMs?: number;
 }
 
 /** A run keeps the first this many HTTP requests on its record. */
@@ -58,19 +64,30 @@ const maxHttpInFlight = 16;
 /** A streaming run whose listener has this many bytes of messages unread is paused, until it reads down to the low mark. */
 const streamHighWaterBytes = 1024 * 1024;
 const streamLowWaterBytes = 256 * 1024;
+/** A run in flight keeps its events up to this many bytes, for listeners that come late. */
+const maxHistoryBytes = 16 * 1024 * 1024;
 
 /** LiveRun is a run in flight: its events and how it ends. */
 interface LiveRun {
   started: RunStarted;
   accountId: string;
-  /** events receives the stream's messages; only when somebody listens. */
-  events: AsyncQueue<StreamEvent> | undefined;
+  requestHash: string;
+  /** events are the run's messages, for every listener from its own cursor. */
+  events: RunEvents;
   cancel(reason: "cancelled" | "disconnected"): void;
   finished: Promise<RunResult>;
   /** secretValues are the run's secret values and those of the runs it nests in: none is ever recorded. */
   secretValues: string[];
+  /** journal is the state of the run's journal of ctx calls. */
+  journal: RunJournal;
   /** fetch makes one ctx.http request for the run and records it on the run. */
   fetch(req: FetchRequest, signal: AbortSignal): Promise<FetchOutput>;
+  /**
+   * attach counts a caller that waits for or streams the run; the function it returns says the caller
+   * is gone. A run started by a caller that waits is cancelled once every caller has been gone for the
+   * disconnect grace period.
+   */
+  attach(): () => void;
 }
 
 /** Admitted is a run that passed every check and holds its places (release gives them back). */
@@ -91,6 +108,13 @@ interface RunPlan extends Admitted {
   createdAt: number;
   timeoutMs: number;
   metadata: JsonObject;
+  /** idempotencyKey is the run's key in its account's namespace ("user:..." or "call:..."), or "". */
+  idempotencyKey: string;
+  /** attempt is 1, or the attempt a resumed run starts; attempts are the earlier ones. */
+  attempt: number;
+  attempts: { attempt: number; startedAt: number; endedAt: number; interrupted: boolean }[];
+  /** waited is true when a caller waits for the run (Run, RunStream): it is cancelled when they all leave. */
+  waited: boolean;
 }
 
 /** deferred is a promise with its ends; its rejection never counts as unhandled (nobody may wait for it). */
@@ -179,26 +203,24 @@ function runFetcher(deadline: number, egress: EgressOptions, record: (hop: Hop) 
   return { fetch, end: () => ended.abort() };
 }
 
+/** The answer to an invocation: a run in flight to attach to, or the record of one that ended. */
+type Target = { live: LiveRun; row?: undefined } | { live?: undefined; row: RunRow };
+
 /** createExecutorService builds the Executor's handlers over its store and worker pool. */
-export function createExecutorService(options: ExecutorServiceOptions): {
-  impl: ServiceImpl<typeof ExecutorService>;
-  live: Map<string, LiveRun>;
-} {
+export function createExecutorService(options: ExecutorServiceOptions) {
   const { store, pool, auth, registry } = options;
   const recordLimits = { maxLogLines: options.maxLogLines ?? 1000, maxEmittedBytes: options.maxEmittedBytes ?? 1024 * 1024, maxHttpCalls };
+  const disconnectGraceMs = options.disconnectGraceMs ?? 5000;
   const live = new Map<string, LiveRun>();
+  /** keyed holds the answers of invocations with a key that are being worked out, for a duplicate arriving meanwhile. */
+  const keyed = new Map<string, Promise<Target>>();
+  /** waiting are the interrupted runs that wait for their caller to come back and resume them. */
+  const waiting = new Map<string, NodeJS.Timeout>();
   const admission = createAdmission(options);
   const egress = { allow: parseAllowList(options.httpAllow ?? []), maxResponseBytes: options.httpMaxResponseBytes };
+  let closing = false;
 
-  const failed = store.failRunsInFlight([RunStatus.QUEUED, RunStatus.RUNNING], RunStatus.FAILED, {
-    type: "ServerRestarted",
-    message: "the server stopped while this run was in flight",
-    traceback: "",
-  });
-  if (failed > 0) process.stderr.write(`marked ${failed} run(s) left in flight by the last process as failed\n`);
-
-  async function resolve(identity: Identity, inv: Invocation): Promise<WorkflowVersion> {
-    const accountId = requireAccount(identity);
+  async function resolve(accountId: string, inv: Pick<Invocation, "workflowRefName" | "version">): Promise<WorkflowVersion> {
     if (!inv.workflowRefName) throw invalid("workflow_ref_name is required", "model");
     const { version } = await registry.resolveWorkflow(
       { workflowRefName: inv.workflowRefName, version: inv.version },
@@ -209,44 +231,201 @@ export function createExecutorService(options: ExecutorServiceOptions): {
   }
 
   /**
-   * start checks everything that can be checked before a process exists (so every such error is
-   * the caller's, before any stream message), records the run and hands it to the pool.
+   * start answers an invocation with the run it means: a run in flight or ended that the invocation
+   * is a retry of (same idempotency key, or an SDK retry of the same request), resumed when it was
+   * interrupted; otherwise a new run. Everything that can be checked before a process exists is
+   * checked here, so every such error is the caller's, before any stream message.
    */
-  async function start(identity: Identity, inv: Invocation, listen: boolean): Promise<LiveRun> {
+  async function start(identity: Identity, inv: Invocation, how: { waited: boolean; callSeq: string | null }): Promise<Target> {
     const caller = admission.check(identity);
-    const version = await resolve(identity, inv);
+    let key = "";
+    if (inv.idempotencyKey) {
+      const problem = idempotencyKeyProblem(inv.idempotencyKey);
+      if (problem) throw invalid(problem, "idempotency_key");
+      key = `user:${inv.idempotencyKey}`;
+    } else if (caller.parent && how.callSeq !== null) {
+      // A nested run is its parent's ctx call: a resumed parent that calls again gets the same run.
+      key = `call:${caller.parent.run}:${how.callSeq}`;
+    }
+    if (key) {
+      const slot = `${caller.accountId}\n${key}`;
+      const earlier = keyed.get(slot);
+      if (earlier) return matching(await earlier, inv, key);
+      const answer = (async () => {
+        const row = store.runByKey(caller.accountId, key, Date.now() - idempotencyWindowMs);
+        if (row) return await retryOf(row, caller, inv, how.waited, key);
+        return { live: await launchNew(caller, inv, how.waited, key) };
+      })();
+      keyed.set(slot, answer);
+      try {
+        return await answer;
+      } finally {
+        keyed.delete(slot);
+      }
+    }
+    if (inv.retryCount > 0 && inv.requestHash) {
+      const attached = sdkRetryOf(caller.accountId, inv.requestHash);
+      if (attached) return attached.live ? attached : await retryOf(attached.row, caller, inv, how.waited, "");
+    }
+    return { live: await launchNew(caller, inv, how.waited, "") };
+  }
+
+  /** matching is a target for an invocation with its key, refused when the key was used for another request. */
+  function matching(target: Target, inv: Invocation, key: string): Target {
+    const hash = target.live ? target.live.requestHash : target.row.requestHash;
+    if (hash !== inv.requestHash) {
+      const name = key.startsWith("user:") ? `Idempotency-Key '${key.slice(5)}'` : "this call";
+      throw new ConnectError(`${name} was already used for another request; use a new key for a new request`, Code.AlreadyExists);
+    }
+    return target;
+  }
+
+  /** retryOf is what an invocation that retries the run of `row` gets: that run, live, resumed or ended. */
+  async function retryOf(row: RunRow, caller: Caller, inv: Invocation, waited: boolean, key: string): Promise<Target> {
+    if (key) matching({ row }, inv, key);
+    const running = live.get(row.id);
+    if (running) return { live: running };
+    if (row.status !== RunStatus.RUNNING && row.status !== RunStatus.QUEUED) return { row };
+    // Interrupted by a crash: the caller came back, with the secrets it had, to resume it.
+    return { live: await resume(row, caller, inv, waited) };
+  }
+
+  /**
+   * sdkRetryOf is the run an SDK's own retry attaches to: the latest of the account with the same
+   * request, when it is in flight (or interrupted) or ended within its timeout.
+   */
+  function sdkRetryOf(accountId: string, requestHash: string): Target | undefined {
+    for (const run of live.values()) if (run.accountId === accountId && run.requestHash === requestHash) return { live: run };
+    const row = store.runByRequest(accountId, requestHash);
+    if (!row) return undefined;
+    if (row.status === RunStatus.RUNNING || row.status === RunStatus.QUEUED) return { row };
+    return row.finishedAt !== null && Date.now() - row.finishedAt <= row.timeoutMs ? { row } : undefined;
+  }
+
+  /** launchNew checks and admits a new run and launches it. */
+  async function launchNew(caller: Caller, inv: Invocation, waited: boolean, idempotencyKey: string): Promise<LiveRun> {
+    const version = await resolve(caller.accountId, inv);
     const input = inputOf(inv, version, caller.parent !== undefined);
-    // A nested run's record is kept clean of its ancestors' secrets too: a parent passes them on in
-    // input, messages or metadata (the nested run itself still receives them).
-    const parentRun = caller.parent ? live.get(caller.parent.run) : undefined;
-    if (caller.parent && !parentRun) throw new ConnectError("the run this token was given to has ended", Code.Unauthenticated);
-    const secretValues = [...Object.values(inv.secrets), ...(parentRun?.secretValues ?? [])];
+    const secretValues = secretsOf(caller, inv);
     const release = admission.admit(caller.accountId);
     try {
-      return launch({ caller, inv, version, input, secretValues, release }, listen);
+      const createdAt = Date.now();
+      return launch({
+        caller,
+        inv,
+        version,
+        input,
+        secretValues,
+        release,
+        runId: newId("run"),
+        sessionId: inv.sessionId || caller.parent?.session || newId("sess"),
+        createdAt,
+        timeoutMs: Math.max(1, version.timeoutSeconds) * 1000,
+        metadata: (inv.metadata ?? {}) as JsonObject,
+        idempotencyKey,
+        attempt: 1,
+        attempts: [],
+        waited,
+      });
     } catch (e) {
       release();
       throw e;
     }
   }
 
-  /** launch records an admitted run, hands it to the pool and follows it to its end. */
-  function launch(admitted: Admitted, listen: boolean): LiveRun {
-    const { caller, inv, version } = admitted;
-    const createdAt = Date.now();
-    const run: RunPlan = {
-      ...admitted,
-      runId: newId("run"),
-      sessionId: inv.sessionId || caller.parent?.session || newId("sess"),
-      createdAt,
-      timeoutMs: Math.max(1, version.timeoutSeconds) * 1000,
-      metadata: (inv.metadata ?? {}) as JsonObject,
-    };
-    const { runId, sessionId } = run;
+  /**
+   * secretsOf are the values never to record for a run: its own secrets and its ancestors' (a parent
+   * passes them on in input, messages or metadata; the nested run itself still receives them).
+   */
+  function secretsOf(caller: Caller, inv: Invocation): string[] {
+    const parentRun = caller.parent ? live.get(caller.parent.run) : undefined;
+    if (caller.parent && !parentRun) throw new ConnectError("the run this token was given to has ended", Code.Unauthenticated);
+    return [...Object.values(inv.secrets), ...(parentRun?.secretValues ?? [])];
+  }
+
+  /**
+   * resume starts the next attempt of a run a crash interrupted, from its record: with the
+   * invocation of the caller that came back (it carries the secrets), or with what the record keeps.
+   */
+  async function resume(row: RunRow, caller: Caller | undefined, inv: Invocation | undefined, waited: boolean): Promise<LiveRun> {
+    clearTimeout(waiting.get(row.id));
+    waiting.delete(row.id);
+    const stored = row.resume;
+    if (!inv && (row.hasSecrets || !stored)) {
+      throw new ConnectError(
+        `run '${row.id}' was interrupted, and it was given secrets, which are never stored: it resumes when its caller retries the request with them`,
+        Code.FailedPrecondition,
+      );
+    }
+    const invocation =
+      inv ??
+      ({
+        workflowRefName: row.workflowRefName,
+        version: row.version,
+        input: stored!.hasInput ? toValue(row.input) : undefined,
+        hasInput: stored!.hasInput,
+        messages: stored!.messages as JsonObject[],
+        secrets: {},
+        metadata: (row.metadata ?? {}) as JsonObject,
+        params: stored!.params as JsonObject,
+        sessionId: row.sessionId,
+        idempotencyKey: "",
+        requestHash: row.requestHash,
+        retryCount: 0,
+      } as unknown as Invocation);
+    const who = caller ?? { accountId: row.accountId, parent: undefined, depth: row.depth };
+    let version: WorkflowVersion;
+    try {
+      version = await resolve(row.accountId, { workflowRefName: row.workflowRefName, version: row.version });
+    } catch (e) {
+      const error = ConnectError.from(e);
+      if (error.code === Code.NotFound) {
+        store.failRun(row.id, RunStatus.FAILED, {
+          type: "ServerRestarted",
+          message: interruptedMessage("its workflow version no longer exists"),
+          traceback: "",
+        });
+      }
+      throw error;
+    }
+    const secretValues = secretsOf(who, invocation);
+    const release = admission.admit(row.accountId);
+    const now = Date.now();
+    const attempts = [
+      ...(row.attempts ?? []),
+      { attempt: row.attempt, startedAt: row.startedAt ?? row.createdAt, endedAt: now, interrupted: true },
+    ];
+    try {
+      store.resumeRun(row.id, row.attempt + 1, attempts, now);
+      return launch({
+        caller: who,
+        inv: invocation,
+        version,
+        input: inputOf(invocation, version, row.depth > 0),
+        secretValues,
+        release,
+        runId: row.id,
+        sessionId: row.sessionId,
+        createdAt: row.createdAt,
+        timeoutMs: Math.max(1, version.timeoutSeconds) * 1000,
+        metadata: (invocation.metadata ?? {}) as JsonObject,
+        idempotencyKey: row.idempotencyKey,
+        attempt: row.attempt + 1,
+        attempts,
+        waited: waited || row.detached === 0,
+      });
+    } catch (e) {
+      release();
+      throw e;
+    }
+  }
+
+  /** launch records an admitted run (unless it resumes), hands it to the pool and follows it to its end, attempt after attempt. */
+  function launch(run: RunPlan): LiveRun {
+    const { caller, inv, version, runId, sessionId, createdAt } = run;
     const redact = createRunRedactor(run.secretValues);
     const recorder = createRunRecorder(redact, recordLimits);
-    const frames = createFrameTranslator();
-    const fetcher = runFetcher(createdAt + run.timeoutMs, egress, recorder.http);
+    const journal = newRunJournal(run.attempt, run.secretValues);
     const started: RunStarted = {
       $typeName: "shaker.executor.v1.RunStarted",
       runId,
@@ -254,71 +433,153 @@ export function createExecutorService(options: ExecutorServiceOptions): {
       workflowRefName: version.workflowRefName,
       version: version.version,
       detached: version.executionMode === ExecutionMode.ASYNC && !listenOverride(inv),
+      createdAt: timestampOf(createdAt),
+      attempt: run.attempt,
     };
+    // Nobody waits for an async run (unless they asked to stream it).
+    if (started.detached) run.waited = false;
     // A slow listener holds the run back: past the high mark its child is paused (it blocks in
     // ctx.emit once its pipe is full), and resumed when the listener has read down to the low mark.
-    const events =
-      listen && !started.detached
-        ? new AsyncQueue<StreamEvent>({
-            highWaterMark: streamHighWaterBytes,
-            lowWaterMark: streamLowWaterBytes,
-            weigh: weightOf,
-            onHigh: () => handle.pause(),
-            onLow: () => handle.resume(),
-          })
-        : undefined;
+    const events = new RunEvents({
+      highWaterBytes: streamHighWaterBytes,
+      lowWaterBytes: streamLowWaterBytes,
+      maxHistoryBytes,
+      pause: () => handle?.pause(),
+      resume: () => handle?.resume(),
+    });
     const finished = deferred<RunResult>();
     let endedBy: EndedBy | undefined;
+    let handle: RunHandle | undefined;
+    let timer: NodeJS.Timeout | undefined;
+    let attemptStartedAt = Date.now();
+    let callers = 0;
+    let grace: NodeJS.Timeout | undefined;
+    const fetcher = runFetcher(attemptStartedAt + run.timeoutMs, egress, recorder.http);
 
-    function onEvent(event: WorkerEvent, bytes: number): void {
-      for (const line of frames.logs(event)) {
-        // Recorded whether or not anybody listens (async and nested runs have no listener).
-        const recorded = recorder.log(line);
-        events?.push(logMessage(recorded));
-      }
-      if (event.t === "emit") {
-        recorder.emitted(event, bytes);
-        events?.push(emittedMessage(event, bytes));
-      } else if (event.t === "result") recorder.returned(event);
-      else if (event.t === "error") recorder.raised(event);
-      else if (event.t === "exit") finish(event);
+    /** execute starts one attempt: an attempt after an interruption skips what the earlier ones already delivered. */
+    function execute(skip: Cursor): void {
+      const frames = createFrameTranslator();
+      const seen = { emitted: 0, logs: 0 };
+      let returned: Frame<"result"> | undefined;
+      let raised: Frame<"error"> | undefined;
+      const onEvent = (event: WorkerEvent, bytes: number): void => {
+        for (const line of frames.logs(event)) {
+          if (seen.logs++ < skip.logs) continue;
+          // Recorded whether or not anybody listens (async and nested runs have no listener).
+          events.publish(logMessage(recorder.log(line)));
+        }
+        if (event.t === "emit") {
+          if (seen.emitted++ < skip.emitted) return;
+          recorder.emitted(event, bytes);
+          events.publish(emittedMessage(event, bytes));
+        } else if (event.t === "result") returned = event;
+        else if (event.t === "error") raised = event;
+        else if (event.t === "exit") attemptEnded(event, returned, raised);
+      };
+      timer = setTimeout(() => end("timeout"), run.timeoutMs);
+      handle = handOver(run, onEvent);
     }
 
-    function finish(exit: Frame<"exit">): void {
+    function attemptEnded(exit: Frame<"exit">, returned: Frame<"result"> | undefined, raised: Frame<"error"> | undefined): void {
       clearTimeout(timer);
+      const outcome = {
+        endedBy,
+        returned: returned !== undefined,
+        error: raised && recorder.raised(raised),
+        exit,
+        timeoutSeconds: version.timeoutSeconds,
+      };
+      if (isInterruption(outcome) && closing) shutDown();
+      else if (isInterruption(outcome) && run.attempt < maxAttempts) again();
+      else finish(outcome, returned);
+    }
+
+    /** again executes the run once more after an interruption, in this process. */
+    function again(): void {
+      const now = Date.now();
+      run.attempts = [...run.attempts, { attempt: run.attempt, startedAt: attemptStartedAt, endedAt: now, interrupted: true }];
+      run.attempt++;
+      started.attempt = run.attempt;
+      attemptStartedAt = now;
+      journal.replaying = true;
+      store.resumeRun(runId, run.attempt, run.attempts, now);
+      process.stderr.write(`run ${runId}: its process was interrupted; executing it again (attempt ${run.attempt})\n`);
+      execute(events.position);
+    }
+
+    /** shutDown leaves a run this server is shutting down recorded as in flight: the next start resumes it. */
+    function shutDown(): void {
       live.delete(runId);
       run.release();
       fetcher.end();
+      clearTimeout(grace);
+      const failure = new ConnectError("the server is shutting down; retry the request to resume the run", Code.Unavailable);
+      failure.metadata.set("shaker-run-id", runId);
+      events.fail(failure);
+      finished.reject(failure);
+    }
+
+    function finish(end: Parameters<typeof classifyExit>[0], returned: Frame<"result"> | undefined): void {
+      live.delete(runId);
+      run.release();
+      fetcher.end();
+      clearTimeout(grace);
+      if (returned) recorder.returned(returned);
       const finishedAt = Date.now();
       const durationMs = finishedAt - createdAt;
-      const returned = recorder.result;
-      const end = { endedBy, returned: returned !== undefined, error: recorder.error, exit, timeoutSeconds: version.timeoutSeconds };
       const { status, error, failure } = classifyExit(end);
-      const warnings = recorder.warnings(status === RunStatus.SUCCEEDED ? outputWarnings(returned!.output, version) : []);
-      store.finishRun(runId, recorder.fields({ status, error, warnings, finishedAt, durationMs }));
+      const warnings = recorder.warnings([
+        ...(status === RunStatus.SUCCEEDED ? outputWarnings(returned!.output, version) : []),
+        ...journal.warnings,
+        ...(journal.unjournaled > 0 ? [`${journal.unjournaled} ctx call(s) held a secret value and were not journaled`] : []),
+      ]);
+      const attempts = [...run.attempts, { attempt: run.attempt, startedAt: attemptStartedAt, endedAt: finishedAt, interrupted: false }];
+      const fields = recorder.fields({ status, error, warnings, finishedAt, durationMs });
+      store.finishRun(
+        runId,
+        { ...fields, attempt: run.attempt, attempts: run.attempt > 1 ? attempts : null, unjournaledCalls: journal.unjournaled },
+        journal.wrote,
+      );
       if (failure) {
         failure.metadata.set("shaker-run-id", runId);
-        events?.fail(failure);
+        events.fail(failure);
         finished.reject(failure);
         return;
       }
       const result = runResult(run, returned!, warnings, durationMs);
-      events?.push({ event: { case: "result", value: result } });
-      events?.end();
+      events.finish({ event: { case: "result", value: result } });
       finished.resolve(result);
     }
 
-    recordStart(run, redact);
-    const handle = handOver(run, onEvent);
     const end = (reason: EndedBy) => {
       endedBy ??= reason;
-      handle.kill();
+      handle?.kill();
     };
-    const timer = setTimeout(() => end("timeout"), run.timeoutMs);
-    const { accountId } = caller;
-    const { secretValues } = run;
-    const liveRun: LiveRun = { started, accountId, events, finished: finished.promise, secretValues, fetch: fetcher.fetch, cancel: end };
+    if (run.attempt === 1) recordStart(run, redact);
+    const liveRun: LiveRun = {
+      started,
+      accountId: caller.accountId,
+      requestHash: inv.requestHash,
+      events,
+      finished: finished.promise,
+      secretValues: run.secretValues,
+      journal,
+      fetch: fetcher.fetch,
+      cancel: end,
+      attach() {
+        callers++;
+        clearTimeout(grace);
+        let gone = false;
+        return () => {
+          if (gone) return;
+          gone = true;
+          if (--callers > 0 || !run.waited || !live.has(runId)) return;
+          grace = setTimeout(() => end("disconnected"), disconnectGraceMs);
+        };
+      },
+    };
     live.set(runId, liveRun);
+    execute(cursorStart);
     return liveRun;
   }
 
@@ -327,6 +588,7 @@ export function createExecutorService(options: ExecutorServiceOptions): {
    * same transaction or an earlier one), and while its child starts rather than before.
    */
   function recordStart(run: RunPlan, redact: (text: string) => string): void {
+    const hasSecrets = Object.keys(run.inv.secrets).length > 0 || run.secretValues.length > 0;
     store.insertRun({
       id: run.runId,
       accountId: run.caller.accountId,
@@ -341,12 +603,23 @@ export function createExecutorService(options: ExecutorServiceOptions): {
       startedAt: run.createdAt,
       parentRunId: run.caller.parent?.run ?? "",
       depth: run.caller.depth,
+      idempotencyKey: run.idempotencyKey,
+      requestHash: run.inv.requestHash,
+      detached: run.waited ? 0 : 1,
+      hasSecrets: hasSecrets ? 1 : 0,
+      timeoutMs: run.timeoutMs,
+      // What a resumed run is built from, unless it had secrets: those come back with its caller.
+      resume: hasSecrets
+        ? null
+        : { messages: run.inv.messages, params: run.inv.params ?? {}, hasInput: run.inv.hasInput || run.inv.input !== undefined },
+      attempt: 1,
     });
   }
 
   /** handOver mints the run's token and gives the run to the pool, with all its ctx is built from. */
   function handOver(run: RunPlan, onEvent: (event: WorkerEvent, bytes: number) => void): RunHandle {
     const { caller, inv, version } = run;
+    const now = Date.now();
     const token = auth.mintRunToken({
       account: caller.accountId,
       workflow: version.workflowRefName,
@@ -356,7 +629,7 @@ export function createExecutorService(options: ExecutorServiceOptions): {
       session: run.sessionId,
       datastores: version.datastores.map((d) => ({ name: d.name, write: d.write })),
       depth: caller.depth,
-      exp: run.createdAt + run.timeoutMs + 60_000,
+      exp: now + run.timeoutMs + 60_000,
     });
     return pool.run({
       runId: run.runId,
@@ -372,6 +645,7 @@ export function createExecutorService(options: ExecutorServiceOptions): {
         params: inv.params ?? {},
         session_id: run.sessionId,
         run_id: run.runId,
+        run_attempt: run.attempt,
         workflow: version.workflowRefName,
         version: version.version,
         version_id: version.versionId,
@@ -387,10 +661,77 @@ export function createExecutorService(options: ExecutorServiceOptions): {
     });
   }
 
-  function onAbort(ctx: HandlerContext, run: LiveRun): () => void {
-    const abort = () => run.cancel("disconnected");
-    ctx.signal.addEventListener("abort", abort, { once: true });
-    return () => ctx.signal.removeEventListener("abort", abort);
+  /** interruptedMessage explains why an interrupted run did not resume. */
+  function interruptedMessage(why: string): string {
+    return `the server stopped while this run was in flight, and ${why}`;
+  }
+
+  /**
+   * recover takes over the runs a previous process left in flight: an async run without secrets is
+   * resumed now; an async run with secrets fails (they were never stored); a run somebody waited for
+   * waits for that caller to come back (an SDK retry, its Idempotency-Key, a rejoin) for its timeout,
+   * and fails if nobody does.
+   */
+  function recover(): void {
+    const rows = store.runsInFlight([RunStatus.QUEUED, RunStatus.RUNNING]);
+    for (const row of rows) {
+      if (row.detached && row.hasSecrets) {
+        store.failRun(row.id, RunStatus.FAILED, {
+          type: "ServerRestarted",
+          message: interruptedMessage(
+            "it was given secrets, which are never stored, so it cannot resume on its own; run it again with its secrets (an async run has no caller to bring them back)",
+          ),
+          traceback: "",
+        });
+      } else if (row.detached) {
+        resumeLater(row, 0);
+      } else {
+        const wait = Math.max(row.timeoutMs, disconnectGraceMs);
+        const timer = setTimeout(() => {
+          waiting.delete(row.id);
+          if (live.has(row.id)) return;
+          store.failRun(row.id, RunStatus.FAILED, {
+            type: "ServerRestarted",
+            message: interruptedMessage(`its caller did not come back within ${Math.round(wait / 1000)}s to resume it`),
+            traceback: "",
+          });
+        }, wait);
+        timer.unref();
+        waiting.set(row.id, timer);
+      }
+    }
+    if (rows.length > 0)
+      process.stderr.write(`found ${rows.length} run(s) the last process left in flight: resuming or waiting for their callers\n`);
+  }
+
+  /** resumeLater resumes an async run on its own, trying again while the server is full. */
+  function resumeLater(row: RunRow, delayMs: number): void {
+    const timer = setTimeout(() => {
+      waiting.delete(row.id);
+      if (closing || live.has(row.id)) return;
+      resume(row, undefined, undefined, false).catch((e: unknown) => {
+        const error = ConnectError.from(e);
+        if (error.code === Code.ResourceExhausted || error.code === Code.Unavailable) return resumeLater(row, 1000);
+        if (error.code !== Code.NotFound) {
+          store.failRun(row.id, RunStatus.FAILED, {
+            type: "ServerRestarted",
+            message: interruptedMessage(`it could not resume: ${error.rawMessage}`),
+            traceback: "",
+          });
+        }
+      });
+    }, delayMs);
+    waiting.set(row.id, timer);
+  }
+
+  /** callerOf attaches a caller to a run for as long as its call lasts (ctx.signal): a caller that goes away detaches. */
+  function callerOf(ctx: HandlerContext, run: LiveRun): () => void {
+    const detach = run.attach();
+    ctx.signal.addEventListener("abort", detach, { once: true });
+    return () => {
+      ctx.signal.removeEventListener("abort", detach);
+      detach();
+    };
   }
 
   function runMessage(row: RunRow, full: boolean): MessageInitShape<typeof RunSchema> {
@@ -417,6 +758,18 @@ export function createExecutorService(options: ExecutorServiceOptions): {
         completionTokens: row.completionTokens,
         totalTokens: row.promptTokens + row.completionTokens,
       },
+      runAttempt: row.attempt,
+      attempts: (
+        row.attempts ?? [{ attempt: 1, startedAt: row.startedAt ?? row.createdAt, endedAt: row.finishedAt ?? 0, interrupted: false }]
+      )
+        .filter((a) => a.endedAt > 0 || row.attempts)
+        .map((a) => ({
+          attempt: a.attempt,
+          startedAt: timestampOf(a.startedAt),
+          endedAt: a.endedAt ? timestampOf(a.endedAt) : undefined,
+          interrupted: a.interrupted,
+        })),
+      unjournaledCalls: row.unjournaledCalls,
       ...(full
         ? {
             emitted: (row.emitted ?? []).map((e) => ({ seq: e.seq, value: toValue(e.value), time: timestampOf(e.time) })),
@@ -433,37 +786,150 @@ export function createExecutorService(options: ExecutorServiceOptions): {
     } as MessageInitShape<typeof RunSchema>;
   }
 
+  /** startedOf is the started message of an ended run, as its first caller got it. */
+  function startedOf(row: RunRow): RunStarted {
+    return {
+      $typeName: "shaker.executor.v1.RunStarted",
+      runId: row.id,
+      sessionId: row.sessionId,
+      workflowRefName: row.workflowRefName,
+      version: row.version,
+      detached: row.detached === 1,
+      createdAt: timestampOf(row.createdAt),
+      attempt: row.attempt,
+    };
+  }
+
+  /**
+   * recordedEvents are an ended run's emitted values and log lines from its record, after a cursor,
+   * in time order, then its result; a failed run's error is thrown after them, as its stream did.
+   */
+  function* recordedEvents(row: RunRow, after: Cursor): Generator<StreamEvent> {
+    const emitted = (row.emitted ?? []).map((e, i) => ({ time: e.time, kind: "emitted" as const, i, e }));
+    const logs = (row.logs ?? []).map((l, i) => ({ time: l.time, kind: "log" as const, i, l }));
+    const all = [...emitted, ...logs].sort((a, b) => a.time - b.time);
+    const at = { emitted: 0, logs: 0 };
+    for (const item of all) {
+      if (item.kind === "emitted") {
+        at.emitted = item.i + 1;
+        if (item.i < after.emitted) continue;
+        const { seq, value, time } = item.e;
+        yield {
+          eventId: cursorId(at),
+          event: { case: "emitted", value: { seq, value: toValue(value), time: timestampOf(time) } as never },
+        };
+      } else {
+        at.logs = item.i + 1;
+        if (item.i < after.logs) continue;
+        const { level, message, fields, time, source } = item.l;
+        yield {
+          eventId: cursorId(at),
+          event: { case: "log", value: { level, message, fields: fields as JsonObject, time: timestampOf(time), source } as never },
+        };
+      }
+    }
+    if (row.status !== RunStatus.SUCCEEDED) {
+      const failure = failureOf(row.status, row.error ?? { type: "Error", message: "the run failed", traceback: "" });
+      failure.metadata.set("shaker-run-id", row.id);
+      throw failure;
+    }
+    yield { event: { case: "result", value: resultOf(row) } };
+  }
+
+  /** resultOf is the RunResult of a run that succeeded, from its record. */
+  function resultOf(row: RunRow): RunResult {
+    return {
+      $typeName: "shaker.executor.v1.RunResult",
+      runId: row.id,
+      sessionId: row.sessionId,
+      output: toValue(row.output),
+      usage: {
+        $typeName: "shaker.executor.v1.Usage",
+        promptTokens: row.promptTokens,
+        completionTokens: row.completionTokens,
+        totalTokens: row.promptTokens + row.completionTokens,
+      },
+      warnings: row.warnings ?? [],
+      durationMs: row.durationMs ?? 0,
+    };
+  }
+
+  /** watch is every event of a target after a cursor, to its end: live (attached while it lasts) or from its record. */
+  async function* watch(ctx: HandlerContext, target: Target, after: Cursor): AsyncGenerator<StreamEvent> {
+    if (!target.live) {
+      yield* recordedEvents(target.row, after);
+      return;
+    }
+    const detach = callerOf(ctx, target.live);
+    const listener = target.live.events.listen(after);
+    try {
+      yield* listener.events;
+    } finally {
+      listener.stop();
+      detach();
+    }
+  }
+
+  /** finishedOf is how a target ends: its result, or its error thrown. */
+  async function finishedOf(ctx: HandlerContext, target: Target): Promise<RunResult> {
+    if (!target.live) {
+      if (target.row.status === RunStatus.SUCCEEDED) return resultOf(target.row);
+      const failure = failureOf(target.row.status, target.row.error ?? { type: "Error", message: "the run failed", traceback: "" });
+      failure.metadata.set("shaker-run-id", target.row.id);
+      throw failure;
+    }
+    const detach = callerOf(ctx, target.live);
+    try {
+      return await target.live.finished;
+    } finally {
+      detach();
+    }
+  }
+
+  const startedFrom = (target: Target): RunStarted => (target.live ? target.live.started : startedOf(target.row));
+
   const impl: ServiceImpl<typeof ExecutorService> = {
     async run(req, ctx) {
       const identity = await auth.identify(ctx.requestHeader);
-      const run = await start(identity, req.invocation ?? ({} as Invocation), false);
-      const detach = onAbort(ctx, run);
-      try {
-        return { result: await run.finished };
-      } finally {
-        detach();
-      }
+      const target = await start(identity, req.invocation ?? ({} as Invocation), {
+        waited: true,
+        callSeq: ctx.requestHeader.get(callSeqHeader),
+      });
+      return { result: await finishedOf(ctx, target) };
     },
 
     async *runStream(req, ctx) {
       const identity = await auth.identify(ctx.requestHeader);
-      const run = await start(identity, req.invocation ?? ({} as Invocation), true);
-      const detach = run.started.detached ? () => {} : onAbort(ctx, run);
-      try {
-        yield { event: { case: "started", value: run.started } };
-        if (run.started.detached) return;
-        for await (const event of run.events!) yield event;
-      } finally {
-        detach();
-        // A consumer that stops early (a disconnected client) must not leave the process running.
-        if (!run.started.detached && live.has(run.started.runId)) run.cancel("disconnected");
-      }
+      const inv = req.invocation ?? ({} as Invocation);
+      const target = await start(identity, inv, { waited: true, callSeq: null });
+      const started = startedFrom(target);
+      yield { event: { case: "started", value: started } };
+      if (started.detached) return;
+      yield* watch(ctx, target, cursorStart);
     },
 
     async startRun(req, ctx) {
       const identity = await auth.identify(ctx.requestHeader);
-      const run = await start(identity, req.invocation ?? ({} as Invocation), false);
-      return { started: run.started };
+      const target = await start(identity, req.invocation ?? ({} as Invocation), { waited: false, callSeq: null });
+      return { started: startedFrom(target) };
+    },
+
+    async *watchRun(req, ctx) {
+      const accountId = recordsReader(await auth.identify(ctx.requestHeader));
+      const after = parseCursor(req.after);
+      const running = live.get(req.runId);
+      let target: Target;
+      if (running && running.accountId === accountId) target = { live: running };
+      else {
+        const row = store.run(accountId, req.runId);
+        if (!row) throw new ConnectError(`run '${req.runId}' not found`, Code.NotFound);
+        // Interrupted: watching it resumes it, when it can resume without its caller.
+        target =
+          row.status === RunStatus.RUNNING || row.status === RunStatus.QUEUED
+            ? { live: await resume(row, undefined, undefined, true) }
+            : { row };
+      }
+      for await (const update of watch(ctx, target, after)) yield { update };
     },
 
     async getRun(req, ctx) {
@@ -494,7 +960,15 @@ export function createExecutorService(options: ExecutorServiceOptions): {
         run.cancel("cancelled");
         return { cancelled: true };
       }
-      if (!store.run(accountId, req.runId)) throw new ConnectError(`run '${req.runId}' not found`, Code.NotFound);
+      const row = store.run(accountId, req.runId);
+      if (!row) throw new ConnectError(`run '${req.runId}' not found`, Code.NotFound);
+      if (row.status === RunStatus.RUNNING || row.status === RunStatus.QUEUED) {
+        // Interrupted, waiting for its caller: cancelled without ever resuming.
+        clearTimeout(waiting.get(row.id));
+        waiting.delete(row.id);
+        store.failRun(row.id, RunStatus.CANCELLED, { type: "Cancelled", message: "the run was cancelled", traceback: "" });
+        return { cancelled: true };
+      }
       return { cancelled: false };
     },
 
@@ -508,5 +982,18 @@ export function createExecutorService(options: ExecutorServiceOptions): {
       return await run.fetch(req, ctx.signal);
     },
   };
-  return { impl, live };
+
+  recover();
+  return {
+    impl,
+    live,
+    /** interceptor journals the ctx calls of runs, on the socket runs call the services through. */
+    journalInterceptor: createJournalInterceptor({ store, auth, runJournal: (runId) => live.get(runId)?.journal }),
+    /** shutDown stops resuming runs: those still in flight when their processes go stay recorded as in flight, for the next start. */
+    shutDown(): void {
+      closing = true;
+      for (const timer of waiting.values()) clearTimeout(timer);
+      waiting.clear();
+    },
+  };
 }

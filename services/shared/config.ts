@@ -28,6 +28,11 @@ export interface Config {
   maxNestingDepth: number;
   /** sseKeepAliveMs is the interval of `: keep-alive` comments on quiet streams; `SHAKER_SSE_KEEPALIVE_MS`, default 15000. */
   sseKeepAliveMs: number;
+  /**
+   * disconnectGraceMs is how long a run goes on after every caller waiting for it disconnected, for
+   * one to come back (a rejoin, an Idempotency-Key or SDK retry); `SHAKER_DISCONNECT_GRACE_MS`, default 5000.
+   */
+  disconnectGraceMs: number;
   /** openaiApiKey is the key of the default OpenAI-compatible upstream; `OPENAI_API_KEY`. */
   openaiApiKey: string | undefined;
   /** openaiBaseUrl is the default upstream's base URL; `OPENAI_BASE_URL` (the OpenAI API when only a key is set). */
@@ -110,6 +115,7 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env, overrides: Part
     workers: Math.max(1, envInt(env, "SHAKER_WORKERS", 2)),
     maxNestingDepth: envInt(env, "SHAKER_MAX_NESTING_DEPTH", 5),
     sseKeepAliveMs: Math.max(1, envInt(env, "SHAKER_SSE_KEEPALIVE_MS", 15_000)),
+    disconnectGraceMs: envInt(env, "SHAKER_DISCONNECT_GRACE_MS", 5000),
     openaiApiKey: envString(env, "OPENAI_API_KEY"),
     openaiBaseUrl: envString(env, "OPENAI_BASE_URL"),
     modelsConfigFile: envString(env, "SHAKER_MODELS_CONFIG"),

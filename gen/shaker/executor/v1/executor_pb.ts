@@ -12,7 +12,7 @@ import type { JsonObject, Message } from "@bufbuild/protobuf";
  * Describes the file shaker/executor/v1/executor.proto.
  */
 export const file_shaker_executor_v1_executor: GenFile = /*@__PURE__*/
-  fileDesc("CiFzaGFrZXIvZXhlY3V0b3IvdjEvZXhlY3V0b3IucHJvdG8SEnNoYWtlci5leGVjdXRvci52MSLzAgoKSW52b2NhdGlvbhIZChF3b3JrZmxvd19yZWZfbmFtZRgBIAEoCRIPCgd2ZXJzaW9uGAIgASgJEiUKBWlucHV0GAMgASgLMhYuZ29vZ2xlLnByb3RvYnVmLlZhbHVlEhEKCWhhc19pbnB1dBgEIAEoCBIpCghtZXNzYWdlcxgFIAMoCzIXLmdvb2dsZS5wcm90b2J1Zi5TdHJ1Y3QSPAoHc2VjcmV0cxgGIAMoCzIrLnNoYWtlci5leGVjdXRvci52MS5JbnZvY2F0aW9uLlNlY3JldHNFbnRyeRIpCghtZXRhZGF0YRgHIAEoCzIXLmdvb2dsZS5wcm90b2J1Zi5TdHJ1Y3QSJwoGcGFyYW1zGAggASgLMhcuZ29vZ2xlLnByb3RvYnVmLlN0cnVjdBISCgpzZXNzaW9uX2lkGAkgASgJGi4KDFNlY3JldHNFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAk6AjgBIkAKClJ1blJlcXVlc3QSMgoKaW52b2NhdGlvbhgBIAEoCzIeLnNoYWtlci5leGVjdXRvci52MS5JbnZvY2F0aW9uIjwKC1J1blJlc3BvbnNlEi0KBnJlc3VsdBgBIAEoCzIdLnNoYWtlci5leGVjdXRvci52MS5SdW5SZXN1bHQiRgoQUnVuU3RyZWFtUmVxdWVzdBIyCgppbnZvY2F0aW9uGAEgASgLMh4uc2hha2VyLmV4ZWN1dG9yLnYxLkludm9jYXRpb24i4gEKEVJ1blN0cmVhbVJlc3BvbnNlEjEKB3N0YXJ0ZWQYASABKAsyHi5zaGFrZXIuZXhlY3V0b3IudjEuUnVuU3RhcnRlZEgAEjMKB2VtaXR0ZWQYAiABKAsyIC5zaGFrZXIuZXhlY3V0b3IudjEuRW1pdHRlZFZhbHVlSAASKwoDbG9nGAMgASgLMhwuc2hha2VyLmV4ZWN1dG9yLnYxLkxvZ0VudHJ5SAASLwoGcmVzdWx0GAQgASgLMh0uc2hha2VyLmV4ZWN1dG9yLnYxLlJ1blJlc3VsdEgAQgcKBWV2ZW50Im4KClJ1blN0YXJ0ZWQSDgoGcnVuX2lkGAEgASgJEhIKCnNlc3Npb25faWQYAiABKAkSGQoRd29ya2Zsb3dfcmVmX25hbWUYAyABKAkSDwoHdmVyc2lvbhgEIAEoCRIQCghkZXRhY2hlZBgFIAEoCCJFCg9TdGFydFJ1blJlcXVlc3QSMgoKaW52b2NhdGlvbhgBIAEoCzIeLnNoYWtlci5leGVjdXRvci52MS5JbnZvY2F0aW9uIkMKEFN0YXJ0UnVuUmVzcG9uc2USLwoHc3RhcnRlZBgBIAEoCzIeLnNoYWtlci5leGVjdXRvci52MS5SdW5TdGFydGVkImwKDEVtaXR0ZWRWYWx1ZRILCgNzZXEYASABKAUSJQoFdmFsdWUYAiABKAsyFi5nb29nbGUucHJvdG9idWYuVmFsdWUSKAoEdGltZRgDIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAiqwEKCExvZ0VudHJ5EisKBWxldmVsGAEgASgOMhwuc2hha2VyLmV4ZWN1dG9yLnYxLkxvZ0xldmVsEg8KB21lc3NhZ2UYAiABKAkSJwoGZmllbGRzGAMgASgLMhcuZ29vZ2xlLnByb3RvYnVmLlN0cnVjdBIoCgR0aW1lGAQgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIOCgZzb3VyY2UYBSABKAkihgEKCEh0dHBDYWxsEg4KBm1ldGhvZBgBIAEoCRIMCgRob3N0GAIgASgJEg4KBnN0YXR1cxgDIAEoBRITCgtkdXJhdGlvbl9tcxgEIAEoARINCgVlcnJvchgFIAEoCRIoCgR0aW1lGAYgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCJPCgVVc2FnZRIVCg1wcm9tcHRfdG9rZW5zGAEgASgFEhkKEWNvbXBsZXRpb25fdG9rZW5zGAIgASgFEhQKDHRvdGFsX3Rva2VucxgDIAEoBSI8CghSdW5FcnJvchIMCgR0eXBlGAEgASgJEg8KB21lc3NhZ2UYAiABKAkSEQoJdHJhY2ViYWNrGAMgASgJIqgBCglSdW5SZXN1bHQSDgoGcnVuX2lkGAEgASgJEhIKCnNlc3Npb25faWQYAiABKAkSJgoGb3V0cHV0GAMgASgLMhYuZ29vZ2xlLnByb3RvYnVmLlZhbHVlEigKBXVzYWdlGAQgASgLMhkuc2hha2VyLmV4ZWN1dG9yLnYxLlVzYWdlEhAKCHdhcm5pbmdzGAUgAygJEhMKC2R1cmF0aW9uX21zGAYgASgBItgFCgNSdW4SDgoGcnVuX2lkGAEgASgJEhIKCmFjY291bnRfaWQYAiABKAkSGQoRd29ya2Zsb3dfcmVmX25hbWUYAyABKAkSDwoHdmVyc2lvbhgEIAEoCRISCgpzZXNzaW9uX2lkGAUgASgJEi0KBnN0YXR1cxgGIAEoDjIdLnNoYWtlci5leGVjdXRvci52MS5SdW5TdGF0dXMSJQoFaW5wdXQYByABKAsyFi5nb29nbGUucHJvdG9idWYuVmFsdWUSKQoIbWV0YWRhdGEYCCABKAsyFy5nb29nbGUucHJvdG9idWYuU3RydWN0EiYKBm91dHB1dBgJIAEoCzIWLmdvb2dsZS5wcm90b2J1Zi5WYWx1ZRIrCgVlcnJvchgKIAEoCzIcLnNoYWtlci5leGVjdXRvci52MS5SdW5FcnJvchIuCgpjcmVhdGVkX2F0GAsgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIuCgpzdGFydGVkX2F0GAwgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIvCgtmaW5pc2hlZF9hdBgNIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASEwoLZHVyYXRpb25fbXMYDiABKAESMQoHZW1pdHRlZBgPIAMoCzIgLnNoYWtlci5leGVjdXRvci52MS5FbWl0dGVkVmFsdWUSKgoEbG9ncxgQIAMoCzIcLnNoYWtlci5leGVjdXRvci52MS5Mb2dFbnRyeRIwCgpodHRwX2NhbGxzGBEgAygLMhwuc2hha2VyLmV4ZWN1dG9yLnYxLkh0dHBDYWxsEhAKCHdhcm5pbmdzGBIgAygJEhUKDXBhcmVudF9ydW5faWQYEyABKAkSDQoFZGVwdGgYFCABKAUSKAoFdXNhZ2UYFSABKAsyGS5zaGFrZXIuZXhlY3V0b3IudjEuVXNhZ2UiHwoNR2V0UnVuUmVxdWVzdBIOCgZydW5faWQYASABKAkiNgoOR2V0UnVuUmVzcG9uc2USJAoDcnVuGAEgASgLMhcuc2hha2VyLmV4ZWN1dG9yLnYxLlJ1biKOAQoPTGlzdFJ1bnNSZXF1ZXN0EhkKEXdvcmtmbG93X3JlZl9uYW1lGAEgASgJEhIKCnNlc3Npb25faWQYAiABKAkSLQoGc3RhdHVzGAMgASgOMh0uc2hha2VyLmV4ZWN1dG9yLnYxLlJ1blN0YXR1cxIOCgZvZmZzZXQYBCABKAUSDQoFbGltaXQYBSABKAUiOQoQTGlzdFJ1bnNSZXNwb25zZRIlCgRydW5zGAEgAygLMhcuc2hha2VyLmV4ZWN1dG9yLnYxLlJ1biIiChBDYW5jZWxSdW5SZXF1ZXN0Eg4KBnJ1bl9pZBgBIAEoCSImChFDYW5jZWxSdW5SZXNwb25zZRIRCgljYW5jZWxsZWQYASABKAgiwgEKDEZldGNoUmVxdWVzdBIOCgZtZXRob2QYASABKAkSCwoDdXJsGAIgASgJEj4KB2hlYWRlcnMYAyADKAsyLS5zaGFrZXIuZXhlY3V0b3IudjEuRmV0Y2hSZXF1ZXN0LkhlYWRlcnNFbnRyeRIMCgRib2R5GAQgASgMEhcKD3RpbWVvdXRfc2Vjb25kcxgFIAEoARouCgxIZWFkZXJzRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgJOgI4ASKrAQoNRmV0Y2hSZXNwb25zZRIOCgZzdGF0dXMYASABKAUSPwoHaGVhZGVycxgCIAMoCzIuLnNoYWtlci5leGVjdXRvci52MS5GZXRjaFJlc3BvbnNlLkhlYWRlcnNFbnRyeRIMCgRib2R5GAMgASgMEgsKA3VybBgEIAEoCRouCgxIZWFkZXJzRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgJOgI4ASq7AQoJUnVuU3RhdHVzEhoKFlJVTl9TVEFUVVNfVU5TUEVDSUZJRUQQABIVChFSVU5fU1RBVFVTX1FVRVVFRBABEhYKElJVTl9TVEFUVVNfUlVOTklORxACEhgKFFJVTl9TVEFUVVNfU1VDQ0VFREVEEAMSFQoRUlVOX1NUQVRVU19GQUlMRUQQBBIYChRSVU5fU1RBVFVTX1RJTUVEX09VVBAFEhgKFFJVTl9TVEFUVVNfQ0FOQ0VMTEVEEAYqegoITG9nTGV2ZWwSGQoVTE9HX0xFVkVMX1VOU1BFQ0lGSUVEEAASEwoPTE9HX0xFVkVMX0RFQlVHEAESEgoOTE9HX0xFVkVMX0lORk8QAhIVChFMT0dfTEVWRUxfV0FSTklORxADEhMKD0xPR19MRVZFTF9FUlJPUhAEMtwECg9FeGVjdXRvclNlcnZpY2USRgoDUnVuEh4uc2hha2VyLmV4ZWN1dG9yLnYxLlJ1blJlcXVlc3QaHy5zaGFrZXIuZXhlY3V0b3IudjEuUnVuUmVzcG9uc2USWgoJUnVuU3RyZWFtEiQuc2hha2VyLmV4ZWN1dG9yLnYxLlJ1blN0cmVhbVJlcXVlc3QaJS5zaGFrZXIuZXhlY3V0b3IudjEuUnVuU3RyZWFtUmVzcG9uc2UwARJVCghTdGFydFJ1bhIjLnNoYWtlci5leGVjdXRvci52MS5TdGFydFJ1blJlcXVlc3QaJC5zaGFrZXIuZXhlY3V0b3IudjEuU3RhcnRSdW5SZXNwb25zZRJPCgZHZXRSdW4SIS5zaGFrZXIuZXhlY3V0b3IudjEuR2V0UnVuUmVxdWVzdBoiLnNoYWtlci5leGVjdXRvci52MS5HZXRSdW5SZXNwb25zZRJVCghMaXN0UnVucxIjLnNoYWtlci5leGVjdXRvci52MS5MaXN0UnVuc1JlcXVlc3QaJC5zaGFrZXIuZXhlY3V0b3IudjEuTGlzdFJ1bnNSZXNwb25zZRJYCglDYW5jZWxSdW4SJC5zaGFrZXIuZXhlY3V0b3IudjEuQ2FuY2VsUnVuUmVxdWVzdBolLnNoYWtlci5leGVjdXRvci52MS5DYW5jZWxSdW5SZXNwb25zZRJMCgVGZXRjaBIgLnNoYWtlci5leGVjdXRvci52MS5GZXRjaFJlcXVlc3QaIS5zaGFrZXIuZXhlY3V0b3IudjEuRmV0Y2hSZXNwb25zZWIGcHJvdG8z", [file_google_protobuf_struct, file_google_protobuf_timestamp]);
+  fileDesc("CiFzaGFrZXIvZXhlY3V0b3IvdjEvZXhlY3V0b3IucHJvdG8SEnNoYWtlci5leGVjdXRvci52MSK3AwoKSW52b2NhdGlvbhIZChF3b3JrZmxvd19yZWZfbmFtZRgBIAEoCRIPCgd2ZXJzaW9uGAIgASgJEiUKBWlucHV0GAMgASgLMhYuZ29vZ2xlLnByb3RvYnVmLlZhbHVlEhEKCWhhc19pbnB1dBgEIAEoCBIpCghtZXNzYWdlcxgFIAMoCzIXLmdvb2dsZS5wcm90b2J1Zi5TdHJ1Y3QSPAoHc2VjcmV0cxgGIAMoCzIrLnNoYWtlci5leGVjdXRvci52MS5JbnZvY2F0aW9uLlNlY3JldHNFbnRyeRIpCghtZXRhZGF0YRgHIAEoCzIXLmdvb2dsZS5wcm90b2J1Zi5TdHJ1Y3QSJwoGcGFyYW1zGAggASgLMhcuZ29vZ2xlLnByb3RvYnVmLlN0cnVjdBISCgpzZXNzaW9uX2lkGAkgASgJEhcKD2lkZW1wb3RlbmN5X2tleRgKIAEoCRIUCgxyZXF1ZXN0X2hhc2gYCyABKAkSEwoLcmV0cnlfY291bnQYDCABKAUaLgoMU2VjcmV0c0VudHJ5EgsKA2tleRgBIAEoCRINCgV2YWx1ZRgCIAEoCToCOAEiQAoKUnVuUmVxdWVzdBIyCgppbnZvY2F0aW9uGAEgASgLMh4uc2hha2VyLmV4ZWN1dG9yLnYxLkludm9jYXRpb24iPAoLUnVuUmVzcG9uc2USLQoGcmVzdWx0GAEgASgLMh0uc2hha2VyLmV4ZWN1dG9yLnYxLlJ1blJlc3VsdCJGChBSdW5TdHJlYW1SZXF1ZXN0EjIKCmludm9jYXRpb24YASABKAsyHi5zaGFrZXIuZXhlY3V0b3IudjEuSW52b2NhdGlvbiL0AQoRUnVuU3RyZWFtUmVzcG9uc2USEAoIZXZlbnRfaWQYBSABKAkSMQoHc3RhcnRlZBgBIAEoCzIeLnNoYWtlci5leGVjdXRvci52MS5SdW5TdGFydGVkSAASMwoHZW1pdHRlZBgCIAEoCzIgLnNoYWtlci5leGVjdXRvci52MS5FbWl0dGVkVmFsdWVIABIrCgNsb2cYAyABKAsyHC5zaGFrZXIuZXhlY3V0b3IudjEuTG9nRW50cnlIABIvCgZyZXN1bHQYBCABKAsyHS5zaGFrZXIuZXhlY3V0b3IudjEuUnVuUmVzdWx0SABCBwoFZXZlbnQirwEKClJ1blN0YXJ0ZWQSDgoGcnVuX2lkGAEgASgJEhIKCnNlc3Npb25faWQYAiABKAkSGQoRd29ya2Zsb3dfcmVmX25hbWUYAyABKAkSDwoHdmVyc2lvbhgEIAEoCRIQCghkZXRhY2hlZBgFIAEoCBIuCgpjcmVhdGVkX2F0GAYgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIPCgdhdHRlbXB0GAcgASgFIjAKD1dhdGNoUnVuUmVxdWVzdBIOCgZydW5faWQYASABKAkSDQoFYWZ0ZXIYAiABKAkiSQoQV2F0Y2hSdW5SZXNwb25zZRI1CgZ1cGRhdGUYASABKAsyJS5zaGFrZXIuZXhlY3V0b3IudjEuUnVuU3RyZWFtUmVzcG9uc2UikAEKClJ1bkF0dGVtcHQSDwoHYXR0ZW1wdBgBIAEoBRIuCgpzdGFydGVkX2F0GAIgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIsCghlbmRlZF9hdBgDIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASEwoLaW50ZXJydXB0ZWQYBCABKAgiRQoPU3RhcnRSdW5SZXF1ZXN0EjIKCmludm9jYXRpb24YASABKAsyHi5zaGFrZXIuZXhlY3V0b3IudjEuSW52b2NhdGlvbiJDChBTdGFydFJ1blJlc3BvbnNlEi8KB3N0YXJ0ZWQYASABKAsyHi5zaGFrZXIuZXhlY3V0b3IudjEuUnVuU3RhcnRlZCJsCgxFbWl0dGVkVmFsdWUSCwoDc2VxGAEgASgFEiUKBXZhbHVlGAIgASgLMhYuZ29vZ2xlLnByb3RvYnVmLlZhbHVlEigKBHRpbWUYAyABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wIqsBCghMb2dFbnRyeRIrCgVsZXZlbBgBIAEoDjIcLnNoYWtlci5leGVjdXRvci52MS5Mb2dMZXZlbBIPCgdtZXNzYWdlGAIgASgJEicKBmZpZWxkcxgDIAEoCzIXLmdvb2dsZS5wcm90b2J1Zi5TdHJ1Y3QSKAoEdGltZRgEIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASDgoGc291cmNlGAUgASgJIoYBCghIdHRwQ2FsbBIOCgZtZXRob2QYASABKAkSDAoEaG9zdBgCIAEoCRIOCgZzdGF0dXMYAyABKAUSEwoLZHVyYXRpb25fbXMYBCABKAESDQoFZXJyb3IYBSABKAkSKAoEdGltZRgGIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAiTwoFVXNhZ2USFQoNcHJvbXB0X3Rva2VucxgBIAEoBRIZChFjb21wbGV0aW9uX3Rva2VucxgCIAEoBRIUCgx0b3RhbF90b2tlbnMYAyABKAUiPAoIUnVuRXJyb3ISDAoEdHlwZRgBIAEoCRIPCgdtZXNzYWdlGAIgASgJEhEKCXRyYWNlYmFjaxgDIAEoCSKoAQoJUnVuUmVzdWx0Eg4KBnJ1bl9pZBgBIAEoCRISCgpzZXNzaW9uX2lkGAIgASgJEiYKBm91dHB1dBgDIAEoCzIWLmdvb2dsZS5wcm90b2J1Zi5WYWx1ZRIoCgV1c2FnZRgEIAEoCzIZLnNoYWtlci5leGVjdXRvci52MS5Vc2FnZRIQCgh3YXJuaW5ncxgFIAMoCRITCgtkdXJhdGlvbl9tcxgGIAEoASK6BgoDUnVuEg4KBnJ1bl9pZBgBIAEoCRISCgphY2NvdW50X2lkGAIgASgJEhkKEXdvcmtmbG93X3JlZl9uYW1lGAMgASgJEg8KB3ZlcnNpb24YBCABKAkSEgoKc2Vzc2lvbl9pZBgFIAEoCRItCgZzdGF0dXMYBiABKA4yHS5zaGFrZXIuZXhlY3V0b3IudjEuUnVuU3RhdHVzEiUKBWlucHV0GAcgASgLMhYuZ29vZ2xlLnByb3RvYnVmLlZhbHVlEikKCG1ldGFkYXRhGAggASgLMhcuZ29vZ2xlLnByb3RvYnVmLlN0cnVjdBImCgZvdXRwdXQYCSABKAsyFi5nb29nbGUucHJvdG9idWYuVmFsdWUSKwoFZXJyb3IYCiABKAsyHC5zaGFrZXIuZXhlY3V0b3IudjEuUnVuRXJyb3ISLgoKY3JlYXRlZF9hdBgLIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASLgoKc3RhcnRlZF9hdBgMIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASLwoLZmluaXNoZWRfYXQYDSABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEhMKC2R1cmF0aW9uX21zGA4gASgBEjEKB2VtaXR0ZWQYDyADKAsyIC5zaGFrZXIuZXhlY3V0b3IudjEuRW1pdHRlZFZhbHVlEioKBGxvZ3MYECADKAsyHC5zaGFrZXIuZXhlY3V0b3IudjEuTG9nRW50cnkSMAoKaHR0cF9jYWxscxgRIAMoCzIcLnNoYWtlci5leGVjdXRvci52MS5IdHRwQ2FsbBIQCgh3YXJuaW5ncxgSIAMoCRIVCg1wYXJlbnRfcnVuX2lkGBMgASgJEg0KBWRlcHRoGBQgASgFEigKBXVzYWdlGBUgASgLMhkuc2hha2VyLmV4ZWN1dG9yLnYxLlVzYWdlEhMKC3J1bl9hdHRlbXB0GBYgASgFEjAKCGF0dGVtcHRzGBcgAygLMh4uc2hha2VyLmV4ZWN1dG9yLnYxLlJ1bkF0dGVtcHQSGQoRdW5qb3VybmFsZWRfY2FsbHMYGCABKAUiHwoNR2V0UnVuUmVxdWVzdBIOCgZydW5faWQYASABKAkiNgoOR2V0UnVuUmVzcG9uc2USJAoDcnVuGAEgASgLMhcuc2hha2VyLmV4ZWN1dG9yLnYxLlJ1biKOAQoPTGlzdFJ1bnNSZXF1ZXN0EhkKEXdvcmtmbG93X3JlZl9uYW1lGAEgASgJEhIKCnNlc3Npb25faWQYAiABKAkSLQoGc3RhdHVzGAMgASgOMh0uc2hha2VyLmV4ZWN1dG9yLnYxLlJ1blN0YXR1cxIOCgZvZmZzZXQYBCABKAUSDQoFbGltaXQYBSABKAUiOQoQTGlzdFJ1bnNSZXNwb25zZRIlCgRydW5zGAEgAygLMhcuc2hha2VyLmV4ZWN1dG9yLnYxLlJ1biIiChBDYW5jZWxSdW5SZXF1ZXN0Eg4KBnJ1bl9pZBgBIAEoCSImChFDYW5jZWxSdW5SZXNwb25zZRIRCgljYW5jZWxsZWQYASABKAgiwgEKDEZldGNoUmVxdWVzdBIOCgZtZXRob2QYASABKAkSCwoDdXJsGAIgASgJEj4KB2hlYWRlcnMYAyADKAsyLS5zaGFrZXIuZXhlY3V0b3IudjEuRmV0Y2hSZXF1ZXN0LkhlYWRlcnNFbnRyeRIMCgRib2R5GAQgASgMEhcKD3RpbWVvdXRfc2Vjb25kcxgFIAEoARouCgxIZWFkZXJzRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgJOgI4ASKrAQoNRmV0Y2hSZXNwb25zZRIOCgZzdGF0dXMYASABKAUSPwoHaGVhZGVycxgCIAMoCzIuLnNoYWtlci5leGVjdXRvci52MS5GZXRjaFJlc3BvbnNlLkhlYWRlcnNFbnRyeRIMCgRib2R5GAMgASgMEgsKA3VybBgEIAEoCRouCgxIZWFkZXJzRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgJOgI4ASq7AQoJUnVuU3RhdHVzEhoKFlJVTl9TVEFUVVNfVU5TUEVDSUZJRUQQABIVChFSVU5fU1RBVFVTX1FVRVVFRBABEhYKElJVTl9TVEFUVVNfUlVOTklORxACEhgKFFJVTl9TVEFUVVNfU1VDQ0VFREVEEAMSFQoRUlVOX1NUQVRVU19GQUlMRUQQBBIYChRSVU5fU1RBVFVTX1RJTUVEX09VVBAFEhgKFFJVTl9TVEFUVVNfQ0FOQ0VMTEVEEAYqegoITG9nTGV2ZWwSGQoVTE9HX0xFVkVMX1VOU1BFQ0lGSUVEEAASEwoPTE9HX0xFVkVMX0RFQlVHEAESEgoOTE9HX0xFVkVMX0lORk8QAhIVChFMT0dfTEVWRUxfV0FSTklORxADEhMKD0xPR19MRVZFTF9FUlJPUhAEMrUFCg9FeGVjdXRvclNlcnZpY2USRgoDUnVuEh4uc2hha2VyLmV4ZWN1dG9yLnYxLlJ1blJlcXVlc3QaHy5zaGFrZXIuZXhlY3V0b3IudjEuUnVuUmVzcG9uc2USWgoJUnVuU3RyZWFtEiQuc2hha2VyLmV4ZWN1dG9yLnYxLlJ1blN0cmVhbVJlcXVlc3QaJS5zaGFrZXIuZXhlY3V0b3IudjEuUnVuU3RyZWFtUmVzcG9uc2UwARJVCghTdGFydFJ1bhIjLnNoYWtlci5leGVjdXRvci52MS5TdGFydFJ1blJlcXVlc3QaJC5zaGFrZXIuZXhlY3V0b3IudjEuU3RhcnRSdW5SZXNwb25zZRJPCgZHZXRSdW4SIS5zaGFrZXIuZXhlY3V0b3IudjEuR2V0UnVuUmVxdWVzdBoiLnNoYWtlci5leGVjdXRvci52MS5HZXRSdW5SZXNwb25zZRJVCghMaXN0UnVucxIjLnNoYWtlci5leGVjdXRvci52MS5MaXN0UnVuc1JlcXVlc3QaJC5zaGFrZXIuZXhlY3V0b3IudjEuTGlzdFJ1bnNSZXNwb25zZRJYCglDYW5jZWxSdW4SJC5zaGFrZXIuZXhlY3V0b3IudjEuQ2FuY2VsUnVuUmVxdWVzdBolLnNoYWtlci5leGVjdXRvci52MS5DYW5jZWxSdW5SZXNwb25zZRJXCghXYXRjaFJ1bhIjLnNoYWtlci5leGVjdXRvci52MS5XYXRjaFJ1blJlcXVlc3QaJC5zaGFrZXIuZXhlY3V0b3IudjEuV2F0Y2hSdW5SZXNwb25zZTABEkwKBUZldGNoEiAuc2hha2VyLmV4ZWN1dG9yLnYxLkZldGNoUmVxdWVzdBohLnNoYWtlci5leGVjdXRvci52MS5GZXRjaFJlc3BvbnNlYgZwcm90bzM", [file_google_protobuf_struct, file_google_protobuf_timestamp]);
 
 /**
  * Invocation is what a caller asks a workflow to do.
@@ -82,6 +82,33 @@ export type Invocation = Message<"shaker.executor.v1.Invocation"> & {
    * @generated from field: string session_id = 9;
    */
   sessionId: string;
+
+  /**
+   * idempotency_key makes the invocation idempotent within its account for 24 hours: an invocation
+   * with a key already used attaches to that run (while in flight; resuming it when it was
+   * interrupted) or gets its result again (once ended), and never starts another. A different
+   * request_hash under the same key fails with Code.AlreadyExists.
+   *
+   * @generated from field: string idempotency_key = 10;
+   */
+  idempotencyKey: string;
+
+  /**
+   * request_hash identifies the request as its caller sent it, without secret values (the edge
+   * hashes the request body): what tells a retry of the same request from another one.
+   *
+   * @generated from field: string request_hash = 11;
+   */
+  requestHash: string;
+
+  /**
+   * retry_count is the caller's own count of retries (the OpenAI SDKs' X-Stainless-Retry-Count).
+   * At 1 or more, with no idempotency_key, an invocation whose request_hash equals that of a run of
+   * the same account in flight, or ended within its timeout, attaches to that run.
+   *
+   * @generated from field: int32 retry_count = 12;
+   */
+  retryCount: number;
 };
 
 /**
@@ -160,6 +187,14 @@ export const RunStreamRequestSchema: GenMessage<RunStreamRequest> = /*@__PURE__*
  * @generated from message shaker.executor.v1.RunStreamResponse
  */
 export type RunStreamResponse = Message<"shaker.executor.v1.RunStreamResponse"> & {
+  /**
+   * event_id is the cursor after this message ("<emitted>.<logs>": how many emitted values and log
+   * lines of the run came up to here); WatchRun continues from it. Empty on started and the result.
+   *
+   * @generated from field: string event_id = 5;
+   */
+  eventId: string;
+
   /**
    * event is what happened.
    *
@@ -248,6 +283,20 @@ export type RunStarted = Message<"shaker.executor.v1.RunStarted"> & {
    * @generated from field: bool detached = 5;
    */
   detached: boolean;
+
+  /**
+   * created_at is when the run was accepted (the same for every caller attached to it).
+   *
+   * @generated from field: google.protobuf.Timestamp created_at = 6;
+   */
+  createdAt?: Timestamp | undefined;
+
+  /**
+   * attempt is the run's execution attempt: 1, or more once it was resumed after a crash.
+   *
+   * @generated from field: int32 attempt = 7;
+   */
+  attempt: number;
 };
 
 /**
@@ -256,6 +305,97 @@ export type RunStarted = Message<"shaker.executor.v1.RunStarted"> & {
  */
 export const RunStartedSchema: GenMessage<RunStarted> = /*@__PURE__*/
   messageDesc(file_shaker_executor_v1_executor, 5);
+
+/**
+ * WatchRunRequest names a run to watch.
+ *
+ * @generated from message shaker.executor.v1.WatchRunRequest
+ */
+export type WatchRunRequest = Message<"shaker.executor.v1.WatchRunRequest"> & {
+  /**
+   * run_id identifies the run.
+   *
+   * @generated from field: string run_id = 1;
+   */
+  runId: string;
+
+  /**
+   * after is an event_id: only what came after it is sent. Empty means from the start.
+   *
+   * @generated from field: string after = 2;
+   */
+  after: string;
+};
+
+/**
+ * Describes the message shaker.executor.v1.WatchRunRequest.
+ * Use `create(WatchRunRequestSchema)` to create a new message.
+ */
+export const WatchRunRequestSchema: GenMessage<WatchRunRequest> = /*@__PURE__*/
+  messageDesc(file_shaker_executor_v1_executor, 6);
+
+/**
+ * WatchRunResponse is one event of a watched run, as RunStream sends it.
+ *
+ * @generated from message shaker.executor.v1.WatchRunResponse
+ */
+export type WatchRunResponse = Message<"shaker.executor.v1.WatchRunResponse"> & {
+  /**
+   * update is the event: emitted values and log lines with their event_id, then the result.
+   *
+   * @generated from field: shaker.executor.v1.RunStreamResponse update = 1;
+   */
+  update?: RunStreamResponse | undefined;
+};
+
+/**
+ * Describes the message shaker.executor.v1.WatchRunResponse.
+ * Use `create(WatchRunResponseSchema)` to create a new message.
+ */
+export const WatchRunResponseSchema: GenMessage<WatchRunResponse> = /*@__PURE__*/
+  messageDesc(file_shaker_executor_v1_executor, 7);
+
+/**
+ * RunAttempt is one execution of a run: runs interrupted by a crash are executed again.
+ *
+ * @generated from message shaker.executor.v1.RunAttempt
+ */
+export type RunAttempt = Message<"shaker.executor.v1.RunAttempt"> & {
+  /**
+   * attempt is 1 for the first execution.
+   *
+   * @generated from field: int32 attempt = 1;
+   */
+  attempt: number;
+
+  /**
+   * started_at is when this execution's process was asked for.
+   *
+   * @generated from field: google.protobuf.Timestamp started_at = 2;
+   */
+  startedAt?: Timestamp | undefined;
+
+  /**
+   * ended_at is when it ended, or when its interruption was noticed.
+   *
+   * @generated from field: google.protobuf.Timestamp ended_at = 3;
+   */
+  endedAt?: Timestamp | undefined;
+
+  /**
+   * interrupted is true when a crash ended it (its server, worker or process was killed).
+   *
+   * @generated from field: bool interrupted = 4;
+   */
+  interrupted: boolean;
+};
+
+/**
+ * Describes the message shaker.executor.v1.RunAttempt.
+ * Use `create(RunAttemptSchema)` to create a new message.
+ */
+export const RunAttemptSchema: GenMessage<RunAttempt> = /*@__PURE__*/
+  messageDesc(file_shaker_executor_v1_executor, 8);
 
 /**
  * StartRunRequest asks for a run in the background.
@@ -276,7 +416,7 @@ export type StartRunRequest = Message<"shaker.executor.v1.StartRunRequest"> & {
  * Use `create(StartRunRequestSchema)` to create a new message.
  */
 export const StartRunRequestSchema: GenMessage<StartRunRequest> = /*@__PURE__*/
-  messageDesc(file_shaker_executor_v1_executor, 6);
+  messageDesc(file_shaker_executor_v1_executor, 9);
 
 /**
  * StartRunResponse names the started run.
@@ -297,7 +437,7 @@ export type StartRunResponse = Message<"shaker.executor.v1.StartRunResponse"> & 
  * Use `create(StartRunResponseSchema)` to create a new message.
  */
 export const StartRunResponseSchema: GenMessage<StartRunResponse> = /*@__PURE__*/
-  messageDesc(file_shaker_executor_v1_executor, 7);
+  messageDesc(file_shaker_executor_v1_executor, 10);
 
 /**
  * EmittedValue is one value a workflow sent with ctx.emit.
@@ -332,7 +472,7 @@ export type EmittedValue = Message<"shaker.executor.v1.EmittedValue"> & {
  * Use `create(EmittedValueSchema)` to create a new message.
  */
 export const EmittedValueSchema: GenMessage<EmittedValue> = /*@__PURE__*/
-  messageDesc(file_shaker_executor_v1_executor, 8);
+  messageDesc(file_shaker_executor_v1_executor, 11);
 
 /**
  * LogEntry is one structured log line of a run.
@@ -381,7 +521,7 @@ export type LogEntry = Message<"shaker.executor.v1.LogEntry"> & {
  * Use `create(LogEntrySchema)` to create a new message.
  */
 export const LogEntrySchema: GenMessage<LogEntry> = /*@__PURE__*/
-  messageDesc(file_shaker_executor_v1_executor, 9);
+  messageDesc(file_shaker_executor_v1_executor, 12);
 
 /**
  * HttpCall is one outbound HTTP request a workflow made; never headers or bodies.
@@ -437,7 +577,7 @@ export type HttpCall = Message<"shaker.executor.v1.HttpCall"> & {
  * Use `create(HttpCallSchema)` to create a new message.
  */
 export const HttpCallSchema: GenMessage<HttpCall> = /*@__PURE__*/
-  messageDesc(file_shaker_executor_v1_executor, 10);
+  messageDesc(file_shaker_executor_v1_executor, 13);
 
 /**
  * Usage is token usage summed over a run's model calls (nested runs included).
@@ -472,7 +612,7 @@ export type Usage = Message<"shaker.executor.v1.Usage"> & {
  * Use `create(UsageSchema)` to create a new message.
  */
 export const UsageSchema: GenMessage<Usage> = /*@__PURE__*/
-  messageDesc(file_shaker_executor_v1_executor, 11);
+  messageDesc(file_shaker_executor_v1_executor, 14);
 
 /**
  * RunError describes why a run failed.
@@ -507,7 +647,7 @@ export type RunError = Message<"shaker.executor.v1.RunError"> & {
  * Use `create(RunErrorSchema)` to create a new message.
  */
 export const RunErrorSchema: GenMessage<RunError> = /*@__PURE__*/
-  messageDesc(file_shaker_executor_v1_executor, 12);
+  messageDesc(file_shaker_executor_v1_executor, 15);
 
 /**
  * RunResult is the outcome of a run that returned.
@@ -563,7 +703,7 @@ export type RunResult = Message<"shaker.executor.v1.RunResult"> & {
  * Use `create(RunResultSchema)` to create a new message.
  */
 export const RunResultSchema: GenMessage<RunResult> = /*@__PURE__*/
-  messageDesc(file_shaker_executor_v1_executor, 13);
+  messageDesc(file_shaker_executor_v1_executor, 16);
 
 /**
  * Run is the record of one run.
@@ -717,6 +857,28 @@ export type Run = Message<"shaker.executor.v1.Run"> & {
    * @generated from field: shaker.executor.v1.Usage usage = 21;
    */
   usage?: Usage | undefined;
+
+  /**
+   * run_attempt is the run's latest execution attempt: 1, or more once it was resumed after a crash.
+   *
+   * @generated from field: int32 run_attempt = 22;
+   */
+  runAttempt: number;
+
+  /**
+   * attempts are the run's executions, the latest last, with their timings.
+   *
+   * @generated from field: repeated shaker.executor.v1.RunAttempt attempts = 23;
+   */
+  attempts: RunAttempt[];
+
+  /**
+   * unjournaled_calls counts the ctx calls that were not journaled because their request or result
+   * held a secret value: a resumed run makes them again.
+   *
+   * @generated from field: int32 unjournaled_calls = 24;
+   */
+  unjournaledCalls: number;
 };
 
 /**
@@ -724,7 +886,7 @@ export type Run = Message<"shaker.executor.v1.Run"> & {
  * Use `create(RunSchema)` to create a new message.
  */
 export const RunSchema: GenMessage<Run> = /*@__PURE__*/
-  messageDesc(file_shaker_executor_v1_executor, 14);
+  messageDesc(file_shaker_executor_v1_executor, 17);
 
 /**
  * GetRunRequest names a run.
@@ -745,7 +907,7 @@ export type GetRunRequest = Message<"shaker.executor.v1.GetRunRequest"> & {
  * Use `create(GetRunRequestSchema)` to create a new message.
  */
 export const GetRunRequestSchema: GenMessage<GetRunRequest> = /*@__PURE__*/
-  messageDesc(file_shaker_executor_v1_executor, 15);
+  messageDesc(file_shaker_executor_v1_executor, 18);
 
 /**
  * GetRunResponse carries a run with its emitted values, logs and HTTP calls.
@@ -766,7 +928,7 @@ export type GetRunResponse = Message<"shaker.executor.v1.GetRunResponse"> & {
  * Use `create(GetRunResponseSchema)` to create a new message.
  */
 export const GetRunResponseSchema: GenMessage<GetRunResponse> = /*@__PURE__*/
-  messageDesc(file_shaker_executor_v1_executor, 16);
+  messageDesc(file_shaker_executor_v1_executor, 19);
 
 /**
  * ListRunsRequest filters and pages run records.
@@ -815,7 +977,7 @@ export type ListRunsRequest = Message<"shaker.executor.v1.ListRunsRequest"> & {
  * Use `create(ListRunsRequestSchema)` to create a new message.
  */
 export const ListRunsRequestSchema: GenMessage<ListRunsRequest> = /*@__PURE__*/
-  messageDesc(file_shaker_executor_v1_executor, 17);
+  messageDesc(file_shaker_executor_v1_executor, 20);
 
 /**
  * ListRunsResponse is one page of runs, newest first.
@@ -836,7 +998,7 @@ export type ListRunsResponse = Message<"shaker.executor.v1.ListRunsResponse"> & 
  * Use `create(ListRunsResponseSchema)` to create a new message.
  */
 export const ListRunsResponseSchema: GenMessage<ListRunsResponse> = /*@__PURE__*/
-  messageDesc(file_shaker_executor_v1_executor, 18);
+  messageDesc(file_shaker_executor_v1_executor, 21);
 
 /**
  * CancelRunRequest names a run to cancel.
@@ -857,7 +1019,7 @@ export type CancelRunRequest = Message<"shaker.executor.v1.CancelRunRequest"> & 
  * Use `create(CancelRunRequestSchema)` to create a new message.
  */
 export const CancelRunRequestSchema: GenMessage<CancelRunRequest> = /*@__PURE__*/
-  messageDesc(file_shaker_executor_v1_executor, 19);
+  messageDesc(file_shaker_executor_v1_executor, 22);
 
 /**
  * CancelRunResponse says whether anything was cancelled.
@@ -878,7 +1040,7 @@ export type CancelRunResponse = Message<"shaker.executor.v1.CancelRunResponse"> 
  * Use `create(CancelRunResponseSchema)` to create a new message.
  */
 export const CancelRunResponseSchema: GenMessage<CancelRunResponse> = /*@__PURE__*/
-  messageDesc(file_shaker_executor_v1_executor, 20);
+  messageDesc(file_shaker_executor_v1_executor, 23);
 
 /**
  * FetchRequest is one outbound HTTP request of a run.
@@ -928,7 +1090,7 @@ export type FetchRequest = Message<"shaker.executor.v1.FetchRequest"> & {
  * Use `create(FetchRequestSchema)` to create a new message.
  */
 export const FetchRequestSchema: GenMessage<FetchRequest> = /*@__PURE__*/
-  messageDesc(file_shaker_executor_v1_executor, 21);
+  messageDesc(file_shaker_executor_v1_executor, 24);
 
 /**
  * FetchResponse is the answer to a FetchRequest, after redirects.
@@ -970,7 +1132,7 @@ export type FetchResponse = Message<"shaker.executor.v1.FetchResponse"> & {
  * Use `create(FetchResponseSchema)` to create a new message.
  */
 export const FetchResponseSchema: GenMessage<FetchResponse> = /*@__PURE__*/
-  messageDesc(file_shaker_executor_v1_executor, 22);
+  messageDesc(file_shaker_executor_v1_executor, 25);
 
 /**
  * RunStatus is where a run is in its life.
@@ -1154,6 +1316,19 @@ export const ExecutorService: GenService<{
     methodKind: "unary";
     input: typeof CancelRunRequestSchema;
     output: typeof CancelRunResponseSchema;
+  },
+  /**
+   * WatchRun streams a run's emitted values and log lines, from its start or from after a cursor,
+   * then live until the run ends with its result (or its error, as RunStream ends). A run that was
+   * interrupted by a crash and has no secrets is resumed by being watched. Each message carries its
+   * event_id, the cursor to watch from after it.
+   *
+   * @generated from rpc shaker.executor.v1.ExecutorService.WatchRun
+   */
+  watchRun: {
+    methodKind: "server_streaming";
+    input: typeof WatchRunRequestSchema;
+    output: typeof WatchRunResponseSchema;
   },
   /**
    * Fetch makes an outbound HTTP request on behalf of the calling run: it takes the run's token

@@ -76,7 +76,7 @@ class _Completions:
             options = params.get("stream_options")
             return self._stream(request, isinstance(options, dict) and options.get("include_usage") is True)
         try:
-            resp = self._ctx._rpc.call(MODELPROXY, "ChatCompletion", request)
+            resp = self._ctx._rpc.call(MODELPROXY, "ChatCompletion", request, journal=True)
         except RpcError as e:
             raise ModelError(e.message or e.code) from None
         completion = resp.get("completion") or {}
@@ -85,7 +85,7 @@ class _Completions:
 
     def _stream(self, request: dict[str, Any], with_usage: bool) -> Iterator[dict[str, Any]]:
         try:
-            for message in self._ctx._rpc.stream(MODELPROXY, "ChatCompletionStream", request):
+            for message in self._ctx._rpc.stream(MODELPROXY, "ChatCompletionStream", request, journal=True):
                 chunk = message.get("chunk") or {}
                 if chunk.get("usage"):
                     self._ctx._usage.add(chunk["usage"])
@@ -113,7 +113,8 @@ class _Embeddings:
         if model:
             body["model"] = model
         try:
-            resp = self._ctx._rpc.call(MODELPROXY, "Embeddings", {"body": body, "context": self._ctx._call_context(None, None, body)})
+            resp = self._ctx._rpc.call(MODELPROXY, "Embeddings", {"body": body, "context": self._ctx._call_context(None, None, body)},
+                                       journal=True)
         except RpcError as e:
             raise ModelError(e.message or e.code) from None
         response = resp.get("response") or {}
@@ -283,7 +284,8 @@ class _Http:
             request["body"] = base64.b64encode(body).decode("ascii")
         try:
             # The platform answers within the timeout (or the run's remaining time): a little more for the call itself.
-            resp = self._ctx._rpc.call(EXECUTOR, "Fetch", request, timeout=None if timeout is None else float(timeout) + 10)
+            resp = self._ctx._rpc.call(EXECUTOR, "Fetch", request, timeout=None if timeout is None else float(timeout) + 10,
+                                       journal=True)
         except RpcError as e:
             raise HttpError(f"{method} {parts.scheme}://{host} failed: {e.message or e.code}") from None
         except OSError as e:
@@ -320,7 +322,7 @@ class _Datastore:
 
     def _call(self, method: str, request: dict[str, Any]) -> dict[str, Any]:
         try:
-            return self._ctx._rpc.call(DATASTORE, method, request)
+            return self._ctx._rpc.call(DATASTORE, method, request, journal=True)
         except RpcError as e:
             raise DatastoreError(e.message or e.code) from None
 
@@ -380,7 +382,7 @@ class _Workflows:
             invocation["input"] = input
             invocation["hasInput"] = True
         try:
-            resp = self._ctx._rpc.call(EXECUTOR, "Run", {"invocation": invocation})
+            resp = self._ctx._rpc.call(EXECUTOR, "Run", {"invocation": invocation}, journal=True)
         except RpcError as e:
             raise WorkflowError(f"workflow {ref!r} failed: {e.message or e.code}") from None
         result = resp.get("result") or {}
@@ -433,6 +435,7 @@ class WorkflowContext:
     params: dict[str, Any]
     session_id: str
     run_id: str
+    run_attempt: int
 
     def __init__(self, payload: dict[str, Any], channel: Channel, rpc: RpcClient,
                  accessories: dict[str, Any] | None = None) -> None:
@@ -444,6 +447,9 @@ class WorkflowContext:
         self.params = dict(payload.get("params") or {})
         self.session_id = payload.get("session_id", "")
         self.run_id = payload.get("run_id", "")
+        # 1 on a run's first execution; 2 or more once it was resumed after a crash (its journaled ctx
+        # calls answered again as before).
+        self.run_attempt = int(payload.get("run_attempt") or 1)
         self.workflow = payload.get("workflow", "")
         self.version = payload.get("version", "")
         self._version_id = payload.get("version_id", "")

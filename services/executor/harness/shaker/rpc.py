@@ -9,6 +9,7 @@ import http.client
 import json
 import socket
 import struct
+import threading
 import urllib.parse
 from typing import Any, Iterator
 
@@ -52,6 +53,8 @@ class RpcClient:
         self._token = token
         self._timeout = timeout
         self._conn: http.client.HTTPConnection | None = None
+        self._seq = 0
+        self._seq_lock = threading.Lock()
 
     def _connection(self) -> http.client.HTTPConnection:
         if self._conn is None:
@@ -61,12 +64,21 @@ class RpcClient:
                 self._conn = http.client.HTTPConnection(self._host, self._port, timeout=self._timeout)
         return self._conn
 
-    def _post(self, path: str, body: bytes, content_type: str, timeout: float | None) -> http.client.HTTPResponse:
+    def _next_seq(self) -> int:
+        with self._seq_lock:
+            seq = self._seq
+            self._seq += 1
+            return seq
+
+    def _post(self, path: str, body: bytes, content_type: str, timeout: float | None, journal: bool) -> http.client.HTTPResponse:
         headers = {
             "Content-Type": content_type,
             "Authorization": "Bearer " + self._token,
             "Connect-Protocol-Version": "1",
         }
+        if journal:
+            # The call's place among the run's journaled calls: a resumed run replays by it.
+            headers["Shaker-Call-Seq"] = str(self._next_seq())
         if timeout is not None:
             headers["Connect-Timeout-Ms"] = str(max(1, int(timeout * 1000)))
         # One retry on a fresh connection: a keep-alive socket the server closed fails on first use.
@@ -82,18 +94,24 @@ class RpcClient:
                     raise
         raise AssertionError("unreachable")
 
-    def call(self, service: str, method: str, request: dict[str, Any], timeout: float | None = None) -> dict[str, Any]:
-        """Makes a unary call and returns the response message as a dict; raises RpcError."""
-        resp = self._post(f"/{service}/{method}", json.dumps(request).encode(), "application/json", timeout)
+    def call(self, service: str, method: str, request: dict[str, Any], timeout: float | None = None,
+             journal: bool = False) -> dict[str, Any]:
+        """Makes a unary call and returns the response message as a dict; raises RpcError.
+
+        A journaled call gets the next sequence number of the run: its result is journaled, and a run
+        resumed after a crash gets it again from the journal instead of calling anything."""
+        resp = self._post(f"/{service}/{method}", json.dumps(request).encode(), "application/json", timeout, journal)
         data = resp.read()
         if resp.status != 200:
             raise _error_from(resp.status, data)
         return json.loads(data) if data else {}
 
-    def stream(self, service: str, method: str, request: dict[str, Any], timeout: float | None = None) -> Iterator[dict[str, Any]]:
-        """Makes a server-streaming call and yields each response message; raises RpcError."""
+    def stream(self, service: str, method: str, request: dict[str, Any], timeout: float | None = None,
+               journal: bool = False) -> Iterator[dict[str, Any]]:
+        """Makes a server-streaming call and yields each response message; raises RpcError. Journaled as call() is."""
         body = json.dumps(request).encode()
-        resp = self._post(f"/{service}/{method}", b"\x00" + struct.pack(">I", len(body)) + body, "application/connect+json", timeout)
+        envelope = b"\x00" + struct.pack(">I", len(body)) + body
+        resp = self._post(f"/{service}/{method}", envelope, "application/connect+json", timeout, journal)
         if resp.status != 200:
             raise _error_from(resp.status, resp.read())
         try:

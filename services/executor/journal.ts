@@ -1,0 +1,203 @@
+import { createHash } from "node:crypto";
+import { type DescMessage, fromBinary, type MessageShape, toBinary } from "@bufbuild/protobuf";
+import { Code, ConnectError, type Interceptor, type StreamResponse, type UnaryResponse } from "@connectrpc/connect";
+import { createAsyncIterable } from "@connectrpc/connect/protocol";
+import type { Auth } from "../shared/auth.js";
+import type { JournalEntry } from "./store.js";
+
+/** callSeqHeader carries a ctx call's sequence number within its run (the harness's RpcClient sets it). */
+export const callSeqHeader = "shaker-call-seq";
+
+/** JournalStore is what the journal keeps its entries in: the Executor's store. */
+export interface JournalStore {
+  journalEntry(runId: string, seq: number): JournalEntry | undefined;
+  writeJournal(entry: JournalEntry): void;
+  truncateJournal(runId: string, fromSeq: number): void;
+}
+
+/** RunJournal is one run's journal state, kept with the run while it is in flight. */
+export interface RunJournal {
+  /** replaying is true while a resumed run's calls may still find their results in the journal. */
+  replaying: boolean;
+  /** secrets are the run's secret values (its ancestors' too): a call that holds one is not journaled. */
+  secrets: readonly Buffer[];
+  /** warnings receives the warning of a call that does not match its journal entry. */
+  warnings: string[];
+  /** unjournaled counts the calls not journaled because they held a secret value. */
+  unjournaled: number;
+  /** wrote is true once anything was journaled: the run's entries are deleted when it ends. */
+  wrote: boolean;
+}
+
+/** newRunJournal is the journal state of a run's attempt: a resumed attempt (attempt > 1) replays. */
+export function newRunJournal(attempt: number, secretValues: readonly string[]): RunJournal {
+  return {
+    replaying: attempt > 1,
+    secrets: secretValues.filter((v) => v.length > 0).map((v) => Buffer.from(v)),
+    warnings: [],
+    unjournaled: 0,
+    wrote: attempt > 1,
+  };
+}
+
+const sha256 = (bytes: Uint8Array) => createHash("sha256").update(bytes).digest("base64url");
+
+/** pack joins messages, each after its 4-byte big-endian length; unpack splits them again. */
+export function pack(messages: readonly Uint8Array[]): Buffer {
+  const parts: Buffer[] = [];
+  for (const m of messages) {
+    const head = Buffer.alloc(4);
+    head.writeUInt32BE(m.length);
+    parts.push(head, Buffer.from(m.buffer, m.byteOffset, m.length));
+  }
+  return Buffer.concat(parts);
+}
+
+export function unpack(packed: Buffer | null): Uint8Array[] {
+  const messages: Uint8Array[] = [];
+  if (!packed) return messages;
+  for (let at = 0; at + 4 <= packed.length; ) {
+    const n = packed.readUInt32BE(at);
+    messages.push(packed.subarray(at + 4, at + 4 + n));
+    at += 4 + n;
+  }
+  return messages;
+}
+
+/** holdsSecret is true when any of the encodings holds a secret value: strings and bytes are encoded verbatim. */
+function holdsSecret(secrets: readonly Buffer[], encodings: readonly Uint8Array[]): boolean {
+  if (secrets.length === 0) return false;
+  return encodings.some((e) => {
+    const b = Buffer.from(e.buffer, e.byteOffset, e.length);
+    return secrets.some((s) => b.includes(s));
+  });
+}
+
+/** Options of createJournalInterceptor. */
+export interface JournalOptions {
+  store: JournalStore;
+  auth: Auth;
+  /** runJournal is the journal state of a run in flight in this process, or undefined. */
+  runJournal: (runId: string) => RunJournal | undefined;
+}
+
+/**
+ * createJournalInterceptor journals the ctx calls of runs and replays them for resumed runs. It sits
+ * on the services' side of the socket runs call through, so every service's answer is journaled in
+ * one place, before the run's process receives it: a crash after the write loses nothing, a crash
+ * before it loses a call that no process ever saw.
+ *
+ * A call takes part when it comes with a run's token and a `shaker-call-seq` header. A resumed run's
+ * call whose sequence number, method and request (SHA-256 of its binary encoding) match the journal
+ * gets the journaled answer (or error) without reaching the service. The first call that does not
+ * match ends the replay: the journal is cut there, a warning names the call, and from then on every
+ * call is live (and journaled). A call whose request or answer holds a secret value is journaled
+ * without either: a resumed run makes it again.
+ */
+export function createJournalInterceptor(options: JournalOptions): Interceptor {
+  const { store, auth } = options;
+  return (next) => async (req) => {
+    const seqText = req.header.get(callSeqHeader);
+    if (seqText === null) return await next(req);
+    const seq = Number(seqText);
+    if (!Number.isSafeInteger(seq) || seq < 0) throw new ConnectError(`${callSeqHeader} must be a whole number`, Code.InvalidArgument);
+    const identity = await auth.identify(req.header);
+    const journal = identity.kind === "run" ? options.runJournal(identity.claims.run) : undefined;
+    if (identity.kind !== "run" || !journal) return await next(req);
+    const runId = identity.claims.run;
+    const method = `${req.service.typeName}/${req.method.name}`;
+    // A server-streaming call's single request arrives as a stream of one.
+    let input: MessageShape<DescMessage>;
+    if (req.stream) {
+      const it = req.message[Symbol.asyncIterator]();
+      const first = await it.next();
+      if (first.done) throw new ConnectError("protocol error: missing input message", Code.InvalidArgument);
+      input = first.value;
+      req = { ...req, message: createAsyncIterable([input]) };
+    } else input = req.message;
+    const request = toBinary(req.method.input, input);
+    const requestHash = sha256(request);
+
+    if (journal.replaying) {
+      const entry = store.journalEntry(runId, seq);
+      if (entry && entry.method === method && (entry.journaled === 0 || entry.requestHash === requestHash)) {
+        if (entry.journaled === 1) return replayed(req, entry);
+        // An unjournaled call (it held a secret) is made again, below.
+      } else if (entry) {
+        journal.replaying = false;
+        store.truncateJournal(runId, seq);
+        journal.warnings.push(
+          `replay stopped at ctx call ${seq} (${method}): it is not the call the journal holds there (${entry.method}` +
+            `${entry.method === method ? " with another request" : ""}); the run went on live from that call`,
+        );
+      }
+    }
+
+    const output = req.method.output;
+    const write = (messages: Uint8Array[], error: ConnectError | undefined) => {
+      const secret = holdsSecret(journal.secrets, [request, ...messages]);
+      if (secret) journal.unjournaled++;
+      journal.wrote = true;
+      store.writeJournal({
+        runId,
+        seq,
+        method,
+        requestHash: secret ? "" : requestHash,
+        journaled: secret ? 0 : 1,
+        messages: secret ? null : pack(messages),
+        error: error && !secret ? { code: error.code, message: error.rawMessage } : null,
+        createdAt: Date.now(),
+      });
+    };
+    // A call cut short by its caller (its process died, the run ended) has no result to keep.
+    const keep = (e: unknown) => {
+      const error = ConnectError.from(e);
+      return req.signal.aborted || error.code === Code.Canceled ? undefined : error;
+    };
+    let res: UnaryResponse | StreamResponse;
+    try {
+      res = await next(req);
+    } catch (e) {
+      const error = keep(e);
+      if (error) write([], error);
+      throw e;
+    }
+    if (!res.stream) {
+      write([toBinary(output, res.message)], undefined);
+      return res;
+    }
+    const source = res.message;
+    async function* journaled() {
+      const messages: Uint8Array[] = [];
+      try {
+        for await (const m of source) {
+          messages.push(toBinary(output, m));
+          yield m;
+        }
+      } catch (e) {
+        const error = keep(e);
+        if (error) write(messages, error);
+        throw e;
+      }
+      write(messages, undefined);
+    }
+    return { ...res, message: journaled() };
+  };
+}
+
+/** replayed is the journaled answer of a call, as the service gave it. */
+function replayed(req: Parameters<Parameters<Interceptor>[0]>[0], entry: JournalEntry): UnaryResponse | StreamResponse {
+  const output = req.method.output;
+  const messages = unpack(entry.messages).map((m) => fromBinary(output, m));
+  const error = entry.error ? new ConnectError(entry.error.message, entry.error.code as Code) : undefined;
+  const common = { service: req.service, header: new Headers(), trailer: new Headers() };
+  if (!req.stream) {
+    if (error) throw error;
+    return { ...common, stream: false, method: req.method, message: messages[0] } as UnaryResponse;
+  }
+  async function* again() {
+    yield* messages;
+    if (error) throw error;
+  }
+  return { ...common, stream: true, method: req.method, message: again() } as StreamResponse;
+}
