@@ -27,7 +27,12 @@ export interface RunJournal {
   unjournaled: number;
   /** wrote is true once anything was journaled: the run's entries are deleted when it ends. */
   wrote: boolean;
+  /** bytes is what the run's journal holds; past maxJournalBytes, calls are no longer journaled. */
+  bytes: number;
 }
+
+/** A run journals at most this many bytes of answers; the calls beyond are made again on resume (and counted). */
+export const maxJournalBytes = 64 * 1024 * 1024;
 
 /** newRunJournal is the journal state of a run's attempt: a resumed attempt (attempt > 1) replays. */
 export function newRunJournal(attempt: number, secretValues: readonly string[]): RunJournal {
@@ -37,6 +42,7 @@ export function newRunJournal(attempt: number, secretValues: readonly string[]):
     warnings: [],
     unjournaled: 0,
     wrote: attempt > 1,
+    bytes: 0,
   };
 }
 
@@ -135,8 +141,15 @@ export function createJournalInterceptor(options: JournalOptions): Interceptor {
 
     const output = req.method.output;
     const write = (messages: Uint8Array[], error: ConnectError | undefined) => {
-      const secret = holdsSecret(journal.secrets, [request, ...messages]);
+      const size = messages.reduce((n, m) => n + m.length + 4, 0);
+      const full = journal.bytes + size > maxJournalBytes;
+      if (full && !journal.warnings.some((w) => w.startsWith("the journal is full"))) {
+        journal.warnings.push(`the journal is full (${maxJournalBytes} bytes of answers): ctx calls from ${seq} on were not journaled`);
+      }
+      // A call whose request or answer holds a secret value (or that does not fit) keeps no trace but its place.
+      const secret = full || holdsSecret(journal.secrets, [request, ...messages]);
       if (secret) journal.unjournaled++;
+      else journal.bytes += size;
       journal.wrote = true;
       store.writeJournal({
         runId,

@@ -983,12 +983,13 @@ export function createExecutorService(options: ExecutorServiceOptions) {
     },
   };
 
-  recover();
   return {
     impl,
     live,
-    /** interceptor journals the ctx calls of runs, on the socket runs call the services through. */
+    /** journalInterceptor journals the ctx calls of runs, on the socket runs call the services through. */
     journalInterceptor: createJournalInterceptor({ store, auth, runJournal: (runId) => live.get(runId)?.journal }),
+    /** recover takes over the runs a previous process left in flight: call it once the services are served. */
+    recover,
     /** shutDown stops resuming runs: those still in flight when their processes go stay recorded as in flight, for the next start. */
     shutDown(): void {
       closing = true;

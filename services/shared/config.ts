@@ -33,6 +33,11 @@ export interface Config {
    * one to come back (a rejoin, an Idempotency-Key or SDK retry); `SHAKER_DISCONNECT_GRACE_MS`, default 5000.
    */
   disconnectGraceMs: number;
+  /**
+   * journal journals runs' ctx calls so that a run resumed after a crash makes none of them twice;
+   * `SHAKER_JOURNAL=off` turns it off (resumed runs then make every call again). Default on.
+   */
+  journal: boolean;
   /** openaiApiKey is the key of the default OpenAI-compatible upstream; `OPENAI_API_KEY`. */
   openaiApiKey: string | undefined;
   /** openaiBaseUrl is the default upstream's base URL; `OPENAI_BASE_URL` (the OpenAI API when only a key is set). */
@@ -116,6 +121,7 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env, overrides: Part
     maxNestingDepth: envInt(env, "SHAKER_MAX_NESTING_DEPTH", 5),
     sseKeepAliveMs: Math.max(1, envInt(env, "SHAKER_SSE_KEEPALIVE_MS", 15_000)),
     disconnectGraceMs: envInt(env, "SHAKER_DISCONNECT_GRACE_MS", 5000),
+    journal: envString(env, "SHAKER_JOURNAL") !== "off",
     openaiApiKey: envString(env, "OPENAI_API_KEY"),
     openaiBaseUrl: envString(env, "OPENAI_BASE_URL"),
     modelsConfigFile: envString(env, "SHAKER_MODELS_CONFIG"),

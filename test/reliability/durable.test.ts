@@ -3,7 +3,8 @@
 // sees each first call exactly once, callers get the right answers through their SDK's own retries,
 // and run records keep both attempts.
 
-import { mkdtempSync, rmSync } from "node:fs";
+import { mkdtempSync, readdirSync, readFileSync, rmSync } from "node:fs";
+import { createServer as createHttpServer, type Server } from "node:http";
 import { createServer } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -26,6 +27,38 @@ def execute(ctx):
     ctx.emit("second done")
     return {"first": first["choices"][0]["message"]["content"], "second": second["choices"][0]["message"]["content"],
             "attempt": ctx.run_attempt}
+`;
+
+/** Makes every kind of platform call, then a nested run that is in flight when the server is killed. */
+const everything = `
+def execute(ctx):
+    tag = ctx.input["tag"]
+    said = ctx.chat.completions.create(model="primary", messages=[{"role": "user", "content": "everything " + tag}])
+    posted = ctx.http.post(ctx.input["url"], json={"tag": tag})
+    ctx.datastore.upsert("notes", [{"id": tag, "text": "note " + tag}])
+    found = ctx.datastore.get("notes", tag)
+    child = ctx.workflows.run("nested-child", input={"tag": tag})
+    return {"said": said["choices"][0]["message"]["content"], "posted": posted.text, "found": found["text"],
+            "child": child, "attempt": ctx.run_attempt}
+`;
+
+const nestedChild = `
+import time
+def execute(ctx):
+    said = ctx.chat.completions.create(model="primary", messages=[{"role": "user", "content": "child " + ctx.input["tag"]}])
+    time.sleep(4 if ctx.run_attempt == 1 else 0.1)
+    return {"said": said["choices"][0]["message"]["content"], "attempt": ctx.run_attempt}
+`;
+
+/** Its second model call holds a secret: it is not journaled, and is made again on resume. */
+const withSecret = `
+import time
+def execute(ctx):
+    tag = ctx.input["tag"]
+    plain = ctx.chat.completions.create(model="primary", messages=[{"role": "user", "content": "plain " + tag}])
+    secret = ctx.chat.completions.create(model="primary", messages=[{"role": "user", "content": "secret " + tag + " " + ctx.secrets["TOKEN"]}])
+    time.sleep(4 if ctx.run_attempt == 1 else 0.1)
+    return {"plain": plain["choices"][0]["message"]["content"], "attempt": ctx.run_attempt, "long": len(secret["choices"][0]["message"]["content"]) > 10}
 `;
 
 /** Not replay-safe: its prompt holds the time, so a resumed run's first call does not match the journal. */
@@ -60,6 +93,8 @@ async function freePort(): Promise<number> {
 
 describe("runs resumed after the server is killed", () => {
   let upstream: FakeUpstream;
+  let target: Server;
+  let posts = 0;
   let server: ServerProcess | undefined;
   let env: Record<string, string>;
   let url: string;
@@ -83,8 +118,12 @@ describe("runs resumed after the server is killed", () => {
     }
   }
 
-  /** crash SIGKILLs the server and starts it again on the same port and data. */
+  /**
+   * crash SIGKILLs the server and starts it again on the same port and data. The upstream answers a
+   * call a moment before the server journals it: the runs it interrupts are asleep well after that.
+   */
   async function crash() {
+    await new Promise((r) => setTimeout(r, 500));
     await stopServerProcess(server!, "SIGKILL");
     server = await startServerProcess(env);
     expect(server.url).toBe(url);
@@ -92,6 +131,12 @@ describe("runs resumed after the server is killed", () => {
 
   beforeAll(async () => {
     upstream = await startFakeUpstream();
+    target = createHttpServer((req, res) => {
+      posts++;
+      req.resume();
+      res.end("posted");
+    });
+    await new Promise<void>((resolve) => target.listen(0, "127.0.0.1", resolve));
     const port = await freePort();
     env = {
       SHAKER_DATA_DIR: join(dir, "data"),
@@ -99,10 +144,15 @@ describe("runs resumed after the server is killed", () => {
       SHAKER_MODELS_CONFIG: writeFakeModelsConfig(dir, upstream, {}),
       PORT: String(port),
       SHAKER_SANDBOX: "none",
+      SHAKER_HTTP_ALLOW: "127.0.0.1",
     };
     server = await startServerProcess(env);
     url = server.url;
+    expect((await api("POST", "/v1/datastores", { name: "notes" })).status).toBe(201);
     for (const [ref, script, extra] of [
+      ["everything", everything, { datastores: [{ name: "notes", write: true }] }],
+      ["nested-child", nestedChild, {}],
+      ["with-secret", withSecret, {}],
       ["two-calls", twoCalls, {}],
       ["two-calls-async", twoCalls, { execution_mode: "async" }],
       ["clock", clock, {}],
@@ -114,6 +164,7 @@ describe("runs resumed after the server is killed", () => {
   afterAll(async () => {
     if (server) await stopServerProcess(server, "SIGKILL");
     await upstream?.close();
+    target?.close();
     rmSync(dir, { recursive: true, force: true });
   });
 
@@ -127,9 +178,57 @@ describe("runs resumed after the server is killed", () => {
         .create({ model: "workflow:two-calls", messages: [{ role: "user", content: "go" }], ...({ input: { tag } } as object) })
         .withResponse(),
     );
-    await until("every run's first model call", () => tags.every((t) => seen(`first ${t}`) === 1));
+    const targetUrl = `http://127.0.0.1:${(target.address() as { port: number }).port}/hook`;
+    const all = client.chat.completions
+      .create({
+        model: "workflow:everything",
+        messages: [{ role: "user", content: "go" }],
+        ...({ input: { tag: "e1x", url: targetUrl } } as object),
+      })
+      .withResponse();
+    const secretValue = "tok-9f8e7d6c5b4a";
+    const secret = client.chat.completions
+      .create({
+        model: "workflow:with-secret",
+        messages: [{ role: "user", content: "go" }],
+        ...({ input: { tag: "s1x" }, secrets: { TOKEN: secretValue } } as object),
+      })
+      .withResponse();
+    await until("every run's first model call, the nested run's, and the secret one", () =>
+      [...tags.map((t) => `first ${t}`), "child e1x", `secret s1x ${secretValue}`].every((t) => seen(t) === 1),
+    );
     await crash();
     const done = await Promise.all(answers);
+
+    // Every kind of call answered from the journal; the nested run resumed (not run again) by its parent's replay.
+    const { data: allData, response: allResponse } = await all;
+    expect((allData as any).output).toEqual({
+      said: "Echo: everything e1x",
+      posted: "posted",
+      found: "note e1x",
+      child: { said: "Echo: child e1x", attempt: 2 },
+      attempt: 2,
+    });
+    expect(seen("everything e1x")).toBe(1);
+    expect(seen("child e1x")).toBe(1);
+    expect(posts).toBe(1);
+    const parentRun = (await api("GET", `/v1/runs/${allResponse.headers.get("x-request-id")}`)).body.data;
+    const children = (await api("GET", "/v1/runs?workflow=nested-child")).body.data;
+    expect(children).toHaveLength(1);
+    expect(children[0]).toMatchObject({ parent_run_id: parentRun.run_id, status: "succeeded", run_attempt: 2 });
+
+    // The call that held a secret was made again; the other was not; no secret reached the disk.
+    const { data: secretData, response: secretResponse } = await secret;
+    expect((secretData as any).output).toEqual({ plain: "Echo: plain s1x", attempt: 2, long: true });
+    expect(seen("plain s1x")).toBe(1);
+    expect(seen(`secret s1x ${secretValue}`)).toBe(2);
+    const secretRun = (await api("GET", `/v1/runs/${secretResponse.headers.get("x-request-id")}`)).body.data;
+    expect(secretRun.unjournaled_calls).toBe(1);
+    expect(secretRun.warnings.join("\n")).toContain("held a secret value");
+    for (const file of readdirSync(env.SHAKER_DATA_DIR)) {
+      expect(readFileSync(join(env.SHAKER_DATA_DIR, file)).includes(secretValue), file).toBe(false);
+    }
+
     for (const [i, { data, response }] of done.entries()) {
       const output = (data as any).output;
       expect(output).toEqual({ first: `Echo: first ${tags[i]}`, second: `Echo: second ${tags[i]}`, attempt: 2 });
