@@ -21,6 +21,8 @@ import { headers as authHeaders, createAuth } from "../services/shared/auth.js";
 import { createClients, lazyTransport } from "../services/shared/clients.js";
 import type { Config } from "../services/shared/config.js";
 import { createDirectTransport } from "../services/shared/direct-transport.js";
+import { grpcMessageEncoding, grpcUnimplemented } from "../services/shared/grpc-compat.js";
+import { withReflection } from "../services/shared/grpc-reflection.js";
 import { type Handler, listen } from "../services/shared/listener.js";
 import { serveConsole } from "./static.js";
 
@@ -109,6 +111,7 @@ export async function startShaker(config: Config): Promise<Shaker> {
     maxNestingDepth: config.maxNestingDepth,
     httpAllow: config.httpAllow,
     limits: { memoryBytes: config.runMemoryBytes, openFiles: 256, fileBytes: 64 * 1024 * 1024 },
+    disconnectGraceMs: config.disconnectGraceMs,
   });
   const modelproxy = createModelProxyService(deps("modelproxy"));
   const datastore = createDatastoreService(deps("datastore"));
@@ -122,14 +125,21 @@ export async function startShaker(config: Config): Promise<Shaker> {
     maxJsonDepth: config.maxJsonDepth,
     maxUnauthenticatedBodyBytes: config.maxUnauthenticatedBodyBytes,
   });
-  const rpc = connectNodeAdapter({
-    routes,
-    readMaxBytes: config.maxBodyBytes,
-    fallback: (req, res) =>
-      sendJson(res as unknown as Res, 404, {
-        error: { message: `no route ${req.method} ${req.url}`, type: "invalid_request_error", param: null, code: "not_found" },
-      }),
-  });
+  // gRPC clients get the grpc-message encoding grpc-js reads, server reflection (with a key, as
+  // every RPC here) and UNIMPLEMENTED for a method nobody serves; other unknown paths a JSON 404.
+  const rpc = grpcMessageEncoding(
+    connectNodeAdapter({
+      routes: withReflection(routes, { authenticate: (h) => auth.identify(h) }),
+      readMaxBytes: config.maxBodyBytes,
+      // Runs' ctx calls are journaled on their way back, so a resumed run gets their results again.
+      interceptors: config.journal ? [executor.journalInterceptor] : [],
+      fallback: grpcUnimplemented((req, res) =>
+        sendJson(res as unknown as Res, 404, {
+          error: { message: `no route ${req.method} ${req.url}`, type: "invalid_request_error", param: null, code: "not_found" },
+        }),
+      ),
+    }),
+  );
   const handler: Handler = (req, res) => {
     if (edge.handle(req, res as unknown as Res) || serveConsole(req as never, res as never)) return;
     edge.guard(req, res as unknown as Res, () => rpc(req as never, res as never));
@@ -143,6 +153,8 @@ export async function startShaker(config: Config): Promise<Shaker> {
   const listener = await listen(handler, { port: config.port, host: config.host }, listenOptions);
   // Runs reach the services through a Unix socket: a confined run has no network at all.
   const runListener = await listen(handler, { path: isolation.socketPath }, listenOptions);
+  // Runs a previous process left in flight resume (or wait for their callers) once runs can call in.
+  executor.recover();
 
   let closed: Promise<void> | undefined;
   return {
@@ -154,6 +166,8 @@ export async function startShaker(config: Config): Promise<Shaker> {
     close() {
       closed ??= (async () => {
         await listener.close();
+        // Runs still in flight stay recorded as such: the next start resumes them.
+        executor.shutDown();
         await pool.close();
         await runListener.close();
         isolation.close();
