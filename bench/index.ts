@@ -6,12 +6,14 @@ import { benchEdge } from "./edge.js";
 import { benchExecutor } from "./executor.js";
 import { benchInvoke } from "./invoke.js";
 import { benchIsolation } from "./isolation.js";
+import { benchJournal } from "./journal.js";
 import { benchModelProxy } from "./modelproxy.js";
 import { benchValidate } from "./validate.js";
 
 const benches: Record<string, () => Promise<void>> = {
   invoke: benchInvoke,
   isolation: benchIsolation,
+  journal: benchJournal,
   edge: benchEdge,
   validate: benchValidate,
   datastore: benchDatastore,

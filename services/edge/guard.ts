@@ -2,6 +2,7 @@ import type { Http2ServerRequest } from "node:http2";
 import { Code, ConnectError } from "@connectrpc/connect";
 import { codeToString } from "@connectrpc/connect/protocol-connect";
 import { headers as authHeaders } from "../shared/auth.js";
+import { sendGrpcTrailersOnly } from "../shared/grpc-compat.js";
 import { HttpError, type Req, type Res, sendError } from "./http.js";
 
 /** Options of createBodyGuard. */
@@ -98,13 +99,8 @@ function refuse(req: Req, res: Res, protocol: Protocol, err: unknown): void {
   }
   const contentType = String(req.headers["content-type"] ?? "");
   if (/^application\/grpc/i.test(contentType)) {
-    // gRPC says every error in a trailers-only response: status 200 and grpc-status in the headers.
-    res.writeHead(200, {
-      "content-type": contentType.split(";")[0],
-      "grpc-status": String(ce.code),
-      "grpc-message": encodeURIComponent(ce.rawMessage),
-    });
-    res.end();
+    // gRPC says every error in a trailers-only response, written so that grpc-js reads its status.
+    sendGrpcTrailersOnly(req, res, ce.code, ce.rawMessage);
     return;
   }
   const data = JSON.stringify({ code: codeToString(ce.code), message: ce.rawMessage });
