@@ -1,5 +1,5 @@
 import { createHash } from "node:crypto";
-import { type DescMessage, fromBinary, type MessageShape, toBinary } from "@bufbuild/protobuf";
+import { type DescMessage, fromJsonString, type MessageShape, toBinary, toJsonString } from "@bufbuild/protobuf";
 import { Code, ConnectError, type Interceptor, type StreamResponse, type UnaryResponse } from "@connectrpc/connect";
 import { createAsyncIterable } from "@connectrpc/connect/protocol";
 import type { Auth } from "../shared/auth.js";
@@ -70,9 +70,19 @@ export function unpack(packed: Buffer | null): Uint8Array[] {
   return messages;
 }
 
-/** holdsSecret is true when any of the encodings holds a secret value: strings and bytes are encoded verbatim. */
-function holdsSecret(secrets: readonly Buffer[], encodings: readonly Uint8Array[]): boolean {
+/**
+ * holdsSecret is true when a message holds a secret value: it looks in the messages' binary
+ * encodings, where strings and bytes are verbatim (their JSON would escape or base64 them). Only
+ * runs given secrets pay for the encoding.
+ */
+function holdsSecret(
+  secrets: readonly Buffer[],
+  schema: { input: DescMessage; output: DescMessage },
+  request: MessageShape<DescMessage>,
+  answers: readonly MessageShape<DescMessage>[],
+): boolean {
   if (secrets.length === 0) return false;
+  const encodings = [toBinary(schema.input, request), ...answers.map((m) => toBinary(schema.output, m))];
   return encodings.some((e) => {
     const b = Buffer.from(e.buffer, e.byteOffset, e.length);
     return secrets.some((s) => b.includes(s));
@@ -94,7 +104,7 @@ export interface JournalOptions {
  * before it loses a call that no process ever saw.
  *
  * A call takes part when it comes with a run's token and a `shaker-call-seq` header. A resumed run's
- * call whose sequence number, method and request (SHA-256 of its binary encoding) match the journal
+ * call whose sequence number, method and request (SHA-256 of its JSON) match the journal
  * gets the journaled answer (or error) without reaching the service. The first call that does not
  * match ends the replay: the journal is cut there, a warning names the call, and from then on every
  * call is live (and journaled). A call whose request or answer holds a secret value is journaled
@@ -121,8 +131,9 @@ export function createJournalInterceptor(options: JournalOptions): Interceptor {
       input = first.value;
       req = { ...req, message: createAsyncIterable([input]) };
     } else input = req.message;
-    const request = toBinary(req.method.input, input);
-    const requestHash = sha256(request);
+    // JSON, not the binary encoding: protobuf-es writes it several times faster for Struct-heavy
+    // messages (a model call's body), and it is as deterministic (fields in order, keys as given).
+    const requestHash = sha256(Buffer.from(toJsonString(req.method.input, input)));
 
     if (journal.replaying) {
       const entry = store.journalEntry(runId, seq);
@@ -140,14 +151,15 @@ export function createJournalInterceptor(options: JournalOptions): Interceptor {
     }
 
     const output = req.method.output;
-    const write = (messages: Uint8Array[], error: ConnectError | undefined) => {
+    const write = (answers: MessageShape<DescMessage>[], error: ConnectError | undefined) => {
+      const messages = answers.map((m) => Buffer.from(toJsonString(output, m)));
       const size = messages.reduce((n, m) => n + m.length + 4, 0);
       const full = journal.bytes + size > maxJournalBytes;
       if (full && !journal.warnings.some((w) => w.startsWith("the journal is full"))) {
         journal.warnings.push(`the journal is full (${maxJournalBytes} bytes of answers): ctx calls from ${seq} on were not journaled`);
       }
       // A call whose request or answer holds a secret value (or that does not fit) keeps no trace but its place.
-      const secret = full || holdsSecret(journal.secrets, [request, ...messages]);
+      const secret = full || holdsSecret(journal.secrets, req.method, input, answers);
       if (secret) journal.unjournaled++;
       else journal.bytes += size;
       journal.wrote = true;
@@ -176,15 +188,15 @@ export function createJournalInterceptor(options: JournalOptions): Interceptor {
       throw e;
     }
     if (!res.stream) {
-      write([toBinary(output, res.message)], undefined);
+      write([res.message], undefined);
       return res;
     }
     const source = res.message;
     async function* journaled() {
-      const messages: Uint8Array[] = [];
+      const messages: MessageShape<DescMessage>[] = [];
       try {
         for await (const m of source) {
-          messages.push(toBinary(output, m));
+          messages.push(m);
           yield m;
         }
       } catch (e) {
@@ -201,7 +213,7 @@ export function createJournalInterceptor(options: JournalOptions): Interceptor {
 /** replayed is the journaled answer of a call, as the service gave it. */
 function replayed(req: Parameters<Parameters<Interceptor>[0]>[0], entry: JournalEntry): UnaryResponse | StreamResponse {
   const output = req.method.output;
-  const messages = unpack(entry.messages).map((m) => fromBinary(output, m));
+  const messages = unpack(entry.messages).map((m) => fromJsonString(output, Buffer.from(m).toString()));
   const error = entry.error ? new ConnectError(entry.error.message, entry.error.code as Code) : undefined;
   const common = { service: req.service, header: new Headers(), trailer: new Headers() };
   if (!req.stream) {

@@ -74,11 +74,11 @@ export const runCalls = sqliteTable(
     seq: integer("seq").notNull(),
     /** method is "<service type name>/<method name>". */
     method: text("method").notNull(),
-    /** requestHash is the SHA-256 of the request message's binary encoding; "" for an unjournaled call. */
+    /** requestHash is the SHA-256 of the request message's JSON; "" for an unjournaled call. */
     requestHash: text("request_hash").notNull(),
     /** journaled is 0 when the call held a secret value: nothing of it is kept, and a resumed run makes it again. */
     journaled: integer("journaled").notNull(),
-    /** messages are the response messages' binary encodings, each preceded by its 4-byte length. */
+    /** messages are the response messages' JSON texts, each preceded by its 4-byte length. */
     messages: blob("messages", { mode: "buffer" }),
     /** error is the call's error, when it failed. */
     error: text("error", { mode: "json" }).$type<{ code: number; message: string }>(),
