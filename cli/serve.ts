@@ -24,6 +24,7 @@ import { createDirectTransport } from "../services/shared/direct-transport.js";
 import { grpcMessageEncoding, grpcUnimplemented } from "../services/shared/grpc-compat.js";
 import { withReflection } from "../services/shared/grpc-reflection.js";
 import { type Handler, listen } from "../services/shared/listener.js";
+import { createTelemetry } from "../services/shared/telemetry.js";
 import { serveConsole } from "./static.js";
 
 /** Shaker is a running embedded server: every service and the edge on one port. */
@@ -53,6 +54,7 @@ export async function startShaker(config: Config): Promise<Shaker> {
     router.service(ModelProxyService, modelproxy.impl);
     router.service(DatastoreService, datastore.impl);
   };
+  const telemetry = createTelemetry(config.telemetry);
   const clients = createClients(lazyTransport(() => createDirectTransport(routes)));
   // A run's token is refused by every service once the run has ended.
   const runIsLive = (runId: string) => executor.live.has(runId);
@@ -112,6 +114,7 @@ export async function startShaker(config: Config): Promise<Shaker> {
     httpAllow: config.httpAllow,
     limits: { memoryBytes: config.runMemoryBytes, openFiles: 256, fileBytes: 64 * 1024 * 1024 },
     disconnectGraceMs: config.disconnectGraceMs,
+    telemetry,
   });
   const modelproxy = createModelProxyService(deps("modelproxy"));
   const datastore = createDatastoreService(deps("datastore"));
@@ -124,6 +127,7 @@ export async function startShaker(config: Config): Promise<Shaker> {
     authenticate: (h) => auth.identify(h),
     maxJsonDepth: config.maxJsonDepth,
     maxUnauthenticatedBodyBytes: config.maxUnauthenticatedBodyBytes,
+    telemetry,
   });
   // gRPC clients get the grpc-message encoding grpc-js reads, server reflection (with a key, as
   // every RPC here) and UNIMPLEMENTED for a method nobody serves; other unknown paths a JSON 404.
@@ -132,7 +136,7 @@ export async function startShaker(config: Config): Promise<Shaker> {
       routes: withReflection(routes, { authenticate: (h) => auth.identify(h) }),
       readMaxBytes: config.maxBodyBytes,
       // Runs' ctx calls are journaled on their way back, so a resumed run gets their results again.
-      interceptors: config.journal ? [executor.journalInterceptor] : [],
+      interceptors: [executor.callTracer, ...(config.journal ? [executor.journalInterceptor] : [])],
       fallback: grpcUnimplemented((req, res) =>
         sendJson(res as unknown as Res, 404, {
           error: { message: `no route ${req.method} ${req.url}`, type: "invalid_request_error", param: null, code: "not_found" },
@@ -176,6 +180,7 @@ export async function startShaker(config: Config): Promise<Shaker> {
         executorStore.close();
         registry.close();
         registryStore.close();
+        await telemetry.close();
       })();
       return closed;
     },

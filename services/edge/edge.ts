@@ -1,4 +1,5 @@
 import type { Clients } from "../shared/clients.js";
+import { createTelemetry, SpanKind, type Telemetry, traceHeader, traceIdHeader } from "../shared/telemetry.js";
 import { createChatRoute } from "./chat.js";
 import { addDatastoreRoutes } from "./datastores.js";
 import { createBodyGuard } from "./guard.js";
@@ -29,6 +30,8 @@ export interface EdgeOptions {
   authenticate?: (headers: Headers) => Promise<unknown>;
   /** maxUnauthenticatedBodyBytes is the largest request body read before its caller's credential is checked; default 64 KiB. */
   maxUnauthenticatedBodyBytes?: number;
+  /** telemetry traces each REST request as a server span, the parent of what it asks the services for. */
+  telemetry?: Telemetry;
 }
 
 /** Edge answers the OpenAI-compatible and management REST routes; `handle` returns false for other paths. */
@@ -48,8 +51,8 @@ const corsHeaders = {
   "access-control-allow-origin": "*",
   "access-control-allow-methods": "GET, POST, PUT, PATCH, DELETE, OPTIONS",
   "access-control-allow-headers":
-    "authorization, x-api-key, content-type, openai-organization, openai-project, x-stainless-arch, x-stainless-lang, x-stainless-os, x-stainless-package-version, x-stainless-retry-count, x-stainless-runtime, x-stainless-runtime-version, x-stainless-timeout, x-stainless-helper-method, x-stainless-async, idempotency-key, last-event-id",
-  "access-control-expose-headers": "x-request-id, retry-after, x-should-retry",
+    "authorization, x-api-key, content-type, openai-organization, openai-project, x-stainless-arch, x-stainless-lang, x-stainless-os, x-stainless-package-version, x-stainless-retry-count, x-stainless-runtime, x-stainless-runtime-version, x-stainless-timeout, x-stainless-helper-method, x-stainless-async, idempotency-key, last-event-id, traceparent, tracestate",
+  "access-control-expose-headers": "x-request-id, retry-after, x-should-retry, x-trace-id",
   "access-control-max-age": "86400",
 };
 
@@ -57,6 +60,7 @@ const corsHeaders = {
 export function createEdge(options: EdgeOptions): Edge {
   const router = new EdgeRouter();
   const { maxJsonDepth } = options;
+  const telemetry = options.telemetry ?? createTelemetry({});
   const chat = createChatRoute({
     clients: options.clients,
     maxBodyBytes: options.maxBodyBytes,
@@ -75,6 +79,25 @@ export function createEdge(options: EdgeOptions): Edge {
   addRunRoutes(router, options.clients, options.keepAliveMs ?? 15_000);
   addDatastoreRoutes(router, { clients: options.clients, maxBodyBytes: options.maxBodyBytes, maxJsonDepth });
   const guard = createBodyGuard({ authenticate: options.authenticate, maxUnauthenticatedBodyBytes: options.maxUnauthenticatedBodyBytes });
+
+  /**
+   * traceRequest makes a request a server span (a child of the caller's `traceparent`, if any), names
+   * its trace in X-Trace-Id, and hands the span's own traceparent on to the services it calls.
+   */
+  function traceRequest(req: Req, res: Res, method: string, route: string): void {
+    const span = telemetry.startSpan(`${method} ${route}`, {
+      parent: typeof req.headers[traceHeader] === "string" ? req.headers[traceHeader] : null,
+      kind: SpanKind.SERVER,
+      attributes: { "http.request.method": method, "http.route": route },
+    });
+    if (!span) return;
+    req.headers[traceHeader] = telemetry.traceparent(span);
+    res.setHeader(traceIdHeader, span.spanContext().traceId);
+    res.once("close", () => {
+      span.setAttribute("http.response.status_code", res.statusCode);
+      telemetry.end(span, res.statusCode >= 500 ? `HTTP ${res.statusCode}` : undefined);
+    });
+  }
 
   return {
     router,
@@ -106,6 +129,7 @@ export function createEdge(options: EdgeOptions): Edge {
         );
         return true;
       }
+      traceRequest(req, res, method, found.path);
       guard(req, res, "rest", () => {
         found.handler(req, res, found.params, url).catch((err: unknown) => {
           req.resume();

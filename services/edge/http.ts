@@ -226,6 +226,9 @@ export function callerHeaders(req: Req): Record<string, string> {
   const apiKey = req.headers["x-api-key"];
   if (typeof authorization === "string") out["authorization"] = authorization;
   if (typeof apiKey === "string") out["x-api-key"] = apiKey;
+  // The request's trace (the edge's own span once it traces) goes on to the services.
+  const traceparent = req.headers.traceparent;
+  if (typeof traceparent === "string") out.traceparent = traceparent;
   if (!out["authorization"] && !out["x-api-key"]) {
     throw new HttpError(401, "missing API key: send 'Authorization: Bearer <key>' or 'X-Api-Key: <key>'", null, "missing_api_key");
   }

@@ -35,7 +35,10 @@ export class EdgeRouter {
   }
 
   /** match finds the route for a request; `allowed` lists the methods of a path matched by another method. */
-  match(method: string, pathname: string): { handler: RouteHandler; params: Record<string, string> } | { allowed: string[] } | undefined {
+  match(
+    method: string,
+    pathname: string,
+  ): { handler: RouteHandler; params: Record<string, string>; path: string } | { allowed: string[] } | undefined {
     const allowed: string[] = [];
     for (const route of this.routes) {
       const m = route.pattern.exec(pathname);
@@ -52,7 +55,7 @@ export class EdgeRouter {
           params[name] = m[i + 1];
         }
       });
-      return { handler: route.handler, params };
+      return { handler: route.handler, params, path: route.path };
     }
     return allowed.length > 0 ? { allowed } : undefined;
   }

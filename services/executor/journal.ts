@@ -8,6 +8,9 @@ import type { JournalEntry } from "./store.js";
 /** callSeqHeader carries a ctx call's sequence number within its run (the harness's RpcClient sets it). */
 export const callSeqHeader = "shaker-call-seq";
 
+/** replayedHeader marks, among the interceptors, an answer that came from the journal. */
+export const replayedHeader = "shaker-replayed";
+
 /** JournalStore is what the journal keeps its entries in: the Executor's store. */
 export interface JournalStore {
   journalEntry(runId: string, seq: number): JournalEntry | undefined;
@@ -215,7 +218,7 @@ function replayed(req: Parameters<Parameters<Interceptor>[0]>[0], entry: Journal
   const output = req.method.output;
   const messages = unpack(entry.messages).map((m) => fromJsonString(output, Buffer.from(m).toString()));
   const error = entry.error ? new ConnectError(entry.error.message, entry.error.code as Code) : undefined;
-  const common = { service: req.service, header: new Headers(), trailer: new Headers() };
+  const common = { service: req.service, header: new Headers({ [replayedHeader]: "1" }), trailer: new Headers() };
   if (!req.stream) {
     if (error) throw error;
     return { ...common, stream: false, method: req.method, message: messages[0] } as UnaryResponse;

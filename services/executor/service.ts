@@ -15,6 +15,7 @@ import { invalidArgument } from "../shared/errors.js";
 import { newId } from "../shared/ids.js";
 import { fromValue, timestampOf, toValue } from "../shared/json.js";
 import { createRunRedactor, redactJson } from "../shared/redact.js";
+import { createTelemetry, type Span, SpanKind, type Telemetry, traceHeader } from "../shared/telemetry.js";
 import { type AdmissionOptions, type Caller, createAdmission } from "./admission.js";
 import { defaultTimeoutMs, type EgressOptions, egressFetch, type FetchOutput, type Hop, parseAllowList } from "./egress.js";
 import { createFrameTranslator, emittedMessage, type Frame, logMessage, runResult, type StreamEvent } from "./events.js";
@@ -26,6 +27,7 @@ import { createRunRecorder } from "./recorder.js";
 import { checkRunPage, idempotencyKeyProblem, idempotencyWindowMs, inputRequired, maxAttempts } from "./rules.js";
 import { type Cursor, cursorId, cursorStart, parseCursor, RunEvents } from "./run-events.js";
 import type { ExecutorStore, RunRow } from "./store.js";
+import { createCallTracer } from "./trace-calls.js";
 
 /** Options of createExecutorService. */
 export interface ExecutorServiceOptions extends AdmissionOptions {
@@ -49,6 +51,8 @@ export interface ExecutorServiceOptions extends AdmissionOptions {
   httpAllow?: string[];
   /** httpMaxResponseBytes caps a ctx.http response body; default 32 MiB. */
   httpMaxResponseBytes?: number;
+  /** telemetry traces runs and their ctx calls; off when absent. */
+  telemetry?: Telemetry;
   /**
    * disconnectGraceMs is how long a run whose every caller disconnected goes on, for one of them to
    * come back (a rejoin, an Idempotency-Key retry, an SDK retry), before it is cancelled. Default 5000.
@@ -80,6 +84,8 @@ interface LiveRun {
   secretValues: string[];
   /** journal is the state of the run's journal of ctx calls. */
   journal: RunJournal;
+  /** span is the run's trace span, when tracing is on: its ctx calls are its children. */
+  span: Span | undefined;
   /** fetch makes one ctx.http request for the run and records it on the run. */
   fetch(req: FetchRequest, signal: AbortSignal): Promise<FetchOutput>;
   /**
@@ -115,6 +121,18 @@ interface RunPlan extends Admitted {
   attempts: { attempt: number; startedAt: number; endedAt: number; interrupted: boolean }[];
   /** waited is true when a caller waits for the run (Run, RunStream): it is cancelled when they all leave. */
   waited: boolean;
+  /** traceparent is the trace the run's span belongs to (the invoking call's W3C header), if any. */
+  traceparent: string | null;
+}
+
+/** How is what the call that asks for a run says about it besides the invocation. */
+interface How {
+  /** waited is true for Run and RunStream: the caller waits for the run. */
+  waited: boolean;
+  /** callSeq is the Shaker-Call-Seq of a nested run's call, which names it in its parent's journal. */
+  callSeq: string | null;
+  /** traceparent is the call's W3C trace context. */
+  traceparent: string | null;
 }
 
 /** deferred is a promise with its ends; its rejection never counts as unhandled (nobody may wait for it). */
@@ -211,6 +229,7 @@ export function createExecutorService(options: ExecutorServiceOptions) {
   const { store, pool, auth, registry } = options;
   const recordLimits = { maxLogLines: options.maxLogLines ?? 1000, maxEmittedBytes: options.maxEmittedBytes ?? 1024 * 1024, maxHttpCalls };
   const disconnectGraceMs = options.disconnectGraceMs ?? 5000;
+  const telemetry = options.telemetry ?? createTelemetry({});
   const live = new Map<string, LiveRun>();
   /** keyed holds the answers of invocations with a key that are being worked out, for a duplicate arriving meanwhile. */
   const keyed = new Map<string, Promise<Target>>();
@@ -236,7 +255,7 @@ export function createExecutorService(options: ExecutorServiceOptions) {
    * interrupted; otherwise a new run. Everything that can be checked before a process exists is
    * checked here, so every such error is the caller's, before any stream message.
    */
-  async function start(identity: Identity, inv: Invocation, how: { waited: boolean; callSeq: string | null }): Promise<Target> {
+  async function start(identity: Identity, inv: Invocation, how: How): Promise<Target> {
     const caller = admission.check(identity);
     let key = "";
     if (inv.idempotencyKey) {
@@ -253,8 +272,8 @@ export function createExecutorService(options: ExecutorServiceOptions) {
       if (earlier) return matching(await earlier, inv, key);
       const answer = (async () => {
         const row = store.runByKey(caller.accountId, key, Date.now() - idempotencyWindowMs);
-        if (row) return await retryOf(row, caller, inv, how.waited, key);
-        return { live: await launchNew(caller, inv, how.waited, key) };
+        if (row) return await retryOf(row, caller, inv, how, key);
+        return { live: await launchNew(caller, inv, how, key) };
       })();
       keyed.set(slot, answer);
       try {
@@ -265,9 +284,9 @@ export function createExecutorService(options: ExecutorServiceOptions) {
     }
     if (inv.retryCount > 0 && inv.requestHash) {
       const attached = sdkRetryOf(caller.accountId, inv.requestHash);
-      if (attached) return attached.live ? attached : await retryOf(attached.row, caller, inv, how.waited, "");
+      if (attached) return attached.live ? attached : await retryOf(attached.row, caller, inv, how, "");
     }
-    return { live: await launchNew(caller, inv, how.waited, "") };
+    return { live: await launchNew(caller, inv, how, "") };
   }
 
   /** matching is a target for an invocation with its key, refused when the key was used for another request. */
@@ -281,13 +300,13 @@ export function createExecutorService(options: ExecutorServiceOptions) {
   }
 
   /** retryOf is what an invocation that retries the run of `row` gets: that run, live, resumed or ended. */
-  async function retryOf(row: RunRow, caller: Caller, inv: Invocation, waited: boolean, key: string): Promise<Target> {
+  async function retryOf(row: RunRow, caller: Caller, inv: Invocation, how: How, key: string): Promise<Target> {
     if (key) matching({ row }, inv, key);
     const running = live.get(row.id);
     if (running) return { live: running };
     if (row.status !== RunStatus.RUNNING && row.status !== RunStatus.QUEUED) return { row };
     // Interrupted by a crash: the caller came back, with the secrets it had, to resume it.
-    return { live: await resume(row, caller, inv, waited) };
+    return { live: await resume(row, caller, inv, how) };
   }
 
   /**
@@ -303,7 +322,7 @@ export function createExecutorService(options: ExecutorServiceOptions) {
   }
 
   /** launchNew checks and admits a new run and launches it. */
-  async function launchNew(caller: Caller, inv: Invocation, waited: boolean, idempotencyKey: string): Promise<LiveRun> {
+  async function launchNew(caller: Caller, inv: Invocation, how: How, idempotencyKey: string): Promise<LiveRun> {
     const version = await resolve(caller.accountId, inv);
     const input = inputOf(inv, version, caller.parent !== undefined);
     const secretValues = secretsOf(caller, inv);
@@ -325,7 +344,8 @@ export function createExecutorService(options: ExecutorServiceOptions) {
         idempotencyKey,
         attempt: 1,
         attempts: [],
-        waited,
+        waited: how.waited,
+        traceparent: how.traceparent,
       });
     } catch (e) {
       release();
@@ -347,7 +367,7 @@ export function createExecutorService(options: ExecutorServiceOptions) {
    * resume starts the next attempt of a run a crash interrupted, from its record: with the
    * invocation of the caller that came back (it carries the secrets), or with what the record keeps.
    */
-  async function resume(row: RunRow, caller: Caller | undefined, inv: Invocation | undefined, waited: boolean): Promise<LiveRun> {
+  async function resume(row: RunRow, caller: Caller | undefined, inv: Invocation | undefined, how: How): Promise<LiveRun> {
     clearTimeout(waiting.get(row.id));
     waiting.delete(row.id);
     const stored = row.resume;
@@ -412,7 +432,8 @@ export function createExecutorService(options: ExecutorServiceOptions) {
         idempotencyKey: row.idempotencyKey,
         attempt: row.attempt + 1,
         attempts,
-        waited: waited || row.detached === 0,
+        waited: how.waited || row.detached === 0,
+        traceparent: how.traceparent,
       });
     } catch (e) {
       release();
@@ -426,6 +447,18 @@ export function createExecutorService(options: ExecutorServiceOptions) {
     const redact = createRunRedactor(run.secretValues);
     const recorder = createRunRecorder(redact, recordLimits);
     const journal = newRunJournal(run.attempt, run.secretValues);
+    const span = telemetry.startSpan(`run ${version.workflowRefName}`, {
+      parent: run.traceparent,
+      kind: SpanKind.INTERNAL,
+      attributes: {
+        "shaker.run.id": runId,
+        "shaker.run.attempt": run.attempt,
+        "shaker.workflow": version.workflowRefName,
+        "shaker.workflow.version": version.version,
+        "shaker.session.id": sessionId,
+        "shaker.account.id": caller.accountId,
+      },
+    });
     const started: RunStarted = {
       $typeName: "shaker.executor.v1.RunStarted",
       runId,
@@ -503,6 +536,7 @@ export function createExecutorService(options: ExecutorServiceOptions) {
       attemptStartedAt = now;
       journal.replaying = true;
       store.resumeRun(runId, run.attempt, run.attempts, now);
+      span?.addEvent("interrupted: executing again", { "shaker.run.attempt": run.attempt });
       process.stderr.write(`run ${runId}: its process was interrupted; executing it again (attempt ${run.attempt})\n`);
       execute(events.position);
     }
@@ -515,6 +549,7 @@ export function createExecutorService(options: ExecutorServiceOptions) {
       clearTimeout(grace);
       const failure = new ConnectError("the server is shutting down; retry the request to resume the run", Code.Unavailable);
       failure.metadata.set("shaker-run-id", runId);
+      telemetry.end(span, failure);
       events.fail(failure);
       finished.reject(failure);
     }
@@ -540,6 +575,8 @@ export function createExecutorService(options: ExecutorServiceOptions) {
         { ...fields, attempt: run.attempt, attempts: run.attempt > 1 ? attempts : null, unjournaledCalls: journal.unjournaled },
         journal.wrote,
       );
+      span?.setAttributes({ "shaker.run.status": RunStatus[status].toLowerCase(), "shaker.run.attempt": run.attempt });
+      telemetry.end(span, failure);
       if (failure) {
         failure.metadata.set("shaker-run-id", runId);
         events.fail(failure);
@@ -564,6 +601,7 @@ export function createExecutorService(options: ExecutorServiceOptions) {
       finished: finished.promise,
       secretValues: run.secretValues,
       journal,
+      span,
       fetch: fetcher.fetch,
       cancel: end,
       attach() {
@@ -709,7 +747,7 @@ export function createExecutorService(options: ExecutorServiceOptions) {
     const timer = setTimeout(() => {
       waiting.delete(row.id);
       if (closing || live.has(row.id)) return;
-      resume(row, undefined, undefined, false).catch((e: unknown) => {
+      resume(row, undefined, undefined, { waited: false, callSeq: null, traceparent: null }).catch((e: unknown) => {
         const error = ConnectError.from(e);
         if (error.code === Code.ResourceExhausted || error.code === Code.Unavailable) return resumeLater(row, 1000);
         if (error.code !== Code.NotFound) {
@@ -894,6 +932,7 @@ export function createExecutorService(options: ExecutorServiceOptions) {
       const target = await start(identity, req.invocation ?? ({} as Invocation), {
         waited: true,
         callSeq: ctx.requestHeader.get(callSeqHeader),
+        traceparent: ctx.requestHeader.get(traceHeader),
       });
       return { result: await finishedOf(ctx, target) };
     },
@@ -901,7 +940,7 @@ export function createExecutorService(options: ExecutorServiceOptions) {
     async *runStream(req, ctx) {
       const identity = await auth.identify(ctx.requestHeader);
       const inv = req.invocation ?? ({} as Invocation);
-      const target = await start(identity, inv, { waited: true, callSeq: null });
+      const target = await start(identity, inv, { waited: true, callSeq: null, traceparent: ctx.requestHeader.get(traceHeader) });
       const started = startedFrom(target);
       yield { event: { case: "started", value: started } };
       if (started.detached) return;
@@ -910,7 +949,11 @@ export function createExecutorService(options: ExecutorServiceOptions) {
 
     async startRun(req, ctx) {
       const identity = await auth.identify(ctx.requestHeader);
-      const target = await start(identity, req.invocation ?? ({} as Invocation), { waited: false, callSeq: null });
+      const target = await start(identity, req.invocation ?? ({} as Invocation), {
+        waited: false,
+        callSeq: null,
+        traceparent: ctx.requestHeader.get(traceHeader),
+      });
       return { started: startedFrom(target) };
     },
 
@@ -926,7 +969,13 @@ export function createExecutorService(options: ExecutorServiceOptions) {
         // Interrupted: watching it resumes it, when it can resume without its caller.
         target =
           row.status === RunStatus.RUNNING || row.status === RunStatus.QUEUED
-            ? { live: await resume(row, undefined, undefined, true) }
+            ? {
+                live: await resume(row, undefined, undefined, {
+                  waited: true,
+                  callSeq: null,
+                  traceparent: ctx.requestHeader.get(traceHeader),
+                }),
+              }
             : { row };
       }
       for await (const update of watch(ctx, target, after)) yield { update };
@@ -979,6 +1028,9 @@ export function createExecutorService(options: ExecutorServiceOptions) {
       }
       const run = live.get(identity.claims.run);
       if (!run) throw new ConnectError("the run this token was given to has ended", Code.Unauthenticated);
+      // The request joins the run's trace, unless the workflow set its own traceparent.
+      const traceparent = ctx.requestHeader.get(traceHeader);
+      if (traceparent && !Object.keys(req.headers).some((h) => h.toLowerCase() === traceHeader)) req.headers[traceHeader] = traceparent;
       return await run.fetch(req, ctx.signal);
     },
   };
@@ -988,6 +1040,8 @@ export function createExecutorService(options: ExecutorServiceOptions) {
     live,
     /** journalInterceptor journals the ctx calls of runs, on the socket runs call the services through. */
     journalInterceptor: createJournalInterceptor({ store, auth, runJournal: (runId) => live.get(runId)?.journal }),
+    /** callTracer makes runs' ctx calls spans of their runs' traces; put it in front of the journal. */
+    callTracer: createCallTracer({ telemetry, auth, runSpan: (runId) => live.get(runId)?.span }),
     /** recover takes over the runs a previous process left in flight: call it once the services are served. */
     recover,
     /** shutDown stops resuming runs: those still in flight when their processes go stay recorded as in flight, for the next start. */

@@ -8,6 +8,7 @@ import { errorMetadata, invalidArgument } from "../shared/errors.js";
 import { newId } from "../shared/ids.js";
 import { timestampOf } from "../shared/json.js";
 import { createRedactor, redactJson } from "../shared/redact.js";
+import { traceHeader } from "../shared/telemetry.js";
 import { localChat, localChatStream, localEmbeddings } from "./local.js";
 import {
   classify,
@@ -244,6 +245,12 @@ export function createModelProxyService(
     if (body.model !== undefined && typeof body.model !== "string") throw invalid("'model' must be a string", "model");
   }
 
+  /** traced is the upstream request's headers that carry on the caller's trace (W3C traceparent), if it has one. */
+  const traced = (ctx: HandlerContext): Record<string, string> => {
+    const traceparent = ctx.requestHeader.get(traceHeader);
+    return traceparent ? { [traceHeader]: traceparent } : {};
+  };
+
   const impl: ServiceImpl<typeof ModelProxyService> = {
     async chatCompletion(req, ctx) {
       const call = await begin(ctx, req.context, "chat", req.body);
@@ -254,7 +261,7 @@ export function createModelProxyService(
           if (!t.provider.client) return localChat(body);
           const completion = await t.provider.client.chat.completions.create(
             { ...(body as unknown as OpenAI.Chat.ChatCompletionCreateParamsNonStreaming), model: t.model, stream: false },
-            { signal: w.signal },
+            { signal: w.signal, headers: traced(ctx) },
           );
           if (!completion || typeof completion !== "object" || !Array.isArray((completion as unknown as Json).choices)) {
             throw new SyntaxError("the answer is not a chat.completion object");
@@ -294,7 +301,7 @@ export function createModelProxyService(
             ? (
                 await t.provider.client.chat.completions.create(
                   { ...(body as unknown as OpenAI.Chat.ChatCompletionCreateParamsStreaming), model: t.model },
-                  { signal: w.signal },
+                  { signal: w.signal, headers: traced(ctx) },
                 )
               )[Symbol.asyncIterator]()
             : localChatStream(body, w.signal);
@@ -388,7 +395,7 @@ export function createModelProxyService(
           }
           const resp = await t.provider.client.embeddings.create(
             { ...(call.request as unknown as OpenAI.EmbeddingCreateParams), model: t.model },
-            { signal: w.signal },
+            { signal: w.signal, headers: traced(ctx) },
           );
           if (!resp || !Array.isArray((resp as unknown as Json).data)) throw new SyntaxError("the answer is not an embeddings list");
           return resp as unknown as Json;

@@ -1,4 +1,5 @@
 import { resolve } from "node:path";
+import { type TelemetryOptions, telemetryOptionsFrom } from "./telemetry.js";
 
 /** Config is everything `shaker serve` reads from its environment. */
 export interface Config {
@@ -38,6 +39,8 @@ export interface Config {
    * `SHAKER_JOURNAL=off` turns it off (resumed runs then make every call again). Default on.
    */
   journal: boolean;
+  /** telemetry says where traces go: the OpenTelemetry variables (OTEL_EXPORTER_OTLP_ENDPOINT, …); off without an endpoint. */
+  telemetry: TelemetryOptions;
   /** openaiApiKey is the key of the default OpenAI-compatible upstream; `OPENAI_API_KEY`. */
   openaiApiKey: string | undefined;
   /** openaiBaseUrl is the default upstream's base URL; `OPENAI_BASE_URL` (the OpenAI API when only a key is set). */
@@ -122,6 +125,7 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env, overrides: Part
     sseKeepAliveMs: Math.max(1, envInt(env, "SHAKER_SSE_KEEPALIVE_MS", 15_000)),
     disconnectGraceMs: envInt(env, "SHAKER_DISCONNECT_GRACE_MS", 5000),
     journal: envString(env, "SHAKER_JOURNAL") !== "off",
+    telemetry: telemetryOptionsFrom(env),
     openaiApiKey: envString(env, "OPENAI_API_KEY"),
     openaiBaseUrl: envString(env, "OPENAI_BASE_URL"),
     modelsConfigFile: envString(env, "SHAKER_MODELS_CONFIG"),
