@@ -68,8 +68,12 @@ const maxHttpInFlight = 16;
 /** A streaming run whose listener has this many bytes of messages unread is paused, until it reads down to the low mark. */
 const streamHighWaterBytes = 1024 * 1024;
 const streamLowWaterBytes = 256 * 1024;
-/** A run in flight keeps its events up to this many bytes, for listeners that come late. */
-const maxHistoryBytes = 16 * 1024 * 1024;
+/**
+ * A run in flight keeps its latest events up to this many bytes, for listeners that come late (a
+ * retry, a rejoin): enough for any rejoin from a recent cursor, little enough that an account's many
+ * runs cannot hold the server's memory.
+ */
+const maxHistoryBytes = 2 * 1024 * 1024;
 
 /** LiveRun is a run in flight: its events and how it ends. */
 interface LiveRun {
