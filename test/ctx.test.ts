@@ -144,7 +144,8 @@ describe("ctx, from a real workflow through the real server", () => {
     expect(events.at(-1)).toBe("[DONE]");
     const chunks = events.slice(0, -1).map((e) => JSON.parse(e));
     expect(chunks.slice(0, 2).map((c) => c.emitted)).toEqual(["first", { second: 2 }]);
-    expect(chunks[2].choices[0].finish_reason).toBe("stop");
+    expect(chunks[2].output_text).toBe(true);
+    expect(chunks[3].choices[0].finish_reason).toBe("stop");
   });
 
   it("redacts a secret from a raised error's message and traceback", async () => {

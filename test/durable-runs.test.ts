@@ -145,7 +145,8 @@ describe("runs that retries attach to", () => {
       const contents = (events: { data: string }[]) =>
         events.filter((e) => e.data !== "[DONE]").map((e) => JSON.parse(e.data).choices[0].delta.content ?? null);
       expect(contents(b)).toEqual(contents(a));
-      expect(contents(a)).toEqual(["step 0", "step 1", "step 2", null]);
+      const output = JSON.parse(a.at(-2)!.data).output;
+      expect(contents(a)).toEqual(["step 0", "step 1", "step 2", `\n\n${JSON.stringify(output)}`, null]);
       expect(calls("stream-dup")).toBe(1);
     });
 

@@ -73,12 +73,18 @@ describe("the edge: OpenAI-compatible surface over a real port", () => {
     const arrivals: { i: number; at: number }[] = [];
     let final: any;
     let firstDelta: any;
+    let outputText: string | undefined;
     for await (const chunk of stream as AsyncIterable<any>) {
       if (chunk.choices[0].finish_reason === "stop") {
         final = chunk;
         continue;
       }
       firstDelta ??= chunk.choices[0].delta;
+      if (chunk.output_text) {
+        // The output's text, after the emitted values it does not continue (docs/api.md §3).
+        outputText = chunk.choices[0].delta.content;
+        continue;
+      }
       expect(chunk.object).toBe("chat.completion.chunk");
       expect(JSON.parse(chunk.choices[0].delta.content)).toEqual(chunk.emitted);
       arrivals.push({ i: chunk.emitted.i, at: Date.now() });
@@ -88,6 +94,7 @@ describe("the edge: OpenAI-compatible surface over a real port", () => {
     expect(final).toBeDefined();
     expect(final.choices[0].delta).toEqual({});
     expect(final.output.n).toBe(50);
+    expect(outputText).toBe(`\n\n${JSON.stringify(final.output)}`);
     expect(final.run_id).toMatch(/^run_/);
     expect(final.session_id).toMatch(/^sess_/);
     expect(final.usage).toEqual({ prompt_tokens: 0, completion_tokens: 0, total_tokens: 0 });
@@ -129,12 +136,15 @@ describe("the edge: OpenAI-compatible surface over a real port", () => {
     for (const b of blocks) expect(b === ": keep-alive" || b.startsWith("data: ")).toBe(true);
     expect(blocks.filter((b) => b === ": keep-alive").length).toBeGreaterThan(0);
     const events = blocks.filter((b) => b.startsWith("data: ") && b !== "data: [DONE]").map((b) => JSON.parse(b.slice(6)));
-    expect(events).toHaveLength(3);
+    // Two emitted values, the output's text (which they do not spell), the final chunk.
+    expect(events).toHaveLength(4);
     expect(events[0].choices[0].delta.role).toBe("assistant");
     expect(events[1].choices[0].delta.role).toBeUndefined();
     expect(events.every((e) => e.id === `chatcmpl-${runId}`)).toBe(true);
-    expect(events[2].choices[0].finish_reason).toBe("stop");
-    expect(events[2].run_id).toBe(runId);
+    expect(events[2]).toMatchObject({ output_text: true, choices: [{ delta: { content: `\n\n${JSON.stringify(events[3].output)}` } }] });
+    expect(events[2].emitted).toBeUndefined();
+    expect(events[3].choices[0].finish_reason).toBe("stop");
+    expect(events[3].run_id).toBe(runId);
   });
 
   it("writes a failure after the start as one error event and ends the stream", async () => {
