@@ -5,6 +5,7 @@ import { addDatastoreRoutes } from "./datastores.js";
 import { createBodyGuard } from "./guard.js";
 import { HttpError, type Req, type Res, sendError, sendJson } from "./http.js";
 import { addModelRoutes } from "./models.js";
+import { createResponsesRoute } from "./responses.js";
 import { EdgeRouter } from "./router.js";
 import { addRunRoutes } from "./runs.js";
 import { addSessionRoutes } from "./sessions.js";
@@ -68,6 +69,11 @@ export function createEdge(options: EdgeOptions): Edge {
     maxJsonDepth,
   });
   router.add("POST", "/v1/chat/completions", chat);
+  router.add(
+    "POST",
+    "/v1/responses",
+    createResponsesRoute({ clients: options.clients, maxBodyBytes: options.maxBodyBytes, keepAliveMs: options.keepAliveMs, maxJsonDepth }),
+  );
   addModelRoutes(router, { clients: options.clients, maxBodyBytes: options.maxBodyBytes, maxJsonDepth });
   addSessionRoutes(router, options.clients);
   addWorkflowRoutes(router, {

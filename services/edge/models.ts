@@ -19,7 +19,7 @@ import {
 import type { EdgeRouter } from "./router.js";
 
 /** upstreamError turns an upstream model's failure into 502/504; other errors pass unchanged. */
-function upstreamError(err: unknown): unknown {
+export function upstreamError(err: unknown): unknown {
   if (err instanceof HttpError) return err;
   const ce = ConnectError.from(err);
   const status = Number(ce.metadata.get(errorMetadata.upstreamStatus));
@@ -29,7 +29,7 @@ function upstreamError(err: unknown): unknown {
 }
 
 /** Fields of a proxied request that are Shaker's own, never sent upstream. */
-function contextOf(body: Record<string, unknown>): { context: MessageInitShape<typeof CallContextSchema>; openaiBody: JsonObject } {
+export function contextOf(body: Record<string, unknown>): { context: MessageInitShape<typeof CallContextSchema>; openaiBody: JsonObject } {
   const sessionId = field.string(body, "session_id") ?? "";
   const intent = field.string(body, "intent") ?? field.string(body, "action_type") ?? "";
   const application = field.string(body, "application") ?? field.string(body, "application_ref_name") ?? "";
