@@ -1,4 +1,3 @@
-import { randomUUID } from "node:crypto";
 import type { JsonObject, MessageInitShape } from "@bufbuild/protobuf";
 import { Code, ConnectError, type HandlerContext, type ServiceImpl } from "@connectrpc/connect";
 import {
@@ -11,6 +10,7 @@ import { type Identity, requireAccount } from "../shared/auth.js";
 import type { ServiceDeps } from "../shared/deps.js";
 import { invalidArgument } from "../shared/errors.js";
 import { timestampOf } from "../shared/json.js";
+import type { Condition } from "./filter.js";
 import {
   checkQueryDimension,
   checkRecord,
@@ -21,7 +21,8 @@ import {
   hybridDepth,
   recordDimensionError,
 } from "./rules.js";
-import { createDatastoreStore, type Hit, type RecordInput, type StoreRow, type UpsertResult } from "./store.js";
+import { annFromDefault, createDatastoreStore, type Hit, type RecordInput, type StoreRow, type UpsertResult } from "./store.js";
+import { inThreadWriter, type Writer, writerThread } from "./writer.js";
 
 /** embedBatch is how many texts go to the ModelProxy in one Embeddings call. */
 const embedBatch = 64;
@@ -46,7 +47,14 @@ function parseMetadata(text: string): JsonObject {
 
 /** createDatastoreService builds the Datastore's handlers on its own SQLite file. */
 export function createDatastoreService(deps: ServiceDeps): { impl: ServiceImpl<typeof DatastoreService>; close(): Promise<void> } {
-  const store = createDatastoreStore(deps.dbFile);
+  // SHAKER_DATASTORE_ANN_FROM: the store size from which vector searches use the ANN index (tests lower it).
+  const annFrom = Number(process.env.SHAKER_DATASTORE_ANN_FROM ?? annFromDefault);
+  const memory = deps.dbFile === ":memory:";
+  // On a file this connection only reads: the writer thread writes (and keeps the ANN indexes).
+  const store = createDatastoreStore(deps.dbFile, { ann: memory, annFrom });
+  const writer: Promise<Writer> = memory ? Promise.resolve(inThreadWriter(store)) : writerThread(deps.dbFile, { annFrom });
+  // A writer that failed to start fails the calls that need it, not the process.
+  writer.catch(() => undefined);
 
   /** storeFor finds a store the caller may use: a run token reaches only the stores bound to its workflow. */
   function storeFor(identity: Identity, name: string, write: boolean): StoreRow {
@@ -141,11 +149,28 @@ export function createDatastoreService(deps: ServiceDeps): { impl: ServiceImpl<t
     return { input, embedded: missing.length };
   }
 
-  /** stillThere refuses a write to a store dropped while its records were being embedded or streamed. */
-  function stillThere(row: StoreRow): number {
-    if (store.store(row.accountId, row.name)?.id !== row.id)
-      throw new ConnectError(`datastore '${row.name}' was dropped during the upsert`, Code.NotFound);
-    return row.id;
+  /** stillThere refuses a write to a store dropped while its records were being embedded or streamed; returns it as it is now. */
+  function stillThere(row: StoreRow): StoreRow {
+    const now = store.store(row.accountId, row.name);
+    if (now?.id !== row.id) throw new ConnectError(`datastore '${row.name}' was dropped during the upsert`, Code.NotFound);
+    return now;
+  }
+
+  /**
+   * vectorSearch asks the writer's ANN index for candidates and re-ranks them exactly here; a filter
+   * that leaves fewer than `limit` asks for 4x more, up to store.annMaxK, then scans the filtered
+   * records exactly. A store without a usable index (small, or its index being rebuilt) is scanned.
+   */
+  async function vectorSearch(row: StoreRow, query: Float32Array, conditions: Condition[], limit: number): Promise<Hit[]> {
+    if (!row.dimension) return [];
+    const w = await writer;
+    for (let k = store.annK(limit, conditions); ; k *= 4) {
+      if (k > store.annMaxK) return store.exactSearch(row, query, conditions, limit);
+      const keys = await w.annSearch(row, query, k);
+      if (!keys) return store.scanSearch(row, query, conditions, limit);
+      const hits = store.rerank(row, keys, query, conditions, limit);
+      if (hits.length >= limit || keys.length < k) return hits;
+    }
   }
 
   function refused(result: UpsertResult, offset = 0): number {
@@ -172,7 +197,7 @@ export function createDatastoreService(deps: ServiceDeps): { impl: ServiceImpl<t
       async createStore(req, ctx) {
         const accountId = manageOnly(await deps.auth.identify(ctx.requestHeader));
         checkStoreName(req.name);
-        const row = store.createStore(accountId, req.name, req.embeddingModel);
+        const row = await (await writer).createStore(accountId, req.name, req.embeddingModel);
         if (!row) throw new ConnectError(`datastore '${req.name}' already exists`, Code.AlreadyExists);
         return { store: storeMsg(row, 0) };
       },
@@ -185,38 +210,58 @@ export function createDatastoreService(deps: ServiceDeps): { impl: ServiceImpl<t
       async deleteStore(req, ctx) {
         const accountId = manageOnly(await deps.auth.identify(ctx.requestHeader));
         const row = store.store(accountId, req.name);
-        if (!row || !store.dropStore(row.id)) throw new ConnectError(`datastore '${req.name}' does not exist`, Code.NotFound);
+        if (!row || !(await (await writer).dropStore(row.id)))
+          throw new ConnectError(`datastore '${req.name}' does not exist`, Code.NotFound);
         return { name: req.name };
       },
       async upsertRecords(req, ctx) {
         const identity = await deps.auth.identify(ctx.requestHeader);
         const row = storeFor(identity, req.store, true);
         const { input, embedded } = await prepare(row, identity.accountId, req.records, 0, { dimension: row.dimension }, ctx);
-        return { upserted: refused(store.upsert(stillThere(row), input)), embedded };
+        return { upserted: refused(await (await writer).upsert(stillThere(row).id, input)), embedded };
       },
+      /**
+       * upsertRecordsStream writes each part straight into the tables as it arrives, in one
+       * transaction of the writer held from the first part to the end: all or nothing, and visible
+       * to searches only once committed. The next part is read and checked while the writer writes
+       * the previous one.
+       */
       async upsertRecordsStream(requests, ctx) {
         const identity = await deps.auth.identify(ctx.requestHeader);
-        const uploadId = randomUUID();
-        let row: StoreRow | undefined;
-        let offset = 0;
-        let embedded = 0;
-        const dims = { dimension: 0 };
-        try {
-          for await (const part of requests) {
-            if (!row) {
-              row = storeFor(identity, part.store, true);
-              dims.dimension = row.dimension;
+        const it = requests[Symbol.asyncIterator]();
+        const first = await it.next();
+        if (first.done) throw invalid("the stream sent no part; the first part must name the 'store'", "store");
+        const asked = storeFor(identity, first.value.store, true);
+        const w = await writer;
+        return w.exclusive(async () => {
+          const row = stillThere(asked);
+          const dims = { dimension: row.dimension };
+          let offset = 0;
+          let embedded = 0;
+          let inFlight: Promise<UpsertResult> | undefined;
+          let open = true;
+          await w.beginUpload(row.id);
+          try {
+            for (let part: IteratorResult<(typeof first)["value"]> = first; !part.done; part = await it.next()) {
+              const prepared = await prepare(row, identity.accountId, part.value.records, offset, dims, ctx);
+              if (inFlight) refused(await inFlight);
+              inFlight = w.uploadPart(prepared.input);
+              offset += part.value.records.length;
+              embedded += prepared.embedded;
             }
-            const prepared = await prepare(row, identity.accountId, part.records, offset, dims, ctx);
-            store.stage(uploadId, prepared.input);
-            offset += part.records.length;
-            embedded += prepared.embedded;
+            if (inFlight) refused(await inFlight);
+            stillThere(row);
+            const result = await w.commitUpload();
+            open = false;
+            return { upserted: refused(result), embedded };
+          } finally {
+            if (open) {
+              // A refused part has rolled the upload back already; this makes sure, and waits for the writer.
+              await inFlight?.catch(() => undefined);
+              await w.rollbackUpload();
+            }
           }
-          if (!row) throw invalid("the stream sent no part; the first part must name the 'store'", "store");
-          return { upserted: refused(store.commitStaged(uploadId, stillThere(row))), embedded };
-        } finally {
-          store.discardStaged(uploadId);
-        }
+        });
       },
       async getRecords(req, ctx) {
         const row = storeFor(await deps.auth.identify(ctx.requestHeader), req.store, false);
@@ -232,7 +277,7 @@ export function createDatastoreService(deps: ServiceDeps): { impl: ServiceImpl<t
       },
       async deleteRecords(req, ctx) {
         const row = storeFor(await deps.auth.identify(ctx.requestHeader), req.store, true);
-        return { deleted: store.deleteRecords(row, req.ids) };
+        return { deleted: await (await writer).deleteRecords(row, req.ids) };
       },
       async search(req, ctx) {
         const identity = await deps.auth.identify(ctx.requestHeader);
@@ -241,7 +286,7 @@ export function createDatastoreService(deps: ServiceDeps): { impl: ServiceImpl<t
         let hits: Hit[];
         switch (req.mode) {
           case SearchMode.VECTOR:
-            hits = store.vectorSearch(row, await queryVector(row, identity.accountId, req.query, req.vector, ctx), conditions, limit);
+            hits = await vectorSearch(row, await queryVector(row, identity.accountId, req.query, req.vector, ctx), conditions, limit);
             break;
           case SearchMode.HYBRID: {
             const depth = hybridDepth(limit);
@@ -249,7 +294,7 @@ export function createDatastoreService(deps: ServiceDeps): { impl: ServiceImpl<t
             const fused = new Map<string, Hit>();
             for (const list of [
               store.keywordSearch(row.id, req.query, conditions, depth),
-              store.vectorSearch(row, vector, conditions, depth),
+              await vectorSearch(row, vector, conditions, depth),
             ]) {
               list.forEach((h, rank) => {
                 const prev = fused.get(h.id);
@@ -266,6 +311,7 @@ export function createDatastoreService(deps: ServiceDeps): { impl: ServiceImpl<t
       },
     },
     async close() {
+      await (await writer.catch(() => undefined))?.close();
       store.close();
     },
   };

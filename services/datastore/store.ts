@@ -1,7 +1,8 @@
 import type Database from "better-sqlite3";
-import { and, asc, eq } from "drizzle-orm";
+import { asc, eq } from "drizzle-orm";
 import * as sqliteVec from "sqlite-vec";
 import { openDatabase } from "../shared/db.js";
+import { type AnnState, addVectors, openAnn, removeAnn, removeKeys, saveAnn, searchAnn } from "./ann.js";
 import type { Condition, Scalar } from "./filter.js";
 import * as schema from "./schema.js";
 
@@ -53,6 +54,32 @@ const oversample = 10;
 
 /** exactBelow is the store size under which quantised stores are scanned exactly (a few ms). */
 const exactBelow = 10_000;
+
+/** annFromDefault is the store size from which vector search asks the ANN index (below it, exact or sqlite-vec scans are as fast). */
+export const annFromDefault = 20_000;
+
+/** annCandidates is how many ANN candidates are re-ranked exactly per search, at least (4 x limit when larger). */
+const annCandidates = 64;
+
+/** annMaxK is the most ANN candidates a filtered search asks for before it scans the filtered records exactly. */
+const annMaxK = 16_384;
+
+/** Options of createDatastoreStore. */
+export interface DatastoreStoreOptions {
+  /**
+   * ann keeps an ANN index per store in this thread (default true). The service's reading
+   * connection turns it off: its writer thread keeps the indexes and proposes candidates.
+   */
+  ann?: boolean;
+  /** annFrom is the store size from which vector search uses the ANN index (default annFromDefault). */
+  annFrom?: number;
+  /**
+   * rebuild says how a stale index is rebuilt: "sync" (the default) all at once when first searched,
+   * "steps" only by rebuildStep calls (the writer thread's, between its other work); until then
+   * searches scan as if there were no index.
+   */
+  rebuild?: "sync" | "steps";
+}
 
 /** sqlite-vec refuses k above this in its KNN form. */
 const maxKnnK = 4096;
@@ -117,7 +144,7 @@ export function ftsQuery(text: string): string | undefined {
 export type DatastoreStore = ReturnType<typeof createDatastoreStore>;
 
 /** createDatastoreStore opens the Datastore's database (":memory:" for tests) with sqlite-vec loaded. */
-export function createDatastoreStore(file: string) {
+export function createDatastoreStore(file: string, options: DatastoreStoreOptions = {}) {
   const db = openDatabase({ file, migrationsFolder, schema, setup: (sqlite) => sqliteVec.load(sqlite) });
   const { orm, sqlite } = db;
   // 64 MiB of page cache: the (store, id) index of a large store otherwise misses on every insert.
@@ -125,8 +152,16 @@ export function createDatastoreStore(file: string) {
   const { stores, stagedRecords } = schema;
   const fts = (id: number) => `ds_fts_${id}`;
   const vec = (id: number) => `ds_vec_${id}`;
-  // A crash mid-upload leaves staged parts nobody will commit.
-  orm.delete(stagedRecords).run();
+  const annOn = options.ann ?? true;
+  const annFrom = options.annFrom ?? annFromDefault;
+  const annFile = file === ":memory:" ? undefined : file;
+  if (annOn) {
+    // A crash mid-upload left staged parts (of an older version) nobody will commit.
+    orm.delete(stagedRecords).run();
+    // ds_ann counts each store's write transactions: the generation an ANN index file must match.
+    sqlite.exec("CREATE TABLE IF NOT EXISTS ds_ann (store_id INTEGER PRIMARY KEY, generation INTEGER NOT NULL)");
+  }
+  const anns = new Map<number, AnnState>();
 
   const statements = new Map<string, Database.Statement>();
   function stmt(sql: string): Database.Statement {
@@ -146,12 +181,109 @@ export function createDatastoreStore(file: string) {
     );
   }
 
+  const storeColumns = "id, account_id AS accountId, name, embedding_model AS embeddingModel, dimension, created_at AS createdAt";
   function storeById(storeId: number): StoreRow | undefined {
-    return orm.select().from(stores).where(eq(stores.id, storeId)).get();
+    return stmt(`SELECT ${storeColumns} FROM stores WHERE id = ?`).get(storeId) as StoreRow | undefined;
+  }
+
+  function generation(storeId: number): number {
+    return (stmt("SELECT generation FROM ds_ann WHERE store_id = ?").get(storeId) as { generation: number } | undefined)?.generation ?? 0;
+  }
+
+  /** bump counts a write transaction of a store (inside it): a saved index of an older generation is stale. */
+  function bump(storeId: number): void {
+    if (!annOn) return;
+    stmt("INSERT INTO ds_ann (store_id, generation) VALUES (?, 1) ON CONFLICT (store_id) DO UPDATE SET generation = generation + 1").run(
+      storeId,
+    );
+    const state = anns.get(storeId);
+    if (state) state.generation = generation(storeId);
+  }
+
+  /** annOf is a store's ANN index, loaded from its file or (when stale) empty and to be rebuilt. */
+  function annOf(storeId: number, dimension: number): AnnState | undefined {
+    if (!annOn || !dimension) return undefined;
+    let state = anns.get(storeId);
+    if (!state) {
+      state = openAnn(annFile, storeId, dimension, generation(storeId));
+      anns.set(storeId, state);
+    }
+    return state;
+  }
+
+  /** rebuildStep adds up to `rows` records past the rebuild's cursor; true once the index is built. */
+  function rebuildStep(storeId: number, rows: number): boolean {
+    const store = storeById(storeId);
+    const state = store && annOf(storeId, store.dimension);
+    if (!state) return true;
+    if (state.built) return true;
+    const part = stmt("SELECT rowid, vector FROM records WHERE store_id = ? AND rowid > ? ORDER BY rowid LIMIT ?").all(
+      storeId,
+      state.cursor,
+      rows,
+    ) as { rowid: number; vector: Buffer }[];
+    if (part.length) {
+      addVectors(
+        state,
+        part.map((r) => BigInt(r.rowid)),
+        part.map((r) => floatsOf(r.vector)),
+      );
+      state.cursor = part[part.length - 1].rowid;
+    }
+    if (part.length < rows) state.built = true;
+    return state.built;
+  }
+
+  /** usableAnn is a store's built index when the store is large enough for it, else undefined. */
+  function usableAnn(store: StoreRow): AnnState | undefined {
+    const state = annOf(store.id, store.dimension);
+    if (!state) return undefined;
+    if (!state.built && options.rebuild !== "steps") while (!rebuildStep(store.id, 10_000));
+    return state.built && state.index.size() >= annFrom ? state : undefined;
+  }
+
+  /** Undo is what a write did to a store's ANN index, to reverse when its transaction rolls back. */
+  interface Undo {
+    storeId: number;
+    inserted: bigint[];
+    updated: bigint[];
+  }
+
+  function undoAnn(undo: Undo): void {
+    const state = anns.get(undo.storeId);
+    if (!state) return;
+    removeKeys(state, [...undo.inserted, ...undo.updated]);
+    const rows = undo.updated.map(
+      (rowid) => stmt("SELECT vector FROM records WHERE rowid = ?").get(rowid) as { vector: Buffer } | undefined,
+    );
+    const keep = undo.updated.filter((_, i) => rows[i]);
+    addVectors(
+      state,
+      keep,
+      rows.flatMap((r) => (r ? [floatsOf(r.vector)] : [])),
+    );
+  }
+
+  /** writeAll writes records of the store's dimension (checked from `offset`), then puts their vectors in the ANN index. */
+  function writeAll(storeId: number, input: RecordInput[], dimension: number, offset: number, undo: Undo): void {
+    const keys: bigint[] = [];
+    for (const [index, r] of input.entries()) {
+      if (r.vector.length !== dimension) throw new Refused({ ok: false, index: offset + index, got: r.vector.length, want: dimension });
+      const { rowid, updated } = writeOne(storeId, r);
+      keys.push(rowid);
+      (updated ? undo.updated : undo.inserted).push(rowid);
+    }
+    const state = annOf(storeId, dimension);
+    if (state)
+      addVectors(
+        state,
+        keys,
+        input.map((r) => r.vector),
+      );
   }
 
   /** writeOne upserts one record; the caller holds the transaction and has checked the dimension. */
-  function writeOne(storeId: number, r: RecordInput): void {
+  function writeOne(storeId: number, r: RecordInput): { rowid: bigint; updated: boolean } {
     const existing = stmt("SELECT rowid, text FROM records WHERE store_id = ? AND record_id = ?").get(storeId, r.id) as
       | { rowid: number; text: string }
       | undefined;
@@ -179,6 +311,7 @@ export function createDatastoreStore(file: string) {
         ? `INSERT INTO ${vec(storeId)} (rowid, bits) VALUES (?, vec_quantize_binary(?))`
         : `INSERT INTO ${vec(storeId)} (rowid, embedding) VALUES (?, ?)`,
     ).run(rowid, blob);
+    return { rowid, updated: existing !== undefined };
   }
 
   /** fixDimension returns the store's dimension, fixing it (and creating the vector index) at the first vector. */
@@ -191,26 +324,57 @@ export function createDatastoreStore(file: string) {
         ? `CREATE VIRTUAL TABLE ${vec(storeId)} USING vec0(bits bit[${dimension}])`
         : `CREATE VIRTUAL TABLE ${vec(storeId)} USING vec0(embedding float[${dimension}] distance_metric=cosine)`,
     );
-    orm.update(stores).set({ dimension }).where(eq(stores.id, storeId)).run();
+    stmt("UPDATE stores SET dimension = ? WHERE id = ?").run(dimension, storeId);
     return dimension;
   }
 
-  /** rollingBack runs fn in a transaction; a Refused result rolls it back and is returned. */
-  function rollingBack(fn: () => UpsertResult): UpsertResult {
+  /** rollingBack runs fn in a transaction; a Refused result rolls it (and the ANN index) back and is returned. */
+  function rollingBack(storeId: number, fn: (undo: Undo) => UpsertResult): UpsertResult {
+    const undo: Undo = { storeId, inserted: [], updated: [] };
     try {
-      return sqlite.transaction(fn)();
+      return sqlite.transaction(() => {
+        const result = fn(undo);
+        bump(storeId);
+        return result;
+      })();
     } catch (e) {
+      undoAnn(undo);
       if (e instanceof Refused) return e.result;
       throw e;
     }
   }
+
+  /** The streamed upload under way: its records go straight to the tables, in one transaction left open until it ends. */
+  let upload: { storeId: number; dimension: number; written: number; undo: Undo } | undefined;
+
+  const rerankSql = (f: { sql: string }) =>
+    `SELECT r.record_id AS id, r.text, r.metadata, 1 - vec_distance_cosine(r.vector, ?) AS score
+     FROM records r WHERE r.rowid IN (SELECT value FROM json_each(?)) AND r.store_id = ? AND ${f.sql} ORDER BY score DESC LIMIT ?`;
 
   function rowsOf(sql: string, params: unknown[]): Hit[] {
     return (stmt(sql).all(...params) as { id: string; text: string; metadata: string; score: number }[]).map((h) => ({ ...h }));
   }
 
   return {
-    close: () => db.close(),
+    close() {
+      if (upload) this.rollbackUpload();
+      this.saveIndexes();
+      db.close();
+    },
+    /** saveIndexes writes every changed, built ANN index next to the database file. */
+    saveIndexes(): void {
+      if (!annFile || upload) return;
+      for (const [storeId, state] of anns) saveAnn(annFile, storeId, state);
+    },
+    rebuildStep,
+    /** annPending lists the stores whose ANN index is being rebuilt. */
+    annPending(): number[] {
+      return [...anns].filter(([, s]) => !s.built).map(([id]) => id);
+    },
+    /** openIndexes loads (or starts rebuilding) the ANN index of every store with vectors. */
+    openIndexes(): void {
+      for (const row of stmt(`SELECT ${storeColumns} FROM stores WHERE dimension > 0`).all() as StoreRow[]) annOf(row.id, row.dimension);
+    },
     createStore(accountId: string, name: string, embeddingModel: string): StoreRow | undefined {
       return sqlite.transaction(() => {
         const row = orm
@@ -224,11 +388,7 @@ export function createDatastoreStore(file: string) {
       })();
     },
     store(accountId: string, name: string): StoreRow | undefined {
-      return orm
-        .select()
-        .from(stores)
-        .where(and(eq(stores.accountId, accountId), eq(stores.name, name)))
-        .get();
+      return stmt(`SELECT ${storeColumns} FROM stores WHERE account_id = ? AND name = ?`).get(accountId, name) as StoreRow | undefined;
     },
     listStores(accountId: string): StoreRow[] {
       return orm.select().from(stores).where(eq(stores.accountId, accountId)).orderBy(asc(stores.name)).all();
@@ -245,55 +405,63 @@ export function createDatastoreStore(file: string) {
         sqlite.exec(`DROP TABLE IF EXISTS ${vec(storeId)}`);
         stmt("DELETE FROM records WHERE store_id = ?").run(storeId);
         orm.delete(stores).where(eq(stores.id, storeId)).run();
+        if (annOn) stmt("DELETE FROM ds_ann WHERE store_id = ?").run(storeId);
+        anns.delete(storeId);
+        removeAnn(annFile, storeId);
         for (const key of statements.keys()) if (key.includes(`_${storeId} `)) statements.delete(key);
         return true;
       })();
     },
     /** upsert writes records in one transaction; a vector of the wrong dimension writes nothing. */
     upsert(storeId: number, input: RecordInput[]): UpsertResult {
-      return rollingBack(() => {
-        if (input.length === 0) return { ok: true, upserted: 0 };
-        const dimension = fixDimension(storeId, input[0].vector.length);
-        for (const [index, r] of input.entries()) {
-          if (r.vector.length !== dimension) throw new Refused({ ok: false, index, got: r.vector.length, want: dimension });
-          writeOne(storeId, r);
-        }
+      if (input.length === 0) return { ok: true, upserted: 0 };
+      return rollingBack(storeId, (undo) => {
+        writeAll(storeId, input, fixDimension(storeId, input[0].vector.length), 0, undo);
         return { ok: true, upserted: input.length };
       });
     },
-    /** stage keeps one part of a streamed upload until commitStaged or discardStaged. */
-    stage(uploadId: string, input: RecordInput[]): void {
-      sqlite.transaction(() => {
-        const insert = stmt("INSERT INTO staged_records (upload_id, record_id, text, metadata, vector) VALUES (?, ?, ?, ?, ?)");
-        for (const r of input) insert.run(uploadId, r.id, r.text, r.metadata, blobOf(r.vector));
-      })();
+    /**
+     * beginUpload opens the transaction of a streamed upload: its parts are written straight to the
+     * tables and indexes, invisible to other connections until commitUpload (rollbackUpload undoes
+     * them). Only this connection's writer may use it meanwhile.
+     */
+    beginUpload(storeId: number): void {
+      if (upload) throw new Error("an upload is already under way");
+      sqlite.exec("BEGIN IMMEDIATE");
+      upload = { storeId, dimension: 0, written: 0, undo: { storeId, inserted: [], updated: [] } };
     },
-    /** commitStaged applies a whole staged upload in one transaction, in the order it was sent. */
-    commitStaged(uploadId: string, storeId: number): UpsertResult {
-      return rollingBack(() => {
-        let after = 0;
-        let index = 0;
-        let dimension = 0;
-        for (;;) {
-          const rows = stmt(
-            "SELECT seq, record_id AS id, text, metadata, vector FROM staged_records WHERE upload_id = ? AND seq > ? ORDER BY seq LIMIT ?",
-          ).all(uploadId, after, chunk) as { seq: number; id: string; text: string; metadata: string; vector: Buffer }[];
-          if (rows.length === 0) break;
-          for (const row of rows) {
-            const vector = floatsOf(row.vector);
-            dimension ||= fixDimension(storeId, vector.length);
-            if (vector.length !== dimension) throw new Refused({ ok: false, index, got: vector.length, want: dimension });
-            writeOne(storeId, { id: row.id, text: row.text, metadata: row.metadata, vector });
-            index++;
-          }
-          after = rows[rows.length - 1].seq;
-        }
-        stmt("DELETE FROM staged_records WHERE upload_id = ?").run(uploadId);
-        return { ok: true, upserted: index };
-      });
+    /** uploadPart writes one part of the upload; a refusal rolls the whole upload back. */
+    uploadPart(input: RecordInput[]): UpsertResult {
+      const u = upload;
+      if (!u) throw new Error("no upload under way");
+      if (input.length === 0) return { ok: true, upserted: u.written };
+      try {
+        u.dimension ||= fixDimension(u.storeId, input[0].vector.length);
+        writeAll(u.storeId, input, u.dimension, u.written, u.undo);
+      } catch (e) {
+        this.rollbackUpload();
+        if (e instanceof Refused) return e.result;
+        throw e;
+      }
+      u.written += input.length;
+      return { ok: true, upserted: u.written };
     },
-    discardStaged(uploadId: string): void {
-      stmt("DELETE FROM staged_records WHERE upload_id = ?").run(uploadId);
+    commitUpload(): UpsertResult {
+      const u = upload;
+      if (!u) throw new Error("no upload under way");
+      bump(u.storeId);
+      sqlite.exec("COMMIT");
+      upload = undefined;
+      return { ok: true, upserted: u.written };
+    },
+    rollbackUpload(): void {
+      const u = upload;
+      if (!u) return;
+      upload = undefined;
+      if (sqlite.inTransaction) sqlite.exec("ROLLBACK");
+      const state = anns.get(u.storeId);
+      if (state) state.generation = generation(u.storeId);
+      undoAnn(u.undo);
     },
     /** getRecords returns the records found, in the order asked. */
     getRecords(store: StoreRow, ids: string[]): RecordRow[] {
@@ -316,6 +484,7 @@ export function createDatastoreStore(file: string) {
     deleteRecords(store: StoreRow, ids: string[]): number {
       return sqlite.transaction(() => {
         let deleted = 0;
+        const gone: bigint[] = [];
         for (const id of new Set(ids)) {
           const row = stmt("SELECT rowid, text FROM records WHERE store_id = ? AND record_id = ?").get(store.id, id) as
             | { rowid: number; text: string }
@@ -325,8 +494,12 @@ export function createDatastoreStore(file: string) {
           stmt(`INSERT INTO ${fts(store.id)} (${fts(store.id)}, rowid, text) VALUES ('delete', ?, ?)`).run(rowid, row.text);
           stmt("DELETE FROM records WHERE rowid = ?").run(rowid);
           if (store.dimension) stmt(`DELETE FROM ${vec(store.id)} WHERE rowid = ?`).run(rowid);
+          gone.push(rowid);
           deleted++;
         }
+        if (deleted) bump(store.id);
+        const state = anns.get(store.id);
+        if (state) removeKeys(state, gone);
         return deleted;
       })();
     },
@@ -335,6 +508,14 @@ export function createDatastoreStore(file: string) {
       const match = ftsQuery(text);
       if (!match) return [];
       const f = filterSql(conditions);
+      if (conditions.length === 0) {
+        // Without a filter the top rowids come from the FTS index alone; only they are read from records.
+        return rowsOf(
+          `WITH top AS (SELECT rowid, rank FROM ${fts(storeId)} WHERE ${fts(storeId)} MATCH ? ORDER BY rank LIMIT ?)
+           SELECT r.record_id AS id, r.text, r.metadata, -top.rank AS score FROM top JOIN records r ON r.rowid = top.rowid ORDER BY top.rank`,
+          [match, limit],
+        );
+      }
       return rowsOf(
         `SELECT r.record_id AS id, r.text, r.metadata, -bm25(${fts(storeId)}) AS score
          FROM ${fts(storeId)} JOIN records r ON r.rowid = ${fts(storeId)}.rowid
@@ -353,6 +534,44 @@ export function createDatastoreStore(file: string) {
      */
     vectorSearch(store: StoreRow, query: Float32Array, conditions: Condition[], limit: number): Hit[] {
       if (!store.dimension) return [];
+      const ann = usableAnn(store);
+      if (ann) {
+        for (let k = this.annK(limit, conditions); ; k *= 4) {
+          if (k > annMaxK) return this.exactSearch(store, query, conditions, limit);
+          const keys = searchAnn(ann, query, k);
+          const hits = this.rerank(store, keys, query, conditions, limit);
+          if (hits.length >= limit || keys.length < k) return hits;
+        }
+      }
+      return this.scanSearch(store, query, conditions, limit);
+    },
+    /** annK is the first number of ANN candidates a search asks for. */
+    annK(limit: number, conditions: Condition[]): number {
+      return Math.max(annCandidates, limit * (conditions.length ? 16 : 4));
+    },
+    annMaxK,
+    /** annSearch proposes up to k ANN candidates' rowids, or undefined when the store has no usable index (building, or small). */
+    annSearch(store: StoreRow, query: Float32Array, k: number): BigUint64Array | undefined {
+      const ann = usableAnn(store);
+      return ann ? searchAnn(ann, query, k) : undefined;
+    },
+    /** rerank scores candidates exactly from their float32 vectors; a candidate whose row is not visible here is dropped. */
+    rerank(store: StoreRow, keys: BigUint64Array, query: Float32Array, conditions: Condition[], limit: number): Hit[] {
+      const f = filterSql(conditions);
+      const q = blobOf(query);
+      return rowsOf(rerankSql(f), [q, `[${keys.join(",")}]`, store.id, ...f.params, limit]);
+    },
+    /** exactSearch scores every (filtered) record of a store. */
+    exactSearch(store: StoreRow, query: Float32Array, conditions: Condition[], limit: number): Hit[] {
+      const f = filterSql(conditions);
+      return rowsOf(
+        `SELECT r.record_id AS id, r.text, r.metadata, 1 - vec_distance_cosine(r.vector, ?) AS score
+         FROM records r WHERE r.store_id = ? AND ${f.sql} ORDER BY score DESC LIMIT ?`,
+        [blobOf(query), store.id, ...f.params, limit],
+      );
+    },
+    /** scanSearch is vector search without the ANN index: sqlite-vec KNN or an exact scan (see vectorSearch). */
+    scanSearch(store: StoreRow, query: Float32Array, conditions: Condition[], limit: number): Hit[] {
       const f = filterSql(conditions);
       const total = this.count(store.id);
       const q = blobOf(query);
@@ -376,11 +595,7 @@ export function createDatastoreStore(file: string) {
         if (hits.length >= limit || k >= total) return hits;
         k = Math.min(k * 4, total);
       }
-      return rowsOf(
-        `SELECT r.record_id AS id, r.text, r.metadata, 1 - vec_distance_cosine(r.vector, ?) AS score
-         FROM records r WHERE r.store_id = ? AND ${f.sql} ORDER BY score DESC LIMIT ?`,
-        [q, store.id, ...f.params, limit],
-      );
+      return this.exactSearch(store, query, conditions, limit);
     },
     /** likeScan is the benchmark's baseline: a substring scan of every record's text. */
     likeScan(storeId: number, word: string, limit: number): Hit[] {
