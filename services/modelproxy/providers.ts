@@ -1,11 +1,10 @@
 // Providers, models and routes of the ModelProxy, and the upstream calls with retries, per-attempt
-// timeouts and fallbacks. Every upstream is reached through the `openai` npm client.
+// timeouts and fallbacks. Every upstream is reached through the small client of upstream.ts.
 import { readFileSync } from "node:fs";
-import OpenAI from "openai";
 import type { Config } from "../shared/config.js";
-import { httpFetch } from "./http-fetch.js";
 import { LOCAL_MODEL } from "./local.js";
 import type { AttemptRecord } from "./schema.js";
+import { UpstreamClient, UpstreamConnectionError, UpstreamStatusError } from "./upstream.js";
 
 /** Provider is one configured upstream, or the built-in local model. */
 export interface Provider {
@@ -17,8 +16,8 @@ export interface Provider {
   timeoutMs: number;
   /** maxRetries is how many times a 429, 5xx, timeout or lost connection is retried on the same model. */
   maxRetries: number;
-  /** client is the openai client of an upstream; undefined for local. */
-  client: OpenAI | undefined;
+  /** client is the HTTP client of an upstream; undefined for local. */
+  client: UpstreamClient | undefined;
 }
 
 /** ModelEntry is one configured model name. */
@@ -85,19 +84,8 @@ function objectAt(file: string, v: unknown, path: string): Record<string, unknow
 }
 
 function makeProvider(p: Omit<Provider, "client">): Provider {
-  const client =
-    p.type === "openai"
-      ? // Retries and timeouts are the proxy's own, so that each attempt is recorded.
-        new OpenAI({
-          apiKey: p.apiKey || "unset",
-          baseURL: p.baseUrl,
-          maxRetries: 0,
-          timeout: 24 * 3600 * 1000,
-          logLevel: "off",
-          fetch: httpFetch,
-        })
-      : undefined;
-  return { ...p, client };
+  // Retries and timeouts are the proxy's own (the client makes one request per attempt), so that each attempt is recorded.
+  return { ...p, client: p.type === "openai" ? new UpstreamClient(p.baseUrl, p.apiKey) : undefined };
 }
 
 /**
@@ -283,35 +271,22 @@ export interface UpstreamFailure {
 /** classify turns an attempt's error into a failure; `timedOut` says the attempt's own timer fired. */
 export function classify(err: unknown, timedOut: boolean, timeoutMs: number): UpstreamFailure {
   if (timedOut) return { status: 0, message: `no answer within ${timeoutMs} ms`, timeout: true, next: "retry" };
-  if (err instanceof OpenAI.APIError && err.status !== undefined) {
+  if (err instanceof UpstreamStatusError) {
     const status = err.status;
-    const message = `HTTP ${status}: ${err.message.replace(/^\d{3}\s*/, "")}`;
-    if (status === 429 || status >= 500 || status === 408) return { status, message, timeout: false, next: "retry" };
+    const message = `HTTP ${status}: ${err.message}`;
+    if (status === 429 || status >= 500 || status === 408 || status === 409) return { status, message, timeout: false, next: "retry" };
     if (status === 404 || status === 401 || status === 403) return { status, message, timeout: false, next: "next" };
     return { status, message, timeout: false, next: "stop" };
   }
   if (err instanceof SyntaxError)
     return { status: 0, message: `the upstream answered malformed JSON (${err.message})`, timeout: false, next: "next" };
-  if (err instanceof OpenAI.APIConnectionError) {
-    const cause = (err as { cause?: unknown }).cause;
-    return {
-      status: 0,
-      message: `connection failed: ${cause instanceof Error ? cause.message : err.message}`,
-      timeout: false,
-      next: "retry",
-    };
-  }
+  if (err instanceof UpstreamConnectionError) return { status: 0, message: err.message, timeout: false, next: "retry" };
   return { status: 0, message: err instanceof Error ? err.message : String(err), timeout: false, next: "next" };
 }
 
-/** retryAfterMs reads an upstream's Retry-After (seconds or milliseconds header), capped at 5 s. */
+/** retryAfterMs is the wait an upstream asked for in its answer (Retry-After or retry-after-ms, capped at 5 s). */
 export function retryAfterMs(err: unknown): number | undefined {
-  if (!(err instanceof OpenAI.APIError) || !err.headers) return undefined;
-  const ms = Number(err.headers.get("retry-after-ms"));
-  if (Number.isFinite(ms) && ms > 0) return Math.min(ms, 5000);
-  const s = Number(err.headers.get("retry-after"));
-  if (Number.isFinite(s) && s > 0) return Math.min(s * 1000, 5000);
-  return undefined;
+  return err instanceof UpstreamStatusError ? err.retryAfterMs : undefined;
 }
 
 /** Attempts collects the record of each upstream attempt of one call. */

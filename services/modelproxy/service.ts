@@ -1,6 +1,5 @@
 import type { JsonObject, MessageInitShape } from "@bufbuild/protobuf";
 import { Code, ConnectError, type HandlerContext, type ServiceImpl } from "@connectrpc/connect";
-import type OpenAI from "openai";
 import type { CallContext, ModelCallSchema, ModelProxyService } from "../../gen/shaker/modelproxy/v1/modelproxy_pb.js";
 import { type Identity, requireAccount, requireAdmin } from "../shared/auth.js";
 import type { ServiceDeps } from "../shared/deps.js";
@@ -25,6 +24,7 @@ import { createRecorder, type RecorderOptions } from "./recorder.js";
 import { checkCallLimit } from "./rules.js";
 import type { AttemptRecord } from "./schema.js";
 import { type CallRow, createModelProxyStore } from "./store.js";
+import type { Cancellable } from "./upstream.js";
 
 type Json = Record<string, unknown>;
 
@@ -45,41 +45,61 @@ interface Call {
   t0: number;
   ttftMs: number;
   redact: (text: string) => string;
+  /** redacting says the call has secret values to blank out of its record. */
+  redacting: boolean;
   request: Json;
 }
 
-/** Watch bounds one attempt: it aborts when the caller goes away or nothing arrives for timeoutMs. */
-interface Watch {
-  signal: AbortSignal;
-  readonly timedOut: boolean;
-  /** touch restarts the timer (a chunk arrived). */
-  touch(): void;
-  dispose(): void;
-}
+/**
+ * Watch bounds one attempt: it ends the request in flight when the caller goes away or nothing
+ * arrives for timeoutMs. A timer and one listener on the caller's signal, no AbortController: the
+ * upstream client hands it the function that ends its request.
+ */
+class Watch implements Cancellable {
+  timedOut = false;
+  private cancel: ((reason: Error) => void) | undefined;
+  private reason: Error | undefined;
+  private readonly timer: NodeJS.Timeout;
+  private readonly onOuter: () => void;
 
-function watch(outer: AbortSignal, timeoutMs: number): Watch {
-  const ac = new AbortController();
-  let timedOut = false;
-  const onOuter = () => ac.abort(outer.reason);
-  outer.addEventListener("abort", onOuter, { once: true });
-  const timer = setTimeout(() => {
-    timedOut = true;
-    ac.abort(new Error(`no answer within ${timeoutMs} ms`));
-  }, timeoutMs);
-  return {
-    signal: ac.signal,
-    get timedOut() {
-      return timedOut;
-    },
-    touch: () => void timer.refresh(),
-    dispose() {
-      clearTimeout(timer);
-      outer.removeEventListener("abort", onOuter);
-    },
-  };
+  constructor(
+    private readonly outer: AbortSignal,
+    timeoutMs: number,
+  ) {
+    this.onOuter = () => this.end(outer.reason instanceof Error ? outer.reason : new Error("the caller cancelled the model call"));
+    outer.addEventListener("abort", this.onOuter, { once: true });
+    this.timer = setTimeout(() => {
+      this.timedOut = true;
+      this.end(new Error(`no answer within ${timeoutMs} ms`));
+    }, timeoutMs);
+  }
+
+  private end(reason: Error): void {
+    if (this.reason) return;
+    this.reason = reason;
+    this.cancel?.(reason);
+  }
+
+  onCancel(cancel: (reason: Error) => void): void {
+    if (this.reason) cancel(this.reason);
+    else this.cancel = cancel;
+  }
+
+  /** touch restarts the timer (a chunk arrived). */
+  touch(): void {
+    this.timer.refresh();
+  }
+
+  dispose(): void {
+    clearTimeout(this.timer);
+    this.outer.removeEventListener("abort", this.onOuter);
+    this.cancel = undefined;
+  }
 }
 
 const invalid = invalidArgument;
+
+const unchanged = (text: string) => text;
 
 /** Options of createModelProxyService beyond the shared deps (tests tune them). */
 export interface ModelProxyOptions {
@@ -108,7 +128,7 @@ export function createModelProxyService(
     const accountId = requireAccount(identity);
     const c = context;
     const run = identity.kind === "run" ? identity.claims : undefined;
-    const secrets = Object.fromEntries((c?.redactValues ?? []).map((v, i) => [String(i), v]));
+    const secrets = c?.redactValues ?? [];
     if (!body) throw invalid("'body' is required", "body");
     return {
       id: newId("call"),
@@ -126,7 +146,8 @@ export function createModelProxyService(
       createdAt: Date.now(),
       t0: performance.now(),
       ttftMs: 0,
-      redact: createRedactor(secrets),
+      redact: secrets.length ? createRedactor(secrets) : unchanged,
+      redacting: secrets.length > 0,
       request: body,
     };
   }
@@ -154,8 +175,10 @@ export function createModelProxyService(
       ttftMs: call.ttftMs,
       promptTokens: Number(usage.prompt_tokens ?? 0) || 0,
       completionTokens: Number(usage.completion_tokens ?? 0) || 0,
-      request: redactJson(call.request, call.redact),
-      response: outcome.response === undefined ? null : redactJson(outcome.response, call.redact),
+      // Without secret values the record holds the request and answer as they are (written as JSON
+      // at the next flush; nothing changes them in between), rather than copies.
+      request: call.redacting ? redactJson(call.request, call.redact) : call.request,
+      response: outcome.response === undefined ? null : call.redacting ? redactJson(outcome.response, call.redact) : outcome.response,
       createdAt: call.createdAt,
     });
   }
@@ -198,7 +221,7 @@ export function createModelProxyService(
             throw new ConnectError("the caller cancelled the model call", Code.Canceled);
           }
         }
-        const w = watch(outer, target.provider.timeoutMs);
+        const w = new Watch(outer, target.provider.timeoutMs);
         const started = performance.now();
         metrics.attempts++;
         try {
@@ -245,11 +268,8 @@ export function createModelProxyService(
     if (body.model !== undefined && typeof body.model !== "string") throw invalid("'model' must be a string", "model");
   }
 
-  /** traced is the upstream request's headers that carry on the caller's trace (W3C traceparent), if it has one. */
-  const traced = (ctx: HandlerContext): Record<string, string> => {
-    const traceparent = ctx.requestHeader.get(traceHeader);
-    return traceparent ? { [traceHeader]: traceparent } : {};
-  };
+  /** traced is the caller's trace (W3C traceparent), if it has one, for the upstream request to carry on. */
+  const traced = (ctx: HandlerContext): string | undefined => ctx.requestHeader.get(traceHeader) ?? undefined;
 
   const impl: ServiceImpl<typeof ModelProxyService> = {
     async chatCompletion(req, ctx) {
@@ -259,14 +279,16 @@ export function createModelProxyService(
         const { stream: _s, stream_options: _o, ...body } = call.request;
         const { value, watch: w } = await attempt(call, targetsFor(call, "chat"), ctx.signal, async (t, w) => {
           if (!t.provider.client) return localChat(body);
-          const completion = await t.provider.client.chat.completions.create(
-            { ...(body as unknown as OpenAI.Chat.ChatCompletionCreateParamsNonStreaming), model: t.model, stream: false },
-            { signal: w.signal, headers: traced(ctx) },
-          );
-          if (!completion || typeof completion !== "object" || !Array.isArray((completion as unknown as Json).choices)) {
+          const completion = (await t.provider.client.json(
+            "/chat/completions",
+            { ...body, model: t.model, stream: false },
+            traced(ctx),
+            w,
+          )) as Json | null;
+          if (!completion || typeof completion !== "object" || !Array.isArray(completion.choices)) {
             throw new SyntaxError("the answer is not a chat.completion object");
           }
-          return completion as unknown as Json;
+          return completion;
         });
         w.dispose();
         finish(call, { response: value, usage: value.usage });
@@ -298,13 +320,8 @@ export function createModelProxyService(
         const body: Json = { ...call.request, stream: true, stream_options: { ...(asked ?? {}), include_usage: true } };
         const opened = await attempt(call, targetsFor(call, "chat"), ctx.signal, async (t, w) => {
           const iterator: AsyncIterator<unknown> = t.provider.client
-            ? (
-                await t.provider.client.chat.completions.create(
-                  { ...(body as unknown as OpenAI.Chat.ChatCompletionCreateParamsStreaming), model: t.model },
-                  { signal: w.signal, headers: traced(ctx) },
-                )
-              )[Symbol.asyncIterator]()
-            : localChatStream(body, w.signal);
+            ? await t.provider.client.stream("/chat/completions", { ...body, model: t.model }, traced(ctx), w)
+            : localChatStream(body, ctx.signal);
           // Failures before the first chunk are retried; after it, the stream is the caller's.
           const first = await iterator.next();
           return { iterator, first };
@@ -393,12 +410,9 @@ export function createModelProxyService(
               call.request.encoding_format,
             );
           }
-          const resp = await t.provider.client.embeddings.create(
-            { ...(call.request as unknown as OpenAI.EmbeddingCreateParams), model: t.model },
-            { signal: w.signal, headers: traced(ctx) },
-          );
-          if (!resp || !Array.isArray((resp as unknown as Json).data)) throw new SyntaxError("the answer is not an embeddings list");
-          return resp as unknown as Json;
+          const resp = (await t.provider.client.json("/embeddings", { ...call.request, model: t.model }, traced(ctx), w)) as Json | null;
+          if (!resp || typeof resp !== "object" || !Array.isArray(resp.data)) throw new SyntaxError("the answer is not an embeddings list");
+          return resp;
         });
         w.dispose();
         // Vectors are large and derived: the stored response keeps everything else.
