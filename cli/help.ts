@@ -2,12 +2,16 @@
 // from that code, so `shaker help keys` and `shaker serve --help` answer from the prebuilt light CLI
 // without loading it (see cli/prebuilt.js).
 
-export const serveUsage = `usage: shaker serve
-  runs Shaker: every service and the REST edge on one port, until SIGINT or SIGTERM. It takes no
-  arguments; it reads its environment: PORT (default 8080, 0 picks a free port), SHAKER_HOST
-  (default 127.0.0.1), SHAKER_DATA_DIR (default ./data), SHAKER_API_KEY (a key of the default
-  account; one is created and shown once when the account has none), SHAKER_SANDBOX, SHAKER_WORKERS.
-  README.md lists the rest.`;
+export const serveUsage = `usage: shaker serve [--services LIST]
+  runs Shaker: every service and the REST edge on one port, until SIGINT or SIGTERM. It reads its
+  environment: PORT (default 8080, 0 picks a free port), SHAKER_HOST (default 127.0.0.1),
+  SHAKER_DATA_DIR (default ./data), SHAKER_API_KEY (a key of the default account; one is created
+  and shown once when the account has none), SHAKER_SANDBOX, SHAKER_WORKERS. README.md lists the rest.
+
+  --services LIST   run only these (comma-separated: registry,executor,modelproxy,datastore,edge; also
+                    SHAKER_SERVICES). The others are reached at SHAKER_REGISTRY_URL, SHAKER_EXECUTOR_URL,
+                    SHAKER_MODELPROXY_URL and SHAKER_DATASTORE_URL, and every process needs the same
+                    SHAKER_SERVICE_SECRET.`;
 
 export const keysUsage = `usage: shaker keys <command>
 

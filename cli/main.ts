@@ -33,13 +33,26 @@ Commands that talk to a server take --server URL and --api-key KEY, or read SHAK
  * serve runs Shaker until SIGINT or SIGTERM (or io.signal) and resolves with the exit code once it has
  * shut down: 0, or 1 when the shutdown failed or a second signal came before it ended.
  */
-async function serve(io: CliIo): Promise<number> {
-  const { loadConfig } = await import("../services/shared/config.js");
+async function serve(args: string[], io: CliIo): Promise<number> {
+  const { loadConfig, parseServices } = await import("../services/shared/config.js");
   const { startShaker } = await import("./serve.js");
-  const config = loadConfig(io.env);
+  let services: string | undefined;
+  for (let i = 0; i < args.length; i++) {
+    const [flag, inline] = args[i].split(/=(.*)/s, 2);
+    if (flag !== "--services") throw new CliError(`serve: unknown argument ${JSON.stringify(args[i])}\n${serveUsage}`, 2);
+    services = inline ?? args[++i];
+    if (services === undefined) throw new CliError(`serve: --services needs a list\n${serveUsage}`, 2);
+  }
+  let config: ReturnType<typeof loadConfig>;
+  try {
+    config = loadConfig(io.env, services === undefined ? {} : { services: parseServices(services, "--services") });
+  } catch (e) {
+    throw new CliError((e as Error).message, 2);
+  }
   const shaker = await startShaker(config);
   io.stdout(`Shaker is listening on ${shaker.url} (data in ${config.dataDir})\n`);
-  io.stdout(`Runs: ${shaker.isolation}\n`);
+  if (shaker.services.length < 5) io.stdout(`Services: ${shaker.services.join(", ")}\n`);
+  if (shaker.isolation) io.stdout(`Runs: ${shaker.isolation}\n`);
   if (shaker.generatedApiKey) {
     io.stdout(
       `\nCreated the default account's API key. It is shown only this once; keep it:\n\n  ${shaker.generatedApiKey}\n\n` +
@@ -121,9 +134,7 @@ async function command(argv: string[], io: CliIo): Promise<number> {
   }
   switch (name) {
     case "serve":
-      if (rest.length > 0)
-        throw new CliError(`serve takes no arguments (it reads PORT, SHAKER_DATA_DIR, ... from the environment)\n${serveUsage}`, 2);
-      return serve(io);
+      return serve(rest, io);
     case "upload":
       await runUpload(rest, io);
       return 0;

@@ -1,14 +1,15 @@
 import { randomBytes } from "node:crypto";
 import { mkdirSync } from "node:fs";
 import { join } from "node:path";
-import { Code, ConnectError, type ConnectRouter } from "@connectrpc/connect";
-import { connectNodeAdapter } from "@connectrpc/connect-node";
+import { Code, ConnectError, type ConnectRouter, type Interceptor, type ServiceImpl } from "@connectrpc/connect";
+import { connectNodeAdapter, createGrpcTransport } from "@connectrpc/connect-node";
 import { DatastoreService } from "../gen/shaker/datastore/v1/datastore_pb.js";
 import { ExecutorService } from "../gen/shaker/executor/v1/executor_pb.js";
 import { ModelProxyService } from "../gen/shaker/modelproxy/v1/modelproxy_pb.js";
 import { RegistryService } from "../gen/shaker/registry/v1/registry_pb.js";
 import { createDatastoreService } from "../services/datastore/service.js";
 import { createEdge } from "../services/edge/edge.js";
+import { createBodyGuard } from "../services/edge/guard.js";
 import { type Res, sendJson } from "../services/edge/http.js";
 import { prepareIsolation } from "../services/executor/isolation.js";
 import { createWorkerPool, harnessDir } from "../services/executor/pool.js";
@@ -17,47 +18,77 @@ import { createExecutorStore } from "../services/executor/store.js";
 import { createModelProxyService } from "../services/modelproxy/service.js";
 import { createRegistryService, DEFAULT_ACCOUNT, generateApiKey } from "../services/registry/service.js";
 import { createRegistryStore } from "../services/registry/store.js";
-import { headers as authHeaders, createAuth } from "../services/shared/auth.js";
+import { headers as authHeaders, createAuth, runLiveness } from "../services/shared/auth.js";
 import { createClients, lazyTransport } from "../services/shared/clients.js";
-import type { Config } from "../services/shared/config.js";
+import type { Config, ServiceName } from "../services/shared/config.js";
 import { createDirectTransport } from "../services/shared/direct-transport.js";
+import { forwardingImpl } from "../services/shared/forward.js";
 import { grpcMessageEncoding, grpcUnimplemented } from "../services/shared/grpc-compat.js";
 import { withReflection } from "../services/shared/grpc-reflection.js";
 import { type Handler, listen } from "../services/shared/listener.js";
 import { createTelemetry } from "../services/shared/telemetry.js";
 import { serveConsole } from "./static.js";
 
-/** Shaker is a running embedded server: every service and the edge on one port. */
+/** Shaker is a running server: every service and the edge on one port, or those it was asked to run. */
 export interface Shaker {
   url: string;
   port: number;
   /** generatedApiKey is the default account's key when this start created it (shown once). */
   generatedApiKey: string | undefined;
-  /** workerPids are the Python workers' process ids. */
+  /** workerPids are the Python workers' process ids (none without the Executor). */
   workerPids(): number[];
-  /** isolation says what confines runs on this host. */
+  /** isolation says what confines runs on this host (empty without the Executor). */
   isolation: string;
+  /** services are the services this process runs. */
+  services: ServiceName[];
   close(): Promise<void>;
 }
 
+/** The RPC services, by name, and what a process that does not run one needs to reach it. */
+const rpcServices = { registry: RegistryService, executor: ExecutorService, modelproxy: ModelProxyService, datastore: DatastoreService };
+type RpcName = keyof typeof rpcServices;
+const rpcNames = Object.keys(rpcServices) as RpcName[];
+
 /**
- * startShaker is the composition root of `shaker serve` in embedded mode: it opens each service's
- * database under the data directory, wires the services to each other through an in-process
- * transport, and serves their RPCs and the edge's REST routes on one port.
+ * startShaker is the composition root of `shaker serve`. It runs the services of config.services
+ * (all by default: embedded mode, one process, one port) and reaches the others at their URLs
+ * (config.peers, over HTTP/2 with the services' shared secret): each service gets a client per
+ * peer, in-process for the ones it runs with, remote for the others. It opens the databases of the
+ * services it runs under the data directory, and serves their RPCs (and the edge's REST routes, if
+ * it runs the edge) on one port.
  */
 export async function startShaker(config: Config): Promise<Shaker> {
+  const runs = new Set<ServiceName>(config.services);
+  const remote = rpcNames.filter((n) => !runs.has(n));
+  for (const name of remote) {
+    if (!config.peers[name]) {
+      throw new Error(
+        `SHAKER_${name.toUpperCase()}_URL is required: this process does not run the ${name} (it runs ${config.services.join(",")})`,
+      );
+    }
+  }
+  if (remote.length > 0 && !config.serviceSecret) {
+    throw new Error(
+      "SHAKER_SERVICE_SECRET is required when any service runs in another process: every process of one Shaker must share it",
+    );
+  }
   mkdirSync(config.dataDir, { recursive: true });
-  const serviceSecret = randomBytes(32).toString("base64url");
-  const routes = (router: ConnectRouter) => {
-    router.service(RegistryService, registry.impl);
-    router.service(ExecutorService, executor.impl);
-    router.service(ModelProxyService, modelproxy.impl);
-    router.service(DatastoreService, datastore.impl);
-  };
+  const serviceSecret = config.serviceSecret ?? randomBytes(32).toString("base64url");
   const telemetry = createTelemetry(config.telemetry);
-  const clients = createClients(lazyTransport(() => createDirectTransport(routes)));
-  // A run's token is refused by every service once the run has ended.
-  const runIsLive = (runId: string) => executor.live.has(runId);
+
+  // The services this process runs, registered as they are built; the others are reached remotely.
+  const impls: { [K in RpcName]?: ServiceImpl<(typeof rpcServices)[K]> } = {};
+  const localRoutes = (router: ConnectRouter) => {
+    for (const name of rpcNames) if (impls[name]) router.service(rpcServices[name] as never, impls[name] as never);
+  };
+  const local = lazyTransport(() => createDirectTransport(localRoutes));
+  const clients = createClients((name) => (runs.has(name) ? local : createGrpcTransport({ baseUrl: config.peers[name]! })));
+  // A run's token is refused by every service once the run has ended: its Executor says so (at
+  // once when it runs here; cached for a second when it runs elsewhere).
+  const runIsLive = runLiveness(
+    async (runId) => (await clients.executor.checkRun({ runId }, { headers: { [authHeaders.serviceToken]: serviceSecret } })).live,
+    runs.has("executor") ? 0 : 1000,
+  );
   const auth = createAuth({
     serviceSecret,
     runIsLive,
@@ -72,114 +103,150 @@ export async function startShaker(config: Config): Promise<Shaker> {
     },
   });
   const deps = (service: string) => ({ config, auth, clients, dbFile: join(config.dataDir, `${service}.db`) });
+  const closers: (() => unknown)[] = [];
 
-  const registryStore = createRegistryStore(join(config.dataDir, "registry.db"));
-  const registry = createRegistryService({
-    store: registryStore,
-    serviceSecret,
-    python: config.python,
-    defaultTimeoutSeconds: config.defaultTimeoutSeconds,
-    maxTimeoutSeconds: config.maxTimeoutSeconds,
-    runIsLive,
-  });
-  const generatedApiKey = bootstrapKey(registryStore, config.apiKey);
+  let generatedApiKey: string | undefined;
+  if (runs.has("registry")) {
+    const registryStore = createRegistryStore(join(config.dataDir, "registry.db"));
+    const registry = createRegistryService({
+      store: registryStore,
+      serviceSecret,
+      python: config.python,
+      defaultTimeoutSeconds: config.defaultTimeoutSeconds,
+      maxTimeoutSeconds: config.maxTimeoutSeconds,
+      runIsLive,
+    });
+    impls.registry = registry.impl;
+    generatedApiKey = bootstrapKey(registryStore, config.apiKey);
+    closers.push(
+      () => registry.close(),
+      () => registryStore.close(),
+    );
+  }
+  if (runs.has("modelproxy")) {
+    const modelproxy = createModelProxyService(deps("modelproxy"));
+    impls.modelproxy = modelproxy.impl;
+    closers.push(() => modelproxy.close());
+  }
+  if (runs.has("datastore")) {
+    const datastore = createDatastoreService(deps("datastore"));
+    impls.datastore = datastore.impl;
+    closers.push(() => datastore.close());
+  }
 
-  const isolation = prepareIsolation({
-    mode: config.sandbox,
-    python: config.python,
-    harnessDir,
-    dataDir: config.dataDir,
-    processesPerRun: config.runMaxProcesses,
-    memoryBytesPerRun: config.runMemoryBytes,
-    tmpBytesPerRun: config.runTmpBytes,
-    readPaths: config.runReadPaths,
-  });
-  const pool = createWorkerPool({
-    python: config.python,
-    size: config.workers,
-    confinementEnv: isolation.workerEnv,
-  });
-  const executorStore = createExecutorStore(join(config.dataDir, "executor.db"));
-  const executor = createExecutorService({
-    store: executorStore,
-    pool,
-    auth,
-    registry: clients.registry,
-    rpcUrl: () => isolation.rpcUrl,
-    // Unconfined runs could read every account's data: only admins' may run where the kernel cannot confine.
-    unconfinedRunsForAdminsOnly: !isolation.confined && config.sandbox !== "none" ? isolation.why : undefined,
-    maxConcurrentRuns: config.maxConcurrentRuns,
-    maxConcurrentRunsPerAccount: config.maxConcurrentRunsPerAccount,
-    maxNestingDepth: config.maxNestingDepth,
-    httpAllow: config.httpAllow,
-    limits: { memoryBytes: config.runMemoryBytes, openFiles: 256, fileBytes: 64 * 1024 * 1024 },
-    disconnectGraceMs: config.disconnectGraceMs,
-    telemetry,
-  });
-  const modelproxy = createModelProxyService(deps("modelproxy"));
-  const datastore = createDatastoreService(deps("datastore"));
-
-  const edge = createEdge({
-    clients,
-    maxBodyBytes: config.maxBodyBytes,
-    keepAliveMs: config.sseKeepAliveMs,
-    // A large body is read only once its caller's key checked out.
-    authenticate: (h) => auth.identify(h),
-    maxJsonDepth: config.maxJsonDepth,
-    maxUnauthenticatedBodyBytes: config.maxUnauthenticatedBodyBytes,
-    telemetry,
-  });
-  // gRPC clients get the grpc-message encoding grpc-js reads, server reflection (with a key, as
-  // every RPC here) and UNIMPLEMENTED for a method nobody serves; other unknown paths a JSON 404.
-  const rpc = grpcMessageEncoding(
-    connectNodeAdapter({
-      routes: withReflection(routes, { authenticate: (h) => auth.identify(h) }),
-      readMaxBytes: config.maxBodyBytes,
-      // Runs' ctx calls are journaled on their way back, so a resumed run gets their results again.
-      interceptors: [executor.callTracer, ...(config.journal ? [executor.journalInterceptor] : [])],
-      fallback: grpcUnimplemented((req, res) =>
-        sendJson(res as unknown as Res, 404, {
-          error: { message: `no route ${req.method} ${req.url}`, type: "invalid_request_error", param: null, code: "not_found" },
-        }),
-      ),
-    }),
-  );
-  const handler: Handler = (req, res) => {
-    if (edge.handle(req, res as unknown as Res) || serveConsole(req as never, res as never)) return;
-    edge.guard(req, res as unknown as Res, () => rpc(req as never, res as never));
-  };
   const listenOptions = {
     headersTimeoutMs: config.headersTimeoutMs,
     idleTimeoutMs: config.idleTimeoutMs,
     maxConnectionsPerAddress: config.maxConnectionsPerAddress,
     maxConnections: config.maxConnections,
   };
+  const rpcAdapter = (routes: (router: ConnectRouter) => void, interceptors: Interceptor[]) =>
+    // gRPC clients get the grpc-message encoding grpc-js reads, server reflection (with a key, as
+    // every RPC here) and UNIMPLEMENTED for a method nobody serves; other unknown paths a JSON 404.
+    grpcMessageEncoding(
+      connectNodeAdapter({
+        routes: withReflection(routes, { authenticate: (h) => auth.identify(h) }),
+        readMaxBytes: config.maxBodyBytes,
+        interceptors,
+        fallback: grpcUnimplemented((req, res) =>
+          sendJson(res as unknown as Res, 404, {
+            error: { message: `no route ${req.method} ${req.url}`, type: "invalid_request_error", param: null, code: "not_found" },
+          }),
+        ),
+      }),
+    );
+
+  let executor: ReturnType<typeof createExecutorService> | undefined;
+  let pool: ReturnType<typeof createWorkerPool> | undefined;
+  let isolationSummary = "";
+  let runHandler: Handler | undefined;
+  let runSocket: ReturnType<typeof prepareIsolation> | undefined;
+  if (runs.has("executor")) {
+    const isolation = prepareIsolation({
+      mode: config.sandbox,
+      python: config.python,
+      harnessDir,
+      dataDir: config.dataDir,
+      processesPerRun: config.runMaxProcesses,
+      memoryBytesPerRun: config.runMemoryBytes,
+      tmpBytesPerRun: config.runTmpBytes,
+      readPaths: config.runReadPaths,
+    });
+    runSocket = isolation;
+    isolationSummary = isolation.summary;
+    pool = createWorkerPool({ python: config.python, size: config.workers, confinementEnv: isolation.workerEnv });
+    const executorStore = createExecutorStore(join(config.dataDir, "executor.db"));
+    executor = createExecutorService({
+      store: executorStore,
+      pool,
+      auth,
+      registry: clients.registry,
+      rpcUrl: () => isolation.rpcUrl,
+      // Unconfined runs could read every account's data: only admins' may run where the kernel cannot confine.
+      unconfinedRunsForAdminsOnly: !isolation.confined && config.sandbox !== "none" ? isolation.why : undefined,
+      maxConcurrentRuns: config.maxConcurrentRuns,
+      maxConcurrentRunsPerAccount: config.maxConcurrentRunsPerAccount,
+      maxNestingDepth: config.maxNestingDepth,
+      httpAllow: config.httpAllow,
+      limits: { memoryBytes: config.runMemoryBytes, openFiles: 256, fileBytes: 64 * 1024 * 1024 },
+      disconnectGraceMs: config.disconnectGraceMs,
+      telemetry,
+    });
+    impls.executor = executor.impl;
+    closers.push(() => executorStore.close());
+    // Runs reach every service through the Executor's Unix socket (a confined run has no network):
+    // the services of this process directly, the others forwarded to their URLs. Their ctx calls are
+    // traced and journaled on the way, so a resumed run gets their results again.
+    const runRoutes = (router: ConnectRouter) => {
+      for (const name of rpcNames) {
+        const impl = impls[name] ?? forwardingImpl(rpcServices[name] as never, clients[name] as never);
+        router.service(rpcServices[name] as never, impl as never);
+      }
+    };
+    const runRpc = rpcAdapter(runRoutes, [executor.callTracer, ...(config.journal ? [executor.journalInterceptor] : [])]);
+    runHandler = (req, res) => runRpc(req as never, res as never);
+  }
+
+  const edge = runs.has("edge")
+    ? createEdge({
+        clients,
+        maxBodyBytes: config.maxBodyBytes,
+        keepAliveMs: config.sseKeepAliveMs,
+        // A large body is read only once its caller's key checked out.
+        authenticate: (h) => auth.identify(h),
+        maxJsonDepth: config.maxJsonDepth,
+        maxUnauthenticatedBodyBytes: config.maxUnauthenticatedBodyBytes,
+        telemetry,
+      })
+    : undefined;
+  const rpc = rpcAdapter(localRoutes, []);
+  const guard = createBodyGuard({ authenticate: (h) => auth.identify(h), maxUnauthenticatedBodyBytes: config.maxUnauthenticatedBodyBytes });
+  const handler: Handler = (req, res) => {
+    if (edge?.handle(req, res as unknown as Res) || (edge && serveConsole(req as never, res as never))) return;
+    guard(req, res as unknown as Res, "rpc", () => rpc(req as never, res as never));
+  };
   const listener = await listen(handler, { port: config.port, host: config.host }, listenOptions);
-  // Runs reach the services through a Unix socket: a confined run has no network at all.
-  const runListener = await listen(handler, { path: isolation.socketPath }, listenOptions);
+  const runListener = runSocket && runHandler ? await listen(runHandler, { path: runSocket.socketPath }, listenOptions) : undefined;
   // Runs a previous process left in flight resume (or wait for their callers) once runs can call in.
-  executor.recover();
+  executor?.recover();
 
   let closed: Promise<void> | undefined;
   return {
     url: listener.url,
     port: listener.port,
     generatedApiKey,
-    workerPids: () => pool.pids(),
-    isolation: isolation.summary,
+    workerPids: () => pool?.pids() ?? [],
+    isolation: isolationSummary,
+    services: config.services,
     close() {
       closed ??= (async () => {
         await listener.close();
         // Runs still in flight stay recorded as such: the next start resumes them.
-        executor.shutDown();
-        await pool.close();
-        await runListener.close();
-        isolation.close();
-        await modelproxy.close();
-        await datastore.close();
-        executorStore.close();
-        registry.close();
-        registryStore.close();
+        executor?.shutDown();
+        await pool?.close();
+        await runListener?.close();
+        runSocket?.close();
+        for (const close of closers) await close();
         await telemetry.close();
       })();
       return closed;

@@ -39,7 +39,7 @@ describe("shaker --version and shaker help", () => {
     }
     const serve = await runMain(["serve", "--port", "1"]);
     expect(serve.code).toBe(2);
-    expect(serve.stderr).toMatch(/^shaker: serve takes no arguments/);
+    expect(serve.stderr).toMatch(/^shaker: serve: unknown argument/);
   });
 });
 

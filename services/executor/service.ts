@@ -1025,6 +1025,12 @@ export function createExecutorService(options: ExecutorServiceOptions) {
       return { cancelled: false };
     },
 
+    async checkRun(req, ctx) {
+      const identity = await auth.identify(ctx.requestHeader);
+      if (identity.kind !== "service") throw new ConnectError("CheckRun is for the services only", Code.PermissionDenied);
+      return { live: live.has(req.runId) };
+    },
+
     async fetch(req, ctx) {
       const identity = await auth.identify(ctx.requestHeader);
       if (identity.kind !== "run") {

@@ -35,7 +35,7 @@ export interface RegistryServiceOptions {
   /** maxTimeoutSeconds is the largest timeout an upload may ask for. */
   maxTimeoutSeconds: number;
   /** runIsLive refuses the tokens of runs that have ended (AuthOptions.runIsLive). */
-  runIsLive?: (runId: string) => boolean;
+  runIsLive?: (runId: string) => boolean | Promise<boolean>;
 }
 
 /** generateApiKey makes a new key: a recognisable prefix and 192 random bits. */

@@ -57,9 +57,9 @@ export interface AuthOptions {
   /**
    * runIsLive says whether a run is still in flight: a run token is refused once its run has ended,
    * not only at its expiry (a token printed or returned by a workflow is of no use afterwards).
-   * Without it (split mode has no shared view of live runs yet) tokens live until they expire.
+   * The Executor that owns the run answers it (see runLiveness); without it tokens live until they expire.
    */
-  runIsLive?: (runId: string) => boolean;
+  runIsLive?: (runId: string) => boolean | Promise<boolean>;
 }
 
 /** Auth identifies callers from request headers and mints run tokens. */
@@ -143,7 +143,7 @@ export function createAuth(options: AuthOptions): Auth {
       if (token.startsWith(runTokenPrefix)) {
         const claims = verifyRunToken(token);
         if (!claims) throw new ConnectError("invalid or expired run token", Code.Unauthenticated);
-        if (options.runIsLive && !options.runIsLive(claims.run)) {
+        if (options.runIsLive && !(await options.runIsLive(claims.run))) {
           throw new ConnectError("the run this token was given to has ended", Code.Unauthenticated);
         }
         return { kind: "run", accountId: claims.account, claims };
@@ -174,4 +174,22 @@ export function requireAdmin(identity: Identity, what: string): void {
 export function requireAccount(identity: Identity): string {
   if (!identity.accountId) throw new ConnectError("the call names no account", Code.Unauthenticated);
   return identity.accountId;
+}
+
+/**
+ * runLiveness answers "is this run in flight?" by asking its Executor (`check`, an RPC), keeping each
+ * answer for `cacheMs`: a run's token is refused at most that long after its run ended (and a run
+ * resumed after a crash is served again at most that long after it resumed).
+ */
+export function runLiveness(check: (runId: string) => Promise<boolean>, cacheMs = 1000): (runId: string) => Promise<boolean> {
+  const answers = new Map<string, { live: boolean; until: number }>();
+  return async (runId) => {
+    const now = Date.now();
+    const known = answers.get(runId);
+    if (known && known.until > now) return known.live;
+    const live = await check(runId);
+    if (answers.size >= 10_000) for (const [id, a] of answers) if (a.until <= now) answers.delete(id);
+    if (answers.size < 10_000) answers.set(runId, { live, until: now + cacheMs });
+    return live;
+  };
 }

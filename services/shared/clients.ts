@@ -12,13 +12,17 @@ export interface Clients {
   datastore: Client<typeof DatastoreService>;
 }
 
-/** createClients builds every service's client on one transport. */
-export function createClients(transport: Transport): Clients {
+/**
+ * createClients builds every service's client: on one transport, or on the transport each service
+ * is reached by (in-process for the services a process runs, HTTP/2 for the others).
+ */
+export function createClients(transport: Transport | ((service: keyof Clients) => Transport)): Clients {
+  const of = typeof transport === "function" ? transport : () => transport;
   return {
-    registry: createClient(RegistryService, transport),
-    executor: createClient(ExecutorService, transport),
-    modelproxy: createClient(ModelProxyService, transport),
-    datastore: createClient(DatastoreService, transport),
+    registry: createClient(RegistryService, of("registry")),
+    executor: createClient(ExecutorService, of("executor")),
+    modelproxy: createClient(ModelProxyService, of("modelproxy")),
+    datastore: createClient(DatastoreService, of("datastore")),
   };
 }
 

@@ -1,5 +1,4 @@
 import { resolve } from "node:path";
-import { type TelemetryOptions, telemetryOptionsFrom } from "./telemetry.js";
 
 /** Config is everything `shaker serve` reads from its environment. */
 export interface Config {
@@ -83,6 +82,62 @@ export interface Config {
   maxJsonDepth: number;
   /** quiet silences the start-up banner (tests). */
   quiet: boolean;
+  /**
+   * services are the services this process runs (`shaker serve --services LIST` or `SHAKER_SERVICES`,
+   * comma-separated); default all of them.
+   */
+  services: ServiceName[];
+  /** peers are the URLs of the services this process does not run (`SHAKER_REGISTRY_URL`, …). */
+  peers: Partial<Record<ServiceName, string>>;
+  /**
+   * serviceSecret authenticates the services to each other and signs run tokens
+   * (`SHAKER_SERVICE_SECRET`): required when any service is remote; a random one otherwise.
+   */
+  serviceSecret: string | undefined;
+}
+
+/** Options of createTelemetry (telemetry.ts), read from the OpenTelemetry variables the SDKs define. */
+export interface TelemetryOptions {
+  /**
+   * endpoint is the OTLP/HTTP base URL (`OTEL_EXPORTER_OTLP_ENDPOINT`; spans go to its /v1/traces),
+   * or tracesEndpoint the whole URL (`OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`). Without either, nothing
+   * is traced and every method costs a branch.
+   */
+  endpoint?: string;
+  tracesEndpoint?: string;
+  /** serviceName is `service.name` (`OTEL_SERVICE_NAME`, default "shaker"). */
+  serviceName?: string;
+  /** exportDelayMs is how long spans wait to be sent in a batch (`OTEL_BSP_SCHEDULE_DELAY`, default 5000). */
+  exportDelayMs?: number;
+}
+
+/** telemetryOptionsFrom reads the OpenTelemetry environment variables the SDKs define. */
+export function telemetryOptionsFrom(env: NodeJS.ProcessEnv): TelemetryOptions {
+  const delay = Number(env.OTEL_BSP_SCHEDULE_DELAY);
+  return {
+    endpoint: env.OTEL_EXPORTER_OTLP_ENDPOINT || undefined,
+    tracesEndpoint: env.OTEL_EXPORTER_OTLP_TRACES_ENDPOINT || undefined,
+    serviceName: env.OTEL_SERVICE_NAME || undefined,
+    exportDelayMs: Number.isFinite(delay) && delay > 0 ? delay : undefined,
+  };
+}
+
+/** The services a process may run. */
+export const serviceNames = ["registry", "executor", "modelproxy", "datastore", "edge"] as const;
+export type ServiceName = (typeof serviceNames)[number];
+
+/** parseServices reads a --services list: known names, comma-separated, at least one. */
+export function parseServices(raw: string | undefined, from = "SHAKER_SERVICES"): ServiceName[] {
+  if (raw === undefined) return [...serviceNames];
+  const names = raw
+    .split(",")
+    .map((s) => s.trim())
+    .filter((s) => s !== "");
+  const unknown = names.filter((n) => !(serviceNames as readonly string[]).includes(n));
+  if (unknown.length > 0 || names.length === 0) {
+    throw new Error(`${from} must list some of ${serviceNames.join(", ")} (comma-separated), got ${JSON.stringify(raw)}`);
+  }
+  return serviceNames.filter((n) => names.includes(n));
 }
 
 function envString(env: NodeJS.ProcessEnv, name: string): string | undefined {
@@ -146,6 +201,14 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env, overrides: Part
     maxUnauthenticatedBodyBytes: envInt(env, "SHAKER_MAX_UNAUTHENTICATED_BODY_BYTES", 64 * 1024),
     maxJsonDepth: Math.min(100, Math.max(1, envInt(env, "SHAKER_MAX_JSON_DEPTH", 64))),
     quiet: false,
+    services: parseServices(envString(env, "SHAKER_SERVICES")),
+    peers: Object.fromEntries(
+      serviceNames.flatMap((n) => {
+        const url = envString(env, `SHAKER_${n.toUpperCase()}_URL`);
+        return url ? [[n, url.replace(/\/+$/, "")]] : [];
+      }),
+    ),
+    serviceSecret: envString(env, "SHAKER_SERVICE_SECRET"),
     ...overrides,
   };
 }

@@ -12,6 +12,7 @@ import { W3CTraceContextPropagator } from "@opentelemetry/core";
 import { OTLPTraceExporter } from "@opentelemetry/exporter-trace-otlp-http";
 import { resourceFromAttributes } from "@opentelemetry/resources";
 import { BasicTracerProvider, BatchSpanProcessor } from "@opentelemetry/sdk-trace-base";
+import type { TelemetryOptions } from "./config.js";
 
 export type { Span };
 export { SpanKind };
@@ -21,21 +22,6 @@ export const traceHeader = "traceparent";
 
 /** traceIdHeader is the response header that names the trace of a request, for its caller to look it up. */
 export const traceIdHeader = "x-trace-id";
-
-/** Options of createTelemetry. */
-export interface TelemetryOptions {
-  /**
-   * endpoint is the OTLP/HTTP base URL (`OTEL_EXPORTER_OTLP_ENDPOINT`; spans go to its /v1/traces),
-   * or tracesEndpoint the whole URL (`OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`). Without either, nothing
-   * is traced and every method costs a branch.
-   */
-  endpoint?: string;
-  tracesEndpoint?: string;
-  /** serviceName is `service.name` (`OTEL_SERVICE_NAME`, default "shaker"). */
-  serviceName?: string;
-  /** exportDelayMs is how long spans wait to be sent in a batch (`OTEL_BSP_SCHEDULE_DELAY`, default 5000). */
-  exportDelayMs?: number;
-}
 
 /** SpanOptions place a span: its parent is a span, a `traceparent` header value, or none (a new trace). */
 export interface SpanOptions {
@@ -64,17 +50,6 @@ const off: Telemetry = {
   end: () => {},
   close: async () => {},
 };
-
-/** telemetryOptionsFrom reads the OpenTelemetry environment variables the SDKs define. */
-export function telemetryOptionsFrom(env: NodeJS.ProcessEnv): TelemetryOptions {
-  const delay = Number(env.OTEL_BSP_SCHEDULE_DELAY);
-  return {
-    endpoint: env.OTEL_EXPORTER_OTLP_ENDPOINT || undefined,
-    tracesEndpoint: env.OTEL_EXPORTER_OTLP_TRACES_ENDPOINT || undefined,
-    serviceName: env.OTEL_SERVICE_NAME || undefined,
-    exportDelayMs: Number.isFinite(delay) && delay > 0 ? delay : undefined,
-  };
-}
 
 /**
  * createTelemetry makes the tracer of one process: the official SDK's tracer provider with a
