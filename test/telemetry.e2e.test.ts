@@ -89,7 +89,10 @@ describe("traces over OTLP/HTTP", () => {
     expect(res.headers.get("x-trace-id")).toBe(traceId);
 
     const named = (name: string) => spans.find((s) => s.traceId === traceId && s.name === name);
-    await waitFor(() => ["POST /v1/chat/completions", "run traced", "run traced-child", "chat primary"].every((n) => named(n)), "the spans");
+    await waitFor(
+      () => ["POST /v1/chat/completions", "run traced", "run traced-child", "chat primary"].every((n) => named(n)),
+      "the spans",
+    );
     const edge = named("POST /v1/chat/completions")!;
     const run = named("run traced")!;
     expect(edge.parentSpanId).toBe(callerSpan);

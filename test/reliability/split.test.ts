@@ -53,7 +53,14 @@ describe("split mode: services in separate processes", () => {
       SHAKER_EXECUTOR_URL: urls.executor,
     };
     const start = (name: string, port: number, services: string, extra: Record<string, string> = {}) =>
-      startServerProcess({ ...common, ...peers, ...extra, SHAKER_SERVICES: services, PORT: String(port), SHAKER_DATA_DIR: join(dir, name) });
+      startServerProcess({
+        ...common,
+        ...peers,
+        ...extra,
+        SHAKER_SERVICES: services,
+        PORT: String(port),
+        SHAKER_DATA_DIR: join(dir, name),
+      });
     servers.push(
       await start("core", corePort, "registry,modelproxy,datastore", {
         SHAKER_API_KEY: key,
