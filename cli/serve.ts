@@ -1,5 +1,6 @@
 import { randomBytes } from "node:crypto";
 import { mkdirSync } from "node:fs";
+import { hostname } from "node:os";
 import { join } from "node:path";
 import { Code, ConnectError, type ConnectRouter, type Interceptor, type ServiceImpl } from "@connectrpc/connect";
 import { connectNodeAdapter, createGrpcTransport } from "@connectrpc/connect-node";
@@ -156,6 +157,7 @@ export async function startShaker(config: Config): Promise<Shaker> {
       }),
     );
 
+  let listener: Awaited<ReturnType<typeof listen>> | undefined;
   let executor: ReturnType<typeof createExecutorService> | undefined;
   let pool: ReturnType<typeof createWorkerPool> | undefined;
   let isolationSummary = "";
@@ -191,6 +193,7 @@ export async function startShaker(config: Config): Promise<Shaker> {
       limits: { memoryBytes: config.runMemoryBytes, openFiles: 256, fileBytes: 64 * 1024 * 1024 },
       disconnectGraceMs: config.disconnectGraceMs,
       telemetry,
+      executorId: () => config.executorId ?? `${hostname()}:${listener?.port ?? config.port}`,
     });
     impls.executor = executor.impl;
     closers.push(() => executorStore.close());
@@ -225,7 +228,7 @@ export async function startShaker(config: Config): Promise<Shaker> {
     if (edge?.handle(req, res as unknown as Res) || (edge && serveConsole(req as never, res as never))) return;
     guard(req, res as unknown as Res, "rpc", () => rpc(req as never, res as never));
   };
-  const listener = await listen(handler, { port: config.port, host: config.host }, listenOptions);
+  listener = await listen(handler, { port: config.port, host: config.host }, listenOptions);
   const runListener = runSocket && runHandler ? await listen(runHandler, { path: runSocket.socketPath }, listenOptions) : undefined;
   // Runs a previous process left in flight resume (or wait for their callers) once runs can call in.
   executor?.recover();

@@ -50,6 +50,8 @@ export const runs = sqliteTable(
     /** attempts are the earlier executions' timings (milliseconds since the epoch). */
     attempts: text("attempts", { mode: "json" }).$type<{ attempt: number; startedAt: number; endedAt: number; interrupted: boolean }[]>(),
     unjournaledCalls: integer("unjournaled_calls").notNull().default(0),
+    /** executor names the Executor that ran the latest attempt. */
+    executor: text("executor").notNull().default(""),
   },
   (t) => [
     index("runs_account_id_created_at_idx").on(t.accountId, t.createdAt),

@@ -51,6 +51,8 @@ export interface ExecutorServiceOptions extends AdmissionOptions {
   httpAllow?: string[];
   /** httpMaxResponseBytes caps a ctx.http response body; default 32 MiB. */
   httpMaxResponseBytes?: number;
+  /** executorId names this Executor on the records of the runs it runs. */
+  executorId?: () => string;
   /** telemetry traces runs and their ctx calls; off when absent. */
   telemetry?: Telemetry;
   /**
@@ -234,6 +236,7 @@ export function createExecutorService(options: ExecutorServiceOptions) {
   const recordLimits = { maxLogLines: options.maxLogLines ?? 1000, maxEmittedBytes: options.maxEmittedBytes ?? 1024 * 1024, maxHttpCalls };
   const disconnectGraceMs = options.disconnectGraceMs ?? 5000;
   const telemetry = options.telemetry ?? createTelemetry({});
+  const executorId = options.executorId ?? (() => "");
   const live = new Map<string, LiveRun>();
   /** keyed holds the answers of invocations with a key that are being worked out, for a duplicate arriving meanwhile. */
   const keyed = new Map<string, Promise<Target>>();
@@ -420,7 +423,7 @@ export function createExecutorService(options: ExecutorServiceOptions) {
       { attempt: row.attempt, startedAt: row.startedAt ?? row.createdAt, endedAt: now, interrupted: true },
     ];
     try {
-      store.resumeRun(row.id, row.attempt + 1, attempts, now);
+      store.resumeRun(row.id, row.attempt + 1, attempts, now, executorId());
       return launch({
         caller: who,
         inv: invocation,
@@ -539,7 +542,7 @@ export function createExecutorService(options: ExecutorServiceOptions) {
       started.attempt = run.attempt;
       attemptStartedAt = now;
       journal.replaying = true;
-      store.resumeRun(runId, run.attempt, run.attempts, now);
+      store.resumeRun(runId, run.attempt, run.attempts, now, executorId());
       span?.addEvent("interrupted: executing again", { "shaker.run.attempt": run.attempt });
       process.stderr.write(`run ${runId}: its process was interrupted; executing it again (attempt ${run.attempt})\n`);
       execute(events.position);
@@ -655,6 +658,7 @@ export function createExecutorService(options: ExecutorServiceOptions) {
         ? null
         : { messages: run.inv.messages, params: run.inv.params ?? {}, hasInput: run.inv.hasInput || run.inv.input !== undefined },
       attempt: 1,
+      executor: executorId(),
     });
   }
 
@@ -812,6 +816,7 @@ export function createExecutorService(options: ExecutorServiceOptions) {
           interrupted: a.interrupted,
         })),
       unjournaledCalls: row.unjournaledCalls,
+      executor: row.executor,
       ...(full
         ? {
             emitted: (row.emitted ?? []).map((e) => ({ seq: e.seq, value: toValue(e.value), time: timestampOf(e.time) })),

@@ -14,8 +14,17 @@ export type JournalEntry = typeof schema.runCalls.$inferSelect;
 type ResumeColumn = "attempt" | "attempts" | "unjournaledCalls";
 
 /** The columns of a run's start that say how it is retried and resumed: defaults for a run that says nothing. */
-type RetryColumn = "idempotencyKey" | "requestHash" | "detached" | "hasSecrets" | "timeoutMs" | "resume" | "attempt";
-const retryDefaults = { idempotencyKey: "", requestHash: "", detached: 0, hasSecrets: 0, timeoutMs: 0, resume: null, attempt: 1 };
+type RetryColumn = "idempotencyKey" | "requestHash" | "detached" | "hasSecrets" | "timeoutMs" | "resume" | "attempt" | "executor";
+const retryDefaults = {
+  idempotencyKey: "",
+  requestHash: "",
+  detached: 0,
+  hasSecrets: 0,
+  timeoutMs: 0,
+  resume: null,
+  attempt: 1,
+  executor: "",
+};
 
 /** RunFilter selects runs of one account. */
 export interface RunFilter {
@@ -58,6 +67,7 @@ export function createExecutorStore(file: string) {
     "timeoutMs",
     "resume",
     "attempt",
+    "executor",
   ] as const;
   const finishColumns = [
     "status",
@@ -186,9 +196,9 @@ export function createExecutorStore(file: string) {
       return orm.select().from(runs).where(inArray(runs.status, statuses)).orderBy(runs.createdAt).all();
     },
     /** resumeRun records that a run starts its next attempt. */
-    resumeRun(id: string, attempt: number, attempts: NonNullable<NewRun["attempts"]>, startedAt: number): void {
+    resumeRun(id: string, attempt: number, attempts: NonNullable<NewRun["attempts"]>, startedAt: number, executor: string): void {
       flush();
-      orm.update(runs).set({ attempt, attempts, startedAt, status: RunStatus.RUNNING }).where(eq(runs.id, id)).run();
+      orm.update(runs).set({ attempt, attempts, startedAt, executor, status: RunStatus.RUNNING }).where(eq(runs.id, id)).run();
     },
     /** failRun ends a run that has no process (one interrupted and never resumed). */
     failRun(id: string, status: number, error: { type: string; message: string; traceback: string }): void {

@@ -94,6 +94,8 @@ export interface Config {
    * (`SHAKER_SERVICE_SECRET`): required when any service is remote; a random one otherwise.
    */
   serviceSecret: string | undefined;
+  /** executorId names this process's Executor on run records (`SHAKER_EXECUTOR_ID`); default its host name and port. */
+  executorId: string | undefined;
 }
 
 /** Options of createTelemetry (telemetry.ts), read from the OpenTelemetry variables the SDKs define. */
@@ -209,6 +211,7 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env, overrides: Part
       }),
     ),
     serviceSecret: envString(env, "SHAKER_SERVICE_SECRET"),
+    executorId: envString(env, "SHAKER_EXECUTOR_ID"),
     ...overrides,
   };
 }

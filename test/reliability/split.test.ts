@@ -67,7 +67,7 @@ describe("split mode: services in separate processes", () => {
         SHAKER_MODELS_CONFIG: writeFakeModelsConfig(dir, upstream, {}),
       }),
     );
-    servers.push(await start("executor", executorPort, "executor"));
+    servers.push(await start("executor", executorPort, "executor", { SHAKER_EXECUTOR_ID: "exec-1" }));
     servers.push(await start("edge", edgePort, "edge"));
     coreUrl = urls.core;
     edgeUrl = servers[2].url;
@@ -121,6 +121,7 @@ describe("split mode: services in separate processes", () => {
     // Records live with their services: the run on the executor, the model call on the modelproxy.
     const run = await api(edgeUrl, "GET", `/v1/runs/${(completion as any).run_id}`);
     expect(run.body.data.status).toBe("succeeded");
+    expect(run.body.data.executor).toBe("exec-1");
     expect(run.body.data.model_calls).toHaveLength(1);
 
     // Once the run ended, its token is refused by the services of the other process (within a second).

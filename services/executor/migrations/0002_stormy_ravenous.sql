@@ -1,0 +1,1 @@
+ALTER TABLE `runs` ADD `executor` text DEFAULT '' NOT NULL;
