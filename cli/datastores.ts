@@ -9,24 +9,49 @@ export const datastoresUsage = `usage: shaker datastores list
        shaker datastores search NAME QUERY [--mode keyword|vector|hybrid] [--limit N] [--json]
   records are {id, text, metadata?, vector?}.`;
 
-/** Progress draws a progress bar with a records/s figure on stderr (only when stderr is a terminal, unless forced). */
-class Progress {
+/** eta formats the seconds left as m:ss (or h:mm:ss). */
+function eta(seconds: number): string {
+  if (!Number.isFinite(seconds) || seconds < 0) return "--:--";
+  const s = Math.round(seconds);
+  const mm = String(Math.floor((s % 3600) / 60)).padStart(2, "0");
+  const ss = String(s % 60).padStart(2, "0");
+  return s >= 3600 ? `${Math.floor(s / 3600)}:${mm}:${ss}` : `${Math.floor(s / 60)}:${ss}`;
+}
+
+/**
+ * Progress shows how a load goes on stderr: on a terminal (or with --progress) a bar redrawn in
+ * place with records/s and the time left, at most 10 times a second; otherwise (a log, CI) one
+ * plain line every `lineEveryMs` (10 s) with the same figures.
+ */
+export class Progress {
   private readonly started = performance.now();
   private lastDraw = 0;
+  private lastLine: number;
   constructor(
     private readonly label: string,
     private readonly io: CliIo,
     private readonly draw: boolean,
-  ) {}
+    private readonly lineEveryMs = 10_000,
+  ) {
+    this.lastLine = this.started;
+  }
 
   update(fraction: number, records: number, force = false): void {
     const now = performance.now();
-    if (!force && now - this.lastDraw < 100) return;
-    this.lastDraw = now;
-    const width = 30;
-    const done = Math.round(Math.min(1, Math.max(0, fraction)) * width);
-    const line = `${this.label} [${"#".repeat(done)}${"-".repeat(width - done)}] ${Math.round(fraction * 100)}% ${records} records ${this.rate(records)} records/s`;
-    if (this.draw) this.io.stderr(`\r${line}`);
+    const f = Math.min(1, Math.max(0, fraction));
+    const elapsed = (now - this.started) / 1000;
+    const left = f > 0 ? (elapsed * (1 - f)) / f : Number.POSITIVE_INFINITY;
+    const figures = `${Math.round(f * 100)}% ${records} records ${this.rate(records)} records/s ETA ${eta(left)}`;
+    if (this.draw) {
+      if (!force && now - this.lastDraw < 100) return;
+      this.lastDraw = now;
+      const width = 30;
+      const done = Math.round(f * width);
+      this.io.stderr(`\r${this.label} [${"#".repeat(done)}${"-".repeat(width - done)}] ${figures}\x1b[K`);
+    } else if (now - this.lastLine >= this.lineEveryMs) {
+      this.lastLine = now;
+      this.io.stderr(`${this.label}: ${figures}\n`);
+    }
   }
 
   rate(records: number): number {
@@ -96,7 +121,9 @@ async function* batchesOf(file: string, size: number): AsyncGenerator<{ records:
 }
 
 async function load(io: CliIo, server: Server, name: string, file: string, batchSize: number, forceBar: boolean): Promise<void> {
-  const progress = new Progress(`loading ${name}`, io, forceBar || io.stderrIsTTY);
+  // SHAKER_PROGRESS_EVERY_MS: how often a non-terminal stderr gets a progress line (default 10 s).
+  const every = Number(io.env.SHAKER_PROGRESS_EVERY_MS ?? 10_000);
+  const progress = new Progress(`loading ${name}`, io, forceBar || io.stderrIsTTY, every);
   let total = 0;
   let embedded = 0;
   for await (const { records, fraction } of batchesOf(file, batchSize)) {

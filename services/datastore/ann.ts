@@ -17,9 +17,9 @@ import type * as Usearch from "usearch";
 const { Index, MetricKind, ScalarKind } = createRequire(import.meta.url)("usearch") as typeof Usearch;
 type UIndex = InstanceType<typeof Index>;
 
-/** The graph's shape: 16 links a node, 128 candidates while inserting, 128 while searching. */
+/** The graph's shape: 16 links a node, 64 candidates while inserting, 128 while searching. */
 const connectivity = 16;
-const expansionAdd = 128;
+const expansionAdd = 64;
 const expansionSearch = 128;
 
 /** AnnState is one store's index: built once every record is in it. */
@@ -46,6 +46,9 @@ function fresh(dimension: number): UIndex {
     multi: false,
   });
 }
+
+/** annMinDimension is the smallest dimension indexed: smaller vectors are scanned (sqlite-vec's float KNN). */
+export const annMinDimension = 16;
 
 export function annPath(file: string, storeId: number): string {
   return `${file}.ann-${storeId}.usearch`;
@@ -99,7 +102,7 @@ export function addVectors(state: AnnState, keys: bigint[], vectors: Float32Arra
   const again = Array.isArray(present) ? k.filter((_, i) => present[i]) : present ? k : new BigUint64Array(0);
   if (again.length) state.index.remove(again);
   const flat = new Float32Array(keys.length * state.dimension);
-  vectors.forEach((v, i) => flat.set(v, i * state.dimension));
+  for (const [i, v] of vectors.entries()) flat.set(v, i * state.dimension);
   state.index.add(k, flat, 0);
   state.dirty = true;
 }

@@ -2,7 +2,7 @@ import type Database from "better-sqlite3";
 import { asc, eq } from "drizzle-orm";
 import * as sqliteVec from "sqlite-vec";
 import { openDatabase } from "../shared/db.js";
-import { type AnnState, addVectors, openAnn, removeAnn, removeKeys, saveAnn, searchAnn } from "./ann.js";
+import { type AnnState, addVectors, annMinDimension, openAnn, removeAnn, removeKeys, saveAnn, searchAnn } from "./ann.js";
 import type { Condition, Scalar } from "./filter.js";
 import * as schema from "./schema.js";
 
@@ -202,7 +202,7 @@ export function createDatastoreStore(file: string, options: DatastoreStoreOption
 
   /** annOf is a store's ANN index, loaded from its file or (when stale) empty and to be rebuilt. */
   function annOf(storeId: number, dimension: number): AnnState | undefined {
-    if (!annOn || !dimension) return undefined;
+    if (!annOn || dimension < annMinDimension) return undefined;
     let state = anns.get(storeId);
     if (!state) {
       state = openAnn(annFile, storeId, dimension, generation(storeId));

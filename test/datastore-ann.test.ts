@@ -1,0 +1,187 @@
+// The Datastore's ANN index (services/datastore/ann.ts) at the store layer, forced on for small
+// stores (annFrom: 1): its results against an exact scan, filters, deletes, a removed index file;
+// then the REST upload's effect on the event loop, and the CLI's load progress.
+import { existsSync, mkdtempSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { monitorEventLoopDelay } from "node:perf_hooks";
+import { afterAll, describe, expect, it } from "vitest";
+import { Progress } from "../cli/datastores.js";
+import type { CliIo } from "../cli/io.js";
+import { annPath } from "../services/datastore/ann.js";
+import { createDatastoreStore, type RecordInput } from "../services/datastore/store.js";
+import { startTestServer } from "./helpers.js";
+
+const dim = 32;
+let seed = 11;
+const rand = () => ((seed = (seed * 1103515245 + 12345) % 2 ** 31) / 2 ** 31) * 2 - 1;
+const vec = () => Float32Array.from({ length: dim }, rand);
+const records = (n: number, from = 0): RecordInput[] =>
+  Array.from({ length: n }, (_, i) => ({
+    id: `r${from + i}`,
+    text: `record ${from + i}`,
+    metadata: JSON.stringify({ m: (from + i) % 7 }),
+    vector: vec(),
+  }));
+
+const dirs: string[] = [];
+function tempFile(): string {
+  const dir = mkdtempSync(join(tmpdir(), "shaker-ann-"));
+  dirs.push(dir);
+  return join(dir, "datastore.db");
+}
+afterAll(() => {
+  for (const d of dirs) rmSync(d, { recursive: true, force: true });
+});
+
+describe("datastore ANN index", () => {
+  it("returns the exact results on a small store where the index is forced on (recall)", () => {
+    const store = createDatastoreStore(":memory:", { annFrom: 1 });
+    const row0 = store.createStore("a", "s", "")!;
+    expect(store.upsert(row0.id, records(2000)).ok).toBe(true);
+    const row = store.store("a", "s")!;
+    expect(store.annSearch(row, vec(), 10)).toBeDefined();
+    let agree = 0;
+    for (let q = 0; q < 20; q++) {
+      const query = vec();
+      const got = store.vectorSearch(row, query, [], 10);
+      const want = store.exactSearch(row, query, [], 10);
+      const ids = new Set(got.map((h) => h.id));
+      agree += want.filter((w) => ids.has(w.id)).length;
+      // Scores are exact (re-ranked from the float32 vectors), so a shared hit scores the same.
+      for (const h of got) {
+        const w = want.find((x) => x.id === h.id);
+        if (w) expect(h.score).toBeCloseTo(w.score, 5);
+      }
+    }
+    expect(agree / 200).toBeGreaterThanOrEqual(0.95);
+    store.close();
+  });
+
+  it("returns limit results under a selective filter, and never a deleted record", () => {
+    const store = createDatastoreStore(":memory:", { annFrom: 1 });
+    const { id } = store.createStore("a", "s", "")!;
+    const input = records(3000);
+    store.upsert(id, input);
+    const row = store.store("a", "s")!;
+    // m == 3 holds for 1 record in 7, most of them far from the query.
+    const hits = store.vectorSearch(row, vec(), [{ path: ["m"], op: "eq", value: 3 }], 50);
+    expect(hits).toHaveLength(50);
+    expect(hits.every((h) => JSON.parse(h.metadata).m === 3)).toBe(true);
+    // The nearest record to its own vector is itself; once deleted it is never returned.
+    const target = input[1234];
+    expect(store.vectorSearch(row, target.vector, [], 5)[0].id).toBe(target.id);
+    expect(store.deleteRecords(row, [target.id])).toBe(1);
+    const after = store.vectorSearch(row, target.vector, [], 100);
+    expect(after).toHaveLength(100);
+    expect(after.map((h) => h.id)).not.toContain(target.id);
+    // An update moves a record: searched by its new vector it comes first.
+    const moved = { ...input[99], vector: vec() };
+    store.upsert(id, [moved]);
+    expect(store.vectorSearch(row, moved.vector, [], 1)[0].id).toBe(moved.id);
+    store.close();
+  });
+
+  it("saves the index next to the database and rebuilds it when the file is removed or stale", () => {
+    const file = tempFile();
+    let store = createDatastoreStore(file, { annFrom: 1 });
+    const { id } = store.createStore("a", "s", "")!;
+    const input = records(1500);
+    store.upsert(id, input);
+    let row = store.store("a", "s")!;
+    const before = store.vectorSearch(row, input[7].vector, [], 10).map((h) => h.id);
+    store.close();
+    expect(existsSync(annPath(file, id))).toBe(true);
+    expect(existsSync(`${annPath(file, id)}.json`)).toBe(true);
+
+    rmSync(annPath(file, id));
+    store = createDatastoreStore(file, { annFrom: 1 });
+    row = store.store("a", "s")!;
+    expect(store.vectorSearch(row, input[7].vector, [], 10).map((h) => h.id)).toEqual(before);
+    // A delete through another connection (the index file is now of an older generation).
+    store.close();
+    const other = createDatastoreStore(file, { ann: false });
+    other.deleteRecords(other.store("a", "s")!, [input[7].id]);
+    other.close();
+    store = createDatastoreStore(file, { annFrom: 1 });
+    row = store.store("a", "s")!;
+    expect(store.vectorSearch(row, input[7].vector, [], 10).map((h) => h.id)).not.toContain(input[7].id);
+    store.close();
+  });
+});
+
+describe("datastore ingest over REST", () => {
+  it("keeps the event loop responsive during a large upload, and a bad record in the middle writes nothing", async () => {
+    const server = await startTestServer();
+    try {
+      await server.request("POST", "/v1/datastores", { name: "big" });
+      const n = 20_000;
+      const line = (j: number) =>
+        JSON.stringify({ id: `b${j}`, text: `bulk ${j}`, metadata: { j }, vector: Array.from({ length: 64 }, rand) });
+      async function* body(bad: number) {
+        for (let i = 0; i < n; i += 1000) {
+          let s = "";
+          for (let j = i; j < i + 1000; j++) s += (j === bad ? '{"id": "x", "text": 5}' : line(j)) + "\n";
+          yield new TextEncoder().encode(s);
+        }
+      }
+      const post = (bad: number) =>
+        fetch(`${server.url}/v1/datastores/big/records`, {
+          method: "POST",
+          headers: { authorization: `Bearer ${server.apiKey}`, "content-type": "application/x-ndjson" },
+          body: body(bad) as unknown as BodyInit,
+          duplex: "half",
+        } as RequestInit);
+      const loop = monitorEventLoopDelay({ resolution: 10 });
+      loop.enable();
+      const res = await post(-1);
+      loop.disable();
+      expect(res.status).toBe(200);
+      // Generous: the upload's writes and commit run in the writer thread, not on this loop.
+      expect(loop.max / 1e6).toBeLessThan(1000);
+
+      const refused = await post(n - 500);
+      expect(refused.status).toBe(400);
+      const list = await server.request("GET", "/v1/datastores");
+      expect(list.body.data.find((s: any) => s.name === "big").record_count).toBe(n);
+      await server.request("POST", "/v1/datastores", { name: "fresh" });
+      const none = await fetch(`${server.url}/v1/datastores/fresh/records`, {
+        method: "POST",
+        headers: { authorization: `Bearer ${server.apiKey}`, "content-type": "application/x-ndjson" },
+        body: `${line(1)}\n${line(2)}\n{"id": 3}\n${line(4)}\n`,
+      });
+      expect(none.status).toBe(400);
+      const after = await server.request("GET", "/v1/datastores");
+      expect(after.body.data.find((s: any) => s.name === "fresh").record_count).toBe(0);
+    } finally {
+      await server.close();
+    }
+  }, 120_000);
+});
+
+describe("datastores load progress", () => {
+  const io = (tty: boolean) => {
+    const err: string[] = [];
+    return { err, io: { stderr: (s: string) => err.push(s), stderrIsTTY: tty } as unknown as CliIo };
+  };
+
+  it("prints periodic plain lines with records/s and an ETA when stderr is not a terminal", () => {
+    const { err, io: cli } = io(false);
+    const p = new Progress("loading kb", cli, false, 0);
+    p.update(0.5, 500);
+    p.update(1, 1000);
+    p.end();
+    expect(err).toHaveLength(2);
+    expect(err[0]).toMatch(/^loading kb: 50% 500 records \d+ records\/s ETA \d+:\d\d\n$/);
+    expect(err.join("")).not.toContain("\r");
+  });
+
+  it("draws a bar redrawn in place on a terminal", () => {
+    const { err, io: cli } = io(true);
+    const p = new Progress("loading kb", cli, true);
+    p.update(0.5, 500, true);
+    p.end();
+    expect(err[0]).toMatch(/^\rloading kb \[#{15}-{15}\] 50% 500 records \d+ records\/s ETA \d+:\d\d/);
+    expect(err[1]).toBe("\n");
+  });
+});
