@@ -5,7 +5,7 @@
 import type { TestServer } from "../test/helpers.js";
 import { type Caller, createCaller } from "./client.js";
 import { startBenchServer } from "./server.js";
-import { fmt, report, summary } from "./stats.js";
+import { fmt, report, summary, throughputAB } from "./stats.js";
 
 const script = "def execute(ctx):\n    return {'ok': True, 'n': (ctx.input or {}).get('n')}\n";
 
@@ -13,15 +13,13 @@ interface Side {
   server: TestServer;
   caller: Caller;
   latencies: number[];
-  runs: number;
-  seconds: number;
 }
 
 async function open(sandbox: "auto" | "none"): Promise<Side> {
   const server = await startBenchServer({ workers: 2, sandbox });
   await server.upload("trivial", script);
   const caller = createCaller(server.url, { authorization: `Bearer ${server.apiKey}`, "content-type": "application/json" });
-  return { server, caller, latencies: [], runs: 0, seconds: 0 };
+  return { server, caller, latencies: [] };
 }
 
 const body = JSON.stringify({ model: "workflow:trivial", input: { n: 1 } });
@@ -51,20 +49,7 @@ export async function benchIsolation(): Promise<void> {
         }
       }
     }
-    const perRound = Number(process.env.BENCH_THROUGHPUT_RUNS ?? 600) / 2;
-    for (let round = 0; round < 4; round++) {
-      for (const side of round % 2 === 0 ? [confined, open_] : [open_, confined]) {
-        let next = 0;
-        const t0 = performance.now();
-        await Promise.all(
-          Array.from({ length: 16 }, async () => {
-            while (next++ < perRound) await invoke(side);
-          }),
-        );
-        side.seconds += (performance.now() - t0) / 1000;
-        side.runs += perRound;
-      }
-    }
+    const [cRate, oRate] = await throughputAB(confined, open_, invoke);
     // A large emitted value costs what copying it costs: 10x the bytes, about 10x the time (it was
     // quadratic: one 48 MiB emit took 47-62 s of server CPU).
     await confined.server.upload("emitter", "def execute(ctx):\n    ctx.emit('x' * ctx.input['bytes'])\n    return 'done'\n");
@@ -98,8 +83,6 @@ export async function benchIsolation(): Promise<void> {
       c.p50 / o.p50,
       `(added ${fmt(c.p50 - o.p50)} ms at p50; target ≤ 0.5 ms)`,
     );
-    const cRate = confined.runs / confined.seconds;
-    const oRate = open_.runs / open_.seconds;
     report(
       "isolation: trivial runs/s, 16 in flight",
       `${cRate.toFixed(0)} runs/s confined`,

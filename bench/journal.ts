@@ -6,7 +6,7 @@
 import type { TestServer } from "../test/helpers.js";
 import { type Caller, createCaller } from "./client.js";
 import { startBenchServer } from "./server.js";
-import { fmt, report, summary } from "./stats.js";
+import { fmt, report, summary, throughputAB } from "./stats.js";
 
 const trivial = "def execute(ctx):\n    return {'ok': True, 'n': (ctx.input or {}).get('n')}\n";
 const calls = `
@@ -23,8 +23,6 @@ interface Side {
   server: TestServer;
   caller: Caller;
   latencies: Record<string, number[]>;
-  runs: number;
-  seconds: number;
 }
 
 async function open(name: string, journal: boolean): Promise<Side> {
@@ -32,7 +30,7 @@ async function open(name: string, journal: boolean): Promise<Side> {
   await server.upload("trivial", trivial);
   await server.upload("calls", calls);
   const caller = createCaller(server.url, { authorization: `Bearer ${server.apiKey}`, "content-type": "application/json" });
-  return { name, server, caller, latencies: { trivial: [], calls: [] }, runs: 0, seconds: 0 };
+  return { name, server, caller, latencies: { trivial: [], calls: [] } };
 }
 
 const bodies: Record<string, string> = {
@@ -66,20 +64,7 @@ export async function benchJournal(): Promise<void> {
       }
     };
     await latencies("trivial");
-    const perRound = Number(process.env.BENCH_THROUGHPUT_RUNS ?? 600) / 2;
-    for (let round = 0; round < 4; round++) {
-      for (const side of round % 2 === 0 ? [on, off] : [off, on]) {
-        let next = 0;
-        const t0 = performance.now();
-        await Promise.all(
-          Array.from({ length: 16 }, async () => {
-            while (next++ < perRound) await invoke(side, "trivial");
-          }),
-        );
-        side.seconds += (performance.now() - t0) / 1000;
-        side.runs += perRound;
-      }
-    }
+    const [aRate, bRate] = await throughputAB(on, off, (side) => invoke(side, "trivial"));
     await latencies("calls");
 
     for (const [workflow, target] of [
@@ -96,8 +81,6 @@ export async function benchJournal(): Promise<void> {
         `(added ${fmt(a.p50 - b.p50)} ms at p50; ${target})`,
       );
     }
-    const aRate = on.runs / on.seconds;
-    const bRate = off.runs / off.seconds;
     report(
       "journal: trivial runs/s, 16 in flight",
       `${aRate.toFixed(0)} runs/s on`,

@@ -21,3 +21,31 @@ export function fmt(ms: number): string {
 export function report(name: string, value: string, baseline: string, ratio: number, note = ""): void {
   process.stdout.write(`${name.padEnd(44)} ${value.padEnd(26)} baseline ${baseline.padEnd(26)} ratio ${ratio.toFixed(2)}x ${note}\n`);
 }
+
+/**
+ * throughputAB is the runs per second of two sides (two servers of one build), 16 calls in flight,
+ * measured in alternating rounds (A B, B A, …) so a drift of the machine's speed hits both alike.
+ */
+export async function throughputAB<S>(a: S, b: S, invoke: (side: S) => Promise<void>): Promise<[number, number]> {
+  const perRound = Number(process.env.BENCH_THROUGHPUT_RUNS ?? 600) / 2;
+  const totals = new Map<S, { runs: number; seconds: number }>([
+    [a, { runs: 0, seconds: 0 }],
+    [b, { runs: 0, seconds: 0 }],
+  ]);
+  for (let round = 0; round < 4; round++) {
+    for (const side of round % 2 === 0 ? [a, b] : [b, a]) {
+      let next = 0;
+      const t0 = performance.now();
+      await Promise.all(
+        Array.from({ length: 16 }, async () => {
+          while (next++ < perRound) await invoke(side);
+        }),
+      );
+      const t = totals.get(side)!;
+      t.seconds += (performance.now() - t0) / 1000;
+      t.runs += perRound;
+    }
+  }
+  const rate = (side: S) => totals.get(side)!.runs / totals.get(side)!.seconds;
+  return [rate(a), rate(b)];
+}

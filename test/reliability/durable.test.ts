@@ -5,13 +5,12 @@
 
 import { mkdtempSync, readdirSync, readFileSync, rmSync } from "node:fs";
 import { createServer as createHttpServer, type Server } from "node:http";
-import { createServer } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import OpenAI from "openai";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { type FakeUpstream, startFakeUpstream, writeFakeModelsConfig } from "../fake-upstream.js";
-import { type ServerProcess, startServerProcess, stopServerProcess } from "./process.js";
+import { freePort, type ServerProcess, startServerProcess, stopServerProcess } from "./process.js";
 
 const key = "sk-shaker-durable-test";
 
@@ -82,14 +81,6 @@ def execute(ctx):
         time.sleep(0.4 if ctx.run_attempt == 1 else 0.05)
     return "done"
 `;
-
-async function freePort(): Promise<number> {
-  const server = createServer();
-  await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve));
-  const { port } = server.address() as { port: number };
-  await new Promise((resolve) => server.close(resolve));
-  return port;
-}
 
 describe("runs resumed after the server is killed", () => {
   let upstream: FakeUpstream;

@@ -1,4 +1,5 @@
 import { type ChildProcess, spawn, spawnSync } from "node:child_process";
+import { createServer } from "node:net";
 import { fileURLToPath } from "node:url";
 
 /** repoDir is the checkout these tests run from (CI clones it elsewhere than developers do). */
@@ -106,4 +107,13 @@ export function systemUser(name: string): SystemUser {
     );
   }
   return user;
+}
+
+/** freePort is a TCP port nothing listens on now: for a server that must come back on the same port. */
+export async function freePort(): Promise<number> {
+  const server = createServer();
+  await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve));
+  const { port } = server.address() as { port: number };
+  await new Promise((resolve) => server.close(resolve));
+  return port;
 }

@@ -4,13 +4,12 @@
 // with the real openai client; a run's token is refused by the other processes once its run ended.
 
 import { mkdtempSync, rmSync } from "node:fs";
-import { createServer } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import OpenAI from "openai";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { type FakeUpstream, startFakeUpstream, writeFakeModelsConfig } from "../fake-upstream.js";
-import { type ServerProcess, startServerProcess, stopServerProcess } from "./process.js";
+import { freePort, type ServerProcess, startServerProcess, stopServerProcess } from "./process.js";
 
 const key = "sk-shaker-split-test";
 const secret = "split-test-service-secret-0123456789";
@@ -25,14 +24,6 @@ def execute(ctx):
     return {"said": said["choices"][0]["message"]["content"], "found": found["text"], "child": child,
             "token": ctx._rpc._token, "url": ctx._rpc._socket}
 `;
-
-async function freePort(): Promise<number> {
-  const server = createServer();
-  await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve));
-  const { port } = server.address() as { port: number };
-  await new Promise((resolve) => server.close(resolve));
-  return port;
-}
 
 describe("split mode: services in separate processes", () => {
   let upstream: FakeUpstream;
