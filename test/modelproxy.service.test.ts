@@ -157,6 +157,22 @@ describe("chat completions", () => {
     ]);
   });
 
+  it("waits the Retry-After an upstream asks for before retrying, and carries the caller's traceparent upstream", async () => {
+    upstream.plan("m-wait", [{ status: 429, retryAfter: 1 }]);
+    const traceparent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    const started = performance.now();
+    await client.chatCompletion(
+      { body: { ...hello, model: "m-wait" }, context: { sessionId: "s-wait" } },
+      { headers: { ...alice.headers, traceparent } },
+    );
+    // The config's backoff is 5 ms: only the upstream's Retry-After makes it wait a second.
+    expect(performance.now() - started).toBeGreaterThan(950);
+    const sent = upstream.requests.filter((r) => r.body.model === "m-wait");
+    expect(sent.map((r) => r.headers.traceparent)).toEqual([traceparent, traceparent]);
+    const [call] = (await client.listCalls({ sessionId: "s-wait" }, alice)).calls;
+    expect(call).toMatchObject({ attempts: 2, status: "ok" });
+  });
+
   it("answers an upstream's refusal as InvalidArgument, without retrying", async () => {
     const before = upstream.requests.length;
     upstream.plan("m-refuses", [{ status: 400, body: JSON.stringify({ error: { message: "bad temperature" } }) }]);
