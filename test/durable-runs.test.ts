@@ -177,6 +177,16 @@ describe("runs that retries attach to", () => {
       expect(await runCount("sdk-ended")).toBe(1);
     });
 
+    it("never attaches another account's retry", async () => {
+      const body = { model: "workflow:counted", input: { tag: "sdk-other", pause: 0.5 } };
+      const first = chat(body);
+      await waitFor(() => calls("sdk-other") === 1, "the first run's model call");
+      const other = await chat(body, { "x-stainless-retry-count": "1", authorization: `Bearer ${keyB}` });
+      expect(other.status).toBe(200);
+      expect(other.body.run_id).not.toBe((await first).body.run_id);
+      expect(calls("sdk-other")).toBe(2);
+    });
+
     it("starts a new run for the same body without the retry header", async () => {
       const body = { model: "workflow:counted", input: { tag: "sdk-fresh" } };
       const a = await chat(body);

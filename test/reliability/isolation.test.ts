@@ -124,6 +124,8 @@ const restAttacks: Record<string, (a: Alice) => RestAttack> = {
   "DELETE /v1/workflows/:ref": (a) => ({ path: `/v1/workflows/${a.ref}`, expect: "refused" }),
   "GET /v1/runs": (a) => ({ path: `/v1/runs?workflow=${a.ref}&session_id=${a.sessionId}`, expect: "scoped" }),
   "GET /v1/runs/:id": (a) => ({ path: `/v1/runs/${a.liveRunId}`, expect: "refused" }),
+  "GET /v1/runs/:id/events": (a) => ({ path: `/v1/runs/${a.liveRunId}/events`, expect: "refused" }),
+  "POST /v1/responses": (a) => ({ path: "/v1/responses", body: { model: `workflow:${a.ref}`, input: "hi" }, expect: "refused" }),
   "POST /v1/runs/:id/cancel": (a) => ({ path: `/v1/runs/${a.liveRunId}/cancel`, expect: "refused" }),
   "POST /v1/datastores": (a) => ({ path: "/v1/datastores", body: { name: a.store }, expect: "creates" }),
   "GET /v1/datastores": () => ({ path: "/v1/datastores", expect: "scoped" }),
@@ -176,6 +178,9 @@ const rpcAttacks: Record<string, (a: Alice) => RpcAttack> = {
   "ExecutorService/GetRun": (a) => ({ requests: [{ runId: a.runId }, { runId: a.liveRunId }], expect: "refused" }),
   "ExecutorService/ListRuns": (a) => ({ requests: [{ sessionId: a.sessionId }, { workflowRefName: a.ref }, {}], expect: "scoped" }),
   "ExecutorService/CancelRun": (a) => ({ requests: [{ runId: a.runId }, { runId: a.liveRunId }], expect: "refused" }),
+  "ExecutorService/WatchRun": (a) => ({ requests: [{ runId: a.runId }, { runId: a.liveRunId }], expect: "refused" }),
+  // A run's liveness, for the services' own credential only.
+  "ExecutorService/CheckRun": (a) => ({ requests: [{ runId: a.liveRunId }], expect: "refused", adminMay: false }),
   // ctx.http on a run's behalf: for run tokens only, whatever the key.
   "ExecutorService/Fetch": () => ({ requests: [{ url: "https://example.com/" }], expect: "refused", adminMay: false }),
   "ModelProxyService/ChatCompletion": (a) => ({
