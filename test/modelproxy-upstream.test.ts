@@ -165,6 +165,26 @@ describe("the upstream client", () => {
     expect(short.sockets.length).toBe(2);
   });
 
+  it("sends a request again, once, on a new connection when a kept-alive one is closed before any answer", async () => {
+    const served = new Map<Socket, number>();
+    const raw = await rawServer((socket, request) => {
+      const n = (served.get(socket) ?? 0) + 1;
+      served.set(socket, n);
+      // Every connection answers its first request and drops the second unanswered, as an
+      // upstream does that closes an idle connection just as a request is sent on it.
+      if (n === 2 || request.includes("/never")) socket.destroy();
+      else socket.write("HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n{}");
+    });
+    const client = new UpstreamClient(raw.url, "k");
+    expect(await client.json("/a", {}, undefined, never)).toEqual({});
+    expect(await client.json("/a", {}, undefined, never)).toEqual({});
+    expect(raw.sockets.length).toBe(2);
+    // A new connection closed unanswered is a lost connection (the service's to retry), and so is a second stale one.
+    const fresh = await new UpstreamClient(raw.url, "k").json("/never", {}, undefined, never).catch((e: Error) => e);
+    expect(fresh).toBeInstanceOf(UpstreamConnectionError);
+    expect((fresh as Error).message).toMatch(/^connection failed/);
+  });
+
   it("reads an answer of many packets, by Content-Length and chunked, and one ended by the connection's close", async () => {
     const big = { text: "x€".repeat(300_000), list: Array.from({ length: 2000 }, (_, i) => i) };
     const json = Buffer.from(JSON.stringify(big));

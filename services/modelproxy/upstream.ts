@@ -108,6 +108,10 @@ interface Exchange {
   body(chunk: Buffer): void;
   end(): void;
   fail(e: Error): void;
+  /** conn is the connection the request went on; replaced when a stale one is retried. */
+  conn: Conn;
+  /** retried says the request was already sent again on a new connection. */
+  retried?: boolean;
 }
 
 const CRLF = Buffer.from("\r\n");
@@ -127,6 +131,7 @@ enum State {
 /** Conn is one connection to an upstream and the parser of the answers that come on it, one at a time. */
 class Conn {
   private exchange: Exchange | undefined;
+  private request = "";
   private state = State.Idle;
   private pending: Buffer | undefined;
   private remaining = 0;
@@ -151,6 +156,8 @@ class Conn {
   /** send writes a request; its answer goes to `exchange`. */
   send(request: string, exchange: Exchange): void {
     this.exchange = exchange;
+    exchange.conn = this;
+    this.request = request;
     this.state = State.Head;
     this.keepAlive = true;
     this.got = false;
@@ -206,6 +213,13 @@ class Conn {
     // An answer framed by the connection's end ends with it.
     if (state === State.UntilClose && !err) {
       ex.end();
+      return;
+    }
+    if (!this.got && this.reused && !ex.retried) {
+      // A kept-alive connection the upstream closed while it sat idle (the close and the request
+      // crossed): nothing was answered, so the request goes again, once, on a new connection.
+      ex.retried = true;
+      this.pool.acquire(true).send(this.request, ex);
       return;
     }
     const what = !this.got
@@ -392,8 +406,9 @@ class Pool {
     private readonly port: number,
   ) {}
 
-  acquire(): Conn {
-    for (let c = this.idle.pop(); c; c = this.idle.pop()) {
+  /** acquire takes an idle connection, or opens one (always when `fresh`). */
+  acquire(fresh = false): Conn {
+    for (let c = fresh ? undefined : this.idle.pop(); c; c = this.idle.pop()) {
       if (c.dead) continue;
       c.wake();
       return c;
@@ -455,13 +470,13 @@ export class UpstreamClient {
   json(path: string, body: unknown, traceparent: string | undefined, bound: Cancellable): Promise<unknown> {
     const request = this.request(path, body, "application/json", traceparent);
     return new Promise<unknown>((resolve, reject) => {
-      const conn = this.pool.acquire();
       let settled = false;
       let status = 0;
       let headers: AnswerHeaders = {};
       const chunks: Buffer[] = [];
       let size = 0;
       const exchange: Exchange = {
+        conn: undefined as unknown as Conn,
         head(s, h) {
           status = s;
           headers = h;
@@ -495,11 +510,11 @@ export class UpstreamClient {
           reject(e);
         },
       };
+      this.pool.acquire().send(request, exchange);
       bound.onCancel((reason) => {
         exchange.fail(reason);
-        conn.kill();
+        exchange.conn.kill();
       });
-      conn.send(request, exchange);
     });
   }
 
@@ -510,7 +525,6 @@ export class UpstreamClient {
   stream(path: string, body: unknown, traceparent: string | undefined, bound: Cancellable): Promise<AsyncIterator<unknown>> {
     const request = this.request(path, body, "text/event-stream", traceparent);
     return new Promise<AsyncIterator<unknown>>((resolve, reject) => {
-      const conn = this.pool.acquire();
       let stream: SseStream | undefined;
       let settled = false;
       let status = 0;
@@ -518,12 +532,13 @@ export class UpstreamClient {
       let error = "";
       const decoder = new StringDecoder("utf8");
       const exchange: Exchange = {
+        conn: undefined as unknown as Conn,
         head(s, h) {
           status = s;
           headers = h;
           if (s >= 200 && s < 300) {
             settled = true;
-            stream = new SseStream(conn);
+            stream = new SseStream(exchange.conn);
             resolve(stream);
           }
         },
@@ -549,11 +564,11 @@ export class UpstreamClient {
           }
         },
       };
+      this.pool.acquire().send(request, exchange);
       bound.onCancel((reason) => {
         exchange.fail(reason);
-        conn.kill();
+        exchange.conn.kill();
       });
-      conn.send(request, exchange);
     });
   }
 }
