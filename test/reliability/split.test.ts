@@ -34,7 +34,7 @@ describe("split mode: services in separate processes", () => {
 
   beforeAll(async () => {
     upstream = await startFakeUpstream();
-    const [corePort, executorPort, edgePort] = [await freePort(), await freePort(), await freePort()];
+    const [corePort, executorPort, edgePort, edge2Port] = [await freePort(), await freePort(), await freePort(), await freePort()];
     const urls = { core: `http://127.0.0.1:${corePort}`, executor: `http://127.0.0.1:${executorPort}` };
     const common = { SHAKER_SERVICE_SECRET: secret, SHAKER_SANDBOX: "none" };
     const peers = {
@@ -60,6 +60,7 @@ describe("split mode: services in separate processes", () => {
     );
     servers.push(await start("executor", executorPort, "executor", { SHAKER_EXECUTOR_ID: "exec-1" }));
     servers.push(await start("edge", edgePort, "edge"));
+    servers.push(await start("edge2", edge2Port, "edge"));
     coreUrl = urls.core;
     edgeUrl = servers[2].url;
     expect(servers[1].output()).toContain("Services: executor");
@@ -124,6 +125,30 @@ describe("split mode: services in separate processes", () => {
     });
     expect(res.status).toBe(401);
     expect(await res.text()).toContain("has ended");
+  });
+
+  it("serves a new version from every edge at once, and refuses a revoked key on every edge within 2 s", async () => {
+    const edge2 = servers[3].url;
+    const script = (n: number) => `def execute(ctx):\n    return ${n}\n`;
+    for (const n of [1, 2]) {
+      expect((await api(edgeUrl, "POST", "/v1/workflows/upload", { workflow_ref_name: "versioned", script: script(n) })).status).toBe(201);
+      const res = await api(edge2, "POST", "/v1/chat/completions", { model: "workflow:versioned", input: {} });
+      expect(res.body.output).toBe(n);
+    }
+    const rpc = (method: string, body: unknown) => api(coreUrl, "POST", `/shaker.registry.v1.RegistryService/${method}`, body);
+    const created = await rpc("CreateApiKey", { accountName: "default" });
+    expect(created.status).toBe(200);
+    const other = created.body.apiKey as string;
+    expect((await api(edge2, "GET", "/v1/workflows", undefined, other)).status).toBe(200);
+    expect((await rpc("RevokeApiKey", { keyId: created.body.key.id })).status).toBe(200);
+    const revokedAt = Date.now();
+    let status = 200;
+    while (status === 200 && Date.now() - revokedAt < 5000) {
+      status = (await api(edge2, "GET", "/v1/workflows", undefined, other)).status;
+      if (status === 200) await new Promise((r) => setTimeout(r, 100));
+    }
+    expect(status).toBe(401);
+    expect(Date.now() - revokedAt).toBeLessThan(2500);
   });
 
   it("refuses the services' own calls without the shared secret", async () => {
