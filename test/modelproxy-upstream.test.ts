@@ -4,10 +4,13 @@
 // packets, Server-Sent Events whose lines, CRLFs and UTF-8 characters are split, error answers and
 // Retry-After, lost connections and cancels. The service's use of it is in modelproxy.test.ts.
 import { once } from "node:events";
+import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { createServer as createHttpServer, type IncomingMessage, type Server, type ServerResponse } from "node:http";
 import { type AddressInfo, createServer as createNetServer, type Server as NetServer, type Socket } from "node:net";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
 import { afterEach, describe, expect, it } from "vitest";
-import { classify, retryAfterMs } from "../services/modelproxy/providers.js";
+import { classify, loadProxyConfig, retryAfterMs } from "../services/modelproxy/providers.js";
 import {
   type Cancellable,
   retryAfter,
@@ -296,6 +299,25 @@ describe("the upstream client", () => {
     expect(await pending).toBe(reason);
     await new Promise((r) => setTimeout(r, 30));
     expect(hang.sockets[0].destroyed || hang.sockets[0].readableEnded).toBe(true);
+  });
+});
+
+describe("upstream URLs in the config", () => {
+  it("refuses a base URL that is not http(s) at start, naming where it came from", () => {
+    const dir = mkdtempSync(join(tmpdir(), "shaker-upstream-url-"));
+    try {
+      const file = join(dir, "models.json");
+      writeFileSync(file, JSON.stringify({ providers: { p: { base_url: "ftp://models.example/v1" } } }));
+      const base = { openaiApiKey: undefined, openaiBaseUrl: undefined, modelsConfigFile: file, defaultModel: undefined };
+      expect(() => loadProxyConfig(base, {})).toThrow(/providers\.p\.base_url' is not an http\(s\) URL/);
+      expect(() => loadProxyConfig({ ...base, modelsConfigFile: undefined, openaiBaseUrl: "localhost:11434/v1" }, {})).toThrow(
+        /OPENAI_BASE_URL is not an http\(s\) URL/,
+      );
+      const ok = loadProxyConfig({ ...base, modelsConfigFile: undefined, openaiBaseUrl: "http://[::1]:11434/v1/" }, {});
+      expect(ok.providers.get("openai")?.client).toBeInstanceOf(UpstreamClient);
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
   });
 });
 

@@ -83,6 +83,15 @@ function objectAt(file: string, v: unknown, path: string): Record<string, unknow
   return v as Record<string, unknown>;
 }
 
+function httpUrl(text: string): boolean {
+  try {
+    const { protocol } = new URL(text);
+    return protocol === "http:" || protocol === "https:";
+  } catch {
+    return false;
+  }
+}
+
 function makeProvider(p: Omit<Provider, "client">): Provider {
   // Retries and timeouts are the proxy's own (the client makes one request per attempt), so that each attempt is recorded.
   return { ...p, client: p.type === "openai" ? new UpstreamClient(p.baseUrl, p.apiKey) : undefined };
@@ -123,6 +132,8 @@ export function loadProxyConfig(
   const providers = new Map<string, Provider>();
   providers.set("local", makeProvider({ name: "local", type: "local", baseUrl: "", apiKey: "", timeoutMs, maxRetries: 0 }));
   if (config.openaiApiKey || config.openaiBaseUrl) {
+    if (config.openaiBaseUrl && !httpUrl(config.openaiBaseUrl))
+      throw new Error(`OPENAI_BASE_URL is not an http(s) URL: ${JSON.stringify(config.openaiBaseUrl)}`);
     providers.set(
       "openai",
       makeProvider({
@@ -142,13 +153,8 @@ export function loadProxyConfig(
     const keyEnv = str(file, p, "api_key_env", `providers.${name}.`);
     const envKey = keyEnv ? env[keyEnv]?.trim() || undefined : undefined;
     const baseUrl = str(file, p, "base_url", `providers.${name}.`) ?? (type === "openai" ? "https://api.openai.com/v1" : "");
-    if (type === "openai") {
-      try {
-        new URL(baseUrl);
-      } catch {
-        fail(file, `providers.${name}.base_url`, `is not a URL: ${JSON.stringify(baseUrl)}`);
-      }
-    }
+    if (type === "openai" && !httpUrl(baseUrl))
+      fail(file, `providers.${name}.base_url`, `is not an http(s) URL: ${JSON.stringify(baseUrl)}`);
     providers.set(
       name,
       makeProvider({
