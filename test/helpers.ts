@@ -32,7 +32,17 @@ export async function startTestServer(overrides: Partial<Config> = {}, env: Node
   const apiKey = overrides.apiKey ?? "sk-shaker-test-default-key";
   // Tests share files with their workflows through the host's /tmp, so they run unconfined unless
   // they ask; test/sandbox.test.ts and the reliability suite exercise the confinement itself.
-  const config = loadConfig(env, { port: 0, dataDir, apiKey, quiet: true, workers: 1, sandbox: "none", ...overrides });
+  // A caller that disconnects cancels its run after 0.2 s, not the 5 s a real client may need to come back.
+  const config = loadConfig(env, {
+    port: 0,
+    dataDir,
+    apiKey,
+    quiet: true,
+    workers: 1,
+    sandbox: "none",
+    disconnectGraceMs: 200,
+    ...overrides,
+  });
   const shaker = await startShaker(config);
   const url = shaker.url;
   async function request(method: string, path: string, body?: unknown, headers: Record<string, string> = {}) {
