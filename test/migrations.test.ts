@@ -3,6 +3,7 @@ import { cpSync, mkdirSync, readdirSync, rmSync } from "node:fs";
 import { join } from "node:path";
 import { promisify } from "node:util";
 import { describe, expect, it } from "vitest";
+import { generateArgs, storedServices } from "../scripts/drizzle.js";
 
 // Every service's committed migrations must be what its schema.ts says: drizzle-kit, run against a
 // copy of them, must find nothing to migrate. A schema change without `npm run db:generate` fails here.
@@ -11,7 +12,7 @@ const run = promisify(execFile);
 const repo = new URL("../", import.meta.url).pathname;
 
 describe("migrations", () => {
-  for (const service of ["registry", "executor", "modelproxy", "datastore"]) {
+  for (const service of storedServices) {
     it(`${service}: the committed migrations match schema.ts`, async () => {
       // drizzle-kit takes its --out relative to the working directory.
       const out = join("node_modules", ".cache", "shaker-drift", service);
@@ -21,16 +22,7 @@ describe("migrations", () => {
       const before = readdirSync(join(repo, out)).sort();
       const { stdout } = await run(
         process.execPath,
-        [
-          join(repo, "node_modules", "drizzle-kit", "bin.cjs"),
-          "generate",
-          "--dialect",
-          "sqlite",
-          "--schema",
-          `services/${service}/schema.ts`,
-          "--out",
-          out,
-        ],
+        [join(repo, "node_modules", "drizzle-kit", "bin.cjs"), ...generateArgs(service, out)],
         { cwd: repo },
       );
       expect(readdirSync(join(repo, out)).sort(), `drizzle-kit wrote a migration: run npm run db:generate\n${stdout}`).toEqual(before);
