@@ -11,6 +11,7 @@ import { join } from "node:path";
 import { connectNodeAdapter, createConnectTransport } from "@connectrpc/connect-node";
 import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest";
 import { createEdge } from "../services/edge/edge.js";
+import { createBodyGuard } from "../services/edge/guard.js";
 import { type Res, sendJson } from "../services/edge/http.js";
 import { createAuth } from "../services/shared/auth.js";
 import { createClients } from "../services/shared/clients.js";
@@ -312,12 +313,13 @@ describe("edge: bodies before authentication, nested JSON", () => {
     // The services are never reached by these requests: a transport to a closed port stands in.
     const clients = createClients(createConnectTransport({ baseUrl: "http://127.0.0.1:9", httpVersion: "1.1" }));
     const edge = createEdge({ clients, maxBodyBytes: 64 * 1024 * 1024, authenticate: (h) => auth.identify(h) });
+    const guard = createBodyGuard({ authenticate: (h) => auth.identify(h) });
     const rpc = connectNodeAdapter({
       routes: () => {},
       fallback: (req, res) => sendJson(res as unknown as Res, 404, { code: "not_found", message: `no route ${req.url}` }),
     });
     const handler: Handler = (req, res) => {
-      if (!edge.handle(req, res as unknown as Res)) edge.guard(req, res as unknown as Res, () => rpc(req as never, res as never));
+      if (!edge.handle(req, res as unknown as Res)) guard(req, res as unknown as Res, "rpc", () => rpc(req as never, res as never));
     };
     l = await listen(handler, 0, "127.0.0.1");
   });

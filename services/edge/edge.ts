@@ -39,13 +39,6 @@ export interface EdgeOptions {
 export interface Edge {
   router: EdgeRouter;
   handle(req: Req, res: Res): boolean;
-  /**
-   * guard calls `next` once the request's body may be read: at once when it is small or absent,
-   * after the caller's credential checked out when it is large or of unknown length; otherwise it
-   * answers the request itself, in the Connect or gRPC error shape its content type asks for. The
-   * edge guards its own routes; put this in front of the RPC handler.
-   */
-  guard(req: Req, res: Res, next: () => void): void;
 }
 
 const corsHeaders = {
@@ -107,7 +100,6 @@ export function createEdge(options: EdgeOptions): Edge {
 
   return {
     router,
-    guard: (req, res, next) => guard(req, res, "rpc", next),
     handle(req, res) {
       const url = new URL(req.url ?? "/", "http://localhost");
       if (!url.pathname.startsWith("/v1/") && url.pathname !== "/v1" && url.pathname !== "/healthz") return false;
