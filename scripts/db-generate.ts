@@ -1,7 +1,10 @@
-// Regenerates every service's drizzle-kit migrations from its schema.ts: `npm run db:generate`.
+// Regenerates every service's drizzle-kit migrations, SQLite (from schema.ts, into migrations/) and
+// PostgreSQL (from schema.pg.ts, into migrations-pg/): `npm run db:generate`.
 import { execFileSync } from "node:child_process";
-import { generateArgs, storedServices } from "./drizzle.js";
+import { dialects, generateArgs, storedServices } from "./drizzle.js";
 
 for (const service of storedServices) {
-  execFileSync("npx", ["drizzle-kit", ...generateArgs(service)], { stdio: "inherit" });
+  for (const dialect of dialects) {
+    execFileSync("npx", ["drizzle-kit", ...generateArgs(service, dialect)], { stdio: "inherit" });
+  }
 }
