@@ -105,6 +105,18 @@ describe("generic OpenAI clients read a workflow's answer from its stream", () =
         if (name === "quiet" || name === "quiet-json") expect(text).toBe(invoked.content);
       });
     }
+
+    it("runs a failing workflow once when each call carries an Idempotency-Key, whatever its own retries", async () => {
+      // ChatOpenAI retries a 500 through its own loop (not the SDK's), and ignores x-should-retry.
+      await server.upload("fails", "def execute(ctx):\n    if ctx.input == 1:\n        return 1\n    raise ValueError('no')\n");
+      const retrying = new ChatOpenAI({ model: "workflow:fails", apiKey: server.apiKey, configuration: { baseURL }, maxRetries: 2 });
+      const err = await retrying
+        .invoke("go", { options: { headers: { "Idempotency-Key": "lc-call-1" } } } as object)
+        .catch((e: unknown) => e as Error);
+      expect(String(err)).toContain("ValueError: no");
+      const runs = await server.request("GET", "/v1/runs?workflow=fails");
+      expect(runs.body.data).toHaveLength(1);
+    });
   });
 
   describe("the AI SDK (streamText, generateText) with createOpenAICompatible", () => {
