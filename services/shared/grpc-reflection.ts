@@ -147,29 +147,20 @@ export function withReflection(routes: (router: ConnectRouter) => void, options:
     const check = async (context: HandlerContext) => {
       if (options.authenticate) await options.authenticate(context.requestHeader);
     };
-    router.service(v1.ServerReflection, {
-      async *serverReflectionInfo(requests, context) {
-        await check(context);
-        for await (const request of requests) {
-          yield create(v1.ServerReflectionResponseSchema, {
-            validHost: request.host,
-            originalRequest: request,
-            messageResponse: index.answer(request),
-          });
-        }
-      },
-    });
-    router.service(v1alpha.ServerReflection, {
-      async *serverReflectionInfo(requests, context) {
-        await check(context);
-        for await (const request of requests) {
-          yield create(v1alpha.ServerReflectionResponseSchema, {
-            validHost: request.host,
-            originalRequest: request,
-            messageResponse: index.answer(request),
-          });
-        }
-      },
-    });
+    // v1 and v1alpha are the same protocol under two package names: one handler serves both.
+    for (const version of [v1, v1alpha] as const) {
+      router.service(version.ServerReflection as typeof v1.ServerReflection, {
+        async *serverReflectionInfo(requests, context) {
+          await check(context);
+          for await (const request of requests) {
+            yield create(version.ServerReflectionResponseSchema as typeof v1.ServerReflectionResponseSchema, {
+              validHost: request.host,
+              originalRequest: request,
+              messageResponse: index.answer(request),
+            });
+          }
+        },
+      });
+    }
   };
 }
