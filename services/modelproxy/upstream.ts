@@ -466,6 +466,15 @@ export class UpstreamClient {
     return `POST ${this.prefix}${path}${this.search} HTTP/1.1\r\n${this.fixed}accept: ${accept}\r\n${trace}content-length: ${Buffer.byteLength(payload)}\r\n\r\n${payload}`;
   }
 
+  /** dispatch sends a request on a pooled connection; a cancel fails the exchange and drops its connection. */
+  private dispatch(request: string, exchange: Exchange, bound: Cancellable): void {
+    this.pool.acquire().send(request, exchange);
+    bound.onCancel((reason) => {
+      exchange.fail(reason);
+      exchange.conn.kill();
+    });
+  }
+
   /** json POSTs `body` to `path` (e.g. "/chat/completions") and answers the parsed JSON of a 2xx answer. */
   json(path: string, body: unknown, traceparent: string | undefined, bound: Cancellable): Promise<unknown> {
     const request = this.request(path, body, "application/json", traceparent);
@@ -510,11 +519,7 @@ export class UpstreamClient {
           reject(e);
         },
       };
-      this.pool.acquire().send(request, exchange);
-      bound.onCancel((reason) => {
-        exchange.fail(reason);
-        exchange.conn.kill();
-      });
+      this.dispatch(request, exchange, bound);
     });
   }
 
@@ -564,11 +569,7 @@ export class UpstreamClient {
           }
         },
       };
-      this.pool.acquire().send(request, exchange);
-      bound.onCancel((reason) => {
-        exchange.fail(reason);
-        exchange.conn.kill();
-      });
+      this.dispatch(request, exchange, bound);
     });
   }
 }
