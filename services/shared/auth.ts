@@ -127,30 +127,43 @@ export function createAuth(options: AuthOptions): Auth {
     return owner;
   }
 
+  // One request is identified once, however many of its interceptors and its handler ask: the
+  // answer is kept with the request's headers while their credentials stay the same.
+  const identified = new WeakMap<Headers, { credential: string; identity: Promise<Identity> }>();
+
+  async function identifyAnew(header: Headers): Promise<Identity> {
+    const serviceToken = header.get(headers.serviceToken);
+    if (serviceToken !== null) {
+      if (!safeEqual(serviceToken, options.serviceSecret)) {
+        throw new ConnectError("invalid service credential", Code.Unauthenticated);
+      }
+      return { kind: "service", accountId: header.get(headers.account) ?? "" };
+    }
+    const token = bearerToken(header);
+    if (!token) {
+      throw new ConnectError("missing API key: send 'Authorization: Bearer <key>' or 'X-Api-Key: <key>'", Code.Unauthenticated);
+    }
+    if (token.startsWith(runTokenPrefix)) {
+      const claims = verifyRunToken(token);
+      if (!claims) throw new ConnectError("invalid or expired run token", Code.Unauthenticated);
+      if (options.runIsLive && !(await options.runIsLive(claims.run))) {
+        throw new ConnectError("the run this token was given to has ended", Code.Unauthenticated);
+      }
+      return { kind: "run", accountId: claims.account, claims };
+    }
+    const owner = await ownerOf(token);
+    if (!owner) throw new ConnectError("invalid API key", Code.Unauthenticated);
+    return { kind: "key", ...owner };
+  }
+
   return {
-    async identify(header) {
-      const serviceToken = header.get(headers.serviceToken);
-      if (serviceToken !== null) {
-        if (!safeEqual(serviceToken, options.serviceSecret)) {
-          throw new ConnectError("invalid service credential", Code.Unauthenticated);
-        }
-        return { kind: "service", accountId: header.get(headers.account) ?? "" };
-      }
-      const token = bearerToken(header);
-      if (!token) {
-        throw new ConnectError("missing API key: send 'Authorization: Bearer <key>' or 'X-Api-Key: <key>'", Code.Unauthenticated);
-      }
-      if (token.startsWith(runTokenPrefix)) {
-        const claims = verifyRunToken(token);
-        if (!claims) throw new ConnectError("invalid or expired run token", Code.Unauthenticated);
-        if (options.runIsLive && !(await options.runIsLive(claims.run))) {
-          throw new ConnectError("the run this token was given to has ended", Code.Unauthenticated);
-        }
-        return { kind: "run", accountId: claims.account, claims };
-      }
-      const owner = await ownerOf(token);
-      if (!owner) throw new ConnectError("invalid API key", Code.Unauthenticated);
-      return { kind: "key", ...owner };
+    identify(header) {
+      const credential = `${header.get(headers.serviceToken)}\n${header.get(headers.account)}\n${header.get("authorization")}\n${header.get(headers.apiKey)}`;
+      const known = identified.get(header);
+      if (known && known.credential === credential) return known.identity;
+      const identity = identifyAnew(header);
+      identified.set(header, { credential, identity });
+      return identity;
     },
     mintRunToken(claims) {
       const payload = Buffer.from(JSON.stringify(claims)).toString("base64url");
