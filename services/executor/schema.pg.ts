@@ -5,12 +5,12 @@
 // schema-parity.ts fails `tsc` otherwise):
 // - millisecond timestamps and durations (created_at, started_at, finished_at, timeout_ms,
 //   run_calls.created_at) are `bigint` read as numbers: they pass 2^31;
-// - JSON is `jsonb` with the same `$type` (no key order, no "\u0000" in strings: the store blanks
-//   those when it switches);
+// - JSON is `json` with the same `$type`: kept as the text it was written as, like SQLite's, so it
+//   keeps its key order and takes "\u0000" in strings (which `jsonb` rejects);
 // - blobs are `bytea` (Buffers); duration_ms (a real) is `double precision`;
 // - the 0/1 flags (detached, has_secrets, journaled) are plain integers in schema.ts, read as
 //   numbers, so they stay `integer` here: making them booleans would change the row's shape.
-import { bigint, doublePrecision, index, integer, jsonb, pgSchema, primaryKey, text } from "drizzle-orm/pg-core";
+import { bigint, doublePrecision, index, integer, json, pgSchema, primaryKey, text } from "drizzle-orm/pg-core";
 import { bytea } from "../shared/pg-columns.js";
 
 /** executor is the PostgreSQL schema holding the Executor's tables. */
@@ -27,18 +27,18 @@ export const runs = executor.table(
     versionId: text("version_id").notNull(),
     sessionId: text("session_id").notNull(),
     status: integer("status").notNull(),
-    input: jsonb("input"),
-    metadata: jsonb("metadata").$type<Record<string, unknown>>(),
-    output: jsonb("output"),
-    error: jsonb("error").$type<{ type: string; message: string; traceback: string }>(),
+    input: json("input"),
+    metadata: json("metadata").$type<Record<string, unknown>>(),
+    output: json("output"),
+    error: json("error").$type<{ type: string; message: string; traceback: string }>(),
     createdAt: bigint("created_at", { mode: "number" }).notNull(),
     startedAt: bigint("started_at", { mode: "number" }),
     finishedAt: bigint("finished_at", { mode: "number" }),
-    emitted: jsonb("emitted").$type<{ seq: number; value: unknown; time: number }[]>(),
-    logs: jsonb("logs").$type<{ level: number; message: string; fields: Record<string, unknown>; time: number; source: string }[]>(),
+    emitted: json("emitted").$type<{ seq: number; value: unknown; time: number }[]>(),
+    logs: json("logs").$type<{ level: number; message: string; fields: Record<string, unknown>; time: number; source: string }[]>(),
     httpCalls:
-      jsonb("http_calls").$type<{ method: string; host: string; status: number; durationMs: number; error: string; time: number }[]>(),
-    warnings: jsonb("warnings").$type<string[]>(),
+      json("http_calls").$type<{ method: string; host: string; status: number; durationMs: number; error: string; time: number }[]>(),
+    warnings: json("warnings").$type<string[]>(),
     parentRunId: text("parent_run_id").notNull().default(""),
     depth: integer("depth").notNull().default(0),
     promptTokens: integer("prompt_tokens").notNull().default(0),
@@ -49,9 +49,9 @@ export const runs = executor.table(
     detached: integer("detached").notNull().default(0),
     hasSecrets: integer("has_secrets").notNull().default(0),
     timeoutMs: bigint("timeout_ms", { mode: "number" }).notNull().default(0),
-    resume: jsonb("resume").$type<{ messages: unknown[]; params: Record<string, unknown>; hasInput: boolean }>(),
+    resume: json("resume").$type<{ messages: unknown[]; params: Record<string, unknown>; hasInput: boolean }>(),
     attempt: integer("attempt").notNull().default(1),
-    attempts: jsonb("attempts").$type<{ attempt: number; startedAt: number; endedAt: number; interrupted: boolean }[]>(),
+    attempts: json("attempts").$type<{ attempt: number; startedAt: number; endedAt: number; interrupted: boolean }[]>(),
     unjournaledCalls: integer("unjournaled_calls").notNull().default(0),
     executor: text("executor").notNull().default(""),
   },
@@ -75,7 +75,7 @@ export const runCalls = executor.table(
     requestHash: text("request_hash").notNull(),
     journaled: integer("journaled").notNull(),
     messages: bytea("messages"),
-    error: jsonb("error").$type<{ code: number; message: string }>(),
+    error: json("error").$type<{ code: number; message: string }>(),
     createdAt: bigint("created_at", { mode: "number" }).notNull(),
   },
   (t) => [primaryKey({ columns: [t.runId, t.seq] })],

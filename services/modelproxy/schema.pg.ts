@@ -3,9 +3,9 @@
 //
 // Types, chosen so a row reads as the same TypeScript object as from SQLite (services/shared/
 // schema-parity.ts fails `tsc` otherwise): reals (latencies, and created_at, which is a real in
-// SQLite too) are `double precision`; JSON is `jsonb` with the same `$type` (no key order, no
-// "\u0000" in strings: the store blanks those when it switches); token counts stay `integer`.
-import { doublePrecision, index, integer, jsonb, pgSchema, text } from "drizzle-orm/pg-core";
+// SQLite too) are `double precision`; JSON is `json` with the same `$type` (kept as written, like
+// SQLite's text: key order and "\u0000" in strings survive, which `jsonb` would not); token counts stay `integer`.
+import { doublePrecision, index, integer, json, pgSchema, text } from "drizzle-orm/pg-core";
 import type { AttemptRecord } from "./schema.js";
 
 /** modelproxy is the PostgreSQL schema holding the ModelProxy's tables. */
@@ -26,15 +26,15 @@ export const calls = modelproxy.table(
     model: text("model").notNull(),
     provider: text("provider").notNull(),
     attempts: integer("attempts").notNull(),
-    attemptLog: jsonb("attempt_log").$type<AttemptRecord[]>(),
+    attemptLog: json("attempt_log").$type<AttemptRecord[]>(),
     status: text("status").notNull(),
     error: text("error").notNull(),
     latencyMs: doublePrecision("latency_ms").notNull(),
     ttftMs: doublePrecision("ttft_ms").notNull(),
     promptTokens: integer("prompt_tokens").notNull(),
     completionTokens: integer("completion_tokens").notNull(),
-    request: jsonb("request"),
-    response: jsonb("response"),
+    request: json("request"),
+    response: json("response"),
     createdAt: doublePrecision("created_at").notNull(),
   },
   (t) => [

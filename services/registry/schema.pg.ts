@@ -5,13 +5,13 @@
 // schema-parity.ts fails `tsc` otherwise):
 // - millisecond timestamps (integer in SQLite) are `bigint` read as numbers: they pass 2^31;
 // - `integer(mode: "boolean")` is `boolean`;
-// - JSON (`text(mode: "json")`) is `jsonb` with the same `$type`. jsonb keeps no key order and
-//   rejects "\u0000" in strings, which the stores will have to blank when they switch to it;
+// - JSON (`text(mode: "json")`) is `json` with the same `$type`: kept as written, like SQLite's text
+//   (`jsonb` would lose key order and reject "\u0000" in strings);
 // - other integers (version numbers, timeouts in seconds, enums) stay `integer`.
 // Every service's tables live in a PostgreSQL schema named after it, so the four services can share
 // one database (SHAKER_DATABASE_URL) with their names apart, as their SQLite files keep them apart.
 import { sql } from "drizzle-orm";
-import { bigint, boolean, index, integer, jsonb, pgSchema, primaryKey, text, uniqueIndex } from "drizzle-orm/pg-core";
+import { bigint, boolean, index, integer, json, pgSchema, primaryKey, text, uniqueIndex } from "drizzle-orm/pg-core";
 
 /** registry is the PostgreSQL schema holding the Registry's tables. */
 export const registry = pgSchema("registry");
@@ -70,12 +70,12 @@ export const workflowVersions = registry.table(
     workflowName: text("workflow_name").notNull(),
     description: text("description").notNull().default(""),
     script: text("script").notNull(),
-    inputSchema: jsonb("input_schema"),
-    outputSchema: jsonb("output_schema"),
-    env: jsonb("env").$type<Record<string, string>>().notNull(),
+    inputSchema: json("input_schema"),
+    outputSchema: json("output_schema"),
+    env: json("env").$type<Record<string, string>>().notNull(),
     timeoutSeconds: integer("timeout_seconds").notNull(),
     executionMode: integer("execution_mode").notNull(),
-    datastores: jsonb("datastores").$type<{ name: string; write: boolean }[]>().notNull(),
+    datastores: json("datastores").$type<{ name: string; write: boolean }[]>().notNull(),
     notes: text("notes").notNull().default(""),
     published: boolean("published").notNull(),
     createdAt: bigint("created_at", { mode: "number" }).notNull(),

@@ -12,15 +12,15 @@ CREATE TABLE "modelproxy"."calls" (
 	"model" text NOT NULL,
 	"provider" text NOT NULL,
 	"attempts" integer NOT NULL,
-	"attempt_log" jsonb,
+	"attempt_log" json,
 	"status" text NOT NULL,
 	"error" text NOT NULL,
 	"latency_ms" double precision NOT NULL,
 	"ttft_ms" double precision NOT NULL,
 	"prompt_tokens" integer NOT NULL,
 	"completion_tokens" integer NOT NULL,
-	"request" jsonb,
-	"response" jsonb,
+	"request" json,
+	"response" json,
 	"created_at" double precision NOT NULL
 );
 --> statement-breakpoint
