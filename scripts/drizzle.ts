@@ -1,16 +1,8 @@
 // What `npm run db:generate` runs for each service, and what the migrations test checks against.
 
-/** The services with a database of their own. */
-export const storedServices = ["registry", "executor", "modelproxy", "datastore"] as const;
+import { type Dialect, migrationsDir } from "../services/shared/dialects.js";
 
-/** The databases every service's schema is kept for: SQLite files, and PostgreSQL (SHAKER_DATABASE_URL). */
-export const dialects = ["sqlite", "postgresql"] as const;
-export type Dialect = (typeof dialects)[number];
-
-/** migrationsDir is where a service's committed migrations for a dialect are, relative to the repository. */
-export function migrationsDir(service: string, dialect: Dialect): string {
-  return dialect === "sqlite" ? `services/${service}/migrations` : `services/${service}/migrations-pg`;
-}
+export { type Dialect, dialects, migrationsDir, storedServices } from "../services/shared/dialects.js";
 
 /**
  * generateArgs are drizzle-kit's arguments that write a service's migrations for a dialect into

@@ -4,6 +4,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { type Shaker, startShaker } from "../cli/serve.js";
 import { type Config, loadConfig } from "../services/shared/config.js";
+import { freshDatabase, testDialect } from "./databases.js";
 
 /** TestServer is a real Shaker on a free port with a fresh data directory. */
 export interface TestServer {
@@ -30,6 +31,8 @@ export interface TestServer {
 export async function startTestServer(overrides: Partial<Config> = {}, env: NodeJS.ProcessEnv = {}): Promise<TestServer> {
   const dataDir = overrides.dataDir ?? mkdtempSync(join(tmpdir(), "shaker-test-"));
   const apiKey = overrides.apiKey ?? "sk-shaker-test-default-key";
+  // Under SHAKER_TEST_DIALECT=postgresql every server gets an empty database of its own.
+  const database = testDialect === "postgresql" && !overrides.databaseUrl && !env.SHAKER_DATABASE_URL ? await freshDatabase() : undefined;
   // Tests share files with their workflows through the host's /tmp, so they run unconfined unless
   // they ask; test/sandbox.test.ts and the reliability suite exercise the confinement itself.
   // A caller that disconnects cancels its run after 0.2 s, not the 5 s a real client may need to come back.
@@ -41,9 +44,13 @@ export async function startTestServer(overrides: Partial<Config> = {}, env: Node
     workers: 1,
     sandbox: "none",
     disconnectGraceMs: 200,
+    ...(database ? { databaseUrl: database.url, databasePoolSize: 3 } : {}),
     ...overrides,
   });
-  const shaker = await startShaker(config);
+  const shaker = await startShaker(config).catch(async (e) => {
+    await database?.drop();
+    throw e;
+  });
   const url = shaker.url;
   async function request(method: string, path: string, body?: unknown, headers: Record<string, string> = {}) {
     const res = await fetch(url + path, {
@@ -75,6 +82,7 @@ export async function startTestServer(overrides: Partial<Config> = {}, env: Node
     invoke: (body, headers) => request("POST", "/v1/chat/completions", body, headers),
     async close() {
       await shaker.close();
+      await database?.drop();
       if (!overrides.dataDir) rmSync(dataDir, { recursive: true, force: true });
     },
   };

@@ -1,4 +1,5 @@
-import { resolve } from "node:path";
+import { join, resolve } from "node:path";
+import { isPostgresUrl, type StoredService } from "./dialects.js";
 
 /** Config is everything `shaker serve` reads from its environment. */
 export interface Config {
@@ -8,6 +9,13 @@ export interface Config {
   port: number;
   /** dataDir holds one SQLite file per service; `SHAKER_DATA_DIR`, default ./data. */
   dataDir: string;
+  /**
+   * databaseUrl, a postgres:// URL, puts every service's tables in PostgreSQL (one schema per
+   * service) instead of SQLite files under dataDir; `SHAKER_DATABASE_URL`.
+   */
+  databaseUrl: string | undefined;
+  /** databasePoolSize bounds each service's PostgreSQL connections; `SHAKER_DATABASE_POOL_SIZE`, default 8. */
+  databasePoolSize: number;
   /** apiKey, when set, becomes a key of the default account at start; `SHAKER_API_KEY`. */
   apiKey: string | undefined;
   /** python is the interpreter for workers; `SHAKER_PYTHON`, default python3. */
@@ -142,6 +150,22 @@ export function parseServices(raw: string | undefined, from = "SHAKER_SERVICES")
   return serviceNames.filter((n) => names.includes(n));
 }
 
+/** databaseUrl checks SHAKER_DATABASE_URL: a postgres:// URL, or unset for SQLite files. */
+function databaseUrl(raw: string | undefined): string | undefined {
+  if (raw === undefined) return undefined;
+  if (!isPostgresUrl(raw)) {
+    throw new Error(
+      `SHAKER_DATABASE_URL must be a postgres:// or postgresql:// URL, got ${JSON.stringify(raw.replace(/\/\/[^@/]*@/, "//…@"))}`,
+    );
+  }
+  return raw;
+}
+
+/** databaseLocation is where a service's tables are: the PostgreSQL URL, else its SQLite file under the data directory. */
+export function databaseLocation(config: Pick<Config, "databaseUrl" | "dataDir">, service: StoredService): string {
+  return config.databaseUrl ?? join(config.dataDir, `${service}.db`);
+}
+
 function envString(env: NodeJS.ProcessEnv, name: string): string | undefined {
   const value = env[name];
   // An empty variable counts as unset, as shells and .env files produce them by accident.
@@ -170,6 +194,8 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env, overrides: Part
     host: envString(env, "SHAKER_HOST") ?? "127.0.0.1",
     port: envInt(env, "PORT", 8080),
     dataDir: resolve(envString(env, "SHAKER_DATA_DIR") ?? "./data"),
+    databaseUrl: databaseUrl(envString(env, "SHAKER_DATABASE_URL")),
+    databasePoolSize: Math.max(1, envInt(env, "SHAKER_DATABASE_POOL_SIZE", 8)),
     apiKey: envString(env, "SHAKER_API_KEY"),
     python: envString(env, "SHAKER_PYTHON") ?? "python3",
     maxBodyBytes: envInt(env, "SHAKER_MAX_BODY_BYTES", 10 * 1024 * 1024),
