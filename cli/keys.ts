@@ -1,6 +1,5 @@
 import { randomBytes } from "node:crypto";
 import { existsSync, mkdirSync } from "node:fs";
-import { join } from "node:path";
 import { timestampDate } from "@bufbuild/protobuf/wkt";
 import { type Client, Code, ConnectError, createClient, createRouterTransport } from "@connectrpc/connect";
 import { createConnectTransport } from "@connectrpc/connect-node";
@@ -8,7 +7,7 @@ import { type ApiKey, RegistryService } from "../gen/shaker/registry/v1/registry
 import { createRegistryService } from "../services/registry/service.js";
 import { createRegistryStore } from "../services/registry/store.js";
 import { headers as authHeaders } from "../services/shared/auth.js";
-import { type Config, loadConfig } from "../services/shared/config.js";
+import { type Config, databaseLocation, loadConfig } from "../services/shared/config.js";
 import { keysUsage, UsageError } from "./help.js";
 
 export { keysUsage, UsageError };
@@ -41,7 +40,7 @@ interface RegistryHandle {
   client: Client<typeof RegistryService>;
   headers: Record<string, string>;
   where: string;
-  close(): void;
+  close(): Promise<void>;
 }
 
 /** remoteRegistry talks to a running server over the Connect protocol with an admin key. */
@@ -54,21 +53,29 @@ function remoteRegistry(url: string, apiKey: string | undefined): RegistryHandle
     throw new Error(`SHAKER_URL is not a URL: ${JSON.stringify(url)}`);
   }
   const transport = createConnectTransport({ baseUrl, httpVersion: "1.1" });
-  return { client: createClient(RegistryService, transport), headers: { authorization: `Bearer ${apiKey}` }, where: baseUrl, close() {} };
+  return {
+    client: createClient(RegistryService, transport),
+    headers: { authorization: `Bearer ${apiKey}` },
+    where: baseUrl,
+    close: async () => {},
+  };
 }
 
 /**
- * localRegistry serves the Registry in process over the data directory's database, so both modes run
- * the same handlers (the same checks); the calls carry a one-off service credential.
+ * localRegistry serves the Registry in process over its database (SHAKER_DATABASE_URL, else the data
+ * directory's registry.db), so both modes run the same handlers (the same checks); the calls carry
+ * a one-off service credential.
  */
-function localRegistry(config: Config, create: boolean): RegistryHandle {
-  const dataDir = config.dataDir;
-  const file = join(dataDir, "registry.db");
-  if (!existsSync(file)) {
-    if (!create) throw new Error(`no Shaker data in ${dataDir} (no registry.db): set SHAKER_DATA_DIR, or SHAKER_URL for a running server`);
-    mkdirSync(dataDir, { recursive: true });
+async function localRegistry(config: Config, create: boolean): Promise<RegistryHandle> {
+  const location = databaseLocation(config, "registry");
+  const where = config.databaseUrl ? "the database of SHAKER_DATABASE_URL" : config.dataDir;
+  if (!config.databaseUrl && !existsSync(location)) {
+    if (!create) {
+      throw new Error(`no Shaker data in ${config.dataDir} (no registry.db): set SHAKER_DATA_DIR, or SHAKER_URL for a running server`);
+    }
+    mkdirSync(config.dataDir, { recursive: true });
   }
-  const store = createRegistryStore(file);
+  const store = await createRegistryStore(location, { poolSize: 1 });
   const serviceSecret = randomBytes(32).toString("base64url");
   const registry = createRegistryService({
     store,
@@ -81,10 +88,10 @@ function localRegistry(config: Config, create: boolean): RegistryHandle {
   return {
     client: createClient(RegistryService, transport),
     headers: { [authHeaders.serviceToken]: serviceSecret },
-    where: dataDir,
-    close() {
+    where,
+    async close() {
       registry.close();
-      store.close();
+      await store.close();
     },
   };
 }
@@ -132,7 +139,7 @@ export async function runKeys(args: string[], env: NodeJS.ProcessEnv, out: (s: s
   const url = env.SHAKER_URL?.trim();
   const registry = url
     ? remoteRegistry(url, env.SHAKER_API_KEY?.trim() || undefined)
-    : localRegistry(loadConfig(env), command === "create");
+    : await localRegistry(loadConfig(env), command === "create");
   const callOptions = { headers: registry.headers };
   try {
     switch (command) {
@@ -160,7 +167,7 @@ export async function runKeys(args: string[], env: NodeJS.ProcessEnv, out: (s: s
   } catch (e) {
     throw new Error(explain(e, registry.where));
   } finally {
-    registry.close();
+    await registry.close();
   }
 }
 

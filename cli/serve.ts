@@ -18,10 +18,10 @@ import { createExecutorService } from "../services/executor/service.js";
 import { createExecutorStore } from "../services/executor/store.js";
 import { createModelProxyService } from "../services/modelproxy/service.js";
 import { createRegistryService, DEFAULT_ACCOUNT, generateApiKey } from "../services/registry/service.js";
-import { createRegistryStore } from "../services/registry/store.js";
+import { createRegistryStore, type RegistryStore } from "../services/registry/store.js";
 import { headers as authHeaders, createAuth, runLiveness } from "../services/shared/auth.js";
 import { createClients, lazyTransport } from "../services/shared/clients.js";
-import type { Config, ServiceName } from "../services/shared/config.js";
+import { type Config, databaseLocation, type ServiceName } from "../services/shared/config.js";
 import { createDirectTransport } from "../services/shared/direct-transport.js";
 import { forwardingImpl } from "../services/shared/forward.js";
 import { grpcMessageEncoding, grpcUnimplemented } from "../services/shared/grpc-compat.js";
@@ -108,7 +108,7 @@ export async function startShaker(config: Config): Promise<Shaker> {
 
   let generatedApiKey: string | undefined;
   if (runs.has("registry")) {
-    const registryStore = createRegistryStore(join(config.dataDir, "registry.db"));
+    const registryStore = await createRegistryStore(databaseLocation(config, "registry"), { poolSize: config.databasePoolSize });
     const registry = createRegistryService({
       store: registryStore,
       serviceSecret,
@@ -118,7 +118,7 @@ export async function startShaker(config: Config): Promise<Shaker> {
       runIsLive,
     });
     impls.registry = registry.impl;
-    generatedApiKey = bootstrapKey(registryStore, config.apiKey);
+    generatedApiKey = await bootstrapKey(registryStore, config.apiKey);
     closers.push(
       () => registry.close(),
       () => registryStore.close(),
@@ -261,14 +261,14 @@ export async function startShaker(config: Config): Promise<Shaker> {
  * bootstrapKey gives the default account a key: SHAKER_API_KEY when set, else a new one on a first
  * start (returned so it can be printed once; only its hash is stored).
  */
-function bootstrapKey(store: ReturnType<typeof createRegistryStore>, apiKey: string | undefined): string | undefined {
-  const account = store.ensureAccount(DEFAULT_ACCOUNT, true);
+async function bootstrapKey(store: RegistryStore, apiKey: string | undefined): Promise<string | undefined> {
+  const account = await store.ensureAccount(DEFAULT_ACCOUNT, true);
   if (apiKey) {
-    store.insertKey(account.id, apiKey);
+    await store.insertKey(account.id, apiKey);
     return undefined;
   }
-  if (store.keysOf(account.id).some((k) => k.revokedAt === null)) return undefined;
+  if ((await store.keysOf(account.id)).some((k) => k.revokedAt === null)) return undefined;
   const key = generateApiKey();
-  store.insertKey(account.id, key);
+  await store.insertKey(account.id, key);
   return key;
 }

@@ -1,8 +1,10 @@
 import { existsSync, mkdtempSync, readFileSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
+import pg from "pg";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { type CliResult as Result, runMain } from "./cli-process.js";
+import { type FreshDatabase, freshDatabase, testDialect } from "./databases.js";
 import { startTestServer, type TestServer } from "./helpers.js";
 
 /** shaker runs `shaker ARGS` in this process (cli/main.ts's main), with SHAKER_URL and SHAKER_API_KEY unset unless given. */
@@ -18,14 +20,35 @@ function expectCleanError(r: Result, exitCode: number, message: RegExp): void {
   expect(r.stdout).toBe("");
 }
 
-describe("shaker keys on the data directory", () => {
+/** storedText is everything the Registry's key table holds, as text: the SQLite files' bytes, or the PostgreSQL rows. */
+async function storedText(dataDir: string, databaseUrl: string | undefined): Promise<string> {
+  if (databaseUrl) {
+    const client = new pg.Client({ connectionString: databaseUrl });
+    await client.connect();
+    try {
+      return JSON.stringify((await client.query("SELECT * FROM registry.api_keys")).rows);
+    } finally {
+      await client.end();
+    }
+  }
+  const files = ["registry.db", "registry.db-wal"].map((f) => join(dataDir, f)).filter((f) => existsSync(f));
+  return files.map((f) => readFileSync(f).toString("latin1")).join("");
+}
+
+describe("shaker keys on the server's database, without a server", () => {
   let dataDir: string;
+  let database: FreshDatabase | undefined;
   let env: Record<string, string>;
-  beforeAll(() => {
+  beforeAll(async () => {
     dataDir = mkdtempSync(join(tmpdir(), "shaker-keys-"));
-    env = { SHAKER_DATA_DIR: dataDir };
+    // On PostgreSQL the keys are in SHAKER_DATABASE_URL's database, not the data directory.
+    database = testDialect === "postgresql" ? await freshDatabase() : undefined;
+    env = { SHAKER_DATA_DIR: dataDir, ...(database ? { SHAKER_DATABASE_URL: database.url } : {}) };
   });
-  afterAll(() => rmSync(dataDir, { recursive: true, force: true }));
+  afterAll(async () => {
+    rmSync(dataDir, { recursive: true, force: true });
+    await database?.drop();
+  });
 
   it("creates, lists and revokes keys; stores only their hash", async () => {
     const created = await shaker(["keys", "create", "--account", "acme"], env);
@@ -50,12 +73,10 @@ describe("shaker keys on the data directory", () => {
     expect(after.find((k: any) => k.id === secondJson.id).revoked_at).toMatch(/^\d{4}-/);
     expect(after.find((k: any) => k.id !== secondJson.id).revoked_at).toBeNull();
 
-    for (const file of ["registry.db", "registry.db-wal"]) {
-      if (!existsSync(join(dataDir, file))) continue;
-      const bytes = readFileSync(join(dataDir, file)).toString("latin1");
-      expect(bytes).not.toContain(key);
-      expect(bytes).not.toContain(secondJson.api_key);
-    }
+    const stored = await storedText(dataDir, database?.url);
+    expect(stored).toContain(key.slice(0, 14));
+    expect(stored).not.toContain(key);
+    expect(stored).not.toContain(secondJson.api_key);
   }, 120_000);
 
   it("fails with one clear line and a non-zero exit", async () => {
@@ -75,6 +96,12 @@ describe("shaker keys on the data directory", () => {
     const missing = join(dataDir, "does-not-exist");
     expectCleanError(await shaker(["keys", "list"], { SHAKER_DATA_DIR: missing }), 1, /no Shaker data in .*does-not-exist/);
     expect(existsSync(missing)).toBe(false);
+    expectCleanError(
+      await shaker(["keys", "list"], { SHAKER_DATA_DIR: missing, SHAKER_DATABASE_URL: "postgres://postgres@127.0.0.1:1/none" }),
+      1,
+      /^shaker: cannot reach PostgreSQL for the registry: .*ECONNREFUSED/,
+    );
+    expect(existsSync(missing)).toBe(false);
   }, 120_000);
 });
 
@@ -85,8 +112,11 @@ describe("shaker keys with a running server", () => {
   });
   afterAll(() => server.close());
 
-  it("works on the server's data directory while it runs: new keys work at once, revoked ones fail", async () => {
-    const env = { SHAKER_DATA_DIR: server.dataDir };
+  it("works on the server's database while it runs: new keys work at once, revoked ones fail", async () => {
+    const env = {
+      SHAKER_DATA_DIR: server.dataDir,
+      ...(server.config.databaseUrl ? { SHAKER_DATABASE_URL: server.config.databaseUrl } : {}),
+    };
     const created = await shaker(["keys", "create", "--account", "local-acct", "--json"], env);
     expect(created.code, created.stderr).toBe(0);
     const { api_key: key, id } = JSON.parse(created.stdout);

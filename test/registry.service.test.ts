@@ -1,5 +1,5 @@
-// The Registry's rules in process: its handlers over an in-memory store, called through
-// createRouterTransport (no port, no edge, no other service). Its peers are faked: the Executor is
+// The Registry's rules in process: its handlers over a store of their own (in memory, or an empty PostgreSQL database),
+// called through createRouterTransport (no port, no edge, no other service). Its peers are faked: the Executor is
 // the set of runs still live, and the run tokens it would mint are minted here with the same auth.
 // The REST edge's view of the same rules is in registry.versions.test.ts and accounts.test.ts.
 import type { MessageInitShape } from "@bufbuild/protobuf";
@@ -9,10 +9,13 @@ import { ExecutionMode, RegistryService, type UploadWorkflowRequestSchema, Versi
 import { createRegistryService, DEFAULT_ACCOUNT, defaultScript, generateApiKey } from "../services/registry/service.js";
 import { createRegistryStore } from "../services/registry/store.js";
 import { headers, type RunClaims } from "../services/shared/auth.js";
+import { errorMetadata } from "../services/shared/errors.js";
 import { fromValue, toValue } from "../services/shared/json.js";
+import { testDialect, testStoreLocation } from "./databases.js";
 
 const serviceSecret = "registry-service-test-secret";
-const store = createRegistryStore(":memory:");
+const database = await testStoreLocation();
+const store = await createRegistryStore(database.location);
 const liveRuns = new Set<string>();
 const registry = createRegistryService({
   store,
@@ -27,15 +30,16 @@ const client = createClient(
   createRouterTransport((router) => router.service(RegistryService, registry.impl)),
 );
 
-afterAll(() => {
+afterAll(async () => {
   registry.close();
-  store.close();
+  await store.close();
+  await database.release();
 });
 
 // The default account and its key, as the first start makes them.
-const adminAccount = store.ensureAccount(DEFAULT_ACCOUNT, true);
+const adminAccount = await store.ensureAccount(DEFAULT_ACCOUNT, true);
 const adminKey = generateApiKey();
-store.insertKey(adminAccount.id, adminKey);
+await store.insertKey(adminAccount.id, adminKey);
 
 const as = (key: string): CallOptions => ({ headers: { authorization: `Bearer ${key}` } });
 const asService = (accountId = ""): CallOptions => ({ headers: { [headers.serviceToken]: serviceSecret, [headers.account]: accountId } });
@@ -70,7 +74,7 @@ async function refusal(call: Promise<unknown>): Promise<Code | "ok"> {
 /** newAccount makes an account with one key, through the RPC an admin uses. */
 async function newAccount(name: string, admin = false): Promise<{ key: string; accountId: string }> {
   const created = await client.createApiKey({ accountName: name, admin }, as(adminKey));
-  return { key: created.apiKey, accountId: store.accountByName(name)!.id };
+  return { key: created.apiKey, accountId: (await store.accountByName(name))!.id };
 }
 
 /** UploadFields are an upload request's fields, each optional. */
@@ -90,7 +94,7 @@ describe("who may call what", () => {
     const { key, accountId } = await newAccount("authn");
     const resp = await client.authenticate({ apiKey: key }, asService());
     expect(resp.account).toMatchObject({ id: accountId, name: "authn", admin: false });
-    expect(resp.keyId).toBe(store.ownerOfKey(key)!.key.id);
+    expect(resp.keyId).toBe((await store.ownerOfKey(key))!.key.id);
     expect(await refusal(client.authenticate({ apiKey: "sk-shaker-nope" }, asService()))).toBe(Code.Unauthenticated);
     expect(await refusal(client.authenticate({ apiKey: key }, as(adminKey)))).toBe(Code.PermissionDenied);
     expect(await refusal(client.authenticate({ apiKey: key }, asRun(accountId, "ver_x", "run_authn")))).toBe(Code.PermissionDenied);
@@ -100,7 +104,7 @@ describe("who may call what", () => {
     const plain = await newAccount("plain");
     const other = await newAccount("other");
     // Only the hash is stored.
-    const stored = JSON.stringify(store.sqlite.prepare("SELECT * FROM api_keys").all());
+    const stored = JSON.stringify(await store.allKeys());
     expect(stored).not.toContain(plain.key);
     expect(stored).toContain(plain.key.slice(0, 14));
 
@@ -117,7 +121,7 @@ describe("who may call what", () => {
     expect(new Set(all.keys.map((k) => k.accountName))).toEqual(new Set([DEFAULT_ACCOUNT, "plain", "other", "authn"]));
 
     // Another account's key is "not found" to a non-admin, like a key that does not exist.
-    const otherKeyId = store.ownerOfKey(other.key)!.key.id;
+    const otherKeyId = (await store.ownerOfKey(other.key))!.key.id;
     expect(await refusal(client.revokeApiKey({ keyId: otherKeyId }, as(plain.key)))).toBe(Code.NotFound);
     expect(await refusal(client.revokeApiKey({ keyId: "key_nope" }, as(plain.key)))).toBe(Code.NotFound);
     expect(await refusal(client.listWorkflows({}, as(other.key)))).toBe("ok");
@@ -135,9 +139,9 @@ describe("who may call what", () => {
       .catch((e: unknown) => ConnectError.from(e));
     expect(err).toBeInstanceOf(ConnectError);
     expect((err as ConnectError).code).toBe(Code.FailedPrecondition);
-    expect(store.accountByName("stays-plain")!.admin).toBe(false);
+    expect((await store.accountByName("stays-plain"))!.admin).toBe(false);
     expect(await refusal(client.createApiKey({ accountName: "Bad Name" }, as(adminKey)))).toBe(Code.InvalidArgument);
-    expect(store.accountByName("Bad Name")).toBeUndefined();
+    expect(await store.accountByName("Bad Name")).toBeUndefined();
     // An account made admin at creation manages other accounts' keys.
     const ops = await newAccount("ops", true);
     expect(await refusal(client.listApiKeys({ accountName: "stays-plain" }, as(ops.key)))).toBe("ok");
@@ -328,4 +332,82 @@ describe("workflows and versions", () => {
     const tooBig = await client.validateWorkflow({ code: "#".repeat(1024 * 1024 + 1) }, as(key));
     expect(tooBig.errors.map((e) => e.message)).toEqual([`script is larger than ${1024 * 1024} bytes`]);
   });
+});
+
+describe("what the database takes", () => {
+  it("refuses NUL characters in text, naming the field (PostgreSQL's text cannot hold them)", async () => {
+    const { key } = await newAccount("nul");
+    const field = async (call: Promise<unknown>) => {
+      const e = await call.then(
+        () => undefined,
+        (x: unknown) => ConnectError.from(x),
+      );
+      return e && { code: e.code, param: e.metadata.get(errorMetadata.param) };
+    };
+    const upload = (more: UploadFields) => client.uploadWorkflow({ workflowRefName: "nul", script: says("x"), ...more }, as(key));
+    expect(await field(upload({ script: `${says("x")}# \0\n` }))).toEqual({ code: Code.InvalidArgument, param: "script" });
+    expect(await field(upload({ workflowName: "a\0b" }))).toEqual({ code: Code.InvalidArgument, param: "workflow_name" });
+    expect(await field(upload({ description: "\0" }))).toEqual({ code: Code.InvalidArgument, param: "description" });
+    expect(await field(upload({ versionNotes: "\0" }))).toEqual({ code: Code.InvalidArgument, param: "version_notes" });
+    expect(await field(upload({ accessories: [{ key: "k\0", content: toValue(1) }] }))).toEqual({
+      code: Code.InvalidArgument,
+      param: "accessories[0].key",
+    });
+    // JSON keeps a NUL escaped: an accessory's content may hold one.
+    const up = await upload({ accessories: [{ key: "k", content: toValue({ "a\0": "b\0" }) }] });
+    const accessory = await client.getAccessory({ versionId: up.versionId, key: "k" }, as(key));
+    expect(fromValue(accessory.accessory!.content!)).toEqual({ "a\0": "b\0" });
+    expect(await field(client.resolveWorkflow({ versionId: "ver_\0" }, as(key)))).toEqual({
+      code: Code.InvalidArgument,
+      param: "version_id",
+    });
+    expect(await field(client.getAccessory({ versionId: up.versionId, key: "\0" }, as(key)))).toEqual({
+      code: Code.InvalidArgument,
+      param: "key",
+    });
+    expect(await field(client.revokeApiKey({ keyId: "key_\0" }, as(key)))).toEqual({ code: Code.InvalidArgument, param: "key_id" });
+    expect(await field(client.listApiKeys({ accountName: "a\0" }, as(adminKey)))).toEqual({
+      code: Code.InvalidArgument,
+      param: "account_name",
+    });
+  });
+
+  it("numbers uploads made at once one after another", async () => {
+    const { key } = await newAccount("at-once");
+    const uploads = await Promise.all(
+      [1, 2, 3, 4, 5].map((n) => client.uploadWorkflow({ workflowRefName: "busy", script: says(`n${n}`) }, as(key))),
+    );
+    expect(uploads.map((u) => u.version).sort()).toEqual(["1.0.0", "1.1.0", "1.2.0", "1.3.0", "1.4.0"]);
+    expect(uploads.filter((u) => u.created)).toHaveLength(1);
+  });
+
+  it.skipIf(testDialect !== "postgresql")(
+    "serves a version uploaded through another Registry on the same database within a second",
+    async () => {
+      const otherStore = await createRegistryStore(database.location);
+      const other = createRegistryService({
+        store: otherStore,
+        serviceSecret,
+        python: "python3",
+        defaultTimeoutSeconds: 1,
+        maxTimeoutSeconds: 1,
+      });
+      const otherClient = createClient(RegistryService, createRouterTransport(other.routes));
+      try {
+        const { key } = await newAccount("shared");
+        const resolveThere = async () => (await otherClient.resolveWorkflow({ workflowRefName: "shared" }, as(key))).version!.script;
+        await client.uploadWorkflow({ workflowRefName: "shared", script: says("old") }, as(key));
+        expect(await resolveThere()).toBe(says("old"));
+        await client.uploadWorkflow({ workflowRefName: "shared", script: says("new") }, as(key));
+        const uploaded = Date.now();
+        while ((await resolveThere()) !== says("new")) {
+          expect(Date.now() - uploaded).toBeLessThan(1000);
+          await new Promise((r) => setTimeout(r, 20));
+        }
+      } finally {
+        other.close();
+        await otherStore.close();
+      }
+    },
+  );
 });

@@ -12,6 +12,7 @@ import { createRegistryService, DEFAULT_ACCOUNT, generateApiKey } from "../servi
 import { createRegistryStore } from "../services/registry/store.js";
 import { toValue } from "../services/shared/json.js";
 import { runMain } from "./cli-process.js";
+import { testStoreLocation } from "./databases.js";
 import { startTestServer, type TestServer } from "./helpers.js";
 
 type Upload = MessageInitShape<typeof UploadWorkflowRequestSchema>;
@@ -24,8 +25,9 @@ def execute(ctx):
     return {"a": ctx.input.get("q", "")}
 `;
 
-describe("an upload equal to the latest version (Registry in process)", () => {
-  const store = createRegistryStore(":memory:");
+describe("an upload equal to the latest version (Registry in process)", async () => {
+  const database = await testStoreLocation();
+  const store = await createRegistryStore(database.location);
   const registry = createRegistryService({
     store,
     serviceSecret: "registry-unchanged-test-secret",
@@ -37,13 +39,14 @@ describe("an upload equal to the latest version (Registry in process)", () => {
     RegistryService,
     createRouterTransport((router) => router.service(RegistryService, registry.impl)),
   );
-  const account = store.ensureAccount(DEFAULT_ACCOUNT, true);
+  const account = await store.ensureAccount(DEFAULT_ACCOUNT, true);
   const key = generateApiKey();
-  store.insertKey(account.id, key);
+  await store.insertKey(account.id, key);
   const as: CallOptions = { headers: { authorization: `Bearer ${key}` } };
-  afterAll(() => {
+  afterAll(async () => {
     registry.close();
-    store.close();
+    await store.close();
+    await database.release();
   });
 
   const base = (ref: string): Upload => ({

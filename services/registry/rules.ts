@@ -45,6 +45,14 @@ export function parseVersion(version: string): [number, number, number] | undefi
   return m ? [Number(m[1]), Number(m[2]), Number(m[3])] : undefined;
 }
 
+/**
+ * checkNoNul refuses text holding a NUL character, naming its field: PostgreSQL's text cannot hold
+ * one, and SQLite refuses it too so that both answer alike.
+ */
+export function checkNoNul(value: string, field: string): void {
+  if (value.includes("\0")) throw invalid(`${field} must not contain NUL characters`, field);
+}
+
 /** checkAccountName refuses an account name that is not a valid name. */
 export function checkAccountName(name: string): void {
   if (!namePattern.test(name)) {
@@ -79,6 +87,10 @@ export function checkUpload(req: UploadWorkflowRequest, maxTimeoutSeconds: numbe
     throw invalid(`workflow_ref_name must match ${namePattern.source}`, "workflow_ref_name");
   }
   if (!req.script.trim()) throw invalid("script is required", "script");
+  checkNoNul(req.script, "script");
+  checkNoNul(req.workflowName, "workflow_name");
+  checkNoNul(req.description, "description");
+  checkNoNul(req.versionNotes, "version_notes");
   if (req.timeoutSeconds < 0 || req.timeoutSeconds > maxTimeoutSeconds) {
     throw invalid(`timeout_seconds must be between 1 and ${maxTimeoutSeconds}`, "timeout_seconds");
   }
@@ -97,7 +109,7 @@ function checkEnv(env: Record<string, string>): void {
   for (const [name, value] of Object.entries(env)) {
     // They become os.environ of the run: names must be environment variable names.
     if (!envNamePattern.test(name)) throw invalid(`env name '${name}' must match ^[A-Za-z_][A-Za-z0-9_]*$`, `env.${name}`);
-    if (value.includes("\0")) throw invalid(`env.${name} must not contain NUL characters`, `env.${name}`);
+    checkNoNul(value, `env.${name}`);
   }
 }
 
@@ -113,6 +125,7 @@ function checkAccessories(accessories: UploadWorkflowRequest["accessories"]): Ac
   for (const [i, a] of accessories.entries()) {
     const key = a.key.trim();
     if (!key) throw invalid(`accessories[${i}].key is required`, `accessories[${i}].key`);
+    checkNoNul(key, `accessories[${i}].key`);
     if (key.length > accessoryKeyMaxLength) {
       throw invalid(`accessories[${i}].key is longer than ${accessoryKeyMaxLength} characters`, `accessories[${i}].key`);
     }
@@ -189,12 +202,12 @@ function accessoriesEqual(a: AccessoryInput[], b: AccessoryInput[]): boolean {
  * execution mode, name, description, notes and whether it is published. Maps and lists compare
  * regardless of order. `storedAccessories` is called only once everything else is equal.
  */
-export function sameVersion(
+export async function sameVersion(
   upload: VersionContent,
   uploadAccessories: AccessoryInput[],
   stored: VersionContent,
-  storedAccessories: () => AccessoryInput[],
-): boolean {
+  storedAccessories: () => Promise<AccessoryInput[]>,
+): Promise<boolean> {
   return (
     upload.script === stored.script &&
     upload.workflowName === stored.workflowName &&
@@ -207,6 +220,6 @@ export function sameVersion(
     canonicalJson(upload.inputSchema) === canonicalJson(stored.inputSchema) &&
     canonicalJson(upload.outputSchema) === canonicalJson(stored.outputSchema) &&
     datastoresText(upload.datastores) === datastoresText(stored.datastores) &&
-    accessoriesEqual(uploadAccessories, storedAccessories())
+    accessoriesEqual(uploadAccessories, await storedAccessories())
   );
 }

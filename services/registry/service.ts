@@ -1,11 +1,11 @@
 import { randomBytes } from "node:crypto";
 import { create, type JsonObject, type MessageInitShape } from "@bufbuild/protobuf";
 import { timestampFromMs } from "@bufbuild/protobuf/wkt";
-import { Code, ConnectError, type HandlerContext, type ServiceImpl } from "@connectrpc/connect";
+import { Code, ConnectError, type ConnectRouter, type HandlerContext, type ServiceImpl } from "@connectrpc/connect";
 import {
   type ApiKeySchema,
   ExecutionMode,
-  type RegistryService,
+  RegistryService,
   VersionBump,
   type WorkflowVersion,
   WorkflowVersionSchema,
@@ -14,7 +14,16 @@ import { type Auth, createAuth, type Identity, requireAccount, requireAdmin } fr
 import { invalidArgument } from "../shared/errors.js";
 import { toValue } from "../shared/json.js";
 import { namePattern } from "../shared/names.js";
-import { checkAccountName, checkPage, checkUpload, parseVersion, sameVersion, scriptSizeError, workflowPages } from "./rules.js";
+import {
+  checkAccountName,
+  checkNoNul,
+  checkPage,
+  checkUpload,
+  parseVersion,
+  sameVersion,
+  scriptSizeError,
+  workflowPages,
+} from "./rules.js";
 import type { ApiKeyRow, RegistryStore, VersionRow, WorkflowRow } from "./store.js";
 import { createValidator, type ValidationResult } from "./validator.js";
 
@@ -103,13 +112,25 @@ function bump(latest: VersionRow | undefined, how: VersionBump): [number, number
 
 const invalid = invalidArgument;
 
-/** createRegistryService builds the Registry's handlers over its store. */
-export function createRegistryService(options: RegistryServiceOptions): {
+/**
+ * resolvedMsWithOthers is how long a resolved version is kept when other Registries write the same
+ * workflows (see RegistryStore.othersWrite): a version uploaded through one is served by every
+ * edge within it.
+ */
+const resolvedMsWithOthers = 1000;
+
+/** RegistryServiceHandle is the Registry as the composition root holds it. */
+export interface RegistryServiceHandle {
   impl: ServiceImpl<typeof RegistryService>;
+  /** routes serves impl on a router. */
+  routes(router: ConnectRouter): void;
   auth: Auth;
   validate: (code: string) => Promise<ValidationResult>;
-  close: () => void;
-} {
+  close(): void;
+}
+
+/** createRegistryService builds the Registry's handlers over its store. */
+export function createRegistryService(options: RegistryServiceOptions): RegistryServiceHandle {
   const { store } = options;
   const validator = createValidator(options.python);
   const auth = createAuth({
@@ -118,7 +139,7 @@ export function createRegistryService(options: RegistryServiceOptions): {
     keyCacheMs: 0,
     runIsLive: options.runIsLive,
     authenticateKey: async (apiKey) => {
-      const owner = store.ownerOfKey(apiKey);
+      const owner = await store.ownerOfKey(apiKey);
       return owner && { accountId: owner.account.id, admin: owner.account.admin, keyId: owner.key.id };
     },
   });
@@ -146,44 +167,56 @@ export function createRegistryService(options: RegistryServiceOptions): {
     }
   }
 
-  function liveWorkflow(accountId: string, refName: string): WorkflowRow {
-    const workflow = namePattern.test(refName) ? store.workflow(accountId, refName) : undefined;
+  async function liveWorkflow(accountId: string, refName: string): Promise<WorkflowRow> {
+    const workflow = namePattern.test(refName) ? await store.workflow(accountId, refName) : undefined;
     if (!workflow) throw new ConnectError(`workflow '${refName}' not found`, Code.NotFound);
     return workflow;
   }
 
   /** resolve finds the version an invoke names: by id, by number, or the latest published one. */
-  function resolve(accountId: string, refName: string, wanted: string, versionId: string): MessageInitShape<typeof WorkflowVersionSchema> {
+  async function resolve(
+    accountId: string,
+    refName: string,
+    wanted: string,
+    versionId: string,
+  ): Promise<MessageInitShape<typeof WorkflowVersionSchema>> {
     if (versionId) {
-      const found = store.versionById(versionId);
+      checkNoNul(versionId, "version_id");
+      const found = await store.versionById(versionId);
       if (!found || found.workflow.accountId !== accountId) {
         throw new ConnectError(`workflow version '${versionId}' not found`, Code.NotFound);
       }
-      return versionMessage(found.workflow, found.version, store.accessoryKeys(found.version.id), true);
+      return versionMessage(found.workflow, found.version, await store.accessoryKeys(found.version.id), true);
     }
-    const workflow = liveWorkflow(accountId, refName);
+    const workflow = await liveWorkflow(accountId, refName);
     let version: VersionRow | undefined;
     if (wanted) {
       const number = parseVersion(wanted);
-      version = number ? store.version(workflow.id, ...number) : undefined;
+      version = number ? await store.version(workflow.id, ...number) : undefined;
       if (!version) throw new ConnectError(`workflow '${refName}' has no version '${wanted}'`, Code.NotFound);
     } else {
-      version = store.latestVersion(workflow.id, true);
+      version = await store.latestVersion(workflow.id, true);
       if (!version) throw new ConnectError(`workflow '${refName}' has no published version`, Code.NotFound);
     }
-    return versionMessage(workflow, version, store.accessoryKeys(version.id), true);
+    return versionMessage(workflow, version, await store.accessoryKeys(version.id), true);
   }
-  // What resolveWorkflow answered, by account and name, while no workflow is written (scripts are up
-  // to 1 MiB each, so bounded by their size as well as their number).
+  // What resolveWorkflow answered, by account and name, while no workflow is written here, and for
+  // resolvedMsWithOthers at most when other Registries write too (scripts are up to 1 MiB each, so
+  // bounded by their size as well as their number).
   const resolved = new Map<string, WorkflowVersion>();
   const maxResolved = 1000;
   const maxResolvedScriptBytes = 32 * 1024 * 1024;
   let resolvedScriptBytes = 0;
   let resolvedAt = -1;
+  let resolvedSince = 0;
   function forgetResolved(): void {
     resolved.clear();
     resolvedScriptBytes = 0;
     resolvedAt = store.workflowsWritten();
+    resolvedSince = Date.now();
+  }
+  function resolvedCurrent(): boolean {
+    return resolvedAt === store.workflowsWritten() && !(store.othersWrite && Date.now() - resolvedSince >= resolvedMsWithOthers);
   }
 
   const impl: ServiceImpl<typeof RegistryService> = {
@@ -192,7 +225,7 @@ export function createRegistryService(options: RegistryServiceOptions): {
       if (identity.kind !== "service") {
         throw new ConnectError("Authenticate is for services only", Code.PermissionDenied);
       }
-      const owner = store.ownerOfKey(req.apiKey);
+      const owner = await store.ownerOfKey(req.apiKey);
       if (!owner) throw new ConnectError("invalid API key", Code.Unauthenticated);
       return { account: { id: owner.account.id, name: owner.account.name, admin: owner.account.admin }, keyId: owner.key.id };
     },
@@ -202,7 +235,7 @@ export function createRegistryService(options: RegistryServiceOptions): {
       requireAdmin(identity, "manage other accounts' keys");
       const name = req.accountName.trim();
       checkAccountName(name);
-      const existing = store.accountByName(name);
+      const existing = await store.accountByName(name);
       if (existing && req.admin && !existing.admin) {
         // Never turn an account into an admin one as a side effect of making a key.
         throw new ConnectError(
@@ -210,9 +243,9 @@ export function createRegistryService(options: RegistryServiceOptions): {
           Code.FailedPrecondition,
         );
       }
-      const account = existing ?? store.ensureAccount(name, req.admin);
+      const account = existing ?? (await store.ensureAccount(name, req.admin));
       const apiKey = generateApiKey();
-      const row = store.insertKey(account.id, apiKey);
+      const row = await store.insertKey(account.id, apiKey);
       return { apiKey, key: keyMessage(row, account.name) };
     },
 
@@ -222,36 +255,39 @@ export function createRegistryService(options: RegistryServiceOptions): {
       if (req.allAccounts) {
         if (req.accountName) throw invalid("account_name and all_accounts exclude each other");
         requireAdmin(identity, "manage other accounts' keys");
-        return { keys: store.allKeys().map((k) => keyMessage(k.key, k.accountName)) };
+        return { keys: (await store.allKeys()).map((k) => keyMessage(k.key, k.accountName)) };
       }
       let accountId: string;
       if (req.accountName) {
         // A non-admin learns nothing about other accounts, not even whether they exist.
-        const own = identity.accountId ? store.accountById(identity.accountId) : undefined;
+        const own = identity.accountId ? await store.accountById(identity.accountId) : undefined;
         if (own?.name !== req.accountName) requireAdmin(identity, "manage other accounts' keys");
-        const account = store.accountByName(req.accountName);
+        checkNoNul(req.accountName, "account_name");
+        const account = await store.accountByName(req.accountName);
         if (!account) throw new ConnectError(`account '${req.accountName}' not found`, Code.NotFound);
         accountId = account.id;
       } else {
         accountId = requireAccount(identity);
       }
-      const account = store.accountById(accountId);
+      const account = await store.accountById(accountId);
       if (!account) throw new ConnectError("account not found", Code.NotFound);
-      return { keys: store.keysOf(accountId).map((k) => keyMessage(k, account.name)) };
+      return { keys: (await store.keysOf(accountId)).map((k) => keyMessage(k, account.name)) };
     },
 
     async revokeApiKey(req, ctx) {
       const identity = await caller(ctx);
       if (identity.kind === "run") throw new ConnectError("a workflow run may not revoke API keys", Code.PermissionDenied);
-      const key = store.keyById(req.keyId.trim());
+      const keyId = req.keyId.trim();
+      checkNoNul(keyId, "key_id");
+      const key = await store.keyById(keyId);
       const admin = identity.kind === "service" || (identity.kind === "key" && identity.admin);
       // Another account's key is "not found" to a non-admin, exactly like a key that does not exist.
       if (!key || (key.accountId !== identity.accountId && !admin)) {
         throw new ConnectError(`API key '${req.keyId}' not found`, Code.NotFound);
       }
-      store.revokeKey(key.id);
-      const account = store.accountById(key.accountId)!;
-      return { key: keyMessage(store.keyById(key.id)!, account.name) };
+      await store.revokeKey(key.id);
+      const account = (await store.accountById(key.accountId))!;
+      return { key: keyMessage((await store.keyById(key.id))!, account.name) };
     },
 
     async uploadWorkflow(req, ctx) {
@@ -277,13 +313,13 @@ export function createRegistryService(options: RegistryServiceOptions): {
       };
       // Re-uploading what the latest version already is stores nothing, unless a bump was asked for.
       const explicitBump = req.versionBump !== VersionBump.UNSPECIFIED;
-      const stored = store.insertVersion(
+      const stored = await store.insertVersion(
         accountId,
         req.workflowRefName,
         (latest) => bump(latest, req.versionBump),
         fields,
         accessoryList,
-        explicitBump ? undefined : (latest) => sameVersion(fields, accessoryList, latest, () => store.accessoriesOf(latest.id)),
+        explicitBump ? undefined : (latest, storedAccessories) => sameVersion(fields, accessoryList, latest, storedAccessories),
       );
       return {
         workflowRefName: stored.workflow.refName,
@@ -302,8 +338,8 @@ export function createRegistryService(options: RegistryServiceOptions): {
 
     async getWorkflow(req, ctx) {
       const accountId = requireManager(await caller(ctx), "read workflows");
-      const workflow = liveWorkflow(accountId, req.workflowRefName);
-      const versions = store.versions(workflow.id);
+      const workflow = await liveWorkflow(accountId, req.workflowRefName);
+      const versions = await store.versions(workflow.id);
       const latest = versions.find((v) => v.published) ?? versions[0];
       return {
         workflow: {
@@ -313,7 +349,7 @@ export function createRegistryService(options: RegistryServiceOptions): {
           latestVersion: versions.find((v) => v.published) ? versionString(latest!) : "",
           createdAt: timestampFromMs(workflow.createdAt),
           updatedAt: timestampFromMs(workflow.updatedAt),
-          versions: versions.map((v) => versionMessage(workflow, v, store.accessoryKeys(v.id), false)),
+          versions: await Promise.all(versions.map(async (v) => versionMessage(workflow, v, await store.accessoryKeys(v.id), false))),
         },
       };
     },
@@ -321,39 +357,41 @@ export function createRegistryService(options: RegistryServiceOptions): {
     async listWorkflows(req, ctx) {
       const accountId = requireManager(await caller(ctx), "list workflows");
       checkPage(req.offset, req.limit);
-      const { rows, total } = store.listWorkflows(accountId, req.offset, req.limit || workflowPages.defaultLimit);
+      const { rows, total } = await store.listWorkflows(accountId, req.offset, req.limit || workflowPages.defaultLimit);
       return {
         total,
-        workflows: rows.map((w) => {
-          const latest = store.latestVersion(w.id, true) ?? store.latestVersion(w.id, false);
-          return {
-            workflowRefName: w.refName,
-            workflowName: latest?.workflowName ?? w.refName,
-            description: latest?.description ?? "",
-            latestVersion: latest?.published ? versionString(latest) : "",
-            createdAt: timestampFromMs(w.createdAt),
-            updatedAt: timestampFromMs(w.updatedAt),
-          };
-        }),
+        workflows: await Promise.all(
+          rows.map(async (w) => {
+            const latest = (await store.latestVersion(w.id, true)) ?? (await store.latestVersion(w.id, false));
+            return {
+              workflowRefName: w.refName,
+              workflowName: latest?.workflowName ?? w.refName,
+              description: latest?.description ?? "",
+              latestVersion: latest?.published ? versionString(latest) : "",
+              createdAt: timestampFromMs(w.createdAt),
+              updatedAt: timestampFromMs(w.updatedAt),
+            };
+          }),
+        ),
       };
     },
 
     async deleteWorkflow(req, ctx) {
       const accountId = requireManager(await caller(ctx), "delete workflows");
-      const workflow = liveWorkflow(accountId, req.workflowRefName);
-      store.deleteWorkflow(workflow.id);
+      const workflow = await liveWorkflow(accountId, req.workflowRefName);
+      await store.deleteWorkflow(workflow.id);
       return { workflowRefName: workflow.refName };
     },
 
     async resolveWorkflow(req, ctx) {
       // Another workflow's script and env are not a run's to read; ctx.workflows.run goes through the Executor.
       const accountId = requireManager(await caller(ctx), "resolve workflows");
-      // Every invoke resolves its workflow: what was resolved is kept until a workflow is written.
+      // Every invoke resolves its workflow: what was resolved is kept while it is current.
       const key = `${accountId}\n${req.versionId}\n${req.workflowRefName}\n${req.version}`;
-      if (resolvedAt !== store.workflowsWritten()) forgetResolved();
+      if (!resolvedCurrent()) forgetResolved();
       let version = resolved.get(key);
       if (!version) {
-        version = create(WorkflowVersionSchema, resolve(accountId, req.workflowRefName, req.version, req.versionId));
+        version = create(WorkflowVersionSchema, await resolve(accountId, req.workflowRefName, req.version, req.versionId));
         if (resolved.size >= maxResolved || resolvedScriptBytes + version.script.length > maxResolvedScriptBytes) forgetResolved();
         resolved.set(key, version);
         resolvedScriptBytes += version.script.length;
@@ -364,13 +402,15 @@ export function createRegistryService(options: RegistryServiceOptions): {
     async getAccessory(req, ctx) {
       const identity = await caller(ctx);
       const accountId = requireAccount(identity);
-      const found = store.versionById(req.versionId);
+      checkNoNul(req.versionId, "version_id");
+      checkNoNul(req.key, "key");
+      const found = await store.versionById(req.versionId);
       // A run reads its own version's accessories only; any other version is "not found" to it.
       const foreign = identity.kind === "run" && identity.claims.versionId !== req.versionId;
       if (!found || found.workflow.accountId !== accountId || foreign) {
         throw new ConnectError(`workflow version '${req.versionId}' not found`, Code.NotFound);
       }
-      const accessory = store.accessory(req.versionId, req.key);
+      const accessory = await store.accessory(req.versionId, req.key);
       if (!accessory) throw new ConnectError(`accessory '${req.key}' not found`, Code.NotFound);
       return { accessory: { key: accessory.key, content: toValue(JSON.parse(accessory.content)) } };
     },
@@ -380,7 +420,13 @@ export function createRegistryService(options: RegistryServiceOptions): {
       return { script: defaultScript };
     },
   };
-  return { impl, auth, validate, close: () => validator.close() };
+  return {
+    impl,
+    routes: (router) => router.service(RegistryService, impl),
+    auth,
+    validate,
+    close: () => validator.close(),
+  };
 }
 
 /** defaultScript is the template GET /v1/workflows/default-script returns. */

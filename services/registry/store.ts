@@ -1,11 +1,10 @@
 import { createHash } from "node:crypto";
-import { and, asc, count, desc, eq, isNull, sql } from "drizzle-orm";
-import { type Db, openDatabase } from "../shared/db.js";
+import { and, asc, count, desc, eq, isNull, type SQL } from "drizzle-orm";
+import { type Orm, openServiceDatabase } from "../shared/db.js";
 import { newId } from "../shared/ids.js";
 import { normaliseAccessoryKey } from "./rules.js";
 import * as schema from "./schema.js";
-
-const migrationsFolder = new URL("./migrations", import.meta.url).pathname;
+import * as pgSchema from "./schema.pg.js";
 
 export type AccountRow = typeof schema.accounts.$inferSelect;
 export type ApiKeyRow = typeof schema.apiKeys.$inferSelect;
@@ -19,72 +18,86 @@ export function hashKey(apiKey: string): string {
 }
 
 /** RegistryStore holds every query of the Registry. */
-export type RegistryStore = ReturnType<typeof createRegistryStore>;
+export type RegistryStore = Awaited<ReturnType<typeof createRegistryStore>>;
 
-/** createRegistryStore opens the Registry's database (":memory:" for tests). */
-export function createRegistryStore(file: string) {
-  const db: Db<typeof schema> = openDatabase({ file, migrationsFolder, schema });
+// SQLite runs transactions one at a time; PostgreSQL runs them side by side. There, two uploads to
+// one workflow at once are put one after the other by the lock the update of the workflow's row
+// takes, and the second then numbers its version after the first's (each statement sees what was
+// committed before it). Two first uploads of one workflow both create it: the second breaks the
+// unique name and runs again, finding the first's workflow.
+const uploadAttempts = 3;
+
+/** isUniqueViolation tells PostgreSQL's refusal of a write by a unique index (drizzle wraps the driver's error). */
+function isUniqueViolation(e: unknown): boolean {
+  return (e as { cause?: { code?: unknown } }).cause?.code === "23505";
+}
+
+/**
+ * createRegistryStore opens the Registry's database: a SQLite file (":memory:" for tests) or a
+ * postgres:// URL.
+ */
+export async function createRegistryStore(location: string, options: { poolSize?: number } = {}) {
+  const db = await openServiceDatabase({ service: "registry", location, schema, pgSchema, poolSize: options.poolSize });
   const { orm } = db;
-  const { accounts, apiKeys, workflows, workflowVersions, accessories } = schema;
+  const { accounts, apiKeys, workflows, workflowVersions, accessories } = db.tables;
 
-  function accountByName(name: string): AccountRow | undefined {
-    return orm.select().from(accounts).where(eq(accounts.name, name)).get();
-  }
-
-  // Counts the writes to workflows, versions and accessories: what was read before a write may be kept
-  // (see RegistryStore.workflowsWritten) until the count moves.
+  // Counts this process's writes to workflows, versions and accessories (see RegistryStore.workflowsWritten).
   let workflowWrites = 0;
 
-  // The queries on every invoke's path (resolving `workflow:<ref>`), prepared once.
-  const liveWorkflowQuery = orm
-    .select()
-    .from(workflows)
-    .where(
-      and(
-        eq(workflows.accountId, sql.placeholder("accountId")),
-        eq(workflows.refName, sql.placeholder("refName")),
-        isNull(workflows.deletedAt),
-      ),
-    )
-    .prepare();
-  const latestVersionQuery = (publishedOnly: boolean) =>
-    orm
-      .select()
-      .from(workflowVersions)
-      .where(
-        publishedOnly
-          ? and(eq(workflowVersions.workflowId, sql.placeholder("workflowId")), eq(workflowVersions.published, true))
-          : eq(workflowVersions.workflowId, sql.placeholder("workflowId")),
-      )
-      .orderBy(desc(workflowVersions.major), desc(workflowVersions.minor), desc(workflowVersions.patch))
-      .limit(1)
-      .prepare();
-  const latestPublishedQuery = latestVersionQuery(true);
-  const latestAnyQuery = latestVersionQuery(false);
-  const accessoryKeysQuery = orm
-    .select({ key: accessories.originalKey })
-    .from(accessories)
-    .where(eq(accessories.versionId, sql.placeholder("versionId")))
-    .prepare();
+  async function first<T>(rows: Promise<T[]>): Promise<T | undefined> {
+    return (await rows)[0];
+  }
+
+  // The queries on every invoke's path (resolving `workflow:<ref>`) and in an upload's transaction,
+  // run on the connection they are given (the transaction's, in one).
+  const liveWorkflow = (q: Orm<typeof schema>, accountId: string, refName: string) =>
+    first(
+      q
+        .select()
+        .from(workflows)
+        .where(and(eq(workflows.accountId, accountId), eq(workflows.refName, refName), isNull(workflows.deletedAt)))
+        .limit(1),
+    );
+  const latestVersion = (q: Orm<typeof schema>, workflowId: string, publishedOnly: boolean) => {
+    const ofWorkflow = eq(workflowVersions.workflowId, workflowId);
+    return first(
+      q
+        .select()
+        .from(workflowVersions)
+        .where(publishedOnly ? and(ofWorkflow, eq(workflowVersions.published, true)) : ofWorkflow)
+        .orderBy(desc(workflowVersions.major), desc(workflowVersions.minor), desc(workflowVersions.patch))
+        .limit(1),
+    );
+  };
+  /** accessoriesOf lists a version's accessories: each key as uploaded, and its content as JSON text. */
+  const accessoriesOf = (q: Orm<typeof schema>, versionId: string) =>
+    q.select({ key: accessories.originalKey, content: accessories.content }).from(accessories).where(eq(accessories.versionId, versionId));
+  const accountByName = (name: string) => first(orm.select().from(accounts).where(eq(accounts.name, name)).limit(1));
+  const keyWhere = (where: SQL | undefined) => first(orm.select().from(apiKeys).where(where).limit(1));
 
   return {
     close: () => db.close(),
-    sqlite: db.sqlite,
+    /**
+     * othersWrite says whether other processes may write the workflows too (PostgreSQL, shared by every
+     * Registry of one Shaker), so that workflowsWritten alone does not say when what was read changed.
+     */
+    othersWrite: db.dialect === "postgresql",
 
     accountByName,
-    accountById(id: string): AccountRow | undefined {
-      return orm.select().from(accounts).where(eq(accounts.id, id)).get();
+    accountById(id: string): Promise<AccountRow | undefined> {
+      return first(orm.select().from(accounts).where(eq(accounts.id, id)).limit(1));
     },
     /** ensureAccount returns the named account, creating it when absent. */
-    ensureAccount(name: string, admin: boolean): AccountRow {
-      const existing = accountByName(name);
-      if (existing) return existing;
-      const row = { id: newId("acct"), name, admin, createdAt: Date.now() };
-      orm.insert(accounts).values(row).run();
-      return row;
+    async ensureAccount(name: string, admin: boolean): Promise<AccountRow> {
+      // Two processes may create it at once: the second keeps the first one's row.
+      await orm
+        .insert(accounts)
+        .values({ id: newId("acct"), name, admin, createdAt: Date.now() })
+        .onConflictDoNothing();
+      return (await accountByName(name))!;
     },
 
-    insertKey(accountId: string, apiKey: string): ApiKeyRow {
+    async insertKey(accountId: string, apiKey: string): Promise<ApiKeyRow> {
       const row = {
         id: newId("key"),
         accountId,
@@ -93,190 +106,194 @@ export function createRegistryStore(file: string) {
         createdAt: Date.now(),
         revokedAt: null,
       };
-      orm.insert(apiKeys).values(row).onConflictDoNothing().run();
-      return orm.select().from(apiKeys).where(eq(apiKeys.hash, row.hash)).get()!;
+      await orm.insert(apiKeys).values(row).onConflictDoNothing();
+      return (await keyWhere(eq(apiKeys.hash, row.hash)))!;
     },
     /** ownerOfKey returns the live key and its account, or undefined. */
-    ownerOfKey(apiKey: string): { key: ApiKeyRow; account: AccountRow } | undefined {
-      const row = orm
-        .select({ key: apiKeys, account: accounts })
-        .from(apiKeys)
-        .innerJoin(accounts, eq(accounts.id, apiKeys.accountId))
-        .where(and(eq(apiKeys.hash, hashKey(apiKey)), isNull(apiKeys.revokedAt)))
-        .get();
-      return row;
+    ownerOfKey(apiKey: string): Promise<{ key: ApiKeyRow; account: AccountRow } | undefined> {
+      return first(
+        orm
+          .select({ key: apiKeys, account: accounts })
+          .from(apiKeys)
+          .innerJoin(accounts, eq(accounts.id, apiKeys.accountId))
+          .where(and(eq(apiKeys.hash, hashKey(apiKey)), isNull(apiKeys.revokedAt)))
+          .limit(1),
+      );
     },
     /** allKeys lists every account's keys with the account's name, by account then age. */
-    allKeys(): { key: ApiKeyRow; accountName: string }[] {
+    allKeys(): Promise<{ key: ApiKeyRow; accountName: string }[]> {
       return orm
         .select({ key: apiKeys, accountName: accounts.name })
         .from(apiKeys)
         .innerJoin(accounts, eq(accounts.id, apiKeys.accountId))
-        .orderBy(asc(accounts.name), asc(apiKeys.createdAt))
-        .all();
+        .orderBy(asc(accounts.name), asc(apiKeys.createdAt), asc(apiKeys.id));
     },
-    keysOf(accountId: string): ApiKeyRow[] {
-      return orm.select().from(apiKeys).where(eq(apiKeys.accountId, accountId)).orderBy(asc(apiKeys.createdAt)).all();
+    keysOf(accountId: string): Promise<ApiKeyRow[]> {
+      return orm.select().from(apiKeys).where(eq(apiKeys.accountId, accountId)).orderBy(asc(apiKeys.createdAt), asc(apiKeys.id));
     },
     /** keyById finds a key by id, or by prefix when exactly one key has that prefix. */
-    keyById(idOrPrefix: string): ApiKeyRow | undefined {
-      const byId = orm.select().from(apiKeys).where(eq(apiKeys.id, idOrPrefix)).get();
+    async keyById(idOrPrefix: string): Promise<ApiKeyRow | undefined> {
+      const byId = await keyWhere(eq(apiKeys.id, idOrPrefix));
       if (byId) return byId;
-      const byPrefix = orm.select().from(apiKeys).where(eq(apiKeys.prefix, idOrPrefix)).limit(2).all();
+      const byPrefix = await orm.select().from(apiKeys).where(eq(apiKeys.prefix, idOrPrefix)).limit(2);
       return byPrefix.length === 1 ? byPrefix[0] : undefined;
     },
-    revokeKey(id: string): void {
-      orm
+    async revokeKey(id: string): Promise<void> {
+      await orm
         .update(apiKeys)
         .set({ revokedAt: Date.now() })
-        .where(and(eq(apiKeys.id, id), isNull(apiKeys.revokedAt)))
-        .run();
-    },
-    liveKeyCount(): number {
-      return orm.select({ n: count() }).from(apiKeys).where(isNull(apiKeys.revokedAt)).get()!.n;
+        .where(and(eq(apiKeys.id, id), isNull(apiKeys.revokedAt)));
     },
 
-    workflow(accountId: string, refName: string): WorkflowRow | undefined {
-      return liveWorkflowQuery.get({ accountId, refName });
+    workflow(accountId: string, refName: string): Promise<WorkflowRow | undefined> {
+      return liveWorkflow(orm, accountId, refName);
     },
-    listWorkflows(accountId: string, offset: number, limit: number): { rows: WorkflowRow[]; total: number } {
+    /** listWorkflows pages an account's live workflows, the last written first (a name is unique among them). */
+    async listWorkflows(accountId: string, offset: number, limit: number): Promise<{ rows: WorkflowRow[]; total: number }> {
       const live = and(eq(workflows.accountId, accountId), isNull(workflows.deletedAt));
-      const rows = orm
+      const rows = await orm
         .select()
         .from(workflows)
         .where(live)
-        .orderBy(desc(workflows.updatedAt), desc(sql`rowid`))
+        .orderBy(desc(workflows.updatedAt), asc(workflows.refName))
         .limit(limit)
-        .offset(offset)
-        .all();
-      const total = orm.select({ n: count() }).from(workflows).where(live).get()!.n;
-      return { rows, total };
+        .offset(offset);
+      const [{ n }] = await orm.select({ n: count() }).from(workflows).where(live);
+      return { rows, total: n };
     },
-    deleteWorkflow(id: string): void {
-      orm.update(workflows).set({ deletedAt: Date.now() }).where(eq(workflows.id, id)).run();
+    async deleteWorkflow(id: string): Promise<void> {
+      await orm.update(workflows).set({ deletedAt: Date.now() }).where(eq(workflows.id, id));
       workflowWrites++;
     },
     /**
-     * workflowsWritten counts the writes to workflows, versions and accessories so far: a reader that
-     * keeps what it read knows it is still current while the count is unchanged. (This process is
-     * the only writer of these tables; `shaker keys` writes only keys.)
+     * workflowsWritten counts this process's writes to workflows, versions and accessories: a reader
+     * that keeps what it read knows it is still current while the count is unchanged, unless
+     * othersWrite. (`shaker keys` writes only keys.)
      */
     workflowsWritten(): number {
       return workflowWrites;
     },
 
-    versions(workflowId: string): VersionRow[] {
+    versions(workflowId: string): Promise<VersionRow[]> {
       return orm
         .select()
         .from(workflowVersions)
         .where(eq(workflowVersions.workflowId, workflowId))
-        .orderBy(desc(workflowVersions.major), desc(workflowVersions.minor), desc(workflowVersions.patch))
-        .all();
+        .orderBy(desc(workflowVersions.major), desc(workflowVersions.minor), desc(workflowVersions.patch));
     },
     /** latestVersion is the highest version, published only when asked. */
-    latestVersion(workflowId: string, publishedOnly: boolean): VersionRow | undefined {
-      return (publishedOnly ? latestPublishedQuery : latestAnyQuery).get({ workflowId });
+    latestVersion(workflowId: string, publishedOnly: boolean): Promise<VersionRow | undefined> {
+      return latestVersion(orm, workflowId, publishedOnly);
     },
-    version(workflowId: string, major: number, minor: number, patch: number): VersionRow | undefined {
-      return orm
-        .select()
-        .from(workflowVersions)
-        .where(
-          and(
-            eq(workflowVersions.workflowId, workflowId),
-            eq(workflowVersions.major, major),
-            eq(workflowVersions.minor, minor),
-            eq(workflowVersions.patch, patch),
-          ),
-        )
-        .get();
+    version(workflowId: string, major: number, minor: number, patch: number): Promise<VersionRow | undefined> {
+      return first(
+        orm
+          .select()
+          .from(workflowVersions)
+          .where(
+            and(
+              eq(workflowVersions.workflowId, workflowId),
+              eq(workflowVersions.major, major),
+              eq(workflowVersions.minor, minor),
+              eq(workflowVersions.patch, patch),
+            ),
+          )
+          .limit(1),
+      );
     },
     /** versionById returns a version with its workflow, deleted workflows included (runs in flight need them). */
-    versionById(id: string): { version: VersionRow; workflow: WorkflowRow } | undefined {
-      return orm
-        .select({ version: workflowVersions, workflow: workflows })
-        .from(workflowVersions)
-        .innerJoin(workflows, eq(workflows.id, workflowVersions.workflowId))
-        .where(eq(workflowVersions.id, id))
-        .get();
+    versionById(id: string): Promise<{ version: VersionRow; workflow: WorkflowRow } | undefined> {
+      return first(
+        orm
+          .select({ version: workflowVersions, workflow: workflows })
+          .from(workflowVersions)
+          .innerJoin(workflows, eq(workflows.id, workflowVersions.workflowId))
+          .where(eq(workflowVersions.id, id))
+          .limit(1),
+      );
     },
-    accessoryKeys(versionId: string): string[] {
-      return accessoryKeysQuery.all({ versionId }).map((r) => r.key);
+    async accessoryKeys(versionId: string): Promise<string[]> {
+      const rows = await orm.select({ key: accessories.originalKey }).from(accessories).where(eq(accessories.versionId, versionId));
+      return rows.map((r) => r.key);
     },
-    /** accessoriesOf lists a version's accessories: each key as uploaded, and its content as JSON text. */
-    accessoriesOf(versionId: string): { key: string; content: string }[] {
-      return orm
-        .select({ key: accessories.originalKey, content: accessories.content })
-        .from(accessories)
-        .where(eq(accessories.versionId, versionId))
-        .all();
-    },
-    accessory(versionId: string, key: string): { key: string; content: string } | undefined {
-      return orm
-        .select({ key: accessories.originalKey, content: accessories.content })
-        .from(accessories)
-        .where(and(eq(accessories.versionId, versionId), eq(accessories.key, normaliseAccessoryKey(key))))
-        .get();
+    accessory(versionId: string, key: string): Promise<{ key: string; content: string } | undefined> {
+      return first(
+        orm
+          .select({ key: accessories.originalKey, content: accessories.content })
+          .from(accessories)
+          .where(and(eq(accessories.versionId, versionId), eq(accessories.key, normaliseAccessoryKey(key))))
+          .limit(1),
+      );
     },
 
     /**
      * insertVersion stores a version (and creates the workflow on first upload) in one transaction,
      * so a failed upload stores nothing. nextVersion picks the number from the current latest. When
      * `unchanged` says the latest version (published or not) already is this one, nothing is written
-     * and that version is returned with `unchanged` true.
+     * and that version is returned with `unchanged` true; it reads that version's accessories through
+     * the function it is given, inside the transaction (another connection could wait on this one's
+     * pool).
      */
-    insertVersion(
+    async insertVersion(
       accountId: string,
       refName: string,
       nextVersion: (latest: VersionRow | undefined) => [number, number, number],
       fields: NewVersion,
       accessoryList: { key: string; content: string }[],
-      unchanged?: (latest: VersionRow) => boolean,
-    ): { workflow: WorkflowRow; version: VersionRow; created: boolean; unchanged: boolean } {
-      const stored = db.sqlite.transaction(() => {
-        const now = Date.now();
-        let workflow = this.workflow(accountId, refName);
-        const created = !workflow;
-        if (workflow && unchanged) {
-          const latest = this.latestVersion(workflow.id, false);
-          if (latest && unchanged(latest)) return { workflow, version: latest, created, unchanged: true };
+      unchanged?: (latest: VersionRow, accessoriesOf: () => Promise<{ key: string; content: string }[]>) => Promise<boolean>,
+    ): Promise<{ workflow: WorkflowRow; version: VersionRow; created: boolean; unchanged: boolean }> {
+      const attempt = () =>
+        db.transaction(async (tx) => {
+          const now = Date.now();
+          let workflow = await liveWorkflow(tx, accountId, refName);
+          const created = !workflow;
+          if (workflow && unchanged) {
+            const latest = await latestVersion(tx, workflow.id, false);
+            if (latest && (await unchanged(latest, () => accessoriesOf(tx, latest.id))))
+              return { workflow, version: latest, created, unchanged: true };
+          }
+          if (!workflow) {
+            workflow = { id: newId("wf"), accountId, refName, createdAt: now, updatedAt: now, deletedAt: null };
+            await tx.insert(workflows).values(workflow);
+          } else {
+            await tx.update(workflows).set({ updatedAt: now }).where(eq(workflows.id, workflow.id));
+          }
+          const [major, minor, patch] = nextVersion(await latestVersion(tx, workflow.id, false));
+          const version: VersionRow = {
+            description: "",
+            notes: "",
+            inputSchema: null,
+            outputSchema: null,
+            ...fields,
+            id: newId("ver"),
+            workflowId: workflow.id,
+            major,
+            minor,
+            patch,
+            createdAt: now,
+          } as VersionRow;
+          await tx.insert(workflowVersions).values(version);
+          if (accessoryList.length > 0) {
+            await tx.insert(accessories).values(
+              accessoryList.map((a) => ({
+                versionId: version.id,
+                key: normaliseAccessoryKey(a.key),
+                originalKey: a.key,
+                content: a.content,
+              })),
+            );
+          }
+          return { workflow, version, created, unchanged: false };
+        });
+      for (let n = 1; ; n++) {
+        try {
+          const stored = await attempt();
+          if (!stored.unchanged) workflowWrites++;
+          return stored;
+        } catch (e) {
+          if (n >= uploadAttempts || !isUniqueViolation(e)) throw e;
         }
-        if (!workflow) {
-          workflow = { id: newId("wf"), accountId, refName, createdAt: now, updatedAt: now, deletedAt: null };
-          orm.insert(workflows).values(workflow).run();
-        } else {
-          orm.update(workflows).set({ updatedAt: now }).where(eq(workflows.id, workflow.id)).run();
-        }
-        const [major, minor, patch] = nextVersion(this.latestVersion(workflow.id, false));
-        const version: VersionRow = {
-          description: "",
-          notes: "",
-          inputSchema: null,
-          outputSchema: null,
-          ...fields,
-          id: newId("ver"),
-          workflowId: workflow.id,
-          major,
-          minor,
-          patch,
-          createdAt: now,
-        } as VersionRow;
-        orm.insert(workflowVersions).values(version).run();
-        for (const a of accessoryList) {
-          orm
-            .insert(accessories)
-            .values({ versionId: version.id, key: normaliseAccessoryKey(a.key), originalKey: a.key, content: a.content })
-            .run();
-        }
-        return { workflow, version, created, unchanged: false };
-      })();
-      if (!stored.unchanged) workflowWrites++;
-      return stored;
-    },
-
-    /** checkIntegrity runs SQLite's integrity check. */
-    integrityCheck(): string {
-      return String(db.sqlite.pragma("integrity_check", { simple: true }));
+      }
     },
   };
 }
