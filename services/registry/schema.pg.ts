@@ -96,3 +96,14 @@ export const accessories = registry.table(
   },
   (t) => [primaryKey({ columns: [t.versionId, t.key] })],
 );
+
+/** nodes are the processes of this Shaker that said they are alive (see schema.ts). */
+export const nodes = registry.table("nodes", {
+  id: text("id").primaryKey(),
+  services: json("services").$type<string[]>().notNull(),
+  url: text("url").notNull(),
+  capacity: integer("capacity").notNull(),
+  runsInFlight: integer("runs_in_flight").notNull(),
+  startedAt: bigint("started_at", { mode: "number" }).notNull(),
+  lastHeartbeat: bigint("last_heartbeat", { mode: "number" }).notNull(),
+});

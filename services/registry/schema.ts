@@ -81,3 +81,17 @@ export const accessories = sqliteTable(
   },
   (t) => [primaryKey({ columns: [t.versionId, t.key] })],
 );
+
+/**
+ * nodes are the processes of this Shaker that said they are alive (services/registry/cluster.ts):
+ * what each runs, where, and its executor's load. A node silent for an hour is forgotten.
+ */
+export const nodes = sqliteTable("nodes", {
+  id: text("id").primaryKey(),
+  services: text("services", { mode: "json" }).$type<string[]>().notNull(),
+  url: text("url").notNull(),
+  capacity: integer("capacity").notNull(),
+  runsInFlight: integer("runs_in_flight").notNull(),
+  startedAt: integer("started_at").notNull(),
+  lastHeartbeat: integer("last_heartbeat").notNull(),
+});
