@@ -20,7 +20,8 @@ import { createConnectTransport } from "@connectrpc/connect-node";
 import Database from "better-sqlite3";
 import { DatastoreService, SearchMode } from "../gen/shaker/datastore/v1/datastore_pb.js";
 import { annPath } from "../services/datastore/ann.js";
-import { createDatastoreStore, type RecordInput } from "../services/datastore/store.js";
+import type { RecordInput } from "../services/datastore/model.js";
+import { openSqliteEngine } from "../services/datastore/sqlite-engine.js";
 import { createCaller } from "./client.js";
 import { startBenchServer } from "./server.js";
 import { fmt, report, summary } from "./stats.js";
@@ -83,7 +84,7 @@ const ms = (ns: number) => ns / 1e6;
 
 export async function benchDatastore(): Promise<void> {
   const dir = mkdtempSync(join(tmpdir(), "shaker-bench-ds-"));
-  const store = createDatastoreStore(join(dir, "datastore.sqlite"));
+  const store = await openSqliteEngine(join(dir, "datastore.sqlite"));
   const server = await startBenchServer({ workers: 1 });
   const caller = createCaller(server.url, { authorization: `Bearer ${server.apiKey}`, "content-type": "application/json" });
   const rpc = createClient(DatastoreService, createConnectTransport({ baseUrl: server.url, httpVersion: "1.1" }));
@@ -306,11 +307,11 @@ export async function benchDatastore(): Promise<void> {
     );
     // The writer thread saves the index a few seconds after the upload; the store layer loads that file.
     const serverDb = join(server.dataDir, "datastore.db");
-    const server2 = createDatastoreStore(serverDb, { rebuild: "sync" });
+    const server2 = await openSqliteEngine(serverDb, { rebuild: "sync" });
     const owner = new Database(serverDb, { readonly: true });
-    const { account_id: accountId } = owner.prepare("SELECT account_id FROM stores WHERE name = 'vector'").get() as { account_id: string };
+    const { id: vectorId } = owner.prepare("SELECT id FROM stores WHERE name = 'vector'").get() as { id: number };
     owner.close();
-    const row = server2.store(accountId, "vector")!;
+    const row = server2.storeById(vectorId)!;
     const until = Date.now() + 600_000;
     while (!existsSync(`${annPath(serverDb, row.id)}.json`) && Date.now() < until) await new Promise((r) => setTimeout(r, 200));
     const annTimes: number[] = [];
@@ -369,10 +370,10 @@ export async function benchDatastore(): Promise<void> {
       rp.p50 / a.p50,
       `adds ${fmt(rp.p50 - a.p50)} ms ${rp.p50 <= 5 ? "(target p50 <= 5 ms: met)" : "(target p50 <= 5 ms: MISSED)"}`,
     );
-    server2.close();
+    await server2.close();
   } finally {
     caller.close();
-    store.close();
+    await store.close();
     await server.close();
     rmSync(dir, { recursive: true, force: true });
   }

@@ -9,6 +9,7 @@ import { ExecutorService } from "../gen/shaker/executor/v1/executor_pb.js";
 import { ModelProxyService } from "../gen/shaker/modelproxy/v1/modelproxy_pb.js";
 import { RegistryService } from "../gen/shaker/registry/v1/registry_pb.js";
 import { createDatastoreService } from "../services/datastore/service.js";
+import { createDatastoreStore } from "../services/datastore/store.js";
 import { createEdge } from "../services/edge/edge.js";
 import { createBodyGuard } from "../services/edge/guard.js";
 import { type Res, sendJson } from "../services/edge/http.js";
@@ -130,9 +131,13 @@ export async function startShaker(config: Config): Promise<Shaker> {
     closers.push(() => modelproxy.close());
   }
   if (runs.has("datastore")) {
-    const datastore = createDatastoreService(deps("datastore"));
+    const datastoreStore = await createDatastoreStore(databaseLocation(config, "datastore"), { poolSize: config.databasePoolSize });
+    const datastore = createDatastoreService({ store: datastoreStore, auth, clients });
     impls.datastore = datastore.impl;
-    closers.push(() => datastore.close());
+    closers.push(
+      () => datastore.close(),
+      () => datastoreStore.close(),
+    );
   }
 
   const listenOptions = {

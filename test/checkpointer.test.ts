@@ -2,7 +2,7 @@ import { existsSync, mkdtempSync, rmSync, statSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, describe, expect, it } from "vitest";
-import { createDatastoreStore } from "../services/datastore/store.js";
+import { openSqliteEngine } from "../services/datastore/sqlite-engine.js";
 import { createExecutorStore } from "../services/executor/store.js";
 import { checkpointIntervalMs } from "../services/shared/checkpointer.js";
 
@@ -72,7 +72,7 @@ describe("checkpointer", () => {
 
   it("checkpoints a Datastore database too (its vector tables need sqlite-vec, which the thread does not load)", async () => {
     const file = join(dir, "datastore.db");
-    const store = createDatastoreStore(file);
+    const store = await openSqliteEngine(file);
     const before = statSync(file).size;
     const created = store.createStore("acc", "docs", "")!;
     for (let i = 0; i < 100; i++) {
@@ -89,7 +89,7 @@ describe("checkpointer", () => {
     expect(await settle(file, before + 200_000)).toBeGreaterThan(before + 200_000);
     expect(store.count(created.id)).toBe(1000);
     expect(store.integrityCheck()).toBe("ok");
-    store.close();
+    await store.close();
     expect(existsSync(`${file}-wal`)).toBe(false);
   });
 });

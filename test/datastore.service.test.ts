@@ -1,4 +1,5 @@
-// The Datastore's rules in process: its handlers over an in-memory store, called through
+// The Datastore's rules in process: its handlers over an in-memory store (a fresh PostgreSQL
+// database under SHAKER_TEST_DIALECT=postgresql), called through
 // createRouterTransport (no port, no edge, no other service). Its peers are faked: API keys are a
 // table of this file, and the ModelProxy is a small Embeddings handler that embeds by counting
 // letters and records how it was called. The rules themselves are in datastore-rules.test.ts; the
@@ -9,10 +10,10 @@ import { afterAll, beforeEach, describe, expect, it } from "vitest";
 import { DatastoreService, SearchMode, type UpsertRecordsStreamRequestSchema } from "../gen/shaker/datastore/v1/datastore_pb.js";
 import { ModelProxyService } from "../gen/shaker/modelproxy/v1/modelproxy_pb.js";
 import { createDatastoreService } from "../services/datastore/service.js";
+import { createDatastoreStore } from "../services/datastore/store.js";
 import { createAuth, headers, type RunClaims } from "../services/shared/auth.js";
-import type { Clients } from "../services/shared/clients.js";
-import type { Config } from "../services/shared/config.js";
 import { errorMetadata } from "../services/shared/errors.js";
+import { testStoreLocation } from "./databases.js";
 
 const serviceSecret = "datastore-service-test-secret";
 const keys: Record<string, string> = { "key-alice": "acct-alice", "key-bob": "acct-bob" };
@@ -50,18 +51,16 @@ const modelproxy = createClient(
   ),
 );
 
-const datastore = createDatastoreService({
-  config: {} as Config,
-  auth,
-  clients: { modelproxy } as unknown as Clients,
-  dbFile: ":memory:",
-});
-const client = createClient(
-  DatastoreService,
-  createRouterTransport((router) => router.service(DatastoreService, datastore.impl)),
-);
+const location = await testStoreLocation();
+const store = await createDatastoreStore(location.location);
+const datastore = createDatastoreService({ store, auth, clients: { modelproxy } });
+const client = createClient(DatastoreService, createRouterTransport(datastore.routes));
 
-afterAll(() => datastore.close());
+afterAll(async () => {
+  await datastore.close();
+  await store.close();
+  await location.release();
+});
 
 beforeEach(() => {
   embedCalls.length = 0;
@@ -211,6 +210,30 @@ describe("records", () => {
     );
     // Nothing of a refused request is kept.
     expect((await client.getRecords({ store: name, ids: ["a"] }, alice)).records).toEqual([]);
+  });
+
+  it("refuses the NUL character in any text it would keep or look up, naming the field, on either database", async () => {
+    const name = await newStore();
+    const nul = "must not contain the NUL character (\\u0000)";
+    const upsert = (record: object) => client.upsertRecords({ store: name, records: [{ id: "a", vector: [1] }, record] }, alice);
+    expect(await refusal(upsert({ id: "b\0", vector: [1] }))).toEqual(invalid(`records[1]: id ${nul}`, "records[1].id"));
+    expect(await refusal(upsert({ id: "b", text: "x\0y", vector: [1] }))).toEqual(invalid(`records[1]: text ${nul}`, "records[1].text"));
+    expect(await refusal(upsert({ id: "b", metadata: { k: ["\0"] }, vector: [1] }))).toEqual(
+      invalid(`records[1]: metadata ${nul}`, "records[1].metadata"),
+    );
+    expect(await refusal(upsert({ id: "b", metadata: { "k\0": 1 }, vector: [1] }))).toEqual(
+      invalid(`records[1]: metadata ${nul}`, "records[1].metadata"),
+    );
+    expect((await client.getRecords({ store: name, ids: ["a"] }, alice)).records).toEqual([]);
+    expect(await refusal(client.getRecords({ store: name, ids: ["a", "\0"] }, alice))).toEqual(invalid(`'ids[1]' ${nul}`, "ids[1]"));
+    expect(await refusal(client.deleteRecords({ store: name, ids: ["\0"] }, alice))).toEqual(invalid(`'ids[0]' ${nul}`, "ids[0]"));
+    expect(await refusal(client.search({ store: name, query: "a", filter: { k: "\0" } }, alice))).toEqual(
+      invalid(`filter 'k' ${nul}`, "filter"),
+    );
+    expect(await refusal(client.createStore({ name: "nul", embeddingModel: "m\0" }, alice))).toEqual(
+      invalid(`'embedding_model' ${nul}`, "embedding_model"),
+    );
+    expect(await refusal(client.getRecords({ store: "a\0", ids: ["a"] }, alice))).toMatchObject({ code: Code.NotFound });
   });
 
   it("refuses vectors of another dimension than the request's first, or the store's", async () => {

@@ -15,6 +15,9 @@ export class FilterError extends Error {}
 const rangeOps = { $gt: "gt", $gte: "gte", $lt: "lt", $lte: "lte" } as const;
 
 function scalar(value: JsonValue, where: string): Scalar {
+  // No stored text holds the NUL character (rules.ts), and PostgreSQL refuses it in a query.
+  if (typeof value === "string" && value.includes("\0"))
+    throw new FilterError(`filter '${where}' must not contain the NUL character (\\u0000)`);
   if (value === null || typeof value === "string" || typeof value === "number" || typeof value === "boolean") return value;
   throw new FilterError(`filter '${where}' must compare with a string, number, boolean or null`);
 }
@@ -28,8 +31,8 @@ export function parseFilter(filter: JsonObject | undefined): Condition[] {
   const out: Condition[] = [];
   for (const [field, spec] of Object.entries(filter ?? {})) {
     const path = field.split(".");
-    if (path.some((p) => !p || /["\\]/.test(p)))
-      throw new FilterError(`filter field '${field}' must be dotted names without quotes or backslashes`);
+    if (path.some((p) => !p || /["\\\0]/.test(p)))
+      throw new FilterError(`filter field '${field}' must be dotted names without quotes, backslashes or NUL characters`);
     if (spec !== null && typeof spec === "object" && !Array.isArray(spec)) {
       const ops = Object.entries(spec);
       if (ops.length === 0) throw new FilterError(`filter '${field}' has no operator`);

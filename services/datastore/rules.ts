@@ -1,7 +1,7 @@
 // The Datastore's field rules: what a store name, a record and a search may carry. The Datastore's
 // handlers enforce them; the REST edge reads JSON records and search modes with the same rules and
 // sizes its streamed upserts from here.
-import type { JsonObject } from "@bufbuild/protobuf";
+import type { JsonObject, JsonValue } from "@bufbuild/protobuf";
 import { SearchMode } from "../../gen/shaker/datastore/v1/datastore_pb.js";
 import { invalidArgument as invalid } from "../shared/errors.js";
 import { namePattern } from "../shared/names.js";
@@ -77,9 +77,44 @@ function recordError(i: number, { problem, param }: RecordProblem) {
   return invalid(`records[${i}]: ${problem}`, `records[${i}]${param}`);
 }
 
-/** checkRecord refuses an RPC record (index `i` of the whole request) without an id or with a non-finite vector value. */
-export function checkRecord(r: { id: string; vector: ArrayLike<number> }, i: number): void {
+/**
+ * nul is the one character no text a store keeps may hold: PostgreSQL's text and jsonb refuse it, so
+ * both databases refuse it alike, naming the field.
+ */
+const nul = "\0";
+const nulProblem = "must not contain the NUL character (\\u0000)";
+
+/** holdsNul says whether a JSON value has the NUL character in a string or a key. */
+function holdsNul(v: JsonValue): boolean {
+  if (typeof v === "string") return v.includes(nul);
+  if (Array.isArray(v)) return v.some(holdsNul);
+  if (v !== null && typeof v === "object") return Object.entries(v).some(([k, x]) => k.includes(nul) || holdsNul(x));
+  return false;
+}
+
+/** checkText refuses a string field holding the NUL character. */
+export function checkText(value: string, param: string): void {
+  if (value.includes(nul)) throw invalid(`'${param}' ${nulProblem}`, param);
+}
+
+/** checkIds refuses record ids (of a get or a delete) holding the NUL character: no record has one. */
+export function checkIds(ids: string[]): void {
+  for (const [i, id] of ids.entries()) checkText(id, `ids[${i}]`);
+}
+
+/**
+ * checkRecord refuses an RPC record (index `i` of the whole request) without an id, with a
+ * non-finite vector value, or with the NUL character in its id, text or metadata.
+ */
+export function checkRecord(r: { id: string; text?: string; metadata?: JsonObject; vector: ArrayLike<number> }, i: number): void {
   if (!r.id) throw recordError(i, missingId);
+  for (const [field, value] of [
+    ["id", r.id],
+    ["text", r.text ?? ""],
+    ["metadata", r.metadata ?? {}],
+  ] as const) {
+    if (holdsNul(value)) throw recordError(i, { problem: `${field} ${nulProblem}`, param: `.${field}` });
+  }
   if (Array.prototype.some.call(r.vector, (x: number) => !Number.isFinite(x))) {
     throw recordError(i, { problem: "vector holds a value that is not a finite number", param: ".vector" });
   }

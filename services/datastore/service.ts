@@ -1,28 +1,24 @@
 import type { JsonObject, MessageInitShape } from "@bufbuild/protobuf";
-import { Code, ConnectError, type HandlerContext, type ServiceImpl } from "@connectrpc/connect";
-import {
-  type DatastoreService,
-  type Record as RecordMsg,
-  SearchMode,
-  type StoreSchema,
-} from "../../gen/shaker/datastore/v1/datastore_pb.js";
-import { type Identity, requireAccount } from "../shared/auth.js";
-import type { ServiceDeps } from "../shared/deps.js";
+import { Code, ConnectError, type ConnectRouter, type HandlerContext, type ServiceImpl } from "@connectrpc/connect";
+import { DatastoreService, type Record as RecordMsg, SearchMode, type StoreSchema } from "../../gen/shaker/datastore/v1/datastore_pb.js";
+import { type Auth, type Identity, requireAccount } from "../shared/auth.js";
+import type { Clients } from "../shared/clients.js";
 import { invalidArgument } from "../shared/errors.js";
 import { timestampOf } from "../shared/json.js";
-import type { Condition } from "./filter.js";
+import { namePattern } from "../shared/names.js";
 import {
+  checkIds,
   checkQueryDimension,
   checkRecord,
   checkRecordDimension,
   checkSearch,
   checkStoreName,
   checkStoreRef,
+  checkText,
   hybridDepth,
   recordDimensionError,
 } from "./rules.js";
-import { annFromDefault, createDatastoreStore, type Hit, type RecordInput, type StoreRow, type UpsertResult } from "./store.js";
-import { inThreadWriter, type Writer, writerThread } from "./writer.js";
+import type { DatastoreStore, Hit, RecordInput, StoreRow, UpsertResult } from "./store.js";
 
 /** embedBatch is how many texts go to the ModelProxy in one Embeddings call. */
 const embedBatch = 64;
@@ -45,19 +41,37 @@ function parseMetadata(text: string): JsonObject {
   return JSON.parse(text) as JsonObject;
 }
 
-/** createDatastoreService builds the Datastore's handlers on its own SQLite file. */
-export function createDatastoreService(deps: ServiceDeps): { impl: ServiceImpl<typeof DatastoreService>; close(): Promise<void> } {
-  // SHAKER_DATASTORE_ANN_FROM: the store size from which vector searches use the ANN index (tests lower it).
-  const annFrom = Number(process.env.SHAKER_DATASTORE_ANN_FROM ?? annFromDefault);
-  const memory = deps.dbFile === ":memory:";
-  // On a file this connection only reads: the writer thread writes (and keeps the ANN indexes).
-  const store = createDatastoreStore(deps.dbFile, { ann: memory, annFrom });
-  const writer: Promise<Writer> = memory ? Promise.resolve(inThreadWriter(store)) : writerThread(deps.dbFile, { annFrom });
-  // A writer that failed to start fails the calls that need it, not the process.
-  writer.catch(() => undefined);
+/** What the Datastore's service is built on. */
+export interface DatastoreServiceDeps {
+  /** store is the Datastore's tables, opened (and closed) by the composition root. */
+  store: DatastoreStore;
+  /** auth identifies callers. */
+  auth: Auth;
+  /** clients reach the ModelProxy, which embeds texts. */
+  clients: Pick<Clients, "modelproxy">;
+}
+
+/** DatastoreServiceHandle is the Datastore's service: its handlers, and what the start banner says of it. */
+export interface DatastoreServiceHandle {
+  impl: ServiceImpl<typeof DatastoreService>;
+  /** routes registers the handlers on a router. */
+  routes(router: ConnectRouter): void;
+  /** describe says which database and vector search engine answer (for the start banner). */
+  describe(): string;
+  close(): Promise<void>;
+}
+
+/** createDatastoreService builds the Datastore's handlers on its store. */
+export function createDatastoreService(deps: DatastoreServiceDeps): DatastoreServiceHandle {
+  const { store } = deps;
+
+  /** lookup finds an account's store by name; a name no store may have (checkStoreName) finds none without asking the database. */
+  async function lookup(accountId: string, name: string): Promise<StoreRow | undefined> {
+    return namePattern.test(name) ? store.store(accountId, name) : undefined;
+  }
 
   /** storeFor finds a store the caller may use: a run token reaches only the stores bound to its workflow. */
-  function storeFor(identity: Identity, name: string, write: boolean): StoreRow {
+  async function storeFor(identity: Identity, name: string, write: boolean): Promise<StoreRow> {
     if (identity.kind === "run") {
       const binding = identity.claims.datastores.find((d) => d.name === name);
       if (!binding)
@@ -70,7 +84,7 @@ export function createDatastoreService(deps: ServiceDeps): { impl: ServiceImpl<t
       }
     }
     checkStoreRef(name);
-    const row = store.store(requireAccount(identity), name);
+    const row = await lookup(requireAccount(identity), name);
     if (!row) throw new ConnectError(`datastore '${name}' does not exist`, Code.NotFound);
     return row;
   }
@@ -150,27 +164,10 @@ export function createDatastoreService(deps: ServiceDeps): { impl: ServiceImpl<t
   }
 
   /** stillThere refuses a write to a store dropped while its records were being embedded or streamed; returns it as it is now. */
-  function stillThere(row: StoreRow): StoreRow {
-    const now = store.store(row.accountId, row.name);
+  async function stillThere(row: StoreRow): Promise<StoreRow> {
+    const now = await store.store(row.accountId, row.name);
     if (now?.id !== row.id) throw new ConnectError(`datastore '${row.name}' was dropped during the upsert`, Code.NotFound);
     return now;
-  }
-
-  /**
-   * vectorSearch asks the writer's ANN index for candidates and re-ranks them exactly here; a filter
-   * that leaves fewer than `limit` asks for 4x more, up to store.annMaxK, then scans the filtered
-   * records exactly. A store without a usable index (small, or its index being rebuilt) is scanned.
-   */
-  async function vectorSearch(row: StoreRow, query: Float32Array, conditions: Condition[], limit: number): Promise<Hit[]> {
-    if (!row.dimension) return [];
-    const w = await writer;
-    for (let k = store.annK(limit, conditions); ; k *= 4) {
-      if (k > store.annMaxK) return store.exactSearch(row, query, conditions, limit);
-      const keys = await w.annSearch(row, query, k);
-      if (!keys) return store.scanSearch(row, query, conditions, limit);
-      const hits = store.rerank(row, keys, query, conditions, limit);
-      if (hits.length >= limit || keys.length < k) return hits;
-    }
   }
 
   function refused(result: UpsertResult, offset = 0): number {
@@ -192,127 +189,122 @@ export function createDatastoreService(deps: ServiceDeps): { impl: ServiceImpl<t
     return new Float32Array(v);
   }
 
-  return {
-    impl: {
-      async createStore(req, ctx) {
-        const accountId = manageOnly(await deps.auth.identify(ctx.requestHeader));
-        checkStoreName(req.name);
-        const row = await (await writer).createStore(accountId, req.name, req.embeddingModel);
-        if (!row) throw new ConnectError(`datastore '${req.name}' already exists`, Code.AlreadyExists);
-        return { store: storeMsg(row, 0) };
-      },
-      async listStores(_req, ctx) {
-        const identity = await deps.auth.identify(ctx.requestHeader);
-        let rows = store.listStores(requireAccount(identity));
-        if (identity.kind === "run") rows = rows.filter((r) => identity.claims.datastores.some((d) => d.name === r.name));
-        return { stores: rows.map((r) => storeMsg(r, store.count(r.id))) };
-      },
-      async deleteStore(req, ctx) {
-        const accountId = manageOnly(await deps.auth.identify(ctx.requestHeader));
-        const row = store.store(accountId, req.name);
-        if (!row || !(await (await writer).dropStore(row.id)))
-          throw new ConnectError(`datastore '${req.name}' does not exist`, Code.NotFound);
-        return { name: req.name };
-      },
-      async upsertRecords(req, ctx) {
-        const identity = await deps.auth.identify(ctx.requestHeader);
-        const row = storeFor(identity, req.store, true);
-        const { input, embedded } = await prepare(row, identity.accountId, req.records, 0, { dimension: row.dimension }, ctx);
-        return { upserted: refused(await (await writer).upsert(stillThere(row).id, input)), embedded };
-      },
-      /**
-       * upsertRecordsStream writes each part straight into the tables as it arrives, in one
-       * transaction of the writer held from the first part to the end: all or nothing, and visible
-       * to searches only once committed. The next part is read and checked while the writer writes
-       * the previous one.
-       */
-      async upsertRecordsStream(requests, ctx) {
-        const identity = await deps.auth.identify(ctx.requestHeader);
-        const it = requests[Symbol.asyncIterator]();
-        const first = await it.next();
-        if (first.done) throw invalid("the stream sent no part; the first part must name the 'store'", "store");
-        const asked = storeFor(identity, first.value.store, true);
-        const w = await writer;
-        return w.exclusive(async () => {
-          const row = stillThere(asked);
-          const dims = { dimension: row.dimension };
-          let offset = 0;
-          let embedded = 0;
-          let inFlight: Promise<UpsertResult> | undefined;
-          let open = true;
-          await w.beginUpload(row.id);
-          try {
-            for (let part: IteratorResult<(typeof first)["value"]> = first; !part.done; part = await it.next()) {
-              const prepared = await prepare(row, identity.accountId, part.value.records, offset, dims, ctx);
-              if (inFlight) refused(await inFlight);
-              inFlight = w.uploadPart(prepared.input);
-              offset += part.value.records.length;
-              embedded += prepared.embedded;
-            }
+  const impl: ServiceImpl<typeof DatastoreService> = {
+    async createStore(req, ctx) {
+      const accountId = manageOnly(await deps.auth.identify(ctx.requestHeader));
+      checkStoreName(req.name);
+      checkText(req.embeddingModel, "embedding_model");
+      const row = await store.createStore(accountId, req.name, req.embeddingModel);
+      if (!row) throw new ConnectError(`datastore '${req.name}' already exists`, Code.AlreadyExists);
+      return { store: storeMsg(row, 0) };
+    },
+    async listStores(_req, ctx) {
+      const identity = await deps.auth.identify(ctx.requestHeader);
+      let rows = await store.listStores(requireAccount(identity));
+      if (identity.kind === "run") rows = rows.filter((r) => identity.claims.datastores.some((d) => d.name === r.name));
+      return { stores: await Promise.all(rows.map(async (r) => storeMsg(r, await store.count(r.id)))) };
+    },
+    async deleteStore(req, ctx) {
+      const accountId = manageOnly(await deps.auth.identify(ctx.requestHeader));
+      const row = await lookup(accountId, req.name);
+      if (!row || !(await store.dropStore(row.id))) throw new ConnectError(`datastore '${req.name}' does not exist`, Code.NotFound);
+      return { name: req.name };
+    },
+    async upsertRecords(req, ctx) {
+      const identity = await deps.auth.identify(ctx.requestHeader);
+      const row = await storeFor(identity, req.store, true);
+      const { input, embedded } = await prepare(row, identity.accountId, req.records, 0, { dimension: row.dimension }, ctx);
+      return { upserted: refused(await store.upsert((await stillThere(row)).id, input)), embedded };
+    },
+    /**
+     * upsertRecordsStream writes each part straight into the tables as it arrives, in one
+     * transaction held from the first part to the end: all or nothing, and visible to searches
+     * only once committed. The next part is read and checked while the store writes the previous one.
+     * A drop of the store waits for the upload to end (it takes the writer on SQLite, the store's
+     * row lock on PostgreSQL), so the store is checked once, before.
+     */
+    async upsertRecordsStream(requests, ctx) {
+      const identity = await deps.auth.identify(ctx.requestHeader);
+      const it = requests[Symbol.asyncIterator]();
+      const first = await it.next();
+      if (first.done) throw invalid("the stream sent no part; the first part must name the 'store'", "store");
+      const row = await stillThere(await storeFor(identity, first.value.store, true));
+      return store.upload(row.id, async (write) => {
+        const dims = { dimension: row.dimension };
+        let offset = 0;
+        let embedded = 0;
+        let inFlight: Promise<UpsertResult> | undefined;
+        try {
+          for (let part: IteratorResult<(typeof first)["value"]> = first; !part.done; part = await it.next()) {
+            const prepared = await prepare(row, identity.accountId, part.value.records, offset, dims, ctx);
             if (inFlight) refused(await inFlight);
-            stillThere(row);
-            const result = await w.commitUpload();
-            open = false;
-            return { upserted: refused(result), embedded };
-          } finally {
-            if (open) {
-              // A refused part has rolled the upload back already; this makes sure, and waits for the writer.
-              await inFlight?.catch(() => undefined);
-              await w.rollbackUpload();
-            }
+            inFlight = write(prepared.input);
+            offset += part.value.records.length;
+            embedded += prepared.embedded;
           }
-        });
-      },
-      async getRecords(req, ctx) {
-        const row = storeFor(await deps.auth.identify(ctx.requestHeader), req.store, false);
-        const rows = store.getRecords(row, req.ids);
-        return {
-          records: rows.map((r) => ({
-            id: r.id,
-            text: r.text,
-            metadata: parseMetadata(r.metadata),
-            vector: r.vector ? Array.from(r.vector) : [],
-          })),
-        };
-      },
-      async deleteRecords(req, ctx) {
-        const row = storeFor(await deps.auth.identify(ctx.requestHeader), req.store, true);
-        return { deleted: await (await writer).deleteRecords(row, req.ids) };
-      },
-      async search(req, ctx) {
-        const identity = await deps.auth.identify(ctx.requestHeader);
-        const row = storeFor(identity, req.store, false);
-        const { limit, conditions } = checkSearch(req);
-        let hits: Hit[];
-        switch (req.mode) {
-          case SearchMode.VECTOR:
-            hits = await vectorSearch(row, await queryVector(row, identity.accountId, req.query, req.vector, ctx), conditions, limit);
-            break;
-          case SearchMode.HYBRID: {
-            const depth = hybridDepth(limit);
-            const vector = await queryVector(row, identity.accountId, req.query, req.vector, ctx);
-            const fused = new Map<string, Hit>();
-            for (const list of [
-              store.keywordSearch(row.id, req.query, conditions, depth),
-              await vectorSearch(row, vector, conditions, depth),
-            ]) {
-              list.forEach((h, rank) => {
-                const prev = fused.get(h.id);
-                fused.set(h.id, { ...h, score: (prev?.score ?? 0) + 1 / (rrfK + rank + 1) });
-              });
-            }
-            hits = [...fused.values()].sort((a, b) => b.score - a.score).slice(0, limit);
-            break;
-          }
-          default:
-            hits = store.keywordSearch(row.id, req.query, conditions, limit);
+          if (inFlight) refused(await inFlight);
+          return { upserted: offset, embedded };
+        } finally {
+          // A part still being written when a later one is refused: the upload ends after it.
+          await inFlight?.catch(() => undefined);
         }
-        return { records: hits.map((h) => ({ id: h.id, text: h.text, metadata: parseMetadata(h.metadata), score: h.score })) };
-      },
+      });
     },
-    async close() {
-      await (await writer.catch(() => undefined))?.close();
-      store.close();
+    async getRecords(req, ctx) {
+      const row = await storeFor(await deps.auth.identify(ctx.requestHeader), req.store, false);
+      checkIds(req.ids);
+      const rows = await store.getRecords(row, req.ids);
+      return {
+        records: rows.map((r) => ({
+          id: r.id,
+          text: r.text,
+          metadata: parseMetadata(r.metadata),
+          vector: Array.from(r.vector),
+        })),
+      };
     },
+    async deleteRecords(req, ctx) {
+      const row = await storeFor(await deps.auth.identify(ctx.requestHeader), req.store, true);
+      checkIds(req.ids);
+      return { deleted: await store.deleteRecords(row, req.ids) };
+    },
+    async search(req, ctx) {
+      const identity = await deps.auth.identify(ctx.requestHeader);
+      const row = await storeFor(identity, req.store, false);
+      const { limit, conditions } = checkSearch(req);
+      let hits: Hit[];
+      switch (req.mode) {
+        case SearchMode.VECTOR:
+          hits = await store.vectorSearch(row, await queryVector(row, identity.accountId, req.query, req.vector, ctx), conditions, limit);
+          break;
+        case SearchMode.HYBRID: {
+          const depth = hybridDepth(limit);
+          const vector = await queryVector(row, identity.accountId, req.query, req.vector, ctx);
+          const fused = new Map<string, Hit>();
+          for (const list of [
+            await store.keywordSearch(row.id, req.query, conditions, depth),
+            await store.vectorSearch(row, vector, conditions, depth),
+          ]) {
+            list.forEach((h, rank) => {
+              const prev = fused.get(h.id);
+              fused.set(h.id, { ...h, score: (prev?.score ?? 0) + 1 / (rrfK + rank + 1) });
+            });
+          }
+          hits = [...fused.values()].sort((a, b) => b.score - a.score).slice(0, limit);
+          break;
+        }
+        default:
+          hits = await store.keywordSearch(row.id, req.query, conditions, limit);
+      }
+      return { records: hits.map((h) => ({ id: h.id, text: h.text, metadata: parseMetadata(h.metadata), score: h.score })) };
+    },
+  };
+
+  return {
+    impl,
+    routes: (router) => router.service(DatastoreService, impl),
+    describe: () => `${store.dialect}, vector search by ${store.vectorEngine}`,
+    // The store is the composition root's to close; the handlers hold nothing else.
+    async close() {},
   };
 }

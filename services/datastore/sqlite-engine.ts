@@ -1,48 +1,27 @@
+// The Datastore on SQLite: a synchronous engine over one connection, with per-store FTS5 and
+// sqlite-vec virtual tables and the usearch ANN indexes (ann.ts). The service reaches it through
+// store.ts: on a file the engine of its writer thread writes (writer.ts) and a reading engine on the
+// serving thread reads. Its queries are SQLite's own (virtual tables, prepared statements kept):
+// PostgreSQL's are in pg-store.ts.
 import type Database from "better-sqlite3";
-import { asc, eq } from "drizzle-orm";
 import * as sqliteVec from "sqlite-vec";
-import { openDatabase } from "../shared/db.js";
+import { openServiceDatabase } from "../shared/db.js";
 import { type AnnState, addVectors, annMinDimension, openAnn, removeAnn, removeKeys, saveAnn, searchAnn } from "./ann.js";
 import type { Condition, Scalar } from "./filter.js";
+import {
+  annFromDefault,
+  annK,
+  blobOf,
+  floatsOf,
+  type Hit,
+  queryWords,
+  type RecordInput,
+  Refused,
+  type StoreRow,
+  type UpsertResult,
+} from "./model.js";
 import * as schema from "./schema.js";
-
-const migrationsFolder = new URL("./migrations", import.meta.url).pathname;
-
-export type StoreRow = typeof schema.stores.$inferSelect;
-
-/** RecordInput is a record ready to write: its vector already packed as float32. */
-export interface RecordInput {
-  id: string;
-  text: string;
-  /** metadata is the JSON text of an object. */
-  metadata: string;
-  vector: Float32Array;
-}
-
-/** RecordRow is a stored record. */
-export interface RecordRow {
-  id: string;
-  text: string;
-  metadata: string;
-  vector: Float32Array;
-}
-
-/** Hit is a search result; score is higher for better hits. */
-export interface Hit {
-  id: string;
-  text: string;
-  metadata: string;
-  score: number;
-}
-
-/** UpsertResult is the outcome of an all-or-nothing write. */
-export type UpsertResult = { ok: true; upserted: number } | { ok: false; index: number; got: number; want: number };
-
-class Refused extends Error {
-  constructor(readonly result: UpsertResult) {
-    super("refused");
-  }
-}
+import * as pgSchema from "./schema.pg.js";
 
 /** quantized says whether a dimension's KNN runs on binary-quantised vectors (bit[] needs a multiple of 8). */
 function quantized(dimension: number): boolean {
@@ -55,17 +34,11 @@ const oversample = 10;
 /** exactBelow is the store size under which quantised stores are scanned exactly (a few ms). */
 const exactBelow = 10_000;
 
-/** annFromDefault is the store size from which vector search asks the ANN index (below it, exact or sqlite-vec scans are as fast). */
-export const annFromDefault = 20_000;
-
-/** annCandidates is how many ANN candidates are re-ranked exactly per search, at least (4 x limit when larger). */
-const annCandidates = 64;
-
 /** annMaxK is the most ANN candidates a filtered search asks for before it scans the filtered records exactly. */
-const annMaxK = 16_384;
+export const annMaxK = 16_384;
 
-/** Options of createDatastoreStore. */
-export interface DatastoreStoreOptions {
+/** Options of openSqliteEngine. */
+export interface SqliteEngineOptions {
   /**
    * ann keeps an ANN index per store in this thread (default true). The service's reading
    * connection turns it off: its writer thread keeps the indexes and proposes candidates.
@@ -83,15 +56,6 @@ export interface DatastoreStoreOptions {
 
 /** sqlite-vec refuses k above this in its KNN form. */
 const maxKnnK = 4096;
-const chunk = 500;
-
-function blobOf(v: Float32Array): Buffer {
-  return Buffer.from(v.buffer, v.byteOffset, v.byteLength);
-}
-
-function floatsOf(b: Buffer): Float32Array {
-  return new Float32Array(b.buffer.slice(b.byteOffset, b.byteOffset + b.byteLength));
-}
 
 function bind(v: Scalar): string | number | null {
   return typeof v === "boolean" ? (v ? 1 : 0) : v;
@@ -134,22 +98,26 @@ function filterSql(conditions: Condition[]): { sql: string; params: (string | nu
 }
 
 /** ftsQuery turns free text into an FTS5 query matching any of its words (BM25 ranks by how many and how rare). */
-export function ftsQuery(text: string): string | undefined {
-  const words = text.toLowerCase().match(/[\p{L}\p{N}]+/gu);
-  if (!words) return undefined;
-  return [...new Set(words)].map((w) => `"${w}"`).join(" OR ");
+function ftsQuery(text: string): string | undefined {
+  const words = queryWords(text);
+  return words.length ? words.map((w) => `"${w}"`).join(" OR ") : undefined;
 }
 
-/** DatastoreStore holds every query of the Datastore. */
-export type DatastoreStore = ReturnType<typeof createDatastoreStore>;
+/** SqliteEngine holds every SQLite query of the Datastore. */
+export type SqliteEngine = Awaited<ReturnType<typeof openSqliteEngine>>;
 
-/** createDatastoreStore opens the Datastore's database (":memory:" for tests) with sqlite-vec loaded. */
-export function createDatastoreStore(file: string, options: DatastoreStoreOptions = {}) {
-  const db = openDatabase({ file, migrationsFolder, schema, setup: (sqlite) => sqliteVec.load(sqlite) });
-  const { orm, sqlite } = db;
+/** openSqliteEngine opens the Datastore's SQLite file (":memory:" for tests) with sqlite-vec loaded. */
+export async function openSqliteEngine(file: string, options: SqliteEngineOptions = {}) {
+  const db = await openServiceDatabase({
+    service: "datastore",
+    location: file,
+    schema,
+    pgSchema,
+    setup: (sqlite) => sqliteVec.load(sqlite),
+  });
+  const sqlite = db.sqlite!;
   // 64 MiB of page cache: the (store, id) index of a large store otherwise misses on every insert.
   sqlite.pragma("cache_size = -65536");
-  const { stores, stagedRecords } = schema;
   const fts = (id: number) => `ds_fts_${id}`;
   const vec = (id: number) => `ds_vec_${id}`;
   const annOn = options.ann ?? true;
@@ -157,7 +125,7 @@ export function createDatastoreStore(file: string, options: DatastoreStoreOption
   const annFile = file === ":memory:" ? undefined : file;
   if (annOn) {
     // A crash mid-upload left staged parts (of an older version) nobody will commit.
-    orm.delete(stagedRecords).run();
+    sqlite.exec("DELETE FROM staged_records");
     // ds_ann counts each store's write transactions: the generation an ANN index file must match.
     sqlite.exec("CREATE TABLE IF NOT EXISTS ds_ann (store_id INTEGER PRIMARY KEY, generation INTEGER NOT NULL)");
   }
@@ -356,10 +324,12 @@ export function createDatastoreStore(file: string, options: DatastoreStoreOption
   }
 
   return {
-    close() {
+    /** db is the engine's connection, for the queries written once for both databases (store.ts). */
+    db,
+    close(): Promise<void> {
       if (upload) this.rollbackUpload();
       this.saveIndexes();
-      db.close();
+      return db.close();
     },
     /** saveIndexes writes every changed, built ANN index next to the database file. */
     saveIndexes(): void {
@@ -377,22 +347,14 @@ export function createDatastoreStore(file: string, options: DatastoreStoreOption
     },
     createStore(accountId: string, name: string, embeddingModel: string): StoreRow | undefined {
       return sqlite.transaction(() => {
-        const row = orm
-          .insert(stores)
-          .values({ accountId, name, embeddingModel, createdAt: Date.now() })
-          .onConflictDoNothing()
-          .returning()
-          .get();
+        const row = stmt(
+          `INSERT INTO stores (account_id, name, embedding_model, created_at) VALUES (?, ?, ?, ?) ON CONFLICT DO NOTHING RETURNING ${storeColumns}`,
+        ).get(accountId, name, embeddingModel, Date.now()) as StoreRow | undefined;
         if (row) createIndexes(row.id);
         return row;
       })();
     },
-    store(accountId: string, name: string): StoreRow | undefined {
-      return stmt(`SELECT ${storeColumns} FROM stores WHERE account_id = ? AND name = ?`).get(accountId, name) as StoreRow | undefined;
-    },
-    listStores(accountId: string): StoreRow[] {
-      return orm.select().from(stores).where(eq(stores.accountId, accountId)).orderBy(asc(stores.name)).all();
-    },
+    storeById,
     count(storeId: number): number {
       return (stmt("SELECT count(*) AS n FROM records WHERE store_id = ?").get(storeId) as { n: number }).n;
     },
@@ -404,7 +366,7 @@ export function createDatastoreStore(file: string, options: DatastoreStoreOption
         sqlite.exec(`DROP TABLE IF EXISTS ${fts(storeId)}`);
         sqlite.exec(`DROP TABLE IF EXISTS ${vec(storeId)}`);
         stmt("DELETE FROM records WHERE store_id = ?").run(storeId);
-        orm.delete(stores).where(eq(stores.id, storeId)).run();
+        stmt("DELETE FROM stores WHERE id = ?").run(storeId);
         if (annOn) stmt("DELETE FROM ds_ann WHERE store_id = ?").run(storeId);
         anns.delete(storeId);
         removeAnn(annFile, storeId);
@@ -463,23 +425,6 @@ export function createDatastoreStore(file: string, options: DatastoreStoreOption
       if (state) state.generation = generation(u.storeId);
       undoAnn(u.undo);
     },
-    /** getRecords returns the records found, in the order asked. */
-    getRecords(store: StoreRow, ids: string[]): RecordRow[] {
-      const found = new Map<string, RecordRow>();
-      for (let i = 0; i < ids.length; i += chunk) {
-        const part = ids.slice(i, i + chunk);
-        const rows = sqlite
-          .prepare(
-            `SELECT record_id AS id, text, metadata, vector FROM records WHERE store_id = ? AND record_id IN (${part.map(() => "?").join(", ")})`,
-          )
-          .all(store.id, ...part) as { id: string; text: string; metadata: string; vector: Buffer }[];
-        for (const row of rows) found.set(row.id, { id: row.id, text: row.text, metadata: row.metadata, vector: floatsOf(row.vector) });
-      }
-      return ids.flatMap((id) => {
-        const r = found.get(id);
-        return r ? [r] : [];
-      });
-    },
     /** deleteRecords removes records from the table and both indexes; returns how many existed. */
     deleteRecords(store: StoreRow, ids: string[]): number {
       return sqlite.transaction(() => {
@@ -536,7 +481,7 @@ export function createDatastoreStore(file: string, options: DatastoreStoreOption
       if (!store.dimension) return [];
       const ann = usableAnn(store);
       if (ann) {
-        for (let k = this.annK(limit, conditions); ; k *= 4) {
+        for (let k = annK(limit, conditions.length > 0); ; k *= 4) {
           if (k > annMaxK) return this.exactSearch(store, query, conditions, limit);
           const keys = searchAnn(ann, query, k);
           const hits = this.rerank(store, keys, query, conditions, limit);
@@ -545,11 +490,6 @@ export function createDatastoreStore(file: string, options: DatastoreStoreOption
       }
       return this.scanSearch(store, query, conditions, limit);
     },
-    /** annK is the first number of ANN candidates a search asks for. */
-    annK(limit: number, conditions: Condition[]): number {
-      return Math.max(annCandidates, limit * (conditions.length ? 16 : 4));
-    },
-    annMaxK,
     /** annSearch proposes up to k ANN candidates' rowids, or undefined when the store has no usable index (building, or small). */
     annSearch(store: StoreRow, query: Float32Array, k: number): BigUint64Array | undefined {
       const ann = usableAnn(store);

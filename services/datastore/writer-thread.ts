@@ -2,10 +2,10 @@
 // and the ANN indexes. Between messages it rebuilds stale indexes a few thousand records at a time
 // and saves changed ones a while after their last change.
 import { parentPort, workerData } from "node:worker_threads";
-import { createDatastoreStore } from "./store.js";
+import { openSqliteEngine } from "./sqlite-engine.js";
 
 const { file, annFrom, saveAfterMs = 5000 } = workerData as { file: string; annFrom?: number; saveAfterMs?: number };
-const store = createDatastoreStore(file, { annFrom, rebuild: "steps" });
+const store = await openSqliteEngine(file, { annFrom, rebuild: "steps" });
 store.openIndexes();
 
 let saveTimer: NodeJS.Timeout | undefined;
@@ -45,7 +45,8 @@ const ops: Record<string, (...args: any[]) => unknown> = {
   annSearch: store.annSearch,
   close: () => {
     clearTimeout(saveTimer);
-    store.close();
+    // Its work is done when it returns: SQLite closes synchronously.
+    void store.close();
   },
 };
 const writes = new Set(["upsert", "deleteRecords", "dropStore", "commitUpload", "rollbackUpload"]);

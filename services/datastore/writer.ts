@@ -1,16 +1,18 @@
-// The Datastore's writer: every write of the service goes through one, one at a time. On a database
+// The Datastore's writer on SQLite: every write of the store goes through one, one at a time. On a database
 // file it is a worker thread with its own connection (writerThread), so that writing a large upload,
 // committing it and updating the ANN indexes never hold up the event loop; the service's own
 // connection only reads, and sees an upload's records once its transaction commits (WAL readers see
 // the last commit). The ANN indexes live in the writer thread too: a vector search asks it for
 // candidates and re-ranks them on the reading connection. An in-memory database (tests) cannot be
-// shared between threads: there the writer is the service's own store, in its thread.
+// shared between threads: there the writer is the reading engine, in its thread. (On PostgreSQL
+// there is no writer: the pool's connections write.)
 
 import { createRequire } from "node:module";
 import { dirname, join } from "node:path";
 import { pathToFileURL } from "node:url";
 import { Worker } from "node:worker_threads";
-import type { DatastoreStore, RecordInput, StoreRow, UpsertResult } from "./store.js";
+import type { RecordInput, StoreRow, UpsertResult } from "./model.js";
+import type { SqliteEngine } from "./sqlite-engine.js";
 
 /** Writer is the Datastore's single writer; uploads hold it (exclusive) from their first part to their end. */
 export interface Writer {
@@ -41,8 +43,8 @@ function lock(): <T>(fn: () => Promise<T>) => Promise<T> {
 
 type Ops = Omit<Writer, "exclusive" | "close">;
 
-/** inThreadWriter writes on the service's own store (an in-memory database). */
-export function inThreadWriter(store: DatastoreStore): Writer {
+/** inThreadWriter writes on the reading engine (an in-memory database). */
+export function inThreadWriter(store: SqliteEngine): Writer {
   const exclusive = lock();
   const ops: Ops = {
     createStore: async (a, n, m) => store.createStore(a, n, m),

@@ -1,0 +1,183 @@
+// The Datastore's store: one asynchronous interface, whichever database is under it.
+//
+// On SQLite (sqlite-engine.ts) every write goes through one writer (writer.ts): on a file a worker
+// thread with its own connection, so large uploads and the ANN indexes it keeps never hold up the
+// event loop, while a reading connection on the serving thread answers searches. On PostgreSQL
+// (pg-store.ts) reads and writes all go through the pool. The reads below are written once for both.
+import { and, count, eq, inArray } from "drizzle-orm";
+import { isPostgresUrl, openServiceDatabase, type ServiceDatabase } from "../shared/db.js";
+import type { Dialect } from "../shared/dialects.js";
+import type { Condition } from "./filter.js";
+import {
+  annFromDefault,
+  floatsOf,
+  type Hit,
+  type RecordInput,
+  type RecordRow,
+  type StoreRow,
+  searchCandidates,
+  type UpsertResult,
+} from "./model.js";
+import { postgresStore } from "./pg-store.js";
+import * as schema from "./schema.js";
+import * as pgSchema from "./schema.pg.js";
+import { annMaxK, openSqliteEngine } from "./sqlite-engine.js";
+import { inThreadWriter, writerThread } from "./writer.js";
+
+export type { Hit, RecordInput, RecordRow, StoreRow, UpsertResult } from "./model.js";
+
+/** UploadPart writes one part of a streamed upload; a refused part writes nothing of the upload. */
+export type UploadPart = (input: RecordInput[]) => Promise<UpsertResult>;
+
+/** DatastoreStore holds every query of the Datastore. */
+export interface DatastoreStore {
+  dialect: Dialect;
+  /** vectorEngine says what answers vector searches (for the start banner). */
+  vectorEngine: string;
+  store(accountId: string, name: string): Promise<StoreRow | undefined>;
+  /** listStores lists an account's stores by name. */
+  listStores(accountId: string): Promise<StoreRow[]>;
+  /** count is how many records a store holds. */
+  count(storeId: number): Promise<number>;
+  /** getRecords returns the records found, in the order asked. */
+  getRecords(store: StoreRow, ids: string[]): Promise<RecordRow[]>;
+  /** createStore creates a store; undefined when the account has one of that name. */
+  createStore(accountId: string, name: string, embeddingModel: string): Promise<StoreRow | undefined>;
+  /** dropStore removes a store, its records and its indexes; false when it does not exist. */
+  dropStore(storeId: number): Promise<boolean>;
+  /** upsert writes records in one transaction; a vector of the wrong dimension writes nothing. */
+  upsert(storeId: number, input: RecordInput[]): Promise<UpsertResult>;
+  /**
+   * upload runs a streamed upsert in one transaction: fn writes its parts with `part`; the upload
+   * commits when fn returns and writes nothing when it throws. Searches see it once committed.
+   */
+  upload<T>(storeId: number, fn: (part: UploadPart) => Promise<T>): Promise<T>;
+  /** deleteRecords removes records; returns how many existed. */
+  deleteRecords(store: StoreRow, ids: string[]): Promise<number>;
+  /** keywordSearch finds the records holding any word of the text, best ranked first, the filter applied inside the query. */
+  keywordSearch(storeId: number, text: string, conditions: Condition[], limit: number): Promise<Hit[]>;
+  /** vectorSearch ranks by cosine similarity (score = 1 - cosine distance); a filtered search still returns `limit` hits when they exist. */
+  vectorSearch(store: StoreRow, query: Float32Array, conditions: Condition[], limit: number): Promise<Hit[]>;
+  close(): Promise<void>;
+}
+
+/** Reads are the store's queries written once for both databases. */
+export type Reads = Pick<DatastoreStore, "store" | "listStores" | "count" | "getRecords">;
+
+/** Options of createDatastoreStore. */
+export interface DatastoreStoreOptions {
+  /** poolSize bounds the PostgreSQL connections. */
+  poolSize?: number;
+  /**
+   * annFrom is the store size from which SQLite's vector search uses the ANN index; default
+   * SHAKER_DATASTORE_ANN_FROM (tests lower it), else annFromDefault.
+   */
+  annFrom?: number;
+}
+
+/** createDatastoreStore opens the Datastore's tables: a SQLite file (":memory:" for tests) or a postgres:// URL. */
+export async function createDatastoreStore(location: string, options: DatastoreStoreOptions = {}): Promise<DatastoreStore> {
+  if (isPostgresUrl(location)) {
+    const db = await openServiceDatabase({ service: "datastore", location, schema, pgSchema, poolSize: options.poolSize });
+    return { ...reads(db), ...(await postgresStore(db)) };
+  }
+  return sqliteStore(location, options.annFrom ?? Number(process.env.SHAKER_DATASTORE_ANN_FROM ?? annFromDefault));
+}
+
+/** chunk is how many ids one query looks up. */
+const chunk = 500;
+
+function reads(db: ServiceDatabase<typeof schema>): Reads {
+  const { orm } = db;
+  const { stores, records } = db.tables;
+  return {
+    async store(accountId, name) {
+      const [row] = await orm
+        .select()
+        .from(stores)
+        .where(and(eq(stores.accountId, accountId), eq(stores.name, name)))
+        .limit(1);
+      return row;
+    },
+    async listStores(accountId) {
+      const rows = await orm.select().from(stores).where(eq(stores.accountId, accountId));
+      // Sorted here: PostgreSQL's collation may order '-' and '_' unlike SQLite's byte order.
+      return rows.sort((a, b) => (a.name < b.name ? -1 : 1));
+    },
+    async count(storeId) {
+      const [row] = await orm.select({ n: count() }).from(records).where(eq(records.storeId, storeId));
+      return row.n;
+    },
+    async getRecords(store, ids) {
+      const found = new Map<string, RecordRow>();
+      for (let i = 0; i < ids.length; i += chunk) {
+        const rows = await orm
+          .select({ id: records.recordId, text: records.text, metadata: records.metadata, vector: records.vector })
+          .from(records)
+          .where(and(eq(records.storeId, store.id), inArray(records.recordId, ids.slice(i, i + chunk))));
+        for (const row of rows) found.set(row.id, { ...row, vector: floatsOf(row.vector) });
+      }
+      return ids.flatMap((id) => {
+        const r = found.get(id);
+        return r ? [r] : [];
+      });
+    },
+  };
+}
+
+/**
+ * sqliteStore is the Datastore on a SQLite file: writes through the writer, reads on this thread. An
+ * in-memory database (tests) cannot be shared between threads: there the writer is the reading
+ * engine itself.
+ */
+async function sqliteStore(file: string, annFrom: number): Promise<DatastoreStore> {
+  const memory = file === ":memory:";
+  // On a file this engine only reads: the writer thread writes (and keeps the ANN indexes).
+  const reader = await openSqliteEngine(file, { ann: memory, annFrom });
+  const writer = memory ? Promise.resolve(inThreadWriter(reader)) : writerThread(file, { annFrom });
+  // A writer that failed to start fails the calls that need it, not the process.
+  writer.catch(() => undefined);
+  return {
+    ...reads(reader.db),
+    dialect: "sqlite",
+    vectorEngine: `sqlite-vec, and a usearch HNSW index per store from ${annFrom} records`,
+    createStore: async (accountId, name, model) => (await writer).createStore(accountId, name, model),
+    dropStore: async (storeId) => (await writer).dropStore(storeId),
+    upsert: async (storeId, input) => (await writer).upsert(storeId, input),
+    deleteRecords: async (store, ids) => (await writer).deleteRecords(store, ids),
+    async upload(storeId, fn) {
+      const w = await writer;
+      return w.exclusive(async () => {
+        await w.beginUpload(storeId);
+        try {
+          const result = await fn(w.uploadPart);
+          await w.commitUpload();
+          return result;
+        } catch (e) {
+          // A refused part has rolled the upload back already; this makes sure.
+          await w.rollbackUpload();
+          throw e;
+        }
+      });
+    },
+    keywordSearch: async (storeId, text, conditions, limit) => reader.keywordSearch(storeId, text, conditions, limit),
+    /** The writer's ANN index proposes candidates, re-ranked here; a store without a usable one (small, or being rebuilt) is scanned. */
+    async vectorSearch(store, query, conditions, limit) {
+      if (!store.dimension) return [];
+      const w = await writer;
+      const hits = await searchCandidates({
+        limit,
+        filtered: conditions.length > 0,
+        maxK: annMaxK,
+        propose: (k) => w.annSearch(store, query, k),
+        rerank: async (keys) => reader.rerank(store, keys, query, conditions, limit),
+        exact: async () => reader.exactSearch(store, query, conditions, limit),
+      });
+      return hits ?? reader.scanSearch(store, query, conditions, limit);
+    },
+    async close() {
+      await (await writer.catch(() => undefined))?.close();
+      await reader.close();
+    },
+  };
+}
