@@ -182,12 +182,12 @@ export async function startShaker(config: Config): Promise<Shaker> {
     runSocket = isolation;
     isolationSummary = isolation.summary;
     pool = createWorkerPool({ python: config.python, size: config.workers, confinementEnv: isolation.workerEnv });
-    const executorStore = createExecutorStore(join(config.dataDir, "executor.db"));
+    const executorStore = await createExecutorStore(databaseLocation(config, "executor"), { poolSize: config.databasePoolSize });
     executor = createExecutorService({
       store: executorStore,
       pool,
       auth,
-      registry: clients.registry,
+      clients,
       rpcUrl: () => isolation.rpcUrl,
       // Unconfined runs could read every account's data: only admins' may run where the kernel cannot confine.
       unconfinedRunsForAdminsOnly: !isolation.confined && config.sandbox !== "none" ? isolation.why : undefined,
@@ -236,7 +236,7 @@ export async function startShaker(config: Config): Promise<Shaker> {
   listener = await listen(handler, { port: config.port, host: config.host }, listenOptions);
   const runListener = runSocket && runHandler ? await listen(runHandler, { path: runSocket.socketPath }, listenOptions) : undefined;
   // Runs a previous process left in flight resume (or wait for their callers) once runs can call in.
-  executor?.recover();
+  await executor?.recover();
 
   let closed: Promise<void> | undefined;
   return {
@@ -250,7 +250,7 @@ export async function startShaker(config: Config): Promise<Shaker> {
       closed ??= (async () => {
         await listener.close();
         // Runs still in flight stay recorded as such: the next start resumes them.
-        executor?.shutDown();
+        executor?.close();
         await pool?.close();
         await runListener?.close();
         runSocket?.close();

@@ -21,7 +21,7 @@ describe("checkpointer", () => {
 
   it("copies an Executor database's WAL into its file from another thread, and its close removes the WAL", async () => {
     const file = join(dir, "executor.db");
-    const store = createExecutorStore(file);
+    const store = await createExecutorStore(file);
     const before = statSync(file).size;
     const fin = {
       status: 3,
@@ -54,20 +54,20 @@ describe("checkpointer", () => {
         parentRunId: "",
         depth: 0,
       });
-      store.run("acc", id);
+      await store.run("acc", id);
       store.finishRun(id, fin);
-      store.run("acc", id);
+      await store.run("acc", id);
     }
     expect(statSync(`${file}-wal`).size).toBeGreaterThan(1_000_000);
     expect(await settle(file, before + 500_000)).toBeGreaterThan(before + 500_000);
-    expect(store.listRuns({ accountId: "acc", offset: 0, limit: 100 })).toHaveLength(100);
+    expect(await store.listRuns({ accountId: "acc", offset: 0, limit: 100 })).toHaveLength(100);
     expect(store.integrityCheck()).toBe("ok");
-    store.close();
+    await store.close();
     expect(existsSync(`${file}-wal`)).toBe(false);
     // Reopened, everything is there.
-    const again = createExecutorStore(file);
-    expect(again.run("acc", "run_299")?.status).toBe(3);
-    again.close();
+    const again = await createExecutorStore(file);
+    expect((await again.run("acc", "run_299"))?.status).toBe(3);
+    await again.close();
   });
 
   it("checkpoints a Datastore database too (its vector tables need sqlite-vec, which the thread does not load)", async () => {

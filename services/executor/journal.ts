@@ -13,9 +13,10 @@ export const replayedHeader = "shaker-replayed";
 
 /** JournalStore is what the journal keeps its entries in: the Executor's store. */
 export interface JournalStore {
-  journalEntry(runId: string, seq: number): JournalEntry | undefined;
-  writeJournal(entry: JournalEntry): void;
-  truncateJournal(runId: string, fromSeq: number): void;
+  journalEntry(runId: string, seq: number): Promise<JournalEntry | undefined>;
+  /** writeJournal settles once the entry is durable. */
+  writeJournal(entry: JournalEntry): Promise<void>;
+  truncateJournal(runId: string, fromSeq: number): Promise<void>;
 }
 
 /** RunJournal is one run's journal state, kept with the run while it is in flight. */
@@ -139,13 +140,13 @@ export function createJournalInterceptor(options: JournalOptions): Interceptor {
     const requestHash = sha256(Buffer.from(toJsonString(req.method.input, input)));
 
     if (journal.replaying) {
-      const entry = store.journalEntry(runId, seq);
+      const entry = await store.journalEntry(runId, seq);
       if (entry && entry.method === method && (entry.journaled === 0 || entry.requestHash === requestHash)) {
         if (entry.journaled === 1) return replayed(req, entry);
         // An unjournaled call (it held a secret) is made again, below.
       } else if (entry) {
         journal.replaying = false;
-        store.truncateJournal(runId, seq);
+        await store.truncateJournal(runId, seq);
         journal.warnings.push(
           `replay stopped at ctx call ${seq} (${method}): it is not the call the journal holds there (${entry.method}` +
             `${entry.method === method ? " with another request" : ""}); the run went on live from that call`,
@@ -154,7 +155,7 @@ export function createJournalInterceptor(options: JournalOptions): Interceptor {
     }
 
     const output = req.method.output;
-    const write = (answers: MessageShape<DescMessage>[], error: ConnectError | undefined) => {
+    const write = async (answers: MessageShape<DescMessage>[], error: ConnectError | undefined) => {
       const messages = answers.map((m) => Buffer.from(toJsonString(output, m)));
       const size = messages.reduce((n, m) => n + m.length + 4, 0);
       const full = journal.bytes + size > maxJournalBytes;
@@ -166,7 +167,7 @@ export function createJournalInterceptor(options: JournalOptions): Interceptor {
       if (secret) journal.unjournaled++;
       else journal.bytes += size;
       journal.wrote = true;
-      store.writeJournal({
+      await store.writeJournal({
         runId,
         seq,
         method,
@@ -187,11 +188,11 @@ export function createJournalInterceptor(options: JournalOptions): Interceptor {
       res = await next(req);
     } catch (e) {
       const error = keep(e);
-      if (error) write([], error);
+      if (error) await write([], error);
       throw e;
     }
     if (!res.stream) {
-      write([res.message], undefined);
+      await write([res.message], undefined);
       return res;
     }
     const source = res.message;
@@ -204,10 +205,10 @@ export function createJournalInterceptor(options: JournalOptions): Interceptor {
         }
       } catch (e) {
         const error = keep(e);
-        if (error) write(messages, error);
+        if (error) await write(messages, error);
         throw e;
       }
-      write(messages, undefined);
+      await write(messages, undefined);
     }
     return { ...res, message: journaled() };
   };

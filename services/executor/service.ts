@@ -1,7 +1,7 @@
 import type { JsonObject, JsonValue, MessageInitShape } from "@bufbuild/protobuf";
-import { type Client, Code, ConnectError, type HandlerContext, type ServiceImpl } from "@connectrpc/connect";
+import { Code, ConnectError, type ConnectRouter, type HandlerContext, type ServiceImpl } from "@connectrpc/connect";
 import {
-  type ExecutorService,
+  ExecutorService,
   type FetchRequest,
   type Invocation,
   type RunResult,
@@ -9,8 +9,9 @@ import {
   type RunStarted,
   RunStatus,
 } from "../../gen/shaker/executor/v1/executor_pb.js";
-import { ExecutionMode, type RegistryService, type WorkflowVersion } from "../../gen/shaker/registry/v1/registry_pb.js";
+import { ExecutionMode, type WorkflowVersion } from "../../gen/shaker/registry/v1/registry_pb.js";
 import { type Auth, type Identity, requireAccount } from "../shared/auth.js";
+import type { Clients } from "../shared/clients.js";
 import { invalidArgument } from "../shared/errors.js";
 import { newId } from "../shared/ids.js";
 import { fromValue, timestampOf, toValue } from "../shared/json.js";
@@ -34,7 +35,8 @@ export interface ExecutorServiceOptions extends AdmissionOptions {
   store: ExecutorStore;
   pool: WorkerPool;
   auth: Auth;
-  registry: Client<typeof RegistryService>;
+  /** clients reach the other services: the Registry resolves the workflows runs are asked for. */
+  clients: Pick<Clients, "registry">;
   /** rpcUrl is the address children call the services at, as they see it. */
   rpcUrl: () => string;
   /** limits are the resource limits of each child process. */
@@ -166,6 +168,15 @@ function recordsReader(identity: Identity): string {
 
 const invalid = invalidArgument;
 
+/**
+ * text is a caller's text the store keeps or looks up, refused when it holds a NUL character:
+ * PostgreSQL's text cannot hold one, so neither database takes it.
+ */
+function text(value: string, param: string): string {
+  if (value.includes("\0")) throw invalid(`${param} must not contain NUL characters`, param);
+  return value;
+}
+
 /** inputOf is an invocation's input, checked against its version's INPUT_SCHEMA; a nested run may have neither input nor messages. */
 function inputOf(inv: Invocation, version: WorkflowVersion, nested: boolean): JsonValue | undefined {
   const input: JsonValue | undefined = inv.hasInput || inv.input ? fromValue(inv.input) : undefined;
@@ -232,7 +243,8 @@ type Target = { live: LiveRun; row?: undefined } | { live?: undefined; row: RunR
 
 /** createExecutorService builds the Executor's handlers over its store and worker pool. */
 export function createExecutorService(options: ExecutorServiceOptions) {
-  const { store, pool, auth, registry } = options;
+  const { store, pool, auth } = options;
+  const { registry } = options.clients;
   const recordLimits = { maxLogLines: options.maxLogLines ?? 1000, maxEmittedBytes: options.maxEmittedBytes ?? 1024 * 1024, maxHttpCalls };
   const disconnectGraceMs = options.disconnectGraceMs ?? 5000;
   const telemetry = options.telemetry ?? createTelemetry({});
@@ -242,6 +254,8 @@ export function createExecutorService(options: ExecutorServiceOptions) {
   const keyed = new Map<string, Promise<Target>>();
   /** waiting are the interrupted runs that wait for their caller to come back and resume them. */
   const waiting = new Map<string, NodeJS.Timeout>();
+  /** resuming are the interrupted runs being resumed, until they are live. */
+  const resuming = new Map<string, Promise<LiveRun>>();
   const admission = createAdmission(options);
   const egress = { allow: parseAllowList(options.httpAllow ?? []), maxResponseBytes: options.httpMaxResponseBytes };
   let closing = false;
@@ -264,6 +278,8 @@ export function createExecutorService(options: ExecutorServiceOptions) {
    */
   async function start(identity: Identity, inv: Invocation, how: How): Promise<Target> {
     const caller = admission.check(identity);
+    text(inv.sessionId, "session_id");
+    text(inv.requestHash, "request_hash");
     let key = "";
     if (inv.idempotencyKey) {
       const problem = idempotencyKeyProblem(inv.idempotencyKey);
@@ -278,7 +294,7 @@ export function createExecutorService(options: ExecutorServiceOptions) {
       const earlier = keyed.get(slot);
       if (earlier) return matching(await earlier, inv, key);
       const answer = (async () => {
-        const row = store.runByKey(caller.accountId, key, Date.now() - idempotencyWindowMs);
+        const row = await store.runByKey(caller.accountId, key, Date.now() - idempotencyWindowMs);
         if (row) return await retryOf(row, caller, inv, how, key);
         return { live: await launchNew(caller, inv, how, key) };
       })();
@@ -290,7 +306,7 @@ export function createExecutorService(options: ExecutorServiceOptions) {
       }
     }
     if (inv.retryCount > 0 && inv.requestHash) {
-      const attached = sdkRetryOf(caller.accountId, inv.requestHash);
+      const attached = await sdkRetryOf(caller.accountId, inv.requestHash);
       if (attached) return attached.live ? attached : await retryOf(attached.row, caller, inv, how, "");
     }
     return { live: await launchNew(caller, inv, how, "") };
@@ -320,9 +336,9 @@ export function createExecutorService(options: ExecutorServiceOptions) {
    * sdkRetryOf is the run an SDK's own retry attaches to: the latest of the account with the same
    * request, when it is in flight (or interrupted) or ended within its timeout.
    */
-  function sdkRetryOf(accountId: string, requestHash: string): Target | undefined {
+  async function sdkRetryOf(accountId: string, requestHash: string): Promise<Target | undefined> {
     for (const run of live.values()) if (run.accountId === accountId && run.requestHash === requestHash) return { live: run };
-    const row = store.runByRequest(accountId, requestHash);
+    const row = await store.runByRequest(accountId, requestHash);
     if (!row) return undefined;
     if (row.status === RunStatus.RUNNING || row.status === RunStatus.QUEUED) return { row };
     return row.finishedAt !== null && Date.now() - row.finishedAt <= row.timeoutMs ? { row } : undefined;
@@ -373,8 +389,20 @@ export function createExecutorService(options: ExecutorServiceOptions) {
   /**
    * resume starts the next attempt of a run a crash interrupted, from its record: with the
    * invocation of the caller that came back (it carries the secrets), or with what the record keeps.
+   * Whoever resumes it while it resumes (two callers coming back at once, a rejoin) gets the same run.
    */
-  async function resume(row: RunRow, caller: Caller | undefined, inv: Invocation | undefined, how: How): Promise<LiveRun> {
+  function resume(row: RunRow, caller: Caller | undefined, inv: Invocation | undefined, how: How): Promise<LiveRun> {
+    const running = live.get(row.id);
+    if (running) return Promise.resolve(running);
+    let resumed = resuming.get(row.id);
+    if (!resumed) {
+      resumed = resumeNow(row, caller, inv, how).finally(() => resuming.delete(row.id));
+      resuming.set(row.id, resumed);
+    }
+    return resumed;
+  }
+
+  async function resumeNow(row: RunRow, caller: Caller | undefined, inv: Invocation | undefined, how: How): Promise<LiveRun> {
     clearTimeout(waiting.get(row.id));
     waiting.delete(row.id);
     const stored = row.resume;
@@ -406,13 +434,7 @@ export function createExecutorService(options: ExecutorServiceOptions) {
       version = await resolve(row.accountId, { workflowRefName: row.workflowRefName, version: row.version });
     } catch (e) {
       const error = ConnectError.from(e);
-      if (error.code === Code.NotFound) {
-        store.failRun(row.id, RunStatus.FAILED, {
-          type: "ServerRestarted",
-          message: interruptedMessage("its workflow version no longer exists"),
-          traceback: "",
-        });
-      }
+      if (error.code === Code.NotFound) await abandon(row.id, "its workflow version no longer exists");
       throw error;
     }
     const secretValues = secretsOf(who, invocation);
@@ -423,7 +445,7 @@ export function createExecutorService(options: ExecutorServiceOptions) {
       { attempt: row.attempt, startedAt: row.startedAt ?? row.createdAt, endedAt: now, interrupted: true },
     ];
     try {
-      store.resumeRun(row.id, row.attempt + 1, attempts, now, executorId());
+      await store.resumeRun(row.id, row.attempt + 1, attempts, now, executorId());
       return launch({
         caller: who,
         inv: invocation,
@@ -542,7 +564,10 @@ export function createExecutorService(options: ExecutorServiceOptions) {
       started.attempt = run.attempt;
       attemptStartedAt = now;
       journal.replaying = true;
-      store.resumeRun(runId, run.attempt, run.attempts, now, executorId());
+      // Recorded in order with the run's end; nothing waits for it, as the run goes on in this process.
+      store
+        .resumeRun(runId, run.attempt, run.attempts, now, executorId())
+        .catch((e: Error) => process.stderr.write(`could not record attempt ${run.attempt} of run ${runId}: ${e.message}\n`));
       span?.addEvent("interrupted: executing again", { "shaker.run.attempt": run.attempt });
       process.stderr.write(`run ${runId}: its process was interrupted; executing it again (attempt ${run.attempt})\n`);
       execute(events.position);
@@ -707,9 +732,12 @@ export function createExecutorService(options: ExecutorServiceOptions) {
     });
   }
 
-  /** interruptedMessage explains why an interrupted run did not resume. */
-  function interruptedMessage(why: string): string {
-    return `the server stopped while this run was in flight, and ${why}`;
+  /** abandon ends an interrupted run that will not resume, saying why; a failure to record it is logged (the next start tries again). */
+  async function abandon(id: string, why: string): Promise<void> {
+    const message = `the server stopped while this run was in flight, and ${why}`;
+    await store
+      .failRun(id, RunStatus.FAILED, { type: "ServerRestarted", message, traceback: "" })
+      .catch((e: Error) => process.stderr.write(`could not record the end of run ${id}: ${e.message}\n`));
   }
 
   /**
@@ -718,29 +746,21 @@ export function createExecutorService(options: ExecutorServiceOptions) {
    * waits for that caller to come back (an SDK retry, its Idempotency-Key, a rejoin) for its timeout,
    * and fails if nobody does.
    */
-  function recover(): void {
-    const rows = store.runsInFlight([RunStatus.QUEUED, RunStatus.RUNNING]);
+  async function recover(): Promise<void> {
+    const rows = await store.runsInFlight([RunStatus.QUEUED, RunStatus.RUNNING]);
     for (const row of rows) {
       if (row.detached && row.hasSecrets) {
-        store.failRun(row.id, RunStatus.FAILED, {
-          type: "ServerRestarted",
-          message: interruptedMessage(
-            "it was given secrets, which are never stored, so it cannot resume on its own; run it again with its secrets (an async run has no caller to bring them back)",
-          ),
-          traceback: "",
-        });
+        await abandon(
+          row.id,
+          "it was given secrets, which are never stored, so it cannot resume on its own; run it again with its secrets (an async run has no caller to bring them back)",
+        );
       } else if (row.detached) {
         resumeLater(row, 0);
       } else {
         const wait = Math.max(row.timeoutMs, disconnectGraceMs);
         const timer = setTimeout(() => {
           waiting.delete(row.id);
-          if (live.has(row.id)) return;
-          store.failRun(row.id, RunStatus.FAILED, {
-            type: "ServerRestarted",
-            message: interruptedMessage(`its caller did not come back within ${Math.round(wait / 1000)}s to resume it`),
-            traceback: "",
-          });
+          if (!live.has(row.id)) void abandon(row.id, `its caller did not come back within ${Math.round(wait / 1000)}s to resume it`);
         }, wait);
         timer.unref();
         waiting.set(row.id, timer);
@@ -758,13 +778,7 @@ export function createExecutorService(options: ExecutorServiceOptions) {
       resume(row, undefined, undefined, { waited: false, callSeq: null, traceparent: null }).catch((e: unknown) => {
         const error = ConnectError.from(e);
         if (error.code === Code.ResourceExhausted || error.code === Code.Unavailable) return resumeLater(row, 1000);
-        if (error.code !== Code.NotFound) {
-          store.failRun(row.id, RunStatus.FAILED, {
-            type: "ServerRestarted",
-            message: interruptedMessage(`it could not resume: ${error.rawMessage}`),
-            traceback: "",
-          });
-        }
+        if (error.code !== Code.NotFound) return abandon(row.id, `it could not resume: ${error.rawMessage}`);
       });
     }, delayMs);
     waiting.set(row.id, timer);
@@ -973,7 +987,7 @@ export function createExecutorService(options: ExecutorServiceOptions) {
       let target: Target;
       if (running && running.accountId === accountId) target = { live: running };
       else {
-        const row = store.run(accountId, req.runId);
+        const row = await store.run(accountId, text(req.runId, "run_id"));
         if (!row) throw new ConnectError(`run '${req.runId}' not found`, Code.NotFound);
         // Interrupted: watching it resumes it, when it can resume without its caller.
         target =
@@ -992,7 +1006,7 @@ export function createExecutorService(options: ExecutorServiceOptions) {
 
     async getRun(req, ctx) {
       const accountId = recordsReader(await auth.identify(ctx.requestHeader));
-      const row = store.run(accountId, req.runId);
+      const row = await store.run(accountId, text(req.runId, "run_id"));
       if (!row) throw new ConnectError(`run '${req.runId}' not found`, Code.NotFound);
       return { run: runMessage(row, true) };
     },
@@ -1000,10 +1014,10 @@ export function createExecutorService(options: ExecutorServiceOptions) {
     async listRuns(req, ctx) {
       const accountId = recordsReader(await auth.identify(ctx.requestHeader));
       const limit = checkRunPage(req.offset, req.limit);
-      const rows = store.listRuns({
+      const rows = await store.listRuns({
         accountId,
-        workflowRefName: req.workflowRefName || undefined,
-        sessionId: req.sessionId || undefined,
+        workflowRefName: text(req.workflowRefName, "workflow") || undefined,
+        sessionId: text(req.sessionId, "session_id") || undefined,
         status: req.status || undefined,
         offset: req.offset,
         limit,
@@ -1018,13 +1032,13 @@ export function createExecutorService(options: ExecutorServiceOptions) {
         run.cancel("cancelled");
         return { cancelled: true };
       }
-      const row = store.run(accountId, req.runId);
+      const row = await store.run(accountId, text(req.runId, "run_id"));
       if (!row) throw new ConnectError(`run '${req.runId}' not found`, Code.NotFound);
       if (row.status === RunStatus.RUNNING || row.status === RunStatus.QUEUED) {
         // Interrupted, waiting for its caller: cancelled without ever resuming.
         clearTimeout(waiting.get(row.id));
         waiting.delete(row.id);
-        store.failRun(row.id, RunStatus.CANCELLED, { type: "Cancelled", message: "the run was cancelled", traceback: "" });
+        await store.failRun(row.id, RunStatus.CANCELLED, { type: "Cancelled", message: "the run was cancelled", traceback: "" });
         return { cancelled: true };
       }
       return { cancelled: false };
@@ -1059,8 +1073,15 @@ export function createExecutorService(options: ExecutorServiceOptions) {
     callTracer: createCallTracer({ telemetry, auth, runSpan: (runId) => live.get(runId)?.span }),
     /** recover takes over the runs a previous process left in flight: call it once the services are served. */
     recover,
-    /** shutDown stops resuming runs: those still in flight when their processes go stay recorded as in flight, for the next start. */
-    shutDown(): void {
+    /** routes serves the Executor on a router. */
+    routes(router: ConnectRouter): void {
+      router.service(ExecutorService, impl);
+    },
+    /**
+     * close stops resuming runs: those still in flight when their processes go stay recorded as in
+     * flight, for the next start. Call it before the worker pool closes.
+     */
+    close(): void {
       closing = true;
       for (const timer of waiting.values()) clearTimeout(timer);
       waiting.clear();
