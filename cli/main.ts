@@ -1,4 +1,5 @@
 import { readFileSync } from "node:fs";
+import { clusterUsage, runCluster } from "./cluster.js";
 import { datastoresUsage, runDatastores } from "./datastores.js";
 import { keysUsage, serveUsage, UsageError } from "./help.js";
 import { CliError, HelpRequested } from "./http.js";
@@ -21,6 +22,7 @@ commands:
   runs        list run records, or show one with its logs, emitted values and model calls
   datastores  create, list, load (NDJSON or JSON) and search record stores
   keys        create, list and revoke API keys of accounts
+  cluster     list the processes of a Shaker: services, URL, heartbeat, runs in flight
   help        print the help of a command: shaker help COMMAND (or shaker COMMAND --help)
 
 shaker --version prints the version.
@@ -99,6 +101,7 @@ const helps: Record<string, string> = {
   runs: runsUsage,
   datastores: datastoresUsage,
   keys: keysUsage,
+  cluster: clusterUsage,
   help: "usage: shaker help [COMMAND]   (prints the help of COMMAND, or the list of commands)",
 };
 
@@ -149,6 +152,9 @@ async function command(argv: string[], io: CliIo): Promise<number> {
       return 0;
     case "datastores":
       await runDatastores(rest, io);
+      return 0;
+    case "cluster":
+      await runCluster(rest, io);
       return 0;
     case "keys": {
       const { runKeys } = await import("./keys.js");

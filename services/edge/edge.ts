@@ -1,6 +1,7 @@
 import type { Clients } from "../shared/clients.js";
 import { createTelemetry, SpanKind, type Telemetry, traceHeader, traceIdHeader } from "../shared/telemetry.js";
 import { createChatRoute } from "./chat.js";
+import { addClusterRoutes } from "./cluster.js";
 import { addDatastoreRoutes } from "./datastores.js";
 import { createBodyGuard } from "./guard.js";
 import { HttpError, type Req, type Res, sendError, sendJson } from "./http.js";
@@ -77,6 +78,7 @@ export function createEdge(options: EdgeOptions): Edge {
   });
   addRunRoutes(router, options.clients, options.keepAliveMs ?? 15_000);
   addDatastoreRoutes(router, { clients: options.clients, maxBodyBytes: options.maxBodyBytes, maxJsonDepth });
+  addClusterRoutes(router, options.clients);
   const guard = createBodyGuard({ authenticate: options.authenticate, maxUnauthenticatedBodyBytes: options.maxUnauthenticatedBodyBytes });
 
   /**

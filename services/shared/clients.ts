@@ -1,4 +1,5 @@
 import { type Client, createClient, type Transport } from "@connectrpc/connect";
+import { ClusterService } from "../../gen/shaker/cluster/v1/cluster_pb.js";
 import { DatastoreService } from "../../gen/shaker/datastore/v1/datastore_pb.js";
 import { ExecutorService } from "../../gen/shaker/executor/v1/executor_pb.js";
 import { ModelProxyService } from "../../gen/shaker/modelproxy/v1/modelproxy_pb.js";
@@ -10,19 +11,22 @@ export interface Clients {
   executor: Client<typeof ExecutorService>;
   modelproxy: Client<typeof ModelProxyService>;
   datastore: Client<typeof DatastoreService>;
+  /** cluster is the membership, served with the Registry (services/registry/cluster.ts). */
+  cluster: Client<typeof ClusterService>;
 }
 
 /**
  * createClients builds every service's client: on one transport, or on the transport each service
  * is reached by (in-process for the services a process runs, HTTP/2 for the others).
  */
-export function createClients(transport: Transport | ((service: keyof Clients) => Transport)): Clients {
+export function createClients(transport: Transport | ((service: Exclude<keyof Clients, "cluster">) => Transport)): Clients {
   const of = typeof transport === "function" ? transport : () => transport;
   return {
     registry: createClient(RegistryService, of("registry")),
     executor: createClient(ExecutorService, of("executor")),
     modelproxy: createClient(ModelProxyService, of("modelproxy")),
     datastore: createClient(DatastoreService, of("datastore")),
+    cluster: createClient(ClusterService, of("registry")),
   };
 }
 
