@@ -2,6 +2,7 @@ import { createHash } from "node:crypto";
 import { and, asc, count, desc, eq, isNull, type SQL } from "drizzle-orm";
 import { type Orm, openServiceDatabase } from "../shared/db.js";
 import { newId } from "../shared/ids.js";
+import { createClusterStore } from "./cluster.js";
 import { normaliseAccessoryKey } from "./rules.js";
 import * as schema from "./schema.js";
 import * as pgSchema from "./schema.pg.js";
@@ -77,6 +78,8 @@ export async function createRegistryStore(location: string, options: { poolSize?
 
   return {
     close: () => db.close(),
+    /** cluster holds the membership's queries (cluster.ts), on the same database. */
+    cluster: createClusterStore(db),
     /**
      * othersWrite says whether other processes may write the workflows too (PostgreSQL, shared by every
      * Registry of one Shaker), so that workflowsWritten alone does not say when what was read changed.
