@@ -1,7 +1,6 @@
 import { randomBytes } from "node:crypto";
 import { mkdirSync } from "node:fs";
 import { hostname } from "node:os";
-import { join } from "node:path";
 import { Code, ConnectError, type ConnectRouter, type Interceptor, type ServiceImpl } from "@connectrpc/connect";
 import { connectNodeAdapter, createGrpcTransport } from "@connectrpc/connect-node";
 import { DatastoreService } from "../gen/shaker/datastore/v1/datastore_pb.js";
@@ -18,6 +17,7 @@ import { createWorkerPool, harnessDir } from "../services/executor/pool.js";
 import { createExecutorService } from "../services/executor/service.js";
 import { createExecutorStore } from "../services/executor/store.js";
 import { createModelProxyService } from "../services/modelproxy/service.js";
+import { createModelProxyStore } from "../services/modelproxy/store.js";
 import { createRegistryService, DEFAULT_ACCOUNT, generateApiKey } from "../services/registry/service.js";
 import { createRegistryStore, type RegistryStore } from "../services/registry/store.js";
 import { headers as authHeaders, createAuth, runLiveness } from "../services/shared/auth.js";
@@ -104,7 +104,6 @@ export async function startShaker(config: Config): Promise<Shaker> {
       }
     },
   });
-  const deps = (service: string) => ({ config, auth, clients, dbFile: join(config.dataDir, `${service}.db`) });
   const closers: (() => unknown)[] = [];
 
   let generatedApiKey: string | undefined;
@@ -126,9 +125,13 @@ export async function startShaker(config: Config): Promise<Shaker> {
     );
   }
   if (runs.has("modelproxy")) {
-    const modelproxy = createModelProxyService(deps("modelproxy"));
+    const modelproxyStore = await createModelProxyStore(databaseLocation(config, "modelproxy"), { poolSize: config.databasePoolSize });
+    const modelproxy = createModelProxyService({ store: modelproxyStore, config, auth });
     impls.modelproxy = modelproxy.impl;
-    closers.push(() => modelproxy.close());
+    closers.push(
+      () => modelproxy.close(),
+      () => modelproxyStore.close(),
+    );
   }
   if (runs.has("datastore")) {
     const datastoreStore = await createDatastoreStore(databaseLocation(config, "datastore"), { poolSize: config.databasePoolSize });

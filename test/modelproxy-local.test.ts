@@ -9,6 +9,7 @@ import { ModelProxyService } from "../gen/shaker/modelproxy/v1/modelproxy_pb.js"
 import { localEmbedding } from "../services/modelproxy/local.js";
 import { createRecorder } from "../services/modelproxy/recorder.js";
 import { createModelProxyStore } from "../services/modelproxy/store.js";
+import { freshDatabase, testDialect, testStoreLocation } from "./databases.js";
 import { type FakeUpstream, startFakeUpstream } from "./fake-upstream.js";
 import { startTestServer, type TestServer } from "./helpers.js";
 
@@ -252,12 +253,15 @@ describe("workflows calling models through the ModelProxy", () => {
 
   it("writes pending call records on close", async () => {
     const dataDir = mkdtempSync(join(tmpdir(), "shaker-flush-"));
+    // Both servers keep their tables in one place: the data directory, or one PostgreSQL database.
+    const database = testDialect === "postgresql" ? await freshDatabase() : undefined;
+    const where = { dataDir, ...(database ? { databaseUrl: database.url } : {}) };
     try {
-      const first = await startTestServer({ dataDir });
+      const first = await startTestServer(where);
       const res = await first.invoke({ model: "m", messages: [{ role: "user", content: "hi" }], session_id: "s-close" });
       expect(res.status).toBe(200);
       await first.close();
-      const second = await startTestServer({ dataDir });
+      const second = await startTestServer(where);
       try {
         const session = await second.request("GET", "/v1/sessions/s-close");
         expect(session.status).toBe(200);
@@ -266,6 +270,7 @@ describe("workflows calling models through the ModelProxy", () => {
         await second.close();
       }
     } finally {
+      await database?.drop();
       rmSync(dataDir, { recursive: true, force: true });
     }
   });
@@ -277,10 +282,11 @@ describe("workflows calling models through the ModelProxy", () => {
 });
 
 describe("the call recorder", () => {
-  it("counts records it drops when the queue is full or the store refuses them", () => {
-    const store = createModelProxyStore(":memory:");
+  it("counts records it drops when the queue is full or the store refuses them, and writes a call once", async () => {
+    const database = await testStoreLocation();
+    const store = await createModelProxyStore(database.location);
     const recorder = createRecorder(store, { maxPending: 2, flushMs: 60_000 });
-    const row = (id: string) => ({
+    const row = (id: string, createdAt = Date.now()) => ({
       id,
       accountId: "a",
       sessionId: "s",
@@ -298,24 +304,39 @@ describe("the call recorder", () => {
       ttftMs: 0,
       promptTokens: 0,
       completionTokens: 0,
-      createdAt: Date.now(),
+      createdAt,
     });
-    recorder.push(row("1"));
-    recorder.push(row("2"));
-    recorder.push(row("3"));
-    expect(recorder.counters()).toEqual({ recorded: 0, pending: 2, dropped: 1 });
-    recorder.flush();
-    expect(recorder.counters()).toEqual({ recorded: 2, pending: 0, dropped: 1 });
-    expect(store.listCalls({ accountId: "a", offset: 0, limit: 10 }).map((r) => r.id)).toEqual(["1", "2"]);
-    store.close();
+    const ids = async () => (await store.listCalls({ accountId: "a", offset: 0, limit: 10 })).map((r) => r.id);
+    try {
+      recorder.push(row("1", 1));
+      recorder.push(row("2", 2));
+      recorder.push(row("3", 3));
+      expect(recorder.counters()).toEqual({ recorded: 0, pending: 2, dropped: 1 });
+      const flushed = recorder.flush();
+      // Records being written still count against the bound.
+      recorder.push(row("4", 4));
+      expect(recorder.counters()).toEqual({ recorded: 0, pending: 2, dropped: 2 });
+      await flushed;
+      expect(recorder.counters()).toEqual({ recorded: 2, pending: 0, dropped: 2 });
+      expect(await ids()).toEqual(["1", "2"]);
+      // A call written again keeps its first record.
+      recorder.push({ ...row("1", 1), model: "again" });
+      recorder.push(row("5", 5));
+      await recorder.flush();
+      expect(await ids()).toEqual(["1", "2", "5"]);
+      expect((await store.listCalls({ accountId: "a", offset: 0, limit: 1 }))[0].model).toBe("m");
+    } finally {
+      await store.close();
+    }
     const stderr = process.stderr.write;
     process.stderr.write = () => true;
     try {
-      recorder.push(row("4"));
-      recorder.flush();
+      recorder.push(row("6"));
+      await recorder.flush();
     } finally {
       process.stderr.write = stderr;
+      await database.release();
     }
-    expect(recorder.counters()).toEqual({ recorded: 2, pending: 0, dropped: 2 });
+    expect(recorder.counters()).toEqual({ recorded: 4, pending: 0, dropped: 3 });
   });
 });

@@ -1,5 +1,5 @@
-// The ModelProxy's rules in process: its handlers over an in-memory store, called through
-// createRouterTransport (no port of its own, no edge, no other service), routing to the fake
+// The ModelProxy's rules in process: its handlers over a store of their own (in memory, or an empty PostgreSQL database),
+// called through createRouterTransport (no port of its own, no edge, no other service), routing to the fake
 // OpenAI-compatible upstream of fake-upstream.ts. API keys are a table of this file. The same
 // behaviour through the edge and the openai client is in modelproxy.test.ts.
 import { mkdtempSync, rmSync } from "node:fs";
@@ -11,10 +11,11 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { ModelProxyService } from "../gen/shaker/modelproxy/v1/modelproxy_pb.js";
 import { loadProxyConfig } from "../services/modelproxy/providers.js";
 import { createModelProxyService } from "../services/modelproxy/service.js";
+import { createModelProxyStore, type ModelProxyStore } from "../services/modelproxy/store.js";
 import { createAuth, type RunClaims } from "../services/shared/auth.js";
-import type { Clients } from "../services/shared/clients.js";
 import type { Config } from "../services/shared/config.js";
 import { errorMetadata } from "../services/shared/errors.js";
+import { testStoreLocation } from "./databases.js";
 import { type FakeUpstream, startFakeUpstream, writeFakeModelsConfig } from "./fake-upstream.js";
 
 const keys: Record<string, { accountId: string; admin: boolean }> = {
@@ -65,6 +66,8 @@ async function refusal(call: Promise<unknown>): Promise<{ code: Code; message: s
 
 let upstream: FakeUpstream;
 let dir: string;
+let database: Awaited<ReturnType<typeof testStoreLocation>>;
+let store: ModelProxyStore;
 let proxy: ReturnType<typeof createModelProxyService>;
 let client: ReturnType<typeof createClient<typeof ModelProxyService>>;
 
@@ -76,10 +79,9 @@ beforeAll(async () => {
     { openaiApiKey: undefined, openaiBaseUrl: undefined, modelsConfigFile: file, defaultModel: undefined },
     {},
   );
-  proxy = createModelProxyService(
-    { config: {} as Config, auth, clients: {} as Clients, dbFile: ":memory:" },
-    { proxyConfig, recorder: { flushMs: 10 } },
-  );
+  database = await testStoreLocation();
+  store = await createModelProxyStore(database.location);
+  proxy = createModelProxyService({ store, config: {} as Config, auth, proxyConfig, recorder: { flushMs: 10 } });
   client = createClient(
     ModelProxyService,
     createRouterTransport((router) => router.service(ModelProxyService, proxy.impl)),
@@ -88,6 +90,8 @@ beforeAll(async () => {
 
 afterAll(async () => {
   await proxy?.close();
+  await store?.close();
+  await database?.release();
   await upstream?.close();
   rmSync(dir, { recursive: true, force: true });
 });
@@ -264,6 +268,36 @@ describe("call records", () => {
     const [withBodies] = (await client.listCalls({ sessionId: "s-plain", includeBodies: true }, alice)).calls;
     expect(withBodies.request?.messages).toEqual(hello.messages);
     expect(withBodies.response?.choices).toBeDefined();
+  });
+
+  it("refuses NUL characters in the text a record keeps, naming the field; bodies and upstream errors keep theirs", async () => {
+    const nul = (more: Record<string, string>) => client.chatCompletion({ body: hello, context: { sessionId: "s-nul", ...more } }, alice);
+    for (const [field, context] of [
+      ["session_id", { sessionId: "s\0" }],
+      ["run_id", { runId: "\0" }],
+      ["workflow_ref_name", { workflowRefName: "\0" }],
+      ["intent", { intent: "\0" }],
+      ["application", { application: "\0" }],
+    ] as const) {
+      expect(await refusal(nul(context))).toMatchObject({ code: Code.InvalidArgument, param: field });
+    }
+    expect(await refusal(client.chatCompletion({ body: { ...hello, model: "m\0" } }, alice))).toMatchObject({
+      code: Code.InvalidArgument,
+      message: "model must not contain NUL characters",
+      param: "model",
+    });
+    expect(await refusal(client.listCalls({ runId: "\0" }, alice))).toMatchObject({ code: Code.InvalidArgument, param: "run_id" });
+    // JSON keeps a NUL escaped; an upstream's error keeps a stand-in.
+    await client.chatCompletion(
+      { body: { model: "m-plain", messages: [{ role: "user", content: "a\0b" }] }, context: { sessionId: "s-nul" } },
+      alice,
+    );
+    upstream.plan("m-nul", [{ status: 400, body: JSON.stringify({ error: { message: "bad\0input" } }) }]);
+    const refused = await refusal(client.chatCompletion({ body: { ...hello, model: "m-nul" }, context: { sessionId: "s-nul" } }, alice));
+    expect(refused.code).toBe(Code.InvalidArgument);
+    const calls = (await client.listCalls({ sessionId: "s-nul", includeBodies: true }, alice)).calls;
+    expect(calls.map((c) => (c.request!.messages as { content: string }[])[0].content)).toEqual(["a\0b", "hello there"]);
+    expect(calls[1].error).toMatch(/bad\uFFFDinput/);
   });
 
   it("lists the configured models to any account, and the server's metrics to admins only", async () => {

@@ -1,6 +1,6 @@
 import type { JsonObject, MessageInitShape } from "@bufbuild/protobuf";
-import { Code, ConnectError, type HandlerContext, type ServiceImpl } from "@connectrpc/connect";
-import type { CallContext, ModelCallSchema, ModelProxyService } from "../../gen/shaker/modelproxy/v1/modelproxy_pb.js";
+import { Code, ConnectError, type ConnectRouter, type HandlerContext, type ServiceImpl } from "@connectrpc/connect";
+import { type CallContext, type ModelCallSchema, ModelProxyService } from "../../gen/shaker/modelproxy/v1/modelproxy_pb.js";
 import { type Identity, requireAccount, requireAdmin } from "../shared/auth.js";
 import type { ServiceDeps } from "../shared/deps.js";
 import { errorMetadata, invalidArgument } from "../shared/errors.js";
@@ -23,7 +23,7 @@ import {
 import { createRecorder, type RecorderOptions } from "./recorder.js";
 import { checkCallLimit } from "./rules.js";
 import type { AttemptRecord } from "./schema.js";
-import { type CallRow, createModelProxyStore } from "./store.js";
+import type { CallRow, ModelProxyStore } from "./store.js";
 import type { Cancellable } from "./upstream.js";
 
 type Json = Record<string, unknown>;
@@ -101,35 +101,65 @@ const invalid = invalidArgument;
 
 const unchanged = (text: string) => text;
 
-/** Options of createModelProxyService beyond the shared deps (tests tune them). */
-export interface ModelProxyOptions {
+/**
+ * refuseNul refuses text a record keeps or a listing looks up when it holds a NUL character, naming
+ * its field: PostgreSQL's text cannot hold one, and SQLite refuses it too so that both answer alike.
+ */
+function refuseNul(fields: Record<string, unknown>): void {
+  for (const [field, value] of Object.entries(fields)) {
+    if (typeof value === "string" && value.includes("\0")) throw invalid(`${field} must not contain NUL characters`, field);
+  }
+}
+
+/** Options of createModelProxyService. */
+export interface ModelProxyOptions extends Pick<ServiceDeps, "config" | "auth"> {
+  /** store keeps the call records; the caller opens it and closes it after the service. */
+  store: ModelProxyStore;
+  /** recorder tunes the batching of call records (tests). */
   recorder?: RecorderOptions;
   /** proxyConfig replaces the routing table read from the environment and config file. */
   proxyConfig?: ProxyConfig;
 }
 
+/** ModelProxyServiceHandle is the ModelProxy as the composition root holds it. */
+export interface ModelProxyServiceHandle {
+  impl: ServiceImpl<typeof ModelProxyService>;
+  /** routes serves impl on a router. */
+  routes(router: ConnectRouter): void;
+  /** close writes the records still pending. */
+  close(): Promise<void>;
+}
+
+// Where a NUL character in a call's recorded error stands: PostgreSQL's text cannot hold one, and
+// an upstream's error message is not the caller's to fix.
+const nulStandIn = "\uFFFD";
+
 /**
  * createModelProxyService builds the ModelProxy's handlers: routing to providers with retries,
  * timeouts and fallbacks, streaming pass-through, and a record of every call written in batches
- * off the hot path. close() writes the records still pending. Throws at start when the models
- * config is malformed.
+ * off the hot path. Throws at start when the models config is malformed.
  */
-export function createModelProxyService(
-  deps: ServiceDeps,
-  options: ModelProxyOptions = {},
-): { impl: ServiceImpl<typeof ModelProxyService>; close(): Promise<void> } {
-  const cfg = options.proxyConfig ?? loadProxyConfig(deps.config);
-  const store = createModelProxyStore(deps.dbFile);
+export function createModelProxyService(options: ModelProxyOptions): ModelProxyServiceHandle {
+  const { store, auth } = options;
+  const cfg = options.proxyConfig ?? loadProxyConfig(options.config);
   const recorder = createRecorder(store, options.recorder);
   const metrics = { calls: 0, attempts: 0 };
 
   async function begin(ctx: HandlerContext, context: CallContext | undefined, kind: Call["kind"], body: Json | undefined): Promise<Call> {
-    const identity: Identity = await deps.auth.identify(ctx.requestHeader);
+    const identity: Identity = await auth.identify(ctx.requestHeader);
     const accountId = requireAccount(identity);
     const c = context;
     const run = identity.kind === "run" ? identity.claims : undefined;
     const secrets = c?.redactValues ?? [];
     if (!body) throw invalid("'body' is required", "body");
+    refuseNul({
+      session_id: c?.sessionId,
+      run_id: c?.runId,
+      workflow_ref_name: c?.workflowRefName,
+      intent: c?.intent,
+      application: c?.application,
+      model: body.model,
+    });
     return {
       id: newId("call"),
       accountId,
@@ -155,7 +185,7 @@ export function createModelProxyService(
   function finish(call: Call, outcome: { response?: unknown; usage?: unknown; error?: unknown }): void {
     metrics.calls++;
     const usage = (outcome.usage ?? {}) as { prompt_tokens?: number; completion_tokens?: number };
-    const error = outcome.error === undefined ? "" : call.redact(ConnectError.from(outcome.error).rawMessage);
+    const error = outcome.error === undefined ? "" : call.redact(ConnectError.from(outcome.error).rawMessage).replaceAll("\0", nulStandIn);
     recorder.push({
       id: call.id,
       accountId: call.accountId,
@@ -437,18 +467,19 @@ export function createModelProxyService(
     },
 
     async listModels(_req, ctx) {
-      requireAccount(await deps.auth.identify(ctx.requestHeader));
+      requireAccount(await auth.identify(ctx.requestHeader));
       return { models: listModels(cfg) };
     },
 
     async listCalls(req, ctx) {
-      const identity = await deps.auth.identify(ctx.requestHeader);
+      const identity = await auth.identify(ctx.requestHeader);
       const accountId = requireAccount(identity);
       if (req.offset < 0) throw invalid("offset must be 0 or more", "offset");
       const limit = checkCallLimit(req.limit);
+      refuseNul({ session_id: req.sessionId, run_id: req.runId, workflow_ref_name: req.workflowRefName });
       // Read your writes: whatever is pending is written before the query.
-      recorder.flush();
-      const rows = store.listCalls({
+      await recorder.flush();
+      const rows = await store.listCalls({
         accountId,
         // A run token sees its own session's calls only.
         sessionId: identity.kind === "run" ? identity.claims.session : req.sessionId || undefined,
@@ -462,7 +493,7 @@ export function createModelProxyService(
 
     async getMetrics(_req, ctx) {
       // Server-wide counters: no account's data, but every account's activity, so for operators only.
-      requireAdmin(await deps.auth.identify(ctx.requestHeader), "read the server's metrics");
+      requireAdmin(await auth.identify(ctx.requestHeader), "read the server's metrics");
       const c = recorder.counters();
       return {
         calls: metrics.calls,
@@ -476,10 +507,8 @@ export function createModelProxyService(
 
   return {
     impl,
-    async close() {
-      recorder.flush();
-      store.close();
-    },
+    routes: (router) => router.service(ModelProxyService, impl),
+    close: () => recorder.flush(),
   };
 }
 
