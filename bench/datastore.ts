@@ -6,8 +6,12 @@
 //   RPC against the store layer on the same corpus;
 // - vector search: the ANN index (usearch HNSW, exact re-ranking) against an exact scan of the same
 //   records, with recall@10, and REST and RPC against the store layer on the same store.
+// - PostgreSQL: the same store layer on a fresh database (SHAKER_BENCH_DATABASE_URL, else the local
+//   server; dropped after; skipped when unreachable): ingest and keyword search beside SQLite's, and
+//   its exact vector scan (pgvector is not measured) beside SQLite's exact scan of the same records.
 // Sizes: DS_BENCH_KEYWORD_N (1,000,000), DS_BENCH_VECTOR_N (1,000,000), DS_BENCH_DIM (384),
-// DS_BENCH_QUERIES (200); CI runs small ones.
+// DS_BENCH_QUERIES (200), DS_BENCH_PG_N (200,000 keyword records), DS_BENCH_PG_VECTOR_N (20,000);
+// CI runs small ones.
 
 import { existsSync, mkdtempSync, rmSync } from "node:fs";
 import http from "node:http";
@@ -18,10 +22,12 @@ import { Readable } from "node:stream";
 import { createClient } from "@connectrpc/connect";
 import { createConnectTransport } from "@connectrpc/connect-node";
 import Database from "better-sqlite3";
+import pg from "pg";
 import { DatastoreService, SearchMode } from "../gen/shaker/datastore/v1/datastore_pb.js";
 import { annPath } from "../services/datastore/ann.js";
 import type { RecordInput } from "../services/datastore/model.js";
-import { openSqliteEngine } from "../services/datastore/sqlite-engine.js";
+import { openSqliteEngine, type SqliteEngine } from "../services/datastore/sqlite-engine.js";
+import { createDatastoreStore } from "../services/datastore/store.js";
 import { createCaller } from "./client.js";
 import { startBenchServer } from "./server.js";
 import { fmt, report, summary } from "./stats.js";
@@ -30,6 +36,9 @@ const keywordN = Number(process.env.DS_BENCH_KEYWORD_N ?? 1_000_000);
 const vectorN = Number(process.env.DS_BENCH_VECTOR_N ?? 1_000_000);
 const dim = Number(process.env.DS_BENCH_DIM ?? 384);
 const queries = Number(process.env.DS_BENCH_QUERIES ?? 200);
+const pgN = Math.min(keywordN, Number(process.env.DS_BENCH_PG_N ?? 200_000));
+const pgVectorN = Math.min(vectorN, Number(process.env.DS_BENCH_PG_VECTOR_N ?? 20_000));
+const pgServer = process.env.SHAKER_BENCH_DATABASE_URL ?? "postgres://postgres@127.0.0.1:5432/test";
 const batch = 5000;
 
 /** rng is a small deterministic generator (mulberry32), so every run indexes the same corpus. */
@@ -210,6 +219,7 @@ export async function benchDatastore(): Promise<void> {
     const common = vocabulary[0];
     const terms = { selective: (q: number) => rare[q % rare.length], common: (q: number) => vocabulary[q % 5] };
     process.stdout.write(`  (selective terms match ~${df(rare[0])} records, common ones up to ${df(common)})\n`);
+    const sqliteKeyword: Record<string, ReturnType<typeof summary>> = {};
     for (const [kind, term] of Object.entries(terms)) {
       const st: number[] = [];
       const rest: number[] = [];
@@ -235,6 +245,7 @@ export async function benchDatastore(): Promise<void> {
         }
       }
       const [a, b, c, l] = [summary(st), summary(rest), summary(viaRpc), summary(like)];
+      sqliteKeyword[kind] = a;
       report(
         `keyword p50/p99 @ ${keywordN} (${kind}), store`,
         `${fmt(a.p50)} / ${fmt(a.p99)} ms`,
@@ -371,10 +382,109 @@ export async function benchDatastore(): Promise<void> {
       `adds ${fmt(rp.p50 - a.p50)} ms ${rp.p50 <= 5 ? "(target p50 <= 5 ms: met)" : "(target p50 <= 5 ms: MISSED)"}`,
     );
     await server2.close();
+
+    await benchPostgres({ texts, terms, vectors: all, around, sqlite: store, sqliteRate: rate, sqliteKeyword });
   } finally {
     caller.close();
     await store.close();
     await server.close();
     rmSync(dir, { recursive: true, force: true });
+  }
+}
+
+/** What the PostgreSQL figures are measured on, and SQLite's figures they stand beside. */
+interface PostgresBench {
+  texts: string[];
+  terms: Record<string, (q: number) => string>;
+  vectors: Float32Array;
+  around(out: Float32Array): Float32Array;
+  sqlite: SqliteEngine;
+  sqliteRate: number;
+  sqliteKeyword: Record<string, ReturnType<typeof summary>>;
+}
+
+/** benchPostgres measures the store layer on a fresh PostgreSQL database, dropped after. */
+async function benchPostgres(b: PostgresBench): Promise<void> {
+  const name = `shaker_bench_${process.pid}`;
+  const admin = new pg.Client({ connectionString: pgServer });
+  try {
+    await admin.connect();
+  } catch (e) {
+    process.stdout.write(`  (PostgreSQL figures skipped: ${(e as Error).message})\n`);
+    return;
+  }
+  await admin.query(`CREATE DATABASE ${name}`);
+  const url = new URL(pgServer);
+  url.pathname = `/${name}`;
+  const store = await createDatastoreStore(url.toString());
+  try {
+    const kw = (await store.createStore("bench", "keyword", ""))!;
+    const tiny = new Float32Array([1, 0, 0, 0]);
+    let t = performance.now();
+    for (let i = 0; i < pgN; i += batch) {
+      const part: RecordInput[] = [];
+      for (let j = i; j < Math.min(pgN, i + batch); j++)
+        part.push({ id: `k${j}`, text: b.texts[j], metadata: `{"n":${j % 100}}`, vector: tiny });
+      if (!(await store.upsert(kw.id, part)).ok) throw new Error("PostgreSQL keyword ingest refused");
+    }
+    const rate = pgN / ((performance.now() - t) / 1000);
+    report(
+      `ingest ${pgN}, PostgreSQL store layer (tsvector + GIN)`,
+      `${Math.round(rate)} rec/s`,
+      `${Math.round(b.sqliteRate)} rec/s SQLite`,
+      rate / b.sqliteRate,
+    );
+    for (const [kind, term] of Object.entries(b.terms)) {
+      const times: number[] = [];
+      for (let q = 0; q < queries; q++) {
+        t = performance.now();
+        const hits = await store.keywordSearch(kw.id, term(q), [], 10);
+        times.push(performance.now() - t);
+        if (hits.length === 0) throw new Error(`PostgreSQL keyword search for ${term(q)} found nothing`);
+      }
+      const [p, s] = [summary(times), b.sqliteKeyword[kind]];
+      report(
+        `keyword p50/p99 @ ${pgN} (${kind}), PostgreSQL store`,
+        `${fmt(p.p50)} / ${fmt(p.p99)} ms`,
+        `SQLite @ ${keywordN} ${fmt(s.p50)} / ${fmt(s.p99)} ms`,
+        p.p50 / s.p50,
+      );
+    }
+    // Vector: the same records in both, PostgreSQL's exact scan (no pgvector) beside SQLite's.
+    const pgVs = (await store.createStore("bench", "vector", ""))!;
+    const liteVs = b.sqlite.createStore("bench", "vector-pg", "")!;
+    for (let i = 0; i < pgVectorN; i += batch) {
+      const part: RecordInput[] = [];
+      for (let j = i; j < Math.min(pgVectorN, i + batch); j++)
+        part.push({ id: `v${j}`, text: "", metadata: "{}", vector: b.vectors.subarray(j * dim, (j + 1) * dim) });
+      if (!(await store.upsert(pgVs.id, part)).ok || !b.sqlite.upsert(liteVs.id, part).ok) throw new Error("vector ingest refused");
+    }
+    const [pgRow, liteRow] = [(await store.store("bench", "vector"))!, b.sqlite.storeById(liteVs.id)!];
+    const [pgTimes, liteTimes]: number[][] = [[], []];
+    let agree = 0;
+    const vq = Math.max(10, Math.floor(queries / 10));
+    for (let q = 0; q < vq; q++) {
+      const query = b.around(new Float32Array(dim));
+      t = performance.now();
+      const got = await store.vectorSearch(pgRow, query, [], 10);
+      pgTimes.push(performance.now() - t);
+      t = performance.now();
+      const want = b.sqlite.exactSearch(liteRow, query, [], 10);
+      liteTimes.push(performance.now() - t);
+      const ids = new Set(got.map((h) => h.id));
+      agree += want.filter((w) => ids.has(w.id)).length / want.length;
+    }
+    const [p, s] = [summary(pgTimes), summary(liteTimes)];
+    report(
+      `vector p50/p99 @ ${pgVectorN} x ${dim}, PostgreSQL ${store.vectorEngine}`,
+      `${fmt(p.p50)} / ${fmt(p.p99)} ms`,
+      `SQLite exact ${fmt(s.p50)} / ${fmt(s.p99)} ms`,
+      p.p50 / s.p50,
+      `same top 10 as SQLite's exact scan: ${((agree / vq) * 100).toFixed(1)}%`,
+    );
+  } finally {
+    await store.close();
+    await admin.query(`DROP DATABASE IF EXISTS ${name} WITH (FORCE)`);
+    await admin.end();
   }
 }

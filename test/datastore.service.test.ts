@@ -13,7 +13,7 @@ import { createDatastoreService } from "../services/datastore/service.js";
 import { createDatastoreStore } from "../services/datastore/store.js";
 import { createAuth, headers, type RunClaims } from "../services/shared/auth.js";
 import { errorMetadata } from "../services/shared/errors.js";
-import { testStoreLocation } from "./databases.js";
+import { testDialect, testStoreLocation } from "./databases.js";
 
 const serviceSecret = "datastore-service-test-secret";
 const keys: Record<string, string> = { "key-alice": "acct-alice", "key-bob": "acct-bob" };
@@ -234,6 +234,27 @@ describe("records", () => {
       invalid(`'embedding_model' ${nul}`, "embedding_model"),
     );
     expect(await refusal(client.getRecords({ store: "a\0", ids: ["a"] }, alice))).toMatchObject({ code: Code.NotFound });
+  });
+
+  it.skipIf(testDialect !== "postgresql")("refuses on PostgreSQL a text with more words than its text search indexes", async () => {
+    const name = await newStore();
+    const text = Array.from({ length: 60_000 }, (_, i) => `w${i.toString(36).padStart(30, "x")}`).join(" ");
+    expect(
+      await refusal(
+        client.upsertRecords(
+          {
+            store: name,
+            records: [
+              { id: "a", vector: [1] },
+              { id: "b", text, vector: [1] },
+            ],
+          },
+          alice,
+        ),
+      ),
+    ).toEqual(
+      invalid("records[0..1]: a text holds more words than PostgreSQL's text search indexes (its tsvector passes 1 MiB)", "records"),
+    );
   });
 
   it("refuses vectors of another dimension than the request's first, or the store's", async () => {

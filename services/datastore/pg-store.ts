@@ -7,6 +7,7 @@
 // - metadata filters: the comparisons of SQLite's json_extract (filter.ts) on `metadata::jsonb`.
 import { and, desc, eq, inArray, type SQL, sql } from "drizzle-orm";
 import type { Orm, ServiceDatabase } from "../shared/db.js";
+import { invalidArgument } from "../shared/errors.js";
 import type { Condition, Scalar } from "./filter.js";
 import { blobOf, type Hit, queryWords, type RecordInput, Refused, type StoreRow, searchCandidates, type UpsertResult } from "./model.js";
 import type * as schema from "./schema.js";
@@ -165,6 +166,15 @@ export async function postgresStore(db: ServiceDatabase<typeof schema>): Promise
         .onConflictDoUpdate({
           target: [records.storeId, records.recordId],
           set: { text: sql`excluded.text`, metadata: sql`excluded.metadata`, vector: sql`excluded.vector` },
+        })
+        .catch((e: unknown) => {
+          // program_limit_exceeded: a text whose tsvector passes 1 MiB (drizzle wraps the driver's error).
+          if ((e as { cause?: { code?: unknown } }).cause?.code !== "54000") throw e;
+          const [from, to] = [offset + i, offset + i + part.length - 1];
+          throw invalidArgument(
+            `records[${from}..${to}]: a text holds more words than PostgreSQL's text search indexes (its tsvector passes 1 MiB)`,
+            "records",
+          );
         });
     }
   }
