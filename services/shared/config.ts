@@ -102,8 +102,21 @@ export interface Config {
    * (`SHAKER_SERVICE_SECRET`): required when any service is remote; a random one otherwise.
    */
   serviceSecret: string | undefined;
-  /** executorId names this process's Executor on run records (`SHAKER_EXECUTOR_ID`); default its host name and port. */
+  /**
+   * executorId names this process in the cluster and its Executor on run records
+   * (`SHAKER_EXECUTOR_ID`); default its host name and port.
+   */
   executorId: string | undefined;
+  /**
+   * advertiseUrl is where the other processes reach this one (`SHAKER_ADVERTISE_URL`); default
+   * http:// its host (its host name when it listens on every address) and port.
+   */
+  advertiseUrl: string | undefined;
+  /**
+   * nodeDeadAfterMs is how long a process may miss heartbeats before the cluster counts it dead: no
+   * run is sent to it, and a live executor takes over its runs (`SHAKER_NODE_DEAD_AFTER_SECONDS`, default 15).
+   */
+  nodeDeadAfterMs: number;
 }
 
 /** Options of createTelemetry (telemetry.ts), read from the OpenTelemetry variables the SDKs define. */
@@ -238,6 +251,8 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env, overrides: Part
     ),
     serviceSecret: envString(env, "SHAKER_SERVICE_SECRET"),
     executorId: envString(env, "SHAKER_EXECUTOR_ID"),
+    advertiseUrl: envString(env, "SHAKER_ADVERTISE_URL"),
+    nodeDeadAfterMs: Math.max(1, envInt(env, "SHAKER_NODE_DEAD_AFTER_SECONDS", 15)) * 1000,
     ...overrides,
   };
 }
