@@ -1,8 +1,17 @@
 import { randomBytes } from "node:crypto";
 import { mkdirSync } from "node:fs";
 import { hostname } from "node:os";
-import { Code, ConnectError, type ConnectRouter, type Interceptor, type ServiceImpl } from "@connectrpc/connect";
+import {
+  Code,
+  ConnectError,
+  type ConnectRouter,
+  createClient,
+  type Interceptor,
+  type ServiceImpl,
+  type Transport,
+} from "@connectrpc/connect";
 import { connectNodeAdapter, createGrpcTransport } from "@connectrpc/connect-node";
+import type { Node } from "../gen/shaker/cluster/v1/cluster_pb.js";
 import { DatastoreService } from "../gen/shaker/datastore/v1/datastore_pb.js";
 import { ExecutorService } from "../gen/shaker/executor/v1/executor_pb.js";
 import { ModelProxyService } from "../gen/shaker/modelproxy/v1/modelproxy_pb.js";
@@ -18,16 +27,19 @@ import { createExecutorService } from "../services/executor/service.js";
 import { createExecutorStore } from "../services/executor/store.js";
 import { createModelProxyService } from "../services/modelproxy/service.js";
 import { createModelProxyStore } from "../services/modelproxy/store.js";
+import { createClusterService } from "../services/registry/cluster.js";
 import { createRegistryService, DEFAULT_ACCOUNT, generateApiKey } from "../services/registry/service.js";
 import { createRegistryStore, type RegistryStore } from "../services/registry/store.js";
 import { headers as authHeaders, createAuth, runLiveness } from "../services/shared/auth.js";
 import { createClients, lazyTransport } from "../services/shared/clients.js";
 import { type Config, databaseLocation, type ServiceName } from "../services/shared/config.js";
 import { createDirectTransport } from "../services/shared/direct-transport.js";
+import { executorRouter } from "../services/shared/executor-router.js";
 import { forwardingImpl } from "../services/shared/forward.js";
 import { grpcMessageEncoding, grpcUnimplemented } from "../services/shared/grpc-compat.js";
 import { withReflection } from "../services/shared/grpc-reflection.js";
 import { type Handler, listen } from "../services/shared/listener.js";
+import { type Membership, startMembership } from "../services/shared/membership.js";
 import { createTelemetry } from "../services/shared/telemetry.js";
 import { serveConsole } from "./static.js";
 
@@ -62,8 +74,10 @@ const rpcNames = Object.keys(rpcServices) as RpcName[];
 export async function startShaker(config: Config): Promise<Shaker> {
   const runs = new Set<ServiceName>(config.services);
   const remote = rpcNames.filter((n) => !runs.has(n));
+  // Executors need no URL: they join the cluster, and edges find them there (SHAKER_EXECUTOR_URL,
+  // when set, serves until the first heartbeat answers).
   for (const name of remote) {
-    if (!config.peers[name]) {
+    if (!config.peers[name] && name !== "executor") {
       throw new Error(
         `SHAKER_${name.toUpperCase()}_URL is required: this process does not run the ${name} (it runs ${config.services.join(",")})`,
       );
@@ -80,15 +94,51 @@ export async function startShaker(config: Config): Promise<Shaker> {
 
   // The services this process runs, registered as they are built; the others are reached remotely.
   const impls: { [K in RpcName]?: ServiceImpl<(typeof rpcServices)[K]> } = {};
+  // …and the routes of services only the other processes call (the cluster's membership).
+  const extraRoutes: ((router: ConnectRouter) => void)[] = [];
   const localRoutes = (router: ConnectRouter) => {
     for (const name of rpcNames) if (impls[name]) router.service(rpcServices[name] as never, impls[name] as never);
+    for (const routes of extraRoutes) routes(router);
   };
   const local = lazyTransport(() => createDirectTransport(localRoutes));
-  const clients = createClients((name) => (runs.has(name) ? local : createGrpcTransport({ baseUrl: config.peers[name]! })));
+  const remoteTransports = new Map<string, Transport>();
+  const remoteTransport = (baseUrl: string) => {
+    let transport = remoteTransports.get(baseUrl);
+    if (!transport) remoteTransports.set(baseUrl, (transport = createGrpcTransport({ baseUrl })));
+    return transport;
+  };
+  // This process in the cluster: its id (its executor's, on run records) and where others reach it.
+  let port = config.port;
+  const nodeId = () => config.executorId ?? `${hostname()}:${port}`;
+  const advertiseUrl = () => config.advertiseUrl ?? `http://${["0.0.0.0", "::"].includes(config.host) ? hostname() : config.host}:${port}`;
+  let membership: Membership | undefined;
+  const transportOf = (node: Node) => (runs.has("executor") && node.id === nodeId() ? local : remoteTransport(node.url));
+  // Each Executor call goes to the executor it is for (services/shared/executor-router.ts): this
+  // process's own in process, the others at the URL they advertise.
+  const executorTransport = executorRouter({
+    nodes: () => membership?.nodes() ?? [],
+    transportFor: transportOf,
+    fallback: runs.has("executor") ? local : config.peers.executor ? remoteTransport(config.peers.executor) : undefined,
+  });
+  const clients = createClients((name) => {
+    if (name === "executor") return executorTransport;
+    return runs.has(name) ? local : remoteTransport(config.peers[name]!);
+  });
+  const serviceHeaders = { [authHeaders.serviceToken]: serviceSecret };
   // A run's token is refused by every service once the run has ended: its Executor says so (at
-  // once when it runs here; cached for a second when it runs elsewhere).
+  // once when it runs here; cached for a second when it runs elsewhere). With several executors,
+  // the run is live when one of them runs it.
   const runIsLive = runLiveness(
-    async (runId) => (await clients.executor.checkRun({ runId }, { headers: { [authHeaders.serviceToken]: serviceSecret } })).live,
+    async (runId) => {
+      const executors = (membership?.nodes() ?? []).filter((n) => n.live && n.services.includes("executor"));
+      if (executors.length < 2) return (await clients.executor.checkRun({ runId }, { headers: serviceHeaders })).live;
+      const answers = await Promise.allSettled(
+        executors.map((n) =>
+          createClient(ExecutorService, transportOf(n)).checkRun({ runId }, { headers: serviceHeaders, timeoutMs: 5000 }),
+        ),
+      );
+      return answers.some((a) => a.status === "fulfilled" && a.value.live);
+    },
     runs.has("executor") ? 0 : 1000,
   );
   const auth = createAuth({
@@ -118,6 +168,7 @@ export async function startShaker(config: Config): Promise<Shaker> {
       runIsLive,
     });
     impls.registry = registry.impl;
+    extraRoutes.push(createClusterService({ store: registryStore.cluster, auth, deadAfterMs: config.nodeDeadAfterMs }).routes);
     generatedApiKey = await bootstrapKey(registryStore, config.apiKey);
     closers.push(
       () => registry.close(),
@@ -237,6 +288,21 @@ export async function startShaker(config: Config): Promise<Shaker> {
     guard(req, res as unknown as Res, "rpc", () => rpc(req as never, res as never));
   };
   listener = await listen(handler, { port: config.port, host: config.host }, listenOptions);
+  port = listener.port;
+  // This process joins the cluster: edges send runs to its executor once they hear of it.
+  membership = startMembership({
+    cluster: clients.cluster,
+    headers: serviceHeaders,
+    self: {
+      id: nodeId(),
+      services: config.services,
+      url: advertiseUrl(),
+      capacity: runs.has("executor") ? config.maxConcurrentRuns : 0,
+      runsInFlight: () => executor?.live.size ?? 0,
+    },
+    intervalMs: Math.max(200, Math.floor(config.nodeDeadAfterMs / 5)),
+    warn: config.quiet ? undefined : (message) => process.stderr.write(`${message}\n`),
+  });
   const runListener = runSocket && runHandler ? await listen(runHandler, { path: runSocket.socketPath }, listenOptions) : undefined;
   // Runs a previous process left in flight resume (or wait for their callers) once runs can call in.
   await executor?.recover();
@@ -251,6 +317,7 @@ export async function startShaker(config: Config): Promise<Shaker> {
     services: config.services,
     close() {
       closed ??= (async () => {
+        await membership?.close();
         await listener.close();
         // Runs still in flight stay recorded as such: the next start resumes them.
         executor?.close();
