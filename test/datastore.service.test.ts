@@ -1,8 +1,8 @@
 // The Datastore's rules in process: its handlers over an in-memory store (a fresh PostgreSQL
-// database under SHAKER_TEST_DIALECT=postgresql), called through
-// createRouterTransport (no port, no edge, no other service). Its peers are faked: API keys are a
-// table of this file, and the ModelProxy is a small Embeddings handler that embeds by counting
-// letters and records how it was called. The rules themselves are in datastore-rules.test.ts; the
+// database under SHAKER_TEST_DIALECT=postgresql), called through createRouterTransport (no port, no
+// edge, no other service). Its peers are faked: API keys are a table of this file, and the
+// ModelProxy is a small Embeddings handler that embeds by counting letters and records how it was
+// called. The rules themselves are in datastore-rules.test.ts; the
 // REST edge's view of them is in datastore.test.ts.
 import type { JsonObject, MessageInitShape } from "@bufbuild/protobuf";
 import { type CallOptions, Code, ConnectError, createClient, createRouterTransport } from "@connectrpc/connect";
