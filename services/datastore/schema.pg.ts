@@ -16,9 +16,9 @@
 // - FTS5 (`ds_fts_<id>`): `records.search`, a generated column
 //   `to_tsvector('simple', text) STORED` with a GIN index, in the migrations. Keyword search is
 //   `WHERE store_id = $1 AND search @@ q ORDER BY ts_rank(search, q) DESC`, with q built from the
-//   words of the query joined by `|` (any of them, as ftsQuery does). 'simple' lower-cases and
-//   neither stems nor drops stop words: FTS5's porter stemmer has no exact PostgreSQL twin, so the
-//   store's tests say where the two rankings may differ.
+//   words of the query joined by `|` (any of them, as SQLite's ftsQuery does). 'simple' lower-cases
+//   and neither stems nor drops stop words: FTS5's porter stemmer has no exact PostgreSQL twin, so
+//   the README says where the two rankings may differ.
 // - sqlite-vec (`ds_vec_<id>`): nothing in the migrations. Vector search without pgvector is an
 //   exact scan of the store's rows, cosine computed over `vector` (the same results as SQLite's
 //   exact search). At start the store tries `CREATE EXTENSION IF NOT EXISTS vector`; where it
