@@ -52,9 +52,10 @@ async function serve(args: string[], io: CliIo): Promise<number> {
     throw new CliError((e as Error).message, 2);
   }
   const shaker = await startShaker(config);
-  io.stdout(`Shaker is listening on ${shaker.url} (data in ${config.dataDir})\n`);
+  io.stdout(`Shaker is listening on ${shaker.url} (data in ${shaker.database})\n`);
   if (shaker.services.length < 5) io.stdout(`Services: ${shaker.services.join(", ")}\n`);
   if (shaker.isolation) io.stdout(`Runs: ${shaker.isolation}\n`);
+  if (shaker.datastoreSearch) io.stdout(`Datastores: ${shaker.datastoreSearch}\n`);
   if (shaker.generatedApiKey) {
     io.stdout(
       `\nCreated the default account's API key. It is shown only this once; keep it:\n\n  ${shaker.generatedApiKey}\n\n` +

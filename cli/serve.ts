@@ -53,6 +53,10 @@ export interface Shaker {
   workerPids(): number[];
   /** isolation says what confines runs on this host (empty without the Executor). */
   isolation: string;
+  /** database says where the services' tables are: the data directory's SQLite files, or PostgreSQL. */
+  database: string;
+  /** datastoreSearch says how the datastores search (empty without the Datastore). */
+  datastoreSearch: string;
   /** services are the services this process runs. */
   services: ServiceName[];
   close(): Promise<void>;
@@ -157,6 +161,7 @@ export async function startShaker(config: Config): Promise<Shaker> {
   const closers: (() => unknown)[] = [];
 
   let generatedApiKey: string | undefined;
+  let datastoreSearch = "";
   if (runs.has("registry")) {
     const registryStore = await createRegistryStore(databaseLocation(config, "registry"), { poolSize: config.databasePoolSize });
     const registry = createRegistryService({
@@ -188,6 +193,7 @@ export async function startShaker(config: Config): Promise<Shaker> {
     const datastoreStore = await createDatastoreStore(databaseLocation(config, "datastore"), { poolSize: config.databasePoolSize });
     const datastore = createDatastoreService({ store: datastoreStore, auth, clients });
     impls.datastore = datastore.impl;
+    datastoreSearch = datastore.describe();
     closers.push(
       () => datastore.close(),
       () => datastoreStore.close(),
@@ -314,6 +320,8 @@ export async function startShaker(config: Config): Promise<Shaker> {
     generatedApiKey,
     workerPids: () => pool?.pids() ?? [],
     isolation: isolationSummary,
+    database: config.databaseUrl ? `PostgreSQL at ${redactedUrl(config.databaseUrl)}` : config.dataDir,
+    datastoreSearch,
     services: config.services,
     close() {
       closed ??= (async () => {
@@ -346,4 +354,15 @@ async function bootstrapKey(store: RegistryStore, apiKey: string | undefined): P
   const key = generateApiKey();
   await store.insertKey(account.id, key);
   return key;
+}
+
+/** redactedUrl is a database URL fit to print: without its password. */
+function redactedUrl(url: string): string {
+  try {
+    const parsed = new URL(url);
+    if (parsed.password) parsed.password = "***";
+    return parsed.toString();
+  } catch {
+    return "(unparsable URL)";
+  }
 }
