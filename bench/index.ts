@@ -8,6 +8,7 @@ import { benchInvoke } from "./invoke.js";
 import { benchIsolation } from "./isolation.js";
 import { benchJournal } from "./journal.js";
 import { benchModelProxy } from "./modelproxy.js";
+import { benchStores } from "./stores.js";
 import { benchValidate } from "./validate.js";
 
 const benches: Record<string, () => Promise<void>> = {
@@ -19,6 +20,7 @@ const benches: Record<string, () => Promise<void>> = {
   datastore: benchDatastore,
   modelproxy: benchModelProxy,
   executor: benchExecutor,
+  stores: benchStores,
   cli: benchCli,
 };
 
