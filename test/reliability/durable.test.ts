@@ -8,11 +8,35 @@ import { createServer as createHttpServer, type Server } from "node:http";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import OpenAI from "openai";
+import pg from "pg";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { type FreshDatabase, freshDatabase, testDialect } from "../databases.js";
 import { type FakeUpstream, startFakeUpstream, writeFakeModelsConfig } from "../fake-upstream.js";
 import { freePort, type ServerProcess, startServerProcess, stopServerProcess } from "./process.js";
 
 const key = "sk-shaker-durable-test";
+
+/** tablesHolding names the tables of a PostgreSQL database with a row whose text holds `value` (bytea columns as hex). */
+async function tablesHolding(url: string, value: string): Promise<string[]> {
+  const client = new pg.Client({ connectionString: url });
+  await client.connect();
+  try {
+    const { rows: tables } = await client.query(
+      "SELECT table_schema, table_name FROM information_schema.tables WHERE table_schema IN ('registry', 'executor', 'modelproxy', 'datastore')",
+    );
+    const holding: string[] = [];
+    for (const { table_schema, table_name } of tables) {
+      const { rows } = await client.query(
+        `SELECT 1 FROM "${table_schema}"."${table_name}" t WHERE strpos(t::text, $1) > 0 OR strpos(t::text, $2) > 0 LIMIT 1`,
+        [value, Buffer.from(value).toString("hex")],
+      );
+      if (rows.length > 0) holding.push(`${table_schema}.${table_name}`);
+    }
+    return holding;
+  } finally {
+    await client.end();
+  }
+}
 
 /** Makes a model call, sleeps (the server is killed meanwhile), makes another, and answers. */
 const twoCalls = `
@@ -89,6 +113,8 @@ describe("runs resumed after the server is killed", () => {
   let server: ServerProcess | undefined;
   let env: Record<string, string>;
   let url: string;
+  /** database keeps the server's tables under SHAKER_TEST_DIALECT=postgresql: the same one across restarts. */
+  let database: FreshDatabase | undefined;
   const dir = mkdtempSync(join(tmpdir(), "shaker-durable-"));
   const seen = (text: string) => upstream.requests.filter((r) => JSON.stringify(r.body?.messages ?? []).includes(text)).length;
 
@@ -129,7 +155,9 @@ describe("runs resumed after the server is killed", () => {
     });
     await new Promise<void>((resolve) => target.listen(0, "127.0.0.1", resolve));
     const port = await freePort();
+    database = testDialect === "postgresql" ? await freshDatabase() : undefined;
     env = {
+      ...(database ? { SHAKER_DATABASE_URL: database.url } : {}),
       SHAKER_DATA_DIR: join(dir, "data"),
       SHAKER_API_KEY: key,
       SHAKER_MODELS_CONFIG: writeFakeModelsConfig(dir, upstream, {}),
@@ -154,6 +182,7 @@ describe("runs resumed after the server is killed", () => {
   });
   afterAll(async () => {
     if (server) await stopServerProcess(server, "SIGKILL");
+    await database?.drop();
     await upstream?.close();
     target?.close();
     rmSync(dir, { recursive: true, force: true });
@@ -219,6 +248,7 @@ describe("runs resumed after the server is killed", () => {
     for (const file of readdirSync(env.SHAKER_DATA_DIR)) {
       expect(readFileSync(join(env.SHAKER_DATA_DIR, file)).includes(secretValue), file).toBe(false);
     }
+    if (database) expect(await tablesHolding(database.url, secretValue)).toEqual([]);
 
     for (const [i, { data, response }] of done.entries()) {
       const output = (data as any).output;
