@@ -209,11 +209,14 @@ export function createRegistryService(options: RegistryServiceOptions): Registry
   let resolvedScriptBytes = 0;
   let resolvedAt = -1;
   let resolvedSince = 0;
+  // Counts the forgettings: what was read across one may predate it, and is not kept.
+  let forgotten = 0;
   function forgetResolved(): void {
     resolved.clear();
     resolvedScriptBytes = 0;
     resolvedAt = store.workflowsWritten();
     resolvedSince = Date.now();
+    forgotten++;
   }
   function resolvedCurrent(): boolean {
     return resolvedAt === store.workflowsWritten() && !(store.othersWrite && Date.now() - resolvedSince >= resolvedMsWithOthers);
@@ -391,10 +394,13 @@ export function createRegistryService(options: RegistryServiceOptions): Registry
       if (!resolvedCurrent()) forgetResolved();
       let version = resolved.get(key);
       if (!version) {
+        const readAfter = forgotten;
         version = create(WorkflowVersionSchema, await resolve(accountId, req.workflowRefName, req.version, req.versionId));
-        if (resolved.size >= maxResolved || resolvedScriptBytes + version.script.length > maxResolvedScriptBytes) forgetResolved();
-        resolved.set(key, version);
-        resolvedScriptBytes += version.script.length;
+        if (readAfter === forgotten && resolvedCurrent()) {
+          if (resolved.size >= maxResolved || resolvedScriptBytes + version.script.length > maxResolvedScriptBytes) forgetResolved();
+          resolved.set(key, version);
+          resolvedScriptBytes += version.script.length;
+        }
       }
       return { version };
     },
