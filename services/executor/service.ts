@@ -749,6 +749,8 @@ export function createExecutorService(options: ExecutorServiceOptions) {
   async function recover(): Promise<void> {
     const rows = await store.runsInFlight([RunStatus.QUEUED, RunStatus.RUNNING]);
     for (const row of rows) {
+      // Callers are served while the records are read: one may have come back and resumed its run.
+      if (live.has(row.id) || resuming.has(row.id)) continue;
       if (row.detached && row.hasSecrets) {
         await abandon(
           row.id,

@@ -259,14 +259,17 @@ export async function createExecutorStore(location: string, options: { poolSize?
     resumeRun(id: string, attempt: number, attempts: NonNullable<NewRun["attempts"]>, startedAt: number, executor: string): Promise<void> {
       return now((tx) => tx.update(runs).set({ attempt, attempts, startedAt, executor, status: RunStatus.RUNNING }).where(eq(runs.id, id)));
     },
-    /** failRun ends a run that has no process (one interrupted and never resumed). */
+    /**
+     * failRun ends a run that has no process (one interrupted and never resumed), unless its record
+     * says it ended meanwhile (resumed by a caller who came back, it ran to its end).
+     */
     failRun(id: string, status: number, error: { type: string; message: string; traceback: string }): Promise<void> {
       const finishedAt = Date.now();
       return now(async (tx) => {
         await tx
           .update(runs)
           .set({ status, error, finishedAt, durationMs: sql`${finishedAt} - ${runs.createdAt}` })
-          .where(eq(runs.id, id));
+          .where(and(eq(runs.id, id), inArray(runs.status, [RunStatus.QUEUED, RunStatus.RUNNING])));
         await forgetJournal(tx, id);
       });
     },

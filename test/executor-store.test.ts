@@ -1,0 +1,188 @@
+// The Executor's store on the database the tests run on (SQLite, or PostgreSQL under
+// SHAKER_TEST_DIALECT=postgresql): run records written in batches off the run's path and read back
+// as written, the journal of runs in flight, interrupted runs ended, and text PostgreSQL cannot keep
+// refused the same way on both.
+import { mkdtempSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { afterAll, beforeAll, describe, expect, it, vi } from "vitest";
+import { RunStatus } from "../gen/shaker/executor/v1/executor_pb.js";
+import { createExecutorStore, type ExecutorStore, type JournalEntry } from "../services/executor/store.js";
+import { testDialect, testStoreLocation } from "./databases.js";
+import { startTestServer, type TestServer } from "./helpers.js";
+
+const start = (id: string, createdAt: number, extra: Partial<Parameters<ExecutorStore["insertRun"]>[0]> = {}) => ({
+  id,
+  accountId: "acc",
+  workflowRefName: "wf",
+  version: "1.0.0",
+  versionId: "ver",
+  sessionId: "sess",
+  status: RunStatus.RUNNING,
+  input: { text: "a\u0000b", order: { z: 1, a: 2 } },
+  metadata: {},
+  createdAt,
+  startedAt: createdAt,
+  parentRunId: "",
+  depth: 0,
+  ...extra,
+});
+
+const end = {
+  status: RunStatus.SUCCEEDED,
+  output: { ok: true },
+  error: null,
+  finishedAt: 2_000_000_000_000,
+  durationMs: 12.5,
+  emitted: [{ seq: 0, value: "token", time: 1 }],
+  logs: [{ level: 1, message: "hello", fields: {}, time: 1, source: "stdout" }],
+  httpCalls: [],
+  warnings: [],
+  promptTokens: 3,
+  completionTokens: 4,
+};
+
+const entry = (runId: string, seq: number, method = "svc/Method"): JournalEntry => ({
+  runId,
+  seq,
+  method,
+  requestHash: "hash",
+  journaled: 1,
+  messages: Buffer.from([0, 0, 0, 2, 123, 125]),
+  error: null,
+  createdAt: 1_700_000_000_000 + seq,
+});
+
+describe("Executor store", () => {
+  let store: ExecutorStore;
+  let release: () => Promise<void>;
+
+  beforeAll(async () => {
+    const location = await testStoreLocation();
+    release = location.release;
+    store = await createExecutorStore(location.location);
+  });
+  afterAll(async () => {
+    await store?.close();
+    await release?.();
+  });
+
+  it("reads a run's start and end as soon as they are queued, with its JSON as written and its timestamps past 2^31", async () => {
+    store.insertRun(start("run_a", 1_700_000_000_001));
+    const started = await store.run("acc", "run_a");
+    expect(started).toMatchObject({ status: RunStatus.RUNNING, attempt: 1, executor: "", finishedAt: null, createdAt: 1_700_000_000_001 });
+    expect(JSON.stringify(started?.input)).toBe('{"text":"a\\u0000b","order":{"z":1,"a":2}}');
+    store.finishRun("run_a", end);
+    expect(await store.run("acc", "run_a")).toMatchObject({ ...end, attempt: 1, attempts: null, unjournaledCalls: 0 });
+    expect(await store.run("other", "run_a")).toBeUndefined();
+  });
+
+  it("writes a run's start, its journal and its end made in one turn in that order: the end forgets the journal", async () => {
+    store.insertRun(start("run_b", 1_700_000_000_002));
+    const journaled = store.writeJournal(entry("run_b", 0));
+    store.finishRun("run_b", end, true);
+    await journaled;
+    expect(await store.journalEntry("run_b", 0)).toBeUndefined();
+    expect((await store.run("acc", "run_b"))?.status).toBe(RunStatus.SUCCEEDED);
+  });
+
+  it("keeps a journal entry per call, the latest written, and cuts the journal from a sequence number", async () => {
+    store.insertRun(start("run_c", 1_700_000_000_003));
+    for (const seq of [0, 1, 2]) await store.writeJournal(entry("run_c", seq));
+    await store.writeJournal({ ...entry("run_c", 1, "svc/Other"), error: { code: 5, message: "not found" } });
+    expect(await store.journalEntry("run_c", 1)).toEqual({ ...entry("run_c", 1, "svc/Other"), error: { code: 5, message: "not found" } });
+    expect((await store.journalEntry("run_c", 0))?.messages).toEqual(entry("run_c", 0).messages);
+    await store.truncateJournal("run_c", 1);
+    expect(await store.journalEntry("run_c", 0)).toBeDefined();
+    expect(await store.journalEntry("run_c", 1)).toBeUndefined();
+    expect(await store.journalEntry("run_c", 2)).toBeUndefined();
+  });
+
+  it("finds runs by key and by request, lists an account's runs the latest first, and resumes and fails those in flight", async () => {
+    store.insertRun(start("run_d", 1_700_000_000_010, { idempotencyKey: "user:k", requestHash: "req", sessionId: "s2" }));
+    store.insertRun(start("run_e", 1_700_000_000_011, { idempotencyKey: "user:k", requestHash: "req", sessionId: "s2" }));
+    expect((await store.runByKey("acc", "user:k", 0))?.id).toBe("run_e");
+    expect(await store.runByKey("acc", "user:k", 1_700_000_000_012)).toBeUndefined();
+    expect((await store.runByRequest("acc", "req"))?.id).toBe("run_e");
+    expect((await store.listRuns({ accountId: "acc", sessionId: "s2", offset: 0, limit: 10 })).map((r) => r.id)).toEqual([
+      "run_e",
+      "run_d",
+    ]);
+    expect((await store.listRuns({ accountId: "acc", status: RunStatus.SUCCEEDED, offset: 1, limit: 1 })).map((r) => r.id)).toEqual([
+      "run_a",
+    ]);
+
+    const attempts = [{ attempt: 1, startedAt: 1, endedAt: 2, interrupted: true }];
+    await store.resumeRun("run_d", 2, attempts, 1_700_000_000_020, "exec-2");
+    expect(await store.run("acc", "run_d")).toMatchObject({ attempt: 2, attempts, startedAt: 1_700_000_000_020, executor: "exec-2" });
+    const inFlight = (await store.runsInFlight([RunStatus.QUEUED, RunStatus.RUNNING])).map((r) => r.id);
+    expect(inFlight).toEqual(expect.arrayContaining(["run_d", "run_e"]));
+    expect(inFlight).not.toContain("run_a");
+
+    const error = { type: "ServerRestarted", message: "gone", traceback: "" };
+    await store.writeJournal(entry("run_d", 0));
+    await store.failRun("run_d", RunStatus.FAILED, error);
+    const failed = await store.run("acc", "run_d");
+    expect(failed).toMatchObject({ status: RunStatus.FAILED, error });
+    expect(failed!.durationMs).toBe(failed!.finishedAt! - failed!.createdAt);
+    expect(await store.journalEntry("run_d", 0)).toBeUndefined();
+    // A run that ended meanwhile keeps its end.
+    await store.failRun("run_a", RunStatus.FAILED, error);
+    expect((await store.run("acc", "run_a"))?.status).toBe(RunStatus.SUCCEEDED);
+  });
+
+  it("keeps the other writes of a batch when one fails, and says which failed", async () => {
+    const stderr = vi.spyOn(process.stderr, "write").mockImplementation(() => true);
+    try {
+      store.insertRun(start("run_f", 1_700_000_000_030));
+      store.insertRun(start("run_a", 1_700_000_000_031));
+      store.insertRun(start("run_g", 1_700_000_000_032));
+      expect((await store.run("acc", "run_f"))?.id).toBe("run_f");
+      expect(stderr.mock.calls.map(([text]) => String(text)).join("")).toContain("could not record the start of run run_a");
+    } finally {
+      stderr.mockRestore();
+    }
+    expect((await store.run("acc", "run_g"))?.id).toBe("run_g");
+    expect((await store.run("acc", "run_a"))?.createdAt).toBe(1_700_000_000_001);
+    await expect(store.writeJournal({ ...entry("run_f", 0), method: null as never })).rejects.toThrow();
+  });
+
+  it("writes what is pending when it closes", async () => {
+    const dir = mkdtempSync(join(tmpdir(), "shaker-exec-store-"));
+    const fresh = testDialect === "sqlite" ? { location: join(dir, "executor.db"), release: async () => {} } : await testStoreLocation();
+    try {
+      const first = await createExecutorStore(fresh.location);
+      first.insertRun(start("run_h", 1_700_000_000_040));
+      first.finishRun("run_h", end);
+      await first.close();
+      const again = await createExecutorStore(fresh.location);
+      expect((await again.run("acc", "run_h"))?.status).toBe(RunStatus.SUCCEEDED);
+      await again.close();
+    } finally {
+      await fresh.release();
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+});
+
+describe("Executor text PostgreSQL cannot keep", () => {
+  let server: TestServer;
+  beforeAll(async () => {
+    server = await startTestServer();
+  });
+  afterAll(async () => {
+    await server?.close();
+  });
+
+  it("refuses a NUL in a session id, a run id or a listing's filter with 400 naming the field, on either database", async () => {
+    const invoked = await server.invoke({ model: "workflow:any", input: {}, session_id: "a\u0000b" });
+    expect(invoked.status).toBe(400);
+    expect(invoked.body.error.param).toBe("session_id");
+    const got = await server.request("GET", "/v1/runs/run_a%00b");
+    expect(got.status).toBe(400);
+    expect(got.body.error.param).toBe("run_id");
+    const listed = await server.request("GET", "/v1/runs?workflow=a%00b");
+    expect(listed.status).toBe(400);
+    expect(listed.body.error.param).toBe("workflow");
+  });
+});
