@@ -34,6 +34,7 @@ import { headers as authHeaders, createAuth, runLiveness } from "../services/sha
 import { createClients, lazyTransport } from "../services/shared/clients.js";
 import { type Config, databaseLocation, type ServiceName } from "../services/shared/config.js";
 import { createDirectTransport } from "../services/shared/direct-transport.js";
+import { hideInternalErrors } from "../services/shared/errors.js";
 import { executorRouter } from "../services/shared/executor-router.js";
 import { forwardingImpl } from "../services/shared/forward.js";
 import { grpcMessageEncoding, grpcUnimplemented } from "../services/shared/grpc-compat.js";
@@ -213,7 +214,7 @@ export async function startShaker(config: Config): Promise<Shaker> {
       connectNodeAdapter({
         routes: withReflection(routes, { authenticate: (h) => auth.identify(h) }),
         readMaxBytes: config.maxBodyBytes,
-        interceptors,
+        interceptors: [hideInternalErrors, ...interceptors],
         fallback: grpcUnimplemented((req, res) =>
           sendJson(res as unknown as Res, 404, {
             error: { message: `no route ${req.method} ${req.url}`, type: "invalid_request_error", param: null, code: "not_found" },

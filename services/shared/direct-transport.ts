@@ -10,6 +10,8 @@ import {
   type Transport,
 } from "@connectrpc/connect";
 
+import { asConnectError } from "./errors.js";
+
 type AnyImpl = (input: unknown, ctx: HandlerContext) => unknown;
 
 /**
@@ -17,10 +19,6 @@ type AnyImpl = (input: unknown, ctx: HandlerContext) => unknown;
  * reason rather than none: abort() without one builds a DOMException (with its stack) every call.
  */
 const callEnded = new ConnectError("the call ended", Code.Canceled);
-
-function asConnectError(e: unknown): ConnectError {
-  return e instanceof ConnectError ? e : new ConnectError("internal error", Code.Internal, undefined, undefined, e);
-}
 
 /** What a call's HandlerContext is made from (createHandlerContext's init, less the deadline). */
 type CallInit = {

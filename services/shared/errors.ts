@@ -1,4 +1,4 @@
-import { Code, ConnectError } from "@connectrpc/connect";
+import { Code, ConnectError, type Interceptor } from "@connectrpc/connect";
 
 /** errorMetadata names the metadata a service attaches to an error for the edge's one status table. */
 export const errorMetadata = {
@@ -22,3 +22,46 @@ export function tooLarge(message: string, param?: string): ConnectError {
     ...(param ? { [errorMetadata.param]: param } : {}),
   });
 }
+
+/**
+ * describeCause says what went wrong in an unexpected error, for the operator's log: a database
+ * error's own message, never drizzle's wrapping of it, which prints the query's parameters (a
+ * caller's input, a script, a journaled answer).
+ */
+export function describeCause(e: unknown): string {
+  if (!(e instanceof Error)) return String(e);
+  if (e.name === "DrizzleQueryError" && e.cause instanceof Error) return `database: ${e.cause.message}`;
+  return e.message;
+}
+
+/**
+ * asConnectError is how an error leaves a service: a ConnectError as it is, anything else an
+ * Internal "internal error" (its cause logged, never sent: it may hold another caller's data).
+ */
+export function asConnectError(e: unknown, where = ""): ConnectError {
+  if (e instanceof ConnectError) return e;
+  process.stderr.write(`internal error${where ? ` in ${where}` : ""}: ${describeCause(e)}\n`);
+  return new ConnectError("internal error", Code.Internal, undefined, undefined, e);
+}
+
+/** hideInternalErrors makes every error a service's handlers throw go out through asConnectError. */
+export const hideInternalErrors: Interceptor = (next) => async (req) => {
+  const where = `${req.service.typeName}/${req.method.name}`;
+  try {
+    const res = await next(req);
+    if (!res.stream) return res;
+    const messages = res.message;
+    return {
+      ...res,
+      message: (async function* () {
+        try {
+          yield* messages;
+        } catch (e) {
+          throw asConnectError(e, where);
+        }
+      })(),
+    };
+  } catch (e) {
+    throw asConnectError(e, where);
+  }
+};
