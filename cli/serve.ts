@@ -122,8 +122,9 @@ export async function startShaker(config: Config): Promise<Shaker> {
   // process's own in process, the others at the URL they advertise.
   const executorTransport = executorRouter({
     nodes: () => membership?.nodes() ?? [],
-    transportFor: transportOf,
-    fallback: runs.has("executor") ? local : config.peers.executor ? remoteTransport(config.peers.executor) : undefined,
+    transportFor: (node) => remoteTransport(node.url),
+    local: runs.has("executor") ? { id: nodeId, transport: local } : undefined,
+    fallback: config.peers.executor ? remoteTransport(config.peers.executor) : undefined,
   });
   const clients = createClients((name) => {
     if (name === "executor") return executorTransport;

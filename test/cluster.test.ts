@@ -153,10 +153,50 @@ describe("executorRouter", () => {
     expect((await router.getRun({ runId: "run-x" })).run?.executor).toBe("exec-1");
   });
 
-  it("falls back on this process's executor while none is listed, and refuses without one", async () => {
+  it("starts runs on this process's own executor, and sends calls about others' runs to them", async () => {
+    const nodes = [live("exec-1", 50), live("exec-2", 0)];
+    const router = createClient(
+      ExecutorService,
+      executorRouter({
+        nodes: () => nodes,
+        transportFor: (n) => transports[n.id]!,
+        local: { id: () => "exec-1", transport: transports["exec-1"]! },
+        fallback: undefined,
+      }),
+    );
+    expect((await router.startRun({})).started?.runId).toBe("exec-1");
+    expect((await router.cancelRun({ runId: "run-on-2" })).cancelled).toBe(true);
+  });
+
+  it("passes over an executor it could not reach until it heartbeats again", async () => {
+    let beat = 1000;
+    const down = createRouterTransport((router) =>
+      router.service(ExecutorService, {
+        startRun() {
+          throw new ConnectError("connect ECONNREFUSED", Code.Unavailable);
+        },
+      }),
+    );
+    const nodes = () => [live("exec-1", 5), create(NodeSchema, { ...live("exec-2", 0), lastHeartbeat: timestampFromMs(beat) })];
+    const router = createClient(
+      ExecutorService,
+      executorRouter({ nodes, transportFor: (n) => (n.id === "exec-2" ? down : transports[n.id]!), fallback: undefined }),
+    );
+    expect((await refusal(router.startRun({}))).code).toBe(Code.Unavailable);
+    expect((await router.startRun({})).started?.runId).toBe("exec-1");
+    beat = Date.now() + 1;
+    expect((await refusal(router.startRun({}))).code).toBe(Code.Unavailable);
+  });
+
+  it("falls back on SHAKER_EXECUTOR_URL or this process's executor while none is listed, and refuses without one", async () => {
     const empty = { nodes: () => [], transportFor: (n: Node) => transports[n.id]! };
     const withFallback = createClient(ExecutorService, executorRouter({ ...empty, fallback: transports["exec-3"] }));
     expect((await withFallback.startRun({})).started?.runId).toBe("exec-3");
+    const withLocal = createClient(
+      ExecutorService,
+      executorRouter({ ...empty, local: { id: () => "exec-1", transport: transports["exec-1"]! }, fallback: undefined }),
+    );
+    expect((await withLocal.startRun({})).started?.runId).toBe("exec-1");
     const without = createClient(ExecutorService, executorRouter({ ...empty, fallback: undefined }));
     const refused = await refusal(without.startRun({}));
     expect([refused.code, refused.rawMessage]).toEqual([Code.Unavailable, expect.stringContaining("no executor is live")]);

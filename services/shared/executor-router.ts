@@ -1,4 +1,5 @@
 import { create } from "@bufbuild/protobuf";
+import { timestampMs } from "@bufbuild/protobuf/wkt";
 import { Code, ConnectError, type ContextValues, createContextKey, type Transport } from "@connectrpc/connect";
 import type { Node } from "../../gen/shaker/cluster/v1/cluster_pb.js";
 import { ExecutorService, GetRunRequestSchema } from "../../gen/shaker/executor/v1/executor_pb.js";
@@ -6,14 +7,18 @@ import { ExecutorService, GetRunRequestSchema } from "../../gen/shaker/executor/
 // Which executor an Executor RPC goes to, when a Shaker has several (they share one PostgreSQL
 // database, so any of them reads every run record).
 //
-// - A run starts on the live executor with the fewest runs in flight: as of the cluster's latest
-//   heartbeats, plus the runs this process sent each executor since (so a burst between two
-//   heartbeats spreads instead of piling on the one that looked idlest).
+// - A run starts on this process's own executor when it runs one (no network hop, and nothing
+//   depends on the cluster's view being fresh); otherwise on the live executor with the fewest
+//   runs in flight for its capacity: as of the cluster's latest heartbeats, plus the runs this
+//   process sent each executor since (so a burst between two heartbeats spreads instead of piling
+//   on the one that looked idlest).
 // - A call about one run in flight (cancel, watch, the liveness check) goes to the executor that
 //   runs it: the caller names it (ownerKey) when it knows, else the run's record names it.
 // - Reading records (GetRun, ListRuns) goes to any live executor.
-// With no live executor listed (before the first heartbeat, or on a single node), calls go to the
-// fallback: this process's own executor, or SHAKER_EXECUTOR_URL.
+// - An executor that could not be reached is passed over until it heartbeats again: a killed one
+//   stays listed as live until it has been silent for the cluster's dead-after time.
+// With no live executor listed (before the first heartbeat), calls go to the fallback
+// (SHAKER_EXECUTOR_URL), if any.
 
 /** ownerKey names the executor a call is for, when its caller knows it (a run token says it). */
 export const ownerKey = createContextKey<string | undefined>(undefined, { description: "executor that owns the run" });
@@ -23,28 +28,40 @@ const startMethods = new Set(["run", "runStream", "startRun"]);
 /** Methods about one run in flight: sent to the executor that runs it. */
 const ownerMethods = new Set(["cancelRun", "watchRun", "checkRun"]);
 
+/** What a call is picked by besides its method and run: its signal, headers and context values. */
+type CallArgs = [AbortSignal | undefined, HeadersInit | undefined, ContextValues | undefined];
+
 /** Options of executorRouter. */
 export interface ExecutorRouterOptions {
   /** nodes are the cluster's nodes as of the latest heartbeat. */
   nodes: () => Node[];
-  /** transportFor reaches an executor: in-process for this process's own (by its id), else by URL. */
+  /** transportFor reaches another process's executor, at its URL. */
   transportFor: (node: Node) => Transport;
+  /** local is this process's own executor, when it runs one (its id is known once it listens). */
+  local?: { id: () => string; transport: Transport };
   /** fallback serves calls while no live executor is listed; undefined refuses them (Unavailable). */
   fallback: Transport | undefined;
 }
 
 /** executorRouter is a Transport for the Executor's client that picks an executor per call. */
 export function executorRouter(options: ExecutorRouterOptions): Transport {
+  const { local } = options;
   // Runs sent to each executor since the heartbeat its load was read from.
-  const sent = new Map<string, { since: bigint; count: number }>();
+  const sent = new Map<string, { since: number; count: number }>();
+  // Executors a call could not reach, and when: passed over until they heartbeat after that.
+  const unreachable = new Map<string, number>();
+  const beatOf = (n: Node) => (n.lastHeartbeat ? timestampMs(n.lastHeartbeat) : 0);
 
   function liveExecutors(): Node[] {
-    return options.nodes().filter((n) => n.live && n.services.includes("executor") && n.capacity > 0);
+    return options.nodes().filter((n) => {
+      if (!n.live || !n.services.includes("executor") || n.capacity <= 0) return false;
+      const failedAt = unreachable.get(n.id);
+      return failedAt === undefined || beatOf(n) > failedAt;
+    });
   }
   function load(n: Node): number {
     const s = sent.get(n.id);
-    const beat = n.lastHeartbeat?.seconds ?? 0n;
-    return n.runsInFlight + (s && s.since === beat ? s.count : 0);
+    return n.runsInFlight + (s && s.since === beatOf(n) ? s.count : 0);
   }
   function leastLoaded(): Node | undefined {
     let best: Node | undefined;
@@ -52,12 +69,27 @@ export function executorRouter(options: ExecutorRouterOptions): Transport {
     return best;
   }
   function counted(n: Node): Node {
-    const beat = n.lastHeartbeat?.seconds ?? 0n;
     const s = sent.get(n.id);
-    sent.set(n.id, { since: beat, count: s && s.since === beat ? s.count + 1 : 1 });
+    sent.set(n.id, { since: beatOf(n), count: s && s.since === beatOf(n) ? s.count + 1 : 1 });
     return n;
   }
-  function fallback(): Transport {
+  /** reach is a node's transport: its calls that cannot reach it mark it unreachable. */
+  function reach(n: Node): Transport {
+    if (local && n.id === local.id()) return local.transport;
+    const transport = options.transportFor(n);
+    const failed = (e: unknown) => {
+      if (ConnectError.from(e).code === Code.Unavailable) unreachable.set(n.id, Date.now());
+      throw e;
+    };
+    return {
+      unary: (...args) => transport.unary(...args).catch(failed),
+      stream: (...args) => transport.stream(...args).catch(failed),
+    };
+  }
+  function anyExecutor(): Transport {
+    if (local) return local.transport;
+    const node = leastLoaded();
+    if (node) return reach(node);
     if (options.fallback) return options.fallback;
     throw new ConnectError("no executor is live in this Shaker: start one (shaker serve --services executor)", Code.Unavailable);
   }
@@ -71,45 +103,58 @@ export function executorRouter(options: ExecutorRouterOptions): Transport {
     header: HeadersInit | undefined,
     contextValues: ContextValues | undefined,
   ) {
+    const live = liveExecutors();
     const named = contextValues?.get(ownerKey);
-    if (named) return liveExecutors().find((n) => n.id === named);
-    if (!runId || liveExecutors().length < 2) return undefined;
-    const resp = await options
-      .transportFor(leastLoaded()!)
+    if (named) return live.find((n) => n.id === named);
+    if (!runId || live.length === 0 || (live.length === 1 && live[0].id === local?.id())) return undefined;
+    const resp = await anyExecutor()
       .unary(ExecutorService.method.getRun, signal, 10_000, header, create(GetRunRequestSchema, { runId }), contextValues)
       .catch(() => undefined);
     const executor = resp?.message.run?.executor;
-    return executor ? liveExecutors().find((n) => n.id === executor) : undefined;
+    return executor ? live.find((n) => n.id === executor) : undefined;
   }
   /** pick chooses the executor for a call of `method` about `runId` (empty when it names no run). */
-  async function pick(
-    method: string,
-    runId: string,
-    signal: AbortSignal | undefined,
-    header: HeadersInit | undefined,
-    contextValues: ContextValues | undefined,
-  ): Promise<Transport> {
-    if (liveExecutors().length === 0) return fallback();
+  async function pick(method: string, runId: string, ...[signal, header, contextValues]: CallArgs): Promise<Transport> {
     if (ownerMethods.has(method)) {
+      // The owner unknown or dead: any executor answers from the shared records (a dead one's runs
+      // are being taken over; the liveness check then says "not live").
       const owner = await ownerOf(runId, signal, header, contextValues);
-      if (owner) return options.transportFor(owner);
-      // The owner is unknown or dead: any executor answers from the shared records (a dead one's
-      // runs are being taken over; the liveness check then says "not live").
+      return owner ? reach(owner) : anyExecutor();
     }
-    const node = leastLoaded()!;
-    return options.transportFor(startMethods.has(method) ? counted(node) : node);
+    if (startMethods.has(method) && !local) {
+      const node = leastLoaded();
+      if (node) return reach(counted(node));
+    }
+    return anyExecutor();
+  }
+  /**
+   * call makes a call on the executor picked for it. A call about a run whose executor cannot be
+   * reached is made on another: that executor died (a restarted one comes back under a new id), and
+   * the others act on its runs from their shared records.
+   */
+  async function call<T>(method: string, runId: string, args: CallArgs, make: (t: Transport) => Promise<T>): Promise<T> {
+    const transport = await pick(method, runId, ...args);
+    try {
+      return await make(transport);
+    } catch (e) {
+      if (!ownerMethods.has(method) || ConnectError.from(e).code !== Code.Unavailable) throw e;
+      const other = anyExecutor();
+      if (other === transport) throw e;
+      return make(other);
+    }
   }
   return {
-    async unary(method, signal, timeoutMs, header, input, contextValues) {
-      const transport = await pick(method.localName, runIdOf(input), signal, header, contextValues);
-      return transport.unary(method, signal, timeoutMs, header, input, contextValues);
-    },
+    unary: (method, signal, timeoutMs, header, input, contextValues) =>
+      call(method.localName, runIdOf(input), [signal, header, contextValues], (t) =>
+        t.unary(method, signal, timeoutMs, header, input, contextValues),
+      ),
     async stream(method, signal, timeoutMs, header, input, contextValues) {
       // A server stream's request is its one message: read it to learn the run it is about.
       const messages: typeof input extends AsyncIterable<infer M> ? M[] : never = [];
       for await (const m of input) messages.push(m);
-      const transport = await pick(method.localName, runIdOf(messages[0]), signal, header, contextValues);
-      return transport.stream(method, signal, timeoutMs, header, iterate(messages), contextValues);
+      return call(method.localName, runIdOf(messages[0]), [signal, header, contextValues], (t) =>
+        t.stream(method, signal, timeoutMs, header, iterate(messages), contextValues),
+      );
     },
   };
 }
