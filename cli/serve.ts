@@ -117,6 +117,11 @@ export async function startShaker(config: Config): Promise<Shaker> {
   const nodeId = () => config.executorId ?? `${hostname()}:${port}`;
   const advertiseUrl = () => config.advertiseUrl ?? `http://${["0.0.0.0", "::"].includes(config.host) ? hostname() : config.host}:${port}`;
   let membership: Membership | undefined;
+  /** liveExecutorIds are the executors the cluster lists as live; undefined before it first answered. */
+  const liveExecutorIds = () => {
+    const nodes = membership?.nodes() ?? [];
+    return nodes.length === 0 ? undefined : nodes.filter((n) => n.live && n.services.includes("executor")).map((n) => n.id);
+  };
   const transportOf = (node: Node) => (runs.has("executor") && node.id === nodeId() ? local : remoteTransport(node.url));
   // Each Executor call goes to the executor it is for (services/shared/executor-router.ts): this
   // process's own in process, the others at the URL they advertise.
@@ -260,7 +265,9 @@ export async function startShaker(config: Config): Promise<Shaker> {
       limits: { memoryBytes: config.runMemoryBytes, openFiles: 256, fileBytes: 64 * 1024 * 1024 },
       disconnectGraceMs: config.disconnectGraceMs,
       telemetry,
-      executorId: () => config.executorId ?? `${hostname()}:${listener?.port ?? config.port}`,
+      executorId: nodeId,
+      // On PostgreSQL the executors share their runs' records: each adopts those of executors that died.
+      liveExecutors: config.databaseUrl ? liveExecutorIds : undefined,
     });
     impls.executor = executor.impl;
     closers.push(() => executorStore.close());
@@ -309,6 +316,7 @@ export async function startShaker(config: Config): Promise<Shaker> {
       runsInFlight: () => executor?.live.size ?? 0,
     },
     intervalMs: Math.max(200, Math.floor(config.nodeDeadAfterMs / 5)),
+    onNodes: () => void executor?.takeOver().catch((e: Error) => process.stderr.write(`could not take over runs: ${e.message}\n`)),
     warn: config.quiet ? undefined : (message) => process.stderr.write(`${message}\n`),
   });
   const runListener = runSocket && runHandler ? await listen(runHandler, { path: runSocket.socketPath }, listenOptions) : undefined;

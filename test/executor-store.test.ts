@@ -113,21 +113,31 @@ describe("Executor store", () => {
     ]);
 
     const attempts = [{ attempt: 1, startedAt: 1, endedAt: 2, interrupted: true }];
-    await store.resumeRun("run_d", 2, attempts, 1_700_000_000_020, "exec-2");
+    expect(await store.resumeRun("run_d", 1, 2, attempts, 1_700_000_000_020, "exec-2")).toBe(true);
     expect(await store.run("acc", "run_d")).toMatchObject({ attempt: 2, attempts, startedAt: 1_700_000_000_020, executor: "exec-2" });
-    const inFlight = (await store.runsInFlight([RunStatus.QUEUED, RunStatus.RUNNING])).map((r) => r.id);
+    // Resuming claims the run by its attempt: a second executor resuming attempt 1 does not.
+    expect(await store.resumeRun("run_d", 1, 2, attempts, 1_700_000_000_021, "exec-3")).toBe(false);
+    expect((await store.run("acc", "run_d"))?.executor).toBe("exec-2");
+    const inFlight = (await store.runsInFlight()).map((r) => r.id);
     expect(inFlight).toEqual(expect.arrayContaining(["run_d", "run_e"]));
     expect(inFlight).not.toContain("run_a");
+    // One executor's runs, or those of every executor but the live ones.
+    expect((await store.runsInFlight({ executor: "exec-2" })).map((r) => r.id)).toEqual(["run_d"]);
+    expect((await store.runsInFlight({ except: ["exec-2"] })).map((r) => r.id)).not.toContain("run_d");
+    expect(await store.notMine(["run_d", "run_e"], "exec-2")).toEqual(["run_e"]);
 
     const error = { type: "ServerRestarted", message: "gone", traceback: "" };
     await store.writeJournal(entry("run_d", 0));
-    await store.failRun("run_d", RunStatus.FAILED, error);
+    // Failing an attempt that was resumed since changes nothing.
+    await store.failRun("run_d", 1, RunStatus.FAILED, error);
+    expect((await store.run("acc", "run_d"))?.status).toBe(RunStatus.RUNNING);
+    await store.failRun("run_d", 2, RunStatus.FAILED, error);
     const failed = await store.run("acc", "run_d");
     expect(failed).toMatchObject({ status: RunStatus.FAILED, error });
     expect(failed!.durationMs).toBe(failed!.finishedAt! - failed!.createdAt);
     expect(await store.journalEntry("run_d", 0)).toBeUndefined();
     // A run that ended meanwhile keeps its end.
-    await store.failRun("run_a", RunStatus.FAILED, error);
+    await store.failRun("run_a", 1, RunStatus.FAILED, error);
     expect((await store.run("acc", "run_a"))?.status).toBe(RunStatus.SUCCEEDED);
   });
 

@@ -55,6 +55,12 @@ export interface ExecutorServiceOptions extends AdmissionOptions {
   httpMaxResponseBytes?: number;
   /** executorId names this Executor on the records of the runs it runs. */
   executorId?: () => string;
+  /**
+   * liveExecutors are the ids of the executors the cluster lists as live (this one included), when
+   * the store is shared with other executors (PostgreSQL); undefined when it is not shared (a SQLite
+   * file is this executor's alone) or before the cluster first answered. See takeOver.
+   */
+  liveExecutors?: () => string[] | undefined;
   /** telemetry traces runs and their ctx calls; off when absent. */
   telemetry?: Telemetry;
   /**
@@ -259,6 +265,8 @@ export function createExecutorService(options: ExecutorServiceOptions) {
   const admission = createAdmission(options);
   const egress = { allow: parseAllowList(options.httpAllow ?? []), maxResponseBytes: options.httpMaxResponseBytes };
   let closing = false;
+  /** takingOver is true while a takeOver runs: a heartbeat that comes meanwhile skips its own. */
+  let takingOver = false;
 
   async function resolve(accountId: string, inv: Pick<Invocation, "workflowRefName" | "version">): Promise<WorkflowVersion> {
     if (!inv.workflowRefName) throw invalid("workflow_ref_name is required", "model");
@@ -434,10 +442,14 @@ export function createExecutorService(options: ExecutorServiceOptions) {
       version = await resolve(row.accountId, { workflowRefName: row.workflowRefName, version: row.version });
     } catch (e) {
       const error = ConnectError.from(e);
-      if (error.code === Code.NotFound) await abandon(row.id, "its workflow version no longer exists");
+      if (error.code === Code.NotFound) await abandon(row, "its workflow version no longer exists");
       throw error;
     }
     const secretValues = secretsOf(who, invocation);
+    const owner = row.executor;
+    if (owner !== executorId() && options.liveExecutors?.()?.includes(owner)) {
+      throw new ConnectError(`run '${row.id}' is in flight on executor '${owner}'; retry shortly`, Code.Unavailable);
+    }
     const release = admission.admit(row.accountId);
     const now = Date.now();
     const attempts = [
@@ -445,7 +457,11 @@ export function createExecutorService(options: ExecutorServiceOptions) {
       { attempt: row.attempt, startedAt: row.startedAt ?? row.createdAt, endedAt: now, interrupted: true },
     ];
     try {
-      await store.resumeRun(row.id, row.attempt + 1, attempts, now, executorId());
+      // Claimed by its attempt number: of executors resuming it at once (callers coming back to two
+      // of them, two taking over a dead one's runs), one does.
+      if (!(await store.resumeRun(row.id, row.attempt, row.attempt + 1, attempts, now, executorId()))) {
+        throw new ConnectError(`run '${row.id}' was resumed elsewhere; retry shortly`, Code.Aborted);
+      }
       return launch({
         caller: who,
         inv: invocation,
@@ -566,7 +582,7 @@ export function createExecutorService(options: ExecutorServiceOptions) {
       journal.replaying = true;
       // Recorded in order with the run's end; nothing waits for it, as the run goes on in this process.
       store
-        .resumeRun(runId, run.attempt, run.attempts, now, executorId())
+        .resumeRun(runId, run.attempt - 1, run.attempt, run.attempts, now, executorId())
         .catch((e: Error) => process.stderr.write(`could not record attempt ${run.attempt} of run ${runId}: ${e.message}\n`));
       span?.addEvent("interrupted: executing again", { "shaker.run.attempt": run.attempt });
       process.stderr.write(`run ${runId}: its process was interrupted; executing it again (attempt ${run.attempt})\n`);
@@ -732,12 +748,20 @@ export function createExecutorService(options: ExecutorServiceOptions) {
     });
   }
 
-  /** abandon ends an interrupted run that will not resume, saying why; a failure to record it is logged (the next start tries again). */
-  async function abandon(id: string, why: string): Promise<void> {
-    const message = `the server stopped while this run was in flight, and ${why}`;
+  /**
+   * abandon ends an interrupted run that will not resume, saying why: its server restarted
+   * (ServerRestarted), or its executor died and this one took over its runs (ExecutorLost). A run
+   * resumed meanwhile (a later attempt) is left alone; a failure to record it is logged (the next
+   * start tries again).
+   */
+  async function abandon(row: RunRow, why: string): Promise<void> {
+    const lost = row.executor !== "" && row.executor !== executorId() && options.liveExecutors?.() !== undefined;
+    const message = lost
+      ? `its executor '${row.executor}' stopped while this run was in flight, and ${why}`
+      : `the server stopped while this run was in flight, and ${why}`;
     await store
-      .failRun(id, RunStatus.FAILED, { type: "ServerRestarted", message, traceback: "" })
-      .catch((e: Error) => process.stderr.write(`could not record the end of run ${id}: ${e.message}\n`));
+      .failRun(row.id, row.attempt, RunStatus.FAILED, { type: lost ? "ExecutorLost" : "ServerRestarted", message, traceback: "" })
+      .catch((e: Error) => process.stderr.write(`could not record the end of run ${row.id}: ${e.message}\n`));
   }
 
   /**
@@ -747,13 +771,50 @@ export function createExecutorService(options: ExecutorServiceOptions) {
    * and fails if nobody does.
    */
   async function recover(): Promise<void> {
-    const rows = await store.runsInFlight([RunStatus.QUEUED, RunStatus.RUNNING]);
+    // A shared database holds the other executors' runs too: this one's are its own (the runs of
+    // executors that died are taken over by takeOver).
+    const rows = await store.runsInFlight(options.liveExecutors ? { executor: executorId() } : {});
+    adopt(rows);
+    if (rows.length > 0)
+      process.stderr.write(`found ${rows.length} run(s) the last process left in flight: resuming or waiting for their callers\n`);
+  }
+
+  /**
+   * takeOver adopts the runs of executors that died (recorded in flight on an executor that is not
+   * live), as recover adopts a previous process's: the cluster calls it at each heartbeat, on every
+   * live executor; each run is resumed by one of them (resumeRun claims it). It also stops the runs
+   * of this executor that another took over while this one could not heartbeat: their record is not
+   * this executor's any more.
+   */
+  async function takeOver(): Promise<void> {
+    const liveIds = options.liveExecutors?.();
+    if (!liveIds || closing || takingOver) return;
+    takingOver = true;
+    try {
+      await takeOverFrom(liveIds);
+    } finally {
+      takingOver = false;
+    }
+  }
+  async function takeOverFrom(liveIds: string[]): Promise<void> {
+    const orphans = await store.runsInFlight({ except: [...new Set([...liveIds, executorId()])] });
+    const fresh = orphans.filter((r) => !waiting.has(r.id));
+    adopt(fresh);
+    if (fresh.length > 0) process.stderr.write(`taking over ${fresh.length} run(s) of executors that stopped\n`);
+    for (const id of await store.notMine([...live.keys()], executorId())) {
+      process.stderr.write(`run ${id} was taken over by another executor: stopping it here\n`);
+      live.get(id)?.cancel("cancelled");
+    }
+  }
+
+  /** adopt resumes, fails or waits for the callers of runs left in flight by a process that is gone. */
+  function adopt(rows: RunRow[]): void {
     for (const row of rows) {
       // Callers are served while the records are read: one may have come back and resumed its run.
       if (live.has(row.id) || resuming.has(row.id)) continue;
       if (row.detached && row.hasSecrets) {
-        await abandon(
-          row.id,
+        void abandon(
+          row,
           "it was given secrets, which are never stored, so it cannot resume on its own; run it again with its secrets (an async run has no caller to bring them back)",
         );
       } else if (row.detached) {
@@ -762,14 +823,12 @@ export function createExecutorService(options: ExecutorServiceOptions) {
         const wait = Math.max(row.timeoutMs, disconnectGraceMs);
         const timer = setTimeout(() => {
           waiting.delete(row.id);
-          if (!live.has(row.id)) void abandon(row.id, `its caller did not come back within ${Math.round(wait / 1000)}s to resume it`);
+          if (!live.has(row.id)) void abandon(row, `its caller did not come back within ${Math.round(wait / 1000)}s to resume it`);
         }, wait);
         timer.unref();
         waiting.set(row.id, timer);
       }
     }
-    if (rows.length > 0)
-      process.stderr.write(`found ${rows.length} run(s) the last process left in flight: resuming or waiting for their callers\n`);
   }
 
   /** resumeLater resumes an async run on its own, trying again while the server is full. */
@@ -780,7 +839,8 @@ export function createExecutorService(options: ExecutorServiceOptions) {
       resume(row, undefined, undefined, { waited: false, callSeq: null, traceparent: null }).catch((e: unknown) => {
         const error = ConnectError.from(e);
         if (error.code === Code.ResourceExhausted || error.code === Code.Unavailable) return resumeLater(row, 1000);
-        if (error.code !== Code.NotFound) return abandon(row.id, `it could not resume: ${error.rawMessage}`);
+        // Aborted: another executor resumed it first. NotFound: abandoned already.
+        if (error.code !== Code.NotFound && error.code !== Code.Aborted) return abandon(row, `it could not resume: ${error.rawMessage}`);
       });
     }, delayMs);
     waiting.set(row.id, timer);
@@ -1040,7 +1100,11 @@ export function createExecutorService(options: ExecutorServiceOptions) {
         // Interrupted, waiting for its caller: cancelled without ever resuming.
         clearTimeout(waiting.get(row.id));
         waiting.delete(row.id);
-        await store.failRun(row.id, RunStatus.CANCELLED, { type: "Cancelled", message: "the run was cancelled", traceback: "" });
+        await store.failRun(row.id, row.attempt, RunStatus.CANCELLED, {
+          type: "Cancelled",
+          message: "the run was cancelled",
+          traceback: "",
+        });
         return { cancelled: true };
       }
       return { cancelled: false };
@@ -1075,6 +1139,7 @@ export function createExecutorService(options: ExecutorServiceOptions) {
     callTracer: createCallTracer({ telemetry, auth, runSpan: (runId) => live.get(runId)?.span }),
     /** recover takes over the runs a previous process left in flight: call it once the services are served. */
     recover,
+    takeOver,
     /** routes serves the Executor on a router. */
     routes(router: ConnectRouter): void {
       router.service(ExecutorService, impl);

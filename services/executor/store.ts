@@ -1,5 +1,5 @@
 import type Database from "better-sqlite3";
-import { and, desc, eq, gte, inArray, type SQL, sql } from "drizzle-orm";
+import { and, desc, eq, gte, inArray, lte, ne, notInArray, type SQL, sql } from "drizzle-orm";
 import { drizzle } from "drizzle-orm/better-sqlite3";
 import { RunStatus } from "../../gen/shaker/executor/v1/executor_pb.js";
 import { type Orm, openServiceDatabase } from "../shared/db.js";
@@ -91,10 +91,14 @@ function sqliteRunWrites(sqlite: Database.Database) {
     end: orm
       .update(runs)
       .set(p(finishColumns) as never)
-      .where(eq(runs.id, sql.placeholder("id")))
+      // An attempt another executor took over from this one (a later attempt) is not overwritten.
+      .where(and(eq(runs.id, sql.placeholder("id")), lte(runs.attempt, sql.placeholder("attempt"))))
       .prepare(),
   };
 }
+
+/** The statuses of a run in flight: queued or running (or interrupted, until it resumes or fails). */
+const inFlight = [RunStatus.QUEUED, RunStatus.RUNNING];
 
 /** RunFilter selects runs of one account. */
 export interface RunFilter {
@@ -222,7 +226,11 @@ export async function createExecutorStore(location: string, options: { poolSize?
         what: `the end of run ${id}`,
         apply: async (tx) => {
           if (prepared) prepared.end.run({ ...values, id });
-          else await tx.update(runs).set(values).where(eq(runs.id, id));
+          else
+            await tx
+              .update(runs)
+              .set(values)
+              .where(and(eq(runs.id, id), lte(runs.attempt, values.attempt)));
           if (forget) await forgetJournal(tx, id);
         },
       });
@@ -251,27 +259,69 @@ export async function createExecutorStore(location: string, options: { poolSize?
           .limit(1),
       );
     },
-    /** runsInFlight are the runs left queued or running: by a process that died, when read at start. */
-    async runsInFlight(statuses: number[]): Promise<RunRow[]> {
+    /**
+     * runsInFlight are the runs recorded as queued or running: of one executor when `executor` is
+     * given, or, with `except`, of every executor but those (the live ones: what is left are the
+     * runs of executors that died).
+     */
+    async runsInFlight(which: { executor?: string; except?: string[] } = {}): Promise<RunRow[]> {
       await flush();
-      return orm.select().from(runs).where(inArray(runs.status, statuses)).orderBy(runs.createdAt);
+      const where = [inArray(runs.status, inFlight)];
+      if (which.executor !== undefined) where.push(eq(runs.executor, which.executor));
+      if (which.except?.length) where.push(notInArray(runs.executor, which.except));
+      return orm
+        .select()
+        .from(runs)
+        .where(and(...where))
+        .orderBy(runs.createdAt);
     },
-    /** resumeRun records that a run starts its next attempt. */
-    resumeRun(id: string, attempt: number, attempts: NonNullable<NewRun["attempts"]>, startedAt: number, executor: string): Promise<void> {
-      return now((tx) => tx.update(runs).set({ attempt, attempts, startedAt, executor, status: RunStatus.RUNNING }).where(eq(runs.id, id)));
+    /** notMine are those of `ids` recorded as in flight on another executor than `executor` (taken over). */
+    async notMine(ids: string[], executor: string): Promise<string[]> {
+      if (ids.length === 0) return [];
+      await flush();
+      const rows = await orm
+        .select({ id: runs.id })
+        .from(runs)
+        .where(and(inArray(runs.id, ids), ne(runs.executor, executor)));
+      return rows.map((r) => r.id);
+    },
+    /**
+     * resumeRun records that a run starts its next attempt on `executor`, if its record is still in
+     * flight at attempt `from`: it answers false when another executor resumed it first, or it ended.
+     */
+    async resumeRun(
+      id: string,
+      from: number,
+      attempt: number,
+      attempts: NonNullable<NewRun["attempts"]>,
+      startedAt: number,
+      executor: string,
+    ): Promise<boolean> {
+      let claimed = false;
+      await now(async (tx) => {
+        const rows = await tx
+          .update(runs)
+          .set({ attempt, attempts, startedAt, executor, status: RunStatus.RUNNING })
+          .where(and(eq(runs.id, id), eq(runs.attempt, from), inArray(runs.status, inFlight)))
+          .returning({ id: runs.id });
+        claimed = rows.length > 0;
+      });
+      return claimed;
     },
     /**
      * failRun ends a run that has no process (one interrupted and never resumed), unless its record
      * says it ended meanwhile (resumed by a caller who came back, it ran to its end).
      */
-    failRun(id: string, status: number, error: { type: string; message: string; traceback: string }): Promise<void> {
+    failRun(id: string, attempt: number, status: number, error: { type: string; message: string; traceback: string }): Promise<void> {
       const finishedAt = Date.now();
       return now(async (tx) => {
-        await tx
+        // Only at the attempt the caller saw: a run another executor resumed meanwhile is left alone, journal and all.
+        const ended = await tx
           .update(runs)
           .set({ status, error, finishedAt, durationMs: sql`${finishedAt} - ${runs.createdAt}` })
-          .where(and(eq(runs.id, id), inArray(runs.status, [RunStatus.QUEUED, RunStatus.RUNNING])));
-        await forgetJournal(tx, id);
+          .where(and(eq(runs.id, id), eq(runs.attempt, attempt), inArray(runs.status, inFlight)))
+          .returning({ id: runs.id });
+        if (ended.length > 0) await forgetJournal(tx, id);
       });
     },
     /** journalEntry is a run's journaled call at a sequence number. */

@@ -23,6 +23,9 @@ import { ExecutorService, GetRunRequestSchema } from "../../gen/shaker/executor/
 /** ownerKey names the executor a call is for, when its caller knows it (a run token says it). */
 export const ownerKey = createContextKey<string | undefined>(undefined, { description: "executor that owns the run" });
 
+/** runIdHeader is the metadata of an error a run ended with (services/executor/service.ts). */
+const runIdHeader = "shaker-run-id";
+
 /** Methods that start a run: sent to the least loaded executor. */
 const startMethods = new Set(["run", "runStream", "startRun"]);
 /** Methods about one run in flight: sent to the executor that runs it. */
@@ -73,17 +76,38 @@ export function executorRouter(options: ExecutorRouterOptions): Transport {
     sent.set(n.id, { since: beatOf(n), count: s && s.since === beatOf(n) ? s.count + 1 : 1 });
     return n;
   }
-  /** reach is a node's transport: its calls that cannot reach it mark it unreachable. */
+  /**
+   * reach is a node's transport. A call that cannot reach it, or that it stops answering (it died:
+   * its streams end cancelled), marks it unreachable and fails Unavailable, which callers may retry
+   * (an SDK's retry then attaches to the run once another executor took it over). A run's own end
+   * (cancelled, say) carries its run id and passes as it is.
+   */
   function reach(n: Node): Transport {
     if (local && n.id === local.id()) return local.transport;
     const transport = options.transportFor(n);
-    const failed = (e: unknown) => {
-      if (ConnectError.from(e).code === Code.Unavailable) unreachable.set(n.id, Date.now());
-      throw e;
+    const failed = (signal: AbortSignal | undefined) => (e: unknown) => {
+      const error = ConnectError.from(e);
+      if (signal?.aborted || error.metadata.get(runIdHeader) !== null) throw error;
+      if (error.code !== Code.Unavailable && error.code !== Code.Canceled) throw error;
+      unreachable.set(n.id, Date.now());
+      throw new ConnectError(`executor '${n.id}' stopped answering: ${error.rawMessage}`, Code.Unavailable);
     };
     return {
-      unary: (...args) => transport.unary(...args).catch(failed),
-      stream: (...args) => transport.stream(...args).catch(failed),
+      unary: (method, signal, ...rest) => transport.unary(method, signal, ...rest).catch(failed(signal)),
+      async stream(method, signal, ...rest) {
+        const res = await transport.stream(method, signal, ...rest).catch(failed(signal));
+        const messages = res.message;
+        return {
+          ...res,
+          message: (async function* () {
+            try {
+              yield* messages;
+            } catch (e) {
+              failed(signal)(e);
+            }
+          })(),
+        };
+      },
     };
   }
   function anyExecutor(): Transport {
