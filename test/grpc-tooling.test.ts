@@ -18,6 +18,7 @@ import { startTestServer, type TestServer } from "./helpers.js";
 const run = promisify(execFile);
 const buf = join("node_modules", ".bin", "buf");
 const shakerServices = [
+  "shaker.cluster.v1.ClusterService",
   "shaker.datastore.v1.DatastoreService",
   "shaker.executor.v1.ExecutorService",
   "shaker.modelproxy.v1.ModelProxyService",
@@ -91,7 +92,7 @@ function fileNames(response: any): string[] {
 
 describe("server reflection, with grpc-js", () => {
   for (const version of ["v1", "v1alpha"] as const) {
-    it(`lists the four Shaker services and the reflection services (${version})`, async () => {
+    it(`lists the Shaker services and the reflection services (${version})`, async () => {
       const [r] = await reflect([{ host: "h", listServices: "" }], version);
       expect(r.validHost).toBe("h");
       expect(r.originalRequest.listServices).toBe("");
