@@ -1,9 +1,10 @@
-import type { JsonObject, JsonValue, MessageInitShape } from "@bufbuild/protobuf";
+import { create, type JsonObject, type JsonValue, type MessageInitShape } from "@bufbuild/protobuf";
 import { Code, ConnectError, type ConnectRouter, type HandlerContext, type ServiceImpl } from "@connectrpc/connect";
 import {
   ExecutorService,
   type FetchRequest,
   type Invocation,
+  InvocationSchema,
   type RunResult,
   type RunSchema,
   type RunStarted,
@@ -1014,7 +1015,7 @@ export function createExecutorService(options: ExecutorServiceOptions) {
   const impl: ServiceImpl<typeof ExecutorService> = {
     async run(req, ctx) {
       const identity = await auth.identify(ctx.requestHeader);
-      const target = await start(identity, req.invocation ?? ({} as Invocation), {
+      const target = await start(identity, req.invocation ?? create(InvocationSchema), {
         waited: true,
         callSeq: ctx.requestHeader.get(callSeqHeader),
         traceparent: ctx.requestHeader.get(traceHeader),
@@ -1024,7 +1025,7 @@ export function createExecutorService(options: ExecutorServiceOptions) {
 
     async *runStream(req, ctx) {
       const identity = await auth.identify(ctx.requestHeader);
-      const inv = req.invocation ?? ({} as Invocation);
+      const inv = req.invocation ?? create(InvocationSchema);
       const target = await start(identity, inv, { waited: true, callSeq: null, traceparent: ctx.requestHeader.get(traceHeader) });
       const started = startedFrom(target);
       yield { event: { case: "started", value: started } };
@@ -1034,7 +1035,7 @@ export function createExecutorService(options: ExecutorServiceOptions) {
 
     async startRun(req, ctx) {
       const identity = await auth.identify(ctx.requestHeader);
-      const target = await start(identity, req.invocation ?? ({} as Invocation), {
+      const target = await start(identity, req.invocation ?? create(InvocationSchema), {
         waited: false,
         callSeq: null,
         traceparent: ctx.requestHeader.get(traceHeader),
