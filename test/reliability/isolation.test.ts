@@ -17,6 +17,7 @@ import type { DescMethod, DescService } from "@bufbuild/protobuf";
 import { Code, ConnectError, createClient } from "@connectrpc/connect";
 import { createConnectTransport } from "@connectrpc/connect-node";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { ClusterService } from "../../gen/shaker/cluster/v1/cluster_pb.js";
 import { DatastoreService } from "../../gen/shaker/datastore/v1/datastore_pb.js";
 import { ExecutorService } from "../../gen/shaker/executor/v1/executor_pb.js";
 import { ModelProxyService } from "../../gen/shaker/modelproxy/v1/modelproxy_pb.js";
@@ -26,7 +27,7 @@ import type { Clients } from "../../services/shared/clients.js";
 import { fromValue, toValue } from "../../services/shared/json.js";
 import { startTestServer, type TestServer } from "../helpers.js";
 
-const services: DescService[] = [RegistryService, ExecutorService, ModelProxyService, DatastoreService];
+const services: DescService[] = [RegistryService, ExecutorService, ModelProxyService, DatastoreService, ClusterService];
 const mark = randomBytes(4).toString("hex");
 
 /**
@@ -143,6 +144,8 @@ const restAttacks: Record<string, (a: Alice) => RestAttack> = {
   "GET /v1/models/:id": (a) => ({ path: `/v1/models/workflow:${a.ref}`, expect: "refused" }),
   // Server-wide call counters: no account's data, but every account's activity; for operators.
   "GET /v1/metrics": () => ({ path: "/v1/metrics", expect: "refused", adminMay: true }),
+  // The cluster's nodes: no account's data, but the operator's topology.
+  "GET /v1/cluster": () => ({ path: "/v1/cluster", expect: "refused", adminMay: true }),
   "POST /v1/embeddings": () => ({ path: "/v1/embeddings", body: { input: ["hello"] }, expect: "creates" }),
 };
 
@@ -183,6 +186,15 @@ const rpcAttacks: Record<string, (a: Alice) => RpcAttack> = {
   "ExecutorService/CheckRun": (a) => ({ requests: [{ runId: a.liveRunId }], expect: "refused", adminMay: false }),
   // ctx.http on a run's behalf: for run tokens only, whatever the key.
   "ExecutorService/Fetch": () => ({ requests: [{ url: "https://example.com/" }], expect: "refused", adminMay: false }),
+  // The cluster's membership: a key that could heartbeat could list a fake executor for the edges to
+  // send runs to, or make a real one leave; only the services' own credential may.
+  "ClusterService/Heartbeat": () => ({
+    requests: [{ node: { id: "mallory-executor", services: ["executor"], url: "http://127.0.0.1:9", capacity: 1000 } }],
+    expect: "refused",
+    adminMay: false,
+  }),
+  "ClusterService/Leave": () => ({ requests: [{ id: "mallory-executor" }], expect: "refused", adminMay: false }),
+  "ClusterService/ListNodes": () => ({ requests: [{}], expect: "refused", adminMay: true }),
   "ModelProxyService/ChatCompletion": (a) => ({
     requests: [{ body: { messages: [{ role: "user", content: "hi" }] }, context: callContext(a) }],
     expect: "creates",
