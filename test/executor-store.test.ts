@@ -175,6 +175,29 @@ describe("Executor store", () => {
   });
 });
 
+// The queue of async runs is PostgreSQL's: executors share it there, and only there.
+describe.skipIf(testDialect !== "postgresql")("Executor queue", () => {
+  it("gives each queued run to one claimer, oldest first, and takes back one given back", async () => {
+    const location = await testStoreLocation();
+    const [a, b] = [await createExecutorStore(location.location), await createExecutorStore(location.location)];
+    try {
+      for (let i = 0; i < 20; i++) await a.enqueueRun(start(`run_q${String(i).padStart(2, "0")}`, 1_700_000_100_000 + i));
+      const [first, second] = await Promise.all([a.claimQueued("exec-a", 12, 1), b.claimQueued("exec-b", 12, 1)]);
+      const ids = [...first, ...second].map((r) => r.id).sort();
+      expect(ids).toEqual(Array.from({ length: 20 }, (_, i) => `run_q${String(i).padStart(2, "0")}`));
+      expect(first.every((r) => r.executor === "exec-a" && r.status === RunStatus.RUNNING)).toBe(true);
+      expect(second.every((r) => r.executor === "exec-b")).toBe(true);
+      expect(await a.claimQueued("exec-a", 5, 1)).toEqual([]);
+      await a.requeue(first[0].id, "exec-a");
+      expect((await b.claimQueued("exec-b", 5, 2)).map((r) => r.id)).toEqual([first[0].id]);
+    } finally {
+      await a.close();
+      await b.close();
+      await location.release();
+    }
+  });
+});
+
 describe("Executor text PostgreSQL cannot keep", () => {
   let server: TestServer;
   beforeAll(async () => {

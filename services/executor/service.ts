@@ -138,6 +138,8 @@ interface RunPlan extends Admitted {
   waited: boolean;
   /** traceparent is the trace the run's span belongs to (the invoking call's W3C header), if any. */
   traceparent: string | null;
+  /** recorded is true for a run whose record exists already (claimed from the queue): its start is not written again. */
+  recorded?: boolean;
 }
 
 /** How is what the call that asks for a run says about it besides the invocation. */
@@ -148,6 +150,8 @@ interface How {
   callSeq: string | null;
   /** traceparent is the call's W3C trace context. */
   traceparent: string | null;
+  /** queue is true for RunStream and StartRun: an async run may wait in the shared queue (see enqueue). */
+  queue?: boolean;
 }
 
 /** deferred is a promise with its ends; its rejection never counts as unhandled (nobody may wait for it). */
@@ -268,6 +272,11 @@ export function createExecutorService(options: ExecutorServiceOptions) {
   let closing = false;
   /** takingOver is true while a takeOver runs: a heartbeat that comes meanwhile skips its own. */
   let takingOver = false;
+  /** claiming is true while claimQueued claims: a tick that comes meanwhile skips its own. */
+  let claiming = false;
+  // On a shared database, queued runs are claimed a few times a second (and after each enqueue here).
+  const claimTimer = options.liveExecutors ? setInterval(() => void claimQueued(), 250) : undefined;
+  claimTimer?.unref();
 
   async function resolve(accountId: string, inv: Pick<Invocation, "workflowRefName" | "version">): Promise<WorkflowVersion> {
     if (!inv.workflowRefName) throw invalid("workflow_ref_name is required", "model");
@@ -305,7 +314,7 @@ export function createExecutorService(options: ExecutorServiceOptions) {
       const answer = (async () => {
         const row = await store.runByKey(caller.accountId, key, Date.now() - idempotencyWindowMs);
         if (row) return await retryOf(row, caller, inv, how, key);
-        return { live: await launchNew(caller, inv, how, key) };
+        return await newRun(caller, inv, how, key);
       })();
       keyed.set(slot, answer);
       try {
@@ -318,7 +327,7 @@ export function createExecutorService(options: ExecutorServiceOptions) {
       const attached = await sdkRetryOf(caller.accountId, inv.requestHash);
       if (attached) return attached.live ? attached : await retryOf(attached.row, caller, inv, how, "");
     }
-    return { live: await launchNew(caller, inv, how, "") };
+    return await newRun(caller, inv, how, "");
   }
 
   /** matching is a target for an invocation with its key, refused when the key was used for another request. */
@@ -337,6 +346,8 @@ export function createExecutorService(options: ExecutorServiceOptions) {
     const running = live.get(row.id);
     if (running) return { live: running };
     if (row.status !== RunStatus.RUNNING && row.status !== RunStatus.QUEUED) return { row };
+    // Waiting in the queue: it starts when an executor claims it.
+    if (row.status === RunStatus.QUEUED && row.executor === "") return { row };
     // Interrupted by a crash: the caller came back, with the secrets it had, to resume it.
     return { live: await resume(row, caller, inv, how) };
   }
@@ -351,6 +362,144 @@ export function createExecutorService(options: ExecutorServiceOptions) {
     if (!row) return undefined;
     if (row.status === RunStatus.RUNNING || row.status === RunStatus.QUEUED) return { row };
     return row.finishedAt !== null && Date.now() - row.finishedAt <= row.timeoutMs ? { row } : undefined;
+  }
+
+  /**
+   * newRun starts a new run: here, or, for an async run on a database the executors share, in the
+   * queue any of them claims from (claimQueued). A run with secrets never waits there: they are
+   * never stored, so it runs here, where they are.
+   */
+  async function newRun(caller: Caller, inv: Invocation, how: How, idempotencyKey: string): Promise<Target> {
+    if (how.queue && options.liveExecutors && !caller.parent && Object.keys(inv.secrets).length === 0 && !listenOverride(inv)) {
+      const version = await resolve(caller.accountId, inv);
+      if (version.executionMode === ExecutionMode.ASYNC) return { row: await enqueue(caller, inv, version, idempotencyKey) };
+    }
+    return { live: await launchNew(caller, inv, how, idempotencyKey) };
+  }
+
+  /** enqueue records an async run as queued, for any executor to claim. */
+  async function enqueue(caller: Caller, inv: Invocation, version: WorkflowVersion, idempotencyKey: string): Promise<RunRow> {
+    const input = inputOf(inv, version, false);
+    const id = newId("run");
+    await store.enqueueRun({
+      id,
+      accountId: caller.accountId,
+      workflowRefName: version.workflowRefName,
+      version: version.version,
+      versionId: version.versionId,
+      sessionId: inv.sessionId || newId("sess"),
+      status: RunStatus.QUEUED,
+      input: input ?? null,
+      metadata: (inv.metadata ?? {}) as JsonObject,
+      createdAt: Date.now(),
+      startedAt: null,
+      parentRunId: "",
+      depth: 0,
+      idempotencyKey,
+      requestHash: inv.requestHash,
+      detached: 1,
+      hasSecrets: 0,
+      timeoutMs: Math.max(1, version.timeoutSeconds) * 1000,
+      resume: { messages: inv.messages, params: inv.params ?? {}, hasInput: inv.hasInput || inv.input !== undefined },
+      attempt: 1,
+    });
+    void claimQueued();
+    return (await store.run(caller.accountId, id))!;
+  }
+
+  /**
+   * claimQueued claims queued runs while this executor has room, and starts them. Every executor
+   * on a shared database calls it after each enqueue and a few times a second.
+   */
+  async function claimQueued(): Promise<void> {
+    if (!options.liveExecutors || closing || claiming) return;
+    claiming = true;
+    try {
+      for (;;) {
+        const room = Math.min(16, options.maxConcurrentRuns - admission.running());
+        if (room <= 0) return;
+        const rows = await store.claimQueued(executorId(), room, Date.now());
+        if (rows.length === 0) return;
+        const started = await Promise.all(rows.map(startQueued));
+        // A run given back (its account at its limit) is claimed again at the next tick, not now.
+        if (started.includes(false)) return;
+      }
+    } catch (e) {
+      process.stderr.write(`could not claim queued runs: ${(e as Error).message}\n`);
+    } finally {
+      claiming = false;
+    }
+  }
+
+  /** startQueued starts a run claimed from the queue; false when it was given back. */
+  async function startQueued(row: RunRow): Promise<boolean> {
+    let version: WorkflowVersion;
+    try {
+      version = await resolve(row.accountId, { workflowRefName: row.workflowRefName, version: row.version });
+    } catch (e) {
+      const error = ConnectError.from(e);
+      await store
+        .failRun(row.id, row.attempt, RunStatus.FAILED, {
+          type: "WorkflowNotFound",
+          message: `it could not start: ${error.rawMessage}`,
+          traceback: "",
+        })
+        .catch(() => undefined);
+      return true;
+    }
+    let release: () => void;
+    try {
+      release = admission.admit(row.accountId);
+    } catch {
+      await store.requeue(row.id, executorId()).catch(() => undefined);
+      return false;
+    }
+    const stored = row.resume!;
+    const inv = {
+      workflowRefName: row.workflowRefName,
+      version: row.version,
+      input: stored.hasInput ? toValue(row.input) : undefined,
+      hasInput: stored.hasInput,
+      messages: stored.messages as JsonObject[],
+      secrets: {},
+      metadata: (row.metadata ?? {}) as JsonObject,
+      params: stored.params as JsonObject,
+      sessionId: row.sessionId,
+      idempotencyKey: "",
+      requestHash: row.requestHash,
+      retryCount: 0,
+    } as unknown as Invocation;
+    try {
+      launch({
+        caller: { accountId: row.accountId, parent: undefined, depth: 0 },
+        inv,
+        version,
+        input: inputOf(inv, version, false),
+        secretValues: [],
+        release,
+        runId: row.id,
+        sessionId: row.sessionId,
+        createdAt: row.createdAt,
+        timeoutMs: row.timeoutMs,
+        metadata: (row.metadata ?? {}) as JsonObject,
+        idempotencyKey: row.idempotencyKey,
+        attempt: 1,
+        attempts: [],
+        waited: false,
+        traceparent: null,
+        recorded: true,
+      });
+    } catch (e) {
+      release();
+      await store
+        .failRun(row.id, row.attempt, RunStatus.FAILED, {
+          type: "StartFailed",
+          message: `it could not start: ${ConnectError.from(e).rawMessage}`,
+          traceback: "",
+        })
+        .catch(() => undefined);
+    }
+    return true;
   }
 
   /** launchNew checks and admits a new run and launches it. */
@@ -641,7 +790,7 @@ export function createExecutorService(options: ExecutorServiceOptions) {
       endedBy ??= reason;
       handle?.kill();
     };
-    if (run.attempt === 1) recordStart(run, redact);
+    if (run.attempt === 1 && !run.recorded) recordStart(run, redact);
     const liveRun: LiveRun = {
       started,
       accountId: caller.accountId,
@@ -798,7 +947,8 @@ export function createExecutorService(options: ExecutorServiceOptions) {
     }
   }
   async function takeOverFrom(liveIds: string[]): Promise<void> {
-    const orphans = await store.runsInFlight({ except: [...new Set([...liveIds, executorId()])] });
+    // "" is the executor of a queued run nobody claimed yet: not an orphan, the queue's.
+    const orphans = await store.runsInFlight({ except: [...new Set([...liveIds, executorId(), ""])] });
     const fresh = orphans.filter((r) => !waiting.has(r.id));
     adopt(fresh);
     if (fresh.length > 0) process.stderr.write(`taking over ${fresh.length} run(s) of executors that stopped\n`);
@@ -1026,7 +1176,12 @@ export function createExecutorService(options: ExecutorServiceOptions) {
     async *runStream(req, ctx) {
       const identity = await auth.identify(ctx.requestHeader);
       const inv = req.invocation ?? create(InvocationSchema);
-      const target = await start(identity, inv, { waited: true, callSeq: null, traceparent: ctx.requestHeader.get(traceHeader) });
+      const target = await start(identity, inv, {
+        waited: true,
+        callSeq: null,
+        traceparent: ctx.requestHeader.get(traceHeader),
+        queue: true,
+      });
       const started = startedFrom(target);
       yield { event: { case: "started", value: started } };
       if (started.detached) return;
@@ -1039,6 +1194,7 @@ export function createExecutorService(options: ExecutorServiceOptions) {
         waited: false,
         callSeq: null,
         traceparent: ctx.requestHeader.get(traceHeader),
+        queue: true,
       });
       return { started: startedFrom(target) };
     },
@@ -1151,6 +1307,7 @@ export function createExecutorService(options: ExecutorServiceOptions) {
      */
     close(): void {
       closing = true;
+      clearInterval(claimTimer);
       for (const timer of waiting.values()) clearTimeout(timer);
       waiting.clear();
     },

@@ -275,6 +275,30 @@ export async function createExecutorStore(location: string, options: { poolSize?
         .where(and(...where))
         .orderBy(runs.createdAt);
     },
+    /** enqueueRun records a run that waits in the queue for an executor to claim it, durably before it answers. */
+    enqueueRun(row: NewRun): Promise<void> {
+      return now((tx) => tx.insert(runs).values({ ...retryDefaults, ...row, status: RunStatus.QUEUED, executor: "" }));
+    },
+    /**
+     * claimQueued claims up to `limit` of the oldest queued runs for `executor` (PostgreSQL only):
+     * `FOR UPDATE SKIP LOCKED`, so executors claiming at once take different runs and none waits.
+     */
+    async claimQueued(executor: string, limit: number, startedAt: number): Promise<RunRow[]> {
+      await flush();
+      const oldest = sql`(SELECT id FROM ${runs} WHERE status = ${RunStatus.QUEUED} AND executor = '' ORDER BY created_at LIMIT ${limit} FOR UPDATE SKIP LOCKED)`;
+      return db.transaction((tx) =>
+        tx.update(runs).set({ executor, status: RunStatus.RUNNING, startedAt }).where(inArray(runs.id, oldest)).returning(),
+      );
+    },
+    /** requeue gives back a run this executor claimed but could not start (its account at its limit). */
+    requeue(id: string, executor: string): Promise<void> {
+      return now((tx) =>
+        tx
+          .update(runs)
+          .set({ executor: "", status: RunStatus.QUEUED, startedAt: null })
+          .where(and(eq(runs.id, id), eq(runs.executor, executor), eq(runs.attempt, 1))),
+      );
+    },
     /** notMine are those of `ids` recorded as in flight on another executor than `executor` (taken over). */
     async notMine(ids: string[], executor: string): Promise<string[]> {
       if (ids.length === 0) return [];
