@@ -1,6 +1,7 @@
 // `npm run bench`: every benchmark, each reported as a ratio against a baseline measured in the same run.
 
 import { benchCli } from "./cli.js";
+import { benchCluster } from "./cluster.js";
 import { benchDatastore } from "./datastore.js";
 import { benchEdge } from "./edge.js";
 import { benchExecutor } from "./executor.js";
@@ -22,6 +23,7 @@ const benches: Record<string, () => Promise<void>> = {
   executor: benchExecutor,
   stores: benchStores,
   cli: benchCli,
+  cluster: benchCluster,
 };
 
 const only = process.argv.slice(2);
