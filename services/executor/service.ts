@@ -171,6 +171,28 @@ function listenOverride(inv: Invocation): boolean {
   return inv.params?.stream === true;
 }
 
+/**
+ * storedInvocation is the invocation a run's record keeps for starting it without its caller
+ * (resumed, or claimed from the queue): its record's `resume`, which only runs without secrets have.
+ */
+function storedInvocation(row: RunRow): Invocation {
+  const stored = row.resume!;
+  return {
+    workflowRefName: row.workflowRefName,
+    version: row.version,
+    input: stored.hasInput ? toValue(row.input) : undefined,
+    hasInput: stored.hasInput,
+    messages: stored.messages as JsonObject[],
+    secrets: {},
+    metadata: (row.metadata ?? {}) as JsonObject,
+    params: stored.params as JsonObject,
+    sessionId: row.sessionId,
+    idempotencyKey: "",
+    requestHash: row.requestHash,
+    retryCount: 0,
+  } as unknown as Invocation;
+}
+
 /** recordsReader returns the account of a caller that may read and cancel run records: not a run's token. */
 function recordsReader(identity: Identity): string {
   if (identity.kind === "run") throw new ConnectError("a workflow run may not read or cancel run records", Code.PermissionDenied);
@@ -454,21 +476,7 @@ export function createExecutorService(options: ExecutorServiceOptions) {
       await store.requeue(row.id, executorId()).catch(() => undefined);
       return false;
     }
-    const stored = row.resume!;
-    const inv = {
-      workflowRefName: row.workflowRefName,
-      version: row.version,
-      input: stored.hasInput ? toValue(row.input) : undefined,
-      hasInput: stored.hasInput,
-      messages: stored.messages as JsonObject[],
-      secrets: {},
-      metadata: (row.metadata ?? {}) as JsonObject,
-      params: stored.params as JsonObject,
-      sessionId: row.sessionId,
-      idempotencyKey: "",
-      requestHash: row.requestHash,
-      retryCount: 0,
-    } as unknown as Invocation;
+    const inv = storedInvocation(row);
     try {
       launch({
         caller: { accountId: row.accountId, parent: undefined, depth: 0 },
@@ -563,29 +571,13 @@ export function createExecutorService(options: ExecutorServiceOptions) {
   async function resumeNow(row: RunRow, caller: Caller | undefined, inv: Invocation | undefined, how: How): Promise<LiveRun> {
     clearTimeout(waiting.get(row.id));
     waiting.delete(row.id);
-    const stored = row.resume;
-    if (!inv && (row.hasSecrets || !stored)) {
+    if (!inv && (row.hasSecrets || !row.resume)) {
       throw new ConnectError(
         `run '${row.id}' was interrupted, and it was given secrets, which are never stored: it resumes when its caller retries the request with them`,
         Code.FailedPrecondition,
       );
     }
-    const invocation =
-      inv ??
-      ({
-        workflowRefName: row.workflowRefName,
-        version: row.version,
-        input: stored!.hasInput ? toValue(row.input) : undefined,
-        hasInput: stored!.hasInput,
-        messages: stored!.messages as JsonObject[],
-        secrets: {},
-        metadata: (row.metadata ?? {}) as JsonObject,
-        params: stored!.params as JsonObject,
-        sessionId: row.sessionId,
-        idempotencyKey: "",
-        requestHash: row.requestHash,
-        retryCount: 0,
-      } as unknown as Invocation);
+    const invocation = inv ?? storedInvocation(row);
     const who = caller ?? { accountId: row.accountId, parent: undefined, depth: row.depth };
     let version: WorkflowVersion;
     try {
