@@ -5,13 +5,12 @@ import {
   Code,
   ConnectError,
   type ConnectRouter,
-  createClient,
+  createContextValues,
   type Interceptor,
   type ServiceImpl,
   type Transport,
 } from "@connectrpc/connect";
 import { connectNodeAdapter, createGrpcTransport } from "@connectrpc/connect-node";
-import type { Node } from "../gen/shaker/cluster/v1/cluster_pb.js";
 import { DatastoreService } from "../gen/shaker/datastore/v1/datastore_pb.js";
 import { ExecutorService } from "../gen/shaker/executor/v1/executor_pb.js";
 import { ModelProxyService } from "../gen/shaker/modelproxy/v1/modelproxy_pb.js";
@@ -35,7 +34,7 @@ import { createClients, lazyTransport } from "../services/shared/clients.js";
 import { type Config, databaseLocation, type ServiceName } from "../services/shared/config.js";
 import { createDirectTransport } from "../services/shared/direct-transport.js";
 import { hideInternalErrors } from "../services/shared/errors.js";
-import { executorRouter } from "../services/shared/executor-router.js";
+import { executorRouter, ownerKey } from "../services/shared/executor-router.js";
 import { forwardingImpl } from "../services/shared/forward.js";
 import { grpcMessageEncoding, grpcUnimplemented } from "../services/shared/grpc-compat.js";
 import { withReflection } from "../services/shared/grpc-reflection.js";
@@ -122,7 +121,6 @@ export async function startShaker(config: Config): Promise<Shaker> {
     const nodes = membership?.nodes() ?? [];
     return nodes.length === 0 ? undefined : nodes.filter((n) => n.live && n.services.includes("executor")).map((n) => n.id);
   };
-  const transportOf = (node: Node) => (runs.has("executor") && node.id === nodeId() ? local : remoteTransport(node.url));
   // Each Executor call goes to the executor it is for (services/shared/executor-router.ts): this
   // process's own in process, the others at the URL they advertise.
   const executorTransport = executorRouter({
@@ -136,20 +134,17 @@ export async function startShaker(config: Config): Promise<Shaker> {
     return runs.has(name) ? local : remoteTransport(config.peers[name]!);
   });
   const serviceHeaders = { [authHeaders.serviceToken]: serviceSecret };
-  // A run's token is refused by every service once the run has ended: its Executor says so (at
-  // once when it runs here; cached for a second when it runs elsewhere). With several executors,
-  // the run is live when one of them runs it.
+  // A run's token is refused by every service once the run has ended: the executor its token names
+  // says so (at once when it runs here; cached for a second when it runs elsewhere). A check that
+  // cannot get an answer fails the call (Unavailable), never calls a live run ended.
   const runIsLive = runLiveness(
-    async (runId) => {
-      const executors = (membership?.nodes() ?? []).filter((n) => n.live && n.services.includes("executor"));
-      if (executors.length < 2) return (await clients.executor.checkRun({ runId }, { headers: serviceHeaders })).live;
-      const answers = await Promise.allSettled(
-        executors.map((n) =>
-          createClient(ExecutorService, transportOf(n)).checkRun({ runId }, { headers: serviceHeaders, timeoutMs: 5000 }),
-        ),
-      );
-      return answers.some((a) => a.status === "fulfilled" && a.value.live);
-    },
+    async (runId, executor) =>
+      (
+        await clients.executor.checkRun(
+          { runId },
+          { headers: serviceHeaders, timeoutMs: 10_000, contextValues: createContextValues().set(ownerKey, executor) },
+        )
+      ).live,
     runs.has("executor") ? 0 : 1000,
   );
   const auth = createAuth({

@@ -859,6 +859,7 @@ export function createExecutorService(options: ExecutorServiceOptions) {
       datastores: version.datastores.map((d) => ({ name: d.name, write: d.write })),
       depth: caller.depth,
       exp: now + run.timeoutMs + 60_000,
+      executor: executorId(),
     });
     return pool.run({
       runId: run.runId,

@@ -29,6 +29,8 @@ export interface RunClaims {
   depth: number;
   /** exp is the expiry, in milliseconds since the epoch. */
   exp: number;
+  /** executor is the executor that runs the run (its cluster id), which answers whether it is live. */
+  executor?: string;
 }
 
 /** KeyOwner is what an API key resolves to. */
@@ -59,7 +61,7 @@ export interface AuthOptions {
    * not only at its expiry (a token printed or returned by a workflow is of no use afterwards).
    * The Executor that owns the run answers it (see runLiveness); without it tokens live until they expire.
    */
-  runIsLive?: (runId: string) => boolean | Promise<boolean>;
+  runIsLive?: (runId: string, executor?: string) => boolean | Promise<boolean>;
 }
 
 /** Auth identifies callers from request headers and mints run tokens. */
@@ -146,7 +148,7 @@ export function createAuth(options: AuthOptions): Auth {
     if (token.startsWith(runTokenPrefix)) {
       const claims = verifyRunToken(token);
       if (!claims) throw new ConnectError("invalid or expired run token", Code.Unauthenticated);
-      if (options.runIsLive && !(await options.runIsLive(claims.run))) {
+      if (options.runIsLive && !(await options.runIsLive(claims.run, claims.executor))) {
         throw new ConnectError("the run this token was given to has ended", Code.Unauthenticated);
       }
       return { kind: "run", accountId: claims.account, claims };
@@ -194,13 +196,16 @@ export function requireAccount(identity: Identity): string {
  * answer for `cacheMs`: a run's token is refused at most that long after its run ended (and a run
  * resumed after a crash is served again at most that long after it resumed).
  */
-export function runLiveness(check: (runId: string) => Promise<boolean>, cacheMs = 1000): (runId: string) => Promise<boolean> {
+export function runLiveness(
+  check: (runId: string, executor?: string) => Promise<boolean>,
+  cacheMs = 1000,
+): (runId: string, executor?: string) => Promise<boolean> {
   const answers = new Map<string, { live: boolean; until: number }>();
-  return async (runId) => {
+  return async (runId, executor) => {
     const now = Date.now();
     const known = answers.get(runId);
     if (known && known.until > now) return known.live;
-    const live = await check(runId);
+    const live = await check(runId, executor);
     if (answers.size >= 10_000) for (const [id, a] of answers) if (a.until <= now) answers.delete(id);
     if (answers.size < 10_000) answers.set(runId, { live, until: now + cacheMs });
     return live;

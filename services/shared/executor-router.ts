@@ -55,12 +55,13 @@ export function executorRouter(options: ExecutorRouterOptions): Transport {
   const unreachable = new Map<string, number>();
   const beatOf = (n: Node) => (n.lastHeartbeat ? timestampMs(n.lastHeartbeat) : 0);
 
+  /** reachable is false for an executor a call could not reach since its last heartbeat. */
+  function reachable(n: Node): boolean {
+    const failedAt = unreachable.get(n.id);
+    return failedAt === undefined || beatOf(n) > failedAt;
+  }
   function liveExecutors(): Node[] {
-    return options.nodes().filter((n) => {
-      if (!n.live || !n.services.includes("executor") || n.capacity <= 0) return false;
-      const failedAt = unreachable.get(n.id);
-      return failedAt === undefined || beatOf(n) > failedAt;
-    });
+    return options.nodes().filter((n) => n.live && n.services.includes("executor") && n.capacity > 0 && reachable(n));
   }
   function load(n: Node): number {
     const s = sent.get(n.id);
@@ -129,7 +130,9 @@ export function executorRouter(options: ExecutorRouterOptions): Transport {
   ) {
     const live = liveExecutors();
     const named = contextValues?.get(ownerKey);
-    if (named) return live.find((n) => n.id === named);
+    // Named by a run's token: asked even when its heartbeats are late (a busy executor still answers;
+    // a dead one does not, and the call then goes to another, which says the run is not live).
+    if (named) return options.nodes().find((n) => n.id === named && n.services.includes("executor") && reachable(n));
     if (!runId || live.length === 0 || (live.length === 1 && live[0].id === local?.id())) return undefined;
     const resp = await anyExecutor()
       .unary(ExecutorService.method.getRun, signal, 10_000, header, create(GetRunRequestSchema, { runId }), contextValues)
