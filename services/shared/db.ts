@@ -193,36 +193,3 @@ async function openPostgres<S extends Record<string, unknown>>(options: ServiceD
     },
   };
 }
-
-/**
- * openDatabase is the SQLite-only opener the stores used before they ran on both databases.
- * TRANSITIONAL: removed once every store uses openServiceDatabase.
- */
-export function openDatabase<S extends Record<string, unknown>>(options: {
-  file: string;
-  migrationsFolder: string;
-  schema: S;
-  setup?: (sqlite: Database.Database) => void;
-}) {
-  if (options.file !== ":memory:") mkdirSync(dirname(options.file), { recursive: true });
-  const sqlite = new Database(options.file);
-  sqlite.pragma("journal_mode = WAL");
-  sqlite.pragma("synchronous = NORMAL");
-  sqlite.pragma("foreign_keys = ON");
-  sqlite.pragma("busy_timeout = 5000");
-  options.setup?.(sqlite);
-  const orm = drizzleSqlite(sqlite, { schema: options.schema });
-  migrateSqlite(orm, { migrationsFolder: options.migrationsFolder });
-  if (options.file === ":memory:") return { orm, sqlite, close: () => sqlite.close() };
-  sqlite.pragma(`wal_autocheckpoint = ${backstopPages}`);
-  watch(options.file);
-  return {
-    orm,
-    sqlite,
-    close() {
-      unwatch(options.file);
-      sqlite.close();
-    },
-  };
-}
-export type Db<S extends Record<string, unknown>> = ReturnType<typeof openDatabase<S>>;
