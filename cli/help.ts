@@ -5,13 +5,15 @@
 export const serveUsage = `usage: shaker serve [--services LIST]
   runs Shaker: every service and the REST edge on one port, until SIGINT or SIGTERM. It reads its
   environment: PORT (default 8080, 0 picks a free port), SHAKER_HOST (default 127.0.0.1),
-  SHAKER_DATA_DIR (default ./data), SHAKER_API_KEY (a key of the default account; one is created
+  SHAKER_DATA_DIR (default ./data), SHAKER_DATABASE_URL (postgres://…: every service's tables in
+  PostgreSQL instead of SQLite files), SHAKER_API_KEY (a key of the default account; one is created
   and shown once when the account has none), SHAKER_SANDBOX, SHAKER_WORKERS. README.md lists the rest.
 
   --services LIST   run only these (comma-separated: registry,executor,modelproxy,datastore,edge; also
-                    SHAKER_SERVICES). The others are reached at SHAKER_REGISTRY_URL, SHAKER_EXECUTOR_URL,
-                    SHAKER_MODELPROXY_URL and SHAKER_DATASTORE_URL, and every process needs the same
-                    SHAKER_SERVICE_SECRET.`;
+                    SHAKER_SERVICES). The others are reached at SHAKER_REGISTRY_URL, SHAKER_MODELPROXY_URL
+                    and SHAKER_DATASTORE_URL; executors are found through the cluster (shaker cluster
+                    lists it). Every process needs the same SHAKER_SERVICE_SECRET, and several
+                    executors need SHAKER_DATABASE_URL.`;
 
 export const keysUsage = `usage: shaker keys <command>
 
