@@ -150,6 +150,33 @@ describe("listener limits", () => {
     expect(await socketClosed(halfPreface)).toBe(true);
   });
 
+  it("serves a client that sent its request in time while the server's loop was busy past the deadline", async () => {
+    const l = await start(echo, { headersTimeoutMs: 200 });
+    const client = await connect(l.port);
+    sockets.push(client);
+    await new Promise((r) => setTimeout(r, 50)); // the listener has the connection and its deadline
+    const answer = new Promise<string>((resolve) => {
+      let text = "";
+      client.on("data", (b: Buffer) => {
+        text += b.toString();
+        if (text.includes("\r\n\r\n")) resolve(text);
+      });
+    });
+    // The request is sent, then the loop is busy past the deadline with its bytes unread: both in a
+    // check-phase callback, so the next turn runs its (late) timers before it reads the socket.
+    await new Promise<void>((resolve) =>
+      setImmediate(() => {
+        client.write("GET /x HTTP/1.1\r\nHost: a\r\n\r\n");
+        const until = Date.now() + 500;
+        while (Date.now() < until) {
+          // busy
+        }
+        resolve();
+      }),
+    );
+    expect(await answer).toMatch(/^HTTP\/1\.1 200/);
+  });
+
   it("closes an HTTP/1.1 client that sends its headers a byte at a time, on a first and a keep-alive request", async () => {
     const l = await start(echo, { headersTimeoutMs: 500, idleTimeoutMs: 30_000 });
     const dribble = async (socket: net.Socket, text: string) => {

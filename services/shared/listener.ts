@@ -135,8 +135,21 @@ export async function listen(
     sockets.add(socket);
     socket.once("close", () => sockets.delete(socket));
     socket.once("error", () => socket.destroy());
-    // The first bytes must come in time; after the hand-over each protocol's own timers apply.
-    const firstBytes = headersTimeoutMs > 0 ? setTimeout(() => socket.destroy(), headersTimeoutMs) : undefined;
+    // The first bytes must come in time; after the hand-over each protocol's own timers apply. A
+    // loop busy past the deadline may hold this socket's bytes unread: they are read in this turn's
+    // poll phase, which comes after the timers and before setImmediate's callbacks, so the socket
+    // is judged then (a client that sent in time is not cut for the server's own lag).
+    let handedOver = false;
+    const firstBytes =
+      headersTimeoutMs > 0
+        ? setTimeout(
+            () =>
+              setImmediate(() => {
+                if (!handedOver) socket.destroy();
+              }),
+            headersTimeoutMs,
+          )
+        : undefined;
     socket.once("close", () => clearTimeout(firstBytes));
     let seen = Buffer.alloc(0);
     const onData = (chunk: Buffer) => {
@@ -146,6 +159,7 @@ export async function listen(
       // Wait for more bytes only while the preface is still possible and not yet complete.
       if (isH2 && n < h2Preface.length) return;
       clearTimeout(firstBytes);
+      handedOver = true;
       socket.removeListener("data", onData);
       socket.pause();
       socket.unshift(seen);
