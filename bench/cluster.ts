@@ -15,7 +15,7 @@ import { createServer, type IncomingMessage, type ServerResponse } from "node:ht
 import type { AddressInfo } from "node:net";
 import { availableParallelism, loadavg, tmpdir } from "node:os";
 import { join } from "node:path";
-import pg from "pg";
+import { createDatabase, type FreshDatabase } from "../test/databases.js";
 import { freePort, type ServerProcess, startServerProcess, stopServerProcess } from "../test/reliability/process.js";
 import { type Caller, createCaller } from "./client.js";
 import { fmt, report, summary } from "./stats.js";
@@ -197,26 +197,13 @@ async function startSlowUpstream(delayMs: number): Promise<SlowUpstream> {
 }
 
 /** postgresDatabase creates a fresh database on the server at url, or says why it cannot (undefined). */
-async function postgresDatabase(url: string): Promise<{ url: string; drop(): Promise<void> } | undefined> {
-  const admin = async (statement: string) => {
-    const client = new pg.Client({ connectionString: url, connectionTimeoutMillis: 3000 });
-    await client.connect();
-    try {
-      await client.query(statement);
-    } finally {
-      await client.end();
-    }
-  };
-  const name = `shaker_bench_${randomBytes(6).toString("hex")}`;
+async function postgresDatabase(url: string): Promise<FreshDatabase | undefined> {
   try {
-    await admin(`CREATE DATABASE ${name}`);
+    return await createDatabase(url, "shaker_bench");
   } catch (e) {
     process.stdout.write(`(PostgreSQL at ${new URL(url).host} unreachable: ${(e as Error).message}; executor scaling skipped)\n`);
     return undefined;
   }
-  const fresh = new URL(url);
-  fresh.pathname = `/${name}`;
-  return { url: fresh.toString(), drop: () => admin(`DROP DATABASE IF EXISTS ${name} WITH (FORCE)`) };
 }
 
 /** Burst is what one burst of runs measured. */

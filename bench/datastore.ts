@@ -22,12 +22,12 @@ import { Readable } from "node:stream";
 import { createClient } from "@connectrpc/connect";
 import { createConnectTransport } from "@connectrpc/connect-node";
 import Database from "better-sqlite3";
-import pg from "pg";
 import { DatastoreService, SearchMode } from "../gen/shaker/datastore/v1/datastore_pb.js";
 import { annPath } from "../services/datastore/ann.js";
 import type { RecordInput } from "../services/datastore/model.js";
 import { openSqliteEngine, type SqliteEngine } from "../services/datastore/sqlite-engine.js";
 import { createDatastoreStore } from "../services/datastore/store.js";
+import { createDatabase, type FreshDatabase } from "../test/databases.js";
 import { createCaller } from "./client.js";
 import { startBenchServer } from "./server.js";
 import { fmt, report, summary } from "./stats.js";
@@ -405,18 +405,14 @@ interface PostgresBench {
 
 /** benchPostgres measures the store layer on a fresh PostgreSQL database, dropped after. */
 async function benchPostgres(b: PostgresBench): Promise<void> {
-  const name = `shaker_bench_${process.pid}`;
-  const admin = new pg.Client({ connectionString: pgServer });
+  let database: FreshDatabase;
   try {
-    await admin.connect();
+    database = await createDatabase(pgServer, "shaker_bench");
   } catch (e) {
     process.stdout.write(`  (PostgreSQL figures skipped: ${(e as Error).message})\n`);
     return;
   }
-  await admin.query(`CREATE DATABASE ${name}`);
-  const url = new URL(pgServer);
-  url.pathname = `/${name}`;
-  const store = await createDatastoreStore(url.toString());
+  const store = await createDatastoreStore(database.url);
   try {
     const kw = (await store.createStore("bench", "keyword", ""))!;
     const tiny = new Float32Array([1, 0, 0, 0]);
@@ -484,7 +480,6 @@ async function benchPostgres(b: PostgresBench): Promise<void> {
     );
   } finally {
     await store.close();
-    await admin.query(`DROP DATABASE IF EXISTS ${name} WITH (FORCE)`);
-    await admin.end();
+    await database.drop();
   }
 }

@@ -7,10 +7,10 @@ import { randomBytes } from "node:crypto";
 import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import pg from "pg";
 import { createExecutorStore } from "../services/executor/store.js";
 import { createModelProxyStore, type NewCall } from "../services/modelproxy/store.js";
 import { createRegistryStore } from "../services/registry/store.js";
+import { createDatabase } from "../test/databases.js";
 import { fmt, report, summary } from "./stats.js";
 
 /** StoreCase is one store operation, timed on each database. */
@@ -256,30 +256,13 @@ interface PostgresServer {
 
 /** postgresServer checks the server answers; undefined (with a note printed) when it does not. */
 async function postgresServer(url: string): Promise<PostgresServer | undefined> {
-  const admin = async (statement: string) => {
-    const client = new pg.Client({ connectionString: url, connectionTimeoutMillis: 3000 });
-    await client.connect();
-    try {
-      await client.query(statement);
-    } finally {
-      await client.end();
-    }
-  };
   try {
-    await admin("SELECT 1");
+    await (await createDatabase(url, "shaker_bench")).drop();
   } catch (e) {
     process.stdout.write(`(PostgreSQL at ${new URL(url).host} unreachable: ${(e as Error).message}; SQLite figures only)\n`);
     return undefined;
   }
-  return {
-    async fresh() {
-      const name = `shaker_bench_${randomBytes(6).toString("hex")}`;
-      await admin(`CREATE DATABASE ${name}`);
-      const fresh = new URL(url);
-      fresh.pathname = `/${name}`;
-      return { url: fresh.toString(), drop: () => admin(`DROP DATABASE IF EXISTS ${name} WITH (FORCE)`) };
-    },
-  };
+  return { fresh: () => createDatabase(url, "shaker_bench") };
 }
 
 const figure = (m: Measured, unit: string) => `p50 ${fmt(m.p50)} ms, ${m.perItemUs.toFixed(0)} µs/${unit}`;

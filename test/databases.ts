@@ -26,25 +26,32 @@ export interface FreshDatabase {
 /** freshDatabase creates an empty database on the test server (SHAKER_TEST_DATABASE_URL). */
 export async function freshDatabase(): Promise<FreshDatabase> {
   if (!testDatabaseUrl) throw new Error("freshDatabase needs SHAKER_TEST_DATABASE_URL");
-  const name = `shaker_test_${randomBytes(6).toString("hex")}`;
+  return createDatabase(testDatabaseUrl, "shaker_test");
+}
+
+/**
+ * createDatabase creates an empty database named `<prefix>_<random>` on the server at `serverUrl`
+ * (tests and benches alike); it throws when the server cannot be reached.
+ */
+export async function createDatabase(serverUrl: string, prefix: string): Promise<FreshDatabase> {
+  const admin = async (statement: string) => {
+    const client = new pg.Client({ connectionString: serverUrl, connectionTimeoutMillis: 5000 });
+    await client.connect();
+    try {
+      await client.query(statement);
+    } finally {
+      await client.end();
+    }
+  };
+  const name = `${prefix}_${randomBytes(6).toString("hex")}`;
   await admin(`CREATE DATABASE ${name}`);
-  const url = new URL(testDatabaseUrl);
+  const url = new URL(serverUrl);
   url.pathname = `/${name}`;
   return {
     url: url.toString(),
     // WITH (FORCE) ends connections a failed test left open.
     drop: () => admin(`DROP DATABASE IF EXISTS ${name} WITH (FORCE)`),
   };
-}
-
-async function admin(statement: string): Promise<void> {
-  const client = new pg.Client({ connectionString: testDatabaseUrl });
-  await client.connect();
-  try {
-    await client.query(statement);
-  } finally {
-    await client.end();
-  }
 }
 
 /**

@@ -44,23 +44,21 @@ export function asConnectError(e: unknown, where = ""): ConnectError {
   return new ConnectError("internal error", Code.Internal, undefined, undefined, e);
 }
 
+/** mapErrors is a stream of messages whose error, if it ends with one, is what `map` makes of it. */
+export async function* mapErrors<T>(messages: AsyncIterable<T>, map: (e: unknown) => unknown): AsyncIterable<T> {
+  try {
+    yield* messages;
+  } catch (e) {
+    throw map(e);
+  }
+}
+
 /** hideInternalErrors makes every error a service's handlers throw go out through asConnectError. */
 export const hideInternalErrors: Interceptor = (next) => async (req) => {
   const where = `${req.service.typeName}/${req.method.name}`;
   try {
     const res = await next(req);
-    if (!res.stream) return res;
-    const messages = res.message;
-    return {
-      ...res,
-      message: (async function* () {
-        try {
-          yield* messages;
-        } catch (e) {
-          throw asConnectError(e, where);
-        }
-      })(),
-    };
+    return res.stream ? { ...res, message: mapErrors(res.message, (e) => asConnectError(e, where)) } : res;
   } catch (e) {
     throw asConnectError(e, where);
   }

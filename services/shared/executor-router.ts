@@ -3,6 +3,7 @@ import { timestampMs } from "@bufbuild/protobuf/wkt";
 import { Code, ConnectError, type ContextValues, createContextKey, type Transport } from "@connectrpc/connect";
 import type { Node } from "../../gen/shaker/cluster/v1/cluster_pb.js";
 import { ExecutorService, GetRunRequestSchema } from "../../gen/shaker/executor/v1/executor_pb.js";
+import { mapErrors } from "./errors.js";
 
 // Which executor an Executor RPC goes to, when a Shaker has several (they share one PostgreSQL
 // database, so any of them reads every run record).
@@ -86,28 +87,24 @@ export function executorRouter(options: ExecutorRouterOptions): Transport {
   function reach(n: Node): Transport {
     if (local && n.id === local.id()) return local.transport;
     const transport = options.transportFor(n);
-    const failed = (signal: AbortSignal | undefined) => (e: unknown) => {
+    /** lost is what a failed call to this node is: Unavailable when the node stopped answering. */
+    const lost = (signal: AbortSignal | undefined) => (e: unknown) => {
       const error = ConnectError.from(e);
-      if (signal?.aborted || error.metadata.get(runIdHeader) !== null) throw error;
-      if (error.code !== Code.Unavailable && error.code !== Code.Canceled) throw error;
+      if (signal?.aborted || error.metadata.get(runIdHeader) !== null) return error;
+      if (error.code !== Code.Unavailable && error.code !== Code.Canceled) return error;
       unreachable.set(n.id, Date.now());
-      throw new ConnectError(`executor '${n.id}' stopped answering: ${error.rawMessage}`, Code.Unavailable);
+      return new ConnectError(`executor '${n.id}' stopped answering: ${error.rawMessage}`, Code.Unavailable);
     };
     return {
-      unary: (method, signal, ...rest) => transport.unary(method, signal, ...rest).catch(failed(signal)),
+      unary: (method, signal, ...rest) =>
+        transport.unary(method, signal, ...rest).catch((e) => {
+          throw lost(signal)(e);
+        }),
       async stream(method, signal, ...rest) {
-        const res = await transport.stream(method, signal, ...rest).catch(failed(signal));
-        const messages = res.message;
-        return {
-          ...res,
-          message: (async function* () {
-            try {
-              yield* messages;
-            } catch (e) {
-              failed(signal)(e);
-            }
-          })(),
-        };
+        const res = await transport.stream(method, signal, ...rest).catch((e) => {
+          throw lost(signal)(e);
+        });
+        return { ...res, message: mapErrors(res.message, lost(signal)) };
       },
     };
   }
