@@ -79,6 +79,9 @@ function closeIfBodyUnread(req: http.IncomingMessage, res: http.ServerResponse):
  * preface goes to the HTTP/2 server, anything else to the HTTP/1.1 server. `options` bound what a
  * connection may cost before and between requests (see ListenOptions).
  */
+/** acceptBacklog is the accept queue's length asked of the kernel. */
+const acceptBacklog = 4096;
+
 export async function listen(handler: Handler, port: number, host: string, options?: ListenOptions): Promise<Listener>;
 export async function listen(handler: Handler, target: ListenTarget, options?: ListenOptions): Promise<Listener>;
 export async function listen(
@@ -177,8 +180,11 @@ export async function listen(
       server.removeListener("error", reject);
       resolve();
     };
-    if ("path" in target) server.listen(target.path, listening);
-    else server.listen(target.port, target.host, listening);
+    // The accept queue holds a burst of connections the loop has not taken yet (Node's default, 511,
+    // drops the SYNs of a burst beyond it: each such client waits a second or more to retry). The
+    // kernel caps it at net.core.somaxconn.
+    if ("path" in target) server.listen({ path: target.path, backlog: acceptBacklog }, listening);
+    else server.listen({ port: target.port, host: target.host, backlog: acceptBacklog }, listening);
   });
   const close = async () => {
     await new Promise<void>((resolve) => {

@@ -30,23 +30,14 @@ describe("load", () => {
 
   it(`completes ${CONCURRENT} concurrent streaming invocations with no error`, async () => {
     const started = Date.now();
-    // A connection reset before any answer is retried once, as the SDKs do, and counted. On this
-    // machine 1,000 connections opened at once see some resets (up to 55 seen, the code of before
-    // PostgreSQL too; cause not found yet): more than a tenth fails the test, and every stream must
-    // still complete.
-    let resets = 0;
-    const send = (n: number) =>
-      fetch(`${server.url}/v1/chat/completions`, {
-        method: "POST",
-        headers: { authorization: `Bearer ${server.apiKey}`, "content-type": "application/json" },
-        body: JSON.stringify({ model: "workflow:steady", input: { n }, stream: true }),
-      });
+    // Every connection is accepted at once: the listener's accept queue holds the burst (Node's
+    // default of 511 overflowed here, and some of the 1,000 were reset before any answer).
     const results = await Promise.all(
       Array.from({ length: CONCURRENT }, async (_, n) => {
-        const res = await send(n).catch((e: Error & { cause?: { code?: string } }) => {
-          if (e.cause?.code !== "ECONNRESET") throw e;
-          resets++;
-          return send(n);
+        const res = await fetch(`${server.url}/v1/chat/completions`, {
+          method: "POST",
+          headers: { authorization: `Bearer ${server.apiKey}`, "content-type": "application/json" },
+          body: JSON.stringify({ model: "workflow:steady", input: { n }, stream: true }),
         });
         const text = await res.text();
         const events = text
@@ -57,8 +48,6 @@ describe("load", () => {
       }),
     );
     process.stdout.write(`load: ${CONCURRENT} streams in ${((Date.now() - started) / 1000).toFixed(1)} s\n`);
-    process.stdout.write(`load: ${resets} connection(s) reset before any answer, retried\n`);
-    expect(resets, "connections reset before any answer").toBeLessThanOrEqual(CONCURRENT / 10);
     const failures = results.filter((r) => r.status !== 200 || !r.done || r.events.some((e) => e.error));
     expect(failures.slice(0, 3)).toEqual([]);
     for (const [n, r] of results.entries()) {
