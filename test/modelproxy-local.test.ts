@@ -3,6 +3,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { createClient } from "@connectrpc/connect";
 import { createConnectTransport } from "@connectrpc/connect-node";
+import Database from "better-sqlite3";
 import OpenAI from "openai";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { ModelProxyService } from "../gen/shaker/modelproxy/v1/modelproxy_pb.js";
@@ -281,31 +282,36 @@ describe("workflows calling models through the ModelProxy", () => {
   });
 });
 
+/** callRow is a minimal call record of account "a". */
+function callRow(id: string, createdAt = Date.now()) {
+  return {
+    id,
+    accountId: "a",
+    sessionId: "s",
+    runId: "",
+    workflowRefName: "",
+    intent: "",
+    application: "",
+    kind: "chat",
+    model: "m",
+    provider: "p",
+    attempts: 1,
+    status: "ok",
+    error: "",
+    latencyMs: 1,
+    ttftMs: 0,
+    promptTokens: 0,
+    completionTokens: 0,
+    createdAt,
+  };
+}
+
 describe("the call recorder", () => {
   it("counts records it drops when the queue is full or the store refuses them, and writes a call once", async () => {
     const database = await testStoreLocation();
     const store = await createModelProxyStore(database.location);
     const recorder = createRecorder(store, { maxPending: 2, flushMs: 60_000 });
-    const row = (id: string, createdAt = Date.now()) => ({
-      id,
-      accountId: "a",
-      sessionId: "s",
-      runId: "",
-      workflowRefName: "",
-      intent: "",
-      application: "",
-      kind: "chat",
-      model: "m",
-      provider: "p",
-      attempts: 1,
-      status: "ok",
-      error: "",
-      latencyMs: 1,
-      ttftMs: 0,
-      promptTokens: 0,
-      completionTokens: 0,
-      createdAt,
-    });
+    const row = callRow;
     const ids = async () => (await store.listCalls({ accountId: "a", offset: 0, limit: 10 })).map((r) => r.id);
     try {
       recorder.push(row("1", 1));
@@ -338,5 +344,36 @@ describe("the call recorder", () => {
       await database.release();
     }
     expect(recorder.counters()).toEqual({ recorded: 4, pending: 0, dropped: 3 });
+  });
+
+  it.runIf(testDialect === "sqlite")("writes records on a SQLite file from a thread of its own, never the event loop", async () => {
+    const dir = mkdtempSync(join(tmpdir(), "shaker-calls-"));
+    const file = join(dir, "modelproxy.db");
+    const store = await createModelProxyStore(file);
+    // Another connection holds the file's write lock: a write on this thread would wait here for the
+    // busy timeout (5 s), then fail; the writer thread waits instead, and writes once it is released.
+    const holder = new Database(file);
+    holder.exec("BEGIN IMMEDIATE");
+    try {
+      const row = (id: string) => ({ ...callRow(id), request: { messages: [{ role: "user", content: "hi" }] } });
+      const sent = Date.now();
+      const written = store.insertCalls([row("a"), row("b")]);
+      expect(Date.now() - sent).toBeLessThan(1000);
+      await new Promise((r) => setTimeout(r, 100));
+      expect((holder.prepare("SELECT count(*) AS n FROM calls").get() as { n: number }).n).toBe(0);
+      holder.exec("COMMIT");
+      await written;
+      expect((await store.listCalls({ accountId: "a", offset: 0, limit: 10 })).map((r) => [r.id, r.request])).toEqual([
+        ["a", { messages: [{ role: "user", content: "hi" }] }],
+        ["b", { messages: [{ role: "user", content: "hi" }] }],
+      ]);
+    } finally {
+      if (holder.inTransaction) holder.exec("ROLLBACK");
+      holder.close();
+      await store.close();
+      rmSync(dir, { recursive: true, force: true });
+    }
+    // A closed store's writer refuses, with a clear error.
+    await expect(store.insertCalls([callRow("c")])).rejects.toThrow(/call writer thread/);
   });
 });

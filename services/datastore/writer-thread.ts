@@ -1,7 +1,8 @@
 // The Datastore's writer thread (see writer.ts): its own connection to the database file, every write,
 // and the ANN indexes. Between messages it rebuilds stale indexes a few thousand records at a time
 // and saves changed ones a while after their last change.
-import { parentPort, workerData } from "node:worker_threads";
+import { workerData } from "node:worker_threads";
+import { serveThread } from "../shared/thread.js";
 import { openSqliteEngine } from "./sqlite-engine.js";
 
 const { file, annFrom, saveAfterMs = 5000 } = workerData as { file: string; annFrom?: number; saveAfterMs?: number };
@@ -32,34 +33,28 @@ function rebuild(): void {
 }
 rebuild();
 
-const ops: Record<string, (...args: any[]) => unknown> = {
-  ready: () => true,
-  createStore: store.createStore,
-  dropStore: store.dropStore,
-  upsert: store.upsert,
-  deleteRecords: store.deleteRecords,
-  beginUpload: store.beginUpload,
-  uploadPart: store.uploadPart,
-  commitUpload: store.commitUpload,
-  rollbackUpload: store.rollbackUpload,
-  annSearch: store.annSearch,
-  close: () => {
-    clearTimeout(saveTimer);
-    // Its work is done when it returns: SQLite closes synchronously.
-    void store.close();
-  },
-};
 const writes = new Set(["upsert", "deleteRecords", "dropStore", "commitUpload", "rollbackUpload"]);
-
-parentPort!.on("message", ({ id, op, args }: { id: number; op: string; args: unknown[] }) => {
-  try {
-    const result = ops[op].apply(store, args);
-    parentPort!.postMessage({ id, result });
+serveThread(
+  {
+    createStore: (a, n, m) => store.createStore(a, n, m),
+    dropStore: (id) => store.dropStore(id),
+    upsert: (id, input) => store.upsert(id, input),
+    deleteRecords: (s, ids) => store.deleteRecords(s, ids),
+    beginUpload: (id) => store.beginUpload(id),
+    uploadPart: (input) => store.uploadPart(input),
+    commitUpload: () => store.commitUpload(),
+    rollbackUpload: () => store.rollbackUpload(),
+    annSearch: (s, q, k) => store.annSearch(s, q, k),
+    close: () => {
+      clearTimeout(saveTimer);
+      // Its work is done when it returns: SQLite closes synchronously.
+      void store.close();
+    },
+  },
+  (op) => {
     if (writes.has(op)) {
       changed();
       rebuild();
     }
-  } catch (e) {
-    parentPort!.postMessage({ id, error: (e as Error).message });
-  }
-});
+  },
+);

@@ -7,10 +7,7 @@
 // shared between threads: there the writer is the reading engine, in its thread. (On PostgreSQL
 // there is no writer: the pool's connections write.)
 
-import { createRequire } from "node:module";
-import { dirname, join } from "node:path";
-import { pathToFileURL } from "node:url";
-import { Worker } from "node:worker_threads";
+import { startThread } from "../shared/thread.js";
 import type { RecordInput, StoreRow, UpsertResult } from "./model.js";
 import type { SqliteEngine } from "./sqlite-engine.js";
 
@@ -68,17 +65,6 @@ export function inThreadWriter(store: SqliteEngine): Writer {
   };
 }
 
-const require = createRequire(import.meta.url);
-
-/** The worker's bootstrap: tsx's loader, then writer-thread.ts (Node 20 runs TypeScript through tsx). */
-const bootstrap = `
-const { workerData } = require("node:worker_threads");
-import(workerData.tsx).then((m) => { m.register(); return import(workerData.entry); }).catch((e) => {
-  console.error(e);
-  process.exit(1);
-});
-`;
-
 /** Options of the writer thread. */
 export interface WriterThreadOptions {
   /** annFrom is the store size from which vector searches use the ANN index. */
@@ -89,35 +75,8 @@ export interface WriterThreadOptions {
 
 /** writerThread starts the writer thread on a database file; it has opened the file when this resolves. */
 export async function writerThread(file: string, options: WriterThreadOptions = {}): Promise<Writer> {
-  const tsx = pathToFileURL(join(dirname(require.resolve("tsx/package.json")), "dist/esm/api/index.mjs")).href;
-  const entry = new URL("./writer-thread.ts", import.meta.url).href;
-  const worker = new Worker(bootstrap, { eval: true, workerData: { tsx, entry, file, ...options } });
-  const pending = new Map<number, { resolve(v: unknown): void; reject(e: Error): void }>();
-  let next = 0;
-  let failed: Error | undefined;
-  const failAll = (e: Error) => {
-    failed = e;
-    for (const p of pending.values()) p.reject(e);
-    pending.clear();
-  };
-  worker.on("message", (m: { id: number; result?: unknown; error?: string }) => {
-    const p = pending.get(m.id);
-    if (!p) return;
-    pending.delete(m.id);
-    if (m.error !== undefined) p.reject(new Error(m.error));
-    else p.resolve(m.result);
-  });
-  worker.on("error", failAll);
-  worker.on("exit", (code) => failAll(new Error(`the datastore's writer thread exited (${code})`)));
-  const call = <T>(op: string, ...args: unknown[]): Promise<T> => {
-    if (failed) return Promise.reject(failed);
-    const id = next++;
-    return new Promise<T>((resolve, reject) => {
-      pending.set(id, { resolve: resolve as (v: unknown) => void, reject });
-      worker.postMessage({ id, op, args });
-    });
-  };
-  await call("ready");
+  const thread = await startThread("datastore's writer", new URL("./writer-thread.ts", import.meta.url), { file, ...options });
+  const { call } = thread;
   const exclusive = lock();
   return {
     createStore: (a, n, m) => exclusive(() => call("createStore", a, n, m)),
@@ -130,10 +89,6 @@ export async function writerThread(file: string, options: WriterThreadOptions = 
     commitUpload: () => call("commitUpload"),
     rollbackUpload: () => call("rollbackUpload"),
     annSearch: (s, q, k) => call("annSearch", s, q, k),
-    async close() {
-      if (failed) return;
-      await call("close");
-      await worker.terminate();
-    },
+    close: () => thread.close(),
   };
 }

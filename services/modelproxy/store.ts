@@ -1,12 +1,12 @@
-import type Database from "better-sqlite3";
-import { and, asc, eq, getTableColumns, type SQL } from "drizzle-orm";
-import type pg from "pg";
+import { and, asc, eq, type SQL } from "drizzle-orm";
 import { openServiceDatabase } from "../shared/db.js";
+import { startThread } from "../shared/thread.js";
+import { type NewCall, postgresBatchInsert, sqliteBatchInsert } from "./calls.js";
 import * as schema from "./schema.js";
 import * as pgSchema from "./schema.pg.js";
 
 export type CallRow = typeof schema.calls.$inferSelect;
-export type NewCall = typeof schema.calls.$inferInsert;
+export type { NewCall };
 
 /** CallFilter selects calls of one account. */
 export interface CallFilter {
@@ -21,33 +21,32 @@ export interface CallFilter {
 /** ModelProxyStore holds every query of the ModelProxy. */
 export type ModelProxyStore = Awaited<ReturnType<typeof createModelProxyStore>>;
 
-// A record's columns: their names (the same in both schemas), PostgreSQL types, and which hold JSON.
-const callColumns = Object.entries(getTableColumns(pgSchema.calls)).map(([key, column]) => ({
-  key: key as keyof NewCall,
-  name: column.name,
-  type: column.getSQLType(),
-  json: column.dataType === "json",
-}));
-
-/** columnValues are a record's values in callColumns' order, as either driver binds them (JSON as its text). */
-function columnValues(row: NewCall): unknown[] {
-  return callColumns.map((c) => {
-    const value = row[c.key] ?? null;
-    return c.json && value !== null ? JSON.stringify(value) : value;
-  });
-}
-
 /**
  * createModelProxyStore opens the ModelProxy's database: a SQLite file (":memory:" for tests) or a
- * postgres:// URL.
+ * postgres:// URL. On a SQLite file, records are written by a thread of their own (calls-thread.ts)
+ * with its own connection: a batch's inserts and commit took 2-3 ms of the thread that serves every
+ * call, once a flush (bench/modelproxy.ts: the p99 of the proxy's added latency). On PostgreSQL the
+ * pool's connections write, and this thread only encodes the batch.
  */
 export async function createModelProxyStore(location: string, options: { poolSize?: number } = {}) {
   const db = await openServiceDatabase({ service: "modelproxy", location, schema, pgSchema, poolSize: options.poolSize });
   const { orm } = db;
   const { calls } = db.tables;
-  const insertCalls = db.sqlite ? sqliteBatchInsert(db.sqlite) : postgresBatchInsert(db.pool!);
+  const writer =
+    db.sqlite && location !== ":memory:"
+      ? await startThread("ModelProxy's call writer", new URL("./calls-thread.ts", import.meta.url), { file: location })
+      : undefined;
+  const insertInThread = db.sqlite && !writer ? sqliteBatchInsert(db.sqlite) : undefined;
+  const insertCalls: (rows: NewCall[]) => Promise<void> = writer
+    ? (rows) => writer.call("insertCalls", rows)
+    : insertInThread
+      ? async (rows) => insertInThread(rows)
+      : postgresBatchInsert(db.pool!);
   return {
-    close: () => db.close(),
+    async close() {
+      await writer?.close();
+      await db.close();
+    },
     /** insertCalls writes a batch in one transaction: all or nothing. A call recorded already is left as it is. */
     insertCalls,
     listCalls(filter: CallFilter): Promise<CallRow[]> {
@@ -63,38 +62,5 @@ export async function createModelProxyStore(location: string, options: { poolSiz
         .limit(filter.limit)
         .offset(filter.offset);
     },
-  };
-}
-
-// Records are written in batches on the thread that serves every call, so not through drizzle's
-// builder: it cost 4-6 times as much a record on SQLite, and 3-5 times the CPU on PostgreSQL,
-// blocking this thread for tens of milliseconds a batch (bench/stores.ts has the figures).
-
-/** sqliteBatchInsert writes records on SQLite with one prepared statement, run per record in one transaction. */
-function sqliteBatchInsert(sqlite: Database.Database) {
-  const insert = sqlite.prepare(
-    `INSERT INTO calls (${callColumns.map((c) => c.name).join(", ")}) VALUES (${callColumns.map(() => "?").join(", ")}) ON CONFLICT DO NOTHING`,
-  );
-  const insertMany = sqlite.transaction((rows: NewCall[]) => {
-    for (const row of rows) insert.run(columnValues(row));
-  });
-  return async (rows: NewCall[]) => {
-    insertMany(rows);
-  };
-}
-
-/**
- * postgresBatchInsert writes records on PostgreSQL in one statement, each column's values as one
- * array parameter (unnest): a batch of any size is one round trip of 21 parameters.
- */
-function postgresBatchInsert(pool: pg.Pool) {
-  const text = `INSERT INTO modelproxy.calls (${callColumns.map((c) => c.name).join(", ")})
-    SELECT * FROM unnest(${callColumns.map((c, i) => `$${i + 1}::${c.type}[]`).join(", ")}) ON CONFLICT DO NOTHING`;
-  return async (rows: NewCall[]) => {
-    const values = rows.map(columnValues);
-    await pool.query(
-      text,
-      callColumns.map((_, i) => values.map((v) => v[i])),
-    );
   };
 }

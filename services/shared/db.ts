@@ -100,21 +100,29 @@ export async function openServiceDatabase<S extends Record<string, unknown>>(
   return isPostgresUrl(options.location) ? openPostgres(options) : openSqlite(options);
 }
 
-function openSqlite<S extends Record<string, unknown>>(options: ServiceDatabaseOptions<S>): ServiceDatabase<S> {
-  const file = options.location;
+/**
+ * sqliteConnection opens a connection to a service's SQLite file as every connection to it is set:
+ * WAL, synchronous NORMAL, foreign keys, a 5 s busy timeout, and on a file the checkpoint backstop.
+ * Another thread's connection (a writer thread) opens the file with it once the service has.
+ */
+export function sqliteConnection(file: string): Database.Database {
   if (file !== ":memory:") mkdirSync(dirname(file), { recursive: true });
   const sqlite = new Database(file);
   sqlite.pragma("journal_mode = WAL");
   sqlite.pragma("synchronous = NORMAL");
   sqlite.pragma("foreign_keys = ON");
   sqlite.pragma("busy_timeout = 5000");
+  if (file !== ":memory:") sqlite.pragma(`wal_autocheckpoint = ${backstopPages}`);
+  return sqlite;
+}
+
+function openSqlite<S extends Record<string, unknown>>(options: ServiceDatabaseOptions<S>): ServiceDatabase<S> {
+  const file = options.location;
+  const sqlite = sqliteConnection(file);
   options.setup?.(sqlite);
   const orm = drizzleSqlite(sqlite, { schema: options.schema });
   migrateSqlite(orm, { migrationsFolder: join(repository, migrationsDir(options.service, "sqlite")) });
-  if (file !== ":memory:") {
-    sqlite.pragma(`wal_autocheckpoint = ${backstopPages}`);
-    watch(file);
-  }
+  if (file !== ":memory:") watch(file);
   let queue: Promise<unknown> = Promise.resolve();
   return {
     dialect: "sqlite",

@@ -1,0 +1,94 @@
+// A worker thread that serves calls: what keeps a service's synchronous SQLite writes (the Datastore's
+// uploads, the ModelProxy's call records) off the event loop that serves every request. The thread
+// module (TypeScript, run through tsx's loader as the rest of Shaker) answers with serveThread; the
+// service calls it with startThread's `call`, each call a promise of its result.
+
+import { createRequire } from "node:module";
+import { dirname, join } from "node:path";
+import { pathToFileURL } from "node:url";
+import { parentPort, Worker } from "node:worker_threads";
+
+const require = createRequire(import.meta.url);
+
+/** The worker's bootstrap: tsx's loader, then the thread's module. */
+const bootstrap = `
+const { workerData } = require("node:worker_threads");
+import(workerData.tsx).then((m) => { m.register(); return import(workerData.entry); }).catch((e) => {
+  console.error(e);
+  process.exit(1);
+});
+`;
+
+/** Thread is a started worker thread, as its owner holds it. */
+export interface Thread {
+  /** call runs the thread's `op` with args (structured-cloned) and settles with its answer. */
+  call<T>(op: string, ...args: unknown[]): Promise<T>;
+  /** close calls the thread's "close" op, when it has one, then ends the thread. */
+  close(): Promise<void>;
+}
+
+/**
+ * startThread starts the module at `entry` (a file URL) in a worker thread, with `data` as its
+ * workerData, and waits for its "ready" op: when this resolves, the module's top level has run. A
+ * thread that fails or exits fails every call in flight and every later one, with `name` in the error.
+ */
+export async function startThread(name: string, entry: URL, data: Record<string, unknown>): Promise<Thread> {
+  const tsx = pathToFileURL(join(dirname(require.resolve("tsx/package.json")), "dist/esm/api/index.mjs")).href;
+  const worker = new Worker(bootstrap, { eval: true, workerData: { ...data, tsx, entry: entry.href } });
+  const pending = new Map<number, { resolve(v: unknown): void; reject(e: Error): void }>();
+  let next = 0;
+  let failed: Error | undefined;
+  const failAll = (e: Error) => {
+    failed ??= e;
+    for (const p of pending.values()) p.reject(failed);
+    pending.clear();
+  };
+  worker.on("message", (m: { id: number; result?: unknown; error?: string }) => {
+    const p = pending.get(m.id);
+    if (!p) return;
+    pending.delete(m.id);
+    if (m.error !== undefined) p.reject(new Error(m.error));
+    else p.resolve(m.result);
+  });
+  worker.on("error", failAll);
+  worker.on("exit", (code) => failAll(new Error(`the ${name} thread exited (${code})`)));
+  const call = <T>(op: string, ...args: unknown[]): Promise<T> => {
+    if (failed) return Promise.reject(failed);
+    const id = next++;
+    return new Promise<T>((resolve, reject) => {
+      pending.set(id, { resolve: resolve as (v: unknown) => void, reject });
+      worker.postMessage({ id, op, args });
+    });
+  };
+  await call("ready");
+  return {
+    call,
+    async close() {
+      if (failed) return;
+      await call("close");
+      await worker.terminate();
+    },
+  };
+}
+
+// biome-ignore lint/suspicious/noExplicitAny: each op takes its own arguments, cloned from its caller's.
+type Op = (...args: any[]) => unknown;
+
+/**
+ * serveThread answers startThread's calls in the thread with `ops` (plus "ready"), one message at a
+ * time, in order. An op that throws fails its call with the error's message. `after` runs after each
+ * op that answered.
+ */
+export function serveThread(ops: Record<string, Op>, after?: (op: string) => void): void {
+  const all: Record<string, Op> = { ready: () => true, ...ops };
+  parentPort!.on("message", ({ id, op, args }: { id: number; op: string; args: unknown[] }) => {
+    try {
+      const fn = all[op];
+      if (!fn) throw new Error(`no op ${op}`);
+      parentPort!.postMessage({ id, result: fn(...args) });
+      after?.(op);
+    } catch (e) {
+      parentPort!.postMessage({ id, error: (e as Error).message });
+    }
+  });
+}
