@@ -84,6 +84,29 @@ describe.skipIf(testDialect === "postgresql")("datastore ANN index", () => {
     await store.close();
   });
 
+  it("indexes an upload into a new store as it is written, with nothing left to rebuild (each vector added once)", async () => {
+    // Indexed as it was written and then again by a rebuild, every vector was removed and re-added:
+    // the graph kept the removed nodes, and searches that walked them found fewer true neighbours.
+    const store = await openSqliteEngine(tempFile(), { annFrom: 1, rebuild: "steps" });
+    const { id } = store.createStore("a", "s", "")!;
+    store.beginUpload(id);
+    expect(store.uploadPart(records(500)).ok).toBe(true);
+    expect(store.uploadPart(records(500, 500)).ok).toBe(true);
+    expect(store.commitUpload().ok).toBe(true);
+    expect(store.annPending()).toEqual([]);
+    const row = store.storeById(id)!;
+    // Searchable by the index at once (no rebuild first), and it finds the exact top 10.
+    expect(store.annSearch(row, vec(), 10)).toHaveLength(10);
+    let agree = 0;
+    for (let q = 0; q < 20; q++) {
+      const query = vec();
+      const ids = new Set(store.vectorSearch(row, query, [], 10).map((h) => h.id));
+      agree += store.exactSearch(row, query, [], 10).filter((w) => ids.has(w.id)).length;
+    }
+    expect(agree / 200).toBeGreaterThanOrEqual(0.95);
+    await store.close();
+  });
+
   it("saves the index next to the database and rebuilds it when the file is removed or stale", async () => {
     const file = tempFile();
     let store = await openSqliteEngine(file, { annFrom: 1 });
