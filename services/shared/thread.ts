@@ -75,12 +75,13 @@ export async function startThread(name: string, entry: URL, data: Record<string,
 type Op = (...args: any[]) => unknown;
 
 /**
- * serveThread answers startThread's calls in the thread with `ops` (plus "ready"), one message at a
+ * serveThread answers startThread's calls in the thread with `ops` (plus "ready", and "close" when
+ * ops have none), one message at a
  * time, in order. An op that throws fails its call with the error's message. `after` runs after each
  * op that answered.
  */
 export function serveThread(ops: Record<string, Op>, after?: (op: string) => void): void {
-  const all: Record<string, Op> = { ready: () => true, ...ops };
+  const all: Record<string, Op> = { ready: () => true, close: () => undefined, ...ops };
   parentPort!.on("message", ({ id, op, args }: { id: number; op: string; args: unknown[] }) => {
     try {
       const fn = all[op];
