@@ -116,11 +116,45 @@ export function sqliteConnection(file: string): Database.Database {
   return sqlite;
 }
 
+/** preparedStatements bounds the statements preparedOnce keeps per connection (the least recently used go). */
+const preparedStatements = 500;
+
+/**
+ * preparedOnce is the connection as drizzle is given it: a statement is compiled once per SQL text
+ * and kept, not compiled again for every query (drizzle prepares each query it runs, and compiling
+ * took most of a simple query's time: 0.13 ms of a registry lookup's ~0.3). A kept statement is handed
+ * out again in drizzle's default (object rows) mode; one still being iterated is not reused.
+ */
+function preparedOnce(sqlite: Database.Database): Database.Database {
+  const kept = new Map<string, Database.Statement>();
+  const prepare = (source: string): Database.Statement => {
+    const stmt = kept.get(source);
+    if (stmt && !stmt.busy) {
+      kept.delete(source);
+      kept.set(source, stmt);
+      if (stmt.reader) stmt.raw(false);
+      return stmt;
+    }
+    const fresh = sqlite.prepare(source);
+    if (stmt) return fresh;
+    kept.set(source, fresh);
+    if (kept.size > preparedStatements) kept.delete(kept.keys().next().value as string);
+    return fresh;
+  };
+  return new Proxy(sqlite, {
+    get(target, property) {
+      if (property === "prepare") return prepare;
+      const value = Reflect.get(target, property, target);
+      return typeof value === "function" ? value.bind(target) : value;
+    },
+  });
+}
+
 function openSqlite<S extends Record<string, unknown>>(options: ServiceDatabaseOptions<S>): ServiceDatabase<S> {
   const file = options.location;
   const sqlite = sqliteConnection(file);
   options.setup?.(sqlite);
-  const orm = drizzleSqlite(sqlite, { schema: options.schema });
+  const orm = drizzleSqlite(preparedOnce(sqlite), { schema: options.schema });
   migrateSqlite(orm, { migrationsFolder: join(repository, migrationsDir(options.service, "sqlite")) });
   if (file !== ":memory:") watch(file);
   let queue: Promise<unknown> = Promise.resolve();
