@@ -32,16 +32,17 @@ export async function createModelProxyStore(location: string, options: { poolSiz
   const db = await openServiceDatabase({ service: "modelproxy", location, schema, pgSchema, poolSize: options.poolSize });
   const { orm } = db;
   const { calls } = db.tables;
+  // A ":memory:" database (tests) cannot be shared with a thread: it is written here.
   const writer =
     db.sqlite && location !== ":memory:"
       ? await startThread("ModelProxy's call writer", new URL("./calls-thread.ts", import.meta.url), { file: location })
       : undefined;
-  const insertInThread = db.sqlite && !writer ? sqliteBatchInsert(db.sqlite) : undefined;
-  const insertCalls: (rows: NewCall[]) => Promise<void> = writer
-    ? (rows) => writer.call("insertCalls", rows)
-    : insertInThread
-      ? async (rows) => insertInThread(rows)
-      : postgresBatchInsert(db.pool!);
+  let insertCalls: (rows: NewCall[]) => Promise<void>;
+  if (writer) insertCalls = (rows) => writer.call("insertCalls", rows);
+  else if (db.sqlite) {
+    const insert = sqliteBatchInsert(db.sqlite);
+    insertCalls = async (rows) => insert(rows);
+  } else insertCalls = postgresBatchInsert(db.pool!);
   return {
     async close() {
       await writer?.close();
