@@ -1,7 +1,7 @@
 // The Datastore's ANN index (services/datastore/ann.ts) at the store layer, forced on for small
 // stores (annFrom: 1): its results against an exact scan, filters, deletes, a removed index file;
 // then the REST upload's effect on the event loop, and the CLI's load progress.
-import { existsSync, mkdtempSync, rmSync } from "node:fs";
+import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, describe, expect, it } from "vitest";
@@ -131,6 +131,26 @@ describe.skipIf(testDialect === "postgresql")("datastore ANN index", () => {
     store = await openSqliteEngine(file, { annFrom: 1 });
     row = store.storeById(id)!;
     expect(store.vectorSearch(row, input[7].vector, [], 10).map((h) => h.id)).not.toContain(input[7].id);
+    await store.close();
+  });
+
+  it("rebuilds an index saved with another graph shape (an older Shaker's)", async () => {
+    const file = tempFile();
+    let store = await openSqliteEngine(file, { annFrom: 1 });
+    const { id } = store.createStore("a", "s", "")!;
+    store.upsert(id, records(300));
+    await store.close();
+    const metaFile = `${annPath(file, id)}.json`;
+    const meta = JSON.parse(readFileSync(metaFile, "utf8"));
+    expect(meta.connectivity).toBeGreaterThan(0);
+    store = await openSqliteEngine(file, { annFrom: 1, rebuild: "steps" });
+    store.openIndexes();
+    expect(store.annPending()).toEqual([]);
+    await store.close();
+    writeFileSync(metaFile, JSON.stringify({ generation: meta.generation, dimension: meta.dimension }));
+    store = await openSqliteEngine(file, { annFrom: 1, rebuild: "steps" });
+    store.openIndexes();
+    expect(store.annPending()).toEqual([id]);
     await store.close();
   });
 });
