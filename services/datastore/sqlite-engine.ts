@@ -6,7 +6,7 @@
 import type Database from "better-sqlite3";
 import * as sqliteVec from "sqlite-vec";
 import { openServiceDatabase } from "../shared/db.js";
-import { type AnnState, addVectors, annMinDimension, openAnn, removeAnn, removeKeys, saveAnn, searchAnn } from "./ann.js";
+import { type AnnState, addVectors, addWritten, annMinDimension, openAnn, removeAnn, removeKeys, saveAnn, searchAnn } from "./ann.js";
 import type { Condition, Scalar } from "./filter.js";
 import {
   annFromDefault,
@@ -227,7 +227,7 @@ export async function openSqliteEngine(file: string, options: SqliteEngineOption
       (rowid) => stmt("SELECT vector FROM records WHERE rowid = ?").get(rowid) as { vector: Buffer } | undefined,
     );
     const keep = undo.updated.filter((_, i) => rows[i]);
-    addVectors(
+    addWritten(
       state,
       keep,
       rows.flatMap((r) => (r ? [floatsOf(r.vector)] : [])),
@@ -245,18 +245,12 @@ export async function openSqliteEngine(file: string, options: SqliteEngineOption
       keys.push(rowid);
       (updated ? undo.updated : undo.inserted).push(rowid);
     }
-    // While the index is rebuilt, a record past the rebuild's cursor is left to the rebuild: added
-    // here too, the rebuild would remove and add it again, and each such removal leaves a deleted node
-    // in the graph that searches still walk (a 100,000-record upload into a new store so indexed
-    // found 0.76 of the true top 10, against 1.0 added once).
-    if (state) {
-      const now = state.built ? keys.map((_, i) => i) : keys.flatMap((k, i) => (k <= BigInt(state.cursor) ? [i] : []));
-      addVectors(
+    if (state)
+      addWritten(
         state,
-        now.map((i) => keys[i]),
-        now.map((i) => input[i].vector),
+        keys,
+        input.map((r) => r.vector),
       );
-    }
   }
 
   /** writeOne upserts one record; the caller holds the transaction and has checked the dimension. */
