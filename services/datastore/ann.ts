@@ -120,9 +120,8 @@ export function addVectors(state: AnnState, keys: bigint[], vectors: Float32Arra
  * 10, against 1.0 added once).
  */
 export function addWritten(state: AnnState, keys: bigint[], vectors: Float32Array[]): void {
-  if (state.built) return addVectors(state, keys, vectors);
   const cursor = BigInt(state.cursor);
-  const now = keys.flatMap((k, i) => (k <= cursor ? [i] : []));
+  const now = keys.flatMap((k, i) => (state.built || k <= cursor ? [i] : []));
   addVectors(
     state,
     now.map((i) => keys[i]),
