@@ -4,7 +4,7 @@
 // thread with its own connection, so large uploads and the ANN indexes it keeps never hold up the
 // event loop, while a reading connection on the serving thread answers searches. On PostgreSQL
 // (pg-store.ts) reads and writes all go through the pool. The reads below are written once for both.
-import { and, count, eq, inArray } from "drizzle-orm";
+import { and, count, eq, inArray, sql } from "drizzle-orm";
 import { isPostgresUrl, openServiceDatabase, type ServiceDatabase } from "../shared/db.js";
 import type { Dialect } from "../shared/dialects.js";
 import type { Condition } from "./filter.js";
@@ -90,13 +90,17 @@ const chunk = 500;
 function reads(db: ServiceDatabase<typeof schema>): Reads {
   const { orm } = db;
   const { stores, records } = db.tables;
+  // Every search and write looks its store up by name: built once, not by drizzle's builders per
+  // call (50 µs of a REST search's CPU against 7 µs for the statement itself).
+  const storeByName = orm
+    .select()
+    .from(stores)
+    .where(and(eq(stores.accountId, sql.placeholder("accountId")), eq(stores.name, sql.placeholder("name"))))
+    .limit(1)
+    .prepare();
   return {
     async store(accountId, name) {
-      const [row] = await orm
-        .select()
-        .from(stores)
-        .where(and(eq(stores.accountId, accountId), eq(stores.name, name)))
-        .limit(1);
+      const [row] = await storeByName.execute({ accountId, name });
       return row;
     },
     async listStores(accountId) {
