@@ -161,12 +161,16 @@ describe("datastore ingest over REST", () => {
     try {
       await server.request("POST", "/v1/datastores", { name: "big" });
       const n = 4_000;
-      const line = (j: number) =>
-        JSON.stringify({ id: `b${j}`, text: `bulk ${j}`, metadata: { j }, vector: Array.from({ length: 64 }, rand) });
+      const line = (j: number, prefix = "b") =>
+        JSON.stringify({ id: `${prefix}${j}`, text: `bulk ${j}`, metadata: { j }, vector: Array.from({ length: 64 }, rand) });
       async function* body(bad: number) {
         for (let i = 0; i < n; i += 1000) {
           let s = "";
-          for (let j = i; j < i + 1000; j++) s += (j === bad ? '{"id": "x", "text": 5}' : line(j)) + "\n";
+          for (let j = i; j < i + 1000; j++) {
+            if (j !== bad) s += `${line(j, bad === 1500 ? "c" : "b")}\n`;
+            else if (bad === 1500) s += `${JSON.stringify({ id: `n${j}`, text: "short", vector: [1, 2, 3] })}\n`;
+            else s += '{"id": "x", "text": 5}\n';
+          }
           yield new TextEncoder().encode(s);
         }
       }
@@ -183,6 +187,10 @@ describe("datastore ingest over REST", () => {
 
       const refused = await post(n - 100);
       expect(refused.status).toBe(400);
+      // A record the store itself refuses (a vector of another dimension) in the second part, with
+      // later parts (new ids) already handed to the writer: none of them is written either.
+      const otherDimension = await post(1500);
+      expect(otherDimension.status).toBe(400);
       const list = await server.request("GET", "/v1/datastores");
       expect(list.body.data.find((s: any) => s.name === "big").record_count).toBe(n);
       await server.request("POST", "/v1/datastores", { name: "fresh" });

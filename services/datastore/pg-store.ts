@@ -8,6 +8,7 @@
 import { and, desc, eq, inArray, type SQL, sql } from "drizzle-orm";
 import type { Orm, ServiceDatabase } from "../shared/db.js";
 import { invalidArgument } from "../shared/errors.js";
+import { lock } from "../shared/queue.js";
 import type { Condition, Scalar } from "./filter.js";
 import { blobOf, type Hit, queryWords, type RecordInput, Refused, type StoreRow, searchCandidates, type UpsertResult } from "./model.js";
 import type * as schema from "./schema.js";
@@ -227,7 +228,9 @@ export async function postgresStore(db: ServiceDatabase<typeof schema>): Promise
       return writing(storeId, async (tx, fixed) => {
         let dimension = 0;
         let written = 0;
-        return fn(async (input) => {
+        // Parts may be handed over before the previous one is written: each waits for the one before.
+        const inOrder = lock();
+        const part = async (input: RecordInput[]): Promise<UpsertResult> => {
           if (input.length === 0) return { ok: true, upserted: written };
           if (!dimension) {
             const d = await fixDimension(tx, storeId, input[0].vector.length);
@@ -241,7 +244,8 @@ export async function postgresStore(db: ServiceDatabase<typeof schema>): Promise
           }
           written += input.length;
           return { ok: true, upserted: written };
-        });
+        };
+        return fn((input) => inOrder(() => part(input)));
       });
     },
     async deleteRecords(store, ids) {

@@ -22,6 +22,8 @@ import type { DatastoreStore, Hit, RecordInput, StoreRow, UpsertResult } from ".
 
 /** embedBatch is how many texts go to the ModelProxy in one Embeddings call. */
 const embedBatch = 64;
+/** writesAhead is how many parts of a streamed upload the store may hold, written or waiting, at once. */
+const writesAhead = 2;
 /** rrfK is the constant of reciprocal rank fusion (Cormack et al. use 60). */
 const rrfK = 60;
 
@@ -233,20 +235,22 @@ export function createDatastoreService(deps: DatastoreServiceDeps): DatastoreSer
         const dims = { dimension: row.dimension };
         let offset = 0;
         let embedded = 0;
-        let inFlight: Promise<UpsertResult> | undefined;
+        // Up to `writesAhead` parts are handed to the store before the oldest is done: the writer
+        // then starts the next part the moment it ends one, not a round trip later.
+        const inFlight: Promise<UpsertResult>[] = [];
         try {
           for (let part: IteratorResult<(typeof first)["value"]> = first; !part.done; part = await it.next()) {
             const prepared = await prepare(row, identity.accountId, part.value.records, offset, dims, ctx);
-            if (inFlight) refused(await inFlight);
-            inFlight = write(prepared.input);
+            if (inFlight.length >= writesAhead) refused(await inFlight.shift()!);
+            inFlight.push(write(prepared.input));
             offset += part.value.records.length;
             embedded += prepared.embedded;
           }
-          if (inFlight) refused(await inFlight);
+          while (inFlight.length) refused(await inFlight.shift()!);
           return { upserted: offset, embedded };
         } finally {
-          // A part still being written when a later one is refused: the upload ends after it.
-          await inFlight?.catch(() => undefined);
+          // Parts still being written when a later one is refused: the upload ends after them.
+          await Promise.allSettled(inFlight);
         }
       });
     },

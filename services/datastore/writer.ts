@@ -7,6 +7,7 @@
 // shared between threads: there the writer is the reading engine, in its thread. (On PostgreSQL
 // there is no writer: the pool's connections write.)
 
+import { lock } from "../shared/queue.js";
 import { startThread } from "../shared/thread.js";
 import type { RecordInput, StoreRow, UpsertResult } from "./model.js";
 import type { SqliteEngine } from "./sqlite-engine.js";
@@ -28,15 +29,6 @@ export interface Writer {
   close(): Promise<void>;
 }
 
-/** lock serialises async sections. */
-function lock(): <T>(fn: () => Promise<T>) => Promise<T> {
-  let tail: Promise<unknown> = Promise.resolve();
-  return <T>(fn: () => Promise<T>) => {
-    const run = tail.then(fn, fn);
-    tail = run.catch(() => undefined);
-    return run;
-  };
-}
 
 type Ops = Omit<Writer, "exclusive" | "close">;
 

@@ -10,6 +10,16 @@ export interface QueueOptions<T> {
   onLow: () => void;
 }
 
+/** lock serialises async sections: each runs once the one before it has settled, in call order. */
+export function lock(): <T>(fn: () => Promise<T>) => Promise<T> {
+  let tail: Promise<unknown> = Promise.resolve();
+  return <T>(fn: () => Promise<T>) => {
+    const run = tail.then(fn, fn);
+    tail = run.catch(() => undefined);
+    return run;
+  };
+}
+
 let queuedItems = 0;
 
 /**
