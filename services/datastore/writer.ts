@@ -29,7 +29,6 @@ export interface Writer {
   close(): Promise<void>;
 }
 
-
 type Ops = Omit<Writer, "exclusive" | "close">;
 
 /** inThreadWriter writes on the reading engine (an in-memory database). */
