@@ -7,6 +7,12 @@ import http from "node:http";
 /** Caller posts JSON to one server and returns each response's status and body. */
 export interface Caller {
   post(path: string, body: string): Promise<{ status: number; body: string }>;
+  /**
+   * firstChunk posts and resolves once the response's first body chunk arrives (a stream's first
+   * event), with that chunk; `rest` settles when the response has ended, so that the connection is
+   * reused and the next call is not timed with this one's tail.
+   */
+  firstChunk(path: string, body: string): Promise<{ status: number; chunk: string; rest: Promise<void> }>;
   close(): void;
 }
 
@@ -30,6 +36,34 @@ export function createCaller(baseUrl: string, headers: Record<string, string>, s
             const chunks: Buffer[] = [];
             res.on("data", (c: Buffer) => chunks.push(c));
             res.on("end", () => resolve({ status: res.statusCode ?? 0, body: Buffer.concat(chunks).toString("utf8") }));
+            res.on("error", reject);
+          },
+        );
+        req.on("error", reject);
+        req.end(body);
+      });
+    },
+    firstChunk(path, body) {
+      return new Promise((resolve, reject) => {
+        const req = http.request(
+          {
+            host: url.hostname,
+            port: url.port,
+            path,
+            method: "POST",
+            agent,
+            headers: { ...headers, "content-length": Buffer.byteLength(body) },
+          },
+          (res) => {
+            const rest = new Promise<void>((done, failed) => {
+              res.on("end", done);
+              res.on("error", failed);
+            });
+            res.once("data", (c: Buffer) => {
+              resolve({ status: res.statusCode ?? 0, chunk: c.toString("utf8"), rest });
+              res.resume();
+            });
+            res.once("end", () => resolve({ status: res.statusCode ?? 0, chunk: "", rest }));
             res.on("error", reject);
           },
         );

@@ -1,49 +1,42 @@
 // Added latency of the ModelProxy: the same chat request sent to a fake OpenAI-compatible upstream
 // directly and through the edge (edge → ModelProxy → its HTTP/1.1 client → upstream), interleaved in one
 // run so machine noise falls on both alike. Reports p50/p99 of the per-pair difference, for plain
-// requests and for the time to first token of streams.
+// requests and for the time to first token of streams. The client is the benchmarks' node:http one
+// (bench/client.ts): with fetch in this process, its garbage made young-generation collections of
+// 10-20 ms (a fetch loop alone, no Shaker in the process, showed them), read as the proxy's p99.
 import { startFakeUpstream } from "../test/fake-upstream.js";
 import { startTestServer } from "../test/helpers.js";
+import { type Caller, createCaller } from "./client.js";
 import { fmt, percentile, report } from "./stats.js";
 
-async function firstChunk(res: Response): Promise<void> {
-  const reader = res.body!.getReader();
-  const { value } = await reader.read();
-  if (!value || !new TextDecoder().decode(value).includes("data:")) throw new Error("no first chunk");
-  await reader.cancel();
-}
+type Send = (stream: boolean) => { caller: Caller; path: string; body: string };
 
 export async function benchModelProxy(iterations = Number(process.env.BENCH_ITERATIONS ?? 500)): Promise<void> {
-  const upstream = await startFakeUpstream();
+  const upstream = await startFakeUpstream({ keepRequests: 0 });
   const server = await startTestServer({}, { OPENAI_BASE_URL: upstream.url, OPENAI_API_KEY: "sk-bench" });
+  const toUpstream = createCaller(upstream.url, { authorization: "Bearer sk-bench", "content-type": "application/json" });
+  const toEdge = createCaller(server.url, { authorization: `Bearer ${server.apiKey}`, "content-type": "application/json" });
   try {
     const body = (stream: boolean) =>
       JSON.stringify({ model: "bench-model", stream, messages: [{ role: "user", content: "the same short question every time" }] });
-    const direct = (stream: boolean) =>
-      fetch(`${upstream.url}/chat/completions`, {
-        method: "POST",
-        headers: { authorization: "Bearer sk-bench", "content-type": "application/json" },
-        body: body(stream),
-      });
-    const proxied = (stream: boolean) =>
-      fetch(`${server.url}/v1/chat/completions`, {
-        method: "POST",
-        headers: { authorization: `Bearer ${server.apiKey}`, "content-type": "application/json" },
-        body: body(stream),
-      });
-    const plain = async (send: (s: boolean) => Promise<Response>) => {
+    const direct: Send = (stream) => ({ caller: toUpstream, path: "/chat/completions", body: body(stream) });
+    const proxied: Send = (stream) => ({ caller: toEdge, path: "/v1/chat/completions", body: body(stream) });
+    const plain = async (send: Send) => {
+      const { caller, path, body } = send(false);
       const t = performance.now();
-      const res = await send(false);
-      if (res.status !== 200) throw new Error(`status ${res.status}: ${await res.text()}`);
-      await res.arrayBuffer();
-      return performance.now() - t;
+      const res = await caller.post(path, body);
+      const ms = performance.now() - t;
+      if (res.status !== 200) throw new Error(`status ${res.status}: ${res.body}`);
+      return ms;
     };
-    const ttft = async (send: (s: boolean) => Promise<Response>) => {
+    const ttft = async (send: Send) => {
+      const { caller, path, body } = send(true);
       const t = performance.now();
-      const res = await send(true);
-      if (res.status !== 200) throw new Error(`status ${res.status}: ${await res.text()}`);
-      await firstChunk(res);
-      return performance.now() - t;
+      const res = await caller.firstChunk(path, body);
+      const ms = performance.now() - t;
+      if (res.status !== 200 || !res.chunk.includes("data:")) throw new Error(`status ${res.status}: no first chunk (${res.chunk})`);
+      await res.rest;
+      return ms;
     };
     for (let i = 0; i < 100; i++) {
       await plain(direct);
@@ -54,14 +47,14 @@ export async function benchModelProxy(iterations = Number(process.env.BENCH_ITER
     // CPU time of this process (client, edge, services and fake upstream all live in it) is far less
     // sensitive to other load on a shared machine than wall time: report the added CPU per call too.
     const cpu = { direct: 0, proxied: 0 };
-    const timed = async (kind: "direct" | "proxied", probe: (send: (s: boolean) => Promise<Response>) => Promise<number>) => {
+    const timed = async (kind: "direct" | "proxied", probe: (send: Send) => Promise<number>) => {
       const before = process.cpuUsage();
       const ms = await probe(kind === "direct" ? direct : proxied);
       const used = process.cpuUsage(before);
       cpu[kind] += (used.user + used.system) / 1000;
       return ms;
     };
-    const measure = async (probe: (send: (s: boolean) => Promise<Response>) => Promise<number>) => {
+    const measure = async (probe: (send: Send) => Promise<number>) => {
       const d: number[] = [];
       const p: number[] = [];
       const diff: number[] = [];
@@ -103,6 +96,8 @@ export async function benchModelProxy(iterations = Number(process.env.BENCH_ITER
       `(proxied p50 ${fmt(percentile(s.p, 50))} ms)`,
     );
   } finally {
+    toUpstream.close();
+    toEdge.close();
     await server.close();
     await upstream.close();
   }

@@ -46,8 +46,19 @@ function words(body: any): string[] {
   return `Echo: ${text}`.split(/\s+/).filter(Boolean);
 }
 
+/** Options of startFakeUpstream. */
+export interface FakeUpstreamOptions {
+  /**
+   * keepRequests bounds `requests` to the latest so many (default: all). Benchmarks keep none: a
+   * log growing by every request lives in the heap it measures, and each young-generation GC
+   * copies its newest entries (5 ms pauses that were read as the proxy's p99).
+   */
+  keepRequests?: number;
+}
+
 /** startFakeUpstream starts the fake on 127.0.0.1 and a free port. */
-export async function startFakeUpstream(): Promise<FakeUpstream> {
+export async function startFakeUpstream(options: FakeUpstreamOptions = {}): Promise<FakeUpstream> {
+  const keep = options.keepRequests ?? Number.POSITIVE_INFINITY;
   const plans = new Map<string, Step[]>();
   const requests: Received[] = [];
   const open = new Set<ServerResponse>();
@@ -86,7 +97,10 @@ export async function startFakeUpstream(): Promise<FakeUpstream> {
       return json(res, 400, { error: { message: "bad json", type: "invalid_request_error" } });
     }
     const path = (req.url ?? "").replace(/\?.*$/, "");
-    requests.push({ path, body, headers: req.headers });
+    if (keep > 0) {
+      requests.push({ path, body, headers: req.headers });
+      if (requests.length > keep) requests.shift();
+    }
     if (req.method === "GET" && path.endsWith("/models")) {
       return json(res, 200, { object: "list", data: [{ id: "fake-model", object: "model", created: 0, owned_by: "fake" }] });
     }
