@@ -1,7 +1,8 @@
 // The Datastore, each figure beside a baseline measured in the same run:
 // - ingest: the store layer (FTS5 + vec0 + ANN) against bare INSERTs into an unindexed table, and
-//   POST /v1/datastores/{name}/records (one NDJSON request, one transaction) against the store layer;
-//   while that upload runs, the event loop's delay and a trivial invoke's p99 against their idle values;
+//   POST /v1/datastores/{name}/records (one NDJSON request, one transaction, its body made
+//   beforehand) against the store layer; during a second such upload, the event loop's delay and a
+//   trivial invoke's p99 against their idle values;
 // - keyword search (a selective and a common term): the store layer against a LIKE scan, and REST and
 //   RPC against the store layer on the same corpus;
 // - vector search: the ANN index (usearch HNSW, exact re-ranking) against an exact scan of the same
@@ -53,21 +54,17 @@ function rng(seed: number): () => number {
 
 const syllables = ["ka", "lo", "mi", "ne", "ru", "sa", "to", "vi", "de", "po", "ga", "fu", "be", "zi", "ho"];
 
-/** upload streams `n` NDJSON records made by `line` in one POST, as a large upload does. */
-function upload(
-  url: string,
-  apiKey: string,
-  store: string,
-  n: number,
-  line: (i: number) => string,
-): Promise<{ status: number; body: string }> {
-  async function* body() {
-    for (let i = 0; i < n; i += 1000) {
-      let s = "";
-      for (let j = i; j < Math.min(n, i + 1000); j++) s += line(j) + "\n";
-      yield Buffer.from(s);
-    }
+/** ndjson makes the body of an upload of `n` records made by `line`, in chunks of 1,000 lines. */
+function* ndjson(n: number, line: (i: number) => string): Generator<Buffer> {
+  for (let i = 0; i < n; i += 1000) {
+    let s = "";
+    for (let j = i; j < Math.min(n, i + 1000); j++) s += line(j) + "\n";
+    yield Buffer.from(s);
   }
+}
+
+/** upload streams an NDJSON body in one POST, as a large upload does. */
+function upload(url: string, apiKey: string, store: string, body: Iterable<Buffer>): Promise<{ status: number; body: string }> {
   const u = new URL(url);
   return new Promise((resolve, reject) => {
     const req = http.request(
@@ -85,7 +82,7 @@ function upload(
       },
     );
     req.on("error", reject);
-    Readable.from(body()).pipe(req);
+    Readable.from(body).pipe(req);
   });
 }
 
@@ -155,8 +152,29 @@ export async function benchDatastore(): Promise<void> {
       rate / baseRate,
     );
 
-    // --- REST ingest of the same records in one NDJSON request, with a trivial invoke and the event
-    // loop watched meanwhile against their idle values.
+    // --- REST ingest of the same records in one NDJSON request. The body is made beforehand, as a
+    // load generator sends a prepared body: this process is the client too, and making a million
+    // JSON lines meanwhile would be charged to the server. Measured twice: alone, for its rate
+    // against the store layer's; then again into another store with a trivial invoke every 20 ms
+    // and the event loop watched, against their idle values (each confined invoke costs this
+    // two-core machine CPU the upload then lacks, so that run's rate is not the ingest figure).
+    const keywordBody = [
+      ...ndjson(keywordN, (j) => JSON.stringify({ id: `k${j}`, text: texts[j], metadata: { n: j % 100 }, vector: [1, 0, 0, 0] })),
+    ];
+    await caller.post("/v1/datastores", JSON.stringify({ name: "keyword" }));
+    t = performance.now();
+    const res = await upload(server.url, server.apiKey, "keyword", keywordBody);
+    const restMs = performance.now() - t;
+    if (res.status !== 200) throw new Error(`REST ingest failed: ${res.status} ${res.body.slice(0, 300)}`);
+    const restRate = keywordN / (restMs / 1000);
+    report(
+      `ingest ${keywordN}, REST NDJSON (one request)`,
+      `${Math.round(restRate)} rec/s`,
+      `${Math.round(rate)} rec/s store layer`,
+      restRate / rate,
+      restRate >= 0.7 * rate ? "(target >= 0.7x: met)" : "(target >= 0.7x: MISSED)",
+    );
+
     await server.upload("trivial", "def execute(ctx):\n    return 'ok'\n");
     const invokeBody = JSON.stringify({ model: "workflow:trivial", input: {} });
     const invoke = async () => {
@@ -169,16 +187,18 @@ export async function benchDatastore(): Promise<void> {
     const idleLoop = monitorEventLoopDelay({ resolution: 10 });
     idleLoop.enable();
     const idle: number[] = [];
-    for (let i = 0; i < 300; i++) idle.push(await invoke());
+    // Paced as during the upload below: back to back, each run's teardown slows the next one.
+    for (let i = 0; i < 300; i++) {
+      idle.push(await invoke());
+      await new Promise((r) => setTimeout(r, 20));
+    }
     idleLoop.disable();
-    await caller.post("/v1/datastores", JSON.stringify({ name: "keyword" }));
+    await caller.post("/v1/datastores", JSON.stringify({ name: "keyword-busy" }));
     const loop = monitorEventLoopDelay({ resolution: 10 });
     loop.enable();
     t = performance.now();
     let uploading = true;
-    const up = upload(server.url, server.apiKey, "keyword", keywordN, (j) =>
-      JSON.stringify({ id: `k${j}`, text: texts[j], metadata: { n: j % 100 }, vector: [1, 0, 0, 0] }),
-    ).finally(() => {
+    const up = upload(server.url, server.apiKey, "keyword-busy", keywordBody).finally(() => {
       uploading = false;
     });
     const busy: number[] = [];
@@ -186,22 +206,15 @@ export async function benchDatastore(): Promise<void> {
       busy.push(await invoke());
       await new Promise((r) => setTimeout(r, 20));
     }
-    const res = await up;
-    const restMs = performance.now() - t;
+    const busyRes = await up;
+    const busyMs = performance.now() - t;
     loop.disable();
-    if (res.status !== 200) throw new Error(`REST ingest failed: ${res.status} ${res.body.slice(0, 300)}`);
-    const restRate = keywordN / (restMs / 1000);
-    report(
-      `ingest ${keywordN}, REST NDJSON (one request)`,
-      `${Math.round(restRate)} rec/s`,
-      `${Math.round(rate)} rec/s store layer`,
-      restRate / rate,
-      restRate >= 0.7 * rate ? "(target >= 0.7x: met)" : "(target >= 0.7x: MISSED)",
-    );
+    if (busyRes.status !== 200) throw new Error(`REST ingest failed: ${busyRes.status} ${busyRes.body.slice(0, 300)}`);
+    keywordBody.length = 0;
     const i0 = summary(idle);
     const i1 = summary(busy);
     report(
-      "trivial invoke p50/p99 during that upload",
+      `trivial invoke p50/p99 during a second upload (${Math.round(keywordN / (busyMs / 1000))} rec/s)`,
       `${fmt(i1.p50)} / ${fmt(i1.p99)} ms (n=${i1.n})`,
       `idle ${fmt(i0.p50)} / ${fmt(i0.p99)} ms`,
       i1.p99 / i0.p99,
@@ -300,13 +313,18 @@ export async function benchDatastore(): Promise<void> {
     await caller.post("/v1/datastores", JSON.stringify({ name: "vector" }));
     const round = (x: number) => Math.round(x * 1e6) / 1e6;
     t = performance.now();
-    const vres = await upload(server.url, server.apiKey, "vector", vectorN, (j) =>
-      JSON.stringify({
-        id: `v${j}`,
-        text: "",
-        metadata: { even: j % 2 === 0 },
-        vector: Array.from(all.subarray(j * dim, (j + 1) * dim), round),
-      }),
+    const vres = await upload(
+      server.url,
+      server.apiKey,
+      "vector",
+      ndjson(vectorN, (j) =>
+        JSON.stringify({
+          id: `v${j}`,
+          text: "",
+          metadata: { even: j % 2 === 0 },
+          vector: Array.from(all.subarray(j * dim, (j + 1) * dim), round),
+        }),
+      ),
     );
     if (vres.status !== 200) throw new Error(`REST vector ingest failed: ${vres.status} ${vres.body.slice(0, 300)}`);
     const vecRestRate = vectorN / ((performance.now() - t) / 1000);
