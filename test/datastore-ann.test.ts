@@ -10,8 +10,9 @@ import type { CliIo } from "../cli/io.js";
 import { annPath } from "../services/datastore/ann.js";
 import type { RecordInput } from "../services/datastore/model.js";
 import { openSqliteEngine } from "../services/datastore/sqlite-engine.js";
+import { writerThread } from "../services/datastore/writer.js";
 import { testDialect } from "./databases.js";
-import { startTestServer } from "./helpers.js";
+import { startTestServer, waitFor } from "./helpers.js";
 
 const dim = 32;
 let seed = 11;
@@ -58,6 +59,84 @@ describe.skipIf(testDialect === "postgresql")("datastore ANN index", () => {
     }
     expect(agree / 200).toBeGreaterThanOrEqual(0.95);
     await store.close();
+  });
+
+  it("compacts a graph that updates filled with removed nodes, keeping it current through writes made meanwhile", async () => {
+    const file = tempFile();
+    let store = await openSqliteEngine(file, { annFrom: 1, rebuild: "steps" });
+    const { id } = store.createStore("a", "s", "")!;
+    const current = new Map(records(2000).map((r) => [r.id, r]));
+    const write = (rs: RecordInput[]) => {
+      expect(store.upsert(id, rs).ok).toBe(true);
+      for (const r of rs) current.set(r.id, r);
+    };
+    write([...current.values()]);
+    expect(store.annStats(id)).toEqual({ size: 2000, removed: 0, compacting: false });
+    expect(store.annPending()).toEqual([]);
+    // Each update of a record replaces its vector: the graph keeps the old node.
+    write(records(400));
+    expect(store.annStats(id)).toMatchObject({ size: 2000, removed: 400 });
+    expect(store.annPending()).toEqual([]);
+    write(records(600));
+    expect(store.annStats(id)).toMatchObject({ size: 2000, removed: 1000 });
+    expect(store.annPending()).toEqual([id]);
+
+    // A compaction part way (500 of 2,000 records read), then writes on both sides of its cursor:
+    // updates, new records, a delete; the old graph answers searches meanwhile.
+    expect(store.rebuildStep(id, 500)).toBe(false);
+    expect(store.annStats(id)).toMatchObject({ compacting: true });
+    const row = store.storeById(id)!;
+    write([{ ...current.get("r10")!, vector: vec() }, { ...current.get("r1500")!, vector: vec() }, ...records(50, 5000)]);
+    expect(store.deleteRecords(row, ["r20", "r1600"])).toBe(2);
+    current.delete("r20");
+    current.delete("r1600");
+    expect(store.vectorSearch(row, current.get("r10")!.vector, [], 1)[0].id).toBe("r10");
+    while (!store.rebuildStep(id, 500));
+    // Two nodes removed in the new graph: r10's update and r20's delete came after it had read them.
+    expect(store.annStats(id)).toEqual({ size: current.size, removed: 2, compacting: false });
+    expect(store.annPending()).toEqual([]);
+
+    // The new graph holds every record's current vector, and none of the deleted ones.
+    for (const rid of ["r10", "r1500", "r5020", "r0", "r1999"]) {
+      expect(store.vectorSearch(row, current.get(rid)!.vector, [], 1)[0].id).toBe(rid);
+    }
+    const keys = store.annSearch(row, current.get("r30")!.vector, current.size + 10)!;
+    expect(keys.length).toBe(current.size);
+    // It is saved as any index is, with its count of removed nodes, and loaded again as it is.
+    store.saveIndexes();
+    await store.close();
+    store = await openSqliteEngine(file, { annFrom: 1, rebuild: "steps" });
+    store.openIndexes();
+    expect(store.annPending()).toEqual([]);
+    expect(store.annStats(id)).toEqual({ size: current.size, removed: 2, compacting: false });
+    await store.close();
+  });
+
+  it("compacts in the writer thread, between its other work, once updates have filled the graph", async () => {
+    const file = tempFile();
+    const writer = await writerThread(file, { annFrom: 1, saveAfterMs: 20 });
+    try {
+      const row = (await writer.createStore("a", "s", ""))!;
+      expect((await writer.upsert(row.id, records(2000))).ok).toBe(true);
+      const updated = records(1200);
+      expect((await writer.upsert(row.id, updated)).ok).toBe(true);
+      const meta = () => {
+        try {
+          return JSON.parse(readFileSync(`${annPath(file, row.id)}.json`, "utf8")) as { removed: number };
+        } catch {
+          return undefined;
+        }
+      };
+      // The thread saves the compacted graph a moment after it is done: nothing removed in it.
+      await waitFor(() => meta()?.removed === 0, "the compacted index saved");
+      // It holds the records' current vectors (rowid i + 1 is record r<i>).
+      for (const i of [0, 600, 1199]) {
+        const keys = await writer.annSearch({ ...row, dimension: dim }, updated[i].vector, 1);
+        expect(keys?.[0]).toBe(BigInt(i + 1));
+      }
+    } finally {
+      await writer.close();
+    }
   });
 
   it("returns limit results under a selective filter, and never a deleted record", async () => {

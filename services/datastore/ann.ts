@@ -38,6 +38,25 @@ export interface AnnState {
   cursor: number;
   /** dirty says the index changed since it was last saved. */
   dirty: boolean;
+  /**
+   * removed counts the nodes the graph keeps for vectors since removed or replaced: usearch leaves
+   * them in the graph, and searches still walk them. Once compactionDue, a compaction replaces it.
+   */
+  removed: number;
+  /** next is the graph a compaction builds from the records (those up to its cursor so far); it replaces `index` once complete. */
+  next?: Graph;
+}
+
+/** Graph is a graph being built from the records in rowid order: up to `cursor` it holds every record's vector. */
+interface Graph {
+  index: UIndex;
+  cursor: number;
+  removed: number;
+}
+
+/** compactionDue says when a built index holds enough removed nodes to be rebuilt: a quarter of its live ones, and at least 1,000. */
+export function compactionDue(state: AnnState): boolean {
+  return state.built && state.next === undefined && state.removed >= Math.max(1000, state.index.size() / 4);
 }
 
 function fresh(dimension: number): UIndex {
@@ -67,20 +86,24 @@ export function openAnn(file: string | undefined, storeId: number, dimension: nu
   if (file) {
     const path = annPath(file, storeId);
     try {
-      const meta = JSON.parse(readFileSync(`${path}.json`, "utf8")) as { generation: number; dimension: number; connectivity?: number };
+      const meta = JSON.parse(readFileSync(`${path}.json`, "utf8")) as {
+        generation: number;
+        dimension: number;
+        connectivity?: number;
+        removed?: number;
+      };
       if (meta.generation === generation && meta.dimension === dimension && meta.connectivity === connectivity && existsSync(path)) {
         const index = fresh(dimension);
         index.load(path);
-        return { index, dimension, generation, built: true, cursor: 0, dirty: false };
+        return { index, dimension, generation, built: true, cursor: 0, dirty: false, removed: meta.removed ?? 0 };
       }
     } catch {
       // no index saved, or unreadable: rebuild
     }
   }
-  return { index: fresh(dimension), dimension, generation, built: false, cursor: 0, dirty: true };
+  return { index: fresh(dimension), dimension, generation, built: false, cursor: 0, dirty: true, removed: 0 };
 }
 
-/** saveAnn writes a built index and its generation (each to a temporary name, then renamed). */
 export function saveAnn(file: string, storeId: number, state: AnnState): void {
   if (!state.built || !state.dirty) return;
   const path = annPath(file, storeId);
@@ -88,7 +111,8 @@ export function saveAnn(file: string, storeId: number, state: AnnState): void {
   // The old generation is removed first: an index without its meta file is stale, never mistaken.
   rmSync(`${path}.json`, { force: true });
   renameSync(`${path}.tmp`, path);
-  writeFileSync(`${path}.json.tmp`, JSON.stringify({ generation: state.generation, dimension: state.dimension, connectivity }));
+  const meta = { generation: state.generation, dimension: state.dimension, connectivity, removed: state.removed };
+  writeFileSync(`${path}.json.tmp`, JSON.stringify(meta));
   renameSync(`${path}.json.tmp`, `${path}.json`);
   state.dirty = false;
 }
@@ -99,16 +123,45 @@ export function removeAnn(file: string | undefined, storeId: number): void {
   for (const p of [path, `${path}.json`, `${path}.tmp`, `${path}.json.tmp`]) rmSync(p, { force: true });
 }
 
-/** addVectors puts vectors in the index under their rowids, replacing those already there. */
+/** put adds vectors to a graph under their rowids, replacing those already there; returns how many it replaced. */
+function put(index: UIndex, dimension: number, keys: bigint[], vectors: Float32Array[]): number {
+  if (keys.length === 0) return 0;
+  const k = BigUint64Array.from(keys);
+  const present = index.contains(k) as boolean[] | boolean;
+  const again = Array.isArray(present) ? k.filter((_, i) => present[i]) : present ? k : new BigUint64Array(0);
+  if (again.length) index.remove(again);
+  const flat = new Float32Array(keys.length * dimension);
+  for (const [i, v] of vectors.entries()) flat.set(v, i * dimension);
+  index.add(k, flat, 0);
+  return again.length;
+}
+
+/** drop removes rowids from a graph; returns how many it held. */
+function drop(index: UIndex, keys: bigint[]): number {
+  if (keys.length === 0) return 0;
+  const counts = index.remove(BigUint64Array.from(keys)) as number[] | number;
+  return Array.isArray(counts) ? counts.reduce((a, b) => a + b, 0) : counts;
+}
+
+/** upTo picks the keys (with their vectors) a graph built up to `cursor` holds already. */
+function upTo<T>(cursor: number, keys: bigint[], values: T[]): { keys: bigint[]; values: T[] } {
+  const c = BigInt(cursor);
+  const at = keys.flatMap((k, i) => (k <= c ? [i] : []));
+  return { keys: at.map((i) => keys[i]), values: at.map((i) => values[i]) };
+}
+
+/**
+ * addVectors puts vectors in the index under their rowids, replacing those already there; a
+ * compaction's graph gets those of records it has passed (the rest it reads from the records).
+ */
 export function addVectors(state: AnnState, keys: bigint[], vectors: Float32Array[]): void {
   if (keys.length === 0) return;
-  const k = BigUint64Array.from(keys);
-  const present = state.index.contains(k) as boolean[] | boolean;
-  const again = Array.isArray(present) ? k.filter((_, i) => present[i]) : present ? k : new BigUint64Array(0);
-  if (again.length) state.index.remove(again);
-  const flat = new Float32Array(keys.length * state.dimension);
-  for (const [i, v] of vectors.entries()) flat.set(v, i * state.dimension);
-  state.index.add(k, flat, 0);
+  state.removed += put(state.index, state.dimension, keys, vectors);
+  const next = state.next;
+  if (next) {
+    const passed = upTo(next.cursor, keys, vectors);
+    next.removed += put(next.index, state.dimension, passed.keys, passed.values);
+  }
   state.dirty = true;
 }
 
@@ -120,19 +173,41 @@ export function addVectors(state: AnnState, keys: bigint[], vectors: Float32Arra
  * 10, against 1.0 added once).
  */
 export function addWritten(state: AnnState, keys: bigint[], vectors: Float32Array[]): void {
-  const cursor = BigInt(state.cursor);
-  const now = keys.flatMap((k, i) => (state.built || k <= cursor ? [i] : []));
-  addVectors(
-    state,
-    now.map((i) => keys[i]),
-    now.map((i) => vectors[i]),
-  );
+  const now = state.built ? { keys, values: vectors } : upTo(state.cursor, keys, vectors);
+  addVectors(state, now.keys, now.values);
 }
 
 export function removeKeys(state: AnnState, keys: bigint[]): void {
   if (keys.length === 0) return;
-  state.index.remove(BigUint64Array.from(keys));
+  state.removed += drop(state.index, keys);
+  if (state.next) state.next.removed += drop(state.next.index, upTo(state.next.cursor, keys, keys).keys);
   state.dirty = true;
+}
+
+/**
+ * compactStep adds the next records (rowid order, past the compaction's cursor; `part` holds up
+ * to `rows` of them) to the graph a compaction builds, starting one when none is under way. With the
+ * last records added, that graph replaces the index (as searches see it, complete) and is saved
+ * with the next save. Returns true once the compaction is done.
+ */
+export function compactStep(state: AnnState, part: { rowid: number; vector: Float32Array }[], rows: number): boolean {
+  state.next ??= { index: fresh(state.dimension), cursor: 0, removed: 0 };
+  const next = state.next;
+  if (part.length) {
+    next.removed += put(
+      next.index,
+      state.dimension,
+      part.map((r) => BigInt(r.rowid)),
+      part.map((r) => r.vector),
+    );
+    next.cursor = part[part.length - 1].rowid;
+  }
+  if (part.length === rows) return false;
+  state.index = next.index;
+  state.removed = next.removed;
+  state.next = undefined;
+  state.dirty = true;
+  return true;
 }
 
 /** searchAnn returns the rowids of up to k approximate nearest neighbours. */

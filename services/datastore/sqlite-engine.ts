@@ -6,7 +6,19 @@
 import type Database from "better-sqlite3";
 import * as sqliteVec from "sqlite-vec";
 import { openServiceDatabase } from "../shared/db.js";
-import { type AnnState, addVectors, addWritten, annMinDimension, openAnn, removeAnn, removeKeys, saveAnn, searchAnn } from "./ann.js";
+import {
+  type AnnState,
+  addVectors,
+  addWritten,
+  annMinDimension,
+  compactionDue,
+  compactStep,
+  openAnn,
+  removeAnn,
+  removeKeys,
+  saveAnn,
+  searchAnn,
+} from "./ann.js";
 import type { Condition, Scalar } from "./filter.js";
 import {
   annFromDefault,
@@ -181,22 +193,34 @@ export async function openSqliteEngine(file: string, options: SqliteEngineOption
     return state;
   }
 
-  /** rebuildStep adds up to `rows` records past the rebuild's cursor; true once the index is built. */
+  /** recordsAfter reads up to `rows` of a store's records (rowid, vector) past rowid `cursor`, in rowid order. */
+  function recordsAfter(storeId: number, cursor: number, rows: number): { rowid: number; vector: Float32Array }[] {
+    const part = stmt("SELECT rowid, vector FROM records WHERE store_id = ? AND rowid > ? ORDER BY rowid LIMIT ?").all(
+      storeId,
+      cursor,
+      rows,
+    ) as { rowid: number; vector: Buffer }[];
+    return part.map((r) => ({ rowid: r.rowid, vector: floatsOf(r.vector) }));
+  }
+
+  /**
+   * rebuildStep adds up to `rows` records past the rebuild's cursor, or of a built index that
+   * compactionDue to the graph replacing it; true once the index is built (and compacted).
+   */
   function rebuildStep(storeId: number, rows: number): boolean {
     const store = storeById(storeId);
     const state = store && annOf(storeId, store.dimension);
     if (!state) return true;
-    if (state.built) return true;
-    const part = stmt("SELECT rowid, vector FROM records WHERE store_id = ? AND rowid > ? ORDER BY rowid LIMIT ?").all(
-      storeId,
-      state.cursor,
-      rows,
-    ) as { rowid: number; vector: Buffer }[];
+    if (state.built) {
+      if (state.next === undefined && !compactionDue(state)) return true;
+      return compactStep(state, recordsAfter(storeId, state.next?.cursor ?? 0, rows), rows);
+    }
+    const part = recordsAfter(storeId, state.cursor, rows);
     if (part.length) {
       addVectors(
         state,
         part.map((r) => BigInt(r.rowid)),
-        part.map((r) => floatsOf(r.vector)),
+        part.map((r) => r.vector),
       );
       state.cursor = part[part.length - 1].rowid;
     }
@@ -344,9 +368,17 @@ export async function openSqliteEngine(file: string, options: SqliteEngineOption
       for (const [storeId, state] of anns) saveAnn(annFile, storeId, state);
     },
     rebuildStep,
-    /** annPending lists the stores whose ANN index is being rebuilt. */
+    /**
+     * annPending lists the stores whose ANN index is being rebuilt, or is due a compaction (not
+     * while an upload holds the writer: a compaction reads committed records only).
+     */
     annPending(): number[] {
-      return [...anns].filter(([, s]) => !s.built).map(([id]) => id);
+      return [...anns].filter(([, s]) => !s.built || (!upload && (s.next !== undefined || compactionDue(s)))).map(([id]) => id);
+    },
+    /** annStats tells how large a store's ANN graph is, how many removed nodes it keeps, and whether a compaction is under way. */
+    annStats(storeId: number): { size: number; removed: number; compacting: boolean } | undefined {
+      const s = anns.get(storeId);
+      return s && { size: s.index.size(), removed: s.removed, compacting: s.next !== undefined };
     },
     /** openIndexes loads (or starts rebuilding) the ANN index of every store with vectors. */
     openIndexes(): void {
