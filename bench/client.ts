@@ -20,40 +20,45 @@ export interface Caller {
 export function createCaller(baseUrl: string, headers: Record<string, string>, sockets = 64): Caller {
   const url = new URL(baseUrl);
   const agent = new http.Agent({ keepAlive: true, maxSockets: sockets });
+  /** send posts `body` and hands the response to `onResponse`, failing `reject` on a request error. */
+  const send = (path: string, body: string, onResponse: (res: http.IncomingMessage) => void, reject: (e: Error) => void) => {
+    const req = http.request(
+      {
+        host: url.hostname,
+        port: url.port,
+        path,
+        method: "POST",
+        agent,
+        headers: { ...headers, "content-length": Buffer.byteLength(body) },
+      },
+      (res) => {
+        res.on("error", reject);
+        onResponse(res);
+      },
+    );
+    req.on("error", reject);
+    req.end(body);
+  };
   return {
     post(path, body) {
-      return new Promise((resolve, reject) => {
-        const req = http.request(
-          {
-            host: url.hostname,
-            port: url.port,
-            path,
-            method: "POST",
-            agent,
-            headers: { ...headers, "content-length": Buffer.byteLength(body) },
-          },
+      return new Promise((resolve, reject) =>
+        send(
+          path,
+          body,
           (res) => {
             const chunks: Buffer[] = [];
             res.on("data", (c: Buffer) => chunks.push(c));
             res.on("end", () => resolve({ status: res.statusCode ?? 0, body: Buffer.concat(chunks).toString("utf8") }));
-            res.on("error", reject);
           },
-        );
-        req.on("error", reject);
-        req.end(body);
-      });
+          reject,
+        ),
+      );
     },
     firstChunk(path, body) {
-      return new Promise((resolve, reject) => {
-        const req = http.request(
-          {
-            host: url.hostname,
-            port: url.port,
-            path,
-            method: "POST",
-            agent,
-            headers: { ...headers, "content-length": Buffer.byteLength(body) },
-          },
+      return new Promise((resolve, reject) =>
+        send(
+          path,
+          body,
           (res) => {
             const rest = new Promise<void>((done, failed) => {
               res.on("end", done);
@@ -64,12 +69,10 @@ export function createCaller(baseUrl: string, headers: Record<string, string>, s
               res.resume();
             });
             res.once("end", () => resolve({ status: res.statusCode ?? 0, chunk: "", rest }));
-            res.on("error", reject);
           },
-        );
-        req.on("error", reject);
-        req.end(body);
-      });
+          reject,
+        ),
+      );
     },
     close: () => agent.destroy(),
   };
