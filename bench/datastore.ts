@@ -88,6 +88,14 @@ function upload(url: string, apiKey: string, store: string, body: Iterable<Buffe
 
 const ms = (ns: number) => ns / 1e6;
 
+/**
+ * inTurn runs REST's and RPC's search for query q, each first on every other query: the server
+ * reads the same records for both, so neither always finds the pages the other just read.
+ */
+async function inTurn(q: number, rest: () => Promise<void>, rpc: () => Promise<void>): Promise<void> {
+  for (const search of q % 2 === 0 ? [rest, rpc] : [rpc, rest]) await search();
+}
+
 export async function benchDatastore(): Promise<void> {
   const dir = mkdtempSync(join(tmpdir(), "shaker-bench-ds-"));
   const store = await openSqliteEngine(join(dir, "datastore.sqlite"));
@@ -244,13 +252,20 @@ export async function benchDatastore(): Promise<void> {
         const hits = store.keywordSearch(kw.id, w, [], 10);
         st.push(performance.now() - t);
         if (hits.length === 0) throw new Error(`keyword search for ${w} found nothing`);
-        t = performance.now();
-        const r = await caller.post("/v1/datastores/keyword/search", JSON.stringify({ query: w, limit: 10 }));
-        rest.push(performance.now() - t);
-        if (r.status !== 200) throw new Error(`REST search failed: ${r.body}`);
-        t = performance.now();
-        await rpc.search({ store: "keyword", query: w, mode: SearchMode.KEYWORD, limit: 10 }, { headers: rpcHeaders });
-        viaRpc.push(performance.now() - t);
+        await inTurn(
+          q,
+          async () => {
+            const t0 = performance.now();
+            const r = await caller.post("/v1/datastores/keyword/search", JSON.stringify({ query: w, limit: 10 }));
+            rest.push(performance.now() - t0);
+            if (r.status !== 200) throw new Error(`REST search failed: ${r.body}`);
+          },
+          async () => {
+            const t0 = performance.now();
+            await rpc.search({ store: "keyword", query: w, mode: SearchMode.KEYWORD, limit: 10 }, { headers: rpcHeaders });
+            viaRpc.push(performance.now() - t0);
+          },
+        );
         if (q % 20 === 0) {
           t = performance.now();
           store.likeScan(kw.id, w, 10);
@@ -364,13 +379,20 @@ export async function benchDatastore(): Promise<void> {
         agree += want.filter((w) => ids.has(w.id)).length / want.length;
       }
       const vector = Array.from(query);
-      t = performance.now();
-      const r = await caller.post("/v1/datastores/vector/search", JSON.stringify({ mode: "vector", vector, limit: 10 }));
-      restTimes.push(performance.now() - t);
-      if (r.status !== 200) throw new Error(`REST vector search failed: ${r.body}`);
-      t = performance.now();
-      await rpc.search({ store: "vector", vector, mode: SearchMode.VECTOR, limit: 10 }, { headers: rpcHeaders });
-      rpcTimes.push(performance.now() - t);
+      await inTurn(
+        q,
+        async () => {
+          const t0 = performance.now();
+          const r = await caller.post("/v1/datastores/vector/search", JSON.stringify({ mode: "vector", vector, limit: 10 }));
+          restTimes.push(performance.now() - t0);
+          if (r.status !== 200) throw new Error(`REST vector search failed: ${r.body}`);
+        },
+        async () => {
+          const t0 = performance.now();
+          await rpc.search({ store: "vector", vector, mode: SearchMode.VECTOR, limit: 10 }, { headers: rpcHeaders });
+          rpcTimes.push(performance.now() - t0);
+        },
+      );
       if (q % 10 === 0) {
         const f = server2.vectorSearch(row, query, [{ path: ["even"], op: "eq", value: true }], 10);
         if (f.length === 10 && f.every((h) => JSON.parse(h.metadata).even === true)) filteredFull++;

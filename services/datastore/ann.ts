@@ -104,6 +104,7 @@ export function openAnn(file: string | undefined, storeId: number, dimension: nu
   return { index: fresh(dimension), dimension, generation, built: false, cursor: 0, dirty: true, removed: 0 };
 }
 
+/** saveAnn writes a built index and its meta (each to a temporary name, then renamed). */
 export function saveAnn(file: string, storeId: number, state: AnnState): void {
   if (!state.built || !state.dirty) return;
   const path = annPath(file, storeId);
