@@ -269,9 +269,15 @@ export async function startShaker(config: Config): Promise<Shaker> {
     // Runs reach every service through the Executor's Unix socket (a confined run has no network):
     // the services of this process directly, the others forwarded to their URLs. Their ctx calls are
     // traced and journaled on the way, so a resumed run gets their results again.
+    // A call passed on for a run found live here (its token checked against this Executor's runs)
+    // says so, and the service that answers asks no further.
+    const vouch = async (requestHeader: Headers) => {
+      const identity = await auth.identify(requestHeader);
+      return identity.kind === "run" ? auth.vouchFor(identity.claims) : undefined;
+    };
     const runRoutes = (router: ConnectRouter) => {
       for (const name of rpcNames) {
-        const impl = impls[name] ?? forwardingImpl(rpcServices[name] as never, clients[name] as never);
+        const impl = impls[name] ?? forwardingImpl(rpcServices[name] as never, clients[name] as never, vouch);
         router.service(rpcServices[name] as never, impl as never);
       }
     };

@@ -90,4 +90,39 @@ describe("run tokens", () => {
     expect((err as ConnectError).code).toBe(Code.Unauthenticated);
     expect((err as ConnectError).rawMessage).toBe("the run this token was given to has ended");
   });
+  it("takes a run's token without asking whether the run is live when its Executor vouches for it, and only then", async () => {
+    const asked: string[] = [];
+    const tracked = createAuth({
+      serviceSecret: "secret-one",
+      authenticateKey: async () => undefined,
+      runIsLive: (id) => {
+        asked.push(id);
+        return false;
+      },
+    });
+    const token = tracked.mintRunToken(claims(Date.now() + 60_000));
+    const identify = (h: Record<string, string>) =>
+      tracked.identify(new Headers({ authorization: `Bearer ${token}`, ...h })).then(
+        (i) => i,
+        (e: unknown) => ConnectError.from(e),
+      );
+    // Vouched: the run, its claims, and no question asked.
+    const vouched = await identify(tracked.vouchFor(claims(0)));
+    expect(vouched).toMatchObject({ kind: "run", accountId: "acc_a", claims: { run: "run_1" } });
+    expect(asked).toEqual([]);
+    // A voucher naming another run, a voucher without the service credential, or with another
+    // secret's, or a vouched token that is not valid: none is taken.
+    const refusal = (x: unknown) => (x instanceof ConnectError ? x.code : (x as { kind: string }).kind);
+    expect(refusal(await identify({ ...tracked.vouchFor(claims(0)), "x-shaker-live-run": "run_2" }))).toBe(Code.Unauthenticated);
+    expect(refusal(await identify({ "x-shaker-live-run": "run_1" }))).toBe(Code.Unauthenticated);
+    expect(asked).toEqual(["run_1"]);
+    expect(refusal(await identify(other.vouchFor(claims(0))))).toBe(Code.Unauthenticated);
+    const expired = tracked.mintRunToken(claims(Date.now() - 1));
+    const stale = await tracked
+      .identify(new Headers({ authorization: `Bearer ${expired}`, ...tracked.vouchFor(claims(0)) }))
+      .catch((e: unknown) => ConnectError.from(e));
+    expect(refusal(stale)).toBe(Code.Unauthenticated);
+    // The service credential alone is still a service's call.
+    expect(await identify({ "x-shaker-service-token": "secret-one" })).toMatchObject({ kind: "service" });
+  });
 });

@@ -47,7 +47,7 @@ function bodyIsLarge(req: Req, limit: number): boolean {
 /** credentialHeaders are the request's headers a credential is in, as the services read them. */
 function credentialHeaders(req: Req): Headers {
   const out = new Headers();
-  for (const name of [authHeaders.authorization, authHeaders.apiKey, authHeaders.serviceToken, authHeaders.account]) {
+  for (const name of [authHeaders.authorization, authHeaders.apiKey, authHeaders.serviceToken, authHeaders.account, authHeaders.liveRun]) {
     const value = req.headers[name];
     if (typeof value === "string") out.set(name, value);
   }

@@ -7,6 +7,8 @@ export const headers = {
   apiKey: "x-api-key",
   serviceToken: "x-shaker-service-token",
   account: "x-shaker-account",
+  /** liveRun names the run whose token a call carries, sent with the service credential by the Executor that runs it (see vouchFor). */
+  liveRun: "x-shaker-live-run",
 } as const;
 
 /** RunClaims are what a run token lets a workflow's child process do. */
@@ -74,6 +76,13 @@ export interface Auth {
   verifyRunToken(token: string): RunClaims | undefined;
   /** serviceHeaders are the headers of an internal call made on behalf of an account. */
   serviceHeaders(accountId: string): Record<string, string>;
+  /**
+   * vouchFor are the headers an Executor adds to a call it passes on for one of its runs, having
+   * just found the run live: with them, the service that answers takes the run's token without
+   * asking the Executor again (a call made from a run's socket would otherwise cost one more round
+   * trip between the processes). Sent with the run's own token, never instead of it.
+   */
+  vouchFor(claims: RunClaims): Record<string, string>;
 }
 
 function safeEqual(a: string, b: string): boolean {
@@ -139,7 +148,12 @@ export function createAuth(options: AuthOptions): Auth {
       if (!safeEqual(serviceToken, options.serviceSecret)) {
         throw new ConnectError("invalid service credential", Code.Unauthenticated);
       }
-      return { kind: "service", accountId: header.get(headers.account) ?? "" };
+      const vouched = header.get(headers.liveRun);
+      if (vouched === null) return { kind: "service", accountId: header.get(headers.account) ?? "" };
+      // The run's Executor checked that it is live as it passed the call on: its token still has to be valid, and its own.
+      const claims = verifyRunToken(bearerToken(header) ?? "");
+      if (!claims || claims.run !== vouched) throw new ConnectError("invalid or expired run token", Code.Unauthenticated);
+      return { kind: "run", accountId: claims.account, claims };
     }
     const token = bearerToken(header);
     if (!token) {
@@ -160,7 +174,7 @@ export function createAuth(options: AuthOptions): Auth {
 
   return {
     identify(header) {
-      const credential = `${header.get(headers.serviceToken)}\n${header.get(headers.account)}\n${header.get("authorization")}\n${header.get(headers.apiKey)}`;
+      const credential = `${header.get(headers.serviceToken)}\n${header.get(headers.account)}\n${header.get(headers.liveRun)}\n${header.get("authorization")}\n${header.get(headers.apiKey)}`;
       const known = identified.get(header);
       if (known && known.credential === credential) return known.identity;
       const identity = identifyAnew(header);
@@ -174,6 +188,9 @@ export function createAuth(options: AuthOptions): Auth {
     verifyRunToken,
     serviceHeaders(accountId) {
       return { [headers.serviceToken]: options.serviceSecret, [headers.account]: accountId };
+    },
+    vouchFor(claims) {
+      return { [headers.serviceToken]: options.serviceSecret, [headers.liveRun]: claims.run };
     },
   };
 }
