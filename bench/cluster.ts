@@ -10,7 +10,7 @@
 //    one; a fresh database, dropped after): the wall time with two executors against one. Without a
 //    reachable server this part is skipped with a note.
 import { randomBytes } from "node:crypto";
-import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import { mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { createServer, type IncomingMessage, type ServerResponse } from "node:http";
 import type { AddressInfo } from "node:net";
 import { availableParallelism, loadavg, tmpdir } from "node:os";
@@ -31,9 +31,56 @@ def execute(ctx):
 const signed = (ms: number) => (ms >= 0 ? "+" : "-") + fmt(Math.abs(ms));
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
+/** CpuMs is the CPU time, in ms, of one `shaker serve` (node) and of the Python processes under it. */
+interface CpuMs {
+  node: number;
+  python: number;
+}
+
+/**
+ * cpuOf reads /proc for the CPU time of each server process and of its Python descendants (workers,
+ * fork servers, and the runs they reaped). Only where there is a /proc: elsewhere, undefined.
+ */
+function cpuOf(pids: number[]): Map<number, CpuMs> | undefined {
+  const tick = 10; // ms per clock tick (USER_HZ is 100 on Linux)
+  const all = new Map<number, { ppid: number; self: number; reaped: number }>();
+  try {
+    for (const name of readdirSync("/proc")) {
+      if (!/^\d+$/.test(name)) continue;
+      try {
+        const stat = readFileSync(`/proc/${name}/stat`, "utf8");
+        const f = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
+        all.set(Number(name), { ppid: Number(f[1]), self: Number(f[11]) + Number(f[12]), reaped: Number(f[13]) + Number(f[14]) });
+      } catch {
+        // gone meanwhile
+      }
+    }
+  } catch {
+    return undefined;
+  }
+  const out = new Map<number, CpuMs>();
+  for (const pid of pids) {
+    const own = all.get(pid);
+    if (!own) continue;
+    const cpu = { node: own.self * tick, python: 0 };
+    const under = (parent: number) => {
+      for (const [child, p] of all) {
+        if (p.ppid !== parent) continue;
+        cpu.python += (p.self + p.reaped) * tick;
+        under(child);
+      }
+    };
+    under(pid);
+    out.set(pid, cpu);
+  }
+  return out;
+}
+
 /** Processes started by this benchmark, stopped when it ends whatever happened. */
 class Processes {
   private all: ServerProcess[] = [];
+  /** named are the running servers by the name they were started with. */
+  readonly named = new Map<string, ServerProcess>();
   readonly dir = mkdtempSync(join(tmpdir(), "shaker-bench-cluster-"));
 
   /** start runs `shaker serve` with this environment, in a data directory of its own named `name`. */
@@ -45,12 +92,40 @@ class Processes {
       SHAKER_DATA_DIR: join(this.dir, name),
     });
     this.all.push(server);
+    this.named.set(name, server);
     return server;
   }
 
   async stop(server: ServerProcess): Promise<void> {
     this.all = this.all.filter((s) => s !== server);
+    for (const [name, s] of this.named) if (s === server) this.named.delete(name);
     await stopServerProcess(server, "SIGTERM");
+  }
+
+  /** cpu is the CPU time of every running server (and its Python processes) now. */
+  cpu(): Map<string, CpuMs> {
+    const byPid = cpuOf([...this.named.values()].map((s) => s.proc.pid!));
+    const out = new Map<string, CpuMs>();
+    for (const [name, s] of this.named) {
+      const cpu = byPid?.get(s.proc.pid!);
+      if (cpu) out.set(name, cpu);
+    }
+    return out;
+  }
+
+  /** cpuPerRun says what `runs` runs cost each process since `before` (from cpu()), in ms of CPU per run. */
+  cpuPerRun(before: Map<string, CpuMs>, runs: number): string {
+    const parts: string[] = [];
+    let total = 0;
+    for (const [name, now] of this.cpu()) {
+      const was = before.get(name);
+      if (!was) continue;
+      const node = (now.node - was.node) / runs;
+      const python = (now.python - was.python) / runs;
+      total += node + python;
+      parts.push(`${name} ${node.toFixed(1)}${python > 0 ? ` + Python ${python.toFixed(1)}` : ""}`);
+    }
+    return parts.length > 0 ? `CPU per run (ms): ${parts.join(", ")}; ${total.toFixed(1)} in all` : "";
   }
 
   async close(): Promise<void> {
@@ -326,7 +401,9 @@ async function benchExecutorScaling(): Promise<void> {
       await sleep(2 * heartbeatMs);
       const load0 = loadavg()[0];
       upstream.peak = 0;
+      const cpu0 = processes.cpu();
       const b = await burst(edge.url, runs);
+      const cpu = processes.cpuPerRun(cpu0, runs);
       const spread = await executorsOf(edge.url, b.runIds);
       const a = summary(b.attemptMs);
       process.stdout.write(
@@ -335,7 +412,8 @@ async function benchExecutorScaling(): Promise<void> {
           `${b.limited} × 429 (${(b.waitedMs / 1000).toFixed(0)} s of Retry-After over all runs); ` +
           `runs by executor ${JSON.stringify(spread)}, at most ${upstream.peak} model calls at once; load ${load0.toFixed(1)}→${loadavg()[0].toFixed(1)}` +
           (b.errors.length > 0 ? `; ${b.errors.length} errors, first: ${b.errors[0]}` : "") +
-          "\n",
+          "\n" +
+          (cpu ? `  ${cpu} (the servers only: not PostgreSQL, this client or the model server)\n` : ""),
       );
       if (a.p50 > 2 * delayMs) {
         process.stdout.write(
