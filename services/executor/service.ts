@@ -392,11 +392,11 @@ export function createExecutorService(options: ExecutorServiceOptions) {
    * never stored, so it runs here, where they are.
    */
   async function newRun(caller: Caller, inv: Invocation, how: How, idempotencyKey: string): Promise<Target> {
+    const version = await resolve(caller.accountId, inv);
     if (how.queue && options.liveExecutors && !caller.parent && Object.keys(inv.secrets).length === 0 && !listenOverride(inv)) {
-      const version = await resolve(caller.accountId, inv);
       if (version.executionMode === ExecutionMode.ASYNC) return { row: await enqueue(caller, inv, version, idempotencyKey) };
     }
-    return { live: await launchNew(caller, inv, how, idempotencyKey) };
+    return { live: await launchNew(caller, inv, version, how, idempotencyKey) };
   }
 
   /** enqueue records an async run as queued, for any executor to claim. */
@@ -510,9 +510,8 @@ export function createExecutorService(options: ExecutorServiceOptions) {
     return true;
   }
 
-  /** launchNew checks and admits a new run and launches it. */
-  async function launchNew(caller: Caller, inv: Invocation, how: How, idempotencyKey: string): Promise<LiveRun> {
-    const version = await resolve(caller.accountId, inv);
+  /** launchNew checks and admits a new run of `version` and launches it. */
+  async function launchNew(caller: Caller, inv: Invocation, version: WorkflowVersion, how: How, idempotencyKey: string): Promise<LiveRun> {
     const input = inputOf(inv, version, caller.parent !== undefined);
     const secretValues = secretsOf(caller, inv);
     const release = admission.admit(caller.accountId);
