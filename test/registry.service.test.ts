@@ -17,14 +17,15 @@ const serviceSecret = "registry-service-test-secret";
 const database = await testStoreLocation();
 const store = await createRegistryStore(database.location);
 const liveRuns = new Set<string>();
-const registry = createRegistryService({
+const registryOptions = {
   store,
   serviceSecret,
   python: process.env.SHAKER_PYTHON ?? "python3",
   defaultTimeoutSeconds: 300,
   maxTimeoutSeconds: 600,
-  runIsLive: (runId) => liveRuns.has(runId),
-});
+  runIsLive: (runId: string) => liveRuns.has(runId),
+};
+const registry = createRegistryService(registryOptions);
 const client = createClient(
   RegistryService,
   createRouterTransport((router) => router.service(RegistryService, registry.impl)),
@@ -252,6 +253,42 @@ describe("workflows and versions", () => {
     await client.uploadWorkflow({ workflowRefName: "draft-only", script: says("d"), publishVersion: false }, as(key));
     expect(await refusal(client.resolveWorkflow({ workflowRefName: "draft-only" }, as(key)))).toBe(Code.NotFound);
     expect((await client.getWorkflow({ workflowRefName: "draft-only" }, as(key))).workflow!.latestVersion).toBe("");
+  });
+
+  it("reads a workflow once for the invokes that miss its cached version together, and afresh after an upload", async () => {
+    // A Registry of its own, over the same store, counting the store's reads of latest versions.
+    let reads = 0;
+    const counted = new Proxy(store, {
+      get(target, name, receiver) {
+        const value = Reflect.get(target, name, receiver);
+        if (name !== "latestVersion") return typeof value === "function" ? value.bind(target) : value;
+        return (...args: unknown[]) => {
+          reads++;
+          return (value as (...a: unknown[]) => unknown).apply(target, args);
+        };
+      },
+    });
+    const own = createRegistryService({ ...registryOptions, store: counted });
+    const ownClient = createClient(RegistryService, createRouterTransport((router) => router.service(RegistryService, own.impl)));
+    try {
+      const { key } = await newAccount("herd");
+      await ownClient.uploadWorkflow({ workflowRefName: "herd", script: says("one") }, as(key));
+      const resolveAll = () =>
+        Promise.all(Array.from({ length: 20 }, () => ownClient.resolveWorkflow({ workflowRefName: "herd" }, as(key))));
+      const before = reads;
+      const first = await resolveAll();
+      expect(first.map((r) => r.version!.script)).toEqual(Array(20).fill(says("one")));
+      expect(reads - before).toBe(1);
+      // An upload made while a read is in flight: the invokes after it read again, and see it.
+      const stale = resolveAll();
+      const upload = ownClient.uploadWorkflow({ workflowRefName: "herd", script: says("two") }, as(key));
+      await upload;
+      await stale;
+      const after = await resolveAll();
+      expect(after.map((r) => r.version!.script)).toEqual(Array(20).fill(says("two")));
+    } finally {
+      own.close();
+    }
   });
 
   it("resolves what was uploaded last, and a deleted workflow only by version id (for runs in flight)", async () => {

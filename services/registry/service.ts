@@ -211,6 +211,8 @@ export function createRegistryService(options: RegistryServiceOptions): Registry
   let resolvedSince = 0;
   // Counts the forgettings: what was read across one may predate it, and is not kept.
   let forgotten = 0;
+  /** resolving are the reads in flight, by the same key, with the forgetting they started after. */
+  const resolving = new Map<string, { after: number; read: Promise<WorkflowVersion> }>();
   function forgetResolved(): void {
     resolved.clear();
     resolvedScriptBytes = 0;
@@ -392,17 +394,29 @@ export function createRegistryService(options: RegistryServiceOptions): Registry
       // Every invoke resolves its workflow: what was resolved is kept while it is current.
       const key = `${accountId}\n${req.versionId}\n${req.workflowRefName}\n${req.version}`;
       if (!resolvedCurrent()) forgetResolved();
-      let version = resolved.get(key);
-      if (!version) {
+      const version = resolved.get(key);
+      if (version) return { version };
+      // The invokes that miss together (every one in flight when the cache was forgotten) share one read.
+      let reading = resolving.get(key);
+      if (!reading || reading.after !== forgotten) {
         const readAfter = forgotten;
-        version = create(WorkflowVersionSchema, await resolve(accountId, req.workflowRefName, req.version, req.versionId));
-        if (readAfter === forgotten && resolvedCurrent()) {
-          if (resolved.size >= maxResolved || resolvedScriptBytes + version.script.length > maxResolvedScriptBytes) forgetResolved();
-          resolved.set(key, version);
-          resolvedScriptBytes += version.script.length;
-        }
+        const read = (async () => {
+          const version = create(WorkflowVersionSchema, await resolve(accountId, req.workflowRefName, req.version, req.versionId));
+          if (readAfter === forgotten && resolvedCurrent()) {
+            if (resolved.size >= maxResolved || resolvedScriptBytes + version.script.length > maxResolvedScriptBytes) forgetResolved();
+            resolved.set(key, version);
+            resolvedScriptBytes += version.script.length;
+          }
+          return version;
+        })();
+        reading = { after: readAfter, read };
+        resolving.set(key, reading);
+        const settled = () => {
+          if (resolving.get(key)?.read === read) resolving.delete(key);
+        };
+        read.then(settled, settled);
       }
-      return { version };
+      return { version: await reading.read };
     },
 
     async getAccessory(req, ctx) {
