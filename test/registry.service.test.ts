@@ -269,7 +269,10 @@ describe("workflows and versions", () => {
       },
     });
     const own = createRegistryService({ ...registryOptions, store: counted });
-    const ownClient = createClient(RegistryService, createRouterTransport((router) => router.service(RegistryService, own.impl)));
+    const ownClient = createClient(
+      RegistryService,
+      createRouterTransport((router) => router.service(RegistryService, own.impl)),
+    );
     try {
       const { key } = await newAccount("herd");
       await ownClient.uploadWorkflow({ workflowRefName: "herd", script: says("one") }, as(key));
