@@ -86,6 +86,35 @@ describe("Executor store", () => {
     expect((await store.run("acc", "run_b"))?.status).toBe(RunStatus.SUCCEEDED);
   });
 
+  it("writes the journal entries and the ends of several runs made in one turn together, in the order made", async () => {
+    // An account of their own: the listings below count the other runs.
+    for (const [i, id] of ["run_h", "run_i", "run_j"].entries())
+      store.insertRun(start(id, 1_700_000_000_040 + i, { accountId: "acc_batch" }));
+    await store.run("acc_batch", "run_h");
+    // One turn: entries of three runs (one call written twice: the later wins), two ends that forget
+    // their journals and one that keeps it, then an entry after the ends.
+    const written = [
+      store.writeJournal(entry("run_h", 0)),
+      store.writeJournal(entry("run_i", 0)),
+      store.writeJournal(entry("run_i", 1)),
+      store.writeJournal(entry("run_j", 0)),
+      store.writeJournal({ ...entry("run_j", 0, "svc/Again") }),
+    ];
+    store.finishRun("run_h", end, true);
+    store.finishRun("run_i", { ...end, status: RunStatus.FAILED }, true);
+    store.finishRun("run_j", end, false);
+    const after = store.writeJournal(entry("run_j", 1));
+    await Promise.all([...written, after]);
+    expect(await store.journalEntry("run_h", 0)).toBeUndefined();
+    expect(await store.journalEntry("run_i", 0)).toBeUndefined();
+    expect(await store.journalEntry("run_i", 1)).toBeUndefined();
+    expect((await store.journalEntry("run_j", 0))?.method).toBe("svc/Again");
+    expect(await store.journalEntry("run_j", 1)).toEqual(entry("run_j", 1));
+    expect((await store.run("acc_batch", "run_h"))?.status).toBe(RunStatus.SUCCEEDED);
+    expect((await store.run("acc_batch", "run_i"))?.status).toBe(RunStatus.FAILED);
+    expect((await store.run("acc_batch", "run_j"))?.status).toBe(RunStatus.SUCCEEDED);
+  });
+
   it("keeps a journal entry per call, the latest written, and cuts the journal from a sequence number", async () => {
     store.insertRun(start("run_c", 1_700_000_000_003));
     for (const seq of [0, 1, 2]) await store.writeJournal(entry("run_c", seq));

@@ -1,5 +1,5 @@
 import type Database from "better-sqlite3";
-import { and, desc, eq, gte, inArray, lte, ne, notInArray, type SQL, sql } from "drizzle-orm";
+import { and, desc, eq, getTableColumns, gte, inArray, lte, ne, notInArray, type SQL, sql } from "drizzle-orm";
 import { drizzle } from "drizzle-orm/better-sqlite3";
 import { RunStatus } from "../../gen/shaker/executor/v1/executor_pb.js";
 import { type Orm, openServiceDatabase } from "../shared/db.js";
@@ -97,6 +97,9 @@ function sqliteRunWrites(sqlite: Database.Database) {
   };
 }
 
+/** RunEnd is what a run ended with, as its row is updated. */
+type RunEnd = Pick<NewRun, FinishColumn> & { id: string; attempt: number };
+
 /** The statuses of a run in flight: queued or running (or interrupted, until it resumes or fails). */
 const inFlight = [RunStatus.QUEUED, RunStatus.RUNNING];
 
@@ -114,7 +117,12 @@ export interface RunFilter {
  * Write is one of the store's writes, made in order with all the others: a run's start (its row),
  * or any other.
  */
-type Write = ({ start: NewRun } | { apply(tx: Orm<typeof schema>): Promise<unknown> }) & {
+type Write = (
+  | { start: NewRun }
+  | { journal: JournalEntry }
+  | { finish: RunEnd; forget: boolean }
+  | { apply(tx: Orm<typeof schema>): Promise<unknown> }
+) & {
   /** what names a write nobody waits for, for the log when it fails. */
   what?: string;
   /** error is why the write failed, for the caller who waits for it. */
@@ -133,6 +141,12 @@ export async function createExecutorStore(location: string, options: { poolSize?
   const { orm } = db;
   const { runs, runCalls } = db.tables;
   const prepared = db.sqlite && sqliteRunWrites(db.sqlite);
+  // A journal entry written again (its call made again by a resumed run) takes the new answer.
+  const journalUpdate = Object.fromEntries(
+    Object.entries(getTableColumns(runCalls))
+      .filter(([key]) => key !== "runId" && key !== "seq")
+      .map(([key, column]) => [key, sql.raw(`excluded."${column.name}"`)]),
+  );
 
   // Every write goes through one queue, in order, in batches of one transaction each. A run's row is
   // written while its child starts, and its end after its caller has the result (its response leaves
@@ -158,7 +172,50 @@ export async function createExecutorStore(location: string, options: { poolSize?
     if (prepared) for (const row of starts) prepared.start.run(row);
     // A PostgreSQL statement takes at most 65,535 parameters: 21 a row.
     else for (let i = 0; i < starts.length; i += 1000) await tx.insert(runs).values(starts.slice(i, i + 1000));
-    for (const w of writes) if ("apply" in w) await w.apply(tx);
+    // The rest in order; writes of one kind that follow each other share statements (each statement
+    // is a round trip to PostgreSQL: under load a batch holds the journal entries and the ends of
+    // several runs).
+    for (let i = 0; i < writes.length; ) {
+      const w = writes[i];
+      let j = i + 1;
+      if ("journal" in w) {
+        while (j < writes.length && "journal" in writes[j]) j++;
+        await journalAll(
+          tx,
+          writes.slice(i, j).map((x) => (x as { journal: JournalEntry }).journal),
+        );
+      } else if ("finish" in w) {
+        while (j < writes.length && "finish" in writes[j]) j++;
+        await finishAll(tx, writes.slice(i, j) as { finish: RunEnd; forget: boolean }[]);
+      } else if ("apply" in w) await w.apply(tx);
+      i = j;
+    }
+  }
+  /** journalAll writes journal entries in one statement (the last of any two for the same call). */
+  async function journalAll(tx: Orm<typeof schema>, entries: JournalEntry[]): Promise<void> {
+    const byCall = new Map(entries.map((e) => [`${e.runId}\n${e.seq}`, e]));
+    const rows = [...byCall.values()];
+    // 6 parameters a row, under PostgreSQL's 65,535.
+    for (let i = 0; i < rows.length; i += 5000) {
+      await tx
+        .insert(runCalls)
+        .values(rows.slice(i, i + 5000))
+        .onConflictDoUpdate({ target: [runCalls.runId, runCalls.seq], set: journalUpdate });
+    }
+  }
+  /** finishAll writes the ends of runs, then drops the journals of those that asked, in one statement. */
+  async function finishAll(tx: Orm<typeof schema>, ends: { finish: RunEnd; forget: boolean }[]): Promise<void> {
+    for (const { finish } of ends) {
+      const { id, ...values } = finish;
+      if (prepared) prepared.end.run(finish);
+      else
+        await tx
+          .update(runs)
+          .set(values)
+          .where(and(eq(runs.id, id), lte(runs.attempt, values.attempt)));
+    }
+    const forget = ends.filter((e) => e.forget).map((e) => e.finish.id);
+    for (let i = 0; i < forget.length; i += 10_000) await tx.delete(runCalls).where(inArray(runCalls.runId, forget.slice(i, i + 10_000)));
   }
   async function writeBatch(writes: Write[]): Promise<void> {
     try {
@@ -192,8 +249,8 @@ export async function createExecutorStore(location: string, options: { poolSize?
     if (pending.length === 1) setImmediate(flush);
   }
   /** now writes at once (with what is pending before it), and settles once it is written; it throws when it failed. */
-  async function now(apply: (tx: Orm<typeof schema>) => Promise<unknown>): Promise<void> {
-    const w: Write = { apply };
+  async function now(write: ((tx: Orm<typeof schema>) => Promise<unknown>) | { journal: JournalEntry }): Promise<void> {
+    const w: Write = typeof write === "function" ? { apply: write } : write;
     pending.push(w);
     await flush();
     if (w.error) throw w.error;
@@ -222,18 +279,7 @@ export async function createExecutorStore(location: string, options: { poolSize?
       forget = false,
     ): void {
       const values = { attempt: 1, attempts: null, unjournaledCalls: 0, ...fields };
-      later({
-        what: `the end of run ${id}`,
-        apply: async (tx) => {
-          if (prepared) prepared.end.run({ ...values, id });
-          else
-            await tx
-              .update(runs)
-              .set(values)
-              .where(and(eq(runs.id, id), lte(runs.attempt, values.attempt)));
-          if (forget) await forgetJournal(tx, id);
-        },
-      });
+      later({ what: `the end of run ${id}`, finish: { ...values, id }, forget });
     },
     /** runByKey is the latest run of an account with an idempotency key, created at `since` or later. */
     async runByKey(accountId: string, idempotencyKey: string, since: number): Promise<RunRow | undefined> {
@@ -361,13 +407,7 @@ export async function createExecutorStore(location: string, options: { poolSize?
     },
     /** writeJournal journals a call durably: it settles once the entry (and the run's row before it) is written. */
     writeJournal(e: JournalEntry): Promise<void> {
-      const { runId, seq, ...rest } = e;
-      return now((tx) =>
-        tx
-          .insert(runCalls)
-          .values(e)
-          .onConflictDoUpdate({ target: [runCalls.runId, runCalls.seq], set: rest }),
-      );
+      return now({ journal: e });
     },
     /** truncateJournal drops a run's entries from a sequence number on: replay stopped there. */
     truncateJournal(runId: string, fromSeq: number): Promise<void> {
