@@ -125,4 +125,27 @@ describe("run tokens", () => {
     // The service credential alone is still a service's call.
     expect(await identify({ "x-shaker-service-token": "secret-one" })).toMatchObject({ kind: "service" });
   });
+  it("looks an API key up once for the requests that miss its cached owner together, and again once that look-up is over", async () => {
+    let lookups = 0;
+    const keyed = createAuth({
+      serviceSecret: "secret-one",
+      keyCacheMs: 0,
+      authenticateKey: async (key) => {
+        lookups++;
+        await new Promise((r) => setTimeout(r, 20));
+        return key === "sk-good" ? { accountId: "acc_a", admin: false, keyId: "key_1" } : undefined;
+      },
+    });
+    const identify = (key: string) =>
+      keyed.identify(new Headers({ authorization: `Bearer ${key}` })).then(
+        (i) => i.accountId,
+        (e: unknown) => ConnectError.from(e).code,
+      );
+    expect(await Promise.all(Array.from({ length: 10 }, () => identify("sk-good")))).toEqual(Array(10).fill("acc_a"));
+    expect(lookups).toBe(1);
+    expect(await Promise.all([identify("sk-bad"), identify("sk-bad")])).toEqual([Code.Unauthenticated, Code.Unauthenticated]);
+    expect(lookups).toBe(2);
+    expect(await identify("sk-good")).toBe("acc_a");
+    expect(lookups).toBe(3);
+  });
 });

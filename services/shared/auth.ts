@@ -126,16 +126,26 @@ export function createAuth(options: AuthOptions): Auth {
     }
   }
 
+  // The look-ups in flight: the requests that find a key's cached owner gone together share one.
+  const looking = new Map<string, Promise<KeyOwner | undefined>>();
   async function ownerOf(apiKey: string): Promise<KeyOwner | undefined> {
     const now = Date.now();
     const cached = keyCache.get(apiKey);
     if (cached && cached.until > now) return cached.owner;
-    const owner = await options.authenticateKey(apiKey);
-    if (owner && cacheMs > 0) {
-      if (keyCache.size > 10_000) keyCache.clear();
-      keyCache.set(apiKey, { owner, until: now + cacheMs });
+    let lookup = looking.get(apiKey);
+    if (!lookup) {
+      lookup = options.authenticateKey(apiKey).then((owner) => {
+        if (owner && cacheMs > 0) {
+          if (keyCache.size > 10_000) keyCache.clear();
+          keyCache.set(apiKey, { owner, until: now + cacheMs });
+        }
+        return owner;
+      });
+      looking.set(apiKey, lookup);
+      const settled = () => looking.delete(apiKey);
+      lookup.then(settled, settled);
     }
-    return owner;
+    return lookup;
   }
 
   // One request is identified once, however many of its interceptors and its handler ask: the
