@@ -103,6 +103,11 @@ describe("Executor store", () => {
     store.finishRun("run_h", end, true);
     store.finishRun("run_i", { ...end, status: RunStatus.FAILED }, true);
     store.finishRun("run_j", end, false);
+    // An end from attempt 1 of a run another executor resumed (attempt 2) leaves it as it is, in the
+    // same statement, and the journal of attempt 2 with it.
+    store.insertRun(start("run_k", 1_700_000_000_043, { accountId: "acc_batch", attempt: 2 }));
+    written.push(store.writeJournal(entry("run_k", 0)));
+    store.finishRun("run_k", { ...end, attempt: 1 }, true);
     const after = store.writeJournal(entry("run_j", 1));
     await Promise.all([...written, after]);
     expect(await store.journalEntry("run_h", 0)).toBeUndefined();
@@ -113,6 +118,8 @@ describe("Executor store", () => {
     expect((await store.run("acc_batch", "run_h"))?.status).toBe(RunStatus.SUCCEEDED);
     expect((await store.run("acc_batch", "run_i"))?.status).toBe(RunStatus.FAILED);
     expect((await store.run("acc_batch", "run_j"))?.status).toBe(RunStatus.SUCCEEDED);
+    expect(await store.run("acc_batch", "run_k")).toMatchObject({ status: RunStatus.RUNNING, attempt: 2, finishedAt: null });
+    expect(await store.journalEntry("run_k", 0)).toEqual(entry("run_k", 0));
   });
 
   it("keeps a journal entry per call, the latest written, and cuts the journal from a sequence number", async () => {

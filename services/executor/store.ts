@@ -100,6 +100,40 @@ function sqliteRunWrites(sqlite: Database.Database) {
 /** RunEnd is what a run ended with, as its row is updated. */
 type RunEnd = Pick<NewRun, FinishColumn> & { id: string; attempt: number };
 
+/** endColumns are the columns a run's end writes on PostgreSQL, its id first, each with its type there. */
+const endColumns = (["id", ...finishColumns] as const).map((key) => {
+  const column = pgSchema.runs[key];
+  return { key, column, name: sql.identifier(column.name), type: sql.raw(column.getSQLType()) };
+});
+
+/**
+ * updateEnds writes the ends of runs on PostgreSQL in one UPDATE, each run's row from its own line
+ * of a VALUES list (typed there: parameters in a VALUES list have none), and, as one run's end
+ * does, not over an attempt another executor took over from this one (a later attempt).
+ */
+function updateEnds(ends: RunEnd[]): SQL {
+  const line = (end: RunEnd) =>
+    sql`(${sql.join(
+      endColumns.map(({ key, column, type }) => {
+        const value = end[key] ?? null;
+        return sql`${value === null ? null : column.mapToDriverValue(value)}::${type}`;
+      }),
+      sql`, `,
+    )})`;
+  const set = sql.join(
+    endColumns.slice(1).map(({ name }) => sql`${name} = v.${name}`),
+    sql`, `,
+  );
+  const names = sql.join(
+    endColumns.map(({ name }) => name),
+    sql`, `,
+  );
+  const { runs } = pgSchema;
+  return sql`update ${runs} set ${set} from (values ${sql.join(ends.map(line), sql`, `)}) as v(${names})
+    where ${runs.id} = v.${sql.identifier(runs.id.name)} and ${runs.attempt} <= v.${sql.identifier(runs.attempt.name)}
+    returning ${runs.id} as id`;
+}
+
 /** The statuses of a run in flight: queued or running (or interrupted, until it resumes or fails). */
 const inFlight = [RunStatus.QUEUED, RunStatus.RUNNING];
 
@@ -205,16 +239,21 @@ export async function createExecutorStore(location: string, options: { poolSize?
   }
   /** finishAll writes the ends of runs, then drops the journals of those that asked, in one statement. */
   async function finishAll(tx: Orm<typeof schema>, ends: { finish: RunEnd; forget: boolean }[]): Promise<void> {
-    for (const { finish } of ends) {
-      const { id, ...values } = finish;
-      if (prepared) prepared.end.run(finish);
-      else
-        await tx
-          .update(runs)
-          .set(values)
-          .where(and(eq(runs.id, id), lte(runs.attempt, values.attempt)));
+    // The runs whose end was written: an end from an attempt another executor took over is not, and
+    // the journal of that later attempt stays.
+    const ended = new Set<string>();
+    if (prepared) {
+      for (const { finish } of ends) if (prepared.end.run(finish).changes > 0) ended.add(finish.id);
+    } else {
+      // On PostgreSQL (tx is drizzle's pg transaction there, typed as SQLite's): one statement for
+      // them all, 15 parameters a row.
+      const pgTx = tx as unknown as { execute(query: SQL): Promise<{ rows: { id: string }[] }> };
+      for (let i = 0; i < ends.length; i += 4000) {
+        const { rows } = await pgTx.execute(updateEnds(ends.slice(i, i + 4000).map((e) => e.finish)));
+        for (const row of rows) ended.add(row.id);
+      }
     }
-    const forget = ends.filter((e) => e.forget).map((e) => e.finish.id);
+    const forget = ends.filter((e) => e.forget && ended.has(e.finish.id)).map((e) => e.finish.id);
     for (let i = 0; i < forget.length; i += 10_000) await tx.delete(runCalls).where(inArray(runCalls.runId, forget.slice(i, i + 10_000)));
   }
   async function writeBatch(writes: Write[]): Promise<void> {
