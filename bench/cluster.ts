@@ -39,18 +39,25 @@ interface CpuMs {
 
 /**
  * cpuOf reads /proc for the CPU time of each server process and of its Python descendants (workers,
- * fork servers, and the runs they reaped). Only where there is a /proc: elsewhere, undefined.
+ * fork servers, and the runs they reaped), and of the PostgreSQL backends serving `database` (when
+ * the server runs on this machine). Only where there is a /proc: elsewhere, undefined.
  */
-function cpuOf(pids: number[]): Map<number, CpuMs> | undefined {
+function cpuOf(pids: number[], database?: string): { byPid: Map<number, CpuMs>; postgres: number } | undefined {
   const tick = 10; // ms per clock tick (USER_HZ is 100 on Linux)
   const all = new Map<number, { ppid: number; self: number; reaped: number }>();
+  let postgres = 0;
   try {
     for (const name of readdirSync("/proc")) {
       if (!/^\d+$/.test(name)) continue;
       try {
         const stat = readFileSync(`/proc/${name}/stat`, "utf8");
         const f = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
-        all.set(Number(name), { ppid: Number(f[1]), self: Number(f[11]) + Number(f[12]), reaped: Number(f[13]) + Number(f[14]) });
+        const self = Number(f[11]) + Number(f[12]);
+        all.set(Number(name), { ppid: Number(f[1]), self, reaped: Number(f[13]) + Number(f[14]) });
+        // A backend's command line is "postgres: [<cluster>: ]<user> <database> <client> <state>".
+        if (database && stat.includes("(postgres)") && readFileSync(`/proc/${name}/cmdline`, "utf8").split(" ").includes(database)) {
+          postgres += self * tick;
+        }
       } catch {
         // gone meanwhile
       }
@@ -73,7 +80,7 @@ function cpuOf(pids: number[]): Map<number, CpuMs> | undefined {
     under(pid);
     out.set(pid, cpu);
   }
-  return out;
+  return { byPid: out, postgres };
 }
 
 /** Processes started by this benchmark, stopped when it ends whatever happened. */
@@ -82,6 +89,8 @@ class Processes {
   /** named are the running servers by the name they were started with. */
   readonly named = new Map<string, ServerProcess>();
   readonly dir = mkdtempSync(join(tmpdir(), "shaker-bench-cluster-"));
+  /** database is the PostgreSQL database the servers share, whose backends cpu() counts too. */
+  database?: string;
 
   /** start runs `shaker serve` with this environment, in a data directory of its own named `name`. */
   async start(name: string, env: Record<string, string>, port?: number): Promise<ServerProcess> {
@@ -104,12 +113,16 @@ class Processes {
 
   /** cpu is the CPU time of every running server (and its Python processes) now. */
   cpu(): Map<string, CpuMs> {
-    const byPid = cpuOf([...this.named.values()].map((s) => s.proc.pid!));
+    const read = cpuOf(
+      [...this.named.values()].map((s) => s.proc.pid!),
+      this.database,
+    );
     const out = new Map<string, CpuMs>();
     for (const [name, s] of this.named) {
-      const cpu = byPid?.get(s.proc.pid!);
+      const cpu = read?.byPid.get(s.proc.pid!);
       if (cpu) out.set(name, cpu);
     }
+    if (read && this.database) out.set("PostgreSQL", { node: read.postgres, python: 0 });
     return out;
   }
 
@@ -351,6 +364,7 @@ async function benchExecutorScaling(): Promise<void> {
   const database = await postgresDatabase(process.env.SHAKER_BENCH_DATABASE_URL ?? "postgres://postgres@127.0.0.1:5432/test");
   if (!database) return;
   const processes = new Processes();
+  processes.database = new URL(database.url).pathname.slice(1);
   const delayMs = 1000;
   const runs = Number(process.env.BENCH_CLUSTER_RUNS ?? 400);
   // The issue's case is a cap of 100; a small cap (BENCH_CLUSTER_CAP=10) shows what a second
@@ -413,7 +427,7 @@ async function benchExecutorScaling(): Promise<void> {
           `runs by executor ${JSON.stringify(spread)}, at most ${upstream.peak} model calls at once; load ${load0.toFixed(1)}→${loadavg()[0].toFixed(1)}` +
           (b.errors.length > 0 ? `; ${b.errors.length} errors, first: ${b.errors[0]}` : "") +
           "\n" +
-          (cpu ? `  ${cpu} (the servers only: not PostgreSQL, this client or the model server)\n` : ""),
+          (cpu ? `  ${cpu} (not this client or the model server)\n` : ""),
       );
       if (a.p50 > 2 * delayMs) {
         process.stdout.write(
