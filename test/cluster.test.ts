@@ -129,6 +129,84 @@ describe("executorRouter", () => {
     expect(chosen).toEqual(["exec-2", "exec-2", "exec-1", "exec-2", "exec-1", "exec-2"]);
   });
 
+  it("refuses a start at once when every live executor runs its capacity of this process's runs, until one ends", async () => {
+    // Executors whose runs last until released, counting the starts they get.
+    const calls: Record<string, number> = {};
+    const holds: (() => void)[] = [];
+    let endStream = () => {};
+    const streamEnds = new Promise<void>((r) => {
+      endStream = r;
+    });
+    const holding = (id: string): Transport =>
+      createRouterTransport((router) =>
+        router.service(ExecutorService, {
+          startRun: async () => {
+            calls[id] = (calls[id] ?? 0) + 1;
+            await new Promise<void>((r) => holds.push(r));
+            return { started: { runId: id } };
+          },
+          async *runStream() {
+            calls[id] = (calls[id] ?? 0) + 1;
+            yield { event: { case: "started", value: { runId: id } } };
+            await streamEnds;
+          },
+        }),
+      );
+    const held = { "exec-1": holding("exec-1"), "exec-2": holding("exec-2") } as Record<string, Transport>;
+    const nodes = [live("exec-1", 0, 2), live("exec-2", 0, 1)];
+    const router = createClient(
+      ExecutorService,
+      executorRouter({ nodes: () => nodes, transportFor: (n) => held[n.id]!, fallback: undefined }),
+    );
+    // Two unary starts and a stream fill both executors.
+    const first = [router.startRun({}), router.startRun({})];
+    const stream = router.runStream({})[Symbol.asyncIterator]();
+    expect((await stream.next()).value?.event.value.runId).toBeDefined();
+    await new Promise((r) => setTimeout(r, 10));
+    expect(calls).toEqual({ "exec-1": 2, "exec-2": 1 });
+    const refused = await refusal(router.startRun({}));
+    expect([refused.code, refused.rawMessage]).toEqual([
+      Code.ResourceExhausted,
+      "every executor of this Shaker runs as many runs as it may (2, 1); try again shortly",
+    ]);
+    expect(calls).toEqual({ "exec-1": 2, "exec-2": 1 }); // no executor was asked
+    // The stream's run ends: its place is free again.
+    endStream();
+    expect((await stream.next()).done).toBe(true);
+    const next = router.startRun({});
+    await new Promise((r) => setTimeout(r, 10));
+    expect(calls).toEqual({ "exec-1": 3, "exec-2": 1 });
+    for (const release of holds.splice(0)) release();
+    expect((await Promise.all([...first, next])).map((r) => r.started?.runId)).toEqual(["exec-1", "exec-2", "exec-1"]);
+    // A later heartbeat that counts fewer runs than this process thinks it has there (an end it
+    // missed) is believed: the count is never more than the executor's own load plus what was sent since.
+    const slow = [router.startRun({}), router.startRun({}), router.startRun({})];
+    await new Promise((r) => setTimeout(r, 10));
+    expect((await refusal(router.startRun({}))).code).toBe(Code.ResourceExhausted);
+    nodes[1] = create(NodeSchema, { ...live("exec-2", 0, 1), lastHeartbeat: timestampFromMs(2000) });
+    const after = router.startRun({});
+    await new Promise((r) => setTimeout(r, 10));
+    expect(calls["exec-2"]).toBe(3);
+    for (const release of holds.splice(0)) release();
+    await Promise.all([...slow, after]);
+    // A caller that goes away (its signal aborts) frees its run's place too.
+    const one = [live("exec-1", 0, 1)];
+    const single = createClient(
+      ExecutorService,
+      executorRouter({ nodes: () => one, transportFor: (n) => held[n.id]!, fallback: undefined }),
+    );
+    const gone = new AbortController();
+    const leaving = single.runStream({}, { signal: gone.signal })[Symbol.asyncIterator]();
+    await leaving.next();
+    expect((await refusal(single.startRun({}))).code).toBe(Code.ResourceExhausted);
+    gone.abort();
+    await leaving.next().catch(() => undefined);
+    const stays = single.startRun({});
+    await new Promise((r) => setTimeout(r, 10));
+    for (const release of holds.splice(0)) release();
+    expect((await stays).started?.runId).toBe("exec-1");
+  });
+
   it("weighs load by capacity", async () => {
     const nodes = [live("exec-1", 10, 100), live("exec-2", 5, 10)];
     const router = createClient(

@@ -12,7 +12,9 @@ import { mapErrors } from "./errors.js";
 //   depends on the cluster's view being fresh); otherwise on the live executor with the fewest
 //   runs in flight for its capacity: as of the cluster's latest heartbeats, plus the runs this
 //   process sent each executor since (so a burst between two heartbeats spreads instead of piling
-//   on the one that looked idlest).
+//   on the one that looked idlest). When every live executor runs, from this process alone, as
+//   many runs as its capacity, the start is refused here (ResourceExhausted: a 429), as each of
+//   them would refuse it, without a round trip to one and its work before refusing.
 // - A call about one run in flight (cancel, watch, the liveness check) goes to the executor that
 //   runs it: the caller names it (ownerKey) when it knows, else the run's record names it.
 // - Reading records (GetRun, ListRuns) goes to any live executor.
@@ -54,6 +56,8 @@ export function executorRouter(options: ExecutorRouterOptions): Transport {
   const sent = new Map<string, { since: number; count: number }>();
   // Executors a call could not reach, and when: passed over until they heartbeat after that.
   const unreachable = new Map<string, number>();
+  // The runs this process started on each executor that have not ended (their calls are not over).
+  const started = new Map<string, number>();
   const beatOf = (n: Node) => (n.lastHeartbeat ? timestampMs(n.lastHeartbeat) : 0);
 
   /** reachable is false for an executor a call could not reach since its last heartbeat. */
@@ -72,6 +76,63 @@ export function executorRouter(options: ExecutorRouterOptions): Transport {
     let best: Node | undefined;
     for (const n of liveExecutors()) if (!best || load(n) / n.capacity < load(best) / best.capacity) best = n;
     return best;
+  }
+  /**
+   * mine is how many runs a node surely runs: those this process started there and that have not
+   * ended. Never more than its load as of its latest heartbeat plus what was sent it since: a count
+   * over that missed an end, and is wrong only until the next heartbeat.
+   */
+  function mine(n: Node): number {
+    return Math.min(started.get(n.id) ?? 0, load(n));
+  }
+  /** forStart is the executor a new run goes to, or a refusal when every live one is full of this process's runs. */
+  function forStart(): Node | undefined {
+    const live = liveExecutors();
+    const room = live.filter((n) => mine(n) < n.capacity);
+    if (live.length > 0 && room.length === 0) {
+      throw new ConnectError(
+        `every executor of this Shaker runs as many runs as it may (${live.map((n) => n.capacity).join(", ")}); try again shortly`,
+        Code.ResourceExhausted,
+      );
+    }
+    let best: Node | undefined;
+    for (const n of room) if (!best || load(n) / n.capacity < load(best) / best.capacity) best = n;
+    return best;
+  }
+  /** counting is a node's transport that counts the runs started through it until their calls end. */
+  function counting(n: Node, transport: Transport): Transport {
+    const begin = () => {
+      started.set(n.id, (started.get(n.id) ?? 0) + 1);
+      let over = false;
+      return () => {
+        if (over) return;
+        over = true;
+        const left = (started.get(n.id) ?? 1) - 1;
+        if (left > 0) started.set(n.id, left);
+        else started.delete(n.id);
+      };
+    };
+    return {
+      async unary(...args) {
+        const end = begin();
+        try {
+          return await transport.unary(...args);
+        } finally {
+          end();
+        }
+      },
+      async stream(method, signal, ...rest) {
+        const end = begin();
+        signal?.addEventListener("abort", end, { once: true });
+        try {
+          const res = await transport.stream(method, signal, ...rest);
+          return { ...res, message: untilOver(res.message, end) };
+        } catch (e) {
+          end();
+          throw e;
+        }
+      },
+    };
   }
   function counted(n: Node): Node {
     const s = sent.get(n.id);
@@ -146,8 +207,8 @@ export function executorRouter(options: ExecutorRouterOptions): Transport {
       return owner ? reach(owner) : anyExecutor();
     }
     if (startMethods.has(method) && !local) {
-      const node = leastLoaded();
-      if (node) return reach(counted(node));
+      const node = forStart();
+      if (node) return counting(node, reach(counted(node)));
     }
     return anyExecutor();
   }
@@ -190,4 +251,13 @@ function runIdOf(message: unknown): string {
 
 async function* iterate<T>(items: T[]): AsyncIterable<T> {
   yield* items;
+}
+
+/** untilOver passes messages on and calls `over` once they end, fail, or their reader stops. */
+async function* untilOver<T>(messages: AsyncIterable<T>, over: () => void): AsyncIterable<T> {
+  try {
+    yield* messages;
+  } finally {
+    over();
+  }
 }
