@@ -21,7 +21,9 @@ type UIndex = InstanceType<typeof Index>;
  * The graph's shape: 32 links a node, 64 candidates while inserting, 256 while searching. On 1,000,000
  * clustered 384-dimension vectors (bench/datastore.ts's), 16 links found 0.835 of the true top 10
  * among 128 candidates at 128 while searching and 0.885 at 256; 32 links find 0.965 at 256, in 0.89
- * ms a search, for 16% more build time (an index saved with another shape is rebuilt).
+ * ms a search, for 16% more build time (an index saved with another shape is rebuilt). 128 candidates
+ * while inserting (one add of the same 1,000,000, 200 queries, 64 re-ranked): recall@10 1.000 against
+ * 0.973 at 64, in 1.39 ms a search against 1.23, but 400 s of build against 212.
  */
 const connectivity = 32;
 const expansionAdd = 64;
