@@ -229,7 +229,7 @@ export async function createExecutorStore(location: string, options: { poolSize?
   async function journalAll(tx: Orm<typeof schema>, entries: JournalEntry[]): Promise<void> {
     const byCall = new Map(entries.map((e) => [`${e.runId}\n${e.seq}`, e]));
     const rows = [...byCall.values()];
-    // 6 parameters a row, under PostgreSQL's 65,535.
+    // 8 parameters a row, under PostgreSQL's 65,535.
     for (let i = 0; i < rows.length; i += 5000) {
       await tx
         .insert(runCalls)

@@ -72,9 +72,9 @@ export function executorRouter(options: ExecutorRouterOptions): Transport {
     const s = sent.get(n.id);
     return n.runsInFlight + (s && s.since === beatOf(n) ? s.count : 0);
   }
-  function leastLoaded(): Node | undefined {
+  function leastLoaded(among = liveExecutors()): Node | undefined {
     let best: Node | undefined;
-    for (const n of liveExecutors()) if (!best || load(n) / n.capacity < load(best) / best.capacity) best = n;
+    for (const n of among) if (!best || load(n) / n.capacity < load(best) / best.capacity) best = n;
     return best;
   }
   /**
@@ -95,9 +95,7 @@ export function executorRouter(options: ExecutorRouterOptions): Transport {
         Code.ResourceExhausted,
       );
     }
-    let best: Node | undefined;
-    for (const n of room) if (!best || load(n) / n.capacity < load(best) / best.capacity) best = n;
-    return best;
+    return leastLoaded(room);
   }
   /** counting is a node's transport that counts the runs started through it until their calls end. */
   function counting(n: Node, transport: Transport): Transport {
@@ -122,7 +120,12 @@ export function executorRouter(options: ExecutorRouterOptions): Transport {
         }
       },
       async stream(method, signal, ...rest) {
-        const end = begin();
+        const release = begin();
+        // A caller that goes away ends it too, even if it never reads the stream's end.
+        const end = () => {
+          signal?.removeEventListener("abort", end);
+          release();
+        };
         signal?.addEventListener("abort", end, { once: true });
         try {
           const res = await transport.stream(method, signal, ...rest);
