@@ -1,5 +1,6 @@
 import { Code, ConnectError, createClient, type HandlerContext } from "@connectrpc/connect";
-import { describe, expect, it } from "vitest";
+import { describe, expect, it, vi } from "vitest";
+import { DatastoreService } from "../gen/shaker/datastore/v1/datastore_pb.js";
 import { ExecutorService } from "../gen/shaker/executor/v1/executor_pb.js";
 import { RegistryService } from "../gen/shaker/registry/v1/registry_pb.js";
 import { createDirectTransport } from "../services/shared/direct-transport.js";
@@ -93,5 +94,37 @@ describe("direct transport", () => {
     consumer.abort(new ConnectError("the consumer went away", Code.Canceled));
     await tick();
     expect(seen.signal!.aborted).toBe(true);
+  });
+  it("gives a client stream's caller the error of its own request stream, without logging it as the service's", async () => {
+    const stderr = vi.spyOn(process.stderr, "write").mockImplementation(() => true);
+    try {
+      const datastore = createDirectTransport((router) =>
+        router.service(DatastoreService, {
+          async upsertRecordsStream(requests: AsyncIterable<{ store: string }>) {
+            let n = 0;
+            for await (const part of requests) if (part.store === "boom") throw new Error("the service broke");
+            n++;
+            return { upserted: n };
+          },
+        } as never),
+      );
+      const client = createClient(DatastoreService, datastore);
+      async function* refused() {
+        yield { store: "s" };
+        throw new Error("records[1]: missing id");
+      }
+      const own = await failure(client.upsertRecordsStream(refused()));
+      expect(own?.rawMessage).toBe("records[1]: missing id");
+      expect(stderr.mock.calls.map(([text]) => String(text)).join("")).not.toContain("internal error");
+      // The service's own failure is still its internal error, logged and not sent.
+      async function* fine() {
+        yield { store: "boom" };
+      }
+      const broke = await failure(client.upsertRecordsStream(fine()));
+      expect([broke?.code, broke?.rawMessage]).toEqual([Code.Internal, "internal error"]);
+      expect(stderr.mock.calls.map(([text]) => String(text)).join("")).toContain("internal error: the service broke");
+    } finally {
+      stderr.mockRestore();
+    }
   });
 });

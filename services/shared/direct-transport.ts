@@ -19,6 +19,8 @@ type AnyImpl = (input: unknown, ctx: HandlerContext) => unknown;
  * reason rather than none: abort() without one builds a DOMException (with its stack) every call.
  */
 const callEnded = new ConnectError("the call ended", Code.Canceled);
+/** callersOwn are the errors a caller's own request stream threw, as its handler read it. */
+const callersOwn = new WeakSet<object>();
 
 /** What a call's HandlerContext is made from (createHandlerContext's init, less the deadline). */
 type CallInit = {
@@ -167,7 +169,12 @@ export function createDirectTransport(routes: (router: ConnectRouter) => void): 
         }
       } else {
         request = (async function* () {
-          for await (const message of input) yield create(method.input, message);
+          try {
+            for await (const message of input) yield create(method.input, message);
+          } catch (e) {
+            if (typeof e === "object" && e !== null) callersOwn.add(e);
+            throw e;
+          }
         })();
       }
       const produced = fn(request, ctx);
@@ -184,7 +191,9 @@ export function createDirectTransport(routes: (router: ConnectRouter) => void): 
           }
         } catch (e) {
           ctx.abort(e);
-          throw asConnectError(e);
+          // The caller's own request stream failed (its input was refused): the caller's error, given
+          // back to it, not the service's (which would log it as internal).
+          throw callersOwn.has(e as object) ? ConnectError.from(e) : asConnectError(e);
         } finally {
           ctx.abort(callEnded);
         }
