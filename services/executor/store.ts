@@ -371,9 +371,8 @@ export async function createExecutorStore(location: string, options: { poolSize?
     async claimQueued(executor: string, limit: number, startedAt: number): Promise<RunRow[]> {
       await flush();
       const oldest = sql`(SELECT id FROM ${runs} WHERE status = ${RunStatus.QUEUED} AND executor = '' ORDER BY created_at LIMIT ${limit} FOR UPDATE SKIP LOCKED)`;
-      return db.transaction((tx) =>
-        tx.update(runs).set({ executor, status: RunStatus.RUNNING, startedAt }).where(inArray(runs.id, oldest)).returning(),
-      );
+      // One statement, atomic by itself (an executor polls this every 250 ms: no BEGIN and COMMIT around it).
+      return orm.update(runs).set({ executor, status: RunStatus.RUNNING, startedAt }).where(inArray(runs.id, oldest)).returning();
     },
     /** requeue gives back a run this executor claimed but could not start (its account at its limit). */
     requeue(id: string, executor: string): Promise<void> {
