@@ -14,6 +14,7 @@ import { type Auth, createAuth, type Identity, requireAccount, requireAdmin } fr
 import { invalidArgument } from "../shared/errors.js";
 import { toValue } from "../shared/json.js";
 import { namePattern } from "../shared/names.js";
+import { shared } from "../shared/queue.js";
 import {
   checkAccountName,
   checkNoNul,
@@ -211,8 +212,8 @@ export function createRegistryService(options: RegistryServiceOptions): Registry
   let resolvedSince = 0;
   // Counts the forgettings: what was read across one may predate it, and is not kept.
   let forgotten = 0;
-  /** resolving are the reads in flight, by the same key, with the forgetting they started after. */
-  const resolving = new Map<string, { after: number; read: Promise<WorkflowVersion> }>();
+  /** reading makes the reads of workflows, shared while in flight. */
+  const reading = shared<WorkflowVersion>();
   function forgetResolved(): void {
     resolved.clear();
     resolvedScriptBytes = 0;
@@ -396,27 +397,19 @@ export function createRegistryService(options: RegistryServiceOptions): Registry
       if (!resolvedCurrent()) forgetResolved();
       const version = resolved.get(key);
       if (version) return { version };
-      // The invokes that miss together (every one in flight when the cache was forgotten) share one read.
-      let reading = resolving.get(key);
-      if (!reading || reading.after !== forgotten) {
-        const readAfter = forgotten;
-        const read = (async () => {
-          const version = create(WorkflowVersionSchema, await resolve(accountId, req.workflowRefName, req.version, req.versionId));
-          if (readAfter === forgotten && resolvedCurrent()) {
-            if (resolved.size >= maxResolved || resolvedScriptBytes + version.script.length > maxResolvedScriptBytes) forgetResolved();
-            resolved.set(key, version);
-            resolvedScriptBytes += version.script.length;
-          }
-          return version;
-        })();
-        reading = { after: readAfter, read };
-        resolving.set(key, reading);
-        const settled = () => {
-          if (resolving.get(key)?.read === read) resolving.delete(key);
-        };
-        read.then(settled, settled);
-      }
-      return { version: await reading.read };
+      // The invokes that miss together (every one in flight when the cache was forgotten) share one
+      // read; one after a forgetting reads anew.
+      const readAfter = forgotten;
+      const read = reading(`${readAfter}\n${key}`, async () => {
+        const version = create(WorkflowVersionSchema, await resolve(accountId, req.workflowRefName, req.version, req.versionId));
+        if (readAfter === forgotten && resolvedCurrent()) {
+          if (resolved.size >= maxResolved || resolvedScriptBytes + version.script.length > maxResolvedScriptBytes) forgetResolved();
+          resolved.set(key, version);
+          resolvedScriptBytes += version.script.length;
+        }
+        return version;
+      });
+      return { version: await read };
     },
 
     async getAccessory(req, ctx) {

@@ -1,5 +1,6 @@
 import { createHmac, timingSafeEqual } from "node:crypto";
 import { Code, ConnectError } from "@connectrpc/connect";
+import { shared } from "./queue.js";
 
 /** Header names every service reads to tell who is calling. */
 export const headers = {
@@ -126,26 +127,20 @@ export function createAuth(options: AuthOptions): Auth {
     }
   }
 
-  // The look-ups in flight: the requests that find a key's cached owner gone together share one.
-  const looking = new Map<string, Promise<KeyOwner | undefined>>();
+  // The requests that find a key's cached owner gone together share one look-up.
+  const lookUp = shared<KeyOwner | undefined>();
   async function ownerOf(apiKey: string): Promise<KeyOwner | undefined> {
     const now = Date.now();
     const cached = keyCache.get(apiKey);
     if (cached && cached.until > now) return cached.owner;
-    let lookup = looking.get(apiKey);
-    if (!lookup) {
-      lookup = options.authenticateKey(apiKey).then((owner) => {
-        if (owner && cacheMs > 0) {
-          if (keyCache.size > 10_000) keyCache.clear();
-          keyCache.set(apiKey, { owner, until: now + cacheMs });
-        }
-        return owner;
-      });
-      looking.set(apiKey, lookup);
-      const settled = () => looking.delete(apiKey);
-      lookup.then(settled, settled);
-    }
-    return lookup;
+    return lookUp(apiKey, async () => {
+      const owner = await options.authenticateKey(apiKey);
+      if (owner && cacheMs > 0) {
+        if (keyCache.size > 10_000) keyCache.clear();
+        keyCache.set(apiKey, { owner, until: now + cacheMs });
+      }
+      return owner;
+    });
   }
 
   // One request is identified once, however many of its interceptors and its handler ask: the

@@ -20,6 +20,24 @@ export function lock(): <T>(fn: () => Promise<T>) => Promise<T> {
   };
 }
 
+/**
+ * shared makes calls by key, each key's call shared by whoever asks for it while it is in flight
+ * (the requests that miss a cache together make one read, not one each).
+ */
+export function shared<V>(): (key: string, call: () => Promise<V>) => Promise<V> {
+  const inFlight = new Map<string, Promise<V>>();
+  return (key, call) => {
+    let pending = inFlight.get(key);
+    if (!pending) {
+      pending = call();
+      inFlight.set(key, pending);
+      const settled = () => inFlight.delete(key);
+      pending.then(settled, settled);
+    }
+    return pending;
+  };
+}
+
 let queuedItems = 0;
 
 /**
