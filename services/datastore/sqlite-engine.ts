@@ -19,6 +19,7 @@ import {
   saveAnn,
   searchAnn,
 } from "./ann.js";
+import { type IndexState, keywordLists, type ListSource, varint } from "./keyword-lists.js";
 import type { Condition, Scalar } from "./filter.js";
 import {
   annFromDefault,
@@ -64,6 +65,8 @@ export interface SqliteEngineOptions {
    * searches scan as if there were no index.
    */
   rebuild?: "sync" | "steps";
+  /** keywordListEntries caps the keyword lists kept in memory (keyword-lists.ts), in entries of bytesPerEntry (default 4M: 64 MiB). */
+  keywordListEntries?: number;
 }
 
 /** sqlite-vec refuses k above this in its KNN form. */
@@ -141,7 +144,10 @@ export async function openSqliteEngine(file: string, options: SqliteEngineOption
     // ds_ann counts each store's write transactions: the generation an ANN index file must match.
     sqlite.exec("CREATE TABLE IF NOT EXISTS ds_ann (store_id INTEGER PRIMARY KEY, generation INTEGER NOT NULL)");
   }
+  // ds_keyword counts each store's updates and deletes: the keyword lists built before one are stale.
+  sqlite.exec("CREATE TABLE IF NOT EXISTS ds_keyword (store_id INTEGER PRIMARY KEY, rewrites INTEGER NOT NULL)");
   const anns = new Map<number, AnnState>();
+  const lists = keywordLists(options.keywordListEntries ?? 4_000_000);
 
   const statements = new Map<string, Database.Statement>();
   function stmt(sql: string): Database.Statement {
@@ -179,6 +185,37 @@ export async function openSqliteEngine(file: string, options: SqliteEngineOption
     const state = anns.get(storeId);
     if (state) state.generation = generation(storeId);
   }
+
+  /** countRewrite counts an update or a delete of a store's records (inside its transaction). */
+  function countRewrite(storeId: number): void {
+    stmt("INSERT INTO ds_keyword (store_id, rewrites) VALUES (?, 1) ON CONFLICT (store_id) DO UPDATE SET rewrites = rewrites + 1").run(
+      storeId,
+    );
+  }
+
+  /** listSource reads what the keyword lists need of a store's FTS5 index (its shadow tables, in FTS5's file format). */
+  const listSource: ListSource = {
+    state(storeId: number): IndexState {
+      const rewrites = (stmt("SELECT rewrites FROM ds_keyword WHERE store_id = ?").get(storeId) as { rewrites: number } | undefined)
+        ?.rewrites;
+      // The averages record (id 1): the row count, then each column's token count.
+      const averages = stmt(`SELECT block FROM ${fts(storeId)}_data WHERE id = 1`).get() as { block: Buffer } | undefined;
+      if (!averages) return { rewrites: rewrites ?? 0, rows: 0, tokens: 0, lastRowid: 0 };
+      const [rows, at] = varint(averages.block, 0);
+      const [tokens] = varint(averages.block, at);
+      const last = stmt(`SELECT max(id) AS id FROM ${fts(storeId)}_docsize`).get() as { id: number | null };
+      return { rewrites: rewrites ?? 0, rows, tokens, lastRowid: last.id ?? 0 };
+    },
+    postings(storeId: number, word: string, after: number): [number, number, number][] {
+      const rows = stmt(
+        `SELECT f.rowid, bm25(${fts(storeId)}), d.sz FROM ${fts(storeId)} f JOIN ${fts(storeId)}_docsize d ON d.id = f.rowid
+         WHERE ${fts(storeId)} MATCH ? AND f.rowid > ?`,
+      )
+        .raw(true)
+        .all(`"${word}"`, after) as [number, number, Buffer][];
+      return rows.map(([rowid, bm25, size]) => [rowid, bm25, varint(size, 0)[0]]);
+    },
+  };
 
   /** annOf is a store's ANN index, loaded from its file or (when stale) empty and to be rebuilt. */
   function annOf(storeId: number, dimension: number): AnnState | undefined {
@@ -263,12 +300,15 @@ export async function openSqliteEngine(file: string, options: SqliteEngineOption
     // Asked before the writes: a store without records yet has a complete (empty) index.
     const state = annOf(storeId, dimension);
     const keys: bigint[] = [];
+    let rewritten = false;
     for (const [index, r] of input.entries()) {
       if (r.vector.length !== dimension) throw new Refused({ ok: false, index: offset + index, got: r.vector.length, want: dimension });
       const { rowid, updated } = writeOne(storeId, r);
       keys.push(rowid);
       (updated ? undo.updated : undo.inserted).push(rowid);
+      rewritten ||= updated;
     }
+    if (rewritten) countRewrite(storeId);
     if (state)
       addWritten(
         state,
@@ -357,6 +397,8 @@ export async function openSqliteEngine(file: string, options: SqliteEngineOption
   return {
     /** db is the engine's connection, for the queries written once for both databases (store.ts). */
     db,
+    /** keywordLists answer unfiltered keyword searches (keyword-lists.ts). */
+    keywordLists: lists,
     close(): Promise<void> {
       if (upload) this.rollbackUpload();
       this.saveIndexes();
@@ -407,6 +449,7 @@ export async function openSqliteEngine(file: string, options: SqliteEngineOption
         stmt("DELETE FROM records WHERE store_id = ?").run(storeId);
         stmt("DELETE FROM stores WHERE id = ?").run(storeId);
         if (annOn) stmt("DELETE FROM ds_ann WHERE store_id = ?").run(storeId);
+        stmt("DELETE FROM ds_keyword WHERE store_id = ?").run(storeId);
         anns.delete(storeId);
         removeAnn(annFile, storeId);
         for (const key of statements.keys()) if (key.includes(`_${storeId} `)) statements.delete(key);
@@ -481,7 +524,10 @@ export async function openSqliteEngine(file: string, options: SqliteEngineOption
           gone.push(rowid);
           deleted++;
         }
-        if (deleted) bump(store.id);
+        if (deleted) {
+          bump(store.id);
+          countRewrite(store.id);
+        }
         const state = anns.get(store.id);
         if (state) removeKeys(state, gone);
         return deleted;
@@ -493,7 +539,24 @@ export async function openSqliteEngine(file: string, options: SqliteEngineOption
       if (!match) return [];
       const f = filterSql(conditions);
       if (conditions.length === 0) {
-        // Without a filter the top rowids come from the FTS index alone; only they are read from records.
+        // Without a filter the keyword lists answer, in one snapshot of the index and records.
+        const hits = sqlite.transaction(() => {
+          const top = lists.search(listSource, storeId, queryWords(text), limit);
+          if (!top) return undefined;
+          const found = new Map(
+            (
+              stmt(
+                "SELECT r.rowid, r.record_id AS id, r.text, r.metadata FROM json_each(?) AS c CROSS JOIN records r ON r.rowid = c.value",
+              ).all(`[${top.map((t) => t.rowid).join(",")}]`) as { rowid: number; id: string; text: string; metadata: string }[]
+            ).map((r) => [r.rowid, r]),
+          );
+          return top.flatMap((t) => {
+            const r = found.get(t.rowid);
+            return r ? [{ id: r.id, text: r.text, metadata: r.metadata, score: t.score }] : [];
+          });
+        })();
+        if (hits) return hits;
+        // Otherwise (a word past the lists' cap) the top rowids come from the FTS index alone; only they are read from records.
         return rowsOf(
           `WITH top AS (SELECT rowid, rank FROM ${fts(storeId)} WHERE ${fts(storeId)} MATCH ? ORDER BY rank LIMIT ?)
            SELECT r.record_id AS id, r.text, r.metadata, -top.rank AS score FROM top JOIN records r ON r.rowid = top.rowid ORDER BY top.rank`,
@@ -575,14 +638,6 @@ export async function openSqliteEngine(file: string, options: SqliteEngineOption
         k = Math.min(k * 4, total);
       }
       return this.exactSearch(store, query, conditions, limit);
-    },
-    /** likeScan is the benchmark's baseline: a substring scan of every record's text. */
-    likeScan(storeId: number, word: string, limit: number): Hit[] {
-      return rowsOf("SELECT record_id AS id, text, metadata, 0 AS score FROM records WHERE store_id = ? AND text LIKE ? LIMIT ?", [
-        storeId,
-        `%${word}%`,
-        limit,
-      ]);
     },
     integrityCheck(): string {
       return String(sqlite.pragma("integrity_check", { simple: true }));
