@@ -48,6 +48,7 @@ export interface ListSource {
 }
 
 interface List {
+  key: string;
   /** ref is the average record length the order was computed at. */
   ref: number;
   rowids: Float64Array;
@@ -58,6 +59,11 @@ interface List {
   lastRowid: number;
   /** byRowid is the entries' positions in rowid order, made when another word's walk looks this one up. */
   byRowid?: { rowids: Float64Array; at: Uint32Array };
+}
+
+/** held is what a list counts against the cap: its entries, and its rowid order when made (12 of 16 bytes an entry). */
+function held(list: List): number {
+  return list.rowids.length + (list.byRowid ? Math.ceil((list.rowids.length * 3) / 4) : 0);
 }
 
 /** idf is FTS5's inverse document frequency of a phrase found in `hits` of `rows` records. */
@@ -99,7 +105,7 @@ export function keywordLists(maxEntries: number) {
   function drop(key: string): void {
     const list = lists.get(key);
     if (!list) return;
-    entries -= list.rowids.length;
+    entries -= held(list);
     lists.delete(key);
   }
 
@@ -148,6 +154,7 @@ export function keywordLists(maxEntries: number) {
     added.sort((x, y) => weight(y.tf, y.size, ref) - weight(x.tf, x.size, ref) || x.rowid - y.rowid);
     const n = have + added.length;
     const next: List = {
+      key,
       ref,
       rowids: new Float64Array(n),
       tfs: new Uint32Array(n),
@@ -190,7 +197,11 @@ export function keywordLists(maxEntries: number) {
   function position(list: List, rowid: number): number {
     if (!list.byRowid) {
       const order = Uint32Array.from(list.rowids.keys()).sort((x, y) => list.rowids[x] - list.rowids[y]);
+      // A list dropped for the cap during this search still answers it, but no longer counts.
+      const counted = lists.get(list.key) === list;
+      if (counted) entries -= held(list);
       list.byRowid = { rowids: Float64Array.from(order, (p) => list.rowids[p]), at: order };
+      if (counted) entries += held(list);
     }
     const { rowids, at } = list.byRowid;
     let lo = 0;
