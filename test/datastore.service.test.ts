@@ -6,10 +6,12 @@
 // REST edge's view of them is in datastore.test.ts.
 import type { JsonObject, MessageInitShape } from "@bufbuild/protobuf";
 import { type CallOptions, Code, ConnectError, createClient, createRouterTransport } from "@connectrpc/connect";
+import pg from "pg";
 import { afterAll, beforeEach, describe, expect, it } from "vitest";
 import { DatastoreService, SearchMode, type UpsertRecordsStreamRequestSchema } from "../gen/shaker/datastore/v1/datastore_pb.js";
 import { ModelProxyService } from "../gen/shaker/modelproxy/v1/modelproxy_pb.js";
 import { createDatastoreService } from "../services/datastore/service.js";
+import { analyzeFrom } from "../services/datastore/pg-store.js";
 import { createDatastoreStore } from "../services/datastore/store.js";
 import { createAuth, headers, type RunClaims } from "../services/shared/auth.js";
 import { errorMetadata } from "../services/shared/errors.js";
@@ -332,6 +334,26 @@ describe("records", () => {
     expect(await refusal(client.upsertRecordsStream(parts(), alice))).toEqual(
       invalid("the stream sent no part; the first part must name the 'store'", "store"),
     );
+  });
+
+  // The planner needs statistics of a bulk load for its first search to use the GIN index alone.
+  it.skipIf(testDialect !== "postgresql")("gives PostgreSQL's planner statistics after a write of many records", async () => {
+    const row = (await store.createStore("acct-stats", "bulk", ""))!;
+    const db = new pg.Client({ connectionString: location.location });
+    await db.connect();
+    try {
+      const analyzed = async () =>
+        (await db.query("SELECT reltuples FROM pg_class WHERE oid = 'datastore.records'::regclass")).rows[0].reltuples as number;
+      const few = [{ id: "one", text: "one record", metadata: "{}", vector: new Float32Array([1, 0, 0, 0]) }];
+      await store.upsert(row.id, few);
+      const before = await analyzed();
+      const many = Array.from({ length: analyzeFrom }, (_, i) => ({ ...few[0], id: `r${i}` }));
+      await store.upsert(row.id, many);
+      expect(await analyzed()).toBeGreaterThanOrEqual(analyzeFrom);
+      expect(before).toBeLessThan(analyzeFrom);
+    } finally {
+      await db.end();
+    }
   });
 });
 
