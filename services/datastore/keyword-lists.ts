@@ -124,7 +124,7 @@ export function keywordLists(maxEntries: number) {
    */
   function read(source: ListSource, storeId: number, word: string, state: IndexState): List | undefined {
     const key = `${storeId} ${word}`;
-    let list = lists.get(key);
+    const list = lists.get(key);
     if (list) {
       // Most recently used last.
       lists.delete(key);

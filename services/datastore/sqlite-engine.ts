@@ -19,8 +19,8 @@ import {
   saveAnn,
   searchAnn,
 } from "./ann.js";
-import { type IndexState, keywordLists, type ListSource, varint } from "./keyword-lists.js";
 import type { Condition, Scalar } from "./filter.js";
+import { type IndexState, keywordLists, type ListSource, varint } from "./keyword-lists.js";
 import {
   annFromDefault,
   annK,
