@@ -71,7 +71,19 @@ describe.skipIf(testDialect === "postgresql")("datastore keyword lists", () => {
           .sort();
       expect(firm(got), query).toEqual(firm(want));
     };
-    const queries = ["the", "run", "running data", "store search engine the", "cafe", "w5 w7", "w299", "nothing here", "data the w1"];
+    const queries = [
+      "the",
+      "run",
+      "running data",
+      "store search engine the",
+      "cafe",
+      "w5 w7",
+      "w299",
+      "nothing here",
+      "data the w1",
+      // More words than the lists take: FTS5's.
+      Array.from({ length: 80 }, (_, i) => `w${i * 3}`).join(" "),
+    ];
     return { engine, store, same, queries };
   }
 

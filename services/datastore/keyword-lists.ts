@@ -19,12 +19,15 @@
 // - Inserts after a list was built are read when it is next used (FTS5 rows past its last rowid).
 //   An update or a delete in the store (counted in ds_keyword by the writer, in its transaction)
 //   drops the store's lists: they are built again when next used.
-// - Lists are capped in entries over all stores, least recently used dropped first; a word whose
-//   list alone would pass the cap is searched by FTS5 as before.
+// - Lists are capped in entries over all stores, least recently used dropped first; a query whose
+//   lists together would pass the cap, or of more than maxWords words, is ranked by FTS5 as before.
 
 /** FTS5's BM25 parameters (fts5_aux.c). */
 const k1 = 1.2;
 const b = 0.75;
+
+/** maxWords is the most distinct words of a query the lists answer. */
+const maxWords = 64;
 
 /** bytesPerEntry is what a list entry takes (rowid, frequency, length). */
 export const bytesPerEntry = 16;
@@ -229,13 +232,18 @@ export function keywordLists(maxEntries: number) {
      * order), best first; undefined when the lists cannot answer (FTS5 then does).
      */
     search(source: ListSource, storeId: number, words: string[], limit: number): Scored[] | undefined {
+      // A long text (a pasted document) would build a list per word: FTS5 ranks it in one pass instead.
+      if (words.length > maxWords) return undefined;
       const state = source.state(storeId);
       if (state.rows === 0 || limit <= 0) return [];
       fresh(storeId, state);
       const used: List[] = [];
+      let total = 0;
       for (const word of words) {
         const list = read(source, storeId, word, state);
-        if (!list) return undefined;
+        // A query whose lists together pass the cap (each read may have dropped the one before) is FTS5's.
+        total += list?.rowids.length ?? Number.POSITIVE_INFINITY;
+        if (!list || total > maxEntries) return undefined;
         used.push(list);
       }
       const avgdl = state.tokens / state.rows;
