@@ -74,6 +74,25 @@ async function* ndjsonRecords(req: Req, maxLine: number, maxDepth: number): Asyn
   if (pending.trim()) yield parse(pending.trim());
 }
 
+const [QUOTE, BACKSLASH, COMMA, SPACE, NEWLINE, RETURN, TAB] = [34, 92, 44, 32, 10, 13, 9];
+const [OPEN_BRACE, CLOSE_BRACE, OPEN_BRACKET, CLOSE_BRACKET] = [123, 125, 91, 93];
+
+/** plain says whether a character outside strings is part of a number or literal (not structure, not space). */
+function plain(c: number): boolean {
+  return (
+    c !== QUOTE &&
+    c !== COMMA &&
+    c !== OPEN_BRACE &&
+    c !== CLOSE_BRACE &&
+    c !== OPEN_BRACKET &&
+    c !== CLOSE_BRACKET &&
+    c !== SPACE &&
+    c !== NEWLINE &&
+    c !== RETURN &&
+    c !== TAB
+  );
+}
+
 /**
  * jsonRecords yields the elements of the top-level "records" array of a JSON body as they arrive,
  * so a body of 100,000 records is never held whole. Other top-level fields are skipped.
@@ -105,13 +124,21 @@ async function* jsonRecords(req: Req, maxRecord: number, maxDepth: number): Asyn
   };
   for await (const chunk of req as AsyncIterable<Buffer>) {
     const text = decoder.decode(chunk, { stream: true });
+    const end = text.length;
     let from = 0;
-    for (let i = 0; i < text.length; i++) {
-      const c = text[i];
+    // Character codes, and runs skipped in tight loops: a record's vector is thousands of characters
+    // of which only its commas and brackets matter here.
+    for (let i = 0; i < end; i++) {
+      let c = text.charCodeAt(i);
       if (inString) {
-        if (escaped) escaped = false;
-        else if (c === "\\") escaped = true;
-        else if (c === '"') {
+        if (escaped) {
+          escaped = false;
+          continue;
+        }
+        while (c !== QUOTE && c !== BACKSLASH && ++i < end) c = text.charCodeAt(i);
+        if (i >= end) break;
+        if (c === BACKSLASH) escaped = true;
+        else {
           inString = false;
           if (depth === 1 && stringStart >= 0) key = keyHead + text.slice(stringStart, i);
           stringStart = -1;
@@ -119,27 +146,27 @@ async function* jsonRecords(req: Req, maxRecord: number, maxDepth: number): Asyn
         }
         continue;
       }
-      if (c === " " || c === "\n" || c === "\r" || c === "\t") continue;
+      if (c === SPACE || c === NEWLINE || c === RETURN || c === TAB) continue;
       if (!started) {
-        if (c !== "{") throw invalid("the body must be a JSON object");
+        if (c !== OPEN_BRACE) throw invalid("the body must be a JSON object");
         started = true;
       } else if (depth === 0) throw invalid("unexpected text after the object");
-      if (inRecords && depth === 2 && element === undefined && c !== "," && c !== "]") {
+      if (inRecords && depth === 2 && element === undefined && c !== COMMA && c !== CLOSE_BRACKET) {
         element = [];
         elementSize = 0;
         from = i;
       }
-      if (c === '"') {
+      if (c === QUOTE) {
         inString = true;
         if (depth === 1) stringStart = i + 1;
-      } else if (c === "{" || c === "[") {
-        if (depth === 1 && c === "[" && key === "records") {
+      } else if (c === OPEN_BRACE || c === OPEN_BRACKET) {
+        if (depth === 1 && c === OPEN_BRACKET && key === "records") {
           inRecords = true;
           sawRecords = true;
         }
         if (++depth > maxDepth) throw tooDeep(maxDepth);
-      } else if (c === "}" || c === "]") {
-        if (inRecords && depth === 2 && c === "]") {
+      } else if (c === CLOSE_BRACE || c === CLOSE_BRACKET) {
+        if (inRecords && depth === 2 && c === CLOSE_BRACKET) {
           if (element !== undefined) {
             yield finish(text, from, i);
             index++;
@@ -147,14 +174,17 @@ async function* jsonRecords(req: Req, maxRecord: number, maxDepth: number): Asyn
           inRecords = false;
         }
         depth--;
-        if (depth < 0) throw invalid(`unexpected '${c}'`);
-      } else if (c === ",") {
+        if (depth < 0) throw invalid(`unexpected '${String.fromCharCode(c)}'`);
+      } else if (c === COMMA) {
         if (depth === 1) key = "";
         if (inRecords && depth === 2) {
           if (element === undefined) throw bad(index, "is missing (two commas in a row)", "");
           yield finish(text, from, i);
           index++;
         }
+      } else {
+        // A number or a literal: none of its characters changes the state.
+        while (i + 1 < end && plain(text.charCodeAt(i + 1))) i++;
       }
     }
     if (inString && stringStart >= 0) {
