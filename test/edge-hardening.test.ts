@@ -12,7 +12,7 @@ import { connectNodeAdapter, createConnectTransport } from "@connectrpc/connect-
 import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest";
 import { createEdge } from "../services/edge/edge.js";
 import { createBodyGuard } from "../services/edge/guard.js";
-import { type Res, sendJson } from "../services/edge/http.js";
+import { nestsDeeperThan, type Res, sendJson } from "../services/edge/http.js";
 import { createAuth } from "../services/shared/auth.js";
 import { createClients } from "../services/shared/clients.js";
 import { addressKey, type Handler, type Listener, type ListenOptions, listen } from "../services/shared/listener.js";
@@ -502,6 +502,17 @@ describe("edge: bodies before authentication, nested JSON", () => {
       expect(res.status).toBe(400);
       expect((await res.json()).error).toMatchObject({ message: "request body nests deeper than 64 levels", code: "nested_too_deep" });
     }
+  });
+
+  it("measures nesting as deep as it goes, however many brackets the text holds", () => {
+    const nested = (n: number) => "[".repeat(n) + "]".repeat(n);
+    expect(nestsDeeperThan(nested(4), 4)).toBe(false);
+    expect(nestsDeeperThan(nested(5), 4)).toBe(true);
+    expect(nestsDeeperThan(`{"a":${nested(4)}}`, 4)).toBe(true);
+    // More brackets than the limit, side by side or in strings: not deeper.
+    expect(nestsDeeperThan(`[${Array.from({ length: 100 }, () => "[{}]").join(",")}]`, 4)).toBe(false);
+    expect(nestsDeeperThan(`{"t":"${"[{".repeat(100)}"}`, 4)).toBe(false);
+    expect(nestsDeeperThan(JSON.stringify({ id: "r", vector: Array.from({ length: 384 }, (_, i) => i / 7) }), 4)).toBe(false);
   });
 
   it("counts nesting outside strings only, and lets 64 levels through", async () => {
