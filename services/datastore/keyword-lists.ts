@@ -136,6 +136,12 @@ export function keywordLists(maxEntries: number) {
     }
     const after = list?.lastRowid ?? 0;
     const rows = source.postings(storeId, word, after);
+    if (list && rows.length === 0) {
+      // Records were added, none with this word: the list (and its rowid order) stands as it is.
+      list.rows = state.rows;
+      list.lastRowid = state.lastRowid;
+      return list;
+    }
     const have = list?.rowids.length ?? 0;
     if (have + rows.length > maxEntries) {
       drop(key);
