@@ -199,7 +199,11 @@ describe.skipIf(testDialect === "postgresql")("datastore ANN index", () => {
     rmSync(annPath(file, id));
     store = await openSqliteEngine(file, { annFrom: 1 });
     row = store.storeById(id)!;
-    expect(store.vectorSearch(row, input[7].vector, [], 10).map((h) => h.id)).toEqual(before);
+    // The rebuilt graph is another approximate graph (usearch adds in parallel, in no fixed order): it
+    // finds the record itself first and nearly the same top 10 (a CI run found 9 of them).
+    const rebuilt = store.vectorSearch(row, input[7].vector, [], 10).map((h) => h.id);
+    expect(rebuilt[0]).toBe("r7");
+    expect(rebuilt.filter((id) => before.includes(id)).length).toBeGreaterThanOrEqual(8);
     // A delete through another connection (the index file is now of an older generation).
     await store.close();
     const other = await openSqliteEngine(file, { ann: false });
