@@ -37,58 +37,139 @@ type CallInit = {
 type EndableContext = HandlerContext & { abort(reason?: unknown): void };
 
 /**
- * lazyContext is the HandlerContext of a call without a deadline, as createHandlerContext builds it
+ * LazyContext is the HandlerContext of a call without a deadline, as createHandlerContext builds it
  * but paying only for what the handler uses: its signal (linked to the caller's) and its response
  * headers are made when first read. createHandlerContext makes two AbortControllers, three Headers
  * and their listeners for every call, 15 µs here, and most calls (a Registry lookup) read none of it.
+ *
+ * A class, not an object literal with getters: a literal's getters are closures of their own call,
+ * so V8 gives every such object a map of its own, in the old generation, which holds the closures,
+ * and through them the whole call, alive through every young-generation collection until the next
+ * full one. With a literal here, each of the ModelProxy's calls through the edge left 12 KB to be
+ * copied twice and promoted: collections of 4-6 ms every 60 ms, the proxy's p99
+ * (bench/modelproxy.ts). The same holds for the responses below.
  */
-function lazyContext(init: CallInit): EndableContext {
-  const { service, method, requestSignal: callerSignal } = init;
-  let controller: AbortController | undefined;
-  let unlink: (() => void) | undefined;
-  let ended = false;
-  let endReason: unknown;
-  let responseHeader: Headers | undefined;
-  let responseTrailer: Headers | undefined;
-  let values: ReturnType<typeof createContextValues> | undefined;
-  return {
-    service,
-    method,
-    protocolName: init.protocolName,
-    requestMethod: init.requestMethod,
-    url: init.url,
-    requestHeader: new Headers(init.requestHeader),
-    timeoutMs: () => undefined,
-    get signal() {
-      if (!controller) {
-        const c = (controller = new AbortController());
-        if (ended) c.abort(endReason);
-        else if (callerSignal?.aborted) c.abort(callerSignal.reason);
-        else if (callerSignal) {
-          const onAbort = () => c.abort(callerSignal.reason);
-          callerSignal.addEventListener("abort", onAbort, { once: true });
-          unlink = () => callerSignal.removeEventListener("abort", onAbort);
-        }
+class LazyContext implements EndableContext {
+  readonly service: DescService;
+  readonly method: DescMethod;
+  readonly protocolName: string;
+  readonly requestMethod: string;
+  readonly url: string;
+  readonly requestHeader: Headers;
+  private readonly callerSignal: AbortSignal | undefined;
+  private controller: AbortController | undefined;
+  private unlink: (() => void) | undefined;
+  private ended = false;
+  private endReason: unknown;
+  private header: Headers | undefined;
+  private trailer: Headers | undefined;
+  private contextValues: ReturnType<typeof createContextValues> | undefined;
+
+  constructor(init: CallInit) {
+    this.service = init.service;
+    this.method = init.method;
+    this.protocolName = init.protocolName;
+    this.requestMethod = init.requestMethod;
+    this.url = init.url;
+    this.requestHeader = new Headers(init.requestHeader);
+    this.callerSignal = init.requestSignal;
+  }
+
+  timeoutMs(): undefined {
+    return undefined;
+  }
+
+  get signal(): AbortSignal {
+    if (!this.controller) {
+      const c = (this.controller = new AbortController());
+      const caller = this.callerSignal;
+      if (this.ended) c.abort(this.endReason);
+      else if (caller?.aborted) c.abort(caller.reason);
+      else if (caller) {
+        const onAbort = () => c.abort(caller.reason);
+        caller.addEventListener("abort", onAbort, { once: true });
+        this.unlink = () => caller.removeEventListener("abort", onAbort);
       }
-      return controller.signal;
-    },
-    get responseHeader() {
-      return (responseHeader ??= new Headers());
-    },
-    get responseTrailer() {
-      return (responseTrailer ??= new Headers());
-    },
-    get values() {
-      return (values ??= createContextValues());
-    },
-    abort(reason?: unknown) {
-      if (ended) return;
-      ended = true;
-      endReason = reason;
-      unlink?.();
-      controller?.abort(reason);
-    },
-  };
+    }
+    return this.controller.signal;
+  }
+
+  get responseHeader(): Headers {
+    return (this.header ??= new Headers());
+  }
+
+  get responseTrailer(): Headers {
+    return (this.trailer ??= new Headers());
+  }
+
+  get values(): ReturnType<typeof createContextValues> {
+    return (this.contextValues ??= createContextValues());
+  }
+
+  abort(reason?: unknown): void {
+    if (this.ended) return;
+    this.ended = true;
+    this.endReason = reason;
+    this.unlink?.();
+    this.controller?.abort(reason);
+  }
+}
+
+/** CallResponse is what a call answers the transport's caller: its headers are read from the handler's context when asked for. */
+class CallResponse<S extends boolean, D extends DescMethod, M> {
+  readonly service: DescService;
+  constructor(
+    readonly stream: S,
+    readonly method: D,
+    private readonly ctx: HandlerContext,
+    readonly message: M,
+  ) {
+    this.service = method.parent;
+  }
+
+  get header(): Headers {
+    return this.ctx.responseHeader;
+  }
+
+  get trailer(): Headers {
+    return this.ctx.responseTrailer;
+  }
+}
+
+// The two generators of a streaming call are declared once, here, not in the call: a generator
+// function made per call gives each of its generator objects a prototype, and so a map, of its own,
+// and those maps (old-generation objects) kept every call alive through young-generation
+// collections, as the literals' getters did above.
+
+/** requests are a client or bidi stream's messages as the handler reads them; the caller's own errors are marked as such. */
+async function* requests(input: AsyncIterable<unknown>, schema: DescMessage): AsyncGenerator<unknown> {
+  try {
+    for await (const message of input) yield create(schema, message as never);
+  } catch (e) {
+    if (typeof e === "object" && e !== null) callersOwn.add(e);
+    throw e;
+  }
+}
+
+/** responses are what the handler produced (a message or an iterable of them), as the caller reads them; the call ends with them. */
+async function* responses(produced: unknown, schema: DescMessage, ctx: EndableContext): AsyncGenerator<unknown> {
+  try {
+    const iterable = (await produced) as AsyncIterable<unknown> | unknown;
+    if (iterable && typeof (iterable as AsyncIterable<unknown>)[Symbol.asyncIterator] === "function") {
+      for await (const message of iterable as AsyncIterable<unknown>) {
+        yield create(schema, message as never);
+      }
+    } else {
+      yield create(schema, iterable as never);
+    }
+  } catch (e) {
+    ctx.abort(e);
+    // The caller's own request stream failed (its input was refused): the caller's error, given
+    // back to it, not the service's (which would log it as internal).
+    throw callersOwn.has(e as object) ? ConnectError.from(e) : asConnectError(e);
+  } finally {
+    ctx.abort(callEnded);
+  }
 }
 
 /**
@@ -130,7 +211,7 @@ export function createDirectTransport(routes: (router: ConnectRouter) => void): 
       requestSignal: signal,
       requestHeader: header,
     };
-    const ctx = timeoutMs === undefined ? lazyContext(init) : createHandlerContext({ ...init, timeoutMs });
+    const ctx = timeoutMs === undefined ? new LazyContext(init) : createHandlerContext({ ...init, timeoutMs });
     return { ctx, fn: fn.bind(found.impl) };
   }
 
@@ -139,18 +220,7 @@ export function createDirectTransport(routes: (router: ConnectRouter) => void): 
       const { ctx, fn } = context(method, signal, timeoutMs, header);
       try {
         const output = await fn(create(method.input, input), ctx);
-        return {
-          stream: false,
-          service: method.parent,
-          method,
-          get header() {
-            return ctx.responseHeader;
-          },
-          get trailer() {
-            return ctx.responseTrailer;
-          },
-          message: create(method.output, output as MessageInitShape<typeof method.output>),
-        };
+        return new CallResponse(false, method, ctx, create(method.output, output as MessageInitShape<typeof method.output>));
       } catch (e) {
         ctx.abort(e);
         throw asConnectError(e);
@@ -168,48 +238,10 @@ export function createDirectTransport(routes: (router: ConnectRouter) => void): 
           break;
         }
       } else {
-        request = (async function* () {
-          try {
-            for await (const message of input) yield create(method.input, message);
-          } catch (e) {
-            if (typeof e === "object" && e !== null) callersOwn.add(e);
-            throw e;
-          }
-        })();
+        request = requests(input, method.input);
       }
       const produced = fn(request, ctx);
-      const outputSchema: DescMessage = method.output;
-      async function* messages() {
-        try {
-          const iterable = (await produced) as AsyncIterable<unknown> | unknown;
-          if (iterable && typeof (iterable as AsyncIterable<unknown>)[Symbol.asyncIterator] === "function") {
-            for await (const message of iterable as AsyncIterable<unknown>) {
-              yield create(outputSchema, message as never);
-            }
-          } else {
-            yield create(outputSchema, iterable as never);
-          }
-        } catch (e) {
-          ctx.abort(e);
-          // The caller's own request stream failed (its input was refused): the caller's error, given
-          // back to it, not the service's (which would log it as internal).
-          throw callersOwn.has(e as object) ? ConnectError.from(e) : asConnectError(e);
-        } finally {
-          ctx.abort(callEnded);
-        }
-      }
-      return {
-        stream: true,
-        service: method.parent,
-        method,
-        get header() {
-          return ctx.responseHeader;
-        },
-        get trailer() {
-          return ctx.responseTrailer;
-        },
-        message: messages() as never,
-      };
+      return new CallResponse(true, method, ctx, responses(produced, method.output, ctx)) as never;
     },
   };
 }
