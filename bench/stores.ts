@@ -8,7 +8,7 @@ import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { createExecutorStore } from "../services/executor/store.js";
-import { createModelProxyStore, type NewCall } from "../services/modelproxy/store.js";
+import { createModelProxyStore, encodeCall, type NewCall } from "../services/modelproxy/store.js";
 import { createRegistryStore } from "../services/registry/store.js";
 import { createDatabase } from "../test/databases.js";
 import { fmt, report, summary } from "./stats.js";
@@ -176,7 +176,10 @@ const cases: StoreCase[] = [
     items: { perOp: recordsPerBatch, unit: "record" },
     async open(location) {
       const store = await createModelProxyStore(location);
-      return { op: () => store.insertCalls(Array.from({ length: recordsPerBatch }, callRecord)), close: () => store.close() };
+      return {
+        op: () => store.insertCalls(Array.from({ length: recordsPerBatch }, () => encodeCall(callRecord()))),
+        close: () => store.close(),
+      };
     },
   },
   {

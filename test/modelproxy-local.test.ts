@@ -5,11 +5,11 @@ import { createClient } from "@connectrpc/connect";
 import { createConnectTransport } from "@connectrpc/connect-node";
 import Database from "better-sqlite3";
 import OpenAI from "openai";
-import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { afterAll, beforeAll, describe, expect, it, vi } from "vitest";
 import { ModelProxyService } from "../gen/shaker/modelproxy/v1/modelproxy_pb.js";
 import { localEmbedding } from "../services/modelproxy/local.js";
 import { createRecorder } from "../services/modelproxy/recorder.js";
-import { createModelProxyStore } from "../services/modelproxy/store.js";
+import { createModelProxyStore, encodeCall } from "../services/modelproxy/store.js";
 import { freshDatabase, testDialect, testStoreLocation } from "./databases.js";
 import { type FakeUpstream, startFakeUpstream } from "./fake-upstream.js";
 import { startTestServer, type TestServer } from "./helpers.js";
@@ -346,6 +346,28 @@ describe("the call recorder", () => {
     expect(recorder.counters()).toEqual({ recorded: 4, pending: 0, dropped: 3 });
   });
 
+  it("writes a full batch at once, without waiting for the flush interval", async () => {
+    const database = await testStoreLocation();
+    const store = await createModelProxyStore(database.location);
+    const recorder = createRecorder(store, { batchSize: 3, flushMs: 60_000 });
+    try {
+      recorder.push(callRow("1", 1));
+      recorder.push(callRow("2", 2));
+      expect(recorder.counters()).toEqual({ recorded: 0, pending: 2, dropped: 0 });
+      recorder.push(callRow("3", 3));
+      recorder.push(callRow("4", 4));
+      // The third record filled the batch: it is written now; the fourth waits for the next.
+      await vi.waitFor(() => expect(recorder.counters().recorded).toBe(3));
+      expect(recorder.counters()).toEqual({ recorded: 3, pending: 1, dropped: 0 });
+      expect((await store.listCalls({ accountId: "a", offset: 0, limit: 10 })).map((r) => r.id)).toEqual(["1", "2", "3"]);
+      await recorder.flush();
+      expect(recorder.counters()).toEqual({ recorded: 4, pending: 0, dropped: 0 });
+    } finally {
+      await store.close();
+      await database.release();
+    }
+  });
+
   it.runIf(testDialect === "sqlite")("writes records on a SQLite file from a thread of its own, never the event loop", async () => {
     const dir = mkdtempSync(join(tmpdir(), "shaker-calls-"));
     const file = join(dir, "modelproxy.db");
@@ -357,7 +379,7 @@ describe("the call recorder", () => {
     holder.exec("BEGIN IMMEDIATE");
     try {
       const row = (id: string) => ({ ...callRow(id), request: { messages: [{ role: "user", content: "hi" }] } });
-      const written = store.insertCalls([row("a"), row("b")]);
+      const written = store.insertCalls([row("a"), row("b")].map(encodeCall));
       await new Promise((r) => setTimeout(r, 100));
       expect((holder.prepare("SELECT count(*) AS n FROM calls").get() as { n: number }).n).toBe(0);
       holder.exec("COMMIT");
@@ -373,6 +395,6 @@ describe("the call recorder", () => {
       rmSync(dir, { recursive: true, force: true });
     }
     // A closed store's writer refuses, with a clear error.
-    await expect(store.insertCalls([callRow("c")])).rejects.toThrow(/call writer thread/);
+    await expect(store.insertCalls([encodeCall(callRow("c"))])).rejects.toThrow(/call writer thread/);
   });
 });

@@ -3,12 +3,12 @@
 import { workerData } from "node:worker_threads";
 import { sqliteConnection } from "../shared/db.js";
 import { serveThread } from "../shared/thread.js";
-import { type NewCall, sqliteBatchInsert } from "./calls.js";
+import { type EncodedCall, sqliteBatchInsert } from "./calls.js";
 
 const sqlite = sqliteConnection((workerData as { file: string }).file);
 const insert = sqliteBatchInsert(sqlite);
 serveThread({
-  insertCalls: (rows: NewCall[]) => {
+  insertCalls: (rows: EncodedCall[]) => {
     insert(rows);
   },
   close: () => sqlite.close(),

@@ -16,8 +16,16 @@ const callColumns = Object.entries(getTableColumns(pgSchema.calls)).map(([key, c
   json: column.dataType === "json",
 }));
 
-/** columnValues are a record's values in callColumns' order, as either driver binds them (JSON as its text). */
-function columnValues(row: NewCall): unknown[] {
+/**
+ * EncodedCall is a record as both writers take it: its values in the table's column order, JSON as
+ * its text. A record waits up to a flush interval for its batch; held this way it is a few strings
+ * rather than the request's and answer's object graphs, which the young generation's collections
+ * copied (and promoted) while they waited, and the copy to the writer thread walked again.
+ */
+export type EncodedCall = unknown[];
+
+/** encodeCall is a record's values in callColumns' order, as either driver binds them. */
+export function encodeCall(row: NewCall): EncodedCall {
   return callColumns.map((c) => {
     const value = row[c.key] ?? null;
     return c.json && value !== null ? JSON.stringify(value) : value;
@@ -29,12 +37,12 @@ function columnValues(row: NewCall): unknown[] {
 // serves every call (bench/stores.ts has the figures).
 
 /** sqliteBatchInsert writes records on SQLite with one prepared statement, run per record in one transaction. */
-export function sqliteBatchInsert(sqlite: Database.Database): (rows: NewCall[]) => void {
+export function sqliteBatchInsert(sqlite: Database.Database): (rows: EncodedCall[]) => void {
   const insert = sqlite.prepare(
     `INSERT INTO calls (${callColumns.map((c) => c.name).join(", ")}) VALUES (${callColumns.map(() => "?").join(", ")}) ON CONFLICT DO NOTHING`,
   );
-  return sqlite.transaction((rows: NewCall[]) => {
-    for (const row of rows) insert.run(columnValues(row));
+  return sqlite.transaction((rows: EncodedCall[]) => {
+    for (const row of rows) insert.run(row);
   });
 }
 
@@ -42,14 +50,13 @@ export function sqliteBatchInsert(sqlite: Database.Database): (rows: NewCall[]) 
  * postgresBatchInsert writes records on PostgreSQL in one statement, each column's values as one
  * array parameter (unnest): a batch of any size is one round trip of 21 parameters.
  */
-export function postgresBatchInsert(pool: pg.Pool): (rows: NewCall[]) => Promise<void> {
+export function postgresBatchInsert(pool: pg.Pool): (rows: EncodedCall[]) => Promise<void> {
   const text = `INSERT INTO modelproxy.calls (${callColumns.map((c) => c.name).join(", ")})
     SELECT * FROM unnest(${callColumns.map((c, i) => `$${i + 1}::${c.type}[]`).join(", ")}) ON CONFLICT DO NOTHING`;
-  return async (rows: NewCall[]) => {
-    const values = rows.map(columnValues);
+  return async (rows: EncodedCall[]) => {
     await pool.query(
       text,
-      callColumns.map((_, i) => values.map((v) => v[i])),
+      callColumns.map((_, i) => rows.map((v) => v[i])),
     );
   };
 }

@@ -205,8 +205,8 @@ export function createModelProxyService(options: ModelProxyOptions): ModelProxyS
       ttftMs: call.ttftMs,
       promptTokens: Number(usage.prompt_tokens ?? 0) || 0,
       completionTokens: Number(usage.completion_tokens ?? 0) || 0,
-      // Without secret values the record holds the request and answer as they are (written as JSON
-      // at the next flush; nothing changes them in between), rather than copies.
+      // Without secret values the record takes the request and answer as they are, rather than
+      // copies: the recorder encodes them as JSON as it takes the record.
       request: call.redacting ? redactJson(call.request, call.redact) : call.request,
       response: outcome.response === undefined ? null : call.redacting ? redactJson(outcome.response, call.redact) : outcome.response,
       createdAt: call.createdAt,

@@ -1,12 +1,12 @@
 import { and, asc, eq, type SQL } from "drizzle-orm";
 import { openServiceDatabase } from "../shared/db.js";
 import { startThread } from "../shared/thread.js";
-import { type NewCall, postgresBatchInsert, sqliteBatchInsert } from "./calls.js";
+import { type EncodedCall, encodeCall, type NewCall, postgresBatchInsert, sqliteBatchInsert } from "./calls.js";
 import * as schema from "./schema.js";
 import * as pgSchema from "./schema.pg.js";
 
 export type CallRow = typeof schema.calls.$inferSelect;
-export type { NewCall };
+export { type EncodedCall, encodeCall, type NewCall };
 
 /** CallFilter selects calls of one account. */
 export interface CallFilter {
@@ -37,7 +37,7 @@ export async function createModelProxyStore(location: string, options: { poolSiz
     db.sqlite && location !== ":memory:"
       ? await startThread("ModelProxy's call writer", new URL("./calls-thread.ts", import.meta.url), { file: location })
       : undefined;
-  let insertCalls: (rows: NewCall[]) => Promise<void>;
+  let insertCalls: (rows: EncodedCall[]) => Promise<void>;
   if (writer) insertCalls = (rows) => writer.call("insertCalls", rows);
   else if (db.sqlite) {
     const insert = sqliteBatchInsert(db.sqlite);
@@ -48,7 +48,7 @@ export async function createModelProxyStore(location: string, options: { poolSiz
       await writer?.close();
       await db.close();
     },
-    /** insertCalls writes a batch in one transaction: all or nothing. A call recorded already is left as it is. */
+    /** insertCalls writes a batch (encodeCall's) in one transaction: all or nothing. A call recorded already is left as it is. */
     insertCalls,
     listCalls(filter: CallFilter): Promise<CallRow[]> {
       const where: SQL[] = [eq(calls.accountId, filter.accountId)];
