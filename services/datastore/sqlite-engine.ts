@@ -131,6 +131,10 @@ export async function openSqliteEngine(file: string, options: SqliteEngineOption
     setup: (sqlite) => sqliteVec.load(sqlite),
   });
   const sqlite = db.sqlite!;
+  // One transaction function, made once: better-sqlite3's transaction() builds four functions and
+  // gives each the others as properties, 5.1 µs a call against 1.2 µs for the call alone (exp).
+  const transaction = sqlite.transaction((body: () => unknown) => body());
+  const atomically = <T>(body: () => T): T => transaction(body) as T;
   // 64 MiB of page cache: the (store, id) index of a large store otherwise misses on every insert.
   sqlite.pragma("cache_size = -65536");
   const fts = (id: number) => `ds_fts_${id}`;
@@ -367,11 +371,11 @@ export async function openSqliteEngine(file: string, options: SqliteEngineOption
   function rollingBack(storeId: number, fn: (undo: Undo) => UpsertResult): UpsertResult {
     const undo: Undo = { storeId, inserted: [], updated: [] };
     try {
-      return sqlite.transaction(() => {
+      return atomically(() => {
         const result = fn(undo);
         bump(storeId);
         return result;
-      })();
+      });
     } catch (e) {
       undoAnn(undo);
       if (e instanceof Refused) return e.result;
@@ -427,13 +431,13 @@ export async function openSqliteEngine(file: string, options: SqliteEngineOption
       for (const row of stmt(`SELECT ${storeColumns} FROM stores WHERE dimension > 0`).all() as StoreRow[]) annOf(row.id, row.dimension);
     },
     createStore(accountId: string, name: string, embeddingModel: string): StoreRow | undefined {
-      return sqlite.transaction(() => {
+      return atomically(() => {
         const row = stmt(
           `INSERT INTO stores (account_id, name, embedding_model, created_at) VALUES (?, ?, ?, ?) ON CONFLICT DO NOTHING RETURNING ${storeColumns}`,
         ).get(accountId, name, embeddingModel, Date.now()) as StoreRow | undefined;
         if (row) createIndexes(row.id);
         return row;
-      })();
+      });
     },
     storeById,
     count(storeId: number): number {
@@ -441,7 +445,7 @@ export async function openSqliteEngine(file: string, options: SqliteEngineOption
     },
     /** dropStore removes a store, its records and its indexes; false when it does not exist. */
     dropStore(storeId: number): boolean {
-      return sqlite.transaction(() => {
+      return atomically(() => {
         const store = storeById(storeId);
         if (!store) return false;
         sqlite.exec(`DROP TABLE IF EXISTS ${fts(storeId)}`);
@@ -454,7 +458,7 @@ export async function openSqliteEngine(file: string, options: SqliteEngineOption
         removeAnn(annFile, storeId);
         for (const key of statements.keys()) if (key.includes(`_${storeId} `)) statements.delete(key);
         return true;
-      })();
+      });
     },
     /** upsert writes records in one transaction; a vector of the wrong dimension writes nothing. */
     upsert(storeId: number, input: RecordInput[]): UpsertResult {
@@ -509,7 +513,7 @@ export async function openSqliteEngine(file: string, options: SqliteEngineOption
     },
     /** deleteRecords removes records from the table and both indexes; returns how many existed. */
     deleteRecords(store: StoreRow, ids: string[]): number {
-      return sqlite.transaction(() => {
+      return atomically(() => {
         let deleted = 0;
         const gone: bigint[] = [];
         for (const id of new Set(ids)) {
@@ -531,7 +535,7 @@ export async function openSqliteEngine(file: string, options: SqliteEngineOption
         const state = anns.get(store.id);
         if (state) removeKeys(state, gone);
         return deleted;
-      })();
+      });
     },
     /** keywordSearch ranks by BM25 (score = -bm25), the filter applied inside the query. */
     keywordSearch(storeId: number, text: string, conditions: Condition[], limit: number): Hit[] {
@@ -540,7 +544,7 @@ export async function openSqliteEngine(file: string, options: SqliteEngineOption
       const f = filterSql(conditions);
       if (conditions.length === 0) {
         // Without a filter the keyword lists answer, in one snapshot of the index and records.
-        const hits = sqlite.transaction(() => {
+        const hits = atomically(() => {
           const top = lists.search(listSource, storeId, queryWords(text), limit);
           if (!top) return undefined;
           const found = new Map(
@@ -554,7 +558,7 @@ export async function openSqliteEngine(file: string, options: SqliteEngineOption
             const r = found.get(t.rowid);
             return r ? [{ id: r.id, text: r.text, metadata: r.metadata, score: t.score }] : [];
           });
-        })();
+        });
         if (hits) return hits;
         // Otherwise (a word past the lists' cap) the top rowids come from the FTS index alone; only they are read from records.
         return rowsOf(
