@@ -406,28 +406,43 @@ export async function benchDatastore(): Promise<void> {
     const round = (x: number) => Math.round(x * 1e6) / 1e6;
     // What the store is sent, to the digit: the true top 10 below is computed from these values.
     for (let i = 0; i < all.length; i++) all[i] = round(all[i]);
-    t = performance.now();
-    const vres = await upload(
-      server.url,
-      server.apiKey,
-      "vector",
-      ndjson(vectorN, (j) =>
-        JSON.stringify({
-          id: `v${j}`,
-          text: "",
-          metadata: { even: j % 2 === 0 },
-          vector: Array.from(all.subarray(j * dim, (j + 1) * dim), round),
-        }),
-      ),
-    );
-    if (vres.status !== 200) throw new Error(`REST vector ingest failed: ${vres.status} ${vres.body.slice(0, 300)}`);
-    const vecRestRate = vectorN / ((performance.now() - t) / 1000);
+    // Through REST: the first `vn` records in one request, timed against the store layer's rate for
+    // as many; the rest (at 1M, 900,000 more) in a second request, timed on its own.
+    const line = (j: number) =>
+      JSON.stringify({
+        id: `v${j}`,
+        text: "",
+        metadata: { even: j % 2 === 0 },
+        vector: Array.from(all.subarray(j * dim, (j + 1) * dim), round),
+      });
+    const uploadRange = async (from: number, to: number) => {
+      const t0 = performance.now();
+      const res = await upload(
+        server.url,
+        server.apiKey,
+        "vector",
+        ndjson(to - from, (j) => line(from + j)),
+      );
+      if (res.status !== 200) throw new Error(`REST vector ingest failed: ${res.status} ${res.body.slice(0, 300)}`);
+      return (to - from) / ((performance.now() - t0) / 1000);
+    };
+    const vecRestRate = await uploadRange(0, vn);
     report(
-      `ingest ${vectorN} x ${dim}, REST NDJSON`,
+      `ingest ${vn} x ${dim}, REST NDJSON`,
       `${Math.round(vecRestRate)} rec/s`,
       `${Math.round(vecStoreRate)} rec/s store layer (${vn})`,
       vecRestRate / vecStoreRate,
+      vecRestRate / vecStoreRate >= 0.7 ? "(target >= 0.7x: met)" : "(target >= 0.7x: MISSED)",
     );
+    if (vectorN > vn) {
+      const moreRate = await uploadRange(vn, vectorN);
+      report(
+        `ingest ${vectorN - vn} x ${dim} more, REST NDJSON (into a store of ${vn})`,
+        `${Math.round(moreRate)} rec/s`,
+        `${Math.round(vecRestRate)} rec/s for the first ${vn}`,
+        moreRate / vecRestRate,
+      );
+    }
     // The writer thread saves the index a few seconds after the upload; the store layer loads that file.
     const serverDb = join(server.dataDir, "datastore.db");
     const server2 = await openSqliteEngine(serverDb, { rebuild: "sync" });
