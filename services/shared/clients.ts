@@ -33,12 +33,10 @@ export function createClients(transport: Transport | ((service: Exclude<keyof Cl
 
 /**
  * serviceClient is Connect's createClient with server-streaming methods of its own, which behave
- * as Connect's do. Connect's wrap each call, and its one request, in a generator function made for
- * that call (TypeScript's downlevel of `async function*`). Such a function gives its generator a
- * prototype and a map of its own, and V8 keeps maps in the old generation: they held every streamed
- * call alive through young-generation collections, which then copied each call twice (a collection
- * of 4-8 ms every few dozen ms: the p99 of a stream's first token through the edge,
- * bench/modelproxy.ts). The generators here are declared once.
+ * as Connect's do. Connect's make a generator function per call (for the call and for its one
+ * request), and such a generator kept its whole call alive through V8's young collections
+ * (docs/architecture.md, Transports): 4-8 ms pauses, a stream's p99 through the edge. These
+ * generators are declared once.
  */
 function serviceClient<S extends DescService>(service: S, transport: Transport): Client<S> {
   const client = createClient(service, transport) as Record<string, unknown>;
