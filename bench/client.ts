@@ -6,13 +6,13 @@ import http from "node:http";
 
 /** Caller posts JSON to one server and returns each response's status and body. */
 export interface Caller {
-  post(path: string, body: string): Promise<{ status: number; body: string }>;
+  post(path: string, body: string | Uint8Array): Promise<{ status: number; body: string }>;
   /**
    * firstChunk posts and resolves once the response's first body chunk arrives (a stream's first
    * event), with that chunk; `rest` settles when the response has ended, so that the connection is
    * reused and the next call is not timed with this one's tail.
    */
-  firstChunk(path: string, body: string): Promise<{ status: number; chunk: string; rest: Promise<void> }>;
+  firstChunk(path: string, body: string | Uint8Array): Promise<{ status: number; chunk: string; rest: Promise<void> }>;
   close(): void;
 }
 
@@ -21,7 +21,7 @@ export function createCaller(baseUrl: string, headers: Record<string, string>, s
   const url = new URL(baseUrl);
   const agent = new http.Agent({ keepAlive: true, maxSockets: sockets });
   /** send posts `body` and hands the response to `onResponse`, failing `reject` on a request error. */
-  const send = (path: string, body: string, onResponse: (res: http.IncomingMessage) => void, reject: (e: Error) => void) => {
+  const send = (path: string, body: string | Uint8Array, onResponse: (res: http.IncomingMessage) => void, reject: (e: Error) => void) => {
     const req = http.request(
       {
         host: url.hostname,

@@ -41,6 +41,7 @@ import { withReflection } from "../services/shared/grpc-reflection.js";
 import { type Handler, listen } from "../services/shared/listener.js";
 import { type Membership, startMembership } from "../services/shared/membership.js";
 import { createTelemetry } from "../services/shared/telemetry.js";
+import { createUnaryFastPath } from "../services/shared/unary-fast-path.js";
 import { serveConsole } from "./static.js";
 
 /** Shaker is a running server: every service and the edge on one port, or those it was asked to run. */
@@ -208,10 +209,10 @@ export async function startShaker(config: Config): Promise<Shaker> {
     maxConnectionsPerAddress: config.maxConnectionsPerAddress,
     maxConnections: config.maxConnections,
   };
-  const rpcAdapter = (routes: (router: ConnectRouter) => void, interceptors: Interceptor[]) =>
+  const rpcAdapter = (routes: (router: ConnectRouter) => void, interceptors: Interceptor[]) => {
     // gRPC clients get the grpc-message encoding grpc-js reads, server reflection (with a key, as
     // every RPC here) and UNIMPLEMENTED for a method nobody serves; other unknown paths a JSON 404.
-    grpcMessageEncoding(
+    const connect = grpcMessageEncoding(
       connectNodeAdapter({
         routes: withReflection(routes, { authenticate: (h) => auth.identify(h) }),
         readMaxBytes: config.maxBodyBytes,
@@ -223,6 +224,12 @@ export async function startShaker(config: Config): Promise<Shaker> {
         ),
       }),
     );
+    // Unary calls skip Connect-ES's server (services/shared/unary-fast-path.ts), where no interceptor
+    // of their own has to see them.
+    if (interceptors.length > 0) return connect;
+    const fast = createUnaryFastPath(routes, { readMaxBytes: config.maxBodyBytes });
+    return ((req, res) => fast(req as never, res as never) || connect(req, res)) as typeof connect;
+  };
 
   let listener: Awaited<ReturnType<typeof listen>> | undefined;
   let executor: ReturnType<typeof createExecutorService> | undefined;

@@ -1,4 +1,4 @@
-import { create, type DescMessage, type DescMethod, type DescService, type MessageInitShape } from "@bufbuild/protobuf";
+import { create, type DescMessage, type DescMethod, type DescService, type MessageInitShape, type MessageShape } from "@bufbuild/protobuf";
 import {
   Code,
   ConnectError,
@@ -29,8 +29,11 @@ type CallInit = {
   protocolName: string;
   requestMethod: string;
   url: string;
-  requestSignal: AbortSignal | undefined;
+  /** requestSignal is the caller's signal, or what makes it when the handler first reads its own. */
+  requestSignal: AbortSignal | (() => AbortSignal) | undefined;
+  /** requestHeader is copied, unless it is a Headers the call may keep (`adoptHeader`). */
   requestHeader: HeadersInit | undefined;
+  adoptHeader?: boolean;
 };
 
 /** A HandlerContext that can be ended: aborted, with a reason, when its call is over. */
@@ -56,7 +59,7 @@ class LazyContext implements EndableContext {
   readonly requestMethod: string;
   readonly url: string;
   readonly requestHeader: Headers;
-  private readonly callerSignal: AbortSignal | undefined;
+  private readonly callerSignal: AbortSignal | (() => AbortSignal) | undefined;
   private controller: AbortController | undefined;
   private unlink: (() => void) | undefined;
   private ended = false;
@@ -71,7 +74,7 @@ class LazyContext implements EndableContext {
     this.protocolName = init.protocolName;
     this.requestMethod = init.requestMethod;
     this.url = init.url;
-    this.requestHeader = new Headers(init.requestHeader);
+    this.requestHeader = init.adoptHeader && init.requestHeader instanceof Headers ? init.requestHeader : new Headers(init.requestHeader);
     this.callerSignal = init.requestSignal;
   }
 
@@ -82,7 +85,7 @@ class LazyContext implements EndableContext {
   get signal(): AbortSignal {
     if (!this.controller) {
       const c = (this.controller = new AbortController());
-      const caller = this.callerSignal;
+      const caller = typeof this.callerSignal === "function" ? this.callerSignal() : this.callerSignal;
       if (this.ended) c.abort(this.endReason);
       else if (caller?.aborted) c.abort(caller.reason);
       else if (caller) {
@@ -104,6 +107,16 @@ class LazyContext implements EndableContext {
 
   get values(): ReturnType<typeof createContextValues> {
     return (this.contextValues ??= createContextValues());
+  }
+
+  /** headerIfSet is the response headers, if the handler set any. */
+  headerIfSet(): Headers | undefined {
+    return this.header;
+  }
+
+  /** trailerIfSet is the response trailers, if the handler set any. */
+  trailerIfSet(): Headers | undefined {
+    return this.trailer;
   }
 
   abort(reason?: unknown): void {
@@ -183,50 +196,23 @@ async function* responses(produced: unknown, schema: DescMessage, ctx: EndableCo
  * `routes` is the same function handed to the Connect server; only `router.service` is supported.
  */
 export function createDirectTransport(routes: (router: ConnectRouter) => void): Transport {
-  const impls = new Map<string, { service: DescService; impl: Record<string, AnyImpl> }>();
-  const collector = {
-    service(service: DescService, impl: Partial<ServiceImpl<DescService>>) {
-      impls.set(service.typeName, { service, impl: impl as unknown as Record<string, AnyImpl> });
-      return collector;
-    },
-    rpc() {
-      throw new Error("createDirectTransport supports router.service only");
-    },
-    handlers: [],
-  };
-  routes(collector as unknown as ConnectRouter);
+  const served = collect(routes);
 
   function context(method: DescMethod, signal: AbortSignal | undefined, timeoutMs: number | undefined, header: HeadersInit | undefined) {
-    const found = impls.get(method.parent.typeName);
-    const fn = found?.impl[method.localName];
-    if (!found || typeof fn !== "function") {
-      throw new ConnectError(`${method.parent.typeName}.${method.name} is not implemented`, Code.Unimplemented);
-    }
-    const init: CallInit = {
-      service: found.service,
-      method,
+    return start(served, method, {
       protocolName: "direct",
-      requestMethod: "POST",
       url: `direct:///${method.parent.typeName}/${method.name}`,
       requestSignal: signal,
       requestHeader: header,
-    };
-    const ctx = timeoutMs === undefined ? new LazyContext(init) : createHandlerContext({ ...init, timeoutMs });
-    return { ctx, fn: fn.bind(found.impl) };
+      timeoutMs,
+    });
   }
 
   return {
     async unary(method, signal, timeoutMs, header, input) {
       const { ctx, fn } = context(method, signal, timeoutMs, header);
-      try {
-        const output = await fn(create(method.input, input), ctx);
-        return new CallResponse(false, method, ctx, create(method.output, output as MessageInitShape<typeof method.output>));
-      } catch (e) {
-        ctx.abort(e);
-        throw asConnectError(e);
-      } finally {
-        ctx.abort(callEnded);
-      }
+      const output = (await invoke(fn, ctx, method, input)) as MessageShape<typeof method.output>;
+      return new CallResponse(false, method, ctx, output);
     },
 
     async stream(method, signal, timeoutMs, header, input) {
@@ -242,6 +228,127 @@ export function createDirectTransport(routes: (router: ConnectRouter) => void): 
       }
       const produced = fn(request, ctx);
       return new CallResponse(true, method, ctx, responses(produced, method.output, ctx)) as never;
+    },
+  };
+}
+
+/** Served is a service routed to a direct caller: its descriptor and its handlers. */
+type Served = Map<string, { service: DescService; impl: Record<string, AnyImpl> }>;
+
+/** collect takes the services `routes` registers (only `router.service` is supported). */
+function collect(routes: (router: ConnectRouter) => void): Served {
+  const served: Served = new Map();
+  const collector = {
+    service(service: DescService, impl: Partial<ServiceImpl<DescService>>) {
+      served.set(service.typeName, { service, impl: impl as unknown as Record<string, AnyImpl> });
+      return collector;
+    },
+    rpc() {
+      throw new Error("a direct caller supports router.service only");
+    },
+    handlers: [],
+  };
+  routes(collector as unknown as ConnectRouter);
+  return served;
+}
+
+/** How a call reached its handler: what start makes its context of. */
+interface CallOrigin {
+  protocolName: string;
+  url: string;
+  requestSignal: AbortSignal | (() => AbortSignal) | undefined;
+  requestHeader: HeadersInit | undefined;
+  timeoutMs: number | undefined;
+}
+
+/** start finds the handler of `method` and makes the call's context: a lazy one unless the call has a deadline. */
+function start(served: Served, method: DescMethod, origin: CallOrigin, adoptHeader = false): { ctx: EndableContext; fn: AnyImpl } {
+  const found = served.get(method.parent.typeName);
+  const fn = found?.impl[method.localName];
+  if (!found || typeof fn !== "function") {
+    throw new ConnectError(`${method.parent.typeName}.${method.name} is not implemented`, Code.Unimplemented);
+  }
+  // Built property by property: with `const { timeoutMs, ...rest } = origin` and `{ ...rest, … }`
+  // here, every unary call was copied by young collections again (test/young-garbage.test.ts).
+  const init: CallInit = {
+    service: found.service,
+    method,
+    protocolName: origin.protocolName,
+    requestMethod: "POST",
+    url: origin.url,
+    requestSignal: origin.requestSignal,
+    requestHeader: origin.requestHeader,
+    adoptHeader,
+  };
+  let ctx: EndableContext;
+  if (origin.timeoutMs === undefined) ctx = new LazyContext(init);
+  else {
+    const signal = typeof init.requestSignal === "function" ? init.requestSignal() : init.requestSignal;
+    ctx = createHandlerContext({ ...init, requestSignal: signal, timeoutMs: origin.timeoutMs });
+  }
+  return { ctx, fn: fn.bind(found.impl) };
+}
+
+/** invoke runs a unary handler to its answer; the call ends with it, and its error leaves as asConnectError makes it. */
+async function invoke(fn: AnyImpl, ctx: EndableContext, method: DescMethod, input: unknown, where?: string): Promise<unknown> {
+  try {
+    const output = await fn(create(method.input, input as never), ctx);
+    return create(method.output, output as MessageInitShape<typeof method.output>);
+  } catch (e) {
+    ctx.abort(e);
+    throw asConnectError(e, where);
+  } finally {
+    ctx.abort(callEnded);
+  }
+}
+
+/** What a unary call that arrived over the network tells its handler. */
+export interface UnaryOrigin {
+  /** protocolName is the wire protocol the call came in ("connect", "grpc"). */
+  protocolName: string;
+  url: string;
+  /** requestHeader is the call's own: the handler keeps it. */
+  requestHeader: Headers;
+  /** requestSignal makes the signal that ends when the caller leaves, if the handler asks for one. */
+  requestSignal: () => AbortSignal;
+  /** timeoutMs is the call's deadline, from its header. */
+  timeoutMs: number | undefined;
+}
+
+/** A unary call's answer and the headers and trailers its handler set (undefined when it set none). */
+export interface UnaryAnswer {
+  message: unknown;
+  header: Headers | undefined;
+  trailer: Headers | undefined;
+}
+
+/**
+ * DirectUnary calls the unary handlers of `routes` as the direct transport does, for a server that
+ * has already read and decoded a call's request (services/shared/unary-fast-path.ts).
+ */
+export interface DirectUnary {
+  /** method is the unary method at `path` ("/<service>/<Method>"), when a handler serves it. */
+  method(path: string): DescMethod | undefined;
+  /** call runs the handler; it throws what its error leaves as (asConnectError's, logged where internal). */
+  call(method: DescMethod, origin: UnaryOrigin, input: unknown): Promise<UnaryAnswer>;
+}
+
+export function createDirectUnary(routes: (router: ConnectRouter) => void): DirectUnary {
+  const served = collect(routes);
+  const byPath = new Map<string, DescMethod>();
+  for (const { service, impl } of served.values()) {
+    for (const method of service.methods) {
+      if (method.methodKind === "unary" && typeof impl[method.localName] === "function")
+        byPath.set(`/${service.typeName}/${method.name}`, method);
+    }
+  }
+  return {
+    method: (path) => byPath.get(path),
+    async call(method, origin, input) {
+      const { ctx, fn } = start(served, method, origin, true);
+      const message = await invoke(fn, ctx, method, input, `${method.parent.typeName}/${method.name}`);
+      if (ctx instanceof LazyContext) return { message, header: ctx.headerIfSet(), trailer: ctx.trailerIfSet() };
+      return { message, header: ctx.responseHeader, trailer: ctx.responseTrailer };
     },
   };
 }
