@@ -9,7 +9,7 @@ import { Progress } from "../cli/datastores.js";
 import type { CliIo } from "../cli/io.js";
 import { annPath } from "../services/datastore/ann.js";
 import type { RecordInput } from "../services/datastore/model.js";
-import { openSqliteEngine } from "../services/datastore/sqlite-engine.js";
+import { mmapBytesDefault, openSqliteEngine } from "../services/datastore/sqlite-engine.js";
 import { writerThread } from "../services/datastore/writer.js";
 import { testDialect } from "./databases.js";
 import { startTestServer, waitFor } from "./helpers.js";
@@ -59,6 +59,16 @@ describe.skipIf(testDialect === "postgresql")("datastore ANN index", () => {
     }
     expect(agree / 200).toBeGreaterThanOrEqual(0.95);
     await store.close();
+  });
+
+  it("maps its file for reads (the re-rank's rows), unless told not to", async () => {
+    const file = tempFile();
+    const mapped = await openSqliteEngine(file);
+    expect(mapped.db.sqlite!.pragma("mmap_size", { simple: true })).toBe(mmapBytesDefault);
+    await mapped.close();
+    const unmapped = await openSqliteEngine(file, { mmapBytes: 0 });
+    expect(unmapped.db.sqlite!.pragma("mmap_size", { simple: true })).toBe(0);
+    await unmapped.close();
   });
 
   it("compacts a graph that updates filled with removed nodes, keeping it current through writes made meanwhile", async () => {

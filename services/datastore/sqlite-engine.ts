@@ -47,6 +47,9 @@ const oversample = 10;
 /** exactBelow is the store size under which quantised stores are scanned exactly (a few ms). */
 const exactBelow = 10_000;
 
+/** mmapBytesDefault is the most of a database file reads map: SQLite's own ceiling (SQLITE_MAX_MMAP_SIZE), about 2 GiB. */
+export const mmapBytesDefault = 0x7fff0000;
+
 /** annMaxK is the most ANN candidates a filtered search asks for before it scans the filtered records exactly. */
 export const annMaxK = 16_384;
 
@@ -59,6 +62,8 @@ export interface SqliteEngineOptions {
   ann?: boolean;
   /** annFrom is the store size from which vector search uses the ANN index (default annFromDefault). */
   annFrom?: number;
+  /** mmapBytes is how much of the file reads map (SQLite's mmap_size; default mmapBytesDefault, 0 for none). */
+  mmapBytes?: number;
   /**
    * rebuild says how a stale index is rebuilt: "sync" (the default) all at once when first searched,
    * "steps" only by rebuildStep calls (the writer thread's, between its other work); until then
@@ -137,6 +142,11 @@ export async function openSqliteEngine(file: string, options: SqliteEngineOption
   const atomically = <T>(body: () => T): T => transaction(body) as T;
   // 64 MiB of page cache: the (store, id) index of a large store otherwise misses on every insert.
   sqlite.pragma("cache_size = -65536");
+  // Reads map the file instead of copying each page in with a read() call: a vector search's
+  // re-rank reads its 64 candidates' rows, scattered over a table far larger than the page cache
+  // (0.38 to 0.46 ms a search against 0.59 to 0.83 ms at 100,000 x 384, through REST; exp). Writes
+  // still go through write(), and the mapped pages are the kernel's page cache, not this heap.
+  sqlite.pragma(`mmap_size = ${options.mmapBytes ?? mmapBytesDefault}`);
   const fts = (id: number) => `ds_fts_${id}`;
   const vec = (id: number) => `ds_vec_${id}`;
   const annOn = options.ann ?? true;
