@@ -107,7 +107,7 @@ function asError(e: unknown): ConnectError {
   return e instanceof ConnectError ? e : new ConnectError("internal error", Code.Internal, undefined, undefined, e);
 }
 
-/** headersOf adds `from`'s entries to `to`, each name with `prefix` (Connect sends a unary call's trailers as "trailer-" headers). */
+/** addHeaders adds `from`'s entries to `to`, each name with `prefix` (Connect sends a unary call's trailers as "trailer-" headers). */
 function addHeaders(to: OutgoingHttpHeaders, from: Headers | undefined, prefix = ""): void {
   from?.forEach((value, name) => {
     to[prefix + name] = value;
@@ -128,7 +128,8 @@ export interface UnaryFastPathOptions {
  * Why: Connect-ES's server handles a unary call as a stream: per call it makes two AbortControllers
  * and the DOMException of their abort, several Headers, and pipes of down-levelled async generators
  * (tslib's, slow in V8) for a body of one message. A Datastore keyword search through it took
- * 0.25 ms more than the same search through the REST edge, which does more work (bench/datastore.ts).
+ * 0.2 to 0.45 ms more than the same search through the REST edge, which does more work; through
+ * this path, 0.03 to 0.04 ms more.
  * Here a call is read in one pass, decoded with the same serializers (limits included), handed to
  * its handler as the direct transport hands a co-located call (a context whose signal and response
  * headers are made only when read), and answered in one write.
