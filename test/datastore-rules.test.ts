@@ -15,11 +15,13 @@ import {
   finiteNumbers,
   hybridDepth,
   readJsonRecord,
+  readVector,
   type SearchFields,
   searchModeProblem,
   searchModes,
   searchPages,
   upsertPartSize,
+  vectorForms,
 } from "../services/datastore/rules.js";
 import { checkRunPage, inputRequired, runPages, runStatuses } from "../services/executor/rules.js";
 import { errorMetadata } from "../services/shared/errors.js";
@@ -108,8 +110,8 @@ describe("records over REST (JSON)", () => {
       [{ id: "a", text: 3 }, "text must be a string", ".text"],
       [{ id: "a", metadata: [1] }, "metadata must be a JSON object", ".metadata"],
       [{ id: "a", metadata: "m" }, "metadata must be a JSON object", ".metadata"],
-      [{ id: "a", vector: "1,2" }, "vector must be an array of finite numbers", ".vector"],
-      [{ id: "a", vector: [1, "2"] }, "vector must be an array of finite numbers", ".vector"],
+      [{ id: "a", vector: "1,2" }, `vector must be ${vectorForms}`, ".vector"],
+      [{ id: "a", vector: [1, "2"] }, `vector must be ${vectorForms}`, ".vector"],
     ];
     for (const [value, problem, param] of cases) expect(readJsonRecord(value), JSON.stringify(value)).toEqual({ problem, param });
   });
@@ -118,6 +120,21 @@ describe("records over REST (JSON)", () => {
     expect(finiteNumbers([])).toBe(true);
     expect(finiteNumbers([0, -1.5, 1e300])).toBe(true);
     for (const bad of [undefined, null, "1", {}, [null], [Number.NaN], [Number.POSITIVE_INFINITY]]) expect(finiteNumbers(bad)).toBe(false);
+  });
+
+  it("reads a vector written out or as the base64 of its little-endian float32s, and nothing else", () => {
+    const floats = new Float32Array([0.25, -1.5, Math.PI, 1e-8]);
+    const b64 = Buffer.from(floats.buffer).toString("base64");
+    expect(readVector(b64)).toEqual(Array.from(floats));
+    expect(readVector([0.25, -1.5])).toEqual([0.25, -1.5]);
+    expect(readVector("")).toEqual([]);
+    expect(readJsonRecord({ id: "a", vector: b64 })).toMatchObject({ id: "a", vector: Array.from(floats) });
+    const nan = Buffer.from(new Float32Array([1, Number.NaN]).buffer).toString("base64");
+    const infinite = Buffer.from(new Float32Array([Number.POSITIVE_INFINITY]).buffer).toString("base64");
+    // Not base64 (a space, a URL-safe character, missing padding), 2 or 6 bytes, or not finite.
+    for (const bad of [`${b64} `, "AAAA-_AA", "AAAA AAAA", "AAA", "AAA=", "AAAAAAA=", nan, infinite, 12, null]) {
+      expect(readVector(bad), String(bad)).toBeUndefined();
+    }
   });
 
   it("an upload streams in parts of a thousand records", () => {

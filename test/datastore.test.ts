@@ -2,6 +2,7 @@ import { createClient } from "@connectrpc/connect";
 import { createConnectTransport } from "@connectrpc/connect-node";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { DatastoreService } from "../gen/shaker/datastore/v1/datastore_pb.js";
+import { vectorForms } from "../services/datastore/rules.js";
 import { startTestServer, type TestServer } from "./helpers.js";
 
 /** hashed embeds text as the ModelProxy's local embedder does: feature hashing of tokens, L2-normalised. */
@@ -211,6 +212,26 @@ describe("datastore over REST and RPC", () => {
     expect(await count("edit")).toBeUndefined();
   });
 
+  it("takes vectors as the base64 of their float32s, in uploads and searches, as written-out numbers", async () => {
+    const b64 = (v: number[]) => Buffer.from(new Float32Array(v).buffer).toString("base64");
+    expect((await server.request("POST", "/v1/datastores", { name: "packed" })).status).toBe(201);
+    const ndjson = withVectors.map((r) => JSON.stringify({ ...r, vector: b64(r.vector) })).join("\n");
+    const up = await server.request("POST", "/v1/datastores/packed/records", ndjson, { "content-type": "application/x-ndjson" });
+    expect(up.status).toBe(200);
+    expect(up.body.data).toMatchObject({ upserted: withVectors.length, embedded: 0 });
+    const stored = await server.request("GET", "/v1/datastores/packed/records/bike");
+    expect(stored.body.data.vector).toEqual(Array.from(new Float32Array(hashed(corpus[2].text))));
+    const query = hashed("patch a puncture in my bicycle tyre");
+    const packed = await search("packed", { mode: "vector", vector: b64(query), limit: 3 });
+    const plain = await search("kb", { mode: "vector", vector: query, limit: 3 });
+    expect(packed.status).toBe(200);
+    expect(ids(packed.body)[0]).toBe("bike");
+    expect(packed.body.data).toEqual(plain.body.data);
+    const bad = await search("packed", { mode: "vector", vector: "not base64!" });
+    expect(bad.status).toBe(400);
+    expect(bad.body.error).toMatchObject({ message: `'vector' must be ${vectorForms}`, param: "vector" });
+  });
+
   it("gets many records in the order asked over RPC, skipping absent ids", async () => {
     const client = createClient(DatastoreService, createConnectTransport({ baseUrl: server.url, httpVersion: "1.1" }));
     const headers = { authorization: `Bearer ${server.apiKey}` };
@@ -237,7 +258,8 @@ describe("datastore over REST and RPC", () => {
         "records[1].metadata",
       ],
       [[{ id: "m", text: "x", metadata: "tag", vector: hashed("m") }], "records[0]: metadata must be a JSON object", "records[0].metadata"],
-      [[{ id: "v", vector: [1, "a"] }], "records[0]: vector must be an array of finite numbers", "records[0].vector"],
+      [[{ id: "v", vector: [1, "a"] }], `records[0]: vector must be ${vectorForms}`, "records[0].vector"],
+      [[{ id: "v", vector: "AAAA-_AA" }], `records[0]: vector must be ${vectorForms}`, "records[0].vector"],
     ];
     for (const [records, message, param] of cases) {
       const res = await server.request("POST", "/v1/datastores/kb/records", { records });

@@ -1,7 +1,15 @@
 import type { JsonObject } from "@bufbuild/protobuf";
 import { Code, ConnectError } from "@connectrpc/connect";
 import type { Store } from "../../gen/shaker/datastore/v1/datastore_pb.js";
-import { finiteNumbers, type JsonRecord, readJsonRecord, searchModeProblem, searchModes, upsertPartSize } from "../datastore/rules.js";
+import {
+  type JsonRecord,
+  readJsonRecord,
+  readVector,
+  searchModeProblem,
+  searchModes,
+  upsertPartSize,
+  vectorForms,
+} from "../datastore/rules.js";
 import type { Clients } from "../shared/clients.js";
 import { msOf } from "../shared/json.js";
 import { callerHeaders, defaultMaxJsonDepth, field, HttpError, nestsDeeperThan, type Req, readJson, sendJson, tooDeep } from "./http.js";
@@ -276,10 +284,8 @@ export function addDatastoreRoutes(router: EdgeRouter, options: DatastoreRoutesO
       const body = await readJson(req, options.maxBodyBytes, maxJsonDepth);
       const mode = field.string(body, "mode") ?? "keyword";
       if (!(mode in searchModes)) throw new HttpError(400, searchModeProblem, "mode", "invalid_value");
-      const vector = body.vector ?? [];
-      if (!finiteNumbers(vector)) {
-        throw new HttpError(400, "'vector' must be an array of finite numbers", "vector", "invalid_type");
-      }
+      const vector = readVector(body.vector ?? []);
+      if (!vector) throw new HttpError(400, `'vector' must be ${vectorForms}`, "vector", "invalid_type");
       const resp = await datastore.search(
         {
           store: params.name,
