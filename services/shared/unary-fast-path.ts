@@ -92,6 +92,11 @@ function readBody(req: Req, limit: number): Promise<Uint8Array> {
   });
 }
 
+/** negotiate picks a call's request and response compression from its headers, as Connect-ES does. */
+function negotiate(req: Req, encoding: string, acceptEncoding: string) {
+  return compressionNegotiate(compressions, header(req.headers, encoding), header(req.headers, acceptEncoding), acceptEncoding);
+}
+
 /** leftSignal is a signal that aborts when the caller goes away before its answer was written. */
 function leftSignal(req: Req, res: Res): AbortSignal {
   const c = new AbortController();
@@ -167,12 +172,7 @@ export function createUnaryFastPath(routes: (router: ConnectRouter) => void, opt
   }
 
   async function serveConnect(req: Req, res: Res, method: DescMethod, binary: boolean, timeoutMs: number | undefined): Promise<void> {
-    const compression = compressionNegotiate(
-      compressions,
-      header(req.headers, headerUnaryEncoding),
-      header(req.headers, headerUnaryAcceptEncoding),
-      headerUnaryAcceptEncoding,
-    );
+    const compression = negotiate(req, headerUnaryEncoding, headerUnaryAcceptEncoding);
     let answer: UnaryAnswer | undefined;
     let status = 200;
     let body: Uint8Array;
@@ -208,12 +208,7 @@ export function createUnaryFastPath(routes: (router: ConnectRouter) => void, opt
   async function serveGrpc(req: Req, res: Http2ServerResponse, method: DescMethod, timeoutMs: number | undefined): Promise<void> {
     const stream = res.stream;
     const contentType = String(req.headers["content-type"]);
-    const compression = compressionNegotiate(
-      compressions,
-      header(req.headers, grpcEncodingHeader),
-      header(req.headers, grpcAcceptEncodingHeader),
-      grpcAcceptEncodingHeader,
-    );
+    const compression = negotiate(req, grpcEncodingHeader, grpcAcceptEncodingHeader);
     let answer: UnaryAnswer | undefined;
     try {
       if (compression.error) throw compression.error;
