@@ -7,7 +7,7 @@ export const datastoresUsage = `usage: shaker datastores list
        shaker datastores create NAME [--embedding-model MODEL]
        shaker datastores load NAME FILE [--batch N] [--progress]  (FILE: NDJSON, one record a line, or a JSON array)
        shaker datastores search NAME QUERY [--mode keyword|vector|hybrid] [--limit N] [--json]
-  records are {id, text, metadata?, vector?}.`;
+  records are {id, text, metadata?, vector?}; a vector is numbers, or the base64 of its float32s.`;
 
 /** eta formats the seconds left as m:ss (or h:mm:ss). */
 function eta(seconds: number): string {
