@@ -7,6 +7,8 @@
 //   ranking every match, a word's first search (its list built) apart, and REST and RPC (binary
 //   Protobuf over the Connect protocol, from node:http as REST's calls are, and from Connect-ES's
 //   client) against the store layer on the same corpus;
+// - vector ingest through REST, its vectors written out and as base64 (each body made beforehand),
+//   against the store layer at the same size;
 // - vector search: the ANN index (usearch HNSW, exact re-ranking) against an exact scan of the same
 //   records, with recall@10, and REST and RPC against the store layer on the same store.
 // - PostgreSQL: the same store layer on a fresh database (SHAKER_BENCH_DATABASE_URL, else the local
