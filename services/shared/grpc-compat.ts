@@ -85,12 +85,14 @@ export function grpcMessageEncoding<Q extends Req, S>(handler: NodeHandler<Q, S>
 
 /**
  * sendGrpcTrailersOnly answers a gRPC or gRPC-Web request with an error and no message: HTTP 200
- * and the status in the response's only HEADERS frame (gRPC's "Trailers-Only"). On HTTP/2 it
+ * and the status in the response's only HEADERS frame (gRPC's "Trailers-Only"), with `extra`
+ * headers (the error's metadata and details) beside it. On HTTP/2 it
  * writes to the stream itself: Node's compatibility response sends its headers without END_STREAM
  * and its trailers apart, which grpc-js reads as "Call ended without gRPC status" (INTERNAL).
  */
-export function sendGrpcTrailersOnly(req: Req, res: unknown, code: Code, message: string): void {
+export function sendGrpcTrailersOnly(req: Req, res: unknown, code: Code, message: string, extra: OutgoingHttpHeaders = {}): void {
   const headers = {
+    ...extra,
     "content-type": String(req.headers["content-type"] ?? "application/grpc").split(";")[0],
     "grpc-status": String(code),
     "grpc-message": encodeGrpcMessage(message),

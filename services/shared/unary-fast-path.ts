@@ -7,7 +7,7 @@ import { codeToHttpStatus, errorToJsonBytes, parseTimeout as parseConnectTimeout
 import { parseTimeout as parseGrpcTimeout, setTrailerStatus } from "@connectrpc/connect/protocol-grpc";
 import { compressionBrotli, compressionGzip } from "@connectrpc/connect-node";
 import { createDirectUnary, type UnaryAnswer } from "./direct-transport.js";
-import { encodeGrpcMessage } from "./grpc-compat.js";
+import { sendGrpcTrailersOnly } from "./grpc-compat.js";
 
 /** Responses at least this large are compressed when the caller accepts it (Connect-ES's default). */
 const compressMinBytes = 1024;
@@ -181,11 +181,10 @@ export function createUnaryFastPath(routes: (router: ConnectRouter) => void, opt
       if (compression.error) throw compression.error;
       let bytes = await readBody(req, options.readMaxBytes);
       if (compression.request) bytes = await compression.request.decompress(bytes, options.readMaxBytes);
-      const input = serialization(method).getI(binary).parse(bytes);
+      const ser = serialization(method);
+      const input = ser.getI(binary).parse(bytes);
       answer = await unary.call(method, origin(req, res, "connect", timeoutMs), input);
-      body = serialization(method)
-        .getO(binary)
-        .serialize(answer.message as never);
+      body = ser.getO(binary).serialize(answer.message as never);
       addHeaders(extra, answer.header);
       addHeaders(extra, answer.trailer, "trailer-");
     } catch (e) {
@@ -226,11 +225,10 @@ export function createUnaryFastPath(routes: (router: ConnectRouter) => void, opt
       } else if (length > options.readMaxBytes) {
         throw new ConnectError(`message size is larger than configured readMaxBytes ${options.readMaxBytes}`, Code.ResourceExhausted);
       }
-      const input = serialization(method).getI(true).parse(message);
+      const ser = serialization(method);
+      const input = ser.getI(true).parse(message);
       answer = await unary.call(method, origin(req, res, "grpc", timeoutMs), input);
-      let out: Uint8Array = serialization(method)
-        .getO(true)
-        .serialize(answer.message as never);
+      let out: Uint8Array = ser.getO(true).serialize(answer.message as never);
       let outFlags = 0;
       const headers: OutgoingHttpHeaders = {};
       addHeaders(headers, answer.header);
@@ -253,16 +251,12 @@ export function createUnaryFastPath(routes: (router: ConnectRouter) => void, opt
       res.addTrailers(trailers);
       res.end(envelope);
     } catch (e) {
-      if (stream.destroyed || stream.headersSent) return;
       const error = asError(e);
-      const status = setTrailerStatus(new Headers(), error);
-      status.set("grpc-message", encodeGrpcMessage(error.rawMessage));
-      const headers: OutgoingHttpHeaders = {};
-      addHeaders(headers, answer?.header);
-      addHeaders(headers, status);
-      headers[":status"] = 200;
-      headers["content-type"] = contentType;
-      stream.respond(headers, { endStream: true });
+      // The error's metadata and details (grpc-status-details-bin) beside the status sendGrpcTrailersOnly writes.
+      const extra: OutgoingHttpHeaders = {};
+      addHeaders(extra, answer?.header);
+      addHeaders(extra, setTrailerStatus(new Headers(), error));
+      sendGrpcTrailersOnly(req, res, error.code, error.rawMessage, extra);
     }
   }
 
