@@ -55,6 +55,15 @@ export function blobOf(v: Float32Array): Buffer {
   return Buffer.from(v.buffer, v.byteOffset, v.byteLength);
 }
 
+/**
+ * hasDirection is false for a vector of zeros: it has no cosine with anything (its score is null,
+ * and it ranks after every scored record).
+ */
+export function hasDirection(v: Float32Array): boolean {
+  for (let i = 0; i < v.length; i++) if (v[i] !== 0) return true;
+  return false;
+}
+
 /** floatsOf reads a stored vector back. */
 export function floatsOf(b: Buffer): Float32Array {
   return new Float32Array(b.buffer.slice(b.byteOffset, b.byteOffset + b.byteLength));

@@ -27,6 +27,7 @@ import {
   blobOf,
   floatsOf,
   type Hit,
+  hasDirection,
   queryWords,
   type RecordInput,
   Refused,
@@ -155,6 +156,18 @@ export async function openSqliteEngine(file: string, options: SqliteEngineOption
   if (annOn) {
     // A crash mid-upload left staged parts (of an older version) nobody will commit.
     sqlite.exec("DELETE FROM staged_records");
+    // Zero vectors written before they were kept out of sqlite-vec's tables (writeOne) leave them, once.
+    sqlite.exec("CREATE TABLE IF NOT EXISTS ds_fixes (name TEXT PRIMARY KEY)");
+    atomically(() => {
+      if (sqlite.prepare("INSERT OR IGNORE INTO ds_fixes (name) VALUES ('zero-vectors-out-of-vec0')").run().changes === 0) return;
+      for (const { id } of sqlite.prepare("SELECT id FROM stores WHERE dimension > 0").all() as { id: number }[]) {
+        sqlite
+          .prepare(
+            `DELETE FROM ${vec(id)} WHERE rowid IN (SELECT rowid FROM records WHERE store_id = ? AND vector = zeroblob(length(vector)))`,
+          )
+          .run(id);
+      }
+    });
     // ds_ann counts each store's write transactions: the generation an ANN index file must match.
     sqlite.exec("CREATE TABLE IF NOT EXISTS ds_ann (store_id INTEGER PRIMARY KEY, generation INTEGER NOT NULL)");
   }
@@ -355,11 +368,16 @@ export async function openSqliteEngine(file: string, options: SqliteEngineOption
       );
     }
     stmt(`INSERT INTO ${fts(storeId)} (rowid, text) VALUES (?, ?)`).run(rowid, r.text);
-    stmt(
-      quantized(r.vector.length)
-        ? `INSERT INTO ${vec(storeId)} (rowid, bits) VALUES (?, vec_quantize_binary(?))`
-        : `INSERT INTO ${vec(storeId)} (rowid, embedding) VALUES (?, ?)`,
-    ).run(rowid, blob);
+    // A vector of zeros stays out of sqlite-vec's table: its cosine distance is NaN, and one NaN
+    // among the distances made the float KNN drop true neighbours (a fifth of the top 10 where every
+    // fiftieth vector was zero). It has no score anyway: scanSearch's exact fallback ranks it last.
+    if (hasDirection(r.vector)) {
+      stmt(
+        quantized(r.vector.length)
+          ? `INSERT INTO ${vec(storeId)} (rowid, bits) VALUES (?, vec_quantize_binary(?))`
+          : `INSERT INTO ${vec(storeId)} (rowid, embedding) VALUES (?, ?)`,
+      ).run(rowid, blob);
+    }
     return { rowid, updated: existing !== undefined };
   }
 
@@ -648,7 +666,10 @@ export async function openSqliteEngine(file: string, options: SqliteEngineOption
                FROM knn JOIN records r ON r.rowid = knn.rowid WHERE ${f.sql} ORDER BY knn.distance LIMIT ?`,
               [q, k, ...f.params, limit],
             );
-        if (hits.length >= limit || k >= total) return hits;
+        if (hits.length >= limit) return hits;
+        // Every vector was a candidate and fewer than `limit` passed: the exact scan adds the records
+        // the KNN table leaves out (zero vectors, scored null, last).
+        if (k >= total) break;
         k = Math.min(k * 4, total);
       }
       return this.exactSearch(store, query, conditions, limit);
