@@ -16,6 +16,7 @@ const onPostgres = [
   "test/datastore.service.test.ts",
   "test/datastore-scope.test.ts",
   "test/datastore-ann.test.ts",
+  "test/datastore-pg-scan.test.ts",
   "test/cluster.test.ts",
   "test/ctx.test.ts",
   "test/edge.e2e.test.ts",

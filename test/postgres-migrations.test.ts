@@ -1,4 +1,7 @@
 import { randomBytes } from "node:crypto";
+import { cpSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
 import { type Column, getTableName, is, type SQL, sql, Table } from "drizzle-orm";
 import { drizzle } from "drizzle-orm/node-postgres";
 import { migrate } from "drizzle-orm/node-postgres/migrator";
@@ -38,8 +41,8 @@ const modules = {
   datastore: [datastore, datastorePg],
 } as const;
 
-/** Columns and indexes only PostgreSQL has: the tsvector FTS5 keeps in SQLite, and its GIN index. */
-const pgOnlyColumns = new Set(["records.search"]);
+/** Columns and indexes only PostgreSQL has: the tsvector FTS5 keeps in SQLite, and its GIN index; the vectors' bytes the exact scan reads. */
+const pgOnlyColumns = new Set(["records.search", "records.vector_bytes"]);
 const pgOnlyIndexes = new Set(["records_search_idx"]);
 
 /** migrateOptions are the migrator's options for a service (see above). */
@@ -322,14 +325,22 @@ describe(`PostgreSQL migrations against a server${url ? "" : " (skipped: SHAKER_
     expect(store).toEqual({ id: 1, accountId: "acc_1", name: "docs", embeddingModel: "", dimension: 0, createdAt: 1_764_279_373_123 });
     const floats = new Float32Array([0.1, -0, 1 / 3, 3.4e38, 1e-45, -2.5, Number.NaN, Number.POSITIVE_INFINITY]);
     const vector = Buffer.from(floats.buffer);
-    const record = { storeId: store.id, recordId: "r1", text: "The quick brown Fox", metadata: '{"lang":"en","n":2}', vector };
+    const record = {
+      storeId: store.id,
+      recordId: "r1",
+      text: "The quick brown Fox",
+      metadata: '{"lang":"en","n":2}',
+      vector,
+      vectorBytes: vector,
+    };
     const [inserted] = await db.insert(datastorePg.records).values(record).returning();
     expect(inserted.rowid).toBe(1);
-    await db.insert(datastorePg.records).values({ ...record, recordId: "r2", text: "lazy dogs", vector: Buffer.alloc(0) });
+    const empty = Buffer.alloc(0);
+    await db.insert(datastorePg.records).values({ ...record, recordId: "r2", text: "lazy dogs", vector: empty, vectorBytes: empty });
     const rows = await db.select().from(datastorePg.records).orderBy(datastorePg.records.rowid);
     expect(rows.map(({ search, ...r }) => r)).toEqual([
       { rowid: 1, ...record },
-      { rowid: 2, ...record, recordId: "r2", text: "lazy dogs", vector: Buffer.alloc(0) },
+      { rowid: 2, ...record, recordId: "r2", text: "lazy dogs", vector: empty, vectorBytes: empty },
     ]);
     expect(rows[0].vector.equals(vector)).toBe(true); // bit for bit, NaN and -0 included
     expect(rows[0].search).toBe("'brown':3 'fox':4 'quick':2 'the':1");
@@ -354,5 +365,48 @@ describe(`PostgreSQL migrations against a server${url ? "" : " (skipped: SHAKER_
     // deleting the store deletes its records (the store will also drop its pgvector index, if any)
     await db.delete(datastorePg.stores);
     expect(await db.select().from(datastorePg.records)).toEqual([]);
+  });
+
+  serverIt("datastore: records written before vector_bytes get theirs, bit for bit, from their real[]", async () => {
+    // A database of its own, migrated as the first release left it (0000 only), then given records.
+    const old = `${name}_old`;
+    await admin.query(`CREATE DATABASE ${old}`);
+    const target = new URL(url as string);
+    target.pathname = `/${old}`;
+    const oldPool = new pg.Pool({ connectionString: target.toString(), max: 1 });
+    oldPool.on("error", () => {});
+    const folder = mkdtempSync(join(tmpdir(), "shaker-migrations-"));
+    try {
+      const options = migrateOptions("datastore");
+      cpSync(options.migrationsFolder, folder, { recursive: true });
+      const journalFile = join(folder, "meta", "_journal.json");
+      const journal = JSON.parse(readFileSync(journalFile, "utf8"));
+      expect(journal.entries[0].tag).toBe("0000_round_lilith");
+      writeFileSync(journalFile, JSON.stringify({ ...journal, entries: journal.entries.slice(0, 1) }));
+      await migrate(drizzle(oldPool), { ...options, migrationsFolder: folder });
+      await oldPool.query("INSERT INTO datastore.stores (account_id, name, created_at) VALUES ('acc_1', 'docs', 0)");
+      const floats = [0.1, -0, 1 / 3, 3.4e38, 1e-45, -2.5, Number.NaN, Number.NEGATIVE_INFINITY];
+      const vectors = [floats, [], [1, 2, 3]];
+      for (const [i, v] of vectors.entries()) {
+        const literal = `{${v.map((x) => (Object.is(x, -0) ? "-0" : String(x))).join(",")}}`;
+        await oldPool.query(
+          "INSERT INTO datastore.records (store_id, record_id, text, metadata, vector) VALUES (1, $1, 't', '{}', $2::real[])",
+          [`r${i}`, literal],
+        );
+      }
+      await migrate(drizzle(oldPool), options);
+      const { rows } = await oldPool.query("SELECT record_id, vector_bytes FROM datastore.records ORDER BY rowid");
+      expect(rows.map((r) => r.record_id)).toEqual(["r0", "r1", "r2"]);
+      for (const [i, v] of vectors.entries())
+        expect((rows[i].vector_bytes as Buffer).equals(Buffer.from(new Float32Array(v).buffer)), `r${i}`).toBe(true);
+      const { rows: columns } = await oldPool.query(
+        "SELECT is_nullable FROM information_schema.columns WHERE table_schema = 'datastore' AND table_name = 'records' AND column_name = 'vector_bytes'",
+      );
+      expect(columns).toEqual([{ is_nullable: "NO" }]);
+    } finally {
+      rmSync(folder, { recursive: true, force: true });
+      await oldPool.end();
+      await admin.query(`DROP DATABASE IF EXISTS ${old} WITH (FORCE)`);
+    }
   });
 });

@@ -2,8 +2,9 @@
 // What replaces SQLite's per-store virtual tables (see schema.pg.ts):
 // - keyword search: `records.search`, a generated tsvector ('simple': lower-cased words, no
 //   stemming) with a GIN index, ranked by ts_rank;
-// - vector search: an exact cosine scan of the store's float32 vectors in SQL; where pgvector can be
-//   created, a partial HNSW index per store proposes candidates that are re-ranked exactly;
+// - vector search: an exact cosine scan of the store's float32 vectors (read through a cursor as
+//   bytes, the cosine computed here); where pgvector can be created, a partial HNSW index per store
+//   proposes candidates that are re-ranked exactly (in SQL);
 // - metadata filters: the comparisons of SQLite's json_extract (filter.ts) on `metadata::jsonb`.
 import { and, desc, eq, inArray, type SQL, sql } from "drizzle-orm";
 import type { Orm, ServiceDatabase } from "../shared/db.js";
@@ -14,7 +15,7 @@ import { blobOf, type Hit, queryWords, type RecordInput, Refused, type StoreRow,
 import type * as schema from "./schema.js";
 import type { DatastoreStore, Reads } from "./store.js";
 
-/** chunk is how many records one INSERT writes (5 parameters each: far below PostgreSQL's 65,535). */
+/** chunk is how many records one INSERT writes (6 parameters each: far below PostgreSQL's 65,535). */
 const chunk = 1000;
 
 /** analyzeFrom is the fewest records written (by this process, since the last) after which the store ANALYZEs the records table. */
@@ -43,6 +44,62 @@ const ranges = { gt: ">", gte: ">=", lt: "<", lte: "<=" } as const;
 /** vectorText is a vector as PostgreSQL's array (and pgvector's) text form. */
 function vectorText(v: Float32Array): string {
   return `{${v.join(",")}}`;
+}
+
+/** scanRows is how many rows each FETCH of an exact scan reads (about 3 MB of vectors at 384 dimensions). */
+export const scanRows = 2000;
+
+/**
+ * cosine is the cosine similarity of the query (as float64s) and a record's little-endian float32
+ * bytes, computed as the SQL rerank computes it (float64 sums in order); null for a zero vector or
+ * one of another length, which rank last (as sqlite-vec's null distance does).
+ */
+function cosine(q: Float64Array, bytes: Buffer): number | null {
+  if (bytes.length !== q.length * 4) return null;
+  const v =
+    bytes.byteOffset % 4 === 0
+      ? new Float32Array(bytes.buffer, bytes.byteOffset, q.length)
+      : new Float32Array(bytes.buffer.slice(bytes.byteOffset, bytes.byteOffset + bytes.length));
+  let dot = 0;
+  let vv = 0;
+  let qq = 0;
+  for (let i = 0; i < q.length; i++) {
+    dot += v[i] * q[i];
+    vv += v[i] * v[i];
+    qq += q[i] * q[i];
+  }
+  const norms = Math.sqrt(vv) * Math.sqrt(qq);
+  return norms === 0 ? null : dot / norms;
+}
+
+/** TopScores keeps the best `limit` scores offered: highest first, nulls last, the lower rowid first among equals. */
+class TopScores {
+  private readonly kept: { rowid: number; score: number | null }[] = [];
+  constructor(private readonly limit: number) {}
+
+  private static before(a: { rowid: number; score: number | null }, b: { rowid: number; score: number | null }): boolean {
+    if (a.score === null || b.score === null) return a.score !== null || (b.score === null && a.rowid < b.rowid);
+    return a.score > b.score || (a.score === b.score && a.rowid < b.rowid);
+  }
+
+  offer(rowid: number, score: number | null): void {
+    const entry = { rowid, score };
+    const kept = this.kept;
+    if (kept.length === this.limit && !TopScores.before(entry, kept[kept.length - 1])) return;
+    let lo = 0;
+    let hi = kept.length;
+    while (lo < hi) {
+      const mid = (lo + hi) >> 1;
+      if (TopScores.before(kept[mid], entry)) lo = mid + 1;
+      else hi = mid;
+    }
+    kept.splice(lo, 0, entry);
+    if (kept.length > this.limit) kept.pop();
+  }
+
+  ranked(): { rowid: number; score: number | null }[] {
+    return this.kept;
+  }
 }
 
 /** postgresStore is the Datastore on an open PostgreSQL database, its reads aside. */
@@ -166,10 +223,28 @@ export async function postgresStore(db: ServiceDatabase<typeof schema>): Promise
       const part = [...new Map(input.slice(i, i + chunk).map((r) => [r.id, r])).values()];
       await tx
         .insert(records)
-        .values(part.map((r) => ({ storeId, recordId: r.id, text: r.text, metadata: r.metadata, vector: blobOf(r.vector) })))
+        .values(
+          part.map((r) => {
+            const vector = blobOf(r.vector);
+            // vectorBytes is a column of PostgreSQL's table only (schema.pg.ts); the tables are typed as SQLite's.
+            return {
+              storeId,
+              recordId: r.id,
+              text: r.text,
+              metadata: r.metadata,
+              vector,
+              vectorBytes: vector,
+            } as typeof records.$inferInsert;
+          }),
+        )
         .onConflictDoUpdate({
           target: [records.storeId, records.recordId],
-          set: { text: sql`excluded.text`, metadata: sql`excluded.metadata`, vector: sql`excluded.vector` },
+          set: {
+            text: sql`excluded.text`,
+            metadata: sql`excluded.metadata`,
+            // and vector_bytes with it: a column of PostgreSQL's table only, which the SQLite-typed table cannot name
+            vector: sql`excluded.vector, "vector_bytes" = excluded.vector_bytes`,
+          },
         })
         .catch((e: unknown) => {
           // program_limit_exceeded: a text whose tsvector passes 1 MiB (drizzle wraps the driver's error).
@@ -228,8 +303,44 @@ export async function postgresStore(db: ServiceDatabase<typeof schema>): Promise
     throw e;
   }
 
+  /**
+   * exactSearch scores every (filtered) record of the store: its vectors' bytes come through a cursor,
+   * scanRows at a time, in one read-only snapshot, and only the best `limit` rows are read whole.
+   */
   async function exactSearch(store: StoreRow, query: Float32Array, conditions: Condition[], limit: number): Promise<Hit[]> {
-    return scored(store.id, query, filterSql(conditions), limit);
+    const scan = orm
+      .select({ rowid: records.rowid, vector: sql<Buffer>`"vector_bytes"` })
+      .from(records)
+      .where(and(eq(records.storeId, store.id), filterSql(conditions)))
+      .toSQL();
+    const best = new TopScores(limit);
+    const q = Float64Array.from(query);
+    const client = await pool.connect();
+    try {
+      await client.query("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY");
+      await client.query(`DECLARE exact_scan NO SCROLL CURSOR FOR ${scan.sql}`, scan.params);
+      for (;;) {
+        const { rows } = await client.query<[string, Buffer]>({ text: `FETCH ${scanRows} FROM exact_scan`, rowMode: "array" });
+        for (const [rowid, bytes] of rows) best.offer(Number(rowid), cosine(q, bytes));
+        if (rows.length < scanRows) break;
+      }
+      const ranked = best.ranked();
+      const { rows } = await client.query<{ rowid: string; id: string; text: string; metadata: string }>(
+        "SELECT rowid, record_id AS id, text, metadata FROM datastore.records WHERE rowid = ANY($1::bigint[])",
+        [ranked.map((r) => r.rowid)],
+      );
+      await client.query("COMMIT");
+      const byRowid = new Map(rows.map((r) => [Number(r.rowid), r]));
+      return ranked.map(({ rowid, score }) => {
+        const { id, text, metadata } = byRowid.get(rowid)!;
+        return { id, text, metadata, score: score as number };
+      });
+    } catch (e) {
+      await client.query("ROLLBACK").catch(() => undefined);
+      throw e;
+    } finally {
+      client.release();
+    }
   }
 
   return {

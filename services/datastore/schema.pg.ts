@@ -9,8 +9,9 @@
 // - metadata stays `text` (the JSON the caller sent, as in SQLite): filters read it as
 //   `metadata::jsonb` (see below);
 // - records.vector is `real[]` read and written as the Buffer of float32s that SQLite's blob holds
-//   (services/shared/pg-columns.ts: each float goes through exactly). staged_records.vector is only
-//   carried, never searched: `bytea`.
+//   (services/shared/pg-columns.ts: each float goes through exactly), and records.vector_bytes is
+//   the same vector as `bytea` (its little-endian float32s, as SQLite's blob), written with it, for
+//   the exact scan to read. staged_records.vector is only carried, never searched: `bytea`.
 //
 // What replaces SQLite's per-store virtual tables (created by store.ts at run time):
 // - FTS5 (`ds_fts_<id>`): `records.search`, a generated column
@@ -20,8 +21,8 @@
 //   and neither stems nor drops stop words: FTS5's porter stemmer has no exact PostgreSQL twin, so
 //   the README says where the two rankings may differ.
 // - sqlite-vec (`ds_vec_<id>`): nothing in the migrations. Vector search without pgvector is an
-//   exact scan of the store's rows, cosine computed over `vector` (the same results as SQLite's
-//   exact search). At start the store tries `CREATE EXTENSION IF NOT EXISTS vector`; where it
+//   exact scan of the store's rows: the service reads `vector_bytes` through a cursor and computes
+//   the cosine itself (the same results as SQLite's exact search). At start the store tries `CREATE EXTENSION IF NOT EXISTS vector`; where it
 //   works, the first vector of a store (which fixes its dimension d) creates a partial HNSW index
 //   on the cast column, `CREATE INDEX IF NOT EXISTS ds_vec_<id> ON datastore.records USING hnsw
 //   ((vector::vector(d)) vector_cosine_ops) WHERE store_id = <id>` (dropped with the store), and
@@ -65,6 +66,12 @@ export const records = datastore.table(
     metadata: text("metadata").notNull(),
     /** vector is the float32 embedding: `real[]` in SQL, the same Buffer as SQLite's blob in TypeScript. */
     vector: float4Array("vector").notNull(),
+    /**
+     * vectorBytes is the same vector as SQLite's blob holds it (its little-endian float32s), written
+     * beside `vector` on every write: the exact scan reads it (a few µs a row) where reading `real[]`
+     * costs PostgreSQL about 43 µs a row, one float4send per element.
+     */
+    vectorBytes: bytea("vector_bytes").notNull(),
     /** search is the text's tsvector, kept by PostgreSQL itself. */
     search: tsvector("search").notNull().generatedAlwaysAs(sql`to_tsvector('simple', "text")`),
   },

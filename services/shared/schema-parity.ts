@@ -22,10 +22,10 @@ type Tables<M> = { [K in keyof M as M[K] extends Table ? K : never]: M[K] };
 /**
  * PgOnly names the columns a PostgreSQL table has and its SQLite twin has not (keyed by table
  * export): they are left out of the comparison. Keep it short: each is a column SQLite does not
- * have because a virtual table does its job there.
+ * have because a virtual table does its job there, or that only PostgreSQL's search reads.
  */
 interface PgOnly {
-  records: "search";
+  records: "search" | "vectorBytes";
 }
 type Extra<K> = K extends keyof PgOnly ? PgOnly[K] : never;
 
