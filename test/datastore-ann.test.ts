@@ -1,7 +1,7 @@
 // The Datastore's ANN index (services/datastore/ann.ts) at the store layer, forced on for small
 // stores (annFrom: 1): its results against an exact scan, filters, deletes, a removed index file;
 // then the REST upload's effect on the event loop, and the CLI's load progress.
-import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import Database from "better-sqlite3";
@@ -12,7 +12,7 @@ import type { CliIo } from "../cli/io.js";
 import { annPath } from "../services/datastore/ann.js";
 import type { RecordInput } from "../services/datastore/model.js";
 import { mmapBytesDefault, openSqliteEngine } from "../services/datastore/sqlite-engine.js";
-import { writerThread } from "../services/datastore/writer.js";
+import { writerNice, writerThread } from "../services/datastore/writer.js";
 import { testDialect } from "./databases.js";
 import { startTestServer, waitFor } from "./helpers.js";
 
@@ -121,6 +121,27 @@ describe.skipIf(testDialect === "postgresql")("datastore ANN index", () => {
     expect(store.annStats(id)).toEqual({ size: current.size, removed: 2, compacting: false });
     await store.close();
   });
+
+  it.skipIf(process.platform !== "linux")(
+    "runs the writer thread niced, and only it: bulk writes yield the CPU to the event loop",
+    async () => {
+      const niceOf = () =>
+        readdirSync("/proc/self/task").map((tid) => {
+          const stat = readFileSync(`/proc/self/task/${tid}/stat`, "utf8");
+          return { tid: Number(tid), nice: Number(stat.slice(stat.lastIndexOf(")") + 2).split(" ")[16]) };
+        });
+      const before = new Set(niceOf().map((t) => t.tid));
+      const writer = await writerThread(tempFile(), {});
+      try {
+        expect(writerNice).toBeGreaterThan(0);
+      const added = niceOf().filter((t) => !before.has(t.tid));
+        expect(added.some((t) => t.nice === writerNice)).toBe(true);
+        expect(niceOf().find((t) => t.tid === process.pid)?.nice).toBe(0);
+      } finally {
+        await writer.close();
+      }
+    },
+  );
 
   it("compacts in the writer thread, between its other work, once updates have filled the graph", async () => {
     const file = tempFile();

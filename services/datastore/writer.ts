@@ -12,6 +12,9 @@ import { startThread } from "../shared/thread.js";
 import type { RecordInput, StoreRow, UpsertResult } from "./model.js";
 import type { SqliteEngine } from "./sqlite-engine.js";
 
+/** writerNice is the writer thread's nice value (0 is the event loop's; 19 the lowest priority). */
+export const writerNice = 10;
+
 /** Writer is the Datastore's single writer; uploads hold it (exclusive) from their first part to their end. */
 export interface Writer {
   createStore(accountId: string, name: string, embeddingModel: string): Promise<StoreRow | undefined>;
