@@ -134,7 +134,7 @@ describe.skipIf(testDialect === "postgresql")("datastore ANN index", () => {
       const writer = await writerThread(tempFile(), {});
       try {
         expect(writerNice).toBeGreaterThan(0);
-      const added = niceOf().filter((t) => !before.has(t.tid));
+        const added = niceOf().filter((t) => !before.has(t.tid));
         expect(added.some((t) => t.nice === writerNice)).toBe(true);
         expect(niceOf().find((t) => t.tid === process.pid)?.nice).toBe(0);
       } finally {
