@@ -15,6 +15,7 @@ import { DatastoreService } from "../gen/shaker/datastore/v1/datastore_pb.js";
 import { ExecutorService } from "../gen/shaker/executor/v1/executor_pb.js";
 import { ModelProxyService } from "../gen/shaker/modelproxy/v1/modelproxy_pb.js";
 import { RegistryService } from "../gen/shaker/registry/v1/registry_pb.js";
+import { searchResponseEncoder } from "../services/datastore/search-encoding.js";
 import { createDatastoreService } from "../services/datastore/service.js";
 import { createDatastoreStore } from "../services/datastore/store.js";
 import { createEdge } from "../services/edge/edge.js";
@@ -227,7 +228,7 @@ export async function startShaker(config: Config): Promise<Shaker> {
     // Unary calls skip Connect-ES's server (services/shared/unary-fast-path.ts), where no interceptor
     // of their own has to see them.
     if (interceptors.length > 0) return connect;
-    const fast = createUnaryFastPath(routes, { readMaxBytes: config.maxBodyBytes });
+    const fast = createUnaryFastPath(routes, { readMaxBytes: config.maxBodyBytes, encoders: [searchResponseEncoder] });
     return ((req, res) => fast(req as never, res as never) || connect(req, res)) as typeof connect;
   };
 

@@ -17,6 +17,7 @@ import * as grpc from "@grpc/grpc-js";
 import * as protoLoader from "@grpc/proto-loader";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { DatastoreService, SearchRequestSchema } from "../gen/shaker/datastore/v1/datastore_pb.js";
+import { searchResponseEncoder } from "../services/datastore/search-encoding.js";
 import { hideInternalErrors } from "../services/shared/errors.js";
 import { grpcMessageEncoding } from "../services/shared/grpc-compat.js";
 import { type Listener, listen } from "../services/shared/listener.js";
@@ -29,6 +30,8 @@ const awkward = "bad query: 100% ✓ (a/b?c=d&e+f) ünïcødé\nsecond line";
 /** What the handler saw of its last call. */
 const seen: { ctx?: HandlerContext; query?: string; aborted?: unknown; timeoutMs?: number } = {};
 const counts = { fast: 0, connect: 0 };
+/** How many answers the given binary encoder wrote. */
+let encoded = 0;
 let listener: Listener;
 
 const routes = (router: ConnectRouter) =>
@@ -63,7 +66,15 @@ const routes = (router: ConnectRouter) =>
 
 beforeAll(async () => {
   const connect = grpcMessageEncoding(connectNodeAdapter({ routes, readMaxBytes, interceptors: [hideInternalErrors] }));
-  const fast = createUnaryFastPath(routes, { readMaxBytes });
+  // Search's answers in binary are written by the Datastore's own encoder, as `shaker serve` has it.
+  const encoder = {
+    ...searchResponseEncoder,
+    encode: (m: unknown) => {
+      encoded++;
+      return searchResponseEncoder.encode(m);
+    },
+  };
+  const fast = createUnaryFastPath(routes, { readMaxBytes, encoders: [encoder] });
   listener = await listen(
     (req, res) => {
       if (fast(req as never, res as never)) counts.fast++;
@@ -84,7 +95,8 @@ afterAll(async () => {
 const headers = { authorization: "Bearer sk-test" };
 const transports = () => ({
   "Connect binary, HTTP/1.1": createConnectTransport({ baseUrl: listener.url, httpVersion: "1.1", useBinaryFormat: true }),
-  "Connect JSON, HTTP/1.1": createConnectTransport({ baseUrl: listener.url, httpVersion: "1.1" }),
+  // connect-node's transport sends binary unless told otherwise
+  "Connect JSON, HTTP/1.1": createConnectTransport({ baseUrl: listener.url, httpVersion: "1.1", useBinaryFormat: false }),
   "Connect binary, HTTP/2": createConnectTransport({ baseUrl: listener.url, httpVersion: "2", useBinaryFormat: true }),
   gRPC: createGrpcTransport({ baseUrl: listener.url }),
 });
@@ -109,10 +121,12 @@ describe("unary fast path", () => {
       const client = createClient(DatastoreService, transports()[name]);
       let header: Headers | undefined;
       let trailer: Headers | undefined;
+      const encodedBefore = encoded;
       const r = await counted(() =>
         client.search({ store: "s", query: "hello" }, { headers, onHeader: (h) => (header = h), onTrailer: (t) => (trailer = t) }),
       );
       expect(r.path).toBe("fast");
+      expect(encoded - encodedBefore).toBe(name.includes("JSON") ? 0 : 1);
       expect(r.error).toBeUndefined();
       expect(r.value?.records[0]).toMatchObject({ id: "r1", text: "hello for Bearer sk-test", score: 1.5 });
       expect(header?.get("x-served")).toBe("search");
