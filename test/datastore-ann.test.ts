@@ -14,7 +14,7 @@ import type { RecordInput } from "../services/datastore/model.js";
 import { mmapBytesDefault, openSqliteEngine } from "../services/datastore/sqlite-engine.js";
 import { writerNice, writerThread } from "../services/datastore/writer.js";
 import { testDialect } from "./databases.js";
-import { startTestServer, waitFor } from "./helpers.js";
+import { startTestServer, trueTop, waitFor } from "./helpers.js";
 
 const dim = 32;
 let seed = 11;
@@ -273,25 +273,6 @@ describe.skipIf(testDialect === "postgresql")("datastore ANN index", () => {
 // vector's NaN distance into its top k and dropped true neighbours: zero vectors stay out of its table.
 describe.skipIf(testDialect === "postgresql")("datastore zero vectors", () => {
   const withZeros = (n: number) => records(n).map((r, i) => (i % 50 === 0 ? { ...r, vector: new Float32Array(dim) } : r));
-  const trueTop = (all: RecordInput[], query: Float32Array, k: number) => {
-    const cosine = (v: Float32Array) => {
-      let dot = 0;
-      let vv = 0;
-      let qq = 0;
-      for (let i = 0; i < dim; i++) {
-        dot += v[i] * query[i];
-        vv += v[i] * v[i];
-        qq += query[i] * query[i];
-      }
-      return dot / Math.sqrt(vv * qq);
-    };
-    return all
-      .map((r) => ({ id: r.id, score: cosine(r.vector) }))
-      .filter((r) => Number.isFinite(r.score))
-      .sort((a, b) => b.score - a.score)
-      .slice(0, k)
-      .map((r) => r.id);
-  };
 
   it("finds the true top 10 among them by the KNN scan, and ranks them last, scored null", async () => {
     const store = await openSqliteEngine(":memory:", { annFrom: 1e9 });

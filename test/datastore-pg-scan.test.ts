@@ -8,6 +8,7 @@ import type { RecordInput, StoreRow } from "../services/datastore/model.js";
 import { scanRows } from "../services/datastore/pg-store.js";
 import { createDatastoreStore, type DatastoreStore } from "../services/datastore/store.js";
 import { type FreshDatabase, freshDatabase, testDialect } from "./databases.js";
+import { trueTop } from "./helpers.js";
 
 const dim = 24;
 let seed = 11;
@@ -52,27 +53,13 @@ describe.skipIf(testDialect !== "postgresql")("PostgreSQL's exact vector scan", 
     await database?.drop();
   });
 
-  /** truth is the true top `limit` (ids) among the records passing `keep`, by a plain cosine here. */
-  const truth = (query: Float32Array, limit: number, keep: (n: number) => boolean = () => true) => {
-    const cosine = (v: Float32Array) => {
-      let dot = 0;
-      let vv = 0;
-      let qq = 0;
-      for (let i = 0; i < dim; i++) {
-        dot += v[i] * query[i];
-        vv += v[i] * v[i];
-        qq += query[i] * query[i];
-      }
-      return dot / Math.sqrt(vv * qq);
-    };
-    return records
-      .filter((r) => keep(JSON.parse(r.metadata).n))
-      .map((r) => ({ id: r.id, score: cosine(r.vector) }))
-      .filter((r) => Number.isFinite(r.score))
-      .sort((x, y) => y.score - x.score)
-      .slice(0, limit)
-      .map((r) => r.id);
-  };
+  /** truth is the true top `limit` (ids) among the records passing `keep`. */
+  const truth = (query: Float32Array, limit: number, keep: (n: number) => boolean = () => true) =>
+    trueTop(
+      records.filter((r) => keep(JSON.parse(r.metadata).n)),
+      query,
+      limit,
+    );
 
   const both = async (query: Float32Array, filter: Record<string, unknown> | undefined, limit: number) => {
     const conditions = parseFilter(filter as never);

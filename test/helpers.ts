@@ -143,3 +143,27 @@ export function socketClosed(socket: net.Socket, hangMs = 10_000): Promise<boole
     });
   });
 }
+
+/**
+ * trueTop is the ids of the k records whose vectors are most similar to the query by cosine, computed
+ * plainly here (a zero vector has no score and is left out): what an exact vector search must answer.
+ */
+export function trueTop(records: { id: string; vector: Float32Array }[], query: Float32Array, k: number): string[] {
+  const cosine = (v: Float32Array) => {
+    let dot = 0;
+    let vv = 0;
+    let qq = 0;
+    for (let i = 0; i < query.length; i++) {
+      dot += v[i] * query[i];
+      vv += v[i] * v[i];
+      qq += query[i] * query[i];
+    }
+    return dot / Math.sqrt(vv * qq);
+  };
+  return records
+    .map((r) => ({ id: r.id, score: cosine(r.vector) }))
+    .filter((r) => Number.isFinite(r.score))
+    .sort((a, b) => b.score - a.score)
+    .slice(0, k)
+    .map((r) => r.id);
+}
