@@ -49,12 +49,25 @@ function vectorText(v: Float32Array): string {
 /** scanRows is how many rows each FETCH of an exact scan reads (about 3 MB of vectors at 384 dimensions). */
 export const scanRows = 2000;
 
+/** Query is a search's vector as float64s, with the sum of its squares (its norm's square). */
+interface Query {
+  q: Float64Array;
+  qq: number;
+}
+
+function queryOf(vector: Float32Array): Query {
+  const q = Float64Array.from(vector);
+  let qq = 0;
+  for (let i = 0; i < q.length; i++) qq += q[i] * q[i];
+  return { q, qq };
+}
+
 /**
- * cosine is the cosine similarity of the query (as float64s) and a record's little-endian float32
- * bytes, computed as the SQL rerank computes it (float64 sums in order); null for a zero vector or
- * one of another length, which rank last (as sqlite-vec's null distance does).
+ * cosine is the cosine similarity of the query and a record's little-endian float32 bytes, computed
+ * as the SQL rerank computes it (float64 sums in order); null for a zero vector or one of another
+ * length, which rank last (as sqlite-vec's null distance does).
  */
-function cosine(q: Float64Array, bytes: Buffer): number | null {
+function cosine({ q, qq }: Query, bytes: Buffer): number | null {
   if (bytes.length !== q.length * 4) return null;
   const v =
     bytes.byteOffset % 4 === 0
@@ -62,11 +75,9 @@ function cosine(q: Float64Array, bytes: Buffer): number | null {
       : new Float32Array(bytes.buffer.slice(bytes.byteOffset, bytes.byteOffset + bytes.length));
   let dot = 0;
   let vv = 0;
-  let qq = 0;
   for (let i = 0; i < q.length; i++) {
     dot += v[i] * q[i];
     vv += v[i] * v[i];
-    qq += q[i] * q[i];
   }
   const norms = Math.sqrt(vv) * Math.sqrt(qq);
   return norms === 0 ? null : dot / norms;
@@ -314,7 +325,7 @@ export async function postgresStore(db: ServiceDatabase<typeof schema>): Promise
       .where(and(eq(records.storeId, store.id), filterSql(conditions)))
       .toSQL();
     const best = new TopScores(limit);
-    const q = Float64Array.from(query);
+    const q = queryOf(query);
     const client = await pool.connect();
     try {
       await client.query("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY");
