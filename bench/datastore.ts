@@ -10,7 +10,8 @@
 // - vector ingest through REST, its vectors written out and as base64 (each body made beforehand),
 //   against the store layer at the same size;
 // - vector search: the ANN index (usearch HNSW, exact re-ranking) against an exact scan of the same
-//   records, with recall@10, and REST and RPC against the store layer on the same store.
+//   records, with recall@10, and REST (the query written out, and as base64) and RPC against the
+//   store layer on the same store.
 // - PostgreSQL: the same store layer on a fresh database (SHAKER_BENCH_DATABASE_URL, else the local
 //   server; dropped after; skipped when unreachable): ingest and keyword search beside SQLite's, and
 //   its exact vector scan (pgvector is not measured) beside SQLite's exact scan of the same records.
@@ -486,6 +487,7 @@ export async function benchDatastore(): Promise<void> {
     const annTimes: number[] = [];
     const exactTimes: number[] = [];
     const restTimes: number[] = [];
+    const restBase64Times: number[] = [];
     const rpcTimes: number[] = [];
     const connectEsTimes: number[] = [];
     // Each path is timed in a pass of its own, on queries of its own drawn from the same
@@ -515,15 +517,24 @@ export async function benchDatastore(): Promise<void> {
     // beforehand, as a load generator's are.
     const warm = 10;
     const restBodies = fresh(warm + vq).map((query) => JSON.stringify({ mode: "vector", vector: Array.from(query), limit: 10 }));
+    // The same searches with the query as the base64 of its float32s, as a client holding OpenAI's
+    // `encoding_format: "base64"` embedding sends it.
+    const restBase64Bodies = fresh(warm + vq).map((query) =>
+      JSON.stringify({
+        mode: "vector",
+        vector: Buffer.from(query.buffer, query.byteOffset, query.byteLength).toString("base64"),
+        limit: 10,
+      }),
+    );
     const rpcBodies = fresh(warm + vq).map((query) =>
       searchBytes({ store: "vector", vector: Array.from(query), mode: SearchMode.VECTOR, limit: 10 }),
     );
     const rpcVectors = fresh(warm + vq).map((query) => Array.from(query));
-    await passes(["rest", "rpc", "connect-es"] as const, warm + vq, async (path, q) => {
+    await passes(["rest", "rpc", "rest-base64", "connect-es"] as const, warm + vq, async (path, q) => {
       const t0 = performance.now();
-      if (path === "rest") {
-        const r = await caller.post("/v1/datastores/vector/search", restBodies[q]);
-        if (q >= warm) restTimes.push(performance.now() - t0);
+      if (path === "rest" || path === "rest-base64") {
+        const r = await caller.post("/v1/datastores/vector/search", (path === "rest" ? restBodies : restBase64Bodies)[q]);
+        if (q >= warm) (path === "rest" ? restTimes : restBase64Times).push(performance.now() - t0);
         if (r.status !== 200) throw new Error(`REST vector search failed: ${r.body}`);
       } else if (path === "rpc") {
         const r = await rpcCaller.post(searchPath, rpcBodies[q]);
@@ -558,6 +569,14 @@ export async function benchDatastore(): Promise<void> {
       `store ${fmt(a.p50)} ms`,
       rr.p50 / a.p50,
       `adds ${fmt(rr.p50 - a.p50)} ms ${rr.p50 <= 5 ? "(target p50 <= 5 ms: met)" : "(target p50 <= 5 ms: MISSED)"}`,
+    );
+    const r64 = summary(restBase64Times);
+    report(
+      `vector ANN p50/p99 @ ${vectorN} x ${dim}, REST, query as base64`,
+      `${fmt(r64.p50)} / ${fmt(r64.p99)} ms`,
+      `store ${fmt(a.p50)} ms`,
+      r64.p50 / a.p50,
+      `adds ${fmt(r64.p50 - a.p50)} ms ${r64.p50 <= 5 ? "(target p50 <= 5 ms: met)" : "(target p50 <= 5 ms: MISSED)"}`,
     );
     report(
       `vector ANN p50/p99 @ ${vectorN} x ${dim}, RPC`,
