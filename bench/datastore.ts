@@ -8,7 +8,8 @@
 //   Protobuf over the Connect protocol, from node:http as REST's calls are, and from Connect-ES's
 //   client) against the store layer on the same corpus;
 // - vector ingest through REST, its vectors written out and as base64 (each body made beforehand),
-//   against the store layer at the same size;
+//   against the store layer at the same size; vector searches of one store during another store's
+//   upload against the same searches idle;
 // - vector search: the ANN index (usearch HNSW, exact re-ranking) against an exact scan of the same
 //   records, with recall@10, and REST (the query written out, and as base64) and RPC against the
 //   store layer on the same store.
@@ -464,6 +465,50 @@ export async function benchDatastore(): Promise<void> {
       packedRate / vecStoreRate,
       `${packedRate / vecStoreRate >= 0.7 ? "(target >= 0.7x: met)" : "(target >= 0.7x: MISSED)"}; written out: ${Math.round(vecRestRate)} rec/s`,
     );
+    // Vector searches of one store while another store's upload is written: the writer thread that
+    // writes it also proposes every search's candidates (services/datastore/writer-thread.ts). A
+    // search every 20 ms, REST with a base64 query, idle first (the baseline), then during an upload.
+    {
+      const busyN = Math.min(vn, 30_000);
+      const busyQuery = () => {
+        const q = around(new Float32Array(dim));
+        return JSON.stringify({ mode: "vector", vector: Buffer.from(q.buffer).toString("base64"), limit: 10 });
+      };
+      const searchEvery = async (times: number[], until: () => boolean) => {
+        while (!until()) {
+          const body = busyQuery();
+          const t0 = performance.now();
+          const r = await caller.post("/v1/datastores/vector/search", body);
+          times.push(performance.now() - t0);
+          if (r.status !== 200) throw new Error(`REST vector search failed: ${r.body}`);
+          await new Promise((resolve) => setTimeout(resolve, 20));
+        }
+      };
+      const idleSearches: number[] = [];
+      await searchEvery(idleSearches, () => idleSearches.length >= 200);
+      await caller.post("/v1/datastores", JSON.stringify({ name: "vector-busy" }));
+      // The body is made first: this process is the server's, and making it would hold the searches.
+      const busyBody = [...ndjson(busyN, packedLine)];
+      const busySearches: number[] = [];
+      let uploaded = false;
+      const searching = searchEvery(busySearches, () => uploaded);
+      const t0 = performance.now();
+      const busyUpload = await upload(server.url, server.apiKey, "vector-busy", busyBody).finally(() => {
+        uploaded = true;
+      });
+      const busyRate = busyN / ((performance.now() - t0) / 1000);
+      if (busyUpload.status !== 200) throw new Error(`REST vector ingest failed: ${busyUpload.status} ${busyUpload.body.slice(0, 300)}`);
+      await searching;
+      const [idle, busy] = [summary(idleSearches), summary(busySearches)];
+      report(
+        `vector p50/p99 @ ${vn}, REST, during an upload`,
+        `${fmt(busy.p50)} / ${fmt(busy.p99)} ms (max ${fmt(Math.max(...busySearches))})`,
+        `${fmt(idle.p50)} / ${fmt(idle.p99)} ms idle`,
+        busy.p99 / idle.p99,
+        `(p99 ratio; ${busySearches.length} searches while ${busyN} x ${dim} went into another store at ${Math.round(busyRate)} rec/s)`,
+      );
+      await fetch(`${server.url}/v1/datastores/vector-busy`, { method: "DELETE", headers: { authorization: `Bearer ${server.apiKey}` } });
+    }
     // Dropped, so that the searches below find one vector store's index and rows in the server.
     await fetch(`${server.url}/v1/datastores/vector-base64`, { method: "DELETE", headers: { authorization: `Bearer ${server.apiKey}` } });
     if (vectorN > vn) {

@@ -170,6 +170,73 @@ describe.skipIf(testDialect === "postgresql")("datastore ANN index", () => {
     }
   });
 
+  it("answers vector searches while it writes a large part, between slices of it", async () => {
+    const file = tempFile();
+    const writer = await writerThread(file, { annFrom: 1 });
+    try {
+      const a = (await writer.createStore("acct-a", "a", ""))!;
+      const b = (await writer.createStore("acct-b", "b", ""))!;
+      const aRecords = records(300);
+      expect((await writer.upsert(a.id, aRecords)).ok).toBe(true);
+      // Another account's upload: one part of 3,000 records, then a search of the first store.
+      await writer.beginUpload(b.id);
+      const order: string[] = [];
+      const part = writer.uploadPart(records(3000)).then((r) => {
+        order.push("part");
+        return r;
+      });
+      const search = writer.annSearch({ ...a, dimension: dim }, aRecords[7].vector, 1).then((keys) => {
+        order.push("search");
+        return keys;
+      });
+      expect((await search)?.[0]).toBe(8n);
+      expect(await part).toEqual({ ok: true, upserted: 3000 });
+      expect(order).toEqual(["search", "part"]);
+      expect(await writer.commitUpload()).toEqual({ ok: true, upserted: 3000 });
+      const reader = await openSqliteEngine(file, { ann: false });
+      expect([reader.count(a.id), reader.count(b.id)]).toEqual([300, 3000]);
+      await reader.close();
+    } finally {
+      await writer.close();
+    }
+  });
+
+  it("writes a large upsert in slices, all or nothing: a bad record late in it writes none", async () => {
+    const file = tempFile();
+    const writer = await writerThread(file, { annFrom: 1 });
+    try {
+      const row = (await writer.createStore("a", "s", ""))!;
+      expect(await writer.upsert(row.id, records(10))).toEqual({ ok: true, upserted: 10 });
+      const bad = records(3000, 10);
+      bad[2500] = { ...bad[2500], vector: new Float32Array(dim + 1) };
+      expect(await writer.upsert(row.id, bad)).toEqual({ ok: false, index: 2500, got: dim + 1, want: dim });
+      const reader = await openSqliteEngine(file, { ann: false });
+      expect(reader.count(row.id)).toBe(10);
+      // Nor is any of them left in the index: each record's own vector finds itself, or an older one.
+      const keys = await writer.annSearch({ ...row, dimension: dim }, bad[100].vector, 1);
+      expect(Number(keys?.[0])).toBeLessThanOrEqual(10);
+      expect(await writer.upsert(row.id, records(3000, 10))).toEqual({ ok: true, upserted: 3000 });
+      expect(reader.count(row.id)).toBe(3010);
+      await reader.close();
+    } finally {
+      await writer.close();
+    }
+  });
+
+  it("leaves an upload's WAL to the checkpointer: its commit keeps the connection's checkpoint backstop as it was", async () => {
+    const store = await openSqliteEngine(tempFile(), { annFrom: 1 });
+    const sqlite = store.db.sqlite!;
+    const backstop = sqlite.pragma("wal_autocheckpoint", { simple: true });
+    expect(backstop).toBeGreaterThan(0);
+    const { id } = store.createStore("a", "s", "")!;
+    store.beginUpload(id);
+    store.uploadPart(records(100));
+    expect(store.commitUpload()).toEqual({ ok: true, upserted: 100 });
+    expect(sqlite.pragma("wal_autocheckpoint", { simple: true })).toBe(backstop);
+    expect(store.count(id)).toBe(100);
+    await store.close();
+  });
+
   it("returns limit results under a selective filter, and never a deleted record", async () => {
     const store = await openSqliteEngine(":memory:", { annFrom: 1 });
     const { id } = store.createStore("a", "s", "")!;

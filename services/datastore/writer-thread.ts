@@ -1,11 +1,20 @@
 // The Datastore's writer thread (see writer.ts): its own connection to the database file, every write,
-// and the ANN indexes. Between messages it rebuilds stale indexes a few thousand records at a time
-// and saves changed ones a while after their last change.
+// and the ANN indexes. Between messages it rebuilds stale indexes a few records at a time and saves
+// changed ones a while after their last change.
+//
+// Every store's vector searches ask this thread for candidates, so it never works long without
+// answering them: writes run one after another (chained), and a write of many records runs in
+// slices of a few milliseconds, letting the searches that arrived meanwhile in between. Written
+// whole, a 1,000-record part of an upload (or two, queued) held every account's vector searches
+// for hundreds of milliseconds (exp: 622 ms at p50, against 2 ms idle).
 import { setPriority } from "node:os";
+import { setImmediate as turn } from "node:timers/promises";
 import { workerData } from "node:worker_threads";
+import { lock } from "../shared/queue.js";
 import { serveThread } from "../shared/thread.js";
+import type { RecordInput, UpsertResult } from "./model.js";
 import { openSqliteEngine } from "./sqlite-engine.js";
-import { writerNice } from "./writer.js";
+import { Pace, writerNice } from "./writer.js";
 
 const { file, annFrom, saveAfterMs = 5000 } = workerData as { file: string; annFrom?: number; saveAfterMs?: number };
 
@@ -29,41 +38,98 @@ function changed(): void {
   saveTimer = setTimeout(() => store.saveIndexes(), saveAfterMs);
 }
 
-let rebuilding = false;
+/** How many records a slice of writing (or of rebuilding an index) takes, learnt from the last ones. */
+const writing = new Pace();
+const rebuilding = new Pace();
+
+/**
+ * A slice's length: short while vector searches come (the last within searchesRecentMs), so that
+ * they wait little; long otherwise, since a slice's index update runs on every core and small ones
+ * share them poorly (exp, 20,000 x 384 written in slices of 12 records: 14% slower than in slices of
+ * 200 or more, 6% in slices of 48).
+ */
+const sliceMs = { searched: 4, quiet: 50 };
+const searchesRecentMs = 1000;
+let lastSearch = Number.NEGATIVE_INFINITY;
+const sliceBudget = () => (performance.now() - lastSearch < searchesRecentMs ? sliceMs.searched : sliceMs.quiet);
+
+let rebuildUnderWay = false;
 function rebuild(): void {
-  if (rebuilding) return;
+  if (rebuildUnderWay) return;
   const step = () => {
     const [storeId] = store.annPending();
     if (storeId === undefined) {
-      rebuilding = false;
+      rebuildUnderWay = false;
       changed();
       return;
     }
-    store.rebuildStep(storeId, 2000);
+    const rows = rebuilding.size(sliceBudget());
+    const t = performance.now();
+    store.rebuildStep(storeId, rows);
+    rebuilding.took(rows, performance.now() - t);
     setImmediate(step);
   };
-  rebuilding = true;
+  rebuildUnderWay = true;
   setImmediate(step);
 }
 rebuild();
 
+/** inSlices writes an upload's records a slice at a time, with a turn of the event loop between slices; the last slice's result. */
+async function inSlices(input: RecordInput[]): Promise<UpsertResult> {
+  let result: UpsertResult = store.uploadPart([]);
+  for (let i = 0; i < input.length; ) {
+    const n = writing.size(sliceBudget());
+    const t = performance.now();
+    result = store.uploadPart(input.slice(i, i + n));
+    writing.took(n, performance.now() - t);
+    if (!result.ok) return result;
+    i += n;
+    if (i < input.length) await turn();
+  }
+  return result;
+}
+
+/** upsert writes records all or nothing; many of them as an upload of its own, in slices. */
+async function upsert(storeId: number, input: RecordInput[]): Promise<UpsertResult> {
+  if (input.length <= writing.size(sliceBudget())) return store.upsert(storeId, input);
+  store.beginUpload(storeId);
+  try {
+    const result = await inSlices(input);
+    if (!result.ok) return result;
+    return store.commitUpload();
+  } finally {
+    store.rollbackUpload();
+  }
+}
+
+// One write at a time, in the order they came: a write may wait between its slices, and the next
+// must not start meanwhile. Vector searches (annSearch) are not chained.
+const chained = lock();
+const write =
+  <A extends unknown[], R>(fn: (...args: A) => R | Promise<R>) =>
+  (...args: A): Promise<R> =>
+    chained(async () => fn(...args));
+
 const writes = new Set(["upsert", "deleteRecords", "dropStore", "commitUpload", "rollbackUpload"]);
 serveThread(
   {
-    createStore: (a, n, m) => store.createStore(a, n, m),
-    dropStore: (id) => store.dropStore(id),
-    upsert: (id, input) => store.upsert(id, input),
-    deleteRecords: (s, ids) => store.deleteRecords(s, ids),
-    beginUpload: (id) => store.beginUpload(id),
-    uploadPart: (input) => store.uploadPart(input),
-    commitUpload: () => store.commitUpload(),
-    rollbackUpload: () => store.rollbackUpload(),
-    annSearch: (s, q, k) => store.annSearch(s, q, k),
-    close: () => {
+    createStore: write((a: string, n: string, m: string) => store.createStore(a, n, m)),
+    dropStore: write((id: number) => store.dropStore(id)),
+    upsert: write(upsert),
+    deleteRecords: write((s: Parameters<typeof store.deleteRecords>[0], ids: string[]) => store.deleteRecords(s, ids)),
+    beginUpload: write((id: number) => store.beginUpload(id)),
+    uploadPart: write(inSlices),
+    commitUpload: write(() => store.commitUpload()),
+    rollbackUpload: write(() => store.rollbackUpload()),
+    annSearch: (s, q, k) => {
+      lastSearch = performance.now();
+      return store.annSearch(s, q, k);
+    },
+    close: write(() => {
       clearTimeout(saveTimer);
       // Its work is done when it returns: SQLite closes synchronously.
       void store.close();
-    },
+    }),
   },
   (op) => {
     if (writes.has(op)) {

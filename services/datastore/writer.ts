@@ -15,6 +15,30 @@ import type { SqliteEngine } from "./sqlite-engine.js";
 /** writerNice is the writer thread's nice value (0 is the event loop's; 19 the lowest priority). */
 export const writerNice = 10;
 
+/**
+ * Pace sizes slices of work (records written, or added to an index) to take about a given time, from
+ * the rate of the slices before: a record's cost varies a hundredfold (a keyword record, a
+ * 3,072-dimension vector in a large graph).
+ */
+export class Pace {
+  /** perRecordMs is what a record took in the last slice. */
+  private perRecordMs = Number.POSITIVE_INFINITY;
+  private last = 0;
+  constructor(readonly most = 1000) {}
+
+  /** size is how many records fit in `ms` at the last slice's rate: at least one, at most twice the last slice's. */
+  size(ms: number): number {
+    if (!Number.isFinite(this.perRecordMs)) return 16;
+    return Math.max(1, Math.min(this.most, 2 * Math.max(1, this.last), Math.floor(ms / this.perRecordMs)));
+  }
+
+  /** took records that `n` records took `ms`. */
+  took(n: number, ms: number): void {
+    this.last = n;
+    this.perRecordMs = Math.max(ms, 1e-3) / Math.max(1, n);
+  }
+}
+
 /** Writer is the Datastore's single writer; uploads hold it (exclusive) from their first part to their end. */
 export interface Writer {
   createStore(accountId: string, name: string, embeddingModel: string): Promise<StoreRow | undefined>;

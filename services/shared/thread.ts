@@ -76,20 +76,27 @@ type Op = (...args: any[]) => unknown;
 
 /**
  * serveThread answers startThread's calls in the thread with `ops` (plus "ready", and "close" when
- * ops have none), one message at a
- * time, in order. An op that throws fails its call with the error's message. `after` runs after each
- * op that answered.
+ * ops have none), each as its message arrives. An op that returns a promise answers when it
+ * settles, and messages that arrive meanwhile are served: an op that must wait for another's end
+ * waits itself (the Datastore's writer chains its writes). An op that throws or rejects fails its
+ * call with the error's message. `after` runs after each op that answered.
  */
 export function serveThread(ops: Record<string, Op>, after?: (op: string) => void): void {
   const all: Record<string, Op> = { ready: () => true, close: () => undefined, ...ops };
+  const answer = (id: number, op: string, result: unknown) => {
+    parentPort!.postMessage({ id, result });
+    after?.(op);
+  };
+  const fail = (id: number, e: unknown) => parentPort!.postMessage({ id, error: (e as Error).message });
   parentPort!.on("message", ({ id, op, args }: { id: number; op: string; args: unknown[] }) => {
     try {
       const fn = all[op];
       if (!fn) throw new Error(`no op ${op}`);
-      parentPort!.postMessage({ id, result: fn(...args) });
-      after?.(op);
+      const result = fn(...args);
+      if (result instanceof Promise) result.then((r) => answer(id, op, r)).catch((e) => fail(id, e));
+      else answer(id, op, result);
     } catch (e) {
-      parentPort!.postMessage({ id, error: (e as Error).message });
+      fail(id, e);
     }
   });
 }
