@@ -59,7 +59,7 @@ describe.skipIf(testDialect === "postgresql")("datastore keyword lists", () => {
       }[];
     /** same checks a search against FTS5's: the same scores in order, and the same records but for ties at the end. */
     const same = (query: string, limit: number) => {
-      const got = engine.keywordSearch(store.id, query, [], limit);
+      const got = engine.keywordSearch(store, query, [], limit);
       const want = fts(query).slice(0, limit);
       expect(got.length, query).toBe(want.length);
       for (let i = 0; i < got.length; i++) expect(got[i].score, `${query} #${i}`).toBeCloseTo(want[i].score, 9);
@@ -108,10 +108,10 @@ describe.skipIf(testDialect === "postgresql")("datastore keyword lists", () => {
     // An update and a delete: the lists are built again.
     engine.upsert(store.id, [{ id: "r5", text: "w299 w299 w299 run", metadata: "{}", vector: tiny }]);
     for (const q of queries) same(q, 10);
-    expect(engine.keywordSearch(store.id, "w299", [], 1)[0].id).toBe("r5");
+    expect(engine.keywordSearch(store, "w299", [], 1)[0].id).toBe("r5");
     engine.deleteRecords(store, ["r5", "r6", "r2400"]);
     for (const q of queries) same(q, 10);
-    expect(engine.keywordSearch(store.id, "w299", [], 10).map((h) => h.id)).not.toContain("r5");
+    expect(engine.keywordSearch(store, "w299", [], 10).map((h) => h.id)).not.toContain("r5");
     await engine.close();
   });
 
@@ -121,9 +121,9 @@ describe.skipIf(testDialect === "postgresql")("datastore keyword lists", () => {
       store.id,
       records(5000, 0, () => 3 + Math.floor(random() * 10)),
     );
-    engine.keywordSearch(store.id, "the", [], 10);
+    engine.keywordSearch(store, "the", [], 10);
     const all = engine.keywordLists.entries;
-    engine.keywordSearch(store.id, "the", [], 10);
+    engine.keywordSearch(store, "the", [], 10);
     expect(all).toBeGreaterThan(2000);
     expect(engine.keywordLists.visited).toBeLessThan(all / 10);
     await engine.close();
@@ -140,17 +140,45 @@ describe.skipIf(testDialect === "postgresql")("datastore keyword lists", () => {
     await engine.close();
   });
 
+  it("drops lists of the account holding the most first: one account's searches cannot push out another's", async () => {
+    const { engine } = await open(1500);
+    const word = (w: string, n: number, from: number): RecordInput[] =>
+      Array.from({ length: n }, (_, i) => ({ id: `r${from + i}`, text: `${w} filler${i % 3}`, metadata: "{}", vector: tiny }));
+    const small = engine.createStore("acct-small", "kw", "")!;
+    engine.upsert(small.id, word("alpha", 300, 0));
+    const large = engine.createStore("acct-large", "kw", "")!;
+    engine.upsert(large.id, [...word("beta", 700, 0), ...word("gamma", 700, 700), ...word("delta", 700, 1400)]);
+    expect(engine.keywordSearch(small, "alpha", [], 10)).toHaveLength(10);
+    const kept = engine.keywordLists.heldBy("acct-small");
+    expect(kept).toBeGreaterThanOrEqual(300);
+    // The large account's common words pass the cap again and again: its own lists go, not the small one's.
+    for (const w of ["beta", "gamma", "delta", "beta", "filler0", "gamma"]) expect(engine.keywordSearch(large, w, [], 10)).toHaveLength(10);
+    expect(engine.keywordLists.entries).toBeLessThanOrEqual(1500);
+    expect(engine.keywordLists.heldBy("acct-small")).toBe(kept);
+    // Once the small account wants the most, its own lists are the ones that go (the one just read
+    // answers its search all the same).
+    const largeHeld = engine.keywordLists.heldBy("acct-large");
+    expect(largeHeld).toBeGreaterThan(0);
+    const wide = engine.createStore("acct-small", "wide", "")!;
+    engine.upsert(wide.id, word("epsilon", 1200, 0));
+    expect(engine.keywordSearch(wide, "epsilon", [], 10)).toHaveLength(10);
+    expect(engine.keywordLists.entries).toBeLessThanOrEqual(1500);
+    expect(engine.keywordLists.heldBy("acct-large")).toBe(largeHeld);
+    expect(engine.keywordLists.heldBy("acct-small")).toBeLessThan(kept);
+    await engine.close();
+  });
+
   it("forgets a dropped store's lists", async () => {
     const { engine, store } = await open();
     engine.upsert(
       store.id,
       records(100, 0, () => 5),
     );
-    expect(engine.keywordSearch(store.id, "the", [], 10).length).toBeGreaterThan(0);
+    expect(engine.keywordSearch(store, "the", [], 10).length).toBeGreaterThan(0);
     engine.dropStore(store.id);
     const again = engine.createStore("acct", "kw", "")!;
     engine.upsert(again.id, [{ id: "only", text: "the one", metadata: "{}", vector: tiny }]);
-    expect(engine.keywordSearch(again.id, "the", [], 10).map((h) => h.id)).toEqual(["only"]);
+    expect(engine.keywordSearch(again, "the", [], 10).map((h) => h.id)).toEqual(["only"]);
     await engine.close();
   });
 

@@ -19,8 +19,11 @@
 // - Inserts after a list was built are read when it is next used (FTS5 rows past its last rowid).
 //   An update or a delete in the store (counted in ds_keyword by the writer, in its transaction)
 //   drops the store's lists: they are built again when next used.
-// - Lists are capped in entries over all stores, least recently used dropped first; a query whose
-//   lists together would pass the cap, or of more than maxWords words, is ranked by FTS5 as before.
+// - Lists are capped in entries over all stores. Past the cap, lists go from the account (the
+//   stores' owner) that holds the most entries, its least recently used first: an account's
+//   searches of common words cannot push out another's lists while it holds more than they do
+//   (each keeps at least an equal share of the cap, when it uses that much). A query whose lists
+//   together would pass the cap, or of more than maxWords words, is ranked by FTS5 as before.
 
 /** FTS5's BM25 parameters (fts5_aux.c). */
 const k1 = 1.2;
@@ -50,8 +53,15 @@ export interface ListSource {
   postings(storeId: number, word: string, after: number): [number, number, number][];
 }
 
+/** An account's lists, least recently used first, and the entries they hold. */
+interface Holder {
+  lists: Map<string, List>;
+  held: number;
+}
+
 interface List {
   key: string;
+  holder: Holder;
   /** ref is the average record length the order was computed at. */
   ref: number;
   rowids: Float64Array;
@@ -99,17 +109,55 @@ export interface Scored {
 
 /** keywordLists keeps lists of up to `maxEntries` entries in all and answers unfiltered top-k keyword searches from them. */
 export function keywordLists(maxEntries: number) {
-  /** lists by `${storeId} ${word}`, least recently used first. */
+  /** lists by `${storeId} ${word}`. */
   const lists = new Map<string, List>();
+  /** holders by account. */
+  const holders = new Map<string, Holder>();
   const rewrites = new Map<number, number>();
   let entries = 0;
   let visited = 0;
 
+  /** count adds a list's entries (or takes them away, sign -1) to the total and to its account's. */
+  function count(list: List, sign: 1 | -1): void {
+    const n = sign * held(list);
+    entries += n;
+    list.holder.held += n;
+  }
+
   function drop(key: string): void {
     const list = lists.get(key);
     if (!list) return;
-    entries -= held(list);
+    count(list, -1);
     lists.delete(key);
+    list.holder.lists.delete(key);
+  }
+
+  /** keep holds a list under its key, most recently used of its account's. */
+  function keep(list: List): void {
+    lists.set(list.key, list);
+    list.holder.lists.set(list.key, list);
+    count(list, 1);
+  }
+
+  /**
+   * fit drops lists until the entries are within the cap: each time the least recently used list of
+   * the account holding the most, never `current` (the list a search has just read) unless it is
+   * all that account holds. A list dropped while a search uses it still answers that search.
+   */
+  function fit(current: string): void {
+    while (entries > maxEntries) {
+      let most: Holder | undefined;
+      for (const h of holders.values()) if (h.lists.size > 0 && (!most || h.held > most.held)) most = h;
+      if (!most) return;
+      let victim = current;
+      for (const k of most.lists.keys()) {
+        if (k !== current) {
+          victim = k;
+          break;
+        }
+      }
+      drop(victim);
+    }
   }
 
   /** fresh drops a store's lists when it saw an update or a delete since they were built. */
@@ -125,13 +173,13 @@ export function keywordLists(maxEntries: number) {
    * read, their frequencies recovered from FTS5's BM25, and merged in order. Undefined when the list
    * would pass the cap, or a frequency does not come out whole (then FTS5 answers the query).
    */
-  function read(source: ListSource, storeId: number, word: string, state: IndexState): List | undefined {
+  function read(source: ListSource, holder: Holder, storeId: number, word: string, state: IndexState): List | undefined {
     const key = `${storeId} ${word}`;
     const list = lists.get(key);
     if (list) {
       // Most recently used last.
-      lists.delete(key);
-      lists.set(key, list);
+      holder.lists.delete(key);
+      holder.lists.set(key, list);
       if (list.rows === state.rows && list.lastRowid === state.lastRowid) return list;
     }
     const after = list?.lastRowid ?? 0;
@@ -164,6 +212,7 @@ export function keywordLists(maxEntries: number) {
     const n = have + added.length;
     const next: List = {
       key,
+      holder,
       ref,
       rowids: new Float64Array(n),
       tfs: new Uint32Array(n),
@@ -192,13 +241,8 @@ export function keywordLists(maxEntries: number) {
       }
     }
     drop(key);
-    lists.set(key, next);
-    entries += n;
-    // Over the cap: the least recently used lists go (never the one just read).
-    for (const k of lists.keys()) {
-      if (entries <= maxEntries) break;
-      if (k !== key) drop(k);
-    }
+    keep(next);
+    fit(key);
     return next;
   }
 
@@ -208,9 +252,9 @@ export function keywordLists(maxEntries: number) {
       const order = Uint32Array.from(list.rowids.keys()).sort((x, y) => list.rowids[x] - list.rowids[y]);
       // A list dropped for the cap during this search still answers it, but no longer counts.
       const counted = lists.get(list.key) === list;
-      if (counted) entries -= held(list);
+      if (counted) count(list, -1);
       list.byRowid = { rowids: Float64Array.from(order, (p) => list.rowids[p]), at: order };
-      if (counted) entries += held(list);
+      if (counted) count(list, 1);
     }
     const { rowids, at } = list.byRowid;
     let lo = 0;
@@ -229,24 +273,31 @@ export function keywordLists(maxEntries: number) {
     get entries(): number {
       return entries;
     },
+    /** heldBy is how many list entries an account's stores hold. */
+    heldBy(account: string): number {
+      return holders.get(account)?.held ?? 0;
+    },
     /** visited is how many list entries the last search read. */
     get visited(): number {
       return visited;
     },
     /**
-     * search returns the `limit` best records holding any of `words` (distinct, in the query's
-     * order), best first; undefined when the lists cannot answer (FTS5 then does).
+     * search returns the `limit` best records of an account's store holding any of `words`
+     * (distinct, in the query's order), best first; undefined when the lists cannot answer (FTS5
+     * then does).
      */
-    search(source: ListSource, storeId: number, words: string[], limit: number): Scored[] | undefined {
+    search(source: ListSource, account: string, storeId: number, words: string[], limit: number): Scored[] | undefined {
       // A long text (a pasted document) would build a list per word: FTS5 ranks it in one pass instead.
       if (words.length > maxWords) return undefined;
       const state = source.state(storeId);
       if (state.rows === 0 || limit <= 0) return [];
       fresh(storeId, state);
+      let holder = holders.get(account);
+      if (!holder) holders.set(account, (holder = { lists: new Map(), held: 0 }));
       const used: List[] = [];
       let total = 0;
       for (const word of words) {
-        const list = read(source, storeId, word, state);
+        const list = read(source, holder, storeId, word, state);
         // A query whose lists together pass the cap (each read may have dropped the one before) is FTS5's.
         total += list?.rowids.length ?? Number.POSITIVE_INFINITY;
         if (!list || total > maxEntries) return undefined;

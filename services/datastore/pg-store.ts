@@ -420,7 +420,7 @@ export async function postgresStore(db: ServiceDatabase<typeof schema>): Promise
       });
     },
     /** keywordSearch ranks by ts_rank (score = ts_rank: how often the words occur, not how rare they are; see the README). */
-    async keywordSearch(storeId, text, conditions, limit) {
+    async keywordSearch(store, text, conditions, limit) {
       const words = queryWords(text);
       if (words.length === 0) return [];
       // Words are letters and digits only: joined by `|` they are a to_tsquery matching any of them.
@@ -429,7 +429,7 @@ export async function postgresStore(db: ServiceDatabase<typeof schema>): Promise
       return orm
         .select({ id: records.recordId, text: records.text, metadata: records.metadata, score: rank })
         .from(records)
-        .where(and(eq(records.storeId, storeId), sql`"search" @@ ${query}`, filterSql(conditions)))
+        .where(and(eq(records.storeId, store.id), sql`"search" @@ ${query}`, filterSql(conditions)))
         .orderBy(desc(rank), records.rowid)
         .limit(limit);
     },

@@ -286,7 +286,7 @@ export function createDatastoreService(deps: DatastoreServiceDeps): DatastoreSer
           const vector = await queryVector(row, identity.accountId, req.query, req.vector, ctx);
           const fused = new Map<string, Hit>();
           for (const list of [
-            await store.keywordSearch(row.id, req.query, conditions, depth),
+            await store.keywordSearch(row, req.query, conditions, depth),
             await store.vectorSearch(row, vector, conditions, depth),
           ]) {
             list.forEach((h, rank) => {
@@ -298,7 +298,7 @@ export function createDatastoreService(deps: DatastoreServiceDeps): DatastoreSer
           break;
         }
         default:
-          hits = await store.keywordSearch(row.id, req.query, conditions, limit);
+          hits = await store.keywordSearch(row, req.query, conditions, limit);
       }
       return { records: hits.map((h) => ({ id: h.id, text: h.text, metadata: parseMetadata(h.metadata), score: h.score })) };
     },

@@ -576,14 +576,15 @@ export async function openSqliteEngine(file: string, options: SqliteEngineOption
       });
     },
     /** keywordSearch ranks by BM25 (score = -bm25), the filter applied inside the query. */
-    keywordSearch(storeId: number, text: string, conditions: Condition[], limit: number): Hit[] {
+    keywordSearch(store: StoreRow, text: string, conditions: Condition[], limit: number): Hit[] {
+      const storeId = store.id;
       const match = ftsQuery(text);
       if (!match) return [];
       const f = filterSql(conditions);
       if (conditions.length === 0) {
         // Without a filter the keyword lists answer, in one snapshot of the index and records.
         const hits = atomically(() => {
-          const top = lists.search(listSource, storeId, queryWords(text), limit);
+          const top = lists.search(listSource, store.accountId, storeId, queryWords(text), limit);
           if (!top) return undefined;
           const found = new Map(
             (

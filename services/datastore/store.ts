@@ -55,7 +55,7 @@ export interface DatastoreStore {
   /** deleteRecords removes records; returns how many existed. */
   deleteRecords(store: StoreRow, ids: string[]): Promise<number>;
   /** keywordSearch finds the records holding any word of the text, best ranked first, the filter applied inside the query. */
-  keywordSearch(storeId: number, text: string, conditions: Condition[], limit: number): Promise<Hit[]>;
+  keywordSearch(store: StoreRow, text: string, conditions: Condition[], limit: number): Promise<Hit[]>;
   /** vectorSearch ranks by cosine similarity (score = 1 - cosine distance); a filtered search still returns `limit` hits when they exist. */
   vectorSearch(store: StoreRow, query: Float32Array, conditions: Condition[], limit: number): Promise<Hit[]>;
   close(): Promise<void>;
@@ -164,7 +164,7 @@ async function sqliteStore(file: string, annFrom: number): Promise<DatastoreStor
         }
       });
     },
-    keywordSearch: async (storeId, text, conditions, limit) => reader.keywordSearch(storeId, text, conditions, limit),
+    keywordSearch: async (store, text, conditions, limit) => reader.keywordSearch(store, text, conditions, limit),
     /** The writer's ANN index proposes candidates, re-ranked here; a store without a usable one (small, or being rebuilt) is scanned. */
     async vectorSearch(store, query, conditions, limit) {
       if (!store.dimension) return [];
