@@ -12,7 +12,7 @@ import { DatastoreService, SearchMode, type UpsertRecordsStreamRequestSchema } f
 import { ModelProxyService } from "../gen/shaker/modelproxy/v1/modelproxy_pb.js";
 import { analyzeFrom } from "../services/datastore/pg-store.js";
 import { createDatastoreService } from "../services/datastore/service.js";
-import { createDatastoreStore } from "../services/datastore/store.js";
+import { createDatastoreStore, storeRows } from "../services/datastore/store.js";
 import { createAuth, headers, type RunClaims } from "../services/shared/auth.js";
 import { errorMetadata } from "../services/shared/errors.js";
 import { testDialect, testStoreLocation } from "./databases.js";
@@ -164,6 +164,58 @@ describe("stores", () => {
     const writer = asRun([{ name: bound, write: true }]);
     expect((await client.upsertRecords({ store: bound, records: [{ id: "a", vector: [1] }] }, writer)).upserted).toBe(1);
     expect((await client.getRecords({ store: bound, ids: ["a"] }, reader)).records.map((r) => r.id)).toEqual(["a"]);
+  });
+});
+
+describe("store look-ups (kept in memory on SQLite)", () => {
+  it("finds a store dropped and created again as the new one, and its first vector's dimension at once", async () => {
+    await client.createStore({ name: "again" }, alice);
+    await client.upsertRecords({ store: "again", records: [{ id: "old", text: "old words" }] }, alice);
+    expect((await client.search({ store: "again", query: "words" }, alice)).records.map((r) => r.id)).toEqual(["old"]);
+    await client.deleteStore({ name: "again" }, alice);
+    expect(await refusal(client.search({ store: "again", query: "words" }, alice))).toMatchObject({ code: Code.NotFound });
+    await client.createStore({ name: "again" }, alice);
+    // Looked up before and after its first vector: a vector search finds it once the upsert answered.
+    expect((await client.search({ store: "again", query: "words" }, alice)).records).toEqual([]);
+    await client.upsertRecords({ store: "again", records: [{ id: "new", text: "new words", vector: [1, 0, 0, 0] }] }, alice);
+    const hits = await client.search({ store: "again", mode: SearchMode.VECTOR, vector: [1, 0, 0, 0] }, alice);
+    expect(hits.records.map((r) => r.id)).toEqual(["new"]);
+    await client.deleteStore({ name: "again" }, alice);
+  });
+
+  it("keeps what it found until a write ends, and not a look-up that began before the write ended", async () => {
+    const row = { id: 1, accountId: "a", name: "s", embeddingModel: "", dimension: 0, createdAt: 0 };
+    let calls = 0;
+    let answer: () => Promise<typeof row | undefined> = async () => row;
+    const rows = storeRows(async (_account, name) => {
+      calls++;
+      return name === "s" ? answer() : undefined;
+    });
+    expect(await rows.store("a", "s")).toBe(row);
+    expect(await rows.store("a", "s")).toBe(row);
+    expect(calls).toBe(1);
+    // Not found is not kept: the store may be created.
+    expect(await rows.store("a", "other")).toBeUndefined();
+    expect(await rows.store("a", "other")).toBeUndefined();
+    expect(calls).toBe(3);
+    // A write forgets them when it ends, failed or not.
+    await rows.after(Promise.resolve());
+    await rows.store("a", "s");
+    expect(calls).toBe(4);
+    await expect(rows.after(Promise.reject(new Error("refused")))).rejects.toThrow("refused");
+    await rows.store("a", "s");
+    expect(calls).toBe(5);
+    // A look-up answered after a write ended, but begun before, is not kept (it may hold the row as it was).
+    let release: () => void = () => {};
+    answer = () => new Promise((resolve) => (release = () => resolve(row)));
+    await rows.after(Promise.resolve());
+    const pending = rows.store("a", "s");
+    await rows.after(Promise.resolve());
+    release();
+    await pending;
+    answer = async () => row;
+    await rows.store("a", "s");
+    expect(calls).toBe(7);
   });
 });
 
