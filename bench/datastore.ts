@@ -20,7 +20,7 @@
 // DS_BENCH_QUERIES (200), DS_BENCH_PG_N (200,000 keyword records), DS_BENCH_PG_VECTOR_N (20,000);
 // small ones give a quick look.
 
-import { existsSync, mkdtempSync, readFileSync, rmSync } from "node:fs";
+import { mkdtempSync, readFileSync, rmSync } from "node:fs";
 import http from "node:http";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -529,15 +529,26 @@ export async function benchDatastore(): Promise<void> {
         moreRate / packedRate,
       );
     }
-    // The writer thread saves the index a few seconds after the upload; the store layer loads that file.
+    // The writer thread saves the index a few seconds after the upload; the store layer loads that
+    // file once it holds the store's last write (its generation): an index saved between uploads is
+    // stale, and loading it the store layer would build an index of its own.
     const serverDb = join(server.dataDir, "datastore.db");
     const server2 = await openSqliteEngine(serverDb, { rebuild: "sync" });
     const owner = new Database(serverDb, { readonly: true });
     const { id: vectorId } = owner.prepare("SELECT id FROM stores WHERE name = 'vector'").get() as { id: number };
+    const { generation } = owner.prepare("SELECT generation FROM ds_ann WHERE store_id = ?").get(vectorId) as { generation: number };
     owner.close();
     const row = server2.storeById(vectorId)!;
+    const savedGeneration = () => {
+      try {
+        return (JSON.parse(readFileSync(`${annPath(serverDb, row.id)}.json`, "utf8")) as { generation: number }).generation;
+      } catch {
+        return -1;
+      }
+    };
     const until = Date.now() + 600_000;
-    while (!existsSync(`${annPath(serverDb, row.id)}.json`) && Date.now() < until) await new Promise((r) => setTimeout(r, 200));
+    while (savedGeneration() !== generation && Date.now() < until) await new Promise((r) => setTimeout(r, 200));
+    if (savedGeneration() !== generation) throw new Error("the server's writer thread did not save the vector store's index");
     const annTimes: number[] = [];
     const exactTimes: number[] = [];
     const restTimes: number[] = [];
