@@ -10,9 +10,9 @@ import { afterAll, describe, expect, it } from "vitest";
 import { Progress } from "../cli/datastores.js";
 import type { CliIo } from "../cli/io.js";
 import { annPath } from "../services/datastore/ann.js";
-import type { RecordInput } from "../services/datastore/model.js";
+import type { RecordInput, StoreRow } from "../services/datastore/model.js";
 import { mmapBytesDefault, openSqliteEngine } from "../services/datastore/sqlite-engine.js";
-import { writerNice, writerThread } from "../services/datastore/writer.js";
+import { type Writer, writerNice, writerThread } from "../services/datastore/writer.js";
 import { testDialect } from "./databases.js";
 import { startTestServer, trueTop, waitFor } from "./helpers.js";
 
@@ -198,6 +198,42 @@ describe.skipIf(testDialect === "postgresql")("datastore ANN index", () => {
       await reader.close();
     } finally {
       await writer.close();
+    }
+  });
+
+  it("saves an index once vector searches pause, or once they have held the save long enough", async () => {
+    const searching = async (writer: Writer, row: StoreRow, until: () => boolean) => {
+      while (!until()) {
+        await writer.annSearch({ ...row, dimension: dim }, vec(), 1);
+        await new Promise((r) => setTimeout(r, 50));
+      }
+    };
+    // Searches every 50 ms hold the save; once they stop, it comes.
+    const file = tempFile();
+    const writer = await writerThread(file, { annFrom: 1, saveAfterMs: 20, saveDeferMs: 60_000 });
+    try {
+      const row = (await writer.createStore("a", "s", ""))!;
+      await writer.upsert(row.id, records(300));
+      const saved = () => existsSync(`${annPath(file, row.id)}.json`);
+      const started = Date.now();
+      await searching(writer, row, () => Date.now() - started > 1500);
+      expect(saved()).toBe(false);
+      await waitFor(saved, "the index saved once searches stopped");
+    } finally {
+      await writer.close();
+    }
+    // Searches that never pause hold it no longer than saveDeferMs.
+    const file2 = tempFile();
+    const writer2 = await writerThread(file2, { annFrom: 1, saveAfterMs: 20, saveDeferMs: 300 });
+    try {
+      const row = (await writer2.createStore("a", "s", ""))!;
+      await writer2.upsert(row.id, records(300));
+      const saved = () => existsSync(`${annPath(file2, row.id)}.json`);
+      const started = Date.now();
+      await searching(writer2, row, () => saved() || Date.now() - started > 15_000);
+      expect(saved()).toBe(true);
+    } finally {
+      await writer2.close();
     }
   });
 

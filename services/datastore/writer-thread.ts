@@ -16,7 +16,12 @@ import type { RecordInput, UpsertResult } from "./model.js";
 import { openSqliteEngine } from "./sqlite-engine.js";
 import { Pace, writerNice } from "./writer.js";
 
-const { file, annFrom, saveAfterMs = 5000 } = workerData as { file: string; annFrom?: number; saveAfterMs?: number };
+const {
+  file,
+  annFrom,
+  saveAfterMs = 5000,
+  saveDeferMs = 60_000,
+} = workerData as { file: string; annFrom?: number; saveAfterMs?: number; saveDeferMs?: number };
 
 // A large upload's inserts, commits and index updates yield the CPU to the event loop (which serves
 // requests and relays runs) when both want it: this thread runs niced. On Linux a thread's nice is
@@ -32,10 +37,25 @@ if (process.platform === "linux") {
 const store = await openSqliteEngine(file, { annFrom, rebuild: "steps" });
 store.openIndexes();
 
+// Saving an index holds every store's vector searches while it writes the file (372 and 831 ms for a
+// 1M x 384 index, exp): while searches come, a save waits for a second without any, up to saveDeferMs.
 let saveTimer: NodeJS.Timeout | undefined;
+let deferredSince: number | undefined;
 function changed(): void {
   clearTimeout(saveTimer);
-  saveTimer = setTimeout(() => store.saveIndexes(), saveAfterMs);
+  saveTimer = setTimeout(save, saveAfterMs);
+}
+function save(): void {
+  const now = performance.now();
+  if (now - lastSearch < searchesRecentMs) {
+    deferredSince ??= now;
+    if (now - deferredSince < saveDeferMs) {
+      saveTimer = setTimeout(save, searchesRecentMs / 4);
+      return;
+    }
+  }
+  deferredSince = undefined;
+  store.saveIndexes();
 }
 
 /** How many records a slice of writing (or of rebuilding an index) takes, learnt from the last ones. */

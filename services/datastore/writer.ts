@@ -89,6 +89,8 @@ export interface WriterThreadOptions {
   annFrom?: number;
   /** saveAfterMs is how long after its last change an ANN index is saved (default 5 s; always on close). */
   saveAfterMs?: number;
+  /** saveDeferMs is how long a save waits, at most, for a second without vector searches (default 60 s). */
+  saveDeferMs?: number;
 }
 
 /** writerThread starts the writer thread on a database file; it has opened the file when this resolves. */
