@@ -12,7 +12,7 @@ import type { CliIo } from "../cli/io.js";
 import { annPath } from "../services/datastore/ann.js";
 import type { RecordInput, StoreRow } from "../services/datastore/model.js";
 import { mmapBytesDefault, openSqliteEngine } from "../services/datastore/sqlite-engine.js";
-import { type Writer, writerNice, writerThread } from "../services/datastore/writer.js";
+import { type Writer, type WriterThreadOptions, writerNice, writerThread } from "../services/datastore/writer.js";
 import { testDialect } from "./databases.js";
 import { startTestServer, trueTop, waitFor } from "./helpers.js";
 
@@ -33,6 +33,17 @@ function tempFile(): string {
   const dir = mkdtempSync(join(tmpdir(), "shaker-ann-"));
   dirs.push(dir);
   return join(dir, "datastore.db");
+}
+
+/** withWriter runs fn with a writer thread on a new database file, and closes the thread after. */
+async function withWriter<T>(options: WriterThreadOptions, fn: (writer: Writer, file: string) => Promise<T>): Promise<T> {
+  const file = tempFile();
+  const writer = await writerThread(file, options);
+  try {
+    return await fn(writer, file);
+  } finally {
+    await writer.close();
+  }
 }
 afterAll(() => {
   for (const d of dirs) rmSync(d, { recursive: true, force: true });
@@ -131,22 +142,17 @@ describe.skipIf(testDialect === "postgresql")("datastore ANN index", () => {
           return { tid: Number(tid), nice: Number(stat.slice(stat.lastIndexOf(")") + 2).split(" ")[16]) };
         });
       const before = new Set(niceOf().map((t) => t.tid));
-      const writer = await writerThread(tempFile(), {});
-      try {
+      await withWriter({}, async () => {
         expect(writerNice).toBeGreaterThan(0);
         const added = niceOf().filter((t) => !before.has(t.tid));
         expect(added.some((t) => t.nice === writerNice)).toBe(true);
         expect(niceOf().find((t) => t.tid === process.pid)?.nice).toBe(0);
-      } finally {
-        await writer.close();
-      }
+      });
     },
   );
 
   it("compacts in the writer thread, between its other work, once updates have filled the graph", async () => {
-    const file = tempFile();
-    const writer = await writerThread(file, { annFrom: 1, saveAfterMs: 20 });
-    try {
+    await withWriter({ annFrom: 1, saveAfterMs: 20 }, async (writer, file) => {
       const row = (await writer.createStore("a", "s", ""))!;
       expect((await writer.upsert(row.id, records(2000))).ok).toBe(true);
       const updated = records(1200);
@@ -165,15 +171,11 @@ describe.skipIf(testDialect === "postgresql")("datastore ANN index", () => {
         const keys = await writer.annSearch({ ...row, dimension: dim }, updated[i].vector, 1);
         expect(keys?.[0]).toBe(BigInt(i + 1));
       }
-    } finally {
-      await writer.close();
-    }
+    });
   });
 
   it("answers vector searches while it writes a large part, between slices of it", async () => {
-    const file = tempFile();
-    const writer = await writerThread(file, { annFrom: 1 });
-    try {
+    await withWriter({ annFrom: 1 }, async (writer, file) => {
       const a = (await writer.createStore("acct-a", "a", ""))!;
       const b = (await writer.createStore("acct-b", "b", ""))!;
       const aRecords = records(300);
@@ -196,9 +198,7 @@ describe.skipIf(testDialect === "postgresql")("datastore ANN index", () => {
       const reader = await openSqliteEngine(file, { ann: false });
       expect([reader.count(a.id), reader.count(b.id)]).toEqual([300, 3000]);
       await reader.close();
-    } finally {
-      await writer.close();
-    }
+    });
   });
 
   it("saves an index once vector searches pause, or once they have held the save long enough", async () => {
@@ -209,9 +209,7 @@ describe.skipIf(testDialect === "postgresql")("datastore ANN index", () => {
       }
     };
     // Searches every 50 ms hold the save; once they stop, it comes.
-    const file = tempFile();
-    const writer = await writerThread(file, { annFrom: 1, saveAfterMs: 20, saveDeferMs: 60_000 });
-    try {
+    await withWriter({ annFrom: 1, saveAfterMs: 20, saveDeferMs: 60_000 }, async (writer, file) => {
       const row = (await writer.createStore("a", "s", ""))!;
       await writer.upsert(row.id, records(300));
       const saved = () => existsSync(`${annPath(file, row.id)}.json`);
@@ -219,28 +217,20 @@ describe.skipIf(testDialect === "postgresql")("datastore ANN index", () => {
       await searching(writer, row, () => Date.now() - started > 1500);
       expect(saved()).toBe(false);
       await waitFor(saved, "the index saved once searches stopped");
-    } finally {
-      await writer.close();
-    }
+    });
     // Searches that never pause hold it no longer than saveDeferMs.
-    const file2 = tempFile();
-    const writer2 = await writerThread(file2, { annFrom: 1, saveAfterMs: 20, saveDeferMs: 300 });
-    try {
-      const row = (await writer2.createStore("a", "s", ""))!;
-      await writer2.upsert(row.id, records(300));
-      const saved = () => existsSync(`${annPath(file2, row.id)}.json`);
+    await withWriter({ annFrom: 1, saveAfterMs: 20, saveDeferMs: 300 }, async (writer, file) => {
+      const row = (await writer.createStore("a", "s", ""))!;
+      await writer.upsert(row.id, records(300));
+      const saved = () => existsSync(`${annPath(file, row.id)}.json`);
       const started = Date.now();
-      await searching(writer2, row, () => saved() || Date.now() - started > 15_000);
+      await searching(writer, row, () => saved() || Date.now() - started > 15_000);
       expect(saved()).toBe(true);
-    } finally {
-      await writer2.close();
-    }
+    });
   });
 
   it("writes a large upsert in slices, all or nothing: a bad record late in it writes none", async () => {
-    const file = tempFile();
-    const writer = await writerThread(file, { annFrom: 1 });
-    try {
+    await withWriter({ annFrom: 1 }, async (writer, file) => {
       const row = (await writer.createStore("a", "s", ""))!;
       expect(await writer.upsert(row.id, records(10))).toEqual({ ok: true, upserted: 10 });
       const bad = records(3000, 10);
@@ -254,9 +244,7 @@ describe.skipIf(testDialect === "postgresql")("datastore ANN index", () => {
       expect(await writer.upsert(row.id, records(3000, 10))).toEqual({ ok: true, upserted: 3000 });
       expect(reader.count(row.id)).toBe(3010);
       await reader.close();
-    } finally {
-      await writer.close();
-    }
+    });
   });
 
   it("leaves an upload's WAL to the checkpointer: its commit keeps the connection's checkpoint backstop as it was", async () => {
