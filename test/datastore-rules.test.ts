@@ -129,6 +129,9 @@ describe("records over REST (JSON)", () => {
     expect(readVector([0.25, -1.5])).toEqual([0.25, -1.5]);
     expect(readVector("")).toEqual([]);
     expect(readJsonRecord({ id: "a", vector: b64 })).toMatchObject({ id: "a", vector: Array.from(floats) });
+    // Base64 with bits set past the last byte ("w" is canonical here) reads as the same floats.
+    expect(readVector("AACAPw==")).toEqual([1]);
+    expect(readVector("AACAPx==")).toEqual([1]);
     const nan = Buffer.from(new Float32Array([1, Number.NaN]).buffer).toString("base64");
     const infinite = Buffer.from(new Float32Array([Number.POSITIVE_INFINITY]).buffer).toString("base64");
     // Not base64 (a space, a URL-safe character, missing padding), 2 or 6 bytes, or not finite.

@@ -260,6 +260,12 @@ describe("datastore over REST and RPC", () => {
       [[{ id: "m", text: "x", metadata: "tag", vector: hashed("m") }], "records[0]: metadata must be a JSON object", "records[0].metadata"],
       [[{ id: "v", vector: [1, "a"] }], `records[0]: vector must be ${vectorForms}`, "records[0].vector"],
       [[{ id: "v", vector: "AAAA-_AA" }], `records[0]: vector must be ${vectorForms}`, "records[0].vector"],
+      // Finite, but kept as a float32 it would be Infinity.
+      [
+        [good("n1"), { id: "far", vector: hashed("far").map((x, i) => (i === 5 ? -1e39 : x)) }],
+        "records[1]: vector holds a value beyond a float32's range (±3.4e38)",
+        "records[1].vector",
+      ],
     ];
     for (const [records, message, param] of cases) {
       const res = await server.request("POST", "/v1/datastores/kb/records", { records });

