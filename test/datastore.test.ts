@@ -333,6 +333,31 @@ describe("datastore over REST and RPC", () => {
     const got = await server.request("GET", "/v1/datastores/bulk/records/j299");
     expect(got.body.data).toMatchObject({ text: records[299].text, metadata: records[299].metadata });
     expect(await count("bulk")).toBe(n + 300);
+
+    // NDJSON cut every 7 bytes: characters of two, three and four bytes, numbers and lines cross the
+    // cuts; CRLF endings, blank lines and a last line without its newline.
+    const lines = Array.from({ length: 50 }, (_, i) =>
+      JSON.stringify({ id: `u${i}`, text: `é ☃ 𝄞 ${i}`, metadata: { i }, vector: [0.1, -2.5e-3, i] }),
+    );
+    const cutNdjson = new TextEncoder().encode(`\r\n${lines.join("\r\n\n")}`);
+    async function* cutLines() {
+      for (let i = 0; i < cutNdjson.length; i += 7) yield cutNdjson.slice(i, i + 7);
+    }
+    const nd = await fetch(`${server.url}/v1/datastores/bulk/records`, {
+      method: "POST",
+      headers: { authorization: `Bearer ${server.apiKey}`, "content-type": "application/x-ndjson" },
+      body: cutLines() as unknown as BodyInit,
+      duplex: "half",
+    } as RequestInit);
+    expect(nd.status).toBe(200);
+    expect(((await nd.json()) as any).data.upserted).toBe(50);
+    const last = await server.request("GET", "/v1/datastores/bulk/records/u49");
+    expect(last.body.data).toEqual({
+      id: "u49",
+      text: "é ☃ 𝄞 49",
+      metadata: { i: 49 },
+      vector: [Math.fround(0.1), Math.fround(-2.5e-3), 49],
+    });
   });
 
   it("embeds records without vectors and text queries through the ModelProxy", async () => {
