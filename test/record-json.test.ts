@@ -18,8 +18,16 @@ function read(text: string, maxDepth = 64): unknown {
   return value;
 }
 
-/** sameAs says that a record reads as JSON.parse and a Float32Array read it, to the bit (-0 included). */
+/** Leading white space, which JSON allows: past 300 bytes a record's vector is read from its bytes; a shorter record goes to JSON.parse whole. */
+const pad = " ".repeat(300);
+
+/** sameAs says that a record reads as JSON.parse and a Float32Array read it, to the bit (-0 included), short or long. */
 function sameAs(text: string): void {
+  sameAsOnce(text);
+  sameAsOnce(pad + text);
+}
+
+function sameAsOnce(text: string): void {
   const got = read(text) as { vector?: number[] };
   const want = kept(text) as { vector?: number[] };
   expect(got, text.slice(0, 200)).toEqual(want);
@@ -105,7 +113,7 @@ describe("a record's JSON, its vector read from the bytes", () => {
   });
 
   it("reads a top-level vector of numbers itself, as float32s, and leaves the rest to JSON.parse", () => {
-    const raw = (text: string) => parseRecordJson(Buffer.from(text), 64) as { vector: unknown; metadata?: { vector: unknown } };
+    const raw = (text: string) => parseRecordJson(Buffer.from(pad + text), 64) as { vector: unknown; metadata?: { vector: unknown } };
     // JSON.parse would give the double 0.1; the store keeps the float32 nearest it.
     expect(raw('{"id":"a","metadata":{"vector":[0.1]},"vector":[0.1, 2]}')).toEqual({
       id: "a",
@@ -114,6 +122,8 @@ describe("a record's JSON, its vector read from the bytes", () => {
     });
     expect(raw('{"id":"a","vector":[0.1, "x"]}').vector).toEqual([0.1, "x"]);
     expect(raw('{"id":"a","vector":[0.1],"vector":"AACAPw=="}').vector).toBe("AACAPw==");
+    // A short record is JSON.parse's whole: its vector too short to gain from being read here.
+    expect((parseRecordJson(Buffer.from('{"id":"a","vector":[0.1]}'), 64) as { vector: number[] }).vector).toEqual([0.1]);
   });
 
   it("says nothing of a blank line, and refuses what JSON.parse refuses with its message for the text as sent", () => {
@@ -142,18 +152,21 @@ describe("a record's JSON, its vector read from the bytes", () => {
         want = (e as Error).message;
       }
       expect(want, text).not.toBe("");
-      expect(() => parseRecordJson(Buffer.from(text), 64), text).toThrow(new SyntaxError(want));
+      for (const sent of [text, pad + text]) expect(() => parseRecordJson(Buffer.from(sent), 64), text).toThrow(new SyntaxError(want));
     }
   });
 
   it("refuses a record nesting deeper than allowed, wherever it does", () => {
     const deep = (n: number) => `${"[".repeat(n)}${"]".repeat(n)}`;
-    expect(() => parseRecordJson(Buffer.from(`{"id":"a","metadata":{"x":${deep(63)}},"vector":[1]}`), 64)).toThrow(NestsTooDeep);
-    expect(parseRecordJson(Buffer.from(`{"id":"a","metadata":{"x":${deep(62)}},"vector":[1]}`), 64)).toMatchObject({ vector: [1] });
-    expect(() => parseRecordJson(Buffer.from('{"id":"a","vector":[1]}'), 1)).toThrow(NestsTooDeep);
-    expect(parseRecordJson(Buffer.from('{"id":"a","vector":[1]}'), 2)).toMatchObject({ vector: [1] });
-    // Deep and broken: the depth is what is said.
-    expect(() => parseRecordJson(Buffer.from(`{"id":${deep(70).slice(0, 70)}`), 64)).toThrow(NestsTooDeep);
+    for (const p of ["", pad]) {
+      const parse = (text: string, max: number) => parseRecordJson(Buffer.from(p + text), max);
+      expect(() => parse(`{"id":"a","metadata":{"x":${deep(63)}},"vector":[1]}`, 64)).toThrow(NestsTooDeep);
+      expect(parse(`{"id":"a","metadata":{"x":${deep(62)}},"vector":[1]}`, 64)).toMatchObject({ vector: [1] });
+      expect(() => parse('{"id":"a","vector":[1]}', 1)).toThrow(NestsTooDeep);
+      expect(parse('{"id":"a","vector":[1]}', 2)).toMatchObject({ vector: [1] });
+      // Deep and broken: the depth is what is said.
+      expect(() => parse(`{"id":${deep(70).slice(0, 70)}`, 64)).toThrow(NestsTooDeep);
+    }
   });
 
   it("reads a long vector past its first buffer, and the next record's shorter one whole", () => {

@@ -30,6 +30,13 @@ const exactBelow = 2 ** 53;
  */
 const margin = 2 ** -40;
 
+/**
+ * A record shorter than this goes to JSON.parse whole: its vector, if any, is too short to gain (exp,
+ * per record: 16 numbers in 207 bytes 1.80 µs read here against 1.60; 32 in 358 bytes 2.32 against
+ * 2.54; a keyword record with a 4-number vector 1.43 against 0.92).
+ */
+const fastFrom = 300;
+
 const space = (c: number) => c === SPACE || c === TAB || c === NEWLINE || c === RETURN;
 const digit = (c: number) => c >= ZERO && c <= NINE;
 
@@ -40,7 +47,7 @@ const digit = (c: number) => c >= ZERO && c <= NINE;
  * past `maxDepth` levels of arrays and objects.
  */
 export function parseRecordJson(bytes: Buffer, maxDepth: number): unknown {
-  const fast = vectorAt(bytes, maxDepth);
+  const fast = bytes.length >= fastFrom ? vectorAt(bytes, maxDepth) : undefined;
   if (fast) {
     try {
       const value = JSON.parse(`${bytes.toString("utf8", 0, fast.start)}0${bytes.toString("utf8", fast.end)}`);
