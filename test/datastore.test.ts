@@ -318,16 +318,20 @@ describe("datastore over REST and RPC", () => {
       metadata: { nested: { list: [i, "]"] } },
       vector: [0, 1, i],
     }));
-    const body = new TextEncoder().encode(JSON.stringify({ note: "x", records, after: [1, { a: 2 }] }));
-    async function* cut() {
-      for (let i = 0; i < body.length; i += 7) yield body.slice(i, i + 7);
-    }
-    const json = await fetch(`${server.url}/v1/datastores/bulk/records`, {
-      method: "POST",
-      headers: { authorization: `Bearer ${server.apiKey}`, "content-type": "application/json" },
-      body: cut() as unknown as BodyInit,
-      duplex: "half",
-    } as RequestInit);
+    /** postCut posts a body to the bulk store's records in pieces of 7 bytes. */
+    const postCut = (body: string, contentType: string) => {
+      const bytes = new TextEncoder().encode(body);
+      async function* cut() {
+        for (let i = 0; i < bytes.length; i += 7) yield bytes.slice(i, i + 7);
+      }
+      return fetch(`${server.url}/v1/datastores/bulk/records`, {
+        method: "POST",
+        headers: { authorization: `Bearer ${server.apiKey}`, "content-type": contentType },
+        body: cut() as unknown as BodyInit, // undici streams an async iterable body
+        duplex: "half",
+      } as RequestInit);
+    };
+    const json = await postCut(JSON.stringify({ note: "x", records, after: [1, { a: 2 }] }), "application/json");
     expect(json.status).toBe(200);
     expect(((await json.json()) as any).data.upserted).toBe(300);
     const got = await server.request("GET", "/v1/datastores/bulk/records/j299");
@@ -335,26 +339,18 @@ describe("datastore over REST and RPC", () => {
     expect(await count("bulk")).toBe(n + 300);
 
     // NDJSON cut every 7 bytes: characters of two, three and four bytes, numbers and lines cross the
-    // cuts; CRLF endings, blank lines and a last line without its newline.
+    // cuts; CRLF endings, blank lines and a last line without its newline. Every other line is long
+    // enough (300 bytes) for its vector to be read from its bytes (edge/record-json.ts).
     const lines = Array.from({ length: 50 }, (_, i) =>
-      JSON.stringify({ id: `u${i}`, text: `é ☃ 𝄞 ${i}`, metadata: { i }, vector: [0.1, -2.5e-3, i] }),
+      JSON.stringify({ id: `u${i}`, text: `é ☃ 𝄞 ${i}${i % 2 ? " and more".repeat(40) : ""}`, metadata: { i }, vector: [0.1, -2.5e-3, i] }),
     );
-    const cutNdjson = new TextEncoder().encode(`\r\n${lines.join("\r\n\n")}`);
-    async function* cutLines() {
-      for (let i = 0; i < cutNdjson.length; i += 7) yield cutNdjson.slice(i, i + 7);
-    }
-    const nd = await fetch(`${server.url}/v1/datastores/bulk/records`, {
-      method: "POST",
-      headers: { authorization: `Bearer ${server.apiKey}`, "content-type": "application/x-ndjson" },
-      body: cutLines() as unknown as BodyInit,
-      duplex: "half",
-    } as RequestInit);
+    const nd = await postCut(`\r\n${lines.join("\r\n\n")}`, "application/x-ndjson");
     expect(nd.status).toBe(200);
     expect(((await nd.json()) as any).data.upserted).toBe(50);
     const last = await server.request("GET", "/v1/datastores/bulk/records/u49");
     expect(last.body.data).toEqual({
       id: "u49",
-      text: "é ☃ 𝄞 49",
+      text: `é ☃ 𝄞 49${" and more".repeat(40)}`,
       metadata: { i: 49 },
       vector: [Math.fround(0.1), Math.fround(-2.5e-3), 49],
     });
