@@ -129,6 +129,8 @@ function vectorAt(b: Buffer, maxDepth: number): { start: number; end: number; nu
 
 /** Where numbersAt reads a vector before copying it out: a new array grown number by number took twice as long. */
 let scratch = new Float64Array(4096);
+/** The most scratch keeps between records: room for the largest embeddings (3,072 and 4,096 dimensions). */
+const scratchKept = 8192;
 
 /**
  * numbersAt reads the JSON array of numbers opening at b[open] (by JSON's grammar, white space
@@ -193,6 +195,8 @@ function numbersAt(b: Buffer, open: number): { numbers: number[]; end: number } 
   }
   const numbers = new Array<number>(n);
   for (let k = 0; k < n; k++) numbers[k] = scratch[k];
+  // Grown for one long vector (a line may hold millions of numbers): not kept at that size.
+  if (scratch.length > scratchKept) scratch = new Float64Array(scratchKept);
   return { numbers, end: i + 1 };
 }
 
