@@ -9,7 +9,7 @@ import * as sqliteVec from "sqlite-vec";
 import { afterAll, describe, expect, it } from "vitest";
 import { Progress } from "../cli/datastores.js";
 import type { CliIo } from "../cli/io.js";
-import { annPath } from "../services/datastore/ann.js";
+import { annPath, keyOf, newGraph, rowidOf } from "../services/datastore/ann.js";
 import type { RecordInput, StoreRow } from "../services/datastore/model.js";
 import { mmapBytesDefault, openSqliteEngine } from "../services/datastore/sqlite-engine.js";
 import { type Writer, type WriterThreadOptions, writerNice, writerThread } from "../services/datastore/writer.js";
@@ -342,6 +342,127 @@ describe.skipIf(testDialect === "postgresql")("datastore ANN index", () => {
     store = await openSqliteEngine(file, { annFrom: 1 });
     row = store.storeById(id)!;
     expect(store.vectorSearch(row, input[7].vector, [], 10).map((h) => h.id)).not.toContain(input[7].id);
+    await store.close();
+  });
+
+  it("keys its graph by the rowids mixed, and serves an index keyed by the rowids themselves until a compaction replaces it", async () => {
+    for (const rowid of [0n, 1n, 2n, 12_345n, 2n ** 53n - 1n]) {
+      expect(rowidOf(keyOf(rowid))).toBe(rowid);
+      expect(keyOf(rowid)).not.toBe(2n ** 64n - 1n);
+    }
+    // usearch finds a key in a table of 2^n slots at its low n bits, probing on to the next free
+    // slot: consecutive rowids' keys leave no long run of taken slots (the rowids themselves, one).
+    const longestRun = (keys: bigint[], slots: number) => {
+      const taken = new Uint8Array(slots);
+      for (const k of keys) taken[Number(k % BigInt(slots))] = 1;
+      let longest = 0;
+      for (let i = 0, run = 0; i < slots; i++) longest = Math.max(longest, (run = taken[i] ? run + 1 : 0));
+      return longest;
+    };
+    const rowids = Array.from({ length: 3000 }, (_, i) => BigInt(i + 1));
+    expect(longestRun(rowids, 4096)).toBe(3000);
+    expect(longestRun(rowids.map(keyOf), 4096)).toBeLessThan(16);
+    const file = tempFile();
+    let store = await openSqliteEngine(file, { annFrom: 1 });
+    const { id } = store.createStore("a", "s", "")!;
+    const input = records(1500);
+    store.upsert(id, input);
+    await store.close();
+    const metaFile = `${annPath(file, id)}.json`;
+    const meta = JSON.parse(readFileSync(metaFile, "utf8"));
+    expect(meta.keys).toBe("mixed");
+    // An older Shaker's index: the same records, keyed by their rowids (record r<i> is rowid i + 1).
+    const old = newGraph(dim);
+    old.add(
+      BigUint64Array.from(input, (_, i) => BigInt(i + 1)),
+      Float32Array.from(input.flatMap((r) => [...r.vector])),
+      0,
+    );
+    old.save(annPath(file, id));
+    writeFileSync(metaFile, JSON.stringify({ ...meta, keys: undefined }));
+    store = await openSqliteEngine(file, { annFrom: 1, rebuild: "steps" });
+    store.openIndexes();
+    let row = store.storeById(id)!;
+    // It serves searches as it is, and deletes from it, while a compaction is due.
+    expect(store.annPending()).toEqual([id]);
+    expect(store.annSearch(row, input[7].vector, 1)?.[0]).toBe(8n);
+    expect(store.deleteRecords(row, [input[8].id])).toBe(1);
+    expect(store.vectorSearch(row, input[8].vector, [], 20).map((h) => h.id)).not.toContain(input[8].id);
+    while (!store.rebuildStep(id, 400));
+    expect(store.annPending()).toEqual([]);
+    expect(store.annSearch(row, input[7].vector, 1)?.[0]).toBe(8n);
+    expect(store.vectorSearch(row, input[1000].vector, [], 1)[0].id).toBe(input[1000].id);
+    await store.close();
+    expect(JSON.parse(readFileSync(metaFile, "utf8")).keys).toBe("mixed");
+    store = await openSqliteEngine(file, { annFrom: 1, rebuild: "steps" });
+    store.openIndexes();
+    row = store.storeById(id)!;
+    expect(store.annPending()).toEqual([]);
+    expect(store.annSearch(row, input[1000].vector, 1)?.[0]).toBe(1001n);
+    await store.close();
+  });
+
+  it("deletes many ids and drops a large store in slices, answering vector searches between them, all or nothing", async () => {
+    await withWriter({ annFrom: 1 }, async (writer, file) => {
+      const a = (await writer.createStore("acct-a", "a", ""))!;
+      const b = (await writer.createStore("acct-b", "b", ""))!;
+      const aRecords = records(300);
+      const bRecords = records(4000);
+      expect((await writer.upsert(a.id, aRecords)).ok).toBe(true);
+      expect((await writer.upsert(b.id, bRecords)).ok).toBe(true);
+      const B = { ...b, dimension: dim };
+      const searchedDuring = async (write: Promise<unknown>) => {
+        const order: string[] = [];
+        const done = write.then((r) => {
+          order.push("write");
+          return r;
+        });
+        const keys = await writer.annSearch({ ...a, dimension: dim }, aRecords[7].vector, 1).then((k) => {
+          order.push("search");
+          return k;
+        });
+        expect(keys?.[0]).toBe(8n);
+        const result = await done;
+        expect(order).toEqual(["search", "write"]);
+        return result;
+      };
+      // 3,000 ids (each twice, and some not there): 2,500 of them exist.
+      const ids = [...bRecords.slice(1500).map((r) => r.id), "nope-1", "nope-2"];
+      expect(await searchedDuring(writer.deleteRecords(B, [...ids, ...ids]))).toBe(2500);
+      const reader = await openSqliteEngine(file, { ann: false });
+      expect(reader.count(b.id)).toBe(1500);
+      // Gone from the graph and the keyword index; the rest still found.
+      const kept = await writer.annSearch(B, bRecords[20].vector, 1);
+      expect(kept?.[0]).toBe(BigInt(300 + 21));
+      const gone = await writer.annSearch(B, bRecords[3000].vector, 50);
+      expect([...(gone ?? [])].every((k) => k <= BigInt(300 + 1500))).toBe(true);
+      expect(reader.keywordSearch(reader.storeById(b.id)!, "record", [], 5000)).toHaveLength(1500);
+      // The drop: in slices too, and then nothing of the store is left.
+      expect(await searchedDuring(writer.dropStore(b.id))).toBe(true);
+      expect(reader.storeById(b.id)).toBeUndefined();
+      expect(reader.count(b.id)).toBe(0);
+      expect(existsSync(annPath(file, b.id))).toBe(false);
+      expect(await writer.dropStore(b.id)).toBe(false);
+      // Its name is free again, and the other store is whole.
+      expect(await writer.createStore("acct-b", "b", "")).toBeDefined();
+      expect(reader.count(a.id)).toBe(300);
+      await reader.close();
+    });
+  });
+
+  it("puts the records of a delete rolled back into the graph again", async () => {
+    const store = await openSqliteEngine(tempFile(), { annFrom: 1 });
+    const { id } = store.createStore("a", "s", "")!;
+    const input = records(500);
+    store.upsert(id, input);
+    const row = store.storeById(id)!;
+    store.beginUpload(id);
+    expect(store.deletePart(row, input.slice(0, 300).map((r) => r.id))).toBe(300);
+    expect(store.annSearch(row, input[7].vector, 1)?.[0]).not.toBe(8n);
+    store.rollbackUpload();
+    expect(store.count(id)).toBe(500);
+    expect(store.annSearch(row, input[7].vector, 1)?.[0]).toBe(8n);
+    expect(store.vectorSearch(row, input[250].vector, [], 1)[0].id).toBe(input[250].id);
     await store.close();
   });
 

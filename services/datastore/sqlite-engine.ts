@@ -300,7 +300,10 @@ export async function openSqliteEngine(file: string, options: SqliteEngineOption
     return state.built && state.index.size() >= annFrom ? state : undefined;
   }
 
-  /** Undo is what a write did to a store's ANN index, to reverse when its transaction rolls back. */
+  /**
+   * Undo is what a write did to a store's ANN index, to reverse when its transaction rolls back: the
+   * rowids it inserted leave the graph; those it updated or deleted get their rows' vectors again.
+   */
   interface Undo {
     storeId: number;
     inserted: bigint[];
@@ -342,6 +345,31 @@ export async function openSqliteEngine(file: string, options: SqliteEngineOption
         keys,
         input.map((r) => r.vector),
       );
+  }
+
+  /**
+   * deleteIn removes records (the caller holds the transaction) and their vectors from the ANN
+   * index; `undo` puts those back should the transaction roll back. Returns how many existed.
+   */
+  function deleteIn(store: StoreRow, ids: Iterable<string>, undo: Undo): number {
+    const gone: bigint[] = [];
+    for (const id of ids) {
+      const row = stmt("SELECT rowid, text FROM records WHERE store_id = ? AND record_id = ?").get(store.id, id) as
+        | { rowid: number; text: string }
+        | undefined;
+      if (!row) continue;
+      const rowid = BigInt(row.rowid);
+      stmt(`INSERT INTO ${fts(store.id)} (${fts(store.id)}, rowid, text) VALUES ('delete', ?, ?)`).run(rowid, row.text);
+      stmt("DELETE FROM records WHERE rowid = ?").run(rowid);
+      if (store.dimension) stmt(`DELETE FROM ${vec(store.id)} WHERE rowid = ?`).run(rowid);
+      gone.push(rowid);
+    }
+    if (gone.length === 0) return 0;
+    countRewrite(store.id);
+    const state = anns.get(store.id);
+    if (state) removeKeys(state, gone);
+    for (const rowid of gone) undo.updated.push(rowid);
+    return gone.length;
   }
 
   /** writeOne upserts one record; the caller holds the transaction and has checked the dimension. */
@@ -471,6 +499,15 @@ export async function openSqliteEngine(file: string, options: SqliteEngineOption
     count(storeId: number): number {
       return (stmt("SELECT count(*) AS n FROM records WHERE store_id = ?").get(storeId) as { n: number }).n;
     },
+    /**
+     * dropPart deletes up to `rows` records of a store being dropped, inside the upload under way for
+     * it (beginUpload), leaving its indexes to dropStore: a large store is dropped a part at a time,
+     * like an upload. Returns how many it deleted.
+     */
+    dropPart(storeId: number, rows: number): number {
+      if (upload?.storeId !== storeId) throw new Error("no upload under way for this store");
+      return stmt("DELETE FROM records WHERE rowid IN (SELECT rowid FROM records WHERE store_id = ? LIMIT ?)").run(storeId, rows).changes;
+    },
     /** dropStore removes a store, its records and its indexes; false when it does not exist. */
     dropStore(storeId: number): boolean {
       return atomically(() => {
@@ -525,7 +562,8 @@ export async function openSqliteEngine(file: string, options: SqliteEngineOption
     commitUpload(): UpsertResult {
       const u = upload;
       if (!u) throw new Error("no upload under way");
-      bump(u.storeId);
+      // (A store dropped in it has no generation left to count.)
+      if (storeById(u.storeId)) bump(u.storeId);
       // Its WAL (the whole upload) is copied into the file by the checkpointer's thread
       // (shared/checkpointer.ts), not on this COMMIT past the backstop: that copy held the writer
       // thread, and every vector search waiting for its candidates, for 220 ms per 60,000 x 384
@@ -549,31 +587,34 @@ export async function openSqliteEngine(file: string, options: SqliteEngineOption
       if (state) state.generation = generation(u.storeId);
       undoAnn(u.undo);
     },
-    /** deleteRecords removes records from the table and both indexes; returns how many existed. */
+    /** deleteRecords removes records from the table and both indexes, in one transaction; returns how many existed. */
     deleteRecords(store: StoreRow, ids: string[]): number {
-      return atomically(() => {
-        let deleted = 0;
-        const gone: bigint[] = [];
-        for (const id of new Set(ids)) {
-          const row = stmt("SELECT rowid, text FROM records WHERE store_id = ? AND record_id = ?").get(store.id, id) as
-            | { rowid: number; text: string }
-            | undefined;
-          if (!row) continue;
-          const rowid = BigInt(row.rowid);
-          stmt(`INSERT INTO ${fts(store.id)} (${fts(store.id)}, rowid, text) VALUES ('delete', ?, ?)`).run(rowid, row.text);
-          stmt("DELETE FROM records WHERE rowid = ?").run(rowid);
-          if (store.dimension) stmt(`DELETE FROM ${vec(store.id)} WHERE rowid = ?`).run(rowid);
-          gone.push(rowid);
-          deleted++;
-        }
-        if (deleted) {
-          bump(store.id);
-          countRewrite(store.id);
-        }
-        const state = anns.get(store.id);
-        if (state) removeKeys(state, gone);
-        return deleted;
-      });
+      const undo: Undo = { storeId: store.id, inserted: [], updated: [] };
+      try {
+        return atomically(() => {
+          const deleted = deleteIn(store, new Set(ids), undo);
+          if (deleted) bump(store.id);
+          return deleted;
+        });
+      } catch (e) {
+        undoAnn(undo);
+        throw e;
+      }
+    },
+    /**
+     * deletePart removes records inside the upload under way (beginUpload) of their store: a delete
+     * of many ids is written a part at a time, like an upload, and commits with commitUpload.
+     * Returns how many of them existed.
+     */
+    deletePart(store: StoreRow, ids: Iterable<string>): number {
+      const u = upload;
+      if (u?.storeId !== store.id) throw new Error("no upload under way for this store");
+      try {
+        return deleteIn(store, ids, u.undo);
+      } catch (e) {
+        this.rollbackUpload();
+        throw e;
+      }
     },
     /** keywordSearch ranks by BM25 (score = -bm25), the filter applied inside the query. */
     keywordSearch(store: StoreRow, text: string, conditions: Condition[], limit: number): Hit[] {

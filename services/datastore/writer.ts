@@ -32,8 +32,9 @@ export class Pace {
     return Math.max(1, Math.min(this.most, 2 * Math.max(1, this.last), Math.floor(ms / this.perRecordMs)));
   }
 
-  /** took records that `n` records took `ms`. */
+  /** took records that `n` records took `ms` (a slice of none teaches nothing). */
   took(n: number, ms: number): void {
+    if (n === 0) return;
     this.last = n;
     this.perRecordMs = Math.max(ms, 1e-3) / Math.max(1, n);
   }
