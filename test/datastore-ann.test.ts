@@ -457,7 +457,12 @@ describe.skipIf(testDialect === "postgresql")("datastore ANN index", () => {
     store.upsert(id, input);
     const row = store.storeById(id)!;
     store.beginUpload(id);
-    expect(store.deletePart(row, input.slice(0, 300).map((r) => r.id))).toBe(300);
+    expect(
+      store.deletePart(
+        row,
+        input.slice(0, 300).map((r) => r.id),
+      ),
+    ).toBe(300);
     expect(store.annSearch(row, input[7].vector, 1)?.[0]).not.toBe(8n);
     store.rollbackUpload();
     expect(store.count(id)).toBe(500);
