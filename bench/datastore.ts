@@ -575,7 +575,37 @@ export async function benchDatastore(): Promise<void> {
         busy.p99 / idle.p99,
         `(p99 ratio; ${busySearches.length} searches while ${busyN} x ${dim} went into another store at ${Math.round(busyRate)} rec/s)`,
       );
-      await fetch(`${server.url}/v1/datastores/vector-busy`, { method: "DELETE", headers: { authorization: `Bearer ${server.apiKey}` } });
+      // Then while that store loses most of its records in one RPC DeleteRecords, and while it is dropped.
+      const searchedDuring = async (label: string, write: () => Promise<unknown>) => {
+        await checkpointed(join(server.dataDir, "datastore.db"));
+        const times: number[] = [];
+        let done = false;
+        const searches = searchEvery(times, () => done);
+        const t1 = performance.now();
+        await write().finally(() => {
+          done = true;
+        });
+        const took = performance.now() - t1;
+        await searches;
+        const during = summary(times);
+        report(
+          `vector p50/p99 @ ${vn}, REST, during ${label}`,
+          `${fmt(during.p50)} / ${fmt(during.p99)} ms (max ${fmt(Math.max(...times))})`,
+          `${fmt(idle.p50)} / ${fmt(idle.p99)} ms idle`,
+          during.p99 / idle.p99,
+          `(p99 ratio; ${times.length} searches; it took ${fmt(took)} ms)`,
+        );
+      };
+      const deleted = Math.floor((busyN * 2) / 3);
+      await searchedDuring(`a delete of ${deleted} ids from another store of ${busyN}`, async () => {
+        const ids = Array.from({ length: deleted }, (_, i) => `v${i}`);
+        const resp = await rpc.deleteRecords({ store: "vector-busy", ids }, { headers: rpcHeaders });
+        if (resp.deleted !== deleted) throw new Error(`deleted ${resp.deleted} of ${deleted}`);
+      });
+      await searchedDuring(`the drop of that store (${busyN - deleted} records)`, async () => {
+        const r = await dropServerStore("vector-busy");
+        if (!r.ok) throw new Error(`drop failed: ${r.status}`);
+      });
     }
     if (vectorN > vn) {
       // The body made as it is sent (900,000 records at 1M would not be held).
