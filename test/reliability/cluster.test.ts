@@ -126,13 +126,15 @@ describe.skipIf(!testDatabaseUrl)("several executors on PostgreSQL, one killed m
       const res = await api("POST", "/v1/chat/completions", { model: "workflow:burst-async", input: { i } });
       expect(res.status).toBe(202);
     };
-    // 150 sync runs, 50 at a time, and 50 async ones; exec-2 is killed three seconds in.
+    // 150 sync runs, 50 at a time, and 50 async ones; exec-2 is killed once the first 50 sync runs
+    // are answered, while the second 50 run (each takes over a second). Killed at a fixed time, three
+    // seconds in, it once had nothing left in flight on a machine that ran the burst faster.
     const queue = Array.from({ length: 150 }, (_, i) => i);
     const workers = Array.from({ length: 50 }, async () => {
       for (let i = queue.shift(); i !== undefined; i = queue.shift()) await sync(i);
     });
     await Promise.all(Array.from({ length: 50 }, (_, i) => asyncRun(1000 + i)));
-    await new Promise((r) => setTimeout(r, 3000));
+    await waitFor(() => outcomes.length >= 50, "the first 50 sync runs answered", 60_000);
     const inFlightOnKilled = (await cluster()).find((n) => n.id === "exec-2")!.runs_in_flight;
     await stopServerProcess(servers["exec-2"], "SIGKILL");
     await Promise.all(workers);
