@@ -423,17 +423,29 @@ export async function openSqliteEngine(file: string, options: SqliteEngineOption
     return dimension;
   }
 
-  /** rollingBack runs fn in a transaction; a Refused result rolls it (and the ANN index) back and is returned. */
-  function rollingBack(storeId: number, fn: (undo: Undo) => UpsertResult): UpsertResult {
+  /**
+   * inTransaction runs fn in a transaction, counted in the store's generation when it changed
+   * records (its `undo` holds them); when fn throws, the ANN index is put back as it was.
+   */
+  function inTransaction<T>(storeId: number, fn: (undo: Undo) => T): T {
     const undo: Undo = { storeId, inserted: [], updated: [] };
     try {
       return atomically(() => {
         const result = fn(undo);
-        bump(storeId);
+        if (undo.inserted.length || undo.updated.length) bump(storeId);
         return result;
       });
     } catch (e) {
       undoAnn(undo);
+      throw e;
+    }
+  }
+
+  /** rollingBack runs fn in a transaction (inTransaction); a Refused result rolls it back and is returned. */
+  function rollingBack(storeId: number, fn: (undo: Undo) => UpsertResult): UpsertResult {
+    try {
+      return inTransaction(storeId, fn);
+    } catch (e) {
       if (e instanceof Refused) return e.result;
       throw e;
     }
@@ -589,17 +601,7 @@ export async function openSqliteEngine(file: string, options: SqliteEngineOption
     },
     /** deleteRecords removes records from the table and both indexes, in one transaction; returns how many existed. */
     deleteRecords(store: StoreRow, ids: string[]): number {
-      const undo: Undo = { storeId: store.id, inserted: [], updated: [] };
-      try {
-        return atomically(() => {
-          const deleted = deleteIn(store, new Set(ids), undo);
-          if (deleted) bump(store.id);
-          return deleted;
-        });
-      } catch (e) {
-        undoAnn(undo);
-        throw e;
-      }
+      return inTransaction(store.id, (undo) => deleteIn(store, new Set(ids), undo));
     },
     /**
      * deletePart removes records inside the upload under way (beginUpload) of their store: a delete
