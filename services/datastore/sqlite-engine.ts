@@ -423,6 +423,9 @@ export async function openSqliteEngine(file: string, options: SqliteEngineOption
     return dimension;
   }
 
+  /** changedAny says whether a write changed records: only then is its transaction counted in the store's generation. */
+  const changedAny = (undo: Undo) => undo.inserted.length > 0 || undo.updated.length > 0;
+
   /**
    * inTransaction runs fn in a transaction, counted in the store's generation when it changed
    * records (its `undo` holds them); when fn throws, the ANN index is put back as it was.
@@ -432,7 +435,7 @@ export async function openSqliteEngine(file: string, options: SqliteEngineOption
     try {
       return atomically(() => {
         const result = fn(undo);
-        if (undo.inserted.length || undo.updated.length) bump(storeId);
+        if (changedAny(undo)) bump(storeId);
         return result;
       });
     } catch (e) {
@@ -574,8 +577,8 @@ export async function openSqliteEngine(file: string, options: SqliteEngineOption
     commitUpload(): UpsertResult {
       const u = upload;
       if (!u) throw new Error("no upload under way");
-      // (A store dropped in it has no generation left to count.)
-      if (storeById(u.storeId)) bump(u.storeId);
+      // (A drop records no change: the store has no generation left to count.)
+      if (changedAny(u.undo)) bump(u.storeId);
       // Its WAL (the whole upload) is copied into the file by the checkpointer's thread
       // (shared/checkpointer.ts), not on this COMMIT past the backstop: that copy held the writer
       // thread, and every vector search waiting for its candidates, for 220 ms per 60,000 x 384

@@ -141,19 +141,13 @@ async function ownTransaction<T>(storeId: number, fn: () => Promise<T>, keep: (r
 }
 
 /**
- * deleteRecords removes records all or nothing; many of them in slices (ownTransaction), so that
- * vector searches are answered between slices: in one call, 20,000 ids held every store's searches
- * for 12 s (exp, before the graph's keys were mixed; ann.ts).
+ * deleteRecords removes records all or nothing, in slices (ownTransaction), so that vector searches
+ * are answered between slices: in one call, 20,000 ids held every store's searches for 12 s (exp,
+ * before the graph's keys were mixed; ann.ts).
  */
 const deleting = new Pace();
 async function deleteRecords(s: StoreRow, ids: string[]): Promise<number> {
   const unique = [...new Set(ids)];
-  if (unique.length <= deleting.size(sliceBudget())) {
-    const t = performance.now();
-    const deleted = store.deleteRecords(s, unique);
-    deleting.took(unique.length, performance.now() - t);
-    return deleted;
-  }
   return ownTransaction(s.id, async () => {
     let deleted = 0;
     await slicesOf(deleting, unique, (slice) => {
