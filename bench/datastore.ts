@@ -556,33 +556,13 @@ export async function benchDatastore(): Promise<void> {
           await new Promise((resolve) => setTimeout(resolve, 20));
         }
       };
-      await checkpointed(join(server.dataDir, "datastore.db"));
+      await checkpointed(serverDb);
       const idleSearches: number[] = [];
       await searchEvery(idleSearches, () => idleSearches.length >= 200);
-      await caller.post("/v1/datastores", JSON.stringify({ name: "vector-busy" }));
-      // The body is made first: this process is the server's, and making it would hold the searches.
-      const busyBody = [...ndjson(busyN, packedLine)];
-      const busySearches: number[] = [];
-      let uploaded = false;
-      const searching = searchEvery(busySearches, () => uploaded);
-      const t0 = performance.now();
-      const busyUpload = await upload(server.url, server.apiKey, "vector-busy", busyBody).finally(() => {
-        uploaded = true;
-      });
-      const busyRate = busyN / ((performance.now() - t0) / 1000);
-      if (busyUpload.status !== 200) throw new Error(`REST vector ingest failed: ${busyUpload.status} ${busyUpload.body.slice(0, 300)}`);
-      await searching;
-      const [idle, busy] = [summary(idleSearches), summary(busySearches)];
-      report(
-        `vector p50/p99 @ ${vn}, REST, during an upload`,
-        `${fmt(busy.p50)} / ${fmt(busy.p99)} ms (max ${fmt(Math.max(...busySearches))})`,
-        `${fmt(idle.p50)} / ${fmt(idle.p99)} ms idle`,
-        busy.p99 / idle.p99,
-        `(p99 ratio; ${busySearches.length} searches while ${busyN} x ${dim} went into another store at ${Math.round(busyRate)} rec/s)`,
-      );
-      // Then while that store loses most of its records in one RPC DeleteRecords, and while it is dropped.
-      const searchedDuring = async (label: string, write: () => Promise<unknown>) => {
-        await checkpointed(join(server.dataDir, "datastore.db"));
+      const idle = summary(idleSearches);
+      /** searchedDuring times the searches made while `write` runs, against the idle ones; `note` says what it was, given how long it took. */
+      const searchedDuring = async (label: string, write: () => Promise<unknown>, note = (took: number) => `it took ${fmt(took)} ms`) => {
+        await checkpointed(serverDb);
         const times: number[] = [];
         let done = false;
         const searches = searchEvery(times, () => done);
@@ -598,9 +578,21 @@ export async function benchDatastore(): Promise<void> {
           `${fmt(during.p50)} / ${fmt(during.p99)} ms (max ${fmt(Math.max(...times))})`,
           `${fmt(idle.p50)} / ${fmt(idle.p99)} ms idle`,
           during.p99 / idle.p99,
-          `(p99 ratio; ${times.length} searches; it took ${fmt(took)} ms)`,
+          `(p99 ratio; ${times.length} searches; ${note(took)})`,
         );
       };
+      await caller.post("/v1/datastores", JSON.stringify({ name: "vector-busy" }));
+      // The body is made first: this process is the server's, and making it would hold the searches.
+      const busyBody = [...ndjson(busyN, packedLine)];
+      await searchedDuring(
+        "an upload",
+        async () => {
+          const r = await upload(server.url, server.apiKey, "vector-busy", busyBody);
+          if (r.status !== 200) throw new Error(`REST vector ingest failed: ${r.status} ${r.body.slice(0, 300)}`);
+        },
+        (took) => `while ${busyN} x ${dim} went into another store at ${Math.round(busyN / (took / 1000))} rec/s`,
+      );
+      // Then while that store loses most of its records in one RPC DeleteRecords, and while it is dropped.
       const deleted = Math.floor((busyN * 2) / 3);
       await searchedDuring(`a delete of ${deleted} ids from another store of ${busyN}`, async () => {
         const ids = Array.from({ length: deleted }, (_, i) => `v${i}`);
