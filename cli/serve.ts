@@ -195,7 +195,7 @@ export async function startShaker(config: Config): Promise<Shaker> {
   }
   if (runs.has("datastore")) {
     const datastoreStore = await createDatastoreStore(databaseLocation(config, "datastore"), { poolSize: config.databasePoolSize });
-    const datastore = createDatastoreService({ store: datastoreStore, auth, clients });
+    const datastore = createDatastoreService({ store: datastoreStore, auth, clients, maxJsonDepth: config.maxJsonDepth });
     impls.datastore = datastore.impl;
     datastoreSearch = datastore.describe();
     closers.push(

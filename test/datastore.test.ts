@@ -1,4 +1,4 @@
-import { createClient } from "@connectrpc/connect";
+import { Code, ConnectError, createClient } from "@connectrpc/connect";
 import { createConnectTransport } from "@connectrpc/connect-node";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { DatastoreService } from "../gen/shaker/datastore/v1/datastore_pb.js";
@@ -276,7 +276,10 @@ describe("datastore over REST and RPC", () => {
     const ndjson = [good("n1"), good("n2"), good("n3")].map((r) => JSON.stringify(r)).join("\n") + "\n{not json\n";
     const res = await server.request("POST", "/v1/datastores/kb/records", ndjson, { "content-type": "application/x-ndjson" });
     expect(res.status).toBe(400);
-    expect(res.body.error.message).toMatch(/^records\[3\]: line is not valid JSON/);
+    expect(res.body.error).toMatchObject({
+      message: expect.stringMatching(/^records\[3\]: line is not valid JSON/),
+      code: "invalid_record",
+    });
     // A bad record in the third streamed part: the two parts already staged are discarded too.
     const lines = Array.from({ length: 2500 }, (_, i) => JSON.stringify(good(`s${i}`)));
     lines.push(JSON.stringify({ id: "wrong", text: "x", vector: [1, 2] }));
@@ -340,7 +343,7 @@ describe("datastore over REST and RPC", () => {
 
     // NDJSON cut every 7 bytes: characters of two, three and four bytes, numbers and lines cross the
     // cuts; CRLF endings, blank lines and a last line without its newline. Every other line is long
-    // enough (300 bytes) for its vector to be read from its bytes (edge/record-json.ts).
+    // enough (300 bytes) for its vector to be read from its bytes (datastore/record-json.ts).
     const lines = Array.from({ length: 50 }, (_, i) =>
       JSON.stringify({ id: `u${i}`, text: `é ☃ 𝄞 ${i}${i % 2 ? " and more".repeat(40) : ""}`, metadata: { i }, vector: [0.1, -2.5e-3, i] }),
     );
@@ -354,6 +357,76 @@ describe("datastore over REST and RPC", () => {
       metadata: { i: 49 },
       vector: [Math.fround(0.1), Math.fround(-2.5e-3), 49],
     });
+  });
+
+  it("takes records as NDJSON bytes over RPC, streamed and unary, after the message's records", async () => {
+    await server.request("POST", "/v1/datastores", { name: "lines" });
+    const client = createClient(
+      DatastoreService,
+      createConnectTransport({ baseUrl: server.url, httpVersion: "1.1", useBinaryFormat: true }),
+    );
+    const headers = { authorization: `Bearer ${server.apiKey}` };
+    const line = (id: string, extra: Record<string, unknown> = {}) =>
+      JSON.stringify({ id, text: `line ${id}`, vector: hashed(id), ...extra });
+    const bytes = (...lines: string[]) => new TextEncoder().encode(lines.join("\n"));
+    async function* parts() {
+      yield {
+        store: "lines",
+        records: [{ id: "m0", text: "a message's record", vector: hashed("m0") }],
+        ndjson: bytes(line("n0"), "", line("n1")),
+      };
+      yield { ndjson: bytes(line("n2", { metadata: { k: "v" } })) };
+    }
+    const streamed = await client.upsertRecordsStream(parts(), { headers });
+    expect(streamed).toMatchObject({ upserted: 4, embedded: 0 });
+    const unary = await client.upsertRecords(
+      {
+        store: "lines",
+        records: [{ id: "m1", vector: hashed("m1") }],
+        ndjson: bytes(line("n3"), JSON.stringify({ id: "n4", text: "embed me" })),
+      },
+      { headers },
+    );
+    expect(unary).toMatchObject({ upserted: 3, embedded: 1 });
+    const got = await client.getRecords({ store: "lines", ids: ["m0", "n1", "n2", "n4"] }, { headers });
+    expect(got.records.map((r) => r.id)).toEqual(["m0", "n1", "n2", "n4"]);
+    expect(got.records[2].metadata).toEqual({ k: "v" });
+    expect(got.records[3].vector).toHaveLength(384);
+    expect(await count("lines")).toBe(7);
+
+    // An error names the record by its place in the request: the message's records first, then the lines.
+    const refused = async (run: () => Promise<unknown>) => {
+      const e = await run().then(
+        () => undefined,
+        (err) => ConnectError.from(err),
+      );
+      expect(e, "refused").toBeDefined();
+      return { code: e!.code, message: e!.rawMessage, param: e!.metadata.get("shaker-param") };
+    };
+    expect(
+      await refused(() =>
+        client.upsertRecords(
+          { store: "lines", records: [{ id: "m2", vector: hashed("m2") }], ndjson: bytes(line("n5"), "{oops") },
+          { headers },
+        ),
+      ),
+    ).toMatchObject({
+      code: Code.InvalidArgument,
+      message: expect.stringMatching(/^records\[2\]: line is not valid JSON/),
+      param: "records[2]",
+    });
+    async function* late() {
+      yield { store: "lines", ndjson: bytes(...Array.from({ length: 1500 }, (_, i) => line(`late${i}`))) };
+      yield { ndjson: bytes(line("short", { vector: [1, 2] })) };
+    }
+    expect(await refused(() => client.upsertRecordsStream(late(), { headers }))).toMatchObject({
+      code: Code.InvalidArgument,
+      message: "records[1500]: vector has 2 dimensions; the store's vectors have 384",
+      param: "records[1500].vector",
+    });
+    // All or nothing: neither request wrote anything.
+    expect(await count("lines")).toBe(7);
+    expect((await client.getRecords({ store: "lines", ids: ["m2", "late0"] }, { headers })).records).toEqual([]);
   });
 
   it("embeds records without vectors and text queries through the ModelProxy", async () => {

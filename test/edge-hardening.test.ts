@@ -12,9 +12,10 @@ import { connectNodeAdapter, createConnectTransport } from "@connectrpc/connect-
 import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest";
 import { createEdge } from "../services/edge/edge.js";
 import { createBodyGuard } from "../services/edge/guard.js";
-import { nestsDeeperThan, type Res, sendJson } from "../services/edge/http.js";
+import { type Res, sendJson } from "../services/edge/http.js";
 import { createAuth } from "../services/shared/auth.js";
 import { createClients } from "../services/shared/clients.js";
+import { nestsDeeperThan } from "../services/shared/json.js";
 import { addressKey, type Handler, type Listener, type ListenOptions, listen } from "../services/shared/listener.js";
 import { socketClosed, startTestServer, type TestServer } from "./helpers.js";
 

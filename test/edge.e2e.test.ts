@@ -322,10 +322,19 @@ describe("the edge: OpenAI-compatible surface over a real port", () => {
   it("refuses an NDJSON upload's line longer than the body limit, naming it, and keeps nothing of the upload", async () => {
     expect((await server.request("POST", "/v1/datastores", { name: "lines" })).status).toBe(201);
     const long = JSON.stringify({ id: "long", text: "x".repeat(300 * 1024), vector: [1] });
-    for (const body of [`{"id":"a","vector":[1]}\n${long}\n{"id":"b","vector":[1]}\n`, `{"id":"a","vector":[1]}\n${long}`]) {
+    // Blank lines are not records: the long line is records[1] after them too.
+    for (const body of [
+      `{"id":"a","vector":[1]}\n${long}\n{"id":"b","vector":[1]}\n`,
+      `{"id":"a","vector":[1]}\n${long}`,
+      `\n \t\n{"id":"a","vector":[1]}\r\n\r\n${long}\n`,
+    ]) {
       const res = await server.request("POST", "/v1/datastores/lines/records", body, { "content-type": "application/x-ndjson" });
       expect(res.status).toBe(400);
-      expect(res.body.error).toMatchObject({ message: "records[1]: line is longer than the limit of 262144 bytes", param: "records[1]" });
+      expect(res.body.error).toMatchObject({
+        message: "records[1]: line is longer than the limit of 262144 bytes",
+        param: "records[1]",
+        code: "invalid_record",
+      });
     }
     expect((await server.request("GET", "/v1/datastores/lines/records/a")).status).toBe(404);
   });

@@ -1,5 +1,5 @@
 import { describe, expect, it } from "vitest";
-import { NestsTooDeep, parseRecordJson } from "../services/edge/record-json.js";
+import { NestsTooDeep, parseRecordJson } from "../services/datastore/record-json.js";
 
 /** What the store kept of a JSON record before: JSON.parse of the trimmed text, its vector (when an array of numbers) as float32s. */
 function kept(text: string): unknown {

@@ -12,6 +12,7 @@ import { invalidArgument } from "../shared/errors.js";
 import { lock } from "../shared/queue.js";
 import type { Condition, Scalar } from "./filter.js";
 import { blobOf, type Hit, queryWords, type RecordInput, Refused, type StoreRow, searchCandidates, type UpsertResult } from "./model.js";
+import { type Records, recordsOf } from "./record-pack.js";
 import type * as schema from "./schema.js";
 import type { DatastoreStore, Reads } from "./store.js";
 
@@ -387,7 +388,8 @@ export async function postgresStore(db: ServiceDatabase<typeof schema>): Promise
         let written = 0;
         // Parts may be handed over before the previous one is written: each waits for the one before.
         const inOrder = lock();
-        const part = async (input: RecordInput[]): Promise<UpsertResult> => {
+        const part = async (records: Records): Promise<UpsertResult> => {
+          const input = recordsOf(records);
           if (input.length === 0) return { ok: true, upserted: written };
           if (!dimension) {
             const d = await fixDimension(tx, storeId, input[0].vector.length);

@@ -37,7 +37,7 @@ const base64 = /^(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?$
  * readVector reads a vector from JSON: an array of finite numbers, or a string holding the base64
  * of its little-endian float32s, as OpenAI's embeddings answer with `encoding_format: "base64"`
  * (384 of them read in about 4 µs; written out, 15 to 27 µs from an upload's bytes, see
- * edge/record-json.ts, and 20 to 40 through JSON.parse). Undefined when it is neither, or a float is
+ * datastore/record-json.ts, and 20 to 40 through JSON.parse). Undefined when it is neither, or a float is
  * not finite.
  */
 export function readVector(value: unknown): number[] | undefined {

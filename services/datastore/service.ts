@@ -3,9 +3,11 @@ import { Code, ConnectError, type ConnectRouter, type HandlerContext, type Servi
 import { DatastoreService, type Record as RecordMsg, SearchMode, type StoreSchema } from "../../gen/shaker/datastore/v1/datastore_pb.js";
 import { type Auth, type Identity, requireAccount } from "../shared/auth.js";
 import type { Clients } from "../shared/clients.js";
-import { invalidArgument } from "../shared/errors.js";
-import { timestampOf } from "../shared/json.js";
+import { errorMetadata, invalidArgument } from "../shared/errors.js";
+import { defaultMaxJsonDepth, timestampOf } from "../shared/json.js";
 import { namePattern } from "../shared/names.js";
+import { startThread, type Thread } from "../shared/thread.js";
+import { type NdjsonRead, type RecordPack, type Records, recordsOf, textOf, withEmbeddings } from "./record-pack.js";
 import {
   checkFloat32s,
   checkIds,
@@ -52,6 +54,8 @@ export interface DatastoreServiceDeps {
   auth: Auth;
   /** clients reach the ModelProxy, which embeds texts. */
   clients: Pick<Clients, "modelproxy">;
+  /** maxJsonDepth bounds how deeply a record sent as JSON (UpsertRecordsRequest.ndjson) nests; default defaultMaxJsonDepth (64). */
+  maxJsonDepth?: number;
 }
 
 /** DatastoreServiceHandle is the Datastore's service: its handlers, and what the start banner says of it. */
@@ -67,6 +71,20 @@ export interface DatastoreServiceHandle {
 /** createDatastoreService builds the Datastore's handlers on its store. */
 export function createDatastoreService(deps: DatastoreServiceDeps): DatastoreServiceHandle {
   const { store } = deps;
+  const maxJsonDepth = deps.maxJsonDepth ?? defaultMaxJsonDepth;
+  /** The reader thread (reader-thread.ts), started by the first request with NDJSON records; a new one after a failure. */
+  let reader: Promise<Thread> | undefined;
+  async function readNdjson(bytes: Uint8Array, first: number, dimension: number): Promise<NdjsonRead> {
+    reader ??= startThread("datastore's reader", new URL("./reader-thread.ts", import.meta.url), {});
+    const thread = reader;
+    try {
+      return await (await thread).call<NdjsonRead>("read", bytes, first, dimension, maxJsonDepth);
+    } catch (e) {
+      if (reader === thread) reader = undefined;
+      void thread.then((t) => t.close()).catch(() => undefined);
+      throw e;
+    }
+  }
 
   /** lookup finds an account's store by name; a name no store may have (checkStoreName) finds none without asking the database. */
   async function lookup(accountId: string, name: string): Promise<StoreRow | undefined> {
@@ -170,6 +188,41 @@ export function createDatastoreService(deps: DatastoreServiceDeps): DatastoreSer
     return { input, embedded: missing.length };
   }
 
+  /**
+   * prepareNdjson reads records sent as NDJSON (`first` is the first one's index in the request) in
+   * the reader thread, into a pack, and embeds those without a vector, as prepare does.
+   */
+  async function prepareNdjson(
+    row: StoreRow,
+    accountId: string,
+    bytes: Uint8Array,
+    first: number,
+    dims: { dimension: number },
+    ctx: HandlerContext,
+  ): Promise<{ pack: RecordPack; embedded: number }> {
+    const read = await readNdjson(bytes, first, dims.dimension);
+    if ("error" in read) {
+      const { message, param, code } = read.error;
+      throw new ConnectError(message, Code.InvalidArgument, {
+        [errorMetadata.param]: param,
+        ...(code ? { [errorMetadata.code]: code } : {}),
+      });
+    }
+    const { missing } = read;
+    let { pack } = read;
+    if (missing.length) {
+      const got = await embed(
+        accountId,
+        row.embeddingModel,
+        missing.map((i) => textOf(pack, i)),
+        ctx,
+      );
+      pack = withEmbeddings(pack, missing, got, first);
+    }
+    dims.dimension ||= pack.dimension;
+    return { pack, embedded: missing.length };
+  }
+
   /** stillThere refuses a write to a store dropped while its records were being embedded or streamed; returns it as it is now. */
   async function stillThere(row: StoreRow): Promise<StoreRow> {
     const now = await store.store(row.accountId, row.name);
@@ -220,7 +273,14 @@ export function createDatastoreService(deps: DatastoreServiceDeps): DatastoreSer
     async upsertRecords(req, ctx) {
       const identity = await deps.auth.identify(ctx.requestHeader);
       const row = await storeFor(identity, req.store, true);
-      const { input, embedded } = await prepare(row, identity.accountId, req.records, 0, { dimension: row.dimension }, ctx);
+      const dims = { dimension: row.dimension };
+      const prepared = await prepare(row, identity.accountId, req.records, 0, dims, ctx);
+      let { input, embedded } = prepared;
+      if (req.ndjson.length) {
+        const more = await prepareNdjson(row, identity.accountId, req.ndjson, input.length, dims, ctx);
+        input = [...input, ...recordsOf(more.pack)];
+        embedded += more.embedded;
+      }
       return { upserted: refused(await store.upsert((await stillThere(row)).id, input)), embedded };
     },
     /**
@@ -243,13 +303,24 @@ export function createDatastoreService(deps: DatastoreServiceDeps): DatastoreSer
         // Up to `writesAhead` parts are handed to the store before the oldest is done: the writer
         // then starts the next part the moment it ends one, not a round trip later.
         const inFlight: Promise<UpsertResult>[] = [];
+        const hand = async (records: Records, n: number) => {
+          if (inFlight.length >= writesAhead) refused(await inFlight.shift()!);
+          inFlight.push(write(records));
+          offset += n;
+        };
         try {
           for (let part: IteratorResult<(typeof first)["value"]> = first; !part.done; part = await it.next()) {
-            const prepared = await prepare(row, identity.accountId, part.value.records, offset, dims, ctx);
-            if (inFlight.length >= writesAhead) refused(await inFlight.shift()!);
-            inFlight.push(write(prepared.input));
-            offset += part.value.records.length;
-            embedded += prepared.embedded;
+            const { records, ndjson } = part.value;
+            if (records.length || !ndjson.length) {
+              const prepared = await prepare(row, identity.accountId, records, offset, dims, ctx);
+              await hand(prepared.input, records.length);
+              embedded += prepared.embedded;
+            }
+            if (ndjson.length) {
+              const prepared = await prepareNdjson(row, identity.accountId, ndjson, offset, dims, ctx);
+              await hand(prepared.pack, prepared.pack.n);
+              embedded += prepared.embedded;
+            }
           }
           while (inFlight.length) refused(await inFlight.shift()!);
           return { upserted: offset, embedded };
@@ -313,7 +384,11 @@ export function createDatastoreService(deps: DatastoreServiceDeps): DatastoreSer
     impl,
     routes: (router) => router.service(DatastoreService, impl),
     describe: () => `${store.dialect}, vector search by ${store.vectorEngine}`,
-    // The store is the composition root's to close; the handlers hold nothing else.
-    async close() {},
+    // The store is the composition root's to close; the handlers hold the reader thread.
+    async close() {
+      const thread = reader;
+      reader = undefined;
+      await (await thread?.catch(() => undefined))?.close();
+    },
   };
 }

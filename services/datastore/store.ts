@@ -19,6 +19,7 @@ import {
   type UpsertResult,
 } from "./model.js";
 import { postgresStore } from "./pg-store.js";
+import type { Records } from "./record-pack.js";
 import * as schema from "./schema.js";
 import * as pgSchema from "./schema.pg.js";
 import { annMaxK, openSqliteEngine } from "./sqlite-engine.js";
@@ -27,7 +28,7 @@ import { inThreadWriter, writerThread } from "./writer.js";
 export type { Hit, RecordInput, RecordRow, StoreRow, UpsertResult } from "./model.js";
 
 /** UploadPart writes one part of a streamed upload; a refused part writes nothing of the upload. */
-export type UploadPart = (input: RecordInput[]) => Promise<UpsertResult>;
+export type UploadPart = (input: Records) => Promise<UpsertResult>;
 
 /** DatastoreStore holds every query of the Datastore. */
 export interface DatastoreStore {

@@ -7,12 +7,12 @@
 // slices of a few milliseconds, letting the searches that arrived meanwhile in between. Written
 // whole, a 1,000-record part of an upload (or two, queued) held every account's vector searches
 // for hundreds of milliseconds (exp: 622 ms at p50, against 2 ms idle).
-import { setPriority } from "node:os";
 import { setImmediate as turn } from "node:timers/promises";
 import { workerData } from "node:worker_threads";
 import { lock } from "../shared/queue.js";
-import { serveThread } from "../shared/thread.js";
+import { niceThisThread, serveThread } from "../shared/thread.js";
 import type { RecordInput, StoreRow, UpsertResult } from "./model.js";
+import { type Records, recordsOf } from "./record-pack.js";
 import { openSqliteEngine } from "./sqlite-engine.js";
 import { Pace, writerNice } from "./writer.js";
 
@@ -24,16 +24,8 @@ const {
 } = workerData as { file: string; annFrom?: number; saveAfterMs?: number; saveDeferMs?: number };
 
 // A large upload's inserts, commits and index updates yield the CPU to the event loop (which serves
-// requests and relays runs) when both want it: this thread runs niced. On Linux a thread's nice is
-// its own (setpriority of "this process" sets the calling thread's); elsewhere it would renice the
-// whole server, so it is left alone there.
-if (process.platform === "linux") {
-  try {
-    setPriority(writerNice);
-  } catch {
-    // Not allowed to lower it (a sandbox): the thread runs as it is.
-  }
-}
+// requests and relays runs) when both want it.
+niceThisThread(writerNice);
 const store = await openSqliteEngine(file, { annFrom, rebuild: "steps" });
 store.openIndexes();
 
@@ -200,7 +192,7 @@ serveThread(
     upsert: write(upsert),
     deleteRecords: write(deleteRecords),
     beginUpload: write((id: number) => store.beginUpload(id)),
-    uploadPart: write(inSlices),
+    uploadPart: write((input: Records) => inSlices(recordsOf(input))),
     commitUpload: write(() => store.commitUpload()),
     rollbackUpload: write(() => store.rollbackUpload()),
     annSearch: (s, q, k) => {

@@ -10,6 +10,7 @@
 import { lock } from "../shared/queue.js";
 import { startThread } from "../shared/thread.js";
 import type { RecordInput, StoreRow, UpsertResult } from "./model.js";
+import { type Records, recordsOf } from "./record-pack.js";
 import type { SqliteEngine } from "./sqlite-engine.js";
 
 /** writerNice is the writer thread's nice value (0 is the event loop's; 19 the lowest priority). */
@@ -49,7 +50,7 @@ export interface Writer {
   /** exclusive runs fn with the writer to itself (the upload calls below are only valid inside it). */
   exclusive<T>(fn: () => Promise<T>): Promise<T>;
   beginUpload(storeId: number): Promise<void>;
-  uploadPart(input: RecordInput[]): Promise<UpsertResult>;
+  uploadPart(input: Records): Promise<UpsertResult>;
   commitUpload(): Promise<UpsertResult>;
   rollbackUpload(): Promise<void>;
   /** annSearch proposes ANN candidates (rowids), undefined when the store has no usable index. */
@@ -68,7 +69,7 @@ export function inThreadWriter(store: SqliteEngine): Writer {
     upsert: async (id, input) => store.upsert(id, input),
     deleteRecords: async (s, ids) => store.deleteRecords(s, ids),
     beginUpload: async (id) => store.beginUpload(id),
-    uploadPart: async (input) => store.uploadPart(input),
+    uploadPart: async (input) => store.uploadPart(recordsOf(input)),
     commitUpload: async () => store.commitUpload(),
     rollbackUpload: async () => store.rollbackUpload(),
     annSearch: async (s, q, k) => store.annSearch(s, q, k),

@@ -1,6 +1,7 @@
 import type { JsonObject } from "@bufbuild/protobuf";
 import { Code, ConnectError } from "@connectrpc/connect";
 import type { Store } from "../../gen/shaker/datastore/v1/datastore_pb.js";
+import { blank, NestsTooDeep, parseRecordJson } from "../datastore/record-json.js";
 import {
   type JsonRecord,
   readJsonRecord,
@@ -11,9 +12,8 @@ import {
   vectorForms,
 } from "../datastore/rules.js";
 import type { Clients } from "../shared/clients.js";
-import { msOf } from "../shared/json.js";
-import { callerHeaders, defaultMaxJsonDepth, field, HttpError, type Req, readJson, sendJson, tooDeep } from "./http.js";
-import { NestsTooDeep, parseRecordJson } from "./record-json.js";
+import { defaultMaxJsonDepth, msOf } from "../shared/json.js";
+import { callerHeaders, field, HttpError, type Req, readJson, sendJson, tooDeep } from "./http.js";
 import type { EdgeRouter } from "./router.js";
 
 /** Options of the datastore routes. */
@@ -59,45 +59,57 @@ function recordJson(bytes: Buffer, index: number, maxDepth: number, what: string
   }
 }
 
+/** tail is the last `n` bytes of pieces, as pieces. */
+function tail(pieces: Buffer[], n: number): Buffer[] {
+  const out: Buffer[] = [];
+  for (let i = pieces.length - 1; n > 0; i--) {
+    const take = Math.min(n, pieces[i].length);
+    out.unshift(pieces[i].subarray(pieces[i].length - take));
+    n -= take;
+  }
+  return out;
+}
+
 /**
- * ndjsonRecords yields one parsed value per non-blank line, never holding more than a line. Lines
- * are cut from the bytes (a UTF-8 character never holds a newline's byte), so that a vector's
- * numbers are read from them, never decoded to text (record-json.ts).
+ * ndjsonParts cuts an NDJSON body into parts of upsertPartSize records (blank lines skipped, as the
+ * reader skips them), each the bytes of its whole lines, never holding more than a part. The
+ * records are read by the Datastore (UpsertRecordsStreamRequest.ndjson), off the event loop; here a
+ * line is only found and measured.
  */
-async function* ndjsonRecords(req: Req, maxLine: number, maxDepth: number): AsyncGenerator<unknown> {
-  // A line arriving over several chunks: its pieces, joined once it ends (joined at every chunk,
-  // a long line would be copied once per chunk).
+async function* ndjsonParts(req: Req, maxLine: number): AsyncGenerator<Uint8Array> {
+  // The part's bytes so far: whole lines, then the start of a line crossing chunks.
   const pieces: Buffer[] = [];
+  // The bytes of the unfinished line held at the end of pieces.
   let held = 0;
+  let records = 0;
   let index = 0;
+  const tooLong = () => bad(index, `line is longer than the limit of ${maxLine} bytes`, "");
   for await (const chunk of req as AsyncIterable<Buffer>) {
+    let from = 0;
     let start = 0;
     let nl: number;
     while ((nl = chunk.indexOf(NEWLINE, start)) >= 0) {
-      let line = chunk.subarray(start, nl);
-      if (pieces.length) {
-        line = Buffer.concat([...pieces, line]);
-        pieces.length = 0;
-        held = 0;
-      }
+      if (held + nl - start > maxLine) throw tooLong();
+      // A line crossing chunks is joined to be looked at (once a chunk at most).
+      const isBlank = held ? blank(Buffer.concat([...tail(pieces, held), chunk.subarray(0, nl)])) : blank(chunk, start, nl);
+      held = 0;
       start = nl + 1;
-      if (line.length > maxLine) throw bad(index, `line is longer than the limit of ${maxLine} bytes`, "");
-      const value = recordJson(line, index, maxDepth, "line");
-      if (value !== undefined) {
-        yield value;
-        index++;
+      if (isBlank) continue;
+      index++;
+      if (++records === upsertPartSize) {
+        pieces.push(chunk.subarray(from, start));
+        yield pieces.length === 1 ? pieces[0] : Buffer.concat(pieces);
+        pieces.length = 0;
+        records = 0;
+        from = start;
       }
     }
-    if (start < chunk.length) {
-      pieces.push(chunk.subarray(start));
-      held += chunk.length - start;
-      if (held > maxLine) throw bad(index, `line is longer than the limit of ${maxLine} bytes`, "");
-    }
+    if (from < chunk.length) pieces.push(chunk.subarray(from));
+    held += chunk.length - start;
+    if (held > maxLine) throw tooLong();
   }
-  if (pieces.length) {
-    const value = recordJson(Buffer.concat(pieces), index, maxDepth, "line");
-    if (value !== undefined) yield value;
-  }
+  if (held && !blank(Buffer.concat(tail(pieces, held)))) records++;
+  if (records > 0 || index === 0) yield Buffer.concat(pieces);
 }
 
 const [QUOTE, BACKSLASH, COMMA, SPACE, NEWLINE, RETURN, TAB] = [34, 92, 44, 32, 10, 13, 9];
@@ -251,15 +263,22 @@ export function addDatastoreRoutes(router: EdgeRouter, options: DatastoreRoutesO
     .add("POST", "/v1/datastores/:name/records", async (req, res, params) => {
       const headers = callerHeaders(req);
       const ndjson = /^application\/(x-)?ndjson\b/i.test(String(req.headers["content-type"] ?? ""));
-      const values = ndjson ? ndjsonRecords(req, options.maxBodyBytes, maxJsonDepth) : jsonRecords(req, options.maxBodyBytes, maxJsonDepth);
-      // The client stream would report a failure of this generator as its own cancellation:
+      // The client stream would report a failure of these generators as its own cancellation:
       // keep the edge's error to answer with it.
       let failure: unknown;
-      async function* parts() {
+      async function* ndjsonStream() {
+        try {
+          for await (const bytes of ndjsonParts(req, options.maxBodyBytes)) yield { store: params.name, ndjson: bytes };
+        } catch (e) {
+          failure = e;
+          throw e;
+        }
+      }
+      async function* jsonStream() {
         try {
           let batch: JsonRecord[] = [];
           let index = 0;
-          for await (const value of values) {
+          for await (const value of jsonRecords(req, options.maxBodyBytes, maxJsonDepth)) {
             batch.push(recordOf(value, index++));
             // Parsing runs in microtasks, which never let other requests in: give the event loop a
             // turn every few records, so a large upload delays nobody by more than a few milliseconds.
@@ -277,7 +296,7 @@ export function addDatastoreRoutes(router: EdgeRouter, options: DatastoreRoutesO
       }
       let resp;
       try {
-        resp = await datastore.upsertRecordsStream(parts(), { headers });
+        resp = await datastore.upsertRecordsStream(ndjson ? ndjsonStream() : jsonStream(), { headers });
       } catch (e) {
         throw failure ?? e;
       }

@@ -2,6 +2,7 @@ import type { IncomingMessage, ServerResponse } from "node:http";
 import type { Http2ServerRequest } from "node:http2";
 import { Code, ConnectError } from "@connectrpc/connect";
 import { errorMetadata } from "../shared/errors.js";
+import { defaultMaxJsonDepth, nestsDeeperThan } from "../shared/json.js";
 
 export type Req = IncomingMessage | Http2ServerRequest;
 /** Res is a response of either protocol; the HTTP/2 compatibility API answers the same calls. */
@@ -96,7 +97,12 @@ export function toErrorBody(err: unknown, runId?: string): { status: number; bod
       ? [413, "invalid_request_error", "request_too_large"]
       : (statusByCode[ce.code] ?? [500, "server_error", "internal_error"]);
     status = mapped;
-    error = { message: ce.rawMessage, type, param: ce.metadata.get(errorMetadata.param), code };
+    error = {
+      message: ce.rawMessage,
+      type,
+      param: ce.metadata.get(errorMetadata.param),
+      code: ce.metadata.get(errorMetadata.code) ?? code,
+    };
   }
   if (runId) error.run_id = runId;
   return { status, body: { error }, headers: errorHeaders(status, error.code, runId) };
@@ -158,48 +164,6 @@ export async function readBody(req: Req, limit: number): Promise<Buffer> {
     chunks.push(chunk);
   }
   return Buffer.concat(chunks);
-}
-
-/**
- * defaultMaxJsonDepth bounds how deeply a JSON body may nest arrays and objects. The services'
- * protobuf decoding gives up past 100 levels, so a deeper body would fail inside them instead of
- * being refused here with a message that says why.
- */
-export const defaultMaxJsonDepth = 64;
-
-/**
- * nestsDeeperThan tells whether JSON text nests arrays and objects more than `max` levels deep. It
- * looks only at brackets outside strings, so it answers for malformed text too (JSON.parse then
- * says what is wrong), and it stops at the first level too many.
- */
-export function nestsDeeperThan(text: string, max: number): boolean {
-  // Text with no more opening brackets than `max` cannot nest deeper: counted with indexOf (a
-  // memchr), that spares the walk below for nearly every body, such as a record of a 384-float vector.
-  let opening = 0;
-  for (const bracket of ["[", "{"])
-    for (let at = text.indexOf(bracket); at >= 0 && opening <= max; at = text.indexOf(bracket, at + 1)) opening++;
-  if (opening <= max) return false;
-  let depth = 0;
-  for (let i = 0; i < text.length; i++) {
-    const c = text.charCodeAt(i);
-    if (c === 0x22) {
-      // Jump to the closing quote: one not preceded by an odd number of backslashes.
-      let end = i;
-      for (;;) {
-        end = text.indexOf('"', end + 1);
-        if (end < 0) return false;
-        let backslashes = 0;
-        while (text.charCodeAt(end - 1 - backslashes) === 0x5c) backslashes++;
-        if (backslashes % 2 === 0) break;
-      }
-      i = end;
-    } else if (c === 0x7b || c === 0x5b) {
-      if (++depth > max) return true;
-    } else if (c === 0x7d || c === 0x5d) {
-      depth--;
-    }
-  }
-  return false;
 }
 
 /** tooDeep is the 400 for JSON that nests deeper than `max` levels; `what` names the JSON. */

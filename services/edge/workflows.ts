@@ -8,8 +8,8 @@ import {
 } from "../../gen/shaker/registry/v1/registry_pb.js";
 import { versionBumps as bumps, executionModes as modes, workflowPages } from "../registry/rules.js";
 import type { Clients } from "../shared/clients.js";
-import { toValue } from "../shared/json.js";
-import { callerHeaders, defaultMaxJsonDepth, field, HttpError, nestsDeeperThan, queryInt, readJson, sendJson, tooDeep } from "./http.js";
+import { defaultMaxJsonDepth, nestsDeeperThan, toValue } from "../shared/json.js";
+import { callerHeaders, field, HttpError, queryInt, readJson, sendJson, tooDeep } from "./http.js";
 import type { EdgeRouter } from "./router.js";
 
 /** Options of the workflow routes. */

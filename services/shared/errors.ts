@@ -8,6 +8,8 @@ export const errorMetadata = {
   limit: "shaker-limit",
   /** upstreamStatus marks an error as an upstream model's failure; its value is the HTTP status to answer (502 or 504). */
   upstreamStatus: "shaker-upstream-status",
+  /** code is the REST API's error code for the error, when it has a more precise one than its status's (`invalid_record`). */
+  code: "shaker-code",
 } as const;
 
 /** invalidArgument is an InvalidArgument error naming the field at fault, when there is one. */

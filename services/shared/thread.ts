@@ -4,6 +4,7 @@
 // service calls it with startThread's `call`, each call a promise of its result.
 
 import { createRequire } from "node:module";
+import { setPriority } from "node:os";
 import { dirname, join } from "node:path";
 import { pathToFileURL } from "node:url";
 import { parentPort, Worker } from "node:worker_threads";
@@ -99,4 +100,19 @@ export function serveThread(ops: Record<string, Op>, after?: (op: string) => voi
       fail(id, e);
     }
   });
+}
+
+/**
+ * niceThisThread lowers the calling worker thread's priority to `nice` (0 is the event loop's, 19 the
+ * lowest), so that its work yields the CPU to the event loop when both want it. On Linux a thread's
+ * nice is its own (setpriority of "this process" sets the calling thread's); elsewhere it would
+ * renice the whole server, so it is left alone there.
+ */
+export function niceThisThread(nice: number): void {
+  if (process.platform !== "linux") return;
+  try {
+    setPriority(nice);
+  } catch {
+    // Not allowed to lower it (a sandbox): the thread runs as it is.
+  }
 }

@@ -9,7 +9,7 @@
 // with escapes, the key twice, a value beyond a float32's range) is read by JSON.parse whole, so
 // what is accepted, refused and kept is what JSON.parse then a Float32Array give.
 
-import { nestsDeeperThan } from "./http.js";
+import { nestsDeeperThan } from "../shared/json.js";
 
 /** NestsTooDeep is thrown for a record whose arrays and objects nest deeper than allowed. */
 export class NestsTooDeep extends Error {}
@@ -39,6 +39,23 @@ const fastFrom = 300;
 
 const space = (c: number) => c === SPACE || c === TAB || c === NEWLINE || c === RETURN;
 const digit = (c: number) => c >= ZERO && c <= NINE;
+
+/**
+ * blank says whether bytes[from, to) are only white space, as String.prototype.trim counts it (a
+ * blank NDJSON line, skipped): the edge, cutting an upload into parts, and the reader agree on it.
+ */
+export function blank(b: Uint8Array, from = 0, to = b.length): boolean {
+  for (let i = from; i < to; i++) {
+    const c = b[i];
+    if (c === SPACE || (c >= TAB && c <= RETURN)) continue;
+    return c < 0x80
+      ? false
+      : Buffer.from(b.buffer, b.byteOffset + from, to - from)
+          .toString("utf8")
+          .trim() === "";
+  }
+  return true;
+}
 
 /**
  * parseRecordJson parses one record's JSON, as JSON.parse would but with a top-level "vector" of
