@@ -368,17 +368,23 @@ describe("datastore over REST and RPC", () => {
     const headers = { authorization: `Bearer ${server.apiKey}` };
     const line = (id: string, extra: Record<string, unknown> = {}) =>
       JSON.stringify({ id, text: `line ${id}`, vector: hashed(id), ...extra });
-    const bytes = (...lines: string[]) => new TextEncoder().encode(lines.join("\n"));
+    // The lines in two pieces, cut in the middle of a line (the pieces are joined in order).
+    const bytes = (...lines: string[]) => {
+      const all = new TextEncoder().encode(lines.join("\n"));
+      const cut = Math.floor(all.length / 2);
+      return [all.subarray(0, cut), all.subarray(cut)];
+    };
     async function* parts() {
       yield {
         store: "lines",
         records: [{ id: "m0", text: "a message's record", vector: hashed("m0") }],
         ndjson: bytes(line("n0"), "", line("n1")),
       };
-      yield { ndjson: bytes(line("n2", { metadata: { k: "v" } })) };
+      // A record without a vector is embedded, in a streamed part too.
+      yield { ndjson: bytes(line("n2", { metadata: { k: "v" } }), JSON.stringify({ id: "n2b", text: "embed me too" })) };
     }
     const streamed = await client.upsertRecordsStream(parts(), { headers });
-    expect(streamed).toMatchObject({ upserted: 4, embedded: 0 });
+    expect(streamed).toMatchObject({ upserted: 5, embedded: 1 });
     const unary = await client.upsertRecords(
       {
         store: "lines",
@@ -388,11 +394,13 @@ describe("datastore over REST and RPC", () => {
       { headers },
     );
     expect(unary).toMatchObject({ upserted: 3, embedded: 1 });
-    const got = await client.getRecords({ store: "lines", ids: ["m0", "n1", "n2", "n4"] }, { headers });
-    expect(got.records.map((r) => r.id)).toEqual(["m0", "n1", "n2", "n4"]);
+    const got = await client.getRecords({ store: "lines", ids: ["m0", "n1", "n2", "n2b", "n4"] }, { headers });
+    expect(got.records.map((r) => r.id)).toEqual(["m0", "n1", "n2", "n2b", "n4"]);
     expect(got.records[2].metadata).toEqual({ k: "v" });
     expect(got.records[3].vector).toHaveLength(384);
-    expect(await count("lines")).toBe(7);
+    expect(got.records[3].vector.some((x) => x !== 0)).toBe(true);
+    expect(got.records[4].vector).toHaveLength(384);
+    expect(await count("lines")).toBe(8);
 
     // An error names the record by its place in the request: the message's records first, then the lines.
     const refused = async (run: () => Promise<unknown>) => {
@@ -425,7 +433,7 @@ describe("datastore over REST and RPC", () => {
       param: "records[1500].vector",
     });
     // All or nothing: neither request wrote anything.
-    expect(await count("lines")).toBe(7);
+    expect(await count("lines")).toBe(8);
     expect((await client.getRecords({ store: "lines", ids: ["m2", "late0"] }, { headers })).records).toEqual([]);
   });
 

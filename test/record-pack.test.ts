@@ -1,6 +1,14 @@
 import { describe, expect, it } from "vitest";
 import { blank, parseRecordJson } from "../services/datastore/record-json.js";
-import { type NdjsonRead, type RecordPack, readNdjson, recordsOf, textOf, withEmbeddings } from "../services/datastore/record-pack.js";
+import {
+  checkEmbeddings,
+  filled,
+  type NdjsonRead,
+  type RecordPack,
+  readNdjson,
+  recordsOf,
+  textOf,
+} from "../services/datastore/record-pack.js";
 import { vectorForms } from "../services/datastore/rules.js";
 
 const lines = (...values: unknown[]) => Buffer.from(values.map((v) => (typeof v === "string" ? v : JSON.stringify(v))).join("\n"));
@@ -57,29 +65,34 @@ describe("readNdjson", () => {
     );
     expect(missing).toEqual([1]);
     expect(textOf(pack, 1)).toBe("embed me");
-    const filled = withEmbeddings(pack, missing, [[0.5, 0.5]], 10);
-    expect(recordsOf(filled).map((r) => Array.from(r.vector))).toEqual([
+    const fill = checkEmbeddings(missing, [[0.5, 0.5]], pack.dimension, 10);
+    expect(recordsOf(filled(pack, fill)).map((r) => Array.from(r.vector))).toEqual([
       [1, 0],
       [0.5, 0.5],
       [0, 1],
     ]);
-    expect(() => withEmbeddings(pack, missing, [[1, 2, 3]], 10)).toThrow(
+    expect(() => checkEmbeddings(missing, [[1, 2, 3]], pack.dimension, 10)).toThrow(
       "records[11]: vector has 3 dimensions; the store's vectors have 2",
     );
-    expect(() => withEmbeddings(pack, missing, [[1e39, 0]], 10)).toThrow("records[11]: vector holds a value beyond a float32's range");
+    expect(() => checkEmbeddings(missing, [[1e39, 0]], pack.dimension, 10)).toThrow(
+      "records[11]: vector holds a value beyond a float32's range",
+    );
 
     // No vector at all: the embeddings give the dimension.
     const none = packOf(readNdjson(lines({ id: "x", text: "one" }, { id: "y", text: "two" }), 0, 0, 64));
     expect(none.pack.dimension).toBe(0);
     expect(none.missing).toEqual([0, 1]);
-    const embedded = withEmbeddings(
+    const embedded = filled(
       none.pack,
-      none.missing,
-      [
-        [1, 2, 3, 4],
-        [5, 6, 7, 8],
-      ],
-      0,
+      checkEmbeddings(
+        none.missing,
+        [
+          [1, 2, 3, 4],
+          [5, 6, 7, 8],
+        ],
+        0,
+        0,
+      ),
     );
     expect(embedded.dimension).toBe(4);
     expect(recordsOf(embedded).map((r) => Array.from(r.vector))).toEqual([

@@ -31,8 +31,32 @@ export interface RecordPack {
   vectors: Float32Array;
 }
 
-/** Records are what a write takes: records one by one, or a pack of them. */
-export type Records = RecordInput[] | RecordPack;
+/**
+ * ParkedPack names a pack the reader thread sent straight to the writer thread (on a SQLite file),
+ * so that the event loop never holds its buffers: as a copy there, a 1M-record upload's packs were
+ * a few hundred megabytes of short-lived buffers on the event loop's heap, which V8 collected with
+ * a major collection every half second (pauses of 10 to 17 ms, exp).
+ */
+export interface ParkedPack {
+  parked: number;
+  /** fill is what the event loop embedded for the pack's records that had no vector. */
+  fill?: Embeddings;
+}
+
+/** Embeddings are vectors for a pack's records that had none (`missing`, in order), checked, `dimension` each. */
+export interface Embeddings {
+  missing: number[];
+  dimension: number;
+  vectors: Float32Array;
+}
+
+/** Records are what a write takes: records one by one, a pack of them, or a pack parked in the writer thread. */
+export type Records = RecordInput[] | RecordPack | ParkedPack;
+
+/** isParked says whether records are a parked pack. */
+export function isParked(records: Records): records is ParkedPack {
+  return !Array.isArray(records) && "parked" in records;
+}
 
 /** textOf is record i's text in a pack. */
 export function textOf(pack: RecordPack, i: number): string {
@@ -44,9 +68,13 @@ function bufferOf(bytes: Uint8Array): Buffer {
   return Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength);
 }
 
-/** recordsOf unpacks records (its vectors views of the pack's); records one by one as they are. */
+/**
+ * recordsOf unpacks records (its vectors views of the pack's); records one by one as they are. A
+ * parked pack is only the writer thread's to unpack (writer-thread.ts); only it is sent one.
+ */
 export function recordsOf(records: Records): RecordInput[] {
   if (Array.isArray(records)) return records;
+  if (isParked(records)) throw new Error("a parked pack reached a writer that has none");
   const { n, dimension: d, ends, vectors } = records;
   const strings = bufferOf(records.strings);
   const out = new Array<RecordInput>(n);
@@ -70,6 +98,15 @@ export interface RecordReadError {
 
 /** NdjsonRead is a read's records, with those that have no vector (to be embedded, in the pack's order), or its error. */
 export type NdjsonRead = { pack: RecordPack; missing: number[] } | { error: RecordReadError };
+
+/** A read whose pack the reader thread parked in the writer thread: what the event loop needs of it (the texts to embed). */
+export interface ParkedRead {
+  parked: number;
+  n: number;
+  dimension: number;
+  missing: number[];
+  texts: string[];
+}
 
 const NEWLINE = 10;
 
@@ -131,7 +168,16 @@ export function readNdjson(bytes: Uint8Array, first: number, dimension: number, 
   }
   // A copy crosses threads with its whole buffer: trimmed to the records read.
   if (vectors.length > n * d) vectors = vectors.slice(0, n * d);
-  return { pack: { n, dimension: d, strings: Buffer.from(strings.join("")), ends: Uint32Array.from(ends), vectors }, missing };
+  const joined = strings.join("");
+  // A buffer of its own (never the shared pool's), so that it can move to another thread.
+  const utf8 = Buffer.allocUnsafeSlow(Buffer.byteLength(joined));
+  utf8.write(joined);
+  return { pack: { n, dimension: d, strings: utf8, ends: Uint32Array.from(ends), vectors }, missing };
+}
+
+/** buffersOf are a pack's buffers, each its own: what moves when the pack moves to another thread. */
+export function buffersOf(pack: RecordPack): ArrayBuffer[] {
+  return [pack.strings.buffer, pack.ends.buffer, pack.vectors.buffer] as ArrayBuffer[];
 }
 
 function fail(message: string, param: string, code?: string): NdjsonRead {
@@ -139,19 +185,27 @@ function fail(message: string, param: string, code?: string): NdjsonRead {
 }
 
 /**
- * withEmbeddings fills in the vectors of a pack's records that had none (`missing`, in order),
- * checking each as readNdjson checked the others; `first` is the pack's first record's index in its
- * request. A pack that had no vector at all takes the first embedding's dimension.
+ * checkEmbeddings checks and packs the embeddings of a pack's records that had no vector (`missing`,
+ * in order), as readNdjson checked the others: each of `dimension` (the pack's; 0 for one that had
+ * no vector, whose first embedding gives it); `first` is the pack's first record's index in its request.
  */
-export function withEmbeddings(pack: RecordPack, missing: number[], embedded: number[][], first: number): RecordPack {
-  if (missing.length === 0) return pack;
-  const d = pack.dimension || embedded[0].length;
-  const vectors = pack.dimension ? pack.vectors : new Float32Array(pack.n * d);
+export function checkEmbeddings(missing: number[], embedded: number[][], dimension: number, first: number): Embeddings {
+  const d = dimension || embedded[0].length;
+  const vectors = new Float32Array(missing.length * d);
   missing.forEach((i, j) => {
     checkRecordDimension(embedded[j].length, d, first + i);
-    const v = vectors.subarray(i * d, (i + 1) * d);
+    const v = vectors.subarray(j * d, (j + 1) * d);
     v.set(embedded[j]);
     checkFloat32s(v, first + i);
   });
-  return { ...pack, dimension: d, vectors };
+  return { missing, dimension: d, vectors };
+}
+
+/** filled is a pack with the embeddings of its records that had no vector in place. */
+export function filled(pack: RecordPack, { missing, dimension: d, vectors }: Embeddings): RecordPack {
+  const all = pack.dimension ? pack.vectors : new Float32Array(pack.n * d);
+  missing.forEach((i, j) => {
+    all.set(vectors.subarray(j * d, (j + 1) * d), i * d);
+  });
+  return { ...pack, dimension: d, vectors: all };
 }

@@ -1,3 +1,4 @@
+import { MessageChannel } from "node:worker_threads";
 import type { JsonObject, MessageInitShape } from "@bufbuild/protobuf";
 import { Code, ConnectError, type ConnectRouter, type HandlerContext, type ServiceImpl } from "@connectrpc/connect";
 import { DatastoreService, type Record as RecordMsg, SearchMode, type StoreSchema } from "../../gen/shaker/datastore/v1/datastore_pb.js";
@@ -6,8 +7,20 @@ import type { Clients } from "../shared/clients.js";
 import { errorMetadata, invalidArgument } from "../shared/errors.js";
 import { defaultMaxJsonDepth, timestampOf } from "../shared/json.js";
 import { namePattern } from "../shared/names.js";
-import { startThread, type Thread } from "../shared/thread.js";
-import { type NdjsonRead, type RecordPack, type Records, recordsOf, textOf, withEmbeddings } from "./record-pack.js";
+import { Moved, startThread, type Thread } from "../shared/thread.js";
+import {
+  checkEmbeddings,
+  type Embeddings,
+  filled,
+  isParked,
+  type NdjsonRead,
+  type ParkedPack,
+  type ParkedRead,
+  type RecordPack,
+  type Records,
+  recordsOf,
+  textOf,
+} from "./record-pack.js";
 import {
   checkFloat32s,
   checkIds,
@@ -22,6 +35,7 @@ import {
   recordDimensionError,
 } from "./rules.js";
 import type { DatastoreStore, Hit, RecordInput, StoreRow, UpsertResult } from "./store.js";
+import type { Parking } from "./writer.js";
 
 /** embedBatch is how many texts go to the ModelProxy in one Embeddings call. */
 const embedBatch = 64;
@@ -72,16 +86,34 @@ export interface DatastoreServiceHandle {
 export function createDatastoreService(deps: DatastoreServiceDeps): DatastoreServiceHandle {
   const { store } = deps;
   const maxJsonDepth = deps.maxJsonDepth ?? defaultMaxJsonDepth;
-  /** The reader thread (reader-thread.ts), started by the first request with NDJSON records; a new one after a failure. */
-  let reader: Promise<Thread> | undefined;
-  async function readNdjson(bytes: Uint8Array, first: number, dimension: number): Promise<NdjsonRead> {
-    reader ??= startThread("datastore's reader", new URL("./reader-thread.ts", import.meta.url), {});
-    const thread = reader;
+  /**
+   * The reader thread (reader-thread.ts), started by the first request with NDJSON records (a new
+   * one after a failure), with the store's parking when it has one: a streamed upload's packs then
+   * go from the reader straight to the writer thread.
+   */
+  let reader: Promise<{ thread: Thread; parking?: Parking }> | undefined;
+  let parkedKeys = 0;
+  async function startReader() {
+    const thread = await startThread("datastore's reader", new URL("./reader-thread.ts", import.meta.url), {});
+    const parking = await store.parking?.();
+    if (parking) {
+      const { port1, port2 } = new MessageChannel();
+      await parking.attach(port1);
+      await thread.call("attach", new Moved(port2, [port2]));
+    }
+    return { thread, parking };
+  }
+  /** readNdjson reads records in the reader thread; `park` asks for the pack to be parked in the writer thread, when there is one. */
+  async function readNdjson(pieces: Uint8Array[], first: number, dimension: number, park: boolean) {
+    reader ??= startReader();
+    const started = reader;
     try {
-      return await (await thread).call<NdjsonRead>("read", bytes, first, dimension, maxJsonDepth);
+      const { thread, parking } = await started;
+      const key = park && parking ? ++parkedKeys : undefined;
+      return { read: await thread.call<NdjsonRead | ParkedRead>("read", pieces, first, dimension, maxJsonDepth, key), parking };
     } catch (e) {
-      if (reader === thread) reader = undefined;
-      void thread.then((t) => t.close()).catch(() => undefined);
+      if (reader === started) reader = undefined;
+      void started.then(({ thread }) => thread.close()).catch(() => undefined);
       throw e;
     }
   }
@@ -190,17 +222,20 @@ export function createDatastoreService(deps: DatastoreServiceDeps): DatastoreSer
 
   /**
    * prepareNdjson reads records sent as NDJSON (`first` is the first one's index in the request) in
-   * the reader thread, into a pack, and embeds those without a vector, as prepare does.
+   * the reader thread, and embeds those without a vector, as prepare does. With `park`, the pack
+   * waits in the writer thread when there is one (the part is then written there): what the call
+   * gives is `records` to write, how many, and how many were embedded.
    */
   async function prepareNdjson(
     row: StoreRow,
     accountId: string,
-    bytes: Uint8Array,
+    pieces: Uint8Array[],
     first: number,
     dims: { dimension: number },
     ctx: HandlerContext,
-  ): Promise<{ pack: RecordPack; embedded: number }> {
-    const read = await readNdjson(bytes, first, dims.dimension);
+    park = false,
+  ): Promise<{ records: RecordPack | ParkedPack; n: number; embedded: number; parking?: Parking }> {
+    const { read, parking } = await readNdjson(pieces, first, dims.dimension, park);
     if ("error" in read) {
       const { message, param, code } = read.error;
       throw new ConnectError(message, Code.InvalidArgument, {
@@ -208,19 +243,23 @@ export function createDatastoreService(deps: DatastoreServiceDeps): DatastoreSer
         ...(code ? { [errorMetadata.code]: code } : {}),
       });
     }
+    const parked = "parked" in read;
     const { missing } = read;
-    let { pack } = read;
-    if (missing.length) {
-      const got = await embed(
-        accountId,
-        row.embeddingModel,
-        missing.map((i) => textOf(pack, i)),
-        ctx,
-      );
-      pack = withEmbeddings(pack, missing, got, first);
+    let fill: Embeddings | undefined;
+    try {
+      if (missing.length) {
+        const texts = parked ? read.texts : missing.map((i) => textOf(read.pack, i));
+        const got = await embed(accountId, row.embeddingModel, texts, ctx);
+        fill = checkEmbeddings(missing, got, parked ? read.dimension : read.pack.dimension, first);
+      }
+    } catch (e) {
+      if (parked) void parking?.letGo([read.parked]).catch(() => undefined);
+      throw e;
     }
-    dims.dimension ||= pack.dimension;
-    return { pack, embedded: missing.length };
+    const dimension = fill?.dimension ?? (parked ? read.dimension : read.pack.dimension);
+    dims.dimension ||= dimension;
+    if (parked) return { records: { parked: read.parked, ...(fill ? { fill } : {}) }, n: read.n, embedded: missing.length, parking };
+    return { records: fill ? filled(read.pack, fill) : read.pack, n: read.pack.n, embedded: missing.length };
   }
 
   /** stillThere refuses a write to a store dropped while its records were being embedded or streamed; returns it as it is now. */
@@ -278,7 +317,7 @@ export function createDatastoreService(deps: DatastoreServiceDeps): DatastoreSer
       let { input, embedded } = prepared;
       if (req.ndjson.length) {
         const more = await prepareNdjson(row, identity.accountId, req.ndjson, input.length, dims, ctx);
-        input = [...input, ...recordsOf(more.pack)];
+        input = [...input, ...recordsOf(more.records)];
         embedded += more.embedded;
       }
       return { upserted: refused(await store.upsert((await stillThere(row)).id, input)), embedded };
@@ -303,8 +342,14 @@ export function createDatastoreService(deps: DatastoreServiceDeps): DatastoreSer
         // Up to `writesAhead` parts are handed to the store before the oldest is done: the writer
         // then starts the next part the moment it ends one, not a round trip later.
         const inFlight: Promise<UpsertResult>[] = [];
-        const hand = async (records: Records, n: number) => {
-          if (inFlight.length >= writesAhead) refused(await inFlight.shift()!);
+        const hand = async (records: Records, n: number, parking?: Parking) => {
+          try {
+            if (inFlight.length >= writesAhead) refused(await inFlight.shift()!);
+          } catch (e) {
+            // The part is not written: a pack parked for it goes.
+            if (isParked(records)) void parking?.letGo([records.parked]).catch(() => undefined);
+            throw e;
+          }
           inFlight.push(write(records));
           offset += n;
         };
@@ -317,8 +362,8 @@ export function createDatastoreService(deps: DatastoreServiceDeps): DatastoreSer
               embedded += prepared.embedded;
             }
             if (ndjson.length) {
-              const prepared = await prepareNdjson(row, identity.accountId, ndjson, offset, dims, ctx);
-              await hand(prepared.pack, prepared.pack.n);
+              const prepared = await prepareNdjson(row, identity.accountId, ndjson, offset, dims, ctx, true);
+              await hand(prepared.records, prepared.n, prepared.parking);
               embedded += prepared.embedded;
             }
           }
@@ -386,9 +431,9 @@ export function createDatastoreService(deps: DatastoreServiceDeps): DatastoreSer
     describe: () => `${store.dialect}, vector search by ${store.vectorEngine}`,
     // The store is the composition root's to close; the handlers hold the reader thread.
     async close() {
-      const thread = reader;
+      const started = reader;
       reader = undefined;
-      await (await thread?.catch(() => undefined))?.close();
+      await (await started?.catch(() => undefined))?.thread.close();
     },
   };
 }

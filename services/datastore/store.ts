@@ -23,7 +23,7 @@ import type { Records } from "./record-pack.js";
 import * as schema from "./schema.js";
 import * as pgSchema from "./schema.pg.js";
 import { annMaxK, openSqliteEngine } from "./sqlite-engine.js";
-import { inThreadWriter, writerThread } from "./writer.js";
+import { inThreadWriter, type Parking, writerThread } from "./writer.js";
 
 export type { Hit, RecordInput, RecordRow, StoreRow, UpsertResult } from "./model.js";
 
@@ -53,6 +53,8 @@ export interface DatastoreStore {
    * commits when fn returns and writes nothing when it throws. Searches see it once committed.
    */
   upload<T>(storeId: number, fn: (part: UploadPart) => Promise<T>): Promise<T>;
+  /** parking is where the reader thread may park packs for this store's uploads (a SQLite file's writer thread); absent elsewhere. */
+  parking?(): Promise<Parking | undefined>;
   /** deleteRecords removes records; returns how many existed. */
   deleteRecords(store: StoreRow, ids: string[]): Promise<number>;
   /** keywordSearch finds the records holding any word of the text, best ranked first, the filter applied inside the query. */
@@ -193,6 +195,7 @@ async function sqliteStore(file: string, annFrom: number): Promise<DatastoreStor
     dropStore: async (storeId) => rows.after((await writer).dropStore(storeId)),
     upsert: async (storeId, input) => rows.after((await writer).upsert(storeId, input)),
     deleteRecords: async (store, ids) => (await writer).deleteRecords(store, ids),
+    parking: async () => (await writer).parking,
     async upload(storeId, fn) {
       const w = await writer;
       return rows.after(

@@ -8,11 +8,11 @@
 // whole, a 1,000-record part of an upload (or two, queued) held every account's vector searches
 // for hundreds of milliseconds (exp: 622 ms at p50, against 2 ms idle).
 import { setImmediate as turn } from "node:timers/promises";
-import { workerData } from "node:worker_threads";
+import { type MessagePort, workerData } from "node:worker_threads";
 import { lock } from "../shared/queue.js";
 import { niceThisThread, serveThread } from "../shared/thread.js";
 import type { RecordInput, StoreRow, UpsertResult } from "./model.js";
-import { type Records, recordsOf } from "./record-pack.js";
+import { filled, isParked, type RecordPack, type Records, recordsOf } from "./record-pack.js";
 import { openSqliteEngine } from "./sqlite-engine.js";
 import { Pace, writerNice } from "./writer.js";
 
@@ -176,6 +176,32 @@ async function upsert(storeId: number, input: RecordInput[]): Promise<UpsertResu
   );
 }
 
+// Packs the reader thread parked here (record-pack.ts), by key, until an upload's part takes them or
+// the upload lets them go.
+const parked = new Map<number, RecordPack>();
+const awaited = new Map<number, (pack: RecordPack) => void>();
+function arrived({ key, pack }: { key: number; pack: RecordPack }): void {
+  const take = awaited.get(key);
+  if (!take) parked.set(key, pack);
+  else {
+    awaited.delete(key);
+    take(pack);
+  }
+}
+/** unpark is the pack parked under `key`, once it is here (the reader posts it before it answers the event loop). */
+function unpark(key: number): Promise<RecordPack> {
+  const pack = parked.get(key);
+  if (!pack) return new Promise((resolve) => awaited.set(key, resolve));
+  parked.delete(key);
+  return Promise.resolve(pack);
+}
+/** unparked is records as records one by one: a parked pack taken (its embeddings filled in), a pack unpacked. */
+async function unparked(records: Records): Promise<RecordInput[]> {
+  if (!isParked(records)) return recordsOf(records);
+  const pack = await unpark(records.parked);
+  return recordsOf(records.fill ? filled(pack, records.fill) : pack);
+}
+
 // One write at a time, in the order they came: a write may wait between its slices, and the next
 // must not start meanwhile. Vector searches (annSearch) are not chained.
 const chained = lock();
@@ -192,7 +218,14 @@ serveThread(
     upsert: write(upsert),
     deleteRecords: write(deleteRecords),
     beginUpload: write((id: number) => store.beginUpload(id)),
-    uploadPart: write((input: Records) => inSlices(recordsOf(input))),
+    uploadPart: write(async (input: Records) => inSlices(await unparked(input))),
+    attachReader: (port: MessagePort) => {
+      port.on("message", arrived);
+    },
+    // Parts read for an upload that ended before writing them: dropped when they arrive.
+    letGo: (keys: number[]) => {
+      for (const key of keys) void unpark(key);
+    },
     commitUpload: write(() => store.commitUpload()),
     rollbackUpload: write(() => store.rollbackUpload()),
     annSearch: (s, q, k) => {

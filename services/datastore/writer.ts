@@ -7,8 +7,9 @@
 // shared between threads: there the writer is the reading engine, in its thread. (On PostgreSQL
 // there is no writer: the pool's connections write.)
 
+import type { MessagePort } from "node:worker_threads";
 import { lock } from "../shared/queue.js";
-import { startThread } from "../shared/thread.js";
+import { Moved, startThread } from "../shared/thread.js";
 import type { RecordInput, StoreRow, UpsertResult } from "./model.js";
 import { type Records, recordsOf } from "./record-pack.js";
 import type { SqliteEngine } from "./sqlite-engine.js";
@@ -55,10 +56,20 @@ export interface Writer {
   rollbackUpload(): Promise<void>;
   /** annSearch proposes ANN candidates (rowids), undefined when the store has no usable index. */
   annSearch(store: StoreRow, query: Float32Array, k: number): Promise<BigUint64Array | undefined>;
+  /** parking is how the reader thread hands packs straight to a writer thread (absent where the writer is not one). */
+  parking?: Parking;
   close(): Promise<void>;
 }
 
-type Ops = Omit<Writer, "exclusive" | "close">;
+/** Parking takes packs from the reader thread (ParkedPack in record-pack.ts). */
+export interface Parking {
+  /** attach makes `port` (the reader thread's other end) a source of parked packs. */
+  attach(port: MessagePort): Promise<void>;
+  /** letGo drops parked packs no part will take (their upload ended first). */
+  letGo(keys: number[]): Promise<void>;
+}
+
+type Ops = Omit<Writer, "exclusive" | "close" | "parking">;
 
 /** inThreadWriter writes on the reading engine (an in-memory database). */
 export function inThreadWriter(store: SqliteEngine): Writer {
@@ -111,6 +122,10 @@ export async function writerThread(file: string, options: WriterThreadOptions = 
     commitUpload: () => call("commitUpload"),
     rollbackUpload: () => call("rollbackUpload"),
     annSearch: (s, q, k) => call("annSearch", s, q, k),
+    parking: {
+      attach: (port) => call("attachReader", new Moved(port, [port])),
+      letGo: (keys) => call("letGo", keys),
+    },
     close: () => thread.close(),
   };
 }

@@ -72,11 +72,12 @@ function tail(pieces: Buffer[], n: number): Buffer[] {
 
 /**
  * ndjsonParts cuts an NDJSON body into parts of upsertPartSize records (blank lines skipped, as the
- * reader skips them), each the bytes of its whole lines, never holding more than a part. The
+ * reader skips them), each the pieces of the body's chunks that hold its whole lines (never copied:
+ * the event loop allocates nothing per part but the list), never holding more than a part. The
  * records are read by the Datastore (UpsertRecordsStreamRequest.ndjson), off the event loop; here a
  * line is only found and measured.
  */
-async function* ndjsonParts(req: Req, maxLine: number): AsyncGenerator<Uint8Array> {
+async function* ndjsonParts(req: Req, maxLine: number): AsyncGenerator<Uint8Array[]> {
   // The part's bytes so far: whole lines, then the start of a line crossing chunks.
   const pieces: Buffer[] = [];
   // The bytes of the unfinished line held at the end of pieces.
@@ -98,8 +99,7 @@ async function* ndjsonParts(req: Req, maxLine: number): AsyncGenerator<Uint8Arra
       index++;
       if (++records === upsertPartSize) {
         pieces.push(chunk.subarray(from, start));
-        yield pieces.length === 1 ? pieces[0] : Buffer.concat(pieces);
-        pieces.length = 0;
+        yield pieces.splice(0);
         records = 0;
         from = start;
       }
@@ -109,7 +109,7 @@ async function* ndjsonParts(req: Req, maxLine: number): AsyncGenerator<Uint8Arra
     if (held > maxLine) throw tooLong();
   }
   if (held && !blank(Buffer.concat(tail(pieces, held)))) records++;
-  if (records > 0 || index === 0) yield Buffer.concat(pieces);
+  if (records > 0 || index === 0) yield pieces;
 }
 
 const [QUOTE, BACKSLASH, COMMA, SPACE, NEWLINE, RETURN, TAB] = [34, 92, 44, 32, 10, 13, 9];
@@ -268,7 +268,7 @@ export function addDatastoreRoutes(router: EdgeRouter, options: DatastoreRoutesO
       let failure: unknown;
       async function* ndjsonStream() {
         try {
-          for await (const bytes of ndjsonParts(req, options.maxBodyBytes)) yield { store: params.name, ndjson: bytes };
+          for await (const pieces of ndjsonParts(req, options.maxBodyBytes)) yield { store: params.name, ndjson: pieces };
         } catch (e) {
           failure = e;
           throw e;

@@ -20,9 +20,34 @@ import(workerData.tsx).then((m) => { m.register(); return import(workerData.entr
 });
 `;
 
+/**
+ * Moved is an argument or an answer sent with its `transfer` list: a MessagePort, or buffers that
+ * move to the other thread instead of being copied (a buffer moved must be the value's own, never
+ * a Buffer from Node's shared pool).
+ */
+export class Moved<T> {
+  constructor(
+    readonly value: T,
+    readonly transfer: Transferable[],
+  ) {}
+}
+
+/** unwrap is a message's values with Moved ones unwrapped, and what they transfer. */
+function unwrap(values: unknown[]): { values: unknown[]; transfer: Transferable[] } {
+  const transfer: Transferable[] = [];
+  return {
+    values: values.map((v) => {
+      if (!(v instanceof Moved)) return v;
+      transfer.push(...v.transfer);
+      return v.value;
+    }),
+    transfer,
+  };
+}
+
 /** Thread is a started worker thread, as its owner holds it. */
 export interface Thread {
-  /** call runs the thread's `op` with args (structured-cloned) and settles with its answer. */
+  /** call runs the thread's `op` with args (structured-cloned, or Moved) and settles with its answer. */
   call<T>(op: string, ...args: unknown[]): Promise<T>;
   /** close calls the thread's "close" op, when it has one, then ends the thread. */
   close(): Promise<void>;
@@ -58,7 +83,8 @@ export async function startThread(name: string, entry: URL, data: Record<string,
     const id = next++;
     return new Promise<T>((resolve, reject) => {
       pending.set(id, { resolve: resolve as (v: unknown) => void, reject });
-      worker.postMessage({ id, op, args });
+      const sent = unwrap(args);
+      worker.postMessage({ id, op, args: sent.values }, sent.transfer as never);
     });
   };
   await call("ready");
@@ -85,7 +111,8 @@ type Op = (...args: any[]) => unknown;
 export function serveThread(ops: Record<string, Op>, after?: (op: string) => void): void {
   const all: Record<string, Op> = { ready: () => true, close: () => undefined, ...ops };
   const answer = (id: number, op: string, result: unknown) => {
-    parentPort!.postMessage({ id, result });
+    const sent = unwrap([result]);
+    parentPort!.postMessage({ id, result: sent.values[0] }, sent.transfer as never);
     after?.(op);
   };
   const fail = (id: number, e: unknown) => parentPort!.postMessage({ id, error: (e as Error).message });
