@@ -4,6 +4,7 @@
 import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
+import { MessageChannel } from "node:worker_threads";
 import Database from "better-sqlite3";
 import * as sqliteVec from "sqlite-vec";
 import { afterAll, describe, expect, it } from "vitest";
@@ -11,6 +12,7 @@ import { Progress } from "../cli/datastores.js";
 import type { CliIo } from "../cli/io.js";
 import { annPath, keyOf, newGraph, rowidOf } from "../services/datastore/ann.js";
 import type { RecordInput, StoreRow } from "../services/datastore/model.js";
+import { buffersOf, checkEmbeddings, type RecordPack, readNdjson } from "../services/datastore/record-pack.js";
 import { mmapBytesDefault, openSqliteEngine } from "../services/datastore/sqlite-engine.js";
 import { type Writer, type WriterThreadOptions, writerNice, writerThread } from "../services/datastore/writer.js";
 import { testDialect } from "./databases.js";
@@ -469,6 +471,61 @@ describe.skipIf(testDialect === "postgresql")("datastore ANN index", () => {
     expect(store.annSearch(row, input[7].vector, 1)?.[0]).toBe(8n);
     expect(store.vectorSearch(row, input[250].vector, [], 1)[0].id).toBe(input[250].id);
     await store.close();
+  });
+
+  it("writes a pack the reader parked in it, whether it came before or after the part that takes it, embeddings filled in", async () => {
+    await withWriter({}, async (writer, file) => {
+      const { port1, port2 } = new MessageChannel();
+      await writer.parking!.attach(port1);
+      const row = (await writer.createStore("a", "parked", ""))!;
+      const lines = (from: number, n: number, withoutVector = -1) =>
+        Buffer.from(
+          Array.from({ length: n }, (_, i) =>
+            JSON.stringify(
+              i === withoutVector ? { id: `p${from + i}`, text: "embedded" } : { id: `p${from + i}`, vector: Array.from(vec()) },
+            ),
+          ).join("\n"),
+        );
+      const read = (bytes: Buffer, first: number) => {
+        const r = readNdjson(bytes, first, dim, 64);
+        if (!("pack" in r)) throw new Error(r.error.message);
+        return r;
+      };
+      /** park sends a pack to the writer as the reader thread does: its buffers moved. */
+      const park = (key: number, pack: RecordPack) => port2.postMessage({ key, pack }, buffersOf(pack));
+      const first = read(lines(0, 100, 7), 0);
+      const second = read(lines(100, 50), 100);
+      const dropped = read(lines(150, 10), 150);
+      const embedded = Array.from(vec());
+      await writer.exclusive(async () => {
+        await writer.beginUpload(row.id);
+        // Asked for before it arrives: the part waits for it.
+        const waiting = writer.uploadPart({ parked: 1, fill: checkEmbeddings(first.missing, [embedded], dim, 0) });
+        await new Promise((r) => setTimeout(r, 20));
+        park(1, first.pack);
+        expect((await waiting).ok).toBe(true);
+        // Arrived before it is asked for.
+        park(2, second.pack);
+        await new Promise((r) => setTimeout(r, 20));
+        expect((await writer.uploadPart({ parked: 2 })).ok).toBe(true);
+        // A part its upload never wrote: let go, and never written.
+        await writer.parking!.letGo([3]);
+        park(3, dropped.pack);
+        await writer.commitUpload();
+      });
+      port2.close();
+      const reading = await openSqliteEngine(file);
+      try {
+        const stored = reading.storeById(row.id)!;
+        expect(reading.count(row.id)).toBe(150);
+        // The embedded vector is p7's: the nearest record to it, at a cosine of 1.
+        const [nearest] = reading.exactSearch(stored, Float32Array.from(embedded), [], 1);
+        expect(nearest.id).toBe("p7");
+        expect(nearest.score).toBeCloseTo(1, 5);
+      } finally {
+        await reading.close();
+      }
+    });
   });
 
   it("rebuilds an index saved with another graph shape (an older Shaker's)", async () => {
