@@ -21,9 +21,9 @@ import(workerData.tsx).then((m) => { m.register(); return import(workerData.entr
 `;
 
 /**
- * Moved is an argument or an answer sent with its `transfer` list: a MessagePort, or buffers that
- * move to the other thread instead of being copied (a buffer moved must be the value's own, never
- * a Buffer from Node's shared pool).
+ * Moved is an argument sent with its `transfer` list: a MessagePort, or buffers that move to the
+ * thread instead of being copied (a buffer moved must be the value's own, never a Buffer from
+ * Node's shared pool).
  */
 export class Moved<T> {
   constructor(
@@ -32,7 +32,7 @@ export class Moved<T> {
   ) {}
 }
 
-/** unwrap is a message's values with Moved ones unwrapped, and what they transfer. */
+/** unwrap is a call's arguments with Moved ones unwrapped, and what they transfer. */
 function unwrap(values: unknown[]): { values: unknown[]; transfer: Transferable[] } {
   const transfer: Transferable[] = [];
   return {
@@ -111,8 +111,7 @@ type Op = (...args: any[]) => unknown;
 export function serveThread(ops: Record<string, Op>, after?: (op: string) => void): void {
   const all: Record<string, Op> = { ready: () => true, close: () => undefined, ...ops };
   const answer = (id: number, op: string, result: unknown) => {
-    const sent = unwrap([result]);
-    parentPort!.postMessage({ id, result: sent.values[0] }, sent.transfer as never);
+    parentPort!.postMessage({ id, result });
     after?.(op);
   };
   const fail = (id: number, e: unknown) => parentPort!.postMessage({ id, error: (e as Error).message });
