@@ -299,8 +299,9 @@ export type UpsertRecordsRequest = Message<"shaker.datastore.v1.UpsertRecordsReq
    * {"id", "text"?, "metadata"?, "vector"?}, a vector written out or as the base64 of its
    * little-endian float32s; blank lines are skipped. The pieces are joined in order (a line may run
    * from one piece into the next). The lines come after `records` in the request's numbering (an
-   * error names records[i]). The Datastore reads them off its event loop, so a bulk load in this
-   * form delays no other request; it is how the REST API streams an NDJSON upload.
+   * error names records[i]). The Datastore reads them in a thread of their own, off the event loop
+   * that serves its other requests: the form for bulk loads, and how the REST API streams an
+   * NDJSON upload.
    *
    * @generated from field: repeated bytes ndjson = 3;
    */
