@@ -1,7 +1,7 @@
-import type { JsonObject } from "@bufbuild/protobuf";
+import type { JsonObject, MessageInitShape } from "@bufbuild/protobuf";
 import { Code, ConnectError } from "@connectrpc/connect";
-import type { Store } from "../../gen/shaker/datastore/v1/datastore_pb.js";
-import { blank, NestsTooDeep, parseRecordJson } from "../datastore/record-json.js";
+import type { Store, UpsertRecordsStreamRequestSchema } from "../../gen/shaker/datastore/v1/datastore_pb.js";
+import { blank, parseRecordJson } from "../datastore/record-json.js";
 import {
   type JsonRecord,
   readJsonRecord,
@@ -12,6 +12,7 @@ import {
   vectorForms,
 } from "../datastore/rules.js";
 import type { Clients } from "../shared/clients.js";
+import { mapErrors } from "../shared/errors.js";
 import { defaultMaxJsonDepth, msOf } from "../shared/json.js";
 import { callerHeaders, field, HttpError, type Req, readJson, sendJson, tooDeep } from "./http.js";
 import type { EdgeRouter } from "./router.js";
@@ -49,13 +50,12 @@ export function recordOf(value: unknown, i: number): JsonRecord {
 /** An upload lets the event loop turn after this many records. */
 const yieldEvery = 64;
 
-/** recordJson parses record `index` (an NDJSON line, or an element of "records"); `what` names it in errors. Undefined when blank. */
-function recordJson(bytes: Buffer, index: number, maxDepth: number, what: string): unknown {
+/** recordJson parses element `index` of a JSON body's "records" (its depth is counted with the body's). */
+function recordJson(bytes: Buffer, index: number): unknown {
   try {
-    return parseRecordJson(bytes, maxDepth);
+    return parseRecordJson(bytes, Number.POSITIVE_INFINITY);
   } catch (e) {
-    if (e instanceof NestsTooDeep) throw tooDeep(maxDepth, `records[${index}]: the ${what}`, `records[${index}]`);
-    throw bad(index, `${what} is not valid JSON: ${(e as Error).message}`, "");
+    throw bad(index, `record is not valid JSON: ${(e as Error).message}`, "");
   }
 }
 
@@ -150,12 +150,11 @@ async function* jsonRecords(req: Req, maxRecord: number, maxDepth: number): Asyn
   let index = 0;
   let started = false;
   const invalid = (why: string) => new HttpError(400, `the request body is not valid JSON: ${why}`, null, "invalid_json");
-  // Its depth is counted here, with the body's.
   const finish = (text: string, from: number, to: number): unknown => {
     element!.push(text.slice(from, to));
     const raw = Buffer.from(element!.join(""));
     element = undefined;
-    return recordJson(raw, index, Number.POSITIVE_INFINITY, "record");
+    return recordJson(raw, index);
   };
   for await (const chunk of req as AsyncIterable<Buffer>) {
     const text = decoder.decode(chunk, { stream: true });
@@ -263,40 +262,34 @@ export function addDatastoreRoutes(router: EdgeRouter, options: DatastoreRoutesO
     .add("POST", "/v1/datastores/:name/records", async (req, res, params) => {
       const headers = callerHeaders(req);
       const ndjson = /^application\/(x-)?ndjson\b/i.test(String(req.headers["content-type"] ?? ""));
+      async function* ndjsonStream() {
+        for await (const pieces of ndjsonParts(req, options.maxBodyBytes)) yield { store: params.name, ndjson: pieces };
+      }
+      async function* jsonStream() {
+        let batch: JsonRecord[] = [];
+        let index = 0;
+        for await (const value of jsonRecords(req, options.maxBodyBytes, maxJsonDepth)) {
+          batch.push(recordOf(value, index++));
+          // Parsing runs in microtasks, which never let other requests in: give the event loop a
+          // turn every few records, so a large upload delays nobody by more than a few milliseconds.
+          if (index % yieldEvery === 0) await new Promise((resolve) => setImmediate(resolve));
+          if (batch.length === upsertPartSize) {
+            yield { store: params.name, records: batch };
+            batch = [];
+          }
+        }
+        if (batch.length > 0 || index === 0) yield { store: params.name, records: batch };
+      }
       // The client stream would report a failure of these generators as its own cancellation:
       // keep the edge's error to answer with it.
       let failure: unknown;
-      async function* ndjsonStream() {
-        try {
-          for await (const pieces of ndjsonParts(req, options.maxBodyBytes)) yield { store: params.name, ndjson: pieces };
-        } catch (e) {
-          failure = e;
-          throw e;
-        }
-      }
-      async function* jsonStream() {
-        try {
-          let batch: JsonRecord[] = [];
-          let index = 0;
-          for await (const value of jsonRecords(req, options.maxBodyBytes, maxJsonDepth)) {
-            batch.push(recordOf(value, index++));
-            // Parsing runs in microtasks, which never let other requests in: give the event loop a
-            // turn every few records, so a large upload delays nobody by more than a few milliseconds.
-            if (index % yieldEvery === 0) await new Promise((resolve) => setImmediate(resolve));
-            if (batch.length === upsertPartSize) {
-              yield { store: params.name, records: batch };
-              batch = [];
-            }
-          }
-          if (batch.length > 0 || index === 0) yield { store: params.name, records: batch };
-        } catch (e) {
-          failure = e;
-          throw e;
-        }
-      }
+      const parts = mapErrors<MessageInitShape<typeof UpsertRecordsStreamRequestSchema>>(
+        ndjson ? ndjsonStream() : jsonStream(),
+        (e) => (failure = e),
+      );
       let resp;
       try {
-        resp = await datastore.upsertRecordsStream(ndjson ? ndjsonStream() : jsonStream(), { headers });
+        resp = await datastore.upsertRecordsStream(parts, { headers });
       } catch (e) {
         throw failure ?? e;
       }
