@@ -26,7 +26,7 @@ import { closeSync, mkdtempSync, openSync, readFileSync, rmSync, writeSync } fro
 import http from "node:http";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { Readable } from "node:stream";
+import { fileURLToPath } from "node:url";
 import { create, type MessageInitShape, toBinary } from "@bufbuild/protobuf";
 import { createClient } from "@connectrpc/connect";
 import { createConnectTransport } from "@connectrpc/connect-node";
@@ -37,10 +37,11 @@ import { annK, type RecordInput, type StoreRow } from "../services/datastore/mod
 import { openSqliteEngine, type SqliteEngine } from "../services/datastore/sqlite-engine.js";
 import { createDatastoreStore } from "../services/datastore/store.js";
 import { createDatabase, type FreshDatabase } from "../test/databases.js";
-import { startServerProcess, stopServerProcess } from "../test/reliability/process.js";
 import { createCaller } from "./client.js";
+import type { Loop, Measured } from "./invokes-during-upload.js";
 import { startBenchServer } from "./server.js";
 import { fmt, report, summary } from "./stats.js";
+import { checkpointed, ndjson, sleep, upload } from "./uploads.js";
 
 const keywordN = Number(process.env.DS_BENCH_KEYWORD_N ?? 1_000_000);
 const vectorN = Number(process.env.DS_BENCH_VECTOR_N ?? 1_000_000);
@@ -63,81 +64,7 @@ function rng(seed: number): () => number {
 
 const syllables = ["ka", "lo", "mi", "ne", "ru", "sa", "to", "vi", "de", "po", "ga", "fu", "be", "zi", "ho"];
 
-/** ndjson makes the body of an upload of `n` records made by `line`, in chunks of 1,000 lines. */
-function* ndjson(n: number, line: (i: number) => string): Generator<Buffer> {
-  for (let i = 0; i < n; i += 1000) {
-    let s = "";
-    for (let j = i; j < Math.min(n, i + 1000); j++) s += line(j) + "\n";
-    yield Buffer.from(s);
-  }
-}
-
-/** upload streams an NDJSON body in one POST, as a large upload does. */
-function upload(url: string, apiKey: string, store: string, body: Iterable<Buffer>): Promise<{ status: number; body: string }> {
-  const u = new URL(url);
-  return new Promise((resolve, reject) => {
-    const req = http.request(
-      {
-        host: u.hostname,
-        port: u.port,
-        path: `/v1/datastores/${store}/records`,
-        method: "POST",
-        headers: { authorization: `Bearer ${apiKey}`, "content-type": "application/x-ndjson" },
-      },
-      (res) => {
-        const chunks: Buffer[] = [];
-        res.on("data", (c: Buffer) => chunks.push(c));
-        res.on("end", () => resolve({ status: res.statusCode ?? 0, body: Buffer.concat(chunks).toString("utf8") }));
-      },
-    );
-    req.on("error", reject);
-    Readable.from(body).pipe(req);
-  });
-}
-
-/**
- * sendFile posts an NDJSON file to a store from a node process of its own, as a client elsewhere
- * does: a large body's reads and writes are then not this process's, nor its timings'.
- */
-function sendFile(url: string, apiKey: string, store: string, file: string): Promise<{ status: number; body: string }> {
-  const client = `
-    const [url, apiKey, store, file] = process.argv.slice(1);
-    const u = new URL(url);
-    const req = require("node:http").request(
-      { host: u.hostname, port: u.port, path: "/v1/datastores/" + store + "/records", method: "POST",
-        headers: { authorization: "Bearer " + apiKey, "content-type": "application/x-ndjson" } },
-      (res) => {
-        let body = "";
-        res.setEncoding("utf8");
-        res.on("data", (c) => (body += c));
-        res.on("end", () => process.stdout.write(JSON.stringify({ status: res.statusCode, body })));
-      },
-    );
-    req.on("error", (e) => { console.error(e.message); process.exitCode = 1; });
-    require("node:fs").createReadStream(file).pipe(req);`;
-  return new Promise((resolve, reject) => {
-    execFile(process.execPath, ["-e", client, url, apiKey, store, file], { maxBuffer: 1 << 20 }, (err, stdout, stderr) =>
-      err ? reject(new Error(`the upload's client failed: ${stderr || err.message}`)) : resolve(JSON.parse(stdout)),
-    );
-  });
-}
-
-const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
 const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];
-
-/** checkpointed waits until a database's WAL has been copied into its file (by whichever connection). */
-async function checkpointed(file: string): Promise<void> {
-  const db = new Database(file);
-  try {
-    for (const until = Date.now() + 120_000; Date.now() < until; ) {
-      const [r] = db.pragma("wal_checkpoint(PASSIVE)") as { busy: number; log: number; checkpointed: number }[];
-      if (r.busy === 0 && r.log === r.checkpointed) return;
-      await sleep(200);
-    }
-  } finally {
-    db.close();
-  }
-}
 
 /** diskReadBytes is what this process has read from storage (not from the page cache) so far; 0 where /proc/self/io is not. */
 function diskReadBytes(): number {
@@ -210,126 +137,50 @@ async function passes<P extends string>(
 }
 
 /**
- * invokesDuringUpload times a trivial invoke every 20 ms and the server's event loop, idle and then
- * during an upload of `body` (NDJSON), on a `shaker serve` of its own process, as an operator runs
- * it (runs confined as startBenchServer's, one worker; its event loop read by loop-probe.mjs), the
- * upload sent by a client process of its own. The server is given the same records once first, so
- * each timed upload goes into a database that holds at least one more. This process is no place
- * for that server: it holds the corpus and its bodies (hundreds of MB), which in the server's heap
- * made V8 run a major collection on its event loop about every second of the upload (one
- * `--trace-gc` run); in a process of its own it runs none.
+ * invokesDuringUpload reports a trivial invoke's times and the event loop of a `shaker serve` of
+ * its own, idle and during uploads of `body`, measured by invokes-during-upload.ts in a process of
+ * its own (its comment says why and how).
  */
 async function invokesDuringUpload(dir: string, body: Buffer[], records: number): Promise<void> {
-  const apiKey = "sk-shaker-bench-upload";
-  const dataDir = join(dir, "upload-server");
-  const loopFile = join(dir, "loop.json");
-  const probe = `--import=${new URL("./loop-probe.mjs", import.meta.url).href}`;
-  const server = await startServerProcess({
-    SHAKER_DATA_DIR: dataDir,
-    SHAKER_API_KEY: apiKey,
-    SHAKER_WORKERS: "1",
-    SHAKER_SANDBOX: process.env.SHAKER_SANDBOX === "none" ? "none" : "auto",
-    NODE_OPTIONS: `${process.env.NODE_OPTIONS ?? ""} ${probe}`,
-    BENCH_LOOP_FILE: loopFile,
-  });
-  const caller = createCaller(server.url, { authorization: `Bearer ${apiKey}`, "content-type": "application/json" });
-  let asked = 0;
-  /** loopSince is the server's event-loop delay since the last time it was asked (ms). */
-  const loopSince = async (): Promise<{ p99: number; max: number }> => {
-    asked++;
-    server.proc.kill("SIGUSR2");
-    for (const until = Date.now() + 10_000; Date.now() < until; await sleep(20)) {
-      try {
-        const said = JSON.parse(readFileSync(loopFile, "utf8"));
-        if (said.seq === asked) return said;
-      } catch {
-        // not written yet, or half written
-      }
-    }
-    throw new Error("the server's event-loop probe did not answer");
-  };
-  try {
-    await caller.post("/v1/datastores", JSON.stringify({ name: "first" }));
-    const first = await upload(server.url, apiKey, "first", body);
-    if (first.status !== 200) throw new Error(`REST ingest failed: ${first.status} ${first.body.slice(0, 300)}`);
-    await checkpointed(join(dataDir, "datastore.db"));
-    const bodyFile = join(dir, "upload.ndjson");
-    const fd = openSync(bodyFile, "w");
-    for (const chunk of body) writeSync(fd, chunk);
-    closeSync(fd);
-    const workflow = await caller.post(
-      "/v1/workflows/upload",
-      JSON.stringify({ workflow_ref_name: "trivial", script: "def execute(ctx):\n    return 'ok'\n", execution_mode: "sync" }),
-    );
-    if (workflow.status !== 201) throw new Error(`workflow upload failed: ${workflow.status} ${workflow.body}`);
-    const invokeBody = JSON.stringify({ model: "workflow:trivial", input: {} });
-    const invoke = async () => {
-      const t0 = performance.now();
-      const res = await caller.post("/v1/chat/completions", invokeBody);
-      if (res.status !== 200) throw new Error(`invoke failed: ${res.status} ${res.body}`);
-      return performance.now() - t0;
-    };
-    for (let i = 0; i < 200; i++) await invoke();
-    // In rounds, each an idle window then an upload into a store of its own, the invokes of every
-    // round pooled: on this shared VM a single idle window an hour apart from its upload gave 1.48x
-    // and 2.43x. Paced alike in both: back to back, each run's teardown slows the next one.
-    const rounds = Number(process.env.DS_BENCH_BUSY_ROUNDS ?? 3);
-    const idleRounds: number[][] = [];
-    const busyRounds: number[][] = [];
-    const idleLoops: { p99: number; max: number }[] = [];
-    const busyLoops: { p99: number; max: number }[] = [];
-    let busyMs = 0;
-    for (let r = 0; r < rounds; r++) {
-      // Idle means idle: the upload before's WAL copied into the database file first.
-      await checkpointed(join(dataDir, "datastore.db"));
-      await loopSince();
-      const idle: number[] = [];
-      idleRounds.push(idle);
-      for (let i = 0; i < 250; i++) {
-        idle.push(await invoke());
-        await sleep(20);
-      }
-      idleLoops.push(await loopSince());
-      await caller.post("/v1/datastores", JSON.stringify({ name: `busy-${r}` }));
-      const t0 = performance.now();
-      let uploading = true;
-      const sent = sendFile(server.url, apiKey, `busy-${r}`, bodyFile).finally(() => {
-        uploading = false;
-      });
-      const busy: number[] = [];
-      busyRounds.push(busy);
-      while (uploading) {
-        busy.push(await invoke());
-        await sleep(20);
-      }
-      busyMs += performance.now() - t0;
-      busyLoops.push(await loopSince());
-      const done = await sent;
-      if (done.status !== 200) throw new Error(`REST ingest failed: ${done.status} ${done.body.slice(0, 300)}`);
-    }
-    const i0 = summary(idleRounds.flat());
-    const i1 = summary(busyRounds.flat());
-    const alone = busyRounds.map((b, r) => `${(summary(b).p99 / summary(idleRounds[r]).p99).toFixed(2)}x`).join(", ");
-    report(
-      `trivial invoke p50/p99 during a second upload (${Math.round((rounds * records) / (busyMs / 1000))} rec/s; server process)`,
-      `${fmt(i1.p50)} / ${fmt(i1.p99)} ms (n=${i1.n})`,
-      `idle ${fmt(i0.p50)} / ${fmt(i0.p99)} ms (n=${i0.n})`,
-      i1.p99 / i0.p99,
-      `${i1.p99 <= 2 * i0.p99 ? "(target p99 <= 2x idle: met)" : "(target p99 <= 2x idle: MISSED)"}; ${rounds} rounds pooled, each alone: ${alone}`,
-    );
-    const loopP99 = (xs: { p99: number }[]) => median(xs.map((x) => x.p99));
-    const loopMax = (xs: { max: number }[]) => Math.max(...xs.map((x) => x.max));
-    report(
-      "event-loop delay p99/max during that upload",
-      `${fmt(loopP99(busyLoops))} / ${fmt(loopMax(busyLoops))} ms`,
-      `idle ${fmt(loopP99(idleLoops))} / ${fmt(loopMax(idleLoops))} ms`,
-      loopP99(busyLoops) / loopP99(idleLoops),
-      `(the median of ${rounds} rounds' p99, the max of all)`,
-    );
-  } finally {
-    caller.close();
-    await stopServerProcess(server, "SIGTERM");
-  }
+  const bodyFile = join(dir, "upload.ndjson");
+  const fd = openSync(bodyFile, "w");
+  for (const chunk of body) writeSync(fd, chunk);
+  closeSync(fd);
+  const out = await new Promise<string>((resolve, reject) =>
+    execFile(
+      process.execPath,
+      [
+        fileURLToPath(new URL("../bin/run-ts.js", import.meta.url)),
+        fileURLToPath(new URL("./invokes-during-upload.ts", import.meta.url)),
+        dir,
+        bodyFile,
+      ],
+      { maxBuffer: 64 << 20 },
+      (err, stdout, stderr) => (err ? reject(new Error(`invokes-during-upload.ts failed: ${stderr || err.message}`)) : resolve(stdout)),
+    ),
+  );
+  rmSync(bodyFile, { force: true });
+  const m: Measured = JSON.parse(out.trim().split("\n").at(-1)!);
+  const rounds = m.busy.length;
+  const i0 = summary(m.idle.flat());
+  const i1 = summary(m.busy.flat());
+  const alone = m.busy.map((b, r) => `${(summary(b).p99 / summary(m.idle[r]).p99).toFixed(2)}x`).join(", ");
+  report(
+    `trivial invoke p50/p99 during a second upload (${Math.round((rounds * records) / (m.busyMs / 1000))} rec/s; server process)`,
+    `${fmt(i1.p50)} / ${fmt(i1.p99)} ms (n=${i1.n})`,
+    `idle ${fmt(i0.p50)} / ${fmt(i0.p99)} ms (n=${i0.n})`,
+    i1.p99 / i0.p99,
+    `${i1.p99 <= 2 * i0.p99 ? "(target p99 <= 2x idle: met)" : "(target p99 <= 2x idle: MISSED)"}; ${rounds} rounds pooled, each alone: ${alone}`,
+  );
+  const loopP99 = (xs: Loop[]) => median(xs.map((x) => x.p99));
+  const loopMax = (xs: Loop[]) => Math.max(...xs.map((x) => x.max));
+  report(
+    "event-loop delay p99/max during that upload",
+    `${fmt(loopP99(m.busyLoops))} / ${fmt(loopMax(m.busyLoops))} ms`,
+    `idle ${fmt(loopP99(m.idleLoops))} / ${fmt(loopMax(m.idleLoops))} ms`,
+    loopP99(m.busyLoops) / loopP99(m.idleLoops),
+    `(the median of ${rounds} rounds' p99, the max of all)`,
+  );
 }
 
 export async function benchDatastore(): Promise<void> {
@@ -401,7 +252,8 @@ export async function benchDatastore(): Promise<void> {
     const keywordRest = async (name: string) => {
       await checkpointed(engineFile);
       await checkpointed(serverDb);
-      await caller.post("/v1/datastores", JSON.stringify({ name }));
+      const made = await caller.post("/v1/datastores", JSON.stringify({ name }));
+      if (made.status !== 201) throw new Error(`store ${name} not created: ${made.status} ${made.body}`);
       const t0 = performance.now();
       const res = await upload(server.url, server.apiKey, name, keywordBody);
       if (res.status !== 200) throw new Error(`REST ingest failed: ${res.status} ${res.body.slice(0, 300)}`);
@@ -463,6 +315,7 @@ export async function benchDatastore(): Promise<void> {
     // The upload's WAL is copied into the database file by the checkpointer's thread after its commit
     // (seconds at this size): done before anything else is timed, so nothing is timed against it.
     await checkpointed(serverDb);
+    await checkpointed(engineFile);
     await invokesDuringUpload(dir, keywordBody, keywordN);
     keywordBody.length = 0;
 
