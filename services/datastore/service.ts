@@ -114,12 +114,15 @@ export function createDatastoreService(deps: DatastoreServiceDeps): DatastoreSer
   async function readNdjson(pieces: Uint8Array[], first: number, dimension: number, park: boolean) {
     reader ??= startReader();
     const started = reader;
+    let parked: { parking: Parking; key: number } | undefined;
     try {
       const { thread, parking } = await started;
-      const key = park && parking ? ++parkedKeys : undefined;
+      if (park && parking) parked = { parking, key: ++parkedKeys };
       const sent = pieces.length > piecesKept ? [Buffer.concat(pieces)] : pieces;
-      return { read: await thread.call<NdjsonRead | ParkedRead>("read", sent, first, dimension, maxJsonDepth, key), parking };
+      return { read: await thread.call<NdjsonRead | ParkedRead>("read", sent, first, dimension, maxJsonDepth, parked?.key), parking };
     } catch (e) {
+      // The reader may have posted the pack to the writer thread before it failed: let go there.
+      if (parked) void parked.parking.letGo([parked.key]).catch(() => undefined);
       if (reader === started) reader = undefined;
       void started.then(({ thread }) => thread.close()).catch(() => undefined);
       throw e;
