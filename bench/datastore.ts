@@ -233,31 +233,38 @@ export async function benchDatastore(): Promise<void> {
     const keywordBody = [
       ...ndjson(keywordN, (j) => JSON.stringify({ id: `k${j}`, text: texts[j], metadata: { n: j % 100 }, vector: [1, 0, 0, 0] })),
     ];
-    /** keywordStoreLayer ingests the corpus into a new store of the store layer; its rate. */
-    const keywordStoreLayer = async (name: string) => {
-      // Each ingest timed on its own: the WAL of the one before copied first, on both sides.
+    /**
+     * storeLayerIngest writes records 0 to n-1 (`record` makes each) into a new store of the store
+     * layer, in batches as an upload's parts; the store and the rate. Each ingest is timed on its
+     * own: the WAL of the write before copied first, the store layer's and the server's (a
+     * checkpointer's thread does it after a commit, and would otherwise be timed with this one).
+     */
+    const storeLayerIngest = async (name: string, n: number, record: (j: number) => RecordInput) => {
       await checkpointed(engineFile);
       await checkpointed(serverDb);
       const row = store.createStore("bench", name, "")!;
       const t0 = performance.now();
-      for (let i = 0; i < keywordN; i += batch) {
+      for (let i = 0; i < n; i += batch) {
         const part: RecordInput[] = [];
-        for (let j = i; j < Math.min(keywordN, i + batch); j++)
-          part.push({ id: `k${j}`, text: texts[j], metadata: `{"n":${j % 100}}`, vector: tiny });
-        if (!store.upsert(row.id, part).ok) throw new Error("keyword ingest refused");
+        for (let j = i; j < Math.min(n, i + batch); j++) part.push(record(j));
+        if (!store.upsert(row.id, part).ok) throw new Error(`ingest into ${name} refused`);
       }
-      return { row, rate: keywordN / ((performance.now() - t0) / 1000) };
+      return { row, rate: n / ((performance.now() - t0) / 1000) };
     };
-    /** keywordRest uploads the corpus into a new store through REST; its rate. */
-    const keywordRest = async (name: string) => {
-      await checkpointed(engineFile);
-      await checkpointed(serverDb);
+    const keywordRecord = (j: number): RecordInput => ({ id: `k${j}`, text: texts[j], metadata: `{"n":${j % 100}}`, vector: tiny });
+    /** newServerStore creates a store through REST. */
+    const newServerStore = async (name: string) => {
       const made = await caller.post("/v1/datastores", JSON.stringify({ name }));
       if (made.status !== 201) throw new Error(`store ${name} not created: ${made.status} ${made.body}`);
+    };
+    /** restIngest uploads `n` records into the store `name` in one request; its rate. Timed on its own, as storeLayerIngest. */
+    const restIngest = async (name: string, n: number, body: Iterable<Buffer>) => {
+      await checkpointed(engineFile);
+      await checkpointed(serverDb);
       const t0 = performance.now();
-      const res = await upload(server.url, server.apiKey, name, keywordBody);
-      if (res.status !== 200) throw new Error(`REST ingest failed: ${res.status} ${res.body.slice(0, 300)}`);
-      return keywordN / ((performance.now() - t0) / 1000);
+      const res = await upload(server.url, server.apiKey, name, body);
+      if (res.status !== 200) throw new Error(`REST ingest into ${name} failed: ${res.status} ${res.body.slice(0, 300)}`);
+      return n / ((performance.now() - t0) / 1000);
     };
     const keywordRounds = Number(process.env.DS_BENCH_KEYWORD_ROUNDS ?? 3);
     const keywordIngest: { store: number; rest: number }[] = [];
@@ -266,12 +273,14 @@ export async function benchDatastore(): Promise<void> {
       const one = { store: 0, rest: 0 };
       for (const side of r % 2 === 0 ? (["store", "rest"] as const) : (["rest", "store"] as const)) {
         if (side === "store") {
-          const { row, rate } = await keywordStoreLayer(r === 0 ? "keyword" : `keyword-${r}`);
+          const { row, rate } = await storeLayerIngest(r === 0 ? "keyword" : `keyword-${r}`, keywordN, keywordRecord);
           one.store = rate;
           if (r === 0) kw = row;
           else store.dropStore(row.id);
         } else {
-          one.rest = await keywordRest(r === 0 ? "keyword" : `keyword-${r}`);
+          const name = r === 0 ? "keyword" : `keyword-${r}`;
+          await newServerStore(name);
+          one.rest = await restIngest(name, keywordN, keywordBody);
           if (r > 0) await dropServerStore(`keyword-${r}`);
         }
       }
@@ -454,31 +463,12 @@ export async function benchDatastore(): Promise<void> {
     const packed = (j: number) => Buffer.from(Float32Array.from(all.subarray(j * dim, (j + 1) * dim)).buffer).toString("base64");
     const line = (j: number) => JSON.stringify({ id: `v${j}`, text: "", metadata: { even: j % 2 === 0 }, vector: vectorOf(j) });
     const packedLine = (j: number) => JSON.stringify({ id: `v${j}`, text: "", metadata: { even: j % 2 === 0 }, vector: packed(j) });
-    /** uploadRange uploads records [from, to) into the store `storeName` in one request; its rate. */
-    const uploadRange = async (storeName: string, from: number, to: number, body: Iterable<Buffer>) => {
-      // Each upload timed on its own: the one before's WAL copied first (the checkpointer's thread
-      // does it after a commit, and would otherwise be timed with this one).
-      await checkpointed(serverDb);
-      const t0 = performance.now();
-      const res = await upload(server.url, server.apiKey, storeName, body);
-      if (res.status !== 200) throw new Error(`REST vector ingest failed: ${res.status} ${res.body.slice(0, 300)}`);
-      return (to - from) / ((performance.now() - t0) / 1000);
-    };
-    const storeLayerIngest = async (name: string) => {
-      // The server quiet too: the WAL of the upload or drop before copied.
-      await checkpointed(serverDb);
-      const vs = store.createStore("bench", name, "")!;
-      const t0 = performance.now();
-      for (let i = 0; i < vn; i += batch) {
-        const part: RecordInput[] = [];
-        for (let j = i; j < Math.min(vn, i + batch); j++)
-          part.push({ id: `v${j}`, text: "", metadata: `{"even":${j % 2 === 0}}`, vector: all.subarray(j * dim, (j + 1) * dim) });
-        if (!store.upsert(vs.id, part).ok) throw new Error("vector ingest refused");
-      }
-      const rate = vn / ((performance.now() - t0) / 1000);
-      store.dropStore(vs.id);
-      return rate;
-    };
+    const vectorRecord = (j: number): RecordInput => ({
+      id: `v${j}`,
+      text: "",
+      metadata: `{"even":${j % 2 === 0}}`,
+      vector: all.subarray(j * dim, (j + 1) * dim),
+    });
     const writtenBody = [...ndjson(vn, line)];
     const packedBody = [...ndjson(vn, packedLine)];
     const ingestRounds = Number(process.env.DS_BENCH_INGEST_ROUNDS ?? 5);
@@ -488,15 +478,18 @@ export async function benchDatastore(): Promise<void> {
       const one = { store: 0, written: 0, packed: 0 };
       // A B C, then C B A: what drifts within a round weighs on each side alike over two rounds.
       for (const side of r % 2 === 0 ? (["store", "written", "packed"] as const) : (["packed", "written", "store"] as const)) {
-        if (side === "store") one.store = await storeLayerIngest(`vector-${r}`);
-        else if (side === "written") {
+        if (side === "store") {
+          const { row, rate } = await storeLayerIngest(`vector-${r}`, vn, vectorRecord);
+          one.store = rate;
+          store.dropStore(row.id);
+        } else if (side === "written") {
           const name = last ? "vector" : `vector-written-${r}`;
-          await caller.post("/v1/datastores", JSON.stringify({ name }));
-          one.written = await uploadRange(name, 0, vn, writtenBody);
+          await newServerStore(name);
+          one.written = await restIngest(name, vn, writtenBody);
           if (!last) await dropServerStore(name);
         } else {
-          await caller.post("/v1/datastores", JSON.stringify({ name: `vector-base64-${r}` }));
-          one.packed = await uploadRange(`vector-base64-${r}`, 0, vn, packedBody);
+          await newServerStore(`vector-base64-${r}`);
+          one.packed = await restIngest(`vector-base64-${r}`, vn, packedBody);
           await dropServerStore(`vector-base64-${r}`);
         }
       }
@@ -588,10 +581,9 @@ export async function benchDatastore(): Promise<void> {
     }
     if (vectorN > vn) {
       // The body made as it is sent (900,000 records at 1M would not be held).
-      const moreRate = await uploadRange(
+      const moreRate = await restIngest(
         "vector",
-        vn,
-        vectorN,
+        vectorN - vn,
         ndjson(vectorN - vn, (j) => packedLine(vn + j)),
       );
       const packedRate = median(ingest.map((x) => x.packed));
